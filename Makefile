@@ -1,0 +1,41 @@
+# hookgate — every entry point. Each target bootstraps .venv (refreshed when pyproject.toml changes).
+PYTHON ?= python3
+VENV   ?= .venv
+CONFIG ?= config.toml
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: venv run test lint migrate bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,lint]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## run: start the gateway (embedded PostgreSQL under var/pgdata when no DSN is configured)
+run: venv
+	$(BIN)/gateway --config $(CONFIG) serve
+
+## test: the whole suite against a real PostgreSQL (embedded, or $$TEST_DATABASE_URL)
+test: venv
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## lint: ruff, mypy and hadolint (the Dockerfile)
+lint: venv
+	$(BIN)/ruff check gateway tests bench
+	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
+
+## migrate: apply schema.sql to the configured database
+migrate: venv
+	$(BIN)/gateway --config $(CONFIG) migrate
+
+## bench: throughput/latency of the ingest path against baselines (see bench/README.md)
+bench: venv
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) var/test-pgdata .pytest_cache .mypy_cache .ruff_cache

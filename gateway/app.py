@@ -1,0 +1,68 @@
+"""The application factory: two route tables (ingest and management) over one database.
+
+The ingest table carries the hot path and no per-request middleware work; the management table
+is wrapped per route (see management.framework). With ``server.management_port`` set, the
+management API gets its own Application and listener, so a load balancer can expose only ingest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from aiohttp import web
+
+from gateway import appkeys
+from gateway.config import Config
+from gateway.http import routing_errors_as_json
+from gateway.ingest import health
+from gateway.management import users as users_api
+from gateway.storage.database import Database
+
+# Route tables in registration order. Later parts append to these lists.
+INGEST_ROUTES: list[web.RouteTableDef] = [health.routes]
+MANAGEMENT_ROUTES: list[web.RouteTableDef] = [users_api.routes]
+
+# Hooks that start and stop per-process services (hook cache, batcher, dispatcher ...).
+ServiceContext = Callable[[web.Application], AsyncIterator[None]]
+SERVICE_CONTEXTS: list[ServiceContext] = []
+
+
+def _base_app(
+    config: Config, db: Database, services: dict[str, Any], max_body: int
+) -> web.Application:
+    app = web.Application(client_max_size=max_body, middlewares=[routing_errors_as_json])
+    app[appkeys.CONFIG] = config
+    app[appkeys.DATABASE] = db
+    app[appkeys.SERVICES] = services
+    return app
+
+
+def create_apps(config: Config, db: Database) -> tuple[web.Application, web.Application | None]:
+    """(ingest app, management app or None when both share the ingest listener)."""
+    services: dict[str, Any] = {}
+    # Ingest bodies may be as large as max_body_bytes; management bodies are small JSON.
+    ingest = _base_app(config, db, services, config.server.max_body_bytes)
+    for table in INGEST_ROUTES:
+        ingest.add_routes(table)
+    for context in SERVICE_CONTEXTS:
+        ingest.cleanup_ctx.append(context)
+    if config.server.management_port:
+        management = _base_app(config, db, services, 1024 * 1024)
+        for table in MANAGEMENT_ROUTES:
+            management.add_routes(table)
+        return ingest, management
+    for table in MANAGEMENT_ROUTES:
+        ingest.add_routes(table)
+    return ingest, None
+
+
+def create_app(config: Config, db: Database) -> web.Application:
+    """One Application serving both route tables (tests and single-listener deployments)."""
+    shared = config.server.management_port == 0
+    if not shared:
+        from dataclasses import replace
+
+        config = replace(config, server=replace(config.server, management_port=0))
+    app, _ = create_apps(config, db)
+    return app

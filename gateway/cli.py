@@ -1,0 +1,118 @@
+"""The ``gateway`` command: serve, migrate, check-config, user create."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from collections.abc import Sequence
+
+from gateway.config import Config, ConfigError, load_config
+from gateway.logs import configure_logging, get_logger
+
+log = get_logger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="hookgate webhook gateway")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $GATEWAY_CONFIG or ./config.toml)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("serve", help="run the gateway (ingest + management API)")
+    commands.add_parser("migrate", help="apply schema.sql to the configured database")
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("path", nargs="?", help="file to check (default: --config)")
+    user = commands.add_parser("user", help="manage users")
+    user_commands = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    create = user_commands.add_parser("create", help="create a user")
+    create.add_argument("--email", required=True)
+    create.add_argument("--name", default="")
+    create.add_argument("--admin", action="store_true", help="make the user an administrator")
+    create.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="read the password from this environment variable (default: stdin)",
+    )
+    return parser
+
+
+def _load(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"gateway: invalid configuration in {exc.source}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def _read_password(var: str | None) -> str:
+    if var:
+        if var not in os.environ:
+            raise SystemExit(f"gateway: environment variable {var} is not set")
+        return os.environ[var]
+    if sys.stdin.isatty():
+        return getpass.getpass("Password: ")
+    return sys.stdin.readline().rstrip("\n")
+
+
+async def _migrate(config: Config) -> None:
+    from gateway.server import database_for
+
+    async with database_for(config) as db:
+        version = await db.apply_schema()
+        log.info("schema_applied", version=version)
+
+
+async def _create_user(config: Config, email: str, name: str, admin: bool, password: str) -> None:
+    from gateway import accounts
+    from gateway.server import database_for
+
+    async with database_for(config) as db:
+        await db.apply_schema()
+        user = await accounts.create_user(
+            db, config.auth, email, password, name=name, is_admin=admin
+        )
+        print(f"created user {user.id} <{user.email}>{' (admin)' if admin else ''}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gateway`` console script."""
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        config = _load(args.path or args.config)
+        print(f"{config.source}: OK")
+        return 0
+    config = _load(args.config)
+    configure_logging(config.log.level, config.log.format)
+    from gateway.server import install_event_loop_policy
+
+    install_event_loop_policy()
+    try:
+        if args.command == "serve":
+            from gateway.server import serve
+
+            asyncio.run(serve(config))
+        elif args.command == "migrate":
+            asyncio.run(_migrate(config))
+        elif args.command == "user":
+            password = _read_password(args.password_env)
+            asyncio.run(_create_user(config, args.email, args.name, args.admin, password))
+    except KeyboardInterrupt:
+        return 130
+    except ValueError as exc:  # validation of user input
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from gateway.exceptions import GatewayError
+
+        if isinstance(exc, GatewayError):
+            print(f"gateway: {exc}", file=sys.stderr)
+            return 1
+        raise
+    return 0

@@ -1,0 +1,300 @@
+"""Operator configuration: parsed once from ``config.toml`` into frozen, typed objects.
+
+Precedence: built-in defaults < the TOML file < ``GATEWAY_<SECTION>_<KEY>`` environment variables.
+Validation collects every problem and names the key, the bad value and what is allowed, so a
+bad edit is rejected before a port is bound (or, on SIGHUP, before the running config changes).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+DEFAULT_CONFIG_PATH = "config.toml"
+ENV_CONFIG_PATH = "GATEWAY_CONFIG"
+ENV_PREFIX = "GATEWAY_"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` lists one clear line per bad key."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    management_port: int = 0  # 0: management API shares the ingest listener
+    management_host: str = ""  # empty: same as host
+    public_url: str = ""  # empty: http://{host}:{port}
+    workers: int = 1
+    max_body_bytes: int = 1_048_576
+    trusted_proxies: tuple[str, ...] = ()
+    shutdown_timeout: float = 15.0
+    access_log: bool = False
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    dsn: str = ""  # empty: start the embedded PostgreSQL in data_dir
+    data_dir: str = "var/pgdata"
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+    connect_timeout: float = 5.0
+    command_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    access_token_ttl: int = 3600
+    refresh_token_ttl: int = 2_592_000
+    password_min_length: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class HooksConfig:
+    secret_grace_period: int = 86_400  # seconds the previous secret keeps working after rotation
+    timestamp_tolerance: int = 300  # Standard Webhooks timestamp window, seconds
+    store_bodies: str = "all"  # all | failures | none
+    cache_ttl: float = 60.0  # hook cache safety-net TTL; LISTEN/NOTIFY invalidates sooner
+
+
+@dataclass(frozen=True, slots=True)
+class BatchConfig:
+    max_size: int = 256
+    max_wait_ms: float = 2.0
+    max_queue: int = 10_000
+    retry_after: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "json"  # json | console
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = ""  # the file it came from, for messages
+
+
+_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("log", "level"): ("debug", "info", "warning", "error"),
+    ("log", "format"): ("json", "console"),
+    ("hooks", "store_bodies"): ("all", "failures", "none"),
+}
+
+_MINIMUMS: dict[tuple[str, str], float] = {
+    ("server", "port"): 1,
+    ("server", "management_port"): 0,
+    ("server", "workers"): 1,
+    ("server", "max_body_bytes"): 1,
+    ("server", "shutdown_timeout"): 0,
+    ("database", "pool_min_size"): 1,
+    ("database", "pool_max_size"): 1,
+    ("database", "connect_timeout"): 0.1,
+    ("database", "command_timeout"): 0.1,
+    ("auth", "access_token_ttl"): 60,
+    ("auth", "refresh_token_ttl"): 60,
+    ("auth", "password_min_length"): 1,
+    ("hooks", "secret_grace_period"): 0,
+    ("hooks", "timestamp_tolerance"): 1,
+    ("hooks", "cache_ttl"): 0,
+    ("batch", "max_size"): 1,
+    ("batch", "max_wait_ms"): 0,
+    ("batch", "max_queue"): 1,
+    ("batch", "retry_after"): 1,
+}
+
+_MAXIMUMS: dict[tuple[str, str], float] = {
+    ("server", "port"): 65535,
+    ("server", "management_port"): 65535,
+    ("server", "workers"): 256,
+}
+
+
+def resolve_path(path: str | None) -> Path:
+    """The config file to read: the argument, else ``$GATEWAY_CONFIG``, else ./config.toml."""
+    return Path(path or os.environ.get(ENV_CONFIG_PATH) or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read, merge and validate the configuration; raise ConfigError listing every problem."""
+    file_path = resolve_path(str(path) if path else None)
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if file_path.exists():
+        try:
+            raw = tomllib.loads(file_path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"not valid TOML: {exc}"], str(file_path)) from exc
+    elif path is not None or ENV_CONFIG_PATH in env:
+        raise ConfigError([f"file not found: {file_path}"], str(file_path))
+    return build_config(raw, env, source=str(file_path))
+
+
+def build_config(raw: Mapping[str, Any], env: Mapping[str, str], source: str = "config") -> Config:
+    """Validate a parsed TOML mapping plus environment overrides into a Config."""
+    problems: list[str] = []
+    sections: dict[str, Any] = {}
+    section_types = {f.name: f.type for f in fields(Config) if f.name != "source"}
+    hints = get_type_hints(Config)
+    for name in raw:
+        if name not in section_types:
+            problems.append(f"unknown section [{name}]; allowed: {', '.join(section_types)}")
+    for name in section_types:
+        cls = hints[name]
+        table = raw.get(name, {})
+        if not isinstance(table, Mapping):
+            problems.append(f"[{name}] must be a table, got {type(table).__name__}")
+            table = {}
+        sections[name] = _build_section(name, cls, table, env, problems)
+    if not problems:
+        _check_cross_field(sections, problems)
+    if problems:
+        raise ConfigError(problems, source)
+    return Config(**sections, source=source)
+
+
+def _build_section(
+    name: str, cls: type, table: Mapping[str, Any], env: Mapping[str, str], problems: list[str]
+) -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in table:
+        if key not in known:
+            problems.append(
+                f"unknown key '{name}.{key}'; allowed keys in [{name}]: {', '.join(sorted(known))}"
+            )
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        env_key = f"{ENV_PREFIX}{name.upper()}_{f.name.upper()}"
+        if env_key in env:
+            value: Any = _from_env(env[env_key], hints[f.name])
+            where = f"{env_key}"
+        elif f.name in table:
+            value = table[f.name]
+            where = f"{name}.{f.name}"
+        else:
+            continue
+        checked = _check_value(name, f.name, where, value, hints[f.name], problems)
+        if checked is not _INVALID:
+            values[f.name] = checked
+    instance: Any = cls()
+    assert is_dataclass(instance)
+    return replace(instance, **values)  # type: ignore[type-var]
+
+
+_INVALID = object()
+
+
+def _from_env(text: str, kind: Any) -> Any:
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        return text
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            return text
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    if get_origin(kind) is tuple:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return text
+
+
+def _type_name(kind: Any) -> str:
+    if get_origin(kind) is tuple:
+        return f"a list of {get_args(kind)[0].__name__}"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[kind]
+
+
+def _check_value(
+    section: str, key: str, where: str, value: Any, kind: Any, problems: list[str]
+) -> Any:
+    shown = repr(value)
+    ok = True
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif kind is str:
+        ok = isinstance(value, str)
+    elif get_origin(kind) is tuple:
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
+    if not ok:
+        problems.append(f"{where} = {shown} is invalid: must be {_type_name(kind)}")
+        return _INVALID
+    choices = _CHOICES.get((section, key))
+    if choices and value not in choices:
+        problems.append(f"{where} = {shown} is invalid: must be one of {', '.join(choices)}")
+        return _INVALID
+    low, high = _MINIMUMS.get((section, key)), _MAXIMUMS.get((section, key))
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"between {low} and {high}"
+        problems.append(f"{where} = {shown} is invalid: must be {bounds}")
+        return _INVALID
+    return value
+
+
+def _check_cross_field(sections: dict[str, Any], problems: list[str]) -> None:
+    server: ServerConfig = sections["server"]
+    database: DatabaseConfig = sections["database"]
+    if database.pool_min_size > database.pool_max_size:
+        problems.append(
+            f"database.pool_min_size = {database.pool_min_size} is invalid: must be <= "
+            f"database.pool_max_size ({database.pool_max_size})"
+        )
+    if server.management_port and server.management_port == server.port:
+        problems.append(
+            f"server.management_port = {server.management_port} is invalid: must differ from "
+            "server.port (use 0 to share the ingest listener)"
+        )
+    if server.public_url and not server.public_url.startswith(("http://", "https://")):
+        problems.append(
+            f"server.public_url = {server.public_url!r} is invalid: must start with http:// or "
+            "https://"
+        )
+    for cidr in server.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            problems.append(
+                f"server.trusted_proxies contains {cidr!r}: not an IP address or CIDR network"
+            )
+    if database.dsn and not database.dsn.startswith(("postgres://", "postgresql://")):
+        problems.append(
+            "database.dsn is invalid: must start with postgresql:// (value not shown: it may "
+            "contain a password)"
+        )

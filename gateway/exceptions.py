@@ -1,0 +1,42 @@
+"""The gateway's own exceptions. Storage translates driver errors into these at its boundary."""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Something went wrong in the gateway."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class NotFound(GatewayError):
+    """The requested resource does not exist."""
+
+
+class AlreadyExists(GatewayError):
+    """A resource with the same unique key already exists."""
+
+
+class Conflict(GatewayError):
+    """The request conflicts with the current state of the resource."""
+
+
+class DatabaseUnavailable(GatewayError):
+    """The database is unavailable; retry later."""
+
+
+class Overloaded(GatewayError):
+    """The gateway is overloaded; retry later."""
+
+
+class InvalidCredentials(GatewayError):
+    """Invalid email or password."""
+
+
+class InvalidToken(GatewayError):
+    """The token is missing, malformed, expired or revoked."""

@@ -1,0 +1,83 @@
+"""HTTP helpers shared by both route tables: JSON responses and the error body shape."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+JSON_TYPE = "application/json"
+
+
+def json_response(
+    data: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """A JSON response serialised with orjson (datetimes, UUIDs and dataclasses included)."""
+    return web.Response(
+        body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
+        status=status,
+        content_type=JSON_TYPE,
+        headers=headers,
+    )
+
+
+def error_body(message: str, errors: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """The error body used everywhere: ``{"message": ..., "errors": {field: [..]} | null}``."""
+    return {
+        "message": message,
+        "errors": {k: list(v) for k, v in errors.items()} if errors else None,
+    }
+
+
+def error_response(
+    status: int,
+    message: str,
+    errors: Mapping[str, Sequence[str]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """A JSON error response."""
+    return json_response(error_body(message, errors), status=status, headers=headers)
+
+
+class ApiError(Exception):
+    """Raised by views to answer with a JSON error; rendered by the management wrapper."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        errors: Mapping[str, Sequence[str]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = errors
+        self.headers = headers
+
+    def response(self) -> web.Response:
+        return error_response(self.status, self.message, self.errors, self.headers)
+
+
+class ValidationFailed(ApiError):
+    """422 with every bad field named."""
+
+    def __init__(self, errors: Mapping[str, Sequence[str]], message: str | None = None) -> None:
+        fields = ", ".join(errors)
+        super().__init__(422, message or f"The given data was invalid: {fields}", errors)
+
+
+@web.middleware
+async def routing_errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Turn the router's own 404/405 into the JSON error shape (no work on matched routes)."""
+    exc = request.match_info.http_exception
+    if exc is None:
+        return await handler(request)
+    headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+    if exc.status == 405:
+        return error_response(
+            405, f"method {request.method} is not allowed on {request.path}", headers=headers
+        )
+    return error_response(exc.status, f"no route for {request.method} {request.path}")

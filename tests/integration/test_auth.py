@@ -1,0 +1,171 @@
+"""Login, refresh and bearer authentication against a real database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+
+
+async def test_login_returns_a_working_bearer_token(client: Any, admin_token: str) -> None:
+    response = await client.get("/users/me", headers={"Authorization": f"Bearer {admin_token}"})
+    assert response.status == 200
+    body = await response.json()
+    assert body["email"] == ADMIN_EMAIL
+    assert body["is_admin"] is True
+
+
+async def test_login_response_shape(client: Any, admin_token: str) -> None:
+    response = await client.post(
+        "/users/login", json={"email": ADMIN_EMAIL.upper(), "password": ADMIN_PASSWORD}
+    )
+    assert response.status == 200
+    body = await response.json()
+    assert body["token_type"] == "Bearer"
+    assert body["expires_in"] == 3600
+    assert body["access_token"].startswith("hga_") and body["refresh_token"].startswith("hgr_")
+    assert body["access_token"] != admin_token
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "message"),
+    [
+        ({"email": ADMIN_EMAIL, "password": "wrong password"}, 401, "Invalid email or password."),
+        (
+            {"email": "nobody@example.com", "password": ADMIN_PASSWORD},
+            401,
+            "Invalid email or password.",
+        ),
+        ({"email": ADMIN_EMAIL}, 422, "The given data was invalid: password"),
+        ({}, 422, "The given data was invalid: email, password"),
+        ({"email": 5, "password": ADMIN_PASSWORD}, 422, "The given data was invalid: email"),
+        (
+            {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD, "x": 1},
+            422,
+            "The given data was invalid: x",
+        ),
+    ],
+)
+async def test_login_rejections(
+    client: Any, admin_token: str, payload: dict[str, Any], status: int, message: str
+) -> None:
+    response = await client.post("/users/login", json=payload)
+    assert response.status == status
+    body = await response.json()
+    assert body["message"] == message
+    assert "access_token" not in body
+
+
+async def test_login_field_errors_are_named(client: Any) -> None:
+    response = await client.post("/users/login", json={"email": 5})
+    body = await response.json()
+    assert body["errors"] == {
+        "email": ["must be a string, got an integer"],
+        "password": ["is required"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"{not json", "request body is not valid JSON"),
+        (b"", "request body is empty: expected a JSON object"),
+        (b"[1, 2]", "request body must be a JSON object, got an array"),
+    ],
+)
+async def test_login_malformed_body(client: Any, raw: bytes, message: str) -> None:
+    response = await client.post(
+        "/users/login", data=raw, headers={"Content-Type": "application/json"}
+    )
+    assert response.status == 400
+    assert (await response.json())["message"].startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (None, "missing Authorization header"),
+        ("Basic abc", "malformed Authorization header"),
+        ("Bearer short", "the bearer token is malformed"),
+        ("Bearer hga_" + "x" * 43, "the bearer token is invalid, expired or revoked"),
+    ],
+)
+async def test_bad_bearer_tokens_get_401(client: Any, header: str | None, message: str) -> None:
+    headers = {"Authorization": header} if header else {}
+    response = await client.get("/users/me", headers=headers)
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert (await response.json())["message"].startswith(message)
+
+
+async def test_refresh_rotates_the_refresh_token(client: Any, admin_token: str) -> None:
+    login = await (
+        await client.post("/users/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+    ).json()
+    first = await client.post(
+        "/users/refresh-token", json={"refresh_token": login["refresh_token"]}
+    )
+    assert first.status == 200
+    pair = await first.json()
+    me = await client.get("/users/me", headers={"Authorization": f"Bearer {pair['access_token']}"})
+    assert me.status == 200
+    again = await client.post(
+        "/users/refresh-token", json={"refresh_token": login["refresh_token"]}
+    )
+    assert again.status == 401
+    assert "already used" in (await again.json())["message"]
+
+
+async def test_expired_access_token_is_rejected(client: Any, admin_token: str, db: Any) -> None:
+    await db.pool.execute("UPDATE auth_tokens SET expires_at = now() - interval '1 second'")
+    response = await client.get("/users/me", headers={"Authorization": f"Bearer {admin_token}"})
+    assert response.status == 401
+
+
+async def test_refresh_token_is_not_a_bearer_token(client: Any, admin_token: str) -> None:
+    login = await (
+        await client.post("/users/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+    ).json()
+    response = await client.get(
+        "/users/me", headers={"Authorization": f"Bearer {login['refresh_token']}"}
+    )
+    assert response.status == 401
+
+
+async def test_tokens_are_stored_only_as_hashes(client: Any, admin_token: str, db: Any) -> None:
+    rows = await db.pool.fetch("SELECT token_hash FROM auth_tokens")
+    assert rows and all(admin_token.encode() not in bytes(r["token_hash"]) for r in rows)
+    stored = await db.pool.fetchval("SELECT password_hash FROM users")
+    assert stored.startswith("$argon2id$") and ADMIN_PASSWORD not in stored
+
+
+async def test_admin_creates_users_and_members_cannot(
+    client: Any, admin_headers: dict[str, str]
+) -> None:
+    created = await client.post(
+        "/users", json={"email": "dev@example.com", "password": "longenough"}, headers=admin_headers
+    )
+    assert created.status == 201
+    assert (await created.json())["is_admin"] is False
+    duplicate = await client.post(
+        "/users", json={"email": "DEV@example.com", "password": "longenough"}, headers=admin_headers
+    )
+    assert duplicate.status == 409
+    short = await client.post(
+        "/users", json={"email": "x@example.com", "password": "short"}, headers=admin_headers
+    )
+    assert short.status == 422
+    assert "password" in (await short.json())["errors"]
+    login = await (
+        await client.post(
+            "/users/login", json={"email": "dev@example.com", "password": "longenough"}
+        )
+    ).json()
+    forbidden = await client.post(
+        "/users",
+        json={"email": "y@example.com", "password": "longenough"},
+        headers={"Authorization": f"Bearer {login['access_token']}"},
+    )
+    assert forbidden.status == 403
