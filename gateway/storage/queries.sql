@@ -73,3 +73,21 @@ FROM auth_tokens WHERE user_id = $1 AND kind = 'personal' ORDER BY id;
 UPDATE auth_tokens SET revoked_at = coalesce(revoked_at, now())
 WHERE id = $1 AND user_id = $2 AND kind = 'personal'
 RETURNING id;
+
+-- Permissions ----------------------------------------------------------------------------------
+
+-- name: permissions_in_environment
+-- The union of a user's role permissions in one environment (via their teams); NULL when the
+-- user has no team linked to it (the environment is invisible to them).
+SELECT array_agg(DISTINCT p) FILTER (WHERE p IS NOT NULL) AS permissions, count(*) > 0 AS linked
+FROM environment_teams et
+JOIN team_members tm ON tm.team_id = et.team_id AND tm.user_id = $2
+JOIN roles r ON r.id = et.role_id
+LEFT JOIN LATERAL unnest(r.permissions) AS p ON true
+WHERE et.environment_id = $1;
+
+-- name: visible_environment_ids
+-- Environments a user can see: those a team of theirs is linked to.
+SELECT DISTINCT et.environment_id
+FROM environment_teams et JOIN team_members tm ON tm.team_id = et.team_id
+WHERE tm.user_id = $1;
