@@ -1,0 +1,179 @@
+"""Compiled JSON paths for variable extraction and trigger conditions.
+
+Two syntaxes are accepted, and both are compiled once (per hook) by :func:`compile_path`:
+
+* **Dot paths** (anything not starting with ``$``): ``pull_request.head.ref``,
+  ``commits.0.id``, ``source_type``. Segments are separated by ``.``; each segment is one or
+  more letters, digits, ``_``, ``-`` or ``@`` (Unicode letters and digits included). They are
+  validated by these rules (not by jsonpath-ng) and evaluated by a plain loop. A segment
+  selects the member of that name in an object; a canonical non-negative integer segment
+  (``0``, ``12``, not ``01``) additionally selects that element of an array. Keys with other
+  characters, negative indexes, wildcards and filters need JSONPath.
+* **JSONPath** (anything starting with ``$``): parsed once with ``jsonpath_ng.ext.parse``;
+  results are exactly jsonpath-ng's (``[m.value for m in matches]``). When the parsed tree is
+  only ``$`` followed by single names (``$.a``, ``$['a']``) and single indexes (``$[0]``,
+  ``$[-1]``) it is evaluated by the same loop as dot paths, replicating jsonpath-ng's rules
+  for those two nodes (a name selects only in objects, an index only in arrays).
+
+Evaluation never raises: a missing key, a wrong container type or an index out of range is
+"not found", and an exception raised inside jsonpath-ng at evaluation time counts as no match.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from jsonpath_ng import Child, Fields, Index, Root
+from jsonpath_ng.ext import parse as _jsonpath_parse
+
+__all__ = ["MAX_PATH_LENGTH", "CompiledPath", "PathSyntaxError", "compile_path"]
+
+#: Longest accepted path; a guard against pathological input to the PLY parser.
+MAX_PATH_LENGTH = 1024
+
+_SEGMENT_RE = re.compile(r"[\w@-]+")
+_INDEX_RE = re.compile(r"0|[1-9][0-9]*")
+_MISSING: Any = object()
+
+# One step of the fast path: (key for objects or None, index for arrays or None).
+_Step = tuple[str | None, int | None]
+
+
+class PathSyntaxError(ValueError):
+    """A path that cannot be compiled; the message names the path and the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPath:
+    """A path compiled once; ``find``/``first`` evaluate it against a parsed JSON document.
+
+    ``steps`` is set for fast-path evaluation (a tuple of (key, index) steps); otherwise
+    ``expression`` holds the parsed jsonpath-ng expression. ``singular`` is true when the path
+    can match at most one value (always the case for the fast path).
+    """
+
+    source: str
+    steps: tuple[_Step, ...] | None = None
+    expression: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def singular(self) -> bool:
+        """True when the path selects at most one value (fast-path evaluation)."""
+        return self.steps is not None
+
+    def find(self, document: Any) -> list[Any]:
+        """Return every value the path selects in ``document`` (possibly empty)."""
+        if self.steps is not None:
+            value = _walk(self.steps, document)
+            return [] if value is _MISSING else [value]
+        try:
+            return [match.value for match in self.expression.find(document)]
+        except Exception:
+            # jsonpath-ng extensions (filters, arithmetic) can raise on odd data; on the hot
+            # path a bad payload must read as "no match", never as a 500.
+            return []
+
+    def first(self, document: Any) -> tuple[bool, Any]:
+        """Return ``(True, value)`` for the first match, or ``(False, None)`` if none."""
+        if self.steps is not None:
+            value = _walk(self.steps, document)
+            return (False, None) if value is _MISSING else (True, value)
+        matches = self.find(document)
+        return (True, matches[0]) if matches else (False, None)
+
+
+def _walk(steps: tuple[_Step, ...], document: Any) -> Any:
+    current = document
+    for key, index in steps:
+        if isinstance(current, dict):
+            if key is None:
+                return _MISSING
+            current = current.get(key, _MISSING)
+            if current is _MISSING:
+                return _MISSING
+        elif index is not None and isinstance(current, list):
+            # Negative indexes only come from JSONPath `[-n]`; Python's indexing rules
+            # (-len <= i < len) are exactly jsonpath-ng's.
+            try:
+                current = current[index]
+            except IndexError:
+                return _MISSING
+        else:
+            return _MISSING
+    return current
+
+
+def compile_path(path: str) -> CompiledPath:
+    """Compile ``path`` (dot path or ``$`` JSONPath) or raise :class:`PathSyntaxError`.
+
+    Results are cached by source text: compiled paths are immutable, and many hooks share the
+    same few paths (``pull_request.number``), so the cache saves both parse time and memory.
+    """
+    if not isinstance(path, str):  # checked before the cache, which needs a hashable key
+        raise PathSyntaxError(f"path must be a string, got {type(path).__name__}")
+    return _compile_cached(path)
+
+
+@lru_cache(maxsize=8192)
+def _compile_cached(path: str) -> CompiledPath:
+    if not path:
+        raise PathSyntaxError("path is empty")
+    if len(path) > MAX_PATH_LENGTH:
+        raise PathSyntaxError(f"path {path[:40]!r}... is longer than {MAX_PATH_LENGTH} characters")
+    if path.startswith("$"):
+        return _compile_jsonpath(path)
+    return CompiledPath(source=path, steps=_compile_dot_path(path))
+
+
+def _compile_dot_path(path: str) -> tuple[_Step, ...]:
+    steps: list[_Step] = []
+    for position, segment in enumerate(path.split(".")):
+        if not segment:
+            raise PathSyntaxError(
+                f"invalid path {path!r}: empty segment at position {position} "
+                "(recursive descent needs JSONPath, e.g. '$..name')"
+            )
+        if not _SEGMENT_RE.fullmatch(segment):
+            raise PathSyntaxError(
+                f"invalid path {path!r}: segment {segment!r} may contain only letters, digits,"
+                " '_', '-' and '@'; use JSONPath for other keys, e.g. $['a key']"
+            )
+        index = int(segment) if _INDEX_RE.fullmatch(segment) else None
+        steps.append((segment, index))
+    return tuple(steps)
+
+
+def _compile_jsonpath(path: str) -> CompiledPath:
+    try:
+        with warnings.catch_warnings():
+            # Deprecated-but-valid syntax (e.g. unquoted words in filters) warns at parse
+            # time; it still works in the pinned jsonpath-ng, so accept it silently.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            expression = _jsonpath_parse(path)
+    except Exception as exc:  # jsonpath-ng raises lexer/parser errors and, rarely, others
+        raise PathSyntaxError(f"invalid JSONPath {path!r}: {exc}") from exc
+    steps = _simple_steps(expression)
+    if steps is not None:
+        return CompiledPath(source=path, steps=steps)
+    return CompiledPath(source=path, expression=expression)
+
+
+def _simple_steps(node: Any) -> tuple[_Step, ...] | None:
+    """Flatten ``$``/single-name/single-index trees into fast-path steps, else None."""
+    reversed_steps: list[_Step] = []
+    while type(node) is Child:
+        right = node.right
+        if type(right) is Fields and len(right.fields) == 1 and right.fields[0] != "*":
+            reversed_steps.append((right.fields[0], None))
+        elif type(right) is Index and len(right.indices) == 1:
+            reversed_steps.append((None, right.indices[0]))
+        else:
+            return None
+        node = node.left
+    if type(node) is not Root:
+        return None
+    return tuple(reversed(reversed_steps))
