@@ -170,3 +170,189 @@ CREATE INDEX IF NOT EXISTS pipeline_runs_pending_idx
     ON pipeline_runs (queued_at) WHERE status = 'queued';
 
 INSERT INTO schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;
+
+-- Runs -----------------------------------------------------------------------------------------
+-- Leases, attempts and per-key concurrency for executors (gateway/storage/runs.py).
+
+-- A pipeline runs at most one run per value of the variable named by concurrency_key at a time
+-- (NULL key: no limit). queue: later runs wait; skip-if-running: they end 'skipped';
+-- cancel-in-progress: the newest run wins and older queued/in-progress ones are cancelled.
+ALTER TABLE pipelines ADD COLUMN IF NOT EXISTS concurrency_policy text NOT NULL DEFAULT 'queue'
+    CHECK (concurrency_policy IN ('queue', 'skip-if-running', 'cancel-in-progress'));
+ALTER TABLE pipelines ADD COLUMN IF NOT EXISTS concurrency_key text;
+ALTER TABLE pipelines ADD COLUMN IF NOT EXISTS max_attempts integer NOT NULL DEFAULT 3
+    CHECK (max_attempts BETWEEN 1 AND 100);
+
+ALTER TABLE pipeline_runs ADD COLUMN IF NOT EXISTS concurrency_key_value text;
+ALTER TABLE pipeline_runs ADD COLUMN IF NOT EXISTS claimed_by text;
+ALTER TABLE pipeline_runs ADD COLUMN IF NOT EXISTS updated_at timestamptz NOT NULL DEFAULT now();
+
+-- Claiming one pipeline's runs walks only its queued rows, oldest first.
+CREATE INDEX IF NOT EXISTS pipeline_runs_pending_pipeline_idx
+    ON pipeline_runs (pipeline_id, queued_at) WHERE status = 'queued';
+-- Expired-lease scans touch only in-progress rows.
+CREATE INDEX IF NOT EXISTS pipeline_runs_lease_idx
+    ON pipeline_runs (lease_expires_at) WHERE status = 'in-progress';
+-- Concurrency checks: "is a run with this key in progress?" and "which queued run of this key
+-- is oldest/newest?" each read a small partial index.
+CREATE INDEX IF NOT EXISTS pipeline_runs_running_key_idx
+    ON pipeline_runs (pipeline_id, concurrency_key_value)
+    WHERE status = 'in-progress' AND concurrency_key_value IS NOT NULL;
+CREATE INDEX IF NOT EXISTS pipeline_runs_queued_key_idx
+    ON pipeline_runs (pipeline_id, concurrency_key_value, queued_at)
+    WHERE status = 'queued' AND concurrency_key_value IS NOT NULL;
+-- Pruning walks finished runs by age.
+CREATE INDEX IF NOT EXISTS pipeline_runs_finished_idx
+    ON pipeline_runs (finished_at) WHERE finished_at IS NOT NULL;
+
+-- On enqueue (whoever inserts: the ingest batcher, replay, tests): record the run's key value,
+-- and under skip-if-running end a run at once when its key already has a run in progress.
+-- Read-only on other rows: cancel-in-progress is applied by claim and heartbeat instead, so the
+-- hot insert never waits on, or deadlocks over, row locks held by executors.
+CREATE OR REPLACE FUNCTION hookgate_run_before_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    policy    text;
+    key_name  text;
+    running   uuid;
+BEGIN
+    SELECT p.concurrency_policy, p.concurrency_key INTO policy, key_name
+    FROM pipelines p WHERE p.id = NEW.pipeline_id;
+    IF key_name IS NULL THEN
+        NEW.concurrency_key_value := NULL;
+        RETURN NEW;
+    END IF;
+    NEW.concurrency_key_value := NEW.variables ->> key_name;
+    IF policy = 'skip-if-running' AND NEW.status = 'queued'
+            AND NEW.concurrency_key_value IS NOT NULL THEN
+        SELECT r.id INTO running FROM pipeline_runs r
+        WHERE r.pipeline_id = NEW.pipeline_id AND r.status = 'in-progress'
+          AND r.concurrency_key_value = NEW.concurrency_key_value
+        LIMIT 1;
+        IF running IS NOT NULL THEN
+            NEW.status := 'skipped';
+            NEW.finished_at := now();
+            NEW.message := format('skipped: run %s with the same %s is in progress',
+                                  running, key_name);
+        END IF;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE OR REPLACE TRIGGER pipeline_runs_before_insert
+    BEFORE INSERT ON pipeline_runs
+    FOR EACH ROW EXECUTE FUNCTION hookgate_run_before_insert();
+
+-- Every state change (and every enqueue) tells listeners on 'hookgate_run_changed' with
+-- {"run_id", "pipeline_id", "status"}; delivered only when the transaction commits.
+CREATE OR REPLACE FUNCTION hookgate_notify_runs_inserted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('hookgate_run_changed', json_build_object(
+        'run_id', n.id, 'pipeline_id', n.pipeline_id, 'status', n.status)::text)
+    FROM new_runs n;
+    RETURN NULL;
+END;
+$$;
+-- Statement level: one call per multi-row INSERT from the batcher, not one per row.
+CREATE OR REPLACE TRIGGER pipeline_runs_inserted
+    AFTER INSERT ON pipeline_runs REFERENCING NEW TABLE AS new_runs
+    FOR EACH STATEMENT EXECUTE FUNCTION hookgate_notify_runs_inserted();
+
+CREATE OR REPLACE FUNCTION hookgate_notify_run_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('hookgate_run_changed', json_build_object(
+        'run_id', NEW.id, 'pipeline_id', NEW.pipeline_id, 'status', NEW.status)::text);
+    RETURN NULL;
+END;
+$$;
+CREATE OR REPLACE TRIGGER pipeline_runs_status_changed
+    AFTER UPDATE OF status ON pipeline_runs
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION hookgate_notify_run_changed();
+
+INSERT INTO schema_version (version) VALUES (2) ON CONFLICT DO NOTHING;
+-- end Runs -------------------------------------------------------------------------------------
+
+-- Outgoing hooks -------------------------------------------------------------------------------
+-- Requests sent to external systems when a run changes state (gateway/dispatcher/,
+-- gateway/storage/outgoing.py). Deliveries are written into an outbox in the same transaction as
+-- the state change; the dispatcher claims due rows with SKIP LOCKED and a lease.
+
+CREATE TABLE IF NOT EXISTS outgoing_hooks (
+    id                    uuid PRIMARY KEY,
+    pipeline_id           bigint NOT NULL REFERENCES pipelines (id) ON DELETE CASCADE,
+    name                  text NOT NULL,
+    active                boolean NOT NULL DEFAULT true,
+    target_url            text NOT NULL,
+    -- run.queued | run.started | run.completed | run.failed | run.status_changed
+    events                text[] NOT NULL,
+    trigger_when          jsonb NOT NULL DEFAULT '{}',  -- {"events": [...], "conditions": [...]}
+    -- {request_headers: [{name, value}], request_body, method, timeout, signature_header,
+    --  signature_algorithm}
+    settings              jsonb NOT NULL DEFAULT '{}',
+    requires_secret       boolean NOT NULL DEFAULT true,
+    secret                text,
+    consecutive_failures  integer NOT NULL DEFAULT 0,
+    disabled_reason       text,
+    created_by            bigint REFERENCES users (id) ON DELETE SET NULL,
+    created_at            timestamptz NOT NULL DEFAULT now(),
+    updated_at            timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS outgoing_hooks_pipeline_idx ON outgoing_hooks (pipeline_id);
+
+-- The outbox. payload is the event context frozen at event time: {event, run, pipeline, hook}.
+CREATE TABLE IF NOT EXISTS outgoing_deliveries (
+    id                uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    hook_id           uuid NOT NULL REFERENCES outgoing_hooks (id) ON DELETE CASCADE,
+    run_id            uuid,
+    event             text NOT NULL,
+    payload           jsonb NOT NULL,
+    status            text NOT NULL DEFAULT 'pending'
+                      CHECK (status IN ('pending', 'delivering', 'succeeded', 'failed',
+                                        'skipped')),
+    attempt           integer NOT NULL DEFAULT 0,  -- attempts started
+    next_attempt_at   timestamptz NOT NULL DEFAULT now(),
+    locked_until      timestamptz,  -- lease of the dispatcher holding a 'delivering' row
+    last_status_code  smallint,
+    last_error        text,
+    retry_of          uuid,  -- the hook_requests row a manual redelivery repeats
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    updated_at        timestamptz NOT NULL DEFAULT now()
+);
+-- Only due work is indexed: pending rows by due time, and leases that may expire.
+CREATE INDEX IF NOT EXISTS outgoing_deliveries_due_idx
+    ON outgoing_deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS outgoing_deliveries_lease_idx
+    ON outgoing_deliveries (locked_until) WHERE status = 'delivering';
+CREATE INDEX IF NOT EXISTS outgoing_deliveries_hook_idx
+    ON outgoing_deliveries (hook_id, created_at DESC);
+-- Pruning walks finished deliveries by age (`gateway prune`).
+CREATE INDEX IF NOT EXISTS outgoing_deliveries_finished_idx
+    ON outgoing_deliveries (updated_at) WHERE status IN ('succeeded', 'failed', 'skipped');
+
+-- Wake dispatchers when deliveries are written (delivered at commit; skipped for empty inserts,
+-- so run inserts on the ingest path that match no outgoing hook notify nobody).
+CREATE OR REPLACE FUNCTION hookgate_notify_delivery_due() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM new_deliveries) THEN
+        PERFORM pg_notify('hookgate_delivery_due', '');
+    END IF;
+    RETURN NULL;
+END;
+$$;
+CREATE OR REPLACE TRIGGER outgoing_deliveries_inserted
+    AFTER INSERT ON outgoing_deliveries REFERENCING NEW TABLE AS new_deliveries
+    FOR EACH STATEMENT EXECUTE FUNCTION hookgate_notify_delivery_due();
+
+-- Each attempt is a hook_requests row with hook_type = 'outgoing' (delivery_id = the delivery,
+-- status_code 0 when no response came back, outcome succeeded | failed | refused).
+ALTER TABLE hook_requests ADD COLUMN IF NOT EXISTS target_url text;
+ALTER TABLE hook_requests ADD COLUMN IF NOT EXISTS response_excerpt text;
+ALTER TABLE hook_requests ADD COLUMN IF NOT EXISTS attempt integer;
+ALTER TABLE hook_requests ADD COLUMN IF NOT EXISTS request_method text;
+
+INSERT INTO schema_version (version) VALUES (3) ON CONFLICT DO NOTHING;
+-- end Outgoing hooks ---------------------------------------------------------------------------

@@ -14,18 +14,51 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.config import Config
+from gateway.dispatcher import service as dispatcher_service
 from gateway.http import routing_errors_as_json
 from gateway.ingest import health
+from gateway.ingest import trigger as ingest_trigger
+from gateway.management import access as access_api
+from gateway.management import environment_teams as environment_teams_api
+from gateway.management import environments as environments_api
+from gateway.management import executor_api
+from gateway.management import history as history_api
+from gateway.management import incoming_hooks as incoming_hooks_api
+from gateway.management import outgoing_history as outgoing_history_api
+from gateway.management import outgoing_hooks as outgoing_hooks_api
+from gateway.management import pipeline_hooks as pipeline_hooks_api
+from gateway.management import pipelines as pipelines_api
+from gateway.management import runs as runs_api
+from gateway.management import tokens as tokens_api
 from gateway.management import users as users_api
 from gateway.storage.database import Database
 
 # Route tables in registration order. Later parts append to these lists.
 INGEST_ROUTES: list[web.RouteTableDef] = [health.routes]
 MANAGEMENT_ROUTES: list[web.RouteTableDef] = [users_api.routes]
+# Environments, pipelines, incoming hooks, request history and runs (read side).
+MANAGEMENT_ROUTES += [
+    environments_api.routes,
+    pipelines_api.routes,
+    incoming_hooks_api.routes,
+    pipeline_hooks_api.routes,
+    runs_api.routes,
+    history_api.routes,
+]
+# Access: roles, teams, members, team links to environments, personal access tokens.
+MANAGEMENT_ROUTES += [access_api.routes, environment_teams_api.routes, tokens_api.routes]
+# Executors: claim, heartbeat, status; pipeline concurrency settings (issue 5).
+MANAGEMENT_ROUTES += [executor_api.routes]
 
 # Hooks that start and stop per-process services (hook cache, batcher, dispatcher ...).
 ServiceContext = Callable[[web.Application], AsyncIterator[None]]
 SERVICE_CONTEXTS: list[ServiceContext] = []
+# Ingest: POST /hooks/incoming/{hook_id}, its hook cache and group-commit batcher.
+INGEST_ROUTES.append(ingest_trigger.routes)
+SERVICE_CONTEXTS.append(ingest_trigger.ingest_services)
+# Outgoing hooks (issue 6): their management API, and the dispatcher inside `gateway serve`.
+MANAGEMENT_ROUTES += [outgoing_hooks_api.routes, outgoing_history_api.routes]
+SERVICE_CONTEXTS.append(dispatcher_service.dispatcher_service)
 
 
 def _base_app(

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway.config import Config, ConfigError, load_config
+from gateway.executor import commands as run_commands
 from gateway.logs import configure_logging, get_logger
 
 log = get_logger(__name__)
@@ -23,8 +24,11 @@ def _parser() -> argparse.ArgumentParser:
         help="config file (default: $GATEWAY_CONFIG or ./config.toml)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("serve", help="run the gateway (ingest + management API)")
+    serve = commands.add_parser("serve", help="run the gateway (ingest + management API)")
+    # Internal: how the supervisor starts each of the [server] workers (see gateway/supervisor.py).
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     commands.add_parser("migrate", help="apply schema.sql to the configured database")
+    commands.add_parser("dispatch", help="deliver outgoing hooks (without the HTTP listeners)")
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("path", nargs="?", help="file to check (default: --config)")
     user = commands.add_parser("user", help="manage users")
@@ -38,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="VAR",
         help="read the password from this environment variable (default: stdin)",
     )
+    run_commands.add_commands(commands)  # executor, prune (issue 5)
     return parser
 
 
@@ -58,7 +63,7 @@ def _read_password(var: str | None) -> str:
         return os.environ[var]
     if sys.stdin.isatty():
         return getpass.getpass("Password: ")
-    return sys.stdin.readline().rstrip("\n")
+    return sys.stdin.readline().rstrip("\r\n")
 
 
 async def _migrate(config: Config) -> None:
@@ -67,6 +72,7 @@ async def _migrate(config: Config) -> None:
     async with database_for(config) as db:
         version = await db.apply_schema()
         log.info("schema_applied", version=version)
+        print(f"schema applied: version {version}")
 
 
 async def _create_user(config: Config, email: str, name: str, admin: bool, password: str) -> None:
@@ -97,12 +103,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from gateway.server import serve
 
-            asyncio.run(serve(config))
+            code = asyncio.run(serve(config, worker=args.worker))
+            if code:
+                return code
+        elif args.command == "dispatch":  # outgoing hooks (issue 6)
+            from gateway.dispatcher.service import dispatch
+
+            asyncio.run(dispatch(config))
         elif args.command == "migrate":
             asyncio.run(_migrate(config))
         elif args.command == "user":
             password = _read_password(args.password_env)
             asyncio.run(_create_user(config, args.email, args.name, args.admin, password))
+        elif args.command in run_commands.COMMANDS:
+            return run_commands.main(config, args)
     except KeyboardInterrupt:
         return 130
     except ValueError as exc:  # validation of user input

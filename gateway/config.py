@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 DEFAULT_CONFIG_PATH = "config.toml"
 ENV_CONFIG_PATH = "GATEWAY_CONFIG"
@@ -86,6 +88,43 @@ class LogConfig:
     format: str = "json"  # json | console
 
 
+# Outgoing hooks (dispatcher) ----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class OutgoingConfig:
+    allow_private_targets: bool = False  # SSRF guard off: allow loopback/private/link-local
+    timeout: float = 10.0  # seconds per request (a hook's settings.timeout may lower it)
+    concurrency: int = 64  # requests in flight per dispatcher process
+    per_target_concurrency: int = 4  # requests in flight per scheme://host:port
+    retry_schedule: tuple[float, ...] = (10.0, 30.0, 120.0, 600.0, 1800.0)  # seconds
+    retry_jitter: float = 1.0  # 1: full jitter (uniform 0..delay); 0: exact schedule
+    retry_after_max: float = 3600.0  # cap on a target's Retry-After, seconds
+    disable_after_failures: int = 10  # consecutive failed deliveries; 0: never
+    dispatcher_in_serve: bool = True  # run the dispatcher inside `gateway serve`
+    poll_interval: float = 5.0  # seconds between checks when no notification arrives
+    response_excerpt_bytes: int = 1024  # response body kept per attempt
+
+
+# End of outgoing hooks -----------------------------------------------------------------------
+
+
+# Operations (issue 8): rate limits and secrets at rest ---------------------------------------
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    default_rate_per_second: float = 0.0  # per hook and worker process; 0: unlimited
+    default_burst: int = 0  # 0: derived from the rate (ceil(rate), at least 1)
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    # "key_id:base64 of 32 bytes" entries, the first encrypts (gateway.security.secret_keys).
+    secret_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Used when secret_keys is empty: read, or created on first start; "" disables encryption.
+    key_file: str = "var/secret-keys"
+
+
+# End of operations ---------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -94,6 +133,9 @@ class Config:
     hooks: HooksConfig = field(default_factory=HooksConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    outgoing: OutgoingConfig = field(default_factory=OutgoingConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)  # operations (issue 8)
+    security: SecurityConfig = field(default_factory=SecurityConfig)  # operations (issue 8)
     source: str = ""  # the file it came from, for messages
 
 
@@ -123,30 +165,55 @@ _MINIMUMS: dict[tuple[str, str], float] = {
     ("batch", "max_wait_ms"): 0,
     ("batch", "max_queue"): 1,
     ("batch", "retry_after"): 1,
+    # outgoing hooks
+    ("outgoing", "timeout"): 0.1,
+    ("outgoing", "concurrency"): 1,
+    ("outgoing", "per_target_concurrency"): 1,
+    ("outgoing", "retry_jitter"): 0,
+    ("outgoing", "retry_after_max"): 0,
+    ("outgoing", "disable_after_failures"): 0,
+    ("outgoing", "poll_interval"): 0.05,
+    ("outgoing", "response_excerpt_bytes"): 0,
+    # operations (issue 8)
+    ("limits", "default_rate_per_second"): 0,
+    ("limits", "default_burst"): 0,
 }
 
 _MAXIMUMS: dict[tuple[str, str], float] = {
     ("server", "port"): 65535,
     ("server", "management_port"): 65535,
     ("server", "workers"): 256,
+    # outgoing hooks (timeout bounds the delivery lease, see gateway.dispatcher.dispatcher)
+    ("outgoing", "timeout"): 60,
+    ("outgoing", "retry_jitter"): 1,
+    ("outgoing", "response_excerpt_bytes"): 65536,
+    # operations (issue 8)
+    ("limits", "default_rate_per_second"): 1_000_000,
+    ("limits", "default_burst"): 1_000_000,
 }
 
+# Keys whose values never appear in a message (operations, issue 8): key material.
+_MASKED: frozenset[tuple[str, str]] = frozenset({("security", "secret_keys")})
 
-def resolve_path(path: str | None) -> Path:
+
+def resolve_path(path: str | None, env: Mapping[str, str] | None = None) -> Path:
     """The config file to read: the argument, else ``$GATEWAY_CONFIG``, else ./config.toml."""
-    return Path(path or os.environ.get(ENV_CONFIG_PATH) or DEFAULT_CONFIG_PATH)
+    env = os.environ if env is None else env
+    return Path(path or env.get(ENV_CONFIG_PATH) or DEFAULT_CONFIG_PATH)
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Read, merge and validate the configuration; raise ConfigError listing every problem."""
-    file_path = resolve_path(str(path) if path else None)
     env = os.environ if env is None else env
+    file_path = resolve_path(str(path) if path else None, env)
     raw: dict[str, Any] = {}
     if file_path.exists():
         try:
             raw = tomllib.loads(file_path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError([f"not valid TOML: {exc}"], str(file_path)) from exc
+        except OSError as exc:
+            raise ConfigError([f"cannot read the file: {exc.strerror}"], str(file_path)) from exc
     elif path is not None or ENV_CONFIG_PATH in env:
         raise ConfigError([f"file not found: {file_path}"], str(file_path))
     return build_config(raw, env, source=str(file_path))
@@ -161,6 +228,7 @@ def build_config(raw: Mapping[str, Any], env: Mapping[str, str], source: str = "
     for name in raw:
         if name not in section_types:
             problems.append(f"unknown section [{name}]; allowed: {', '.join(section_types)}")
+    _check_env_names(section_types, env, problems)
     for name in section_types:
         cls = hints[name]
         table = raw.get(name, {})
@@ -207,6 +275,22 @@ def _build_section(
 _INVALID = object()
 
 
+def _check_env_names(
+    sections: Mapping[str, Any], env: Mapping[str, str], problems: list[str]
+) -> None:
+    # A typo in an override must not be ignored silently any more than one in the file.
+    hints = get_type_hints(Config)
+    for env_key in env:
+        for section in sections:
+            prefix = f"{ENV_PREFIX}{section.upper()}_"
+            if not env_key.startswith(prefix):
+                continue
+            keys = [f.name for f in fields(hints[section])]
+            if env_key[len(prefix) :].lower() not in keys:
+                allowed = ", ".join(prefix + k.upper() for k in keys)
+                problems.append(f"unknown environment override {env_key}; allowed: {allowed}")
+
+
 def _from_env(text: str, kind: Any) -> Any:
     if kind is bool:
         lowered = text.strip().lower()
@@ -226,20 +310,32 @@ def _from_env(text: str, kind: Any) -> Any:
         except ValueError:
             return text
     if get_origin(kind) is tuple:
-        return [part.strip() for part in text.split(",") if part.strip()]
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        if get_args(kind)[0] is float:  # e.g. GATEWAY_OUTGOING_RETRY_SCHEDULE=1,5,30
+            return [_from_env(part, float) for part in parts]
+        return parts
     return text
 
 
 def _type_name(kind: Any) -> str:
     if get_origin(kind) is tuple:
+        if get_args(kind)[0] is float:
+            return "a list of non-negative numbers"
         return f"a list of {get_args(kind)[0].__name__}"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[kind]
+
+
+def _is_item(value: Any, item: Any) -> bool:
+    if item is float:  # list of numbers (outgoing.retry_schedule)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        return number and 0 <= value < float("inf")
+    return isinstance(value, item)
 
 
 def _check_value(
     section: str, key: str, where: str, value: Any, kind: Any, problems: list[str]
 ) -> Any:
-    shown = repr(value)
+    shown = "'***'" if (section, key) in _MASKED else repr(value)
     ok = True
     if kind is bool:
         ok = isinstance(value, bool)
@@ -251,8 +347,9 @@ def _check_value(
     elif kind is str:
         ok = isinstance(value, str)
     elif get_origin(kind) is tuple:
-        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
-        value = tuple(value) if ok else value
+        item = get_args(kind)[0]
+        ok = isinstance(value, list | tuple) and all(_is_item(v, item) for v in value)
+        value = tuple(float(v) if item is float else v for v in value) if ok else value
     if not ok:
         problems.append(f"{where} = {shown} is invalid: must be {_type_name(kind)}")
         return _INVALID
@@ -293,8 +390,44 @@ def _check_cross_field(sections: dict[str, Any], problems: list[str]) -> None:
             problems.append(
                 f"server.trusted_proxies contains {cidr!r}: not an IP address or CIDR network"
             )
-    if database.dsn and not database.dsn.startswith(("postgres://", "postgresql://")):
+    if database.dsn:
+        _check_dsn(database.dsn, problems)
+    elif not database.data_dir.strip():
         problems.append(
-            "database.dsn is invalid: must start with postgresql:// (value not shown: it may "
-            "contain a password)"
+            "database.data_dir = '' is invalid: must be a directory path when database.dsn is "
+            "empty (the embedded PostgreSQL keeps its data there)"
         )
+    if not server.host.strip():
+        problems.append(
+            "server.host = '' is invalid: must be an address, e.g. 127.0.0.1 or 0.0.0.0"
+        )
+    # Operations (issue 8): NaN passes the bounds checks; key lines are checked here so that
+    # check-config and a SIGHUP reload reject them (messages never echo key material).
+    if sections["limits"].default_rate_per_second != sections["limits"].default_rate_per_second:
+        problems.append("limits.default_rate_per_second = nan is invalid: must be a number")
+    from gateway.security.secret_keys import key_line_problems
+
+    problems.extend(key_line_problems(sections["security"].secret_keys, "security.secret_keys"))
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN with its password replaced by ``***``, fit for messages and logs."""
+    dsn = re.sub(r"([?&]password=)[^&]*", r"\1***", dsn)
+    scheme, sep, rest = dsn.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return dsn
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
+def _check_dsn(dsn: str, problems: list[str]) -> None:
+    shown = repr(mask_dsn(dsn))
+    allowed = "must be a URL like postgresql://user:password@host:5432/database"
+    if not dsn.startswith(("postgres://", "postgresql://")):
+        problems.append(f"database.dsn = {shown} is invalid: {allowed}")
+        return
+    try:
+        parts = urlsplit(dsn)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        problems.append(f"database.dsn = {shown} is invalid ({exc}): {allowed}")

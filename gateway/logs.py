@@ -1,53 +1,79 @@
-"""structlog set-up: JSON or console output, event name first, request context via contextvars."""
+"""structlog set-up: JSON or console output, event name first, request context via contextvars.
+
+Module-level loggers (``log = get_logger(__name__)``) are lazy: they pick up the configuration
+in force when they first log, so importing a module before ``configure_logging`` is harmless.
+Records from the standard library (aiohttp, asyncpg ...) are rendered by the same processors, so
+a JSON log stays one JSON object per line whoever wrote it.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
+LEVELS = ("debug", "info", "warning", "error")
+FORMATS = ("json", "console")
+
 # Keys whose values must never reach a log line, whatever a caller passes by mistake.
 _SECRET_KEYS = frozenset(
-    {"password", "secret", "token", "access_token", "refresh_token", "authorization", "signature"}
+    {
+        "password",
+        "secret",
+        "token",
+        "access_token",
+        "refresh_token",
+        "authorization",
+        "signature",
+        "cookie",
+    }
 )
+_SECRET_SUFFIXES = ("_password", "_secret", "_token", "_signature")
+REDACTED = "[redacted]"
+
+# One list object for the whole process, updated in place: loggers cached on first use keep a
+# reference to it, so a later configure_logging() (tests, a reload) still changes their output.
+_PROCESSORS: list[Any] = []
+
+
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time of the write (pytest swaps it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+class _NamedPrintLogger(structlog.PrintLogger):
+    """A PrintLogger that knows its name, for the ``logger`` field."""
+
+    def __init__(self, name: str | None, file: TextIO | Any) -> None:
+        super().__init__(file)
+        self.name = name
 
 
 def _redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Any:
     for key in list(event_dict):
-        if key.lower() in _SECRET_KEYS:
-            event_dict[key] = "[redacted]"
+        lowered = key.lower()
+        if lowered in _SECRET_KEYS or lowered.endswith(_SECRET_SUFFIXES):
+            event_dict[key] = REDACTED
     return event_dict
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """Configure structlog (and stdlib logging, for libraries) once per process."""
-    numeric = logging.getLevelName(level.upper())
-    renderer: Any = (
-        structlog.processors.JSONRenderer(sort_keys=False)
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
-    processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _redact_secrets,
-        structlog.processors.format_exc_info,
-        renderer,
-    ]
-    if fmt == "json":
-        # Put the event name first in every JSON line.
-        processors.insert(-1, _event_first)
-    structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
-    )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, force=True)
+def _add_logger_name(logger: Any, _: str, event_dict: MutableMapping[str, Any]) -> Any:
+    record = event_dict.get("_record")
+    name = record.name if record is not None else getattr(logger, "name", None)
+    if name and "logger" not in event_dict:
+        event_dict["logger"] = name
+    return event_dict
 
 
 def _event_first(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Any:
@@ -55,6 +81,56 @@ def _event_first(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Any:
     return {"event": event, **event_dict}
 
 
+def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None) -> None:
+    """Configure structlog and stdlib logging (for libraries) to one format on stderr.
+
+    The level of a logger is fixed when it first logs; format and destination follow the latest
+    call. ``stream`` defaults to the current ``sys.stderr``.
+    """
+    if level not in LEVELS or fmt not in FORMATS:
+        raise ValueError(f"log level must be one of {LEVELS}, format one of {FORMATS}")
+    out = stream if stream is not None else _CurrentStderr()
+    numeric = logging.getLevelName(level.upper())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        _add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact_secrets,
+    ]
+    tail: list[Any]
+    if fmt == "json":
+        tail = [
+            structlog.processors.format_exc_info,
+            _event_first,
+            structlog.processors.JSONRenderer(sort_keys=False),
+        ]
+    else:
+        # The console renderer formats exceptions itself (format_exc_info would only warn).
+        tail = [structlog.dev.ConsoleRenderer(colors=out.isatty())]
+    _PROCESSORS[:] = [*shared, *tail]
+    structlog.configure(
+        processors=_PROCESSORS,
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=lambda *args: _NamedPrintLogger(args[0] if args else None, out),
+        cache_logger_on_first_use=True,
+    )
+
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+        )
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    # Libraries are chatty at INFO; their warnings and errors are what an operator needs.
+    root.setLevel(max(numeric, logging.WARNING))
+
+
 def get_logger(name: str | None = None) -> Any:
-    """A structlog logger; ``name`` becomes the ``logger`` field."""
-    return structlog.get_logger(name) if name is None else structlog.get_logger().bind(logger=name)
+    """A lazy structlog logger; ``name`` becomes the ``logger`` field."""
+    return structlog.get_logger(name) if name else structlog.get_logger()

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from gateway import accounts
 from gateway.app import create_apps
 from gateway.config import Config
+from gateway.exceptions import GatewayError
 from gateway.logs import get_logger
 from gateway.storage.database import Database
 from gateway.storage.embedded import EmbeddedPostgres
@@ -58,12 +61,67 @@ async def prepare_database(db: Database, config: Config) -> None:
         log.info("first_admin_created", email=email)
 
 
+# Seconds aiohttp gets to cancel requests still running after drain() gave up on them.
+CANCEL_GRACE = 1.0
+_DRAIN_POLL = 0.02
+
+
+async def drain(runners: list[web.AppRunner], timeout: float) -> int:
+    """Wait up to ``timeout`` for in-flight requests; return how many are still running.
+
+    aiohttp's own shutdown stops reading from every connection at once, so a request whose body
+    is still arriving could never finish and would be cancelled after the timeout. Here idle
+    connections are closed (keep-alive ones included, so no new request starts on them) while
+    busy ones keep reading until their response is written.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        busy = 0
+        for runner in runners:
+            connections = runner.server.connections if runner.server is not None else []
+            for handler in connections:
+                # Private but stable since aiohttp 3.9; test_serve's slow-body test guards it.
+                log.info("drain_poll", h=id(handler), busy=getattr(handler, "_request_in_progress", None), close=handler._close, force=handler._force_close)
+                if getattr(handler, "_request_in_progress", False):
+                    busy += 1
+                else:
+                    handler.close()
+        if not busy or loop.time() >= deadline:
+            return busy
+        await asyncio.sleep(_DRAIN_POLL)
+
+
+class ListenError(GatewayError):
+    """A listener could not be bound (address in use, permission denied ...)."""
+
+
+class AccessLog(AbstractAccessLogger):
+    """One structured ``http_request`` line per request (``[server] access_log = true``)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        log.info(
+            "http_request",
+            method=request.method,
+            path=request.path,
+            status=response.status,
+            bytes=response.body_length,
+            duration_ms=round(time * 1000, 3),
+            remote=request.remote,
+        )
+
+
 async def run_listeners(
     config: Config, db: Database, stop: asyncio.Event, *, reuse_port: bool = False
 ) -> None:
-    """Serve both route tables until ``stop`` is set, then drain gracefully."""
+    """Serve both route tables until ``stop`` is set, then drain gracefully.
+
+    Draining: every listening socket is closed first (no new connections anywhere), idle
+    connections are closed, and requests in flight get up to ``server.shutdown_timeout`` to
+    finish (see ``drain``); then each runner cancels stragglers and runs the application cleanup
+    (batcher flush, services).
+    """
     ingest, management = create_apps(config, db)
-    access_log = web.AccessLogger if config.server.access_log else None
     runners: list[web.AppRunner] = []
     try:
         for app, host, port in (
@@ -74,26 +132,37 @@ async def run_listeners(
                 config.server.management_port,
             ),
         ):
-            if app is None:
+            if app is None or stop.is_set():
                 continue
             runner = web.AppRunner(
                 app,
                 handle_signals=False,
-                access_log_class=access_log or web.AccessLogger,
-                access_log=log if access_log else None,
-                shutdown_timeout=config.server.shutdown_timeout,
+                access_log_class=AccessLog,
+                access_log=None if not config.server.access_log else logging.getLogger("access"),
+                # drain() has already waited shutdown_timeout: this only bounds the cancellation.
+                shutdown_timeout=CANCEL_GRACE,
             )
             await runner.setup()
             runners.append(runner)
-            await web.TCPSite(
-                runner, host, port, reuse_port=reuse_port or None, backlog=1024
-            ).start()
+            try:
+                await web.TCPSite(
+                    runner, host, port, reuse_port=reuse_port or None, backlog=1024
+                ).start()
+            except OSError as exc:
+                raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
             log.info(
                 "listening", host=host, port=port, role="ingest" if app is ingest else "management"
             )
         await stop.wait()
-        log.info("shutting_down")
     finally:
+        for runner in runners:
+            for site in list(runner.sites):
+                await site.stop()
+        # Logged once the listeners are closed: from here on, connections are refused.
+        log.info("shutting_down", shutdown_timeout=config.server.shutdown_timeout)
+        busy = await drain(runners, config.server.shutdown_timeout)
+        if busy:
+            log.warning("requests_cancelled", count=busy, after_s=config.server.shutdown_timeout)
         # Management first (no hot traffic), ingest last: its cleanup flushes the batcher.
         for runner in reversed(runners):
             await runner.cleanup()
@@ -106,11 +175,20 @@ def stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def serve(config: Config) -> None:
-    """``gateway serve`` for one process: database, schema, listeners, graceful stop."""
+async def serve(config: Config, *, worker: bool = False) -> int:
+    """``gateway serve``: one process, or (workers > 1) a supervisor of N worker processes."""
+    # --- worker processes (issue 7): the logic lives in gateway/supervisor.py ---
+    if worker or config.server.workers > 1:
+        from gateway import supervisor
+
+        if worker:
+            return await supervisor.serve_worker(config)
+        return await supervisor.supervise(config)
+    # --- end worker processes ---
     stop = asyncio.Event()
     stop_on_signals(stop)
     async with database_for(config) as db:
         await prepare_database(db, config)
         await run_listeners(config, db, stop)
     log.info("stopped")
+    return 0

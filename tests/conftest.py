@@ -116,8 +116,10 @@ async def db(config: Config) -> AsyncIterator[Database]:
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, config: Config, db: Database) -> Any:
+async def client(config: Config, db: Database, aiohttp_client: Any) -> Any:
     """A test client for the full application (both route tables on one listener)."""
+    # aiohttp_client comes last so that it is torn down first: the app's cleanup (batcher
+    # flush, listeners) runs while the pool and the test database still exist.
     return await aiohttp_client(create_app(config, db))
 
 

@@ -40,6 +40,8 @@ _UNAVAILABLE = (
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
     asyncpg.QueryCanceledError,
+    # Reconnecting to a database that was dropped (or not created yet): not there right now.
+    asyncpg.InvalidCatalogNameError,
 )
 
 

@@ -11,10 +11,13 @@ from pathlib import Path
 
 QUERIES_PATH = Path(__file__).with_name("queries.sql")
 _HEADER = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$")
+# Anything that looks like a header but is not a valid one: an error, not a silent comment
+# (it would otherwise glue its SQL onto the previous query).
+_HEADER_LIKE = re.compile(r"^--\s*name\s*:", re.IGNORECASE)
 
 
 class QueryFileError(ValueError):
-    """queries.sql is malformed (duplicate or empty block)."""
+    """queries.sql is malformed (duplicate, empty block or malformed header)."""
 
 
 def parse_queries(text: str) -> dict[str, str]:
@@ -33,11 +36,16 @@ def parse_queries(text: str) -> dict[str, str]:
             raise QueryFileError(f"query {name!r} is defined twice")
         queries[name] = sql.rstrip(";")
 
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), start=1):
         match = _HEADER.match(line.strip())
         if match:
             finish()
             name, lines = match.group(1), []
+        elif _HEADER_LIKE.match(line.strip()):
+            raise QueryFileError(
+                f"line {number}: malformed header {line.strip()!r}; "
+                "expected '-- name: lower_snake_case'"
+            )
         elif name is not None:
             lines.append(line)
     finish()

@@ -91,3 +91,871 @@ WHERE et.environment_id = $1;
 SELECT DISTINCT et.environment_id
 FROM environment_teams et JOIN team_members tm ON tm.team_id = et.team_id
 WHERE tm.user_id = $1;
+
+-- Management: environments, pipelines, incoming hooks, request history, runs (read side) -------
+-- Lists return one row even for an empty page (total set, other columns NULL), so the total is
+-- known for the Link header without a second round trip.
+
+-- name: environment_insert
+-- Create an environment.
+INSERT INTO environments (name, description) VALUES ($1, $2)
+RETURNING id, name, description, created_at;
+
+-- name: environment_by_id
+-- One environment.
+SELECT id, name, description, created_at FROM environments WHERE id = $1;
+
+-- name: environment_list
+-- A page of environments, restricted to the given ids unless $1 is NULL (administrators).
+SELECT t.total, e.id, e.name, e.description, e.created_at
+FROM (SELECT count(*) AS total FROM environments
+      WHERE $1::bigint[] IS NULL OR id = ANY($1::bigint[])) t
+LEFT JOIN LATERAL (
+    SELECT id, name, description, created_at FROM environments
+    WHERE $1::bigint[] IS NULL OR id = ANY($1::bigint[])
+    ORDER BY id LIMIT $2 OFFSET $3
+) e ON true;
+
+-- name: pipeline_insert
+-- Create a pipeline in an environment.
+INSERT INTO pipelines (environment_id, name, resource_type, resource_id, action_type)
+VALUES ($1, $2, $3, $4, $5)
+RETURNING id, environment_id, name, resource_type, resource_id, action_type, created_at,
+          updated_at;
+
+-- name: pipeline_by_id
+-- One pipeline.
+SELECT id, environment_id, name, resource_type, resource_id, action_type, created_at, updated_at
+FROM pipelines WHERE id = $1;
+
+-- name: pipeline_list
+-- A page of an environment's pipelines.
+SELECT t.total, p.id, p.environment_id, p.name, p.resource_type, p.resource_id, p.action_type,
+       p.created_at, p.updated_at
+FROM (SELECT count(*) AS total FROM pipelines WHERE environment_id = $1) t
+LEFT JOIN LATERAL (
+    SELECT * FROM pipelines WHERE environment_id = $1 ORDER BY id LIMIT $2 OFFSET $3
+) p ON true;
+
+-- name: pipeline_update
+-- Change the given fields of a pipeline (NULL keeps the current value).
+UPDATE pipelines SET
+    name = coalesce($2, name),
+    resource_type = coalesce($3, resource_type),
+    resource_id = coalesce($4, resource_id),
+    action_type = coalesce($5, action_type),
+    updated_at = now()
+WHERE id = $1
+RETURNING id, environment_id, name, resource_type, resource_id, action_type, created_at,
+          updated_at;
+
+-- name: pipeline_delete
+-- Delete a pipeline (its hooks go with it; runs and history stay).
+DELETE FROM pipelines WHERE id = $1 RETURNING id;
+
+-- name: incoming_hook_insert
+-- Create an incoming hook; returns the hook (with its secret, shown once) and its environment.
+WITH h AS (
+    INSERT INTO incoming_hooks (id, pipeline_id, name, active, action_type, requires_secret,
+                                secret_algorithm, secret_header_name, secret, trigger_when,
+                                settings, created_by)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+    RETURNING *
+)
+SELECT h.id, h.pipeline_id, p.environment_id, h.name, h.active, h.action_type,
+       h.requires_secret, h.secret_algorithm, h.secret_header_name, h.secret, h.trigger_when,
+       h.settings, h.previous_secret_expires_at, h.created_at, h.updated_at
+FROM h JOIN pipelines p ON p.id = h.pipeline_id;
+
+-- name: incoming_hook_by_id
+-- One incoming hook without its secrets, with the environment that owns it.
+SELECT h.id, h.pipeline_id, p.environment_id, h.name, h.active, h.action_type,
+       h.requires_secret, h.secret_algorithm, h.secret_header_name, h.trigger_when, h.settings,
+       h.previous_secret_expires_at, h.created_at, h.updated_at
+FROM incoming_hooks h JOIN pipelines p ON p.id = h.pipeline_id
+WHERE h.id = $1;
+
+-- name: incoming_hook_full_by_id
+-- One incoming hook including its secrets (replay re-evaluates requests against it).
+SELECT h.*, p.environment_id
+FROM incoming_hooks h JOIN pipelines p ON p.id = h.pipeline_id
+WHERE h.id = $1;
+
+-- name: incoming_hook_list_for_pipeline
+-- Every incoming hook of a pipeline, without secrets, oldest first.
+SELECT h.id, h.pipeline_id, p.environment_id, h.name, h.active, h.action_type,
+       h.requires_secret, h.secret_algorithm, h.secret_header_name, h.trigger_when, h.settings,
+       h.previous_secret_expires_at, h.created_at, h.updated_at
+FROM incoming_hooks h JOIN pipelines p ON p.id = h.pipeline_id
+WHERE h.pipeline_id = $1
+ORDER BY h.created_at, h.id;
+
+-- name: incoming_hook_update
+-- Change the given fields of a hook (NULL keeps the current value; settings keys are merged).
+WITH h AS (
+    UPDATE incoming_hooks SET
+        name = coalesce($2, name),
+        active = coalesce($3, active),
+        action_type = coalesce($4, action_type),
+        requires_secret = coalesce($5, requires_secret),
+        secret_algorithm = coalesce($6, secret_algorithm),
+        secret_header_name = coalesce($7, secret_header_name),
+        trigger_when = coalesce($8, trigger_when),
+        settings = settings || coalesce($9, '{}'::jsonb),
+        updated_at = now()
+    WHERE id = $1
+    RETURNING *
+)
+SELECT h.id, h.pipeline_id, p.environment_id, h.name, h.active, h.action_type,
+       h.requires_secret, h.secret_algorithm, h.secret_header_name, h.trigger_when, h.settings,
+       h.previous_secret_expires_at, h.created_at, h.updated_at
+FROM h JOIN pipelines p ON p.id = h.pipeline_id;
+
+-- name: incoming_hook_rotate_secret
+-- Replace the secret; the old one stays valid for $3 seconds (0: not at all).
+WITH h AS (
+    UPDATE incoming_hooks SET
+        secret = $2,
+        previous_secret = CASE WHEN $3::integer > 0 THEN secret END,
+        previous_secret_expires_at =
+            CASE WHEN $3::integer > 0 THEN now() + make_interval(secs => $3::integer) END,
+        updated_at = now()
+    WHERE id = $1
+    RETURNING *
+)
+SELECT h.id, h.pipeline_id, p.environment_id, h.name, h.active, h.action_type,
+       h.requires_secret, h.secret_algorithm, h.secret_header_name, h.secret, h.trigger_when,
+       h.settings, h.previous_secret_expires_at, h.created_at, h.updated_at
+FROM h JOIN pipelines p ON p.id = h.pipeline_id;
+
+-- name: incoming_hook_delete
+-- Delete an incoming hook (its request history stays).
+DELETE FROM incoming_hooks WHERE id = $1 RETURNING id;
+
+-- name: hook_request_list
+-- A page of one hook's requests, newest first, optionally only one outcome (no headers/body).
+SELECT t.total, r.id, r.hook_id, r.hook_type, r.received_at, r.client_ip, r.body_size,
+       r.body_encoding, r.outcome, r.status_code, r.message, r.run_id, r.delivery_id,
+       r.latency_ms, r.retry_of
+FROM (SELECT count(*) AS total FROM hook_requests
+      WHERE hook_id = $1 AND hook_type = $2 AND ($3::text IS NULL OR outcome = $3)) t
+LEFT JOIN LATERAL (
+    SELECT * FROM hook_requests
+    WHERE hook_id = $1 AND hook_type = $2 AND ($3::text IS NULL OR outcome = $3)
+    ORDER BY received_at DESC, id DESC LIMIT $4 OFFSET $5
+) r ON true;
+
+-- name: hook_request_by_id
+-- One request with headers and body, plus the pipeline/environment of its hook when the hook
+-- still exists (history outlives hooks).
+SELECT r.*, coalesce(h.pipeline_id, o.pipeline_id) AS pipeline_id, p.environment_id
+FROM hook_requests r
+LEFT JOIN incoming_hooks h ON h.id = r.hook_id AND r.hook_type = 'incoming'
+LEFT JOIN outgoing_hooks o ON o.id = r.hook_id AND r.hook_type = 'outgoing'  -- issue 6
+LEFT JOIN pipelines p ON p.id = coalesce(h.pipeline_id, o.pipeline_id)
+WHERE r.id = $1;
+
+-- name: run_list_for_pipeline
+-- A page of a pipeline's runs, newest first, optionally only one status.
+SELECT t.total, r.id, r.pipeline_id, r.hook_id, r.request_id, r.status, r.variables,
+       r.attempt, r.message, r.exit_code, r.queued_at, r.started_at, r.finished_at
+FROM (SELECT count(*) AS total FROM pipeline_runs
+      WHERE pipeline_id = $1 AND ($2::text IS NULL OR status = $2)) t
+LEFT JOIN LATERAL (
+    SELECT * FROM pipeline_runs
+    WHERE pipeline_id = $1 AND ($2::text IS NULL OR status = $2)
+    ORDER BY queued_at DESC, id DESC LIMIT $3 OFFSET $4
+) r ON true;
+
+-- name: run_by_id
+-- One run with its output and the environment of its pipeline (NULL once the pipeline is gone).
+SELECT r.id, r.pipeline_id, r.hook_id, r.request_id, r.delivery_id, r.status, r.variables,
+       r.attempt, r.message, r.output, r.exit_code, r.queued_at, r.started_at, r.finished_at,
+       p.environment_id
+FROM pipeline_runs r LEFT JOIN pipelines p ON p.id = r.pipeline_id
+WHERE r.id = $1;
+
+-- Access: roles, teams, members and environment links -----------------------------------------
+
+-- name: role_insert
+-- Create a role (names are unique).
+INSERT INTO roles (name, permissions) VALUES ($1, $2::text[])
+RETURNING id, name, permissions, created_at;
+
+-- name: role_list
+-- A page of roles with the total count.
+SELECT id, name, permissions, created_at, count(*) OVER () AS total
+FROM roles ORDER BY id LIMIT $1 OFFSET $2;
+
+-- name: role_by_id
+-- One role.
+SELECT id, name, permissions, created_at FROM roles WHERE id = $1;
+
+-- name: role_update
+-- Replace a role's name and permissions.
+UPDATE roles SET name = $2, permissions = $3::text[] WHERE id = $1
+RETURNING id, name, permissions, created_at;
+
+-- name: role_lock
+-- Lock a role before deleting it, so no link to it can be added meanwhile.
+SELECT id FROM roles WHERE id = $1 FOR UPDATE;
+
+-- name: role_linked_environments
+-- Environments whose team links use a role (a role in use cannot be deleted).
+SELECT DISTINCT environment_id FROM environment_teams WHERE role_id = $1 ORDER BY environment_id;
+
+-- name: role_delete
+-- Delete a role.
+DELETE FROM roles WHERE id = $1 RETURNING id;
+
+-- name: team_insert
+-- Create a team (names are unique).
+INSERT INTO teams (name) VALUES ($1) RETURNING id, name, created_at, 0::bigint AS member_count;
+
+-- name: team_list
+-- A page of teams with their member counts and the total count.
+SELECT t.id, t.name, t.created_at,
+       (SELECT count(*) FROM team_members m WHERE m.team_id = t.id) AS member_count,
+       count(*) OVER () AS total
+FROM teams t ORDER BY t.id LIMIT $1 OFFSET $2;
+
+-- name: team_by_id
+-- One team with its member count.
+SELECT t.id, t.name, t.created_at,
+       (SELECT count(*) FROM team_members m WHERE m.team_id = t.id) AS member_count
+FROM teams t WHERE t.id = $1;
+
+-- name: team_delete
+-- Delete a team; its memberships and environment links go with it.
+DELETE FROM teams WHERE id = $1 RETURNING id;
+
+-- name: team_member_add
+-- Add a user to a team; nothing is returned when they already are a member.
+INSERT INTO team_members (team_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING
+RETURNING team_id, user_id;
+
+-- name: team_member_list
+-- A page of a team's members with the total count.
+SELECT u.id, u.email, u.name, u.is_admin, u.created_at, count(*) OVER () AS total
+FROM team_members m JOIN users u ON u.id = m.user_id
+WHERE m.team_id = $1 ORDER BY u.id LIMIT $2 OFFSET $3;
+
+-- name: team_member_remove
+-- Remove a user from a team.
+DELETE FROM team_members WHERE team_id = $1 AND user_id = $2 RETURNING user_id;
+
+-- name: env_team_environment_exists
+-- Whether an environment exists (links name one).
+SELECT EXISTS (SELECT 1 FROM environments WHERE id = $1);
+
+-- name: env_team_link
+-- Link a team to an environment with a role; re-linking changes the role.
+INSERT INTO environment_teams (environment_id, team_id, role_id) VALUES ($1, $2, $3)
+ON CONFLICT (environment_id, team_id) DO UPDATE SET role_id = EXCLUDED.role_id
+RETURNING (xmax = 0) AS created;
+
+-- name: env_team_unlink
+-- Remove a team's link to an environment.
+DELETE FROM environment_teams WHERE environment_id = $1 AND team_id = $2 RETURNING team_id;
+
+-- name: env_team_list
+-- A page of the teams linked to an environment, with their roles, and the total count.
+SELECT et.environment_id, t.id AS team_id, t.name AS team_name,
+       r.id AS role_id, r.name AS role_name, r.permissions, count(*) OVER () AS total
+FROM environment_teams et
+JOIN teams t ON t.id = et.team_id
+JOIN roles r ON r.id = et.role_id
+WHERE et.environment_id = $1 ORDER BY t.id LIMIT $2 OFFSET $3;
+
+-- name: env_team_one
+-- One team's link to an environment, with its role.
+SELECT et.environment_id, t.id AS team_id, t.name AS team_name,
+       r.id AS role_id, r.name AS role_name, r.permissions
+FROM environment_teams et
+JOIN teams t ON t.id = et.team_id
+JOIN roles r ON r.id = et.role_id
+WHERE et.environment_id = $1 AND et.team_id = $2;
+
+-- Ingest (gateway/storage/ingest.py) -----------------------------------------------------------
+
+-- name: ingest_hook_by_id
+-- The incoming hook definition the ingest cache compiles (with secrets).
+SELECT id, pipeline_id, name, active, action_type, requires_secret, secret_algorithm,
+       secret_header_name, secret, previous_secret, previous_secret_expires_at, trigger_when,
+       settings
+FROM incoming_hooks WHERE id = $1;
+
+-- name: ingest_insert_runs
+-- Group commit: queue one run per accepted request; repeats of a (hook, delivery id) are
+-- skipped, and only the ids actually inserted come back.
+INSERT INTO pipeline_runs (id, pipeline_id, hook_id, request_id, delivery_id, variables)
+SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::text[], $6::jsonb[])
+ON CONFLICT (hook_id, delivery_id) WHERE delivery_id IS NOT NULL DO NOTHING
+RETURNING id;
+
+-- name: ingest_runs_by_delivery
+-- The existing runs of (hook id, delivery id) pairs: the originals of duplicate deliveries.
+SELECT r.hook_id, r.delivery_id, r.id
+FROM pipeline_runs r
+JOIN unnest($1::uuid[], $2::text[]) AS k (hook_id, delivery_id)
+  ON r.hook_id = k.hook_id AND r.delivery_id = k.delivery_id;
+
+-- name: ingest_insert_requests
+-- Group commit: the history rows of a batch of requests (accepted, duplicate, skipped, rejected).
+INSERT INTO hook_requests (id, hook_id, received_at, client_ip, headers, body, body_encoding,
+                           body_size, outcome, status_code, message, run_id, delivery_id,
+                           latency_ms, retry_of)
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::inet[], $5::jsonb[],
+                     $6::bytea[], $7::text[], $8::integer[], $9::text[], $10::smallint[],
+                     $11::text[], $12::uuid[], $13::text[], $14::real[], $15::uuid[]);
+-- end Ingest -----------------------------------------------------------------------------------
+
+-- Runs: claim, lease, status, concurrency, prune (gateway/storage/runs.py) --------------------
+-- Every statement that changes a run's status returns the run (r.*) plus previous_status, so
+-- storage/runs.py can pass each change to on_status_change in the same transaction.
+
+-- name: runs_enqueue
+-- Queue runs (manual runs, tests); the insert trigger records the key and applies skip-if-running.
+INSERT INTO pipeline_runs (id, pipeline_id, variables, hook_id, request_id, delivery_id)
+SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::jsonb[], $4::uuid[], $5::uuid[], $6::text[])
+RETURNING *, NULL::text AS previous_status;
+
+-- name: runs_expire_leases
+-- Up to $3 in-progress runs whose lease expired: back to queued, or failed at max_attempts.
+WITH expired AS (
+    SELECT r.id, coalesce(p.max_attempts, 1) AS max_attempts
+    FROM pipeline_runs r LEFT JOIN pipelines p ON p.id = r.pipeline_id
+    WHERE r.status = 'in-progress' AND r.lease_expires_at < now()
+      AND ($1::bigint IS NULL OR r.pipeline_id = $1)
+      AND ($2::bigint[] IS NULL OR p.environment_id = ANY($2::bigint[]))
+    ORDER BY r.lease_expires_at
+    LIMIT $3
+    FOR UPDATE OF r SKIP LOCKED
+)
+UPDATE pipeline_runs r SET
+    status = CASE WHEN r.attempt >= e.max_attempts THEN 'failed' ELSE 'queued' END,
+    message = CASE WHEN r.attempt >= e.max_attempts
+                   THEN format('lease expired after %s attempt%s', r.attempt,
+                               CASE WHEN r.attempt = 1 THEN '' ELSE 's' END)
+                   ELSE format('lease expired on attempt %s; queued again', r.attempt) END,
+    finished_at = CASE WHEN r.attempt >= e.max_attempts THEN now() END,
+    lease_expires_at = NULL,
+    claimed_by = NULL,
+    updated_at = now()
+FROM expired e
+WHERE r.id = e.id
+RETURNING r.*, 'in-progress'::text AS previous_status;
+
+-- name: runs_cancel_superseded
+-- cancel-in-progress: cancel up to $3 queued/in-progress runs that a newer active run of the
+-- same key supersedes ($4: only that run, for a heartbeat).
+WITH doomed AS (
+    SELECT r.id, r.status AS previous_status, n.id AS newer_id
+    FROM pipeline_runs r
+    JOIN pipelines p ON p.id = r.pipeline_id AND p.concurrency_policy = 'cancel-in-progress'
+    JOIN LATERAL (
+        SELECT n.id FROM pipeline_runs n
+        WHERE n.pipeline_id = r.pipeline_id
+          AND n.concurrency_key_value = r.concurrency_key_value
+          AND n.status IN ('queued', 'in-progress')
+          AND (n.queued_at, n.id) > (r.queued_at, r.id)
+        ORDER BY n.queued_at DESC, n.id DESC
+        LIMIT 1
+    ) n ON true
+    WHERE r.status IN ('queued', 'in-progress') AND r.concurrency_key_value IS NOT NULL
+      AND ($1::bigint IS NULL OR r.pipeline_id = $1)
+      AND ($2::bigint[] IS NULL OR p.environment_id = ANY($2::bigint[]))
+      AND ($4::uuid IS NULL OR r.id = $4)
+    LIMIT $3
+    FOR UPDATE OF r SKIP LOCKED
+)
+UPDATE pipeline_runs r SET
+    status = 'cancelled',
+    message = format('superseded by run %s', d.newer_id),
+    finished_at = now(),
+    lease_expires_at = NULL,
+    updated_at = now()
+FROM doomed d
+WHERE r.id = d.id
+RETURNING r.*, d.previous_status;
+
+-- name: runs_lock_keys
+-- queue / skip-if-running: try to take the transaction-scoped advisory lock of the $3 oldest
+-- keys that have queued runs and none in progress; returns the keys this claimer may start.
+SELECT k.pipeline_id, k.key
+FROM (
+    SELECT r.pipeline_id, r.concurrency_key_value AS key, min(r.queued_at) AS oldest
+    FROM pipeline_runs r JOIN pipelines p ON p.id = r.pipeline_id
+    WHERE r.status = 'queued' AND r.concurrency_key_value IS NOT NULL
+      AND p.concurrency_policy IN ('queue', 'skip-if-running')
+      AND ($1::bigint IS NULL OR r.pipeline_id = $1)
+      AND ($2::bigint[] IS NULL OR p.environment_id = ANY($2::bigint[]))
+      AND NOT EXISTS (
+          SELECT 1 FROM pipeline_runs o
+          WHERE o.pipeline_id = r.pipeline_id AND o.status = 'in-progress'
+            AND o.concurrency_key_value = r.concurrency_key_value)
+    GROUP BY r.pipeline_id, r.concurrency_key_value
+    ORDER BY oldest
+    LIMIT $3
+) k
+WHERE pg_try_advisory_xact_lock(
+    hashtextextended('hookgate:run-key:' || k.pipeline_id || ':' || k.key, 0));
+
+-- name: runs_claim
+-- Claim up to $3 queued runs, oldest first: in-progress, new lease token, lease of $4 seconds,
+-- attempt + 1. A keyed run is claimable under queue/skip-if-running only when its key is in
+-- the locked set ($5, $6), it is the oldest queued run of its key and none is in progress;
+-- under cancel-in-progress only when it is the newest active run of its key.
+WITH locked_keys AS (
+    SELECT * FROM unnest($5::bigint[], $6::text[]) AS k (pipeline_id, key)
+), candidates AS (
+    SELECT r.id
+    FROM pipeline_runs r JOIN pipelines p ON p.id = r.pipeline_id
+    WHERE r.status = 'queued'
+      AND ($1::bigint IS NULL OR r.pipeline_id = $1)
+      AND ($2::bigint[] IS NULL OR p.environment_id = ANY($2::bigint[]))
+      AND (
+          r.concurrency_key_value IS NULL
+          OR (p.concurrency_policy = 'cancel-in-progress'
+              AND NOT EXISTS (
+                  SELECT 1 FROM pipeline_runs n
+                  WHERE n.pipeline_id = r.pipeline_id
+                    AND n.concurrency_key_value = r.concurrency_key_value
+                    AND n.status IN ('queued', 'in-progress')
+                    AND (n.queued_at, n.id) > (r.queued_at, r.id)))
+          OR (p.concurrency_policy IN ('queue', 'skip-if-running')
+              AND EXISTS (
+                  SELECT 1 FROM locked_keys k
+                  WHERE k.pipeline_id = r.pipeline_id AND k.key = r.concurrency_key_value)
+              AND NOT EXISTS (
+                  SELECT 1 FROM pipeline_runs o
+                  WHERE o.pipeline_id = r.pipeline_id AND o.status = 'in-progress'
+                    AND o.concurrency_key_value = r.concurrency_key_value)
+              AND NOT EXISTS (
+                  SELECT 1 FROM pipeline_runs o
+                  WHERE o.pipeline_id = r.pipeline_id AND o.status = 'queued'
+                    AND o.concurrency_key_value = r.concurrency_key_value
+                    AND (o.queued_at, o.id) < (r.queued_at, r.id)))
+      )
+    ORDER BY r.queued_at, r.id
+    LIMIT $3
+    FOR UPDATE OF r SKIP LOCKED
+)
+UPDATE pipeline_runs r SET
+    status = 'in-progress',
+    attempt = r.attempt + 1,
+    lease_token = gen_random_uuid(),
+    lease_expires_at = now() + make_interval(secs => $4::double precision),
+    started_at = now(),
+    claimed_by = $7,
+    message = '',
+    output = '',
+    exit_code = NULL,
+    updated_at = now()
+FROM candidates c
+WHERE r.id = c.id
+RETURNING r.*, 'queued'::text AS previous_status;
+
+-- name: runs_skip_running
+-- skip-if-running: end up to $3 queued runs whose key already has a run in progress.
+WITH doomed AS (
+    SELECT r.id, x.id AS running_id, p.concurrency_key AS key_name
+    FROM pipeline_runs r
+    JOIN pipelines p ON p.id = r.pipeline_id AND p.concurrency_policy = 'skip-if-running'
+    JOIN LATERAL (
+        SELECT o.id FROM pipeline_runs o
+        WHERE o.pipeline_id = r.pipeline_id AND o.status = 'in-progress'
+          AND o.concurrency_key_value = r.concurrency_key_value
+        LIMIT 1
+    ) x ON true
+    WHERE r.status = 'queued' AND r.concurrency_key_value IS NOT NULL
+      AND ($1::bigint IS NULL OR r.pipeline_id = $1)
+      AND ($2::bigint[] IS NULL OR p.environment_id = ANY($2::bigint[]))
+    LIMIT $3
+    FOR UPDATE OF r SKIP LOCKED
+)
+UPDATE pipeline_runs r SET
+    status = 'skipped',
+    message = format('skipped: run %s with the same %s is in progress', d.running_id, d.key_name),
+    finished_at = now(),
+    updated_at = now()
+FROM doomed d
+WHERE r.id = d.id
+RETURNING r.*, 'queued'::text AS previous_status;
+
+-- name: runs_lock_one
+-- One run locked for a status change, with whether its lease is still live (database clock).
+SELECT r.*, coalesce(r.lease_expires_at > now(), false) AS lease_live
+FROM pipeline_runs r WHERE r.id = $1
+FOR UPDATE;
+
+-- name: runs_finish
+-- Move a locked run to $2 (completed, failed or cancelled) with message, output and exit code.
+UPDATE pipeline_runs SET
+    status = $2,
+    message = coalesce($3, message),
+    output = coalesce($4, output),
+    exit_code = coalesce($5, exit_code),
+    finished_at = now(),
+    lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = $1
+RETURNING *, $6::text AS previous_status;
+
+-- name: runs_release
+-- Hand a locked in-progress run back to the queue without using up its attempt.
+UPDATE pipeline_runs SET
+    status = 'queued',
+    attempt = greatest(attempt - 1, 0),
+    message = coalesce($2, ''),
+    lease_token = NULL,
+    lease_expires_at = NULL,
+    claimed_by = NULL,
+    started_at = NULL,
+    updated_at = now()
+WHERE id = $1
+RETURNING *, 'in-progress'::text AS previous_status;
+
+-- name: runs_heartbeat
+-- Extend a live lease to $3 seconds from now; no row unless token, status and lease all match.
+UPDATE pipeline_runs SET
+    lease_expires_at = now() + make_interval(secs => $3::double precision),
+    updated_at = now()
+WHERE id = $1 AND lease_token = $2 AND status = 'in-progress' AND lease_expires_at > now()
+RETURNING id, pipeline_id, status, attempt, lease_expires_at;
+
+-- name: runs_pipeline_settings
+-- A pipeline's environment and concurrency settings.
+SELECT id, environment_id, concurrency_policy, concurrency_key, max_attempts
+FROM pipelines WHERE id = $1;
+
+-- name: runs_set_concurrency
+-- Change a pipeline's concurrency settings and re-key its queued and in-progress runs.
+WITH p AS (
+    UPDATE pipelines SET
+        concurrency_policy = $2, concurrency_key = $3, max_attempts = $4, updated_at = now()
+    WHERE id = $1
+    RETURNING id, environment_id, concurrency_policy, concurrency_key, max_attempts
+), rekeyed AS (
+    UPDATE pipeline_runs r SET concurrency_key_value = r.variables ->> p.concurrency_key
+    FROM p
+    WHERE r.pipeline_id = p.id AND r.status IN ('queued', 'in-progress')
+    RETURNING r.id
+)
+SELECT p.*, (SELECT count(*) FROM rekeyed) AS rekeyed FROM p;
+
+-- name: runs_execute_environment_ids
+-- Environments where user $1 holds permission $2 through one of their teams.
+SELECT DISTINCT et.environment_id
+FROM environment_teams et
+JOIN team_members tm ON tm.team_id = et.team_id AND tm.user_id = $1
+JOIN roles ro ON ro.id = et.role_id
+WHERE $2::text = ANY(ro.permissions);
+
+-- name: runs_prune_finished
+-- Delete up to $2 runs that finished (completed/failed/cancelled/skipped) before $1.
+WITH doomed AS (
+    SELECT id FROM pipeline_runs
+    WHERE finished_at < $1 AND status IN ('completed', 'failed', 'cancelled', 'skipped')
+    ORDER BY finished_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), deleted AS (
+    DELETE FROM pipeline_runs r USING doomed d WHERE r.id = d.id RETURNING 1
+)
+SELECT count(*) FROM deleted;
+
+-- name: runs_prune_requests
+-- Delete up to $2 hook requests received before $1 whose run is gone or that never had one.
+WITH doomed AS (
+    SELECT h.id FROM hook_requests h
+    WHERE h.received_at < $1
+      AND (h.run_id IS NULL
+           OR NOT EXISTS (SELECT 1 FROM pipeline_runs r WHERE r.id = h.run_id))
+    ORDER BY h.received_at
+    LIMIT $2
+), deleted AS (
+    DELETE FROM hook_requests h USING doomed d WHERE h.id = d.id RETURNING 1
+)
+SELECT count(*) FROM deleted;
+-- end Runs -------------------------------------------------------------------------------------
+
+-- Outgoing hooks (gateway/storage/outgoing.py) -------------------------------------------------
+
+-- name: outgoing_hook_insert
+-- Create an outgoing hook; returns it with the environment that owns it.
+WITH h AS (
+    INSERT INTO outgoing_hooks (id, pipeline_id, name, active, target_url, events, trigger_when,
+                                settings, requires_secret, secret, created_by)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+    RETURNING *
+)
+SELECT h.*, p.environment_id FROM h JOIN pipelines p ON p.id = h.pipeline_id;
+
+-- name: outgoing_hook_by_id
+-- One outgoing hook (with its secret; the API masks it) and its environment.
+SELECT h.*, p.environment_id
+FROM outgoing_hooks h JOIN pipelines p ON p.id = h.pipeline_id
+WHERE h.id = $1;
+
+-- name: outgoing_hook_lock
+-- One outgoing hook locked for a read-modify-write update.
+SELECT h.*, p.environment_id
+FROM outgoing_hooks h JOIN pipelines p ON p.id = h.pipeline_id
+WHERE h.id = $1
+FOR UPDATE OF h;
+
+-- name: outgoing_hook_list_for_pipeline
+-- Every outgoing hook of a pipeline, oldest first.
+SELECT h.*, p.environment_id
+FROM outgoing_hooks h JOIN pipelines p ON p.id = h.pipeline_id
+WHERE h.pipeline_id = $1
+ORDER BY h.created_at, h.id;
+
+-- name: outgoing_hook_update
+-- Replace a hook's definition; re-activating it clears the failure count and disabled reason.
+WITH h AS (
+    UPDATE outgoing_hooks SET
+        name = $2, active = $3, target_url = $4, events = $5, trigger_when = $6, settings = $7,
+        requires_secret = $8, secret = $9,
+        consecutive_failures = CASE WHEN $3 AND NOT active THEN 0 ELSE consecutive_failures END,
+        disabled_reason = CASE WHEN $3 THEN NULL ELSE disabled_reason END,
+        updated_at = now()
+    WHERE id = $1
+    RETURNING *
+)
+SELECT h.*, p.environment_id FROM h JOIN pipelines p ON p.id = h.pipeline_id;
+
+-- name: outgoing_hook_delete
+-- Delete an outgoing hook and its pending deliveries (the request history stays).
+DELETE FROM outgoing_hooks WHERE id = $1 RETURNING id;
+
+-- name: outgoing_enqueue_run_events
+-- The outbox write, in the transaction of the state change: one pending delivery per active
+-- hook of the run's pipeline subscribed to the event (or to run.status_changed), carrying the
+-- event context as it is now. $1 run ids, $2 previous statuses, $3 new statuses (NULL: the
+-- run's current status).
+INSERT INTO outgoing_deliveries (hook_id, run_id, event, payload)
+SELECT h.id, r.id, e.event, jsonb_build_object(
+    'event', e.event,
+    'timestamp', now(),
+    'run', jsonb_build_object(
+        'id', r.id, 'pipeline_id', r.pipeline_id, 'status', e.status,
+        'previous_status', c.previous_status, 'variables', r.variables, 'attempt', r.attempt,
+        'message', r.message, 'exit_code', r.exit_code,
+        'triggered_from', CASE WHEN r.hook_id IS NULL THEN NULL ELSE jsonb_build_object(
+            'type', 'incoming_hook', 'hook_id', r.hook_id, 'request_id', r.request_id) END,
+        'queued_at', r.queued_at, 'started_at', r.started_at, 'finished_at', r.finished_at),
+    'pipeline', jsonb_build_object(
+        'id', p.id, 'name', p.name, 'action_type', p.action_type,
+        'environment_id', p.environment_id, 'resource_type', p.resource_type,
+        'resource_id', p.resource_id),
+    'hook', jsonb_build_object('id', h.id, 'name', h.name))
+FROM unnest($1::uuid[], $2::text[], $3::text[]) AS c (run_id, previous_status, status)
+JOIN pipeline_runs r ON r.id = c.run_id
+JOIN pipelines p ON p.id = r.pipeline_id
+CROSS JOIN LATERAL (
+    SELECT s.status, CASE s.status
+        WHEN 'queued' THEN 'run.queued'
+        WHEN 'in-progress' THEN 'run.started'
+        WHEN 'completed' THEN 'run.completed'
+        WHEN 'failed' THEN 'run.failed'
+        ELSE 'run.status_changed' END AS event
+    FROM (SELECT coalesce(c.status, r.status) AS status) s
+) e
+JOIN outgoing_hooks h ON h.pipeline_id = r.pipeline_id AND h.active
+    AND h.events && ARRAY[e.event, 'run.status_changed'];
+
+-- name: outgoing_claim
+-- Claim up to $1 due deliveries (pending and due, or delivering with an expired lease), oldest
+-- due first, skipping hooks in $3 (their targets are busy): lease of $2 seconds, attempt + 1.
+-- Returns each with the hook definition it is sent with.
+WITH due AS (
+    SELECT d.id FROM outgoing_deliveries d
+    WHERE ((d.status = 'pending' AND d.next_attempt_at <= now())
+           OR (d.status = 'delivering' AND d.locked_until < now()))
+      AND NOT (d.hook_id = ANY($3::uuid[]))
+    ORDER BY d.next_attempt_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE outgoing_deliveries d SET
+    status = 'delivering',
+    attempt = d.attempt + 1,
+    locked_until = now() + make_interval(secs => $2::double precision),
+    updated_at = now()
+FROM due, outgoing_hooks h
+WHERE d.id = due.id AND h.id = d.hook_id
+RETURNING d.id, d.hook_id, d.run_id, d.event, d.payload, d.attempt, d.retry_of,
+          h.active AS hook_active, h.name AS hook_name, h.target_url, h.trigger_when,
+          h.settings, h.requires_secret, h.secret, h.updated_at AS hook_updated_at;
+
+-- name: outgoing_release
+-- Give claimed deliveries back without using up an attempt ($1 ids, $2 their claimed attempt).
+UPDATE outgoing_deliveries d SET
+    status = 'pending', attempt = greatest(d.attempt - 1, 0), locked_until = NULL,
+    updated_at = now()
+FROM unnest($1::uuid[], $2::integer[]) AS c (id, attempt)
+WHERE d.id = c.id AND d.attempt = c.attempt AND d.status = 'delivering';
+
+-- name: outgoing_next_due
+-- Seconds until the next delivery is due (<= 0: now), ignoring hooks in $1; NULL when none.
+SELECT extract(epoch FROM least(
+    (SELECT min(next_attempt_at) FROM outgoing_deliveries
+     WHERE status = 'pending' AND NOT (hook_id = ANY($1::uuid[]))),
+    (SELECT min(locked_until) FROM outgoing_deliveries WHERE status = 'delivering')
+) - clock_timestamp())::double precision;
+
+-- name: outgoing_delivery_finish
+-- Record the outcome of a claimed attempt: $3 succeeded | failed | pending (retry after $4
+-- seconds). No row when the claim was lost (the lease expired and another dispatcher took it).
+UPDATE outgoing_deliveries SET
+    status = $3,
+    next_attempt_at = CASE WHEN $3 = 'pending'
+                           THEN now() + make_interval(secs => $4::double precision)
+                           ELSE next_attempt_at END,
+    locked_until = NULL,
+    last_status_code = $5,
+    last_error = $6,
+    updated_at = now()
+WHERE id = $1 AND attempt = $2 AND status = 'delivering'
+RETURNING id;
+
+-- name: outgoing_delivery_skip
+-- End a claimed delivery without sending it (hook inactive, conditions not met).
+UPDATE outgoing_deliveries SET
+    status = 'skipped', attempt = greatest(attempt - 1, 0), locked_until = NULL,
+    last_error = $3, updated_at = now()
+WHERE id = $1 AND attempt = $2 AND status = 'delivering';
+
+-- name: outgoing_request_insert
+-- One attempt in the request history (hook_type 'outgoing').
+INSERT INTO hook_requests (id, hook_id, hook_type, received_at, headers, body, body_encoding,
+                           body_size, outcome, status_code, message, run_id, delivery_id,
+                           latency_ms, retry_of, target_url, response_excerpt, attempt,
+                           request_method)
+VALUES ($1, $2, 'outgoing', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+        $18);
+
+-- name: outgoing_hook_count_result
+-- Count a finished delivery against its hook: success resets the run of failures, a failure
+-- extends it. Returns the new count and whether the hook is still active.
+UPDATE outgoing_hooks SET
+    consecutive_failures = CASE WHEN $2 THEN 0 ELSE consecutive_failures + 1 END
+WHERE id = $1
+RETURNING consecutive_failures, active;
+
+-- name: outgoing_hook_disable
+-- Disable a hook (410 Gone, or too many failed deliveries in a row), saying why.
+UPDATE outgoing_hooks SET active = false, disabled_reason = $2, updated_at = now()
+WHERE id = $1 AND active
+RETURNING id;
+
+-- name: outgoing_request_list
+-- A page of an outgoing hook's attempts, newest first (no bodies).
+SELECT t.total, r.id, r.hook_id, r.hook_type, r.received_at, r.request_method, r.target_url,
+       r.headers, r.body_size, r.body_encoding, r.outcome, r.status_code, r.message,
+       r.response_excerpt, r.run_id, r.delivery_id, r.attempt, r.latency_ms, r.retry_of,
+       r.client_ip
+FROM (SELECT count(*) AS total FROM hook_requests
+      WHERE hook_id = $1 AND hook_type = 'outgoing') t
+LEFT JOIN LATERAL (
+    SELECT * FROM hook_requests
+    WHERE hook_id = $1 AND hook_type = 'outgoing'
+    ORDER BY received_at DESC, id DESC LIMIT $2 OFFSET $3
+) r ON true;
+
+-- name: outgoing_delivery_by_id
+-- One delivery with its hook's pipeline, environment and whether the hook is active.
+SELECT d.*, h.pipeline_id, h.active AS hook_active, p.environment_id
+FROM outgoing_deliveries d
+JOIN outgoing_hooks h ON h.id = d.hook_id
+JOIN pipelines p ON p.id = h.pipeline_id
+WHERE d.id = $1;
+
+-- name: outgoing_redeliver
+-- A manual redelivery: a new pending delivery of the same event snapshot, retry_of = $3.
+INSERT INTO outgoing_deliveries (id, hook_id, run_id, event, payload, retry_of)
+SELECT $1, hook_id, run_id, event, payload, $3 FROM outgoing_deliveries WHERE id = $2
+RETURNING id, hook_id, run_id, event, status, next_attempt_at, retry_of, created_at;
+
+-- name: outgoing_delivery_list
+-- A page of an outgoing hook's deliveries, newest first (no payloads).
+SELECT t.total, d.id, d.hook_id, d.run_id, d.event, d.status, d.attempt, d.next_attempt_at,
+       d.last_status_code, d.last_error, d.retry_of, d.created_at, d.updated_at
+FROM (SELECT count(*) AS total FROM outgoing_deliveries WHERE hook_id = $1) t
+LEFT JOIN LATERAL (
+    SELECT * FROM outgoing_deliveries WHERE hook_id = $1
+    ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3
+) d ON true;
+-- name: outgoing_prune_finished
+-- Delete up to $2 deliveries that finished (succeeded, failed, skipped) before $1.
+WITH doomed AS (
+    SELECT id FROM outgoing_deliveries
+    WHERE status IN ('succeeded', 'failed', 'skipped') AND updated_at < $1
+    ORDER BY updated_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), deleted AS (
+    DELETE FROM outgoing_deliveries d USING doomed x WHERE d.id = x.id RETURNING 1
+)
+SELECT count(*) FROM deleted;
+-- end Outgoing hooks ---------------------------------------------------------------------------
+
+-- Secrets at rest (operations, issue 8; gateway/storage/secret_rotation.py) -------------------
+
+-- name: secrets_incoming_page
+-- Incoming hooks after id $1 with a secret not sealed under prefix $2 (the primary key's); $3 max.
+SELECT id, secret, previous_secret
+FROM incoming_hooks
+WHERE id > $1
+  AND ((secret <> '' AND NOT starts_with(secret, $2))
+       OR (previous_secret <> '' AND NOT starts_with(previous_secret, $2)))
+ORDER BY id
+LIMIT $3;
+
+-- name: secrets_incoming_update
+-- Store re-encrypted secrets, each only if the row still holds what was read (else skipped).
+UPDATE incoming_hooks h
+SET secret = u.secret, previous_secret = u.previous_secret
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])
+     AS u(id, secret, previous_secret, old_secret, old_previous)
+WHERE h.id = u.id
+  AND h.secret IS NOT DISTINCT FROM u.old_secret
+  AND h.previous_secret IS NOT DISTINCT FROM u.old_previous
+RETURNING h.id;
+
+-- name: secrets_outgoing_page
+-- Outgoing hooks after id $1 whose secret is not sealed under prefix $2; $3 at most.
+SELECT id, secret
+FROM outgoing_hooks
+WHERE id > $1 AND secret <> '' AND NOT starts_with(secret, $2)
+ORDER BY id
+LIMIT $3;
+
+-- name: secrets_outgoing_update
+-- Store re-encrypted secrets, each only if the row still holds what was read (else skipped).
+UPDATE outgoing_hooks h
+SET secret = u.secret
+FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(id, secret, old_secret)
+WHERE h.id = u.id AND h.secret IS NOT DISTINCT FROM u.old_secret
+RETURNING h.id;
+
+-- name: secrets_key_usage
+-- Stored secrets per location and key id ('' = plaintext), for `gateway keys status`.
+SELECT location, key_id, count(*) AS secrets
+FROM (
+    SELECT 'incoming_hooks.secret' AS location, secret AS value FROM incoming_hooks
+    UNION ALL
+    SELECT 'incoming_hooks.previous_secret', previous_secret FROM incoming_hooks
+    UNION ALL
+    SELECT 'outgoing_hooks.secret', secret FROM outgoing_hooks
+) s
+CROSS JOIN LATERAL (
+    SELECT CASE WHEN starts_with(s.value, 'enc:v1:') THEN split_part(s.value, ':', 3)
+                ELSE '' END AS key_id
+) k
+WHERE s.value <> ''
+GROUP BY location, key_id
+ORDER BY location, key_id;
+-- end Secrets at rest --------------------------------------------------------------------------

@@ -1,0 +1,143 @@
+"""The bench's output: markdown tables on stdout and a JSON file under bench/results/."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench.runner import Bench, Measurement, Options
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGETS = (  # (ratio name, numerator, denominator, minimum) from DESIGN §7 / issue 7
+    ("R_ingest = gateway / bare", "gateway", "bare", 0.5),
+    ("gateway / naive", "gateway", "naive", 3.0),
+    ("gateway / adnanh-webhook", "gateway", "adnanh", 3.0),
+)
+P99_LIMIT_MS = 25.0
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def _row(m: Measurement) -> str:
+    if m.load is None:
+        return f"| {m.name} | {m.label} | – | – | – | – | – | – | – | {m.error or 'not run'} |"
+    load = m.load
+    errors = load.non2xx + load.socket_errors + load.unanswered
+    return (
+        f"| {m.name} | {m.label} | {load.rps:,.0f} | {load.p50_ms:.2f} | {load.p99_ms:.2f} | "
+        f"{errors} | {_fmt(m.rss_mb)} | {_fmt(m.server_cpu, 2)} | {_fmt(m.db_cpu, 2)} | "
+        f"{m.check}{' — ' + m.error if m.error else ''} |"
+    )
+
+
+_HEADER = (
+    "| target | case | requests/s | p50 ms | p99 ms | errors/non-2xx | RSS/worker MB | "
+    "server CPU (cores) | DB CPU (cores) | check |\n"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
+)
+
+
+def ratios(bench: Bench) -> list[dict[str, Any]]:
+    """The contract ratios from the main table."""
+    main = {m.name: m for m in bench.measurements if m.group == "main" and m.load and not m.error}
+    found = []
+    for name, top, bottom, minimum in TARGETS:
+        if top in main and bottom in main and main[bottom].load and main[bottom].load.rps > 0:
+            value = main[top].load.rps / main[bottom].load.rps  # type: ignore[union-attr]
+            found.append({"ratio": name, "value": value, "target": minimum, "met": value >= minimum})
+    return found
+
+
+def markdown(bench: Bench) -> str:
+    """The whole report as markdown."""
+    opts: Options = bench.options
+    info = machine()
+    tool = "wrk" if opts.use_wrk else "bench.loadgen (aiohttp)"
+    lines = [
+        f"## hookgate bench — {opts.workers} worker(s), {opts.connections} connections, "
+        f"{opts.duration:g} s per run (+{opts.warmup:g} s warm-up), load: {tool}",
+        "",
+        f"Machine: {info['cpus']} CPUs ({info['cpu_model']}), Python {info['python']}, "
+        f"kernel {info['kernel']}. Run directory: `{bench.run_dir}`.",
+        "",
+        "### Same body (28 KB GitHub pull_request.opened), same connections, same worker count",
+        "",
+        _HEADER,
+        *(_row(m) for m in bench.measurements if m.group == "main"),
+        "",
+    ]
+    for r in ratios(bench):
+        mark = "met" if r["met"] else "NOT met"
+        lines.append(f"- **{r['ratio']} = {r['value']:.2f}** (target ≥ {r['target']:g}: {mark})")
+    gateway = next((m for m in bench.measurements if m.name == "gateway" and m.group == "main"), None)
+    if gateway and gateway.load:
+        mark = "met" if gateway.load.p99_ms <= P99_LIMIT_MS else "NOT met"
+        lines.append(f"- gateway p99 = {gateway.load.p99_ms:.2f} ms (target ≤ {P99_LIMIT_MS:g} ms: {mark})")
+    scaling = [m for m in bench.measurements if m.group != "main"]
+    if scaling:
+        lines += [
+            "",
+            "### Scaling (gateway; reference row = 28 KB, 10 hooks, 5 variables, store_bodies=all)",
+            "",
+            _HEADER,
+        ]
+        if gateway:
+            lines.append(_row(Measurement(**{**asdict_shallow(gateway), "label": "reference"})))
+        lines += [_row(m) for m in scaling]
+    if bench.notes:
+        lines += ["", "Notes:", *(f"- {n}" for n in bench.notes)]
+    failed = [m for m in bench.measurements if m.failed]
+    lines += ["", f"**Result: {'FAILED' if failed else 'OK'}**"]
+    lines += [f"- {m.group}/{m.name} {m.label}: {m.error or m.check}" for m in failed]
+    return "\n".join(lines) + "\n"
+
+
+def asdict_shallow(m: Measurement) -> dict[str, Any]:
+    """The dataclass fields without deep-copying the load result."""
+    return {k: getattr(m, k) for k in m.__dataclass_fields__}
+
+
+def write_json(bench: Bench) -> Path:
+    """Save every figure under bench/results/ (gitignored); the file's path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{bench.run_dir.name}-w{bench.options.workers}.json"
+    data = {
+        "options": asdict(bench.options),
+        "machine": machine(),
+        "run_dir": str(bench.run_dir),
+        "ratios": ratios(bench),
+        "notes": bench.notes,
+        "measurements": [
+            {**{k: v for k, v in asdict_shallow(m).items() if k != "load"},
+             "load": m.load.to_json() if m.load else None}
+            for m in bench.measurements
+        ],
+    }
+    path.write_text(json.dumps(data, indent=2, default=str))
+    return path

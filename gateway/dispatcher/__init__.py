@@ -1,0 +1,1 @@
+"""Outgoing hooks: templates, SSRF guard, retry policy, signing and the delivery loop."""

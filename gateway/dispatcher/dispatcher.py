@@ -1,0 +1,339 @@
+"""The delivery loop: claim due outbox rows, send them, record every attempt, schedule retries.
+
+One loop per process claims up to its free capacity (``[outgoing] concurrency``) with
+``FOR UPDATE SKIP LOCKED`` and a lease of ``timeout + LEASE_MARGIN`` seconds, so several
+dispatchers (``gateway serve`` workers, ``gateway dispatch``) share the outbox safely and a
+crashed one's deliveries become due again when its lease runs out. Each delivery is a task of
+its own, sent through one shared ClientSession whose connector is the SSRF guard.
+
+A slow or dead target never holds up the others: at most ``per_target_concurrency`` requests
+are in flight per ``scheme://host:port``; while a target is saturated its hooks are left out of
+claims, and a claimed delivery whose target turns out saturated is handed back unchanged.
+
+The loop sleeps until the next delivery is due, a NOTIFY on ``hookgate_delivery_due`` (sent
+when deliveries are written) or a finished delivery wakes it, and polls every
+``poll_interval`` seconds as a fallback. Stopping stops claiming, lets in-flight requests
+finish for up to the given grace period, then cuts off those still waiting for an answer and hands
+them back (without using up an attempt); an answered request is always recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from gateway.config import Config
+from gateway.dispatcher.outbound import CompiledHook, OutboundRequest, build_request, event_context
+from gateway.dispatcher.retry import FAILED, RETRY, SUCCEEDED, RetryPolicy
+from gateway.dispatcher.signing import redact_headers
+from gateway.dispatcher.ssrf import is_refusal, make_connector
+from gateway.exceptions import DatabaseUnavailable
+from gateway.logs import get_logger
+from gateway.storage import outgoing as store
+from gateway.storage.database import Database, Record
+
+log = get_logger(__name__)
+
+LEASE_MARGIN = 10.0  # seconds beyond the request timeout to render, record and commit
+CLAIM_BATCH = 100
+MIN_IDLE = 0.05  # never spin faster than this when work is due but none could be claimed
+MESSAGE_LIMIT = 1000
+_COMPILED_LIMIT = 10_000
+
+
+class Dispatcher:
+    """Delivers outgoing hooks for one process; :meth:`start`, then :meth:`stop`."""
+
+    def __init__(self, db: Database, config: Config) -> None:
+        self.db = db
+        self.settings = config.outgoing
+        self.store_bodies = config.hooks.store_bodies
+        self.policy = RetryPolicy.create(
+            self.settings.retry_schedule,
+            jitter=self.settings.retry_jitter,
+            retry_after_max=self.settings.retry_after_max,
+            disable_after_failures=self.settings.disable_after_failures,
+        )
+        self.lease_seconds = self.settings.timeout + LEASE_MARGIN
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sending: set[asyncio.Task[None]] = set()  # before a response: safe to cut off
+        self._load: Counter[str] = Counter()  # requests in flight per origin
+        self._hook_origin: dict[uuid.UUID, str] = {}  # hooks with work in flight or handed back
+        self._compiled: dict[uuid.UUID, tuple[Any, CompiledHook | str]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._listener: Any = None
+
+    async def start(self) -> None:
+        """Open the HTTP session and the LISTEN connection; start the loop."""
+        connector = make_connector(
+            allow_private_targets=self.settings.allow_private_targets,
+            limit=self.settings.concurrency,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.lease_seconds),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,  # never route deliveries through an environment proxy
+            auto_decompress=False,
+        )
+        await self._ensure_listener()
+        self._loop_task = asyncio.create_task(self._run(), name="outgoing-dispatcher")
+        log.info("dispatcher_started", concurrency=self.settings.concurrency)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop claiming; give in-flight deliveries ``grace`` seconds, hand back the rest."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=grace)
+            # Cut off requests still waiting for an answer; an answered one is always recorded.
+            for task in pending & self._sending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._listener.close(), timeout=2)
+        if self._session is not None:
+            await self._session.close()
+        log.info("dispatcher_stopped")
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def _notified(self, *_: Any) -> None:
+        self._wake.set()
+
+    async def _ensure_listener(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        try:
+            self._listener = await self.db.listen(store.DELIVERY_DUE_CHANNEL, self._notified)
+        except DatabaseUnavailable:
+            self._listener = None  # polling covers it until the database is back
+
+    def _busy_hooks(self) -> list[uuid.UUID]:
+        limit = self.settings.per_target_concurrency
+        return [h for h, origin in self._hook_origin.items() if self._load[origin] >= limit]
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            wait = self.settings.poll_interval
+            try:
+                await self._ensure_listener()
+                free = self.settings.concurrency - len(self._tasks)
+                if free > 0:
+                    limit = min(free, CLAIM_BATCH)
+                    started = await self._claim(limit)
+                    if started == limit:
+                        continue  # maybe more is due right now
+                    due = await store.seconds_until_due(self.db, self._busy_hooks())
+                    if due is not None:
+                        wait = min(max(due, MIN_IDLE), wait)
+            except DatabaseUnavailable as exc:
+                log.warning("dispatcher_database_unavailable", error=str(exc))
+            except Exception:
+                log.exception("dispatcher_loop_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+
+    async def _claim(self, limit: int) -> int:
+        """Claim and start up to ``limit`` deliveries; return how many rows were claimed."""
+        rows = await store.claim_deliveries(self.db, limit, self.lease_seconds, self._busy_hooks())
+        handed_back: list[tuple[uuid.UUID, int]] = []
+        for row in rows:
+            try:
+                prepared = await self._prepare(row)
+            except Exception:
+                log.exception("delivery_prepare_failed", delivery_id=str(row["id"]))
+                handed_back.append((row["id"], row["attempt"]))
+                continue
+            if prepared is None:
+                continue
+            hook, request = prepared
+            origin = request.origin
+            self._hook_origin[row["hook_id"]] = origin
+            if self._load[origin] >= self.settings.per_target_concurrency:
+                handed_back.append((row["id"], row["attempt"]))
+                continue
+            self._load[origin] += 1
+            task = asyncio.create_task(self._deliver(row, hook, request))
+            self._tasks.add(task)
+            self._sending.add(task)
+            task.add_done_callback(functools.partial(self._finished, origin))
+        await store.release_deliveries(self.db, handed_back)
+        return len(rows)
+
+    def _finished(self, origin: str, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._sending.discard(task)
+        self._load[origin] -= 1
+        if self._load[origin] <= 0:
+            del self._load[origin]
+            for hook_id in [h for h, o in self._hook_origin.items() if o == origin]:
+                del self._hook_origin[hook_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery_task_failed", error=repr(task.exception()))
+        self._wake.set()
+
+    def _compile(self, row: Record) -> CompiledHook | str:
+        """The hook's compiled form (cached per definition), or why it cannot be compiled."""
+        cached = self._compiled.get(row["hook_id"])
+        if cached is not None and cached[0] == row["hook_updated_at"]:
+            return cached[1]
+        try:
+            compiled: CompiledHook | str = CompiledHook.from_row(row)
+        except ValueError as exc:
+            compiled = f"the hook definition is invalid: {exc}"
+        if len(self._compiled) >= _COMPILED_LIMIT:
+            self._compiled.clear()
+        self._compiled[row["hook_id"]] = (row["hook_updated_at"], compiled)
+        return compiled
+
+    async def _prepare(self, row: Record) -> tuple[CompiledHook, OutboundRequest] | None:
+        """Render a claimed delivery; skip it (None) when it must not be sent."""
+        delivery_id, attempt = row["id"], row["attempt"]
+        if not row["hook_active"]:
+            await store.skip_delivery(self.db, delivery_id, attempt, "the hook is inactive")
+            return None
+        hook = self._compile(row)
+        if isinstance(hook, str):
+            await store.skip_delivery(self.db, delivery_id, attempt, hook[:MESSAGE_LIMIT])
+            return None
+        context = event_context(row["payload"], str(delivery_id), attempt)
+        reason = hook.conditions.evaluate(context)
+        if reason is not None:
+            await store.skip_delivery(self.db, delivery_id, attempt, f"conditions: {reason}")
+            return None
+        return hook, build_request(hook, context, str(delivery_id))
+
+    # --- one delivery -------------------------------------------------------------------
+
+    async def _deliver(self, row: Record, hook: CompiledHook, request: OutboundRequest) -> None:
+        timeout = min(hook.timeout or self.settings.timeout, self.settings.timeout)
+        sent_at = datetime.now(UTC)
+        started = time.perf_counter()
+        status: int | None = None
+        retry_after: str | None = None
+        excerpt: str | None = None
+        refusal: str | None = None
+        try:
+            status, retry_after, excerpt = await self._send(request, timeout)
+            message = f"HTTP {status}"
+        except TimeoutError:
+            message = f"timed out after {timeout:g}s"
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            refusal = is_refusal(exc)
+            message = refusal or f"{type(exc).__name__}: {exc}"
+        except asyncio.CancelledError:
+            # Stopped mid-request: hand it back without using up the attempt.
+            with contextlib.suppress(Exception):
+                await store.release_deliveries(self.db, [(row["id"], row["attempt"])])
+            log.info("outgoing_delivery_interrupted", delivery_id=str(row["id"]))
+            raise
+        finally:
+            self._sending.discard(asyncio.current_task())
+        latency_ms = (time.perf_counter() - started) * 1000
+        decision = self.policy.decide(
+            row["attempt"], status, retry_after=retry_after, refused=refusal is not None
+        )
+        outcome = "refused" if refusal else (SUCCEEDED if decision.action == SUCCEEDED else FAILED)
+        if decision.reason:
+            message = f"{message}; {decision.reason}"
+        keep_body = self.store_bodies == "all" or (
+            self.store_bodies == "failures" and outcome != SUCCEEDED
+        )
+        attempt = store.Attempt(
+            request_id=uuid.uuid4(),
+            hook_id=row["hook_id"],
+            delivery_id=row["id"],
+            run_id=row["run_id"],
+            retry_of=row["retry_of"],
+            attempt=row["attempt"],
+            sent_at=sent_at,
+            method=request.method,
+            target_url=request.url,
+            headers=redact_headers(request.headers, [hook.signature_header or "webhook-signature"]),
+            body=request.body if keep_body else None,
+            body_size=len(request.body),
+            outcome=outcome,
+            status_code=status or 0,
+            message=_clean(message)[:MESSAGE_LIMIT],
+            response_excerpt=excerpt,
+            latency_ms=latency_ms,
+        )
+        next_status = {RETRY: "pending", SUCCEEDED: "succeeded"}.get(decision.action, "failed")
+        held, failures = await store.record_attempt(
+            self.db,
+            attempt,
+            next_status=next_status,
+            retry_in=decision.delay,
+            final=decision.action != RETRY,
+        )
+        log.info(
+            "outgoing_delivery_attempt",
+            delivery_id=str(row["id"]),
+            hook_id=str(row["hook_id"]),
+            attempt=row["attempt"],
+            outcome=outcome,
+            status_code=status,
+            latency_ms=round(latency_ms, 1),
+            next=next_status,
+            retry_in=round(decision.delay, 3) if decision.action == RETRY else None,
+            lease_lost=not held,
+        )
+        await self._maybe_disable(row["hook_id"], decision.disable_hook, failures)
+
+    async def _send(
+        self, request: OutboundRequest, seconds: float
+    ) -> tuple[int, str | None, str | None]:
+        """Send and read at most ``response_excerpt_bytes`` of the answer within ``seconds``."""
+        assert self._session is not None
+        limit = self.settings.response_excerpt_bytes
+        async with asyncio.timeout(seconds):
+            async with self._session.request(
+                request.method,
+                URL(request.url, encoded=True),
+                data=request.body,
+                headers=request.headers,
+                allow_redirects=False,  # a redirect is an answer, not an instruction
+            ) as response:
+                chunks: list[bytes] = []
+                remaining = limit
+                while remaining > 0:
+                    chunk = await response.content.read(remaining)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    remaining -= len(chunk)
+                excerpt = _clean(b"".join(chunks).decode("utf-8", "replace")) if limit else None
+                return response.status, response.headers.get("Retry-After"), excerpt
+
+    async def _maybe_disable(self, hook_id: uuid.UUID, gone: bool, failures: int | None) -> None:
+        if gone:
+            reason = "disabled: the target answered 410 Gone"
+        elif failures is not None and self.policy.should_disable(failures):
+            reason = f"disabled after {failures} consecutive failed deliveries"
+        else:
+            return
+        if await store.disable_hook(self.db, hook_id, reason):
+            log.warning("outgoing_hook_disabled", hook_id=str(hook_id), reason=reason)
+
+
+def _clean(text: str) -> str:
+    """PostgreSQL text cannot hold NUL characters."""
+    return text.replace("\x00", "")

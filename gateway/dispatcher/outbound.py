@@ -1,0 +1,131 @@
+"""From a stored hook and a delivery's event snapshot to the exact HTTP request to send (pure).
+
+Without a ``request_body`` the body is a Standard Webhooks style envelope:
+``{"type": <event>, "timestamp": <event time>, "data": {"run", "pipeline", "hook"}}``.
+JSON bodies are sent as ``application/json``, text bodies as ``text/plain; charset=utf-8``,
+unless the hook's request headers set ``Content-Type``. A hook's headers never replace the
+signature headers (validation refuses those names).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.dispatcher.signing import signature_headers
+from gateway.dispatcher.templates import (
+    BodyTemplate,
+    JsonTemplate,
+    TextTemplate,
+    compile_body,
+    compile_url,
+    dump_json,
+)
+from gateway.ingest.conditions import ConditionSet
+
+USER_AGENT = "hookgate-webhooks/0.1"
+JSON_TYPE = "application/json"
+TEXT_TYPE = "text/plain; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledHook:
+    """A hook's templates, conditions and signing settings, compiled once per definition."""
+
+    url: TextTemplate
+    headers: tuple[tuple[str, TextTemplate], ...]
+    body: BodyTemplate | None
+    method: str
+    timeout: float | None
+    conditions: ConditionSet
+    secret: str | None
+    signature_header: str | None
+    signature_algorithm: str
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> CompiledHook:
+        """Compile a claimed delivery row's hook columns; raises ValueError (TemplateError)."""
+        settings = row["settings"] or {}
+        trigger_when = {k: v for k, v in (row["trigger_when"] or {}).items() if k != "events"}
+        timeout = settings.get("timeout")
+        return cls(
+            url=compile_url(row["target_url"]),
+            headers=tuple(
+                (h["name"], TextTemplate.compile(h["value"]))
+                for h in settings.get("request_headers") or ()
+            ),
+            body=compile_body(settings.get("request_body")),
+            method=settings.get("method") or "POST",
+            timeout=None if timeout is None else float(timeout),
+            conditions=ConditionSet.from_json(trigger_when),
+            secret=row["secret"] if row["requires_secret"] else None,
+            signature_header=settings.get("signature_header"),
+            signature_algorithm=settings.get("signature_algorithm") or "sha256",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRequest:
+    """One rendered, signed request."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def origin(self) -> str:
+        """``scheme://host:port``: the unit of per-target concurrency."""
+        split = urlsplit(self.url)
+        try:
+            port = split.port or (443 if split.scheme == "https" else 80)
+        except ValueError:
+            port = 0
+        return f"{split.scheme}://{(split.hostname or '').lower()}:{port}"
+
+
+def event_context(payload: Mapping[str, Any], delivery_id: str, attempt: int) -> dict[str, Any]:
+    """What templates and conditions see: the event snapshot plus this delivery."""
+    return {**payload, "delivery": {"id": delivery_id, "attempt": attempt}}
+
+
+def default_body(context: Mapping[str, Any]) -> bytes:
+    """The envelope sent when a hook has no ``request_body``."""
+    data = {key: context.get(key) for key in ("run", "pipeline", "hook")}
+    return dump_json(
+        {"type": context.get("event"), "timestamp": context.get("timestamp"), "data": data}
+    )
+
+
+def build_request(
+    hook: CompiledHook, context: Mapping[str, Any], delivery_id: str, now: float | None = None
+) -> OutboundRequest:
+    """Render URL, headers and body, then sign; never raises for any context."""
+    if hook.body is None:
+        body, content_type = default_body(context), JSON_TYPE
+    elif isinstance(hook.body, JsonTemplate):
+        body, content_type = hook.body.render(context), JSON_TYPE
+    else:
+        body, content_type = hook.body.render(context).encode("utf-8", "replace"), TEXT_TYPE
+    headers = {"User-Agent": USER_AGENT, "Content-Type": content_type}
+    chosen = {name.lower(): name for name in headers}
+    for name, template in hook.headers:
+        previous = chosen.pop(name.lower(), None)
+        if previous is not None:
+            del headers[previous]
+        headers[name] = template.render_header(context)
+        chosen[name.lower()] = name
+    headers.update(
+        signature_headers(
+            secret=hook.secret,
+            delivery_id=delivery_id,
+            timestamp=int(time.time() if now is None else now),
+            body=body,
+            signature_header=hook.signature_header,
+            signature_algorithm=hook.signature_algorithm,
+        )
+    )
+    return OutboundRequest(hook.method, hook.url.render_url(context), headers, body)

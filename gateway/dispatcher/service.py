@@ -1,0 +1,53 @@
+"""Running the dispatcher: inside ``gateway serve`` (a service context) or alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway import appkeys
+from gateway.config import Config
+from gateway.dispatcher.dispatcher import Dispatcher
+from gateway.storage.database import Database
+
+DISPATCHER = "outgoing_dispatcher"  # key in app[appkeys.SERVICES]
+
+
+async def dispatcher_service(app: web.Application) -> AsyncIterator[None]:
+    """Run a dispatcher for the life of the app unless ``[outgoing] dispatcher_in_serve`` is
+    false (then ``gateway dispatch`` runs it)."""
+    config = app[appkeys.CONFIG]
+    if not config.outgoing.dispatcher_in_serve:
+        yield
+        return
+    dispatcher = Dispatcher(app[appkeys.DATABASE], config)
+    await dispatcher.start()
+    app[appkeys.SERVICES][DISPATCHER] = dispatcher
+    try:
+        yield
+    finally:
+        app[appkeys.SERVICES].pop(DISPATCHER, None)
+        await dispatcher.stop(config.server.shutdown_timeout)
+
+
+async def run_dispatcher(db: Database, config: Config, stop: asyncio.Event) -> None:
+    """Deliver until ``stop`` is set, then stop gracefully."""
+    dispatcher = Dispatcher(db, config)
+    await dispatcher.start()
+    try:
+        await stop.wait()
+    finally:
+        await dispatcher.stop(config.server.shutdown_timeout)
+
+
+async def dispatch(config: Config) -> None:
+    """``gateway dispatch``: database, schema, then deliver until SIGTERM/SIGINT."""
+    from gateway.server import database_for, prepare_database, stop_on_signals
+
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    async with database_for(config) as db:
+        await prepare_database(db, config)
+        await run_dispatcher(db, config, stop)

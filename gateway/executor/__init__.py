@@ -1,0 +1,1 @@
+"""The reference executor (``gateway executor``) and run maintenance (``gateway prune``)."""

@@ -1,0 +1,141 @@
+"""Running one run's command: its environment, a bounded output tail, and termination.
+
+The command is an argv list started with ``create_subprocess_exec`` (never a shell string), in a
+session of its own so that terminating it reaches the whole process group (``sh -c`` children).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.run_states import OUTPUT_LIMIT_BYTES
+
+VAR_PREFIX = "HOOK_VAR_"
+_NOT_ENV_SAFE = re.compile(r"[^A-Za-z0-9_]")
+_READ_CHUNK = 64 * 1024
+# After the command exits, background children may still hold its output pipe open.
+_DRAIN_AFTER_EXIT = 2.0
+
+
+def env_name(variable: str) -> str:
+    """``source_ref`` → ``HOOK_VAR_SOURCE_REF`` (characters a shell cannot name become ``_``)."""
+    return VAR_PREFIX + _NOT_ENV_SAFE.sub("_", variable).upper()
+
+
+def env_value(value: Any) -> str:
+    """Strings as they are, null as empty, everything else as JSON (``42``, ``true``, ``[1]``)."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    return orjson.dumps(value).decode()
+
+
+def command_env(base: Mapping[str, str], run: Mapping[str, Any]) -> dict[str, str]:
+    """``base`` (the executor's environment, minus inherited HOOK_* values) plus the run's
+    variables as ``HOOK_VAR_<NAME>`` and ``HOOK_RUN_ID``, ``HOOK_PIPELINE_ID``, ``HOOK_ATTEMPT``."""
+    env = {k: v for k, v in base.items() if not k.startswith("HOOK_")}
+    for name, value in (run["variables"] or {}).items():
+        env[env_name(name)] = env_value(value).replace("\x00", "")
+    env["HOOK_RUN_ID"] = str(run["id"])
+    env["HOOK_PIPELINE_ID"] = str(run["pipeline_id"])
+    env["HOOK_ATTEMPT"] = str(run["attempt"])
+    return env
+
+
+class OutputTail:
+    """Keeps the last ``limit`` bytes written to it."""
+
+    def __init__(self, limit: int = OUTPUT_LIMIT_BYTES) -> None:
+        self.limit = limit
+        self.dropped = 0
+        self._data = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        self._data += chunk
+        excess = len(self._data) - self.limit
+        if excess > 0:
+            del self._data[:excess]
+            self.dropped += excess
+
+    def text(self) -> str:
+        """The tail as text (invalid UTF-8 replaced), noting how much was dropped."""
+        text = self._data.decode("utf-8", errors="replace")
+        if self.dropped:
+            return f"[output truncated: first {self.dropped} bytes dropped]\n{text}"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    exit_code: int  # negative: killed by that signal
+    output: str
+
+    @property
+    def description(self) -> str:
+        """``exit code 3`` or ``killed by SIGTERM``."""
+        if self.exit_code < 0:
+            with contextlib.suppress(ValueError):
+                return f"killed by {signal.Signals(-self.exit_code).name}"
+        return f"exit code {self.exit_code}"
+
+
+class RunningCommand:
+    """A started command whose combined stdout/stderr is collected into an :class:`OutputTail`."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.tail = OutputTail()
+        self.terminated = False
+
+    @classmethod
+    async def start(cls, argv: Sequence[str], env: Mapping[str, str]) -> RunningCommand:
+        """Start ``argv``; raises OSError when it cannot be executed."""
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            env=dict(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return cls(process)
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        while chunk := await self.process.stdout.read(_READ_CHUNK):
+            self.tail.add(chunk)
+
+    async def wait(self) -> CommandResult:
+        """Wait for the command to exit and return its exit code and output tail."""
+        reader = asyncio.create_task(self._read())
+        code = await self.process.wait()
+        try:
+            await asyncio.wait_for(asyncio.shield(reader), _DRAIN_AFTER_EXIT)
+        except TimeoutError:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        return CommandResult(code, self.tail.text())
+
+    async def terminate(self, kill_after: float = 10.0) -> None:
+        """SIGTERM the command's process group, SIGKILL it if still running after ``kill_after``."""
+        self.terminated = True
+        self._signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.process.wait()), kill_after)
+        except TimeoutError:
+            self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, sig)

@@ -1,0 +1,146 @@
+"""The ``gateway executor`` and ``gateway prune`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import signal
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from gateway.config import Config
+from gateway.logs import get_logger
+
+log = get_logger(__name__)
+
+COMMANDS = ("executor", "prune")
+_AGE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_age(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``3600s`` → timedelta; ValueError saying what is accepted."""
+    match = _AGE.match(text)
+    if not match or int(match.group(1)) <= 0:
+        raise ValueError(
+            f"--older-than: {text!r} is not an age; use a positive whole number and a unit: "
+            "30d, 12h, 90m or 3600s"
+        )
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        return value
+
+    return parse
+
+
+def add_commands(commands: Any) -> None:
+    """Register ``executor`` and ``prune`` on the CLI's subparsers."""
+    executor = commands.add_parser(
+        "executor",
+        help="claim runs of a pipeline and run a command for each",
+        description="Claim runs of a pipeline and run CMD for each, with the run's variables "
+        "as HOOK_VAR_<NAME> environment variables (plus HOOK_RUN_ID, HOOK_PIPELINE_ID, "
+        "HOOK_ATTEMPT). CMD is executed directly, never through a shell.",
+        usage="gateway executor --pipeline ID [options] -- CMD [ARGS...]",
+    )
+    executor.add_argument("--pipeline", type=_positive(int), required=True, metavar="ID")
+    executor.add_argument(
+        "--concurrency",
+        type=_positive(int),
+        default=1,
+        metavar="N",
+        help="runs at once (default 1)",
+    )
+    executor.add_argument(
+        "--lease-seconds",
+        type=_positive(float),
+        default=60.0,
+        metavar="S",
+        help="lease per run, renewed every S/3 (default 60)",
+    )
+    executor.add_argument(
+        "--poll-interval",
+        type=_positive(float),
+        default=5.0,
+        metavar="S",
+        help="claim at least this often without notifications (default 5)",
+    )
+    executor.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM, how long running commands may finish (default 30)",
+    )
+    executor.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
+    prune = commands.add_parser("prune", help="delete finished runs and old request history")
+    prune.add_argument(
+        "--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m, 3600s"
+    )
+
+
+def main(config: Config, args: argparse.Namespace) -> int:
+    """Run the parsed ``executor`` or ``prune`` command; the process exit code."""
+    if args.command == "prune":
+        cutoff = datetime.now(UTC) - parse_age(args.older_than)
+        asyncio.run(_prune(config, cutoff))
+        return 0
+    command = list(args.cmd)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise ValueError("executor: give the command to run after '--', e.g. -- ./deploy.sh")
+    return asyncio.run(_execute(config, args, command))
+
+
+async def _prune(config: Config, cutoff: datetime) -> None:
+    from gateway.executor.database import existing_database
+    from gateway.storage import outgoing, runs
+
+    async with existing_database(config, start_embedded=True) as db:
+        removed = await runs.prune(db, cutoff)
+        # Outgoing hooks (issue 6): finished deliveries of the outbox.
+        removed["outgoing_deliveries"] = await outgoing.prune_deliveries(db, cutoff)
+    log.info("pruned", older_than=cutoff.isoformat(), **removed)
+    for table, count in removed.items():
+        print(f"{table}: removed {count} rows older than {cutoff.isoformat(timespec='seconds')}")
+
+
+async def _execute(config: Config, args: argparse.Namespace, command: list[str]) -> int:
+    from gateway.exceptions import NotFound
+    from gateway.executor.database import existing_database
+    from gateway.executor.worker import Executor, ExecutorSettings
+    from gateway.storage import runs
+
+    settings = ExecutorSettings(
+        pipeline_id=args.pipeline,
+        command=command,
+        concurrency=args.concurrency,
+        lease_seconds=args.lease_seconds,
+        poll_interval=args.poll_interval,
+        grace_seconds=max(args.grace_seconds, 0.0),
+    )
+    # Claims, heartbeats and reports of every slot at once, plus one spare.
+    async with existing_database(config, pool_size=args.concurrency * 2 + 1) as db:
+        if await runs.pipeline_settings(db, args.pipeline) is None:
+            raise NotFound(f"pipeline {args.pipeline} not found")
+        executor = Executor(db, settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, executor.stop)
+        try:
+            await executor.run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+    return 0

@@ -1,0 +1,294 @@
+"""The reference executor: claim runs of one pipeline, run a command for each, report back.
+
+- Claims when it has a free slot and something may be claimable: woken by LISTEN
+  ``hookgate_run_changed`` (a run of its pipeline queued or finished), with a poll every
+  ``poll_interval`` as the fallback (expired leases and a lost listener make no notification).
+- Heartbeats each lease every ``lease_seconds / 3``; when a heartbeat is refused (the run was
+  cancelled, e.g. superseded under cancel-in-progress, or the lease was lost) it terminates the
+  command and reports nothing: the run belongs to someone else now.
+- Stops on SIGTERM/SIGINT: no new claims; running commands get ``grace_seconds`` to finish and
+  are reported as usual; the rest are terminated and *released* (back to queued, attempt not
+  used up), so another executor starts them at once instead of after the lease expires.
+  A second signal ends the grace period at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway import run_states
+from gateway.exceptions import Conflict, DatabaseUnavailable, GatewayError, NotFound
+from gateway.executor.command import CommandResult, RunningCommand, command_env
+from gateway.logs import get_logger
+from gateway.storage import runs
+from gateway.storage.database import Database, Record
+
+log = get_logger(__name__)
+
+CHANNEL = "hookgate_run_changed"
+_REPORT_TRIES = 5
+_LISTEN_TIMEOUT = 5.0
+
+
+def default_name() -> str:
+    """``host:pid``, recorded as the run's ``claimed_by``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorSettings:
+    pipeline_id: int
+    command: Sequence[str]
+    concurrency: int = 1
+    lease_seconds: float = 60.0
+    poll_interval: float = 5.0
+    grace_seconds: float = 30.0
+    name: str = field(default_factory=default_name)
+
+
+class Executor:
+    """One executor process: ``await Executor(db, settings).run()`` until :meth:`stop`."""
+
+    def __init__(self, db: Database, settings: ExecutorSettings) -> None:
+        self.db = db
+        self.settings = settings
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._commands: dict[uuid.UUID, RunningCommand] = {}
+        self._listener: Any = None
+
+    def stop(self) -> None:
+        """Stop claiming and drain; a second call ends the grace period at once."""
+        if self._stopping.is_set():
+            self._hurry.set()
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim and execute until stopped, then drain."""
+        s = self.settings
+        log.info(
+            "executor_started",
+            pipeline_id=s.pipeline_id,
+            concurrency=s.concurrency,
+            executor=s.name,
+        )
+        try:
+            while not self._stopping.is_set():
+                await self._ensure_listener()
+                self._wake.clear()
+                free = s.concurrency - len(self._tasks)
+                if free > 0:
+                    for row in await self._claim(free):
+                        self._start(row)
+                try:
+                    await asyncio.wait_for(self._wake.wait(), s.poll_interval)
+                except TimeoutError:
+                    pass
+            await self._drain()
+        finally:
+            await self._close_listener()
+        log.info("executor_stopped", pipeline_id=s.pipeline_id)
+
+    async def _claim(self, limit: int) -> list[Record]:
+        try:
+            return await runs.claim(
+                self.db,
+                pipeline_id=self.settings.pipeline_id,
+                limit=limit,
+                lease_seconds=self.settings.lease_seconds,
+                claimed_by=self.settings.name,
+            )
+        except DatabaseUnavailable as exc:
+            log.warning("claim_failed", error=str(exc))
+            return []
+
+    def _start(self, row: Record) -> None:
+        task = asyncio.create_task(self._execute(row))
+        self._tasks[row["id"]] = task
+
+        def finished(done: asyncio.Task[None]) -> None:
+            self._tasks.pop(row["id"], None)
+            self._wake.set()  # a slot is free
+            if not done.cancelled() and done.exception() is not None:
+                log.error("run_task_crashed", run_id=str(row["id"]), exc_info=done.exception())
+
+        task.add_done_callback(finished)
+
+    # -- one run -------------------------------------------------------------------------------
+
+    async def _execute(self, row: Record) -> None:
+        run_id, token = row["id"], row["lease_token"]
+        context = {
+            "run_id": str(run_id),
+            "pipeline_id": row["pipeline_id"],
+            "attempt": row["attempt"],
+        }
+        started = time.monotonic()
+        log.info("run_started", **context)
+        try:
+            command = await RunningCommand.start(
+                self.settings.command, command_env(os.environ, row)
+            )
+        except OSError as exc:
+            message = f"cannot start {self.settings.command[0]!r}: {exc.strerror or exc}"
+            await self._report(run_id, token, run_states.FAILED, message, None, 127, context)
+            self._log_outcome(context, run_states.FAILED, 127, started, message)
+            return
+        self._commands[run_id] = command
+        lost: list[str] = []
+        beats = asyncio.create_task(self._heartbeats(run_id, token, command, lost))
+        try:
+            result = await command.wait()
+        finally:
+            beats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beats
+            self._commands.pop(run_id, None)
+        if lost:
+            self._log_outcome(context, "abandoned", result.exit_code, started, lost[0])
+        elif command.terminated and result.exit_code != 0:  # stopped by us, at shutdown
+            await self._release(run_id, token, context)
+            self._log_outcome(context, run_states.QUEUED, result.exit_code, started, "released")
+        else:
+            status = run_states.COMPLETED if result.exit_code == 0 else run_states.FAILED
+            message = self._message(result)
+            await self._report(
+                run_id, token, status, message, result.output, result.exit_code, context
+            )
+            self._log_outcome(context, status, result.exit_code, started, message)
+
+    @staticmethod
+    def _message(result: CommandResult) -> str:
+        return "" if result.exit_code == 0 else f"command failed: {result.description}"
+
+    async def _heartbeats(
+        self, run_id: uuid.UUID, token: uuid.UUID, command: RunningCommand, lost: list[str]
+    ) -> None:
+        interval = max(self.settings.lease_seconds / 3, 0.2)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await runs.heartbeat(self.db, run_id, token, self.settings.lease_seconds)
+            except (Conflict, NotFound) as exc:
+                lost.append(str(exc))
+                log.warning("run_lease_lost", run_id=str(run_id), reason=str(exc))
+                await command.terminate(kill_after=5.0)
+                return
+            except Exception as exc:  # keep trying (database down?): the lease may still hold
+                log.warning("heartbeat_failed", run_id=str(run_id), error=str(exc))
+
+    async def _report(
+        self,
+        run_id: uuid.UUID,
+        token: uuid.UUID,
+        status: str,
+        message: str,
+        output: str | None,
+        exit_code: int | None,
+        context: dict[str, Any],
+    ) -> None:
+        for attempt in range(1, _REPORT_TRIES + 1):
+            try:
+                await runs.report_status(
+                    self.db,
+                    run_id,
+                    token,
+                    status,
+                    message=message,
+                    output=output,
+                    exit_code=exit_code,
+                )
+                return
+            except Conflict as exc:  # cancelled or lease lost meanwhile: not ours to report
+                log.warning("run_report_refused", reason=str(exc), **context)
+                return
+            except DatabaseUnavailable as exc:
+                log.warning("run_report_failed", error=str(exc), retry=attempt, **context)
+                await asyncio.sleep(min(2**attempt * 0.25, 5))
+        log.error("run_report_gave_up", **context)  # the lease will expire and the run retry
+
+    async def _release(self, run_id: uuid.UUID, token: uuid.UUID, context: dict[str, Any]) -> None:
+        try:
+            await runs.release(
+                self.db, run_id, token, "released by a stopping executor; will run again"
+            )
+        except GatewayError as exc:  # the lease expiring does the same, only later
+            log.warning("run_release_failed", error=str(exc), **context)
+
+    @staticmethod
+    def _log_outcome(
+        context: dict[str, Any], status: str, exit_code: int | None, started: float, message: str
+    ) -> None:
+        duration_ms = round((time.monotonic() - started) * 1000, 1)
+        log.info(
+            "run_finished",
+            status=status,
+            exit_code=exit_code,
+            duration_ms=duration_ms,
+            message=message,
+            **context,
+        )
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        tasks = list(self._tasks.values())
+        if not tasks:
+            return
+        log.info("executor_draining", running=len(tasks), grace_seconds=self.settings.grace_seconds)
+        # Until every run finished, the grace period is over, or a second signal hurries us.
+        finished: asyncio.Future[Any] = asyncio.gather(*tasks, return_exceptions=True)
+        hurry: asyncio.Future[Any] = asyncio.create_task(self._hurry.wait())
+        await asyncio.wait(
+            [finished, hurry],
+            timeout=self.settings.grace_seconds,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        hurry.cancel()
+        pending = [t for t in tasks if not t.done()]
+        await asyncio.gather(*(c.terminate(kill_after=5.0) for c in self._commands.values()))
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- notifications -------------------------------------------------------------------------
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            change = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        # A queued run may be claimable; a finished one may free its concurrency key.
+        if (
+            change.get("pipeline_id") == self.settings.pipeline_id
+            and change.get("status") != run_states.IN_PROGRESS
+        ):
+            self._wake.set()
+
+    async def _ensure_listener(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        try:
+            # Bounded: a database that is down must not stall claiming (polling still works).
+            self._listener = await asyncio.wait_for(
+                self.db.listen(CHANNEL, self._on_notify), _LISTEN_TIMEOUT
+            )
+        except (DatabaseUnavailable, TimeoutError) as exc:
+            self._listener = None
+            log.warning("listen_failed", error=str(exc), fallback="polling")
+
+    async def _close_listener(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()

@@ -1,0 +1,330 @@
+"""The pure ingest decision (DESIGN.md §3, steps 1 and 3-7), shared by the live endpoint and replay.
+
+:class:`CompiledHook` is built once per hook definition (verifier, compiled variable paths,
+conditions, delivery-id header names); :func:`evaluate` is the per-request work on the raw body:
+signature first (over the exact bytes, before any parsing), then content type, JSON, conditions,
+variables and the delivery id. No I/O here: whether a delivery id is a duplicate is decided by the
+database when the run is inserted (see gateway.ingest.batcher).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from gateway.config import Config
+from gateway.ingest.conditions import ConditionSet, parse_trigger_when
+from gateway.ingest.signatures import SignatureError, SignatureVerifier
+from gateway.ingest.variables import (
+    VariableExtractionError,
+    VariableExtractor,
+    parse_variable_specs,
+)
+
+ACCEPTED, SKIPPED, REJECTED = "accepted", "skipped", "rejected"
+
+# Tried in this order when the hook does not name its own delivery-id header (lower case).
+DEFAULT_DELIVERY_ID_HEADERS: tuple[str, ...] = (
+    "x-github-delivery",
+    "x-gitlab-event-uuid",
+    "webhook-id",
+    "idempotency-key",
+    "x-request-uuid",  # Bitbucket
+)
+# Longest delivery id kept: it is part of a unique index, and no provider sends more.
+MAX_DELIVERY_ID_LENGTH = 200
+# Always redacted in the request history, whatever scheme the hook uses: they carry secrets or
+# signatures computed with one (GitHub sends both X-Hub-Signature and X-Hub-Signature-256).
+ALWAYS_REDACTED: frozenset[str] = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "x-hub-signature",
+        "x-hub-signature-256",
+        "x-gitlab-token",
+        "webhook-signature",
+    }
+)
+
+_JSON, _FORM = 1, 2
+_FORM_TYPE = "application/x-www-form-urlencoded"
+_MAX_FORM_FIELDS = 1000
+_NUL = "\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledHook:
+    """One incoming hook, compiled for the hot path; immutable and shared by all requests."""
+
+    id: uuid.UUID
+    pipeline_id: int
+    name: str
+    active: bool
+    requires_secret: bool
+    verifier: SignatureVerifier | None
+    extractor: VariableExtractor
+    conditions: ConditionSet
+    delivery_id_headers: tuple[str, ...]
+    redacted_headers: frozenset[str]
+    # Unix time when the previous secret stops working: the definition must be recompiled then.
+    refresh_at: float | None = None
+    # Set when the stored definition cannot be compiled (every request is answered with 500).
+    definition_error: str | None = None
+
+    @classmethod
+    def from_row(
+        cls, row: Mapping[str, Any], config: Config, now: float | None = None
+    ) -> CompiledHook:
+        """Compile an ``incoming_hooks`` row; never raises for a bad stored definition."""
+        now = time.time() if now is None else now
+        problems: list[str] = []
+        settings = row["settings"] if isinstance(row["settings"], dict) else {}
+
+        specs, errors = parse_variable_specs(settings.get("variables") or [])
+        problems.extend(f"{field}: {', '.join(msgs)}" for field, msgs in errors.items())
+        conditions, errors = parse_trigger_when(row["trigger_when"] or None)
+        problems.extend(f"{field}: {', '.join(msgs)}" for field, msgs in errors.items())
+
+        header = settings.get("delivery_id_header")
+        delivery_headers = (
+            (header.strip().lower(),)
+            if isinstance(header, str) and header.strip()
+            else DEFAULT_DELIVERY_ID_HEADERS
+        )
+
+        header_name = (row["secret_header_name"] or "").strip().lower()
+        redacted = ALWAYS_REDACTED | ({header_name} if header_name else frozenset())
+        verifier, refresh_at = None, None
+        if row["requires_secret"]:
+            secrets = [row["secret"]] if row["secret"] else []
+            expires: datetime | None = row["previous_secret_expires_at"]
+            if row["previous_secret"] and expires is not None and expires.timestamp() > now:
+                secrets.append(row["previous_secret"])
+                refresh_at = expires.timestamp()
+            try:
+                verifier = SignatureVerifier.create(
+                    algorithm=row["secret_algorithm"],
+                    header_name=header_name,
+                    secrets=secrets,
+                    tolerance_seconds=config.hooks.timestamp_tolerance,
+                )
+                redacted |= verifier.signature_headers
+            except ValueError as exc:
+                problems.append(f"signature settings: {exc}")
+
+        return cls(
+            id=row["id"],
+            pipeline_id=row["pipeline_id"],
+            name=row["name"],
+            active=row["active"],
+            requires_secret=row["requires_secret"],
+            verifier=verifier,
+            extractor=VariableExtractor(specs if not problems else ()),
+            conditions=conditions,
+            delivery_id_headers=delivery_headers,
+            redacted_headers=redacted,
+            refresh_at=refresh_at,
+            definition_error="; ".join(problems) or None,
+        )
+
+
+@dataclass(slots=True)
+class Evaluation:
+    """What to do with one request; ``status`` is the HTTP answer unless storage says otherwise.
+
+    ``outcome`` is ``accepted`` (enqueue a run with ``variables``), ``skipped`` (record only) or
+    ``rejected``. ``reason`` is a short code for logs (rejections) or, when skipped, why.
+    """
+
+    status: int
+    outcome: str
+    message: str
+    variables: dict[str, Any] | None = None
+    delivery_id: str | None = None
+    payload: Any = None
+    errors: dict[str, list[str]] | None = None
+    reason: str | None = None
+
+    def history_message(self) -> str:
+        """The message to record in ``hook_requests``: with the skip reason or variable errors."""
+        if self.outcome == SKIPPED:
+            return f"{self.message}: {self.reason}"
+        if self.errors:
+            details = "; ".join(f"{k}: {', '.join(v)}" for k, v in self.errors.items())
+            return f"{self.message} ({details})"
+        return self.message
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """Header lookup by lower-case name: aiohttp's CIMultiDict, or a stored dict of any casing."""
+    value = headers.get(name)
+    if value is None and not hasattr(headers, "getall"):
+        value = next((v for k, v in headers.items() if k.lower() == name), None)
+    return value
+
+
+def delivery_id_of(hook: CompiledHook, headers: Mapping[str, str]) -> str | None:
+    """The first non-empty delivery-id header the hook looks at (stripped), or None."""
+    for name in hook.delivery_id_headers:
+        value = _header(headers, name)
+        if value and (value := value.strip()):
+            # Undecodable header bytes arrive as surrogates, which cannot be stored as text.
+            return value if value.isascii() else storable_text(value)
+    return None
+
+
+def storable_text(value: str) -> str:
+    """``value`` with lone surrogates (undecodable header bytes) replaced by U+FFFD."""
+    return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def _body_kind(content_type: str | None) -> int | None:
+    if content_type is None or content_type == "application/json":
+        return _JSON
+    mime = content_type.partition(";")[0].strip().lower()
+    if not mime or mime == "application/json" or mime.endswith("+json"):
+        return _JSON
+    return _FORM if mime == _FORM_TYPE else None
+
+
+def _form_payload(body: bytes) -> str:
+    """The ``payload`` field of a form body (GitHub's form mode); ValueError names the problem."""
+    try:
+        fields = parse_qs(
+            body.decode("ascii"),
+            keep_blank_values=True,
+            errors="strict",
+            max_num_fields=_MAX_FORM_FIELDS,
+        )
+    except ValueError as exc:  # non-ASCII bytes, bad UTF-8 escapes, too many fields
+        raise ValueError(f"form body is not valid URL-encoded UTF-8 text: {exc}") from exc
+    values = fields.get("payload")
+    if not values:
+        raise ValueError("form body has no 'payload' field; GitHub's form mode sends JSON in it")
+    return values[0]
+
+
+def _contains_nul(value: Any) -> bool:
+    # PostgreSQL text and jsonb cannot hold U+0000; one such value would fail a whole batch.
+    if isinstance(value, str):
+        return _NUL in value
+    if isinstance(value, dict):
+        return any(_NUL in k or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(v) for v in value)
+    return False
+
+
+def _reject(status: int, message: str, reason: str, delivery_id: str | None) -> Evaluation:
+    return Evaluation(status, REJECTED, message, delivery_id=delivery_id, reason=reason)
+
+
+def evaluate(
+    hook: CompiledHook,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    verify_signature: bool = True,
+    now: float | None = None,
+) -> Evaluation:
+    """Decide one request to ``hook`` from its headers and exact raw body (see module doc).
+
+    Order: 403 inactive, 500 broken definition, 401 signature, 415 content type, 400 body,
+    400 delivery id too long, 202 skipped (conditions), 422 variables, 202 accepted.
+    """
+    delivery_id = delivery_id_of(hook, headers)
+    if not hook.active:
+        return _reject(403, "incoming hook is inactive", "inactive", delivery_id)
+    if hook.definition_error is not None:
+        return _reject(
+            500,
+            "the incoming hook's stored definition is invalid; an operator must fix it",
+            "invalid_definition",
+            delivery_id,
+        )
+    if verify_signature and hook.requires_secret:
+        assert hook.verifier is not None  # a missing verifier is a definition error
+        try:
+            hook.verifier.verify(headers, body, now=now)
+        except SignatureError as exc:
+            return _reject(401, f"invalid signature: {exc}", f"signature_{exc.reason}", delivery_id)
+
+    content_type = _header(headers, "content-type")
+    kind = _body_kind(content_type)
+    if kind is None:
+        return _reject(
+            415,
+            f"unsupported content type {(content_type or '')[:100]!r}: expected "
+            f"application/json or {_FORM_TYPE} with a 'payload' field",
+            "unsupported_media_type",
+            delivery_id,
+        )
+    if kind == _JSON:
+        text: bytes | str = body
+        what = "request body"
+    else:
+        what = "form field 'payload'"
+        try:
+            text = _form_payload(body)
+        except ValueError as exc:
+            return _reject(400, str(exc), "bad_form", delivery_id)
+    if not text:
+        return _reject(400, f"{what} is empty; expected JSON", "empty_body", delivery_id)
+    try:
+        payload = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return _reject(400, f"{what} is not valid JSON: {exc}", "bad_json", delivery_id)
+
+    if delivery_id is not None and len(delivery_id) > MAX_DELIVERY_ID_LENGTH:
+        return _reject(
+            400,
+            f"delivery id header is longer than {MAX_DELIVERY_ID_LENGTH} characters",
+            "delivery_id_too_long",
+            delivery_id[:MAX_DELIVERY_ID_LENGTH],
+        )
+
+    skip_reason = hook.conditions.evaluate(payload) if len(hook.conditions) else None
+    if skip_reason is not None:
+        return Evaluation(
+            202,
+            SKIPPED,
+            "Hook call skipped: trigger conditions not met",
+            delivery_id=delivery_id,
+            payload=payload,
+            reason=skip_reason,
+        )
+
+    try:
+        variables = hook.extractor.extract(payload)
+    except VariableExtractionError as exc:
+        return Evaluation(
+            422,
+            REJECTED,
+            "the payload does not provide valid variables: " + ", ".join(exc.errors),
+            delivery_id=delivery_id,
+            payload=payload,
+            errors=exc.errors,
+            reason="invalid_variables",
+        )
+    bad = [name for name, value in variables.items() if _contains_nul(value)]
+    if bad:
+        return Evaluation(
+            422,
+            REJECTED,
+            "the payload does not provide valid variables: " + ", ".join(bad),
+            delivery_id=delivery_id,
+            payload=payload,
+            errors={
+                name: ["contains a NUL character (\\u0000), which cannot be stored"] for name in bad
+            },
+            reason="invalid_variables",
+        )
+    return Evaluation(202, ACCEPTED, "Hook accepted: run queued", variables, delivery_id, payload)

@@ -1,0 +1,203 @@
+"""Per-process cache of compiled incoming hooks (DESIGN.md §3, step 1).
+
+A warm lookup is one dict read and one clock read. A miss reads the row (one query, at most one
+in flight per id, a bounded number in flight overall) and compiles it once. Unknown ids are
+cached briefly too, so a flood of requests to a wrong URL costs the database one query per id
+and per few seconds. Malformed ids never reach the database.
+
+Freshness: every worker LISTENs on ``hookgate_hook_changed`` (a trigger notifies on UPDATE and
+DELETE) and drops the entry at once. While that listener is down, notifications may be missed,
+so the whole cache is dropped when it goes down and again when it is back, and entries loaded
+meanwhile live only briefly. ``hooks.cache_ttl`` bounds staleness in any case, and an entry
+whose previous secret is in its grace period expires exactly when that secret stops working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+
+from gateway.config import Config
+from gateway.ingest.evaluation import CompiledHook
+from gateway.logs import get_logger
+from gateway.storage import ingest as store
+from gateway.storage.database import Database
+
+log = get_logger(__name__)
+
+HOOK_CACHE = "hook_cache"  # key in app[appkeys.SERVICES]
+
+NEGATIVE_TTL = 2.0  # seconds an unknown id is remembered
+DEGRADED_TTL = 1.0  # entry lifetime while the listener is down
+MAX_ENTRIES = 200_000  # above this, expired entries and then unknown ids are evicted
+PING_INTERVAL = 10.0  # seconds between listener health checks
+PING_TIMEOUT = 5.0
+MAX_RECONNECT_DELAY = 5.0
+
+_Entry = tuple[CompiledHook | None, float]  # (hook or None when unknown, monotonic expiry)
+
+
+class HookCache:
+    """Compiled hooks by id for one process; see the module docstring."""
+
+    def __init__(self, db: Database, config: Config, *, max_concurrent_loads: int = 4) -> None:
+        self._db = db
+        self._config = config
+        self._ttl = config.hooks.cache_ttl
+        self._entries: dict[str, _Entry] = {}
+        self._loading: dict[str, asyncio.Future[CompiledHook | None]] = {}
+        # Bumped by every notification: a load that raced with one is not cached.
+        self._generation = 0
+        # Misses must not take every pool connection from the batcher.
+        self._load_slots = asyncio.Semaphore(max_concurrent_loads)
+        self._listener: store.HookChangeListener | None = None
+        self._listener_task: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+        self.listening = False
+
+    async def get(self, raw_id: str) -> CompiledHook | None:
+        """The compiled hook for a URL id, or None when it is malformed or unknown.
+
+        Raises DatabaseUnavailable when the definition has to be read and cannot be.
+        """
+        entry = self._entries.get(raw_id)
+        if entry is not None and entry[1] > time.monotonic():
+            return entry[0]
+        return await self._load(raw_id)
+
+    def invalidate(self, hook_id: uuid.UUID | str) -> None:
+        """Forget one hook now (this process); other processes learn it through NOTIFY."""
+        self._generation += 1
+        self._entries.pop(str(hook_id), None)
+
+    def clear(self) -> None:
+        """Forget every hook."""
+        self._generation += 1
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def _load(self, raw_id: str) -> CompiledHook | None:
+        try:
+            hook_id = uuid.UUID(raw_id)
+        except ValueError:
+            return None
+        key = str(hook_id)
+        if key != raw_id:  # another spelling (upper case, no dashes): cached under the canonical
+            entry = self._entries.get(key)
+            if entry is not None and entry[1] > time.monotonic():
+                return entry[0]
+        pending = self._loading.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[CompiledHook | None] = asyncio.get_running_loop().create_future()
+        self._loading[key] = future
+        try:
+            hook = await self._read(key, hook_id)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                future.set_exception(exc)
+                future.exception()  # retrieved: waiters re-raise it, nobody else must log it
+            else:
+                future.cancel()
+            raise
+        finally:
+            del self._loading[key]
+        future.set_result(hook)
+        return hook
+
+    async def _read(self, key: str, hook_id: uuid.UUID) -> CompiledHook | None:
+        generation = self._generation
+        async with self._load_slots:
+            row = await store.hook_definition(self._db, hook_id)
+        now_wall, now = time.time(), time.monotonic()
+        hook = None if row is None else CompiledHook.from_row(row, self._config, now=now_wall)
+        if hook is not None and hook.definition_error:
+            log.error("hook_definition_invalid", hook_id=key, problem=hook.definition_error)
+        if generation != self._generation:
+            return hook  # changed while we read it: use this answer once, don't keep it
+        if hook is None:
+            ttl = min(NEGATIVE_TTL, self._ttl)
+        else:
+            ttl = self._ttl if self.listening else min(DEGRADED_TTL, self._ttl)
+            if hook.refresh_at is not None:
+                ttl = min(ttl, hook.refresh_at - now_wall)
+        if ttl > 0:
+            if len(self._entries) >= MAX_ENTRIES:
+                self._evict(now)
+            self._entries[key] = (hook, now + ttl)
+        return hook
+
+    def _evict(self, now: float) -> None:
+        expired = [k for k, (_, expires) in self._entries.items() if expires <= now]
+        for k in expired:
+            del self._entries[k]
+        if len(self._entries) >= MAX_ENTRIES:
+            for k in [k for k, (hook, _) in self._entries.items() if hook is None]:
+                del self._entries[k]
+
+    # -- invalidation ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect the listener (first attempt now), then keep it connected in the background."""
+        await self._connect_once()
+        self._listener_task = asyncio.create_task(self._keep_listening(), name="hook-cache-listen")
+
+    async def close(self) -> None:
+        """Stop listening."""
+        if self._listener_task is not None:
+            self._listener_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener_task
+        await self._drop_listener()
+
+    def _on_change(self, hook_id: str) -> None:
+        self.invalidate(hook_id)
+        log.debug("hook_cache_invalidated", hook_id=hook_id)
+
+    async def _connect_once(self) -> bool:
+        self._lost = asyncio.Event()
+        try:
+            self._listener = await store.HookChangeListener.open(
+                self._db, self._on_change, self._lost.set
+            )
+        except Exception as exc:  # any failure: retry later, never let the task die
+            log.warning("hook_cache_listen_failed", error=str(exc) or type(exc).__name__)
+            return False
+        # Changes made while nobody listened were missed: start from scratch.
+        self.clear()
+        self.listening = True
+        return True
+
+    async def _drop_listener(self) -> None:
+        was_listening, self.listening = self.listening, False
+        if was_listening:
+            self.clear()
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            await listener.close()
+
+    async def _keep_listening(self) -> None:
+        delay = 0.1
+        while True:
+            if self._listener is None or self._listener.closed:
+                await self._drop_listener()
+                if not await self._connect_once():
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MAX_RECONNECT_DELAY)
+                    continue
+                delay = 0.1
+                log.info("hook_cache_listening")
+            try:
+                await asyncio.wait_for(self._lost.wait(), PING_INTERVAL)
+            except TimeoutError:
+                assert self._listener is not None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(PING_TIMEOUT):
+                        if await self._listener.alive():
+                            continue
+            log.warning("hook_cache_listener_lost")
+            await self._drop_listener()

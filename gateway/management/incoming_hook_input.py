@@ -1,0 +1,111 @@
+"""Validation of the incoming-hook body (the seed's create body, verbatim) for create and PUT.
+
+Every problem is collected before answering, with field keys such as ``name``,
+``settings.variables.1.type`` or ``trigger_when.conditions.0.path``. The result holds the column
+values as stored: ``trigger_when`` normalised to ``{"conditions": [...]}`` and ``settings`` to
+``{"variables": [...], "delivery_id_header": str | None}``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.ingest.conditions import parse_trigger_when
+from gateway.ingest.signatures import SUPPORTED_ALGORITHMS
+from gateway.ingest.variables import parse_variable_specs
+from gateway.management.bodies import Fields
+
+HOOK_BODY_FIELDS = (
+    "name",
+    "active",
+    "requires_secret",
+    "secret_algorithm",
+    "secret_header_name",
+    "action_type",
+    "trigger_when",
+    "settings",
+)
+SETTINGS_FIELDS = ("variables", "delivery_id_header")
+DEFAULT_ALGORITHM = "sha256"
+DEFAULT_HEADER_NAME = "x-hub-signature-256"
+MAX_NAME_LENGTH = 60
+MAX_HEADER_NAME_LENGTH = 64
+ALGORITHMS = tuple(sorted(SUPPORTED_ALGORITHMS))
+# RFC 9110 token characters (the name is lower-cased first).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
+_HEADER_NAME_MESSAGE = "must be a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"
+# Keys whose JSON null means "reset to the default" rather than "missing".
+_NULLABLE = frozenset({"trigger_when", "settings"})
+
+
+def parse_incoming_hook(body: Mapping[str, Any], *, partial: bool) -> dict[str, Any]:
+    """Column values from a create (``partial=False``: every column, defaults filled in) or an
+    update body (``partial=True``: only the keys present; ``settings`` only the keys present
+    in it, to be merged). Raise ValidationFailed (422) naming every bad field."""
+    fields = Fields(body, HOOK_BODY_FIELDS)
+    if partial:
+        for key in HOOK_BODY_FIELDS:
+            if key in body and body[key] is None and key not in _NULLABLE:
+                fields.add(key, "must not be null")
+    required = not partial
+    values: dict[str, Any] = {
+        "name": fields.string("name", required=required, max_length=MAX_NAME_LENGTH),
+        "active": fields.boolean("active", default=True),
+        "requires_secret": fields.boolean("requires_secret", default=True),
+        "secret_algorithm": fields.string(
+            "secret_algorithm", required=False, default=DEFAULT_ALGORITHM, choices=ALGORITHMS
+        ),
+        "secret_header_name": _header_name(
+            fields, "secret_header_name", DEFAULT_HEADER_NAME, nullable=False
+        ),
+        "action_type": fields.string("action_type", required=required, max_length=60),
+    }
+    if not partial or "trigger_when" in body:
+        conditions, errors = parse_trigger_when(body.get("trigger_when"))
+        fields.merge(errors)
+        values["trigger_when"] = conditions.to_json()
+    if not partial or "settings" in body:
+        values["settings"] = _settings(fields, body.get("settings"), partial=partial)
+    fields.check()
+    if partial:
+        values = {k: v for k, v in values.items() if k in body}
+    return values
+
+
+def _header_name(fields: Fields, key: str, default: str | None, *, nullable: bool) -> Any:
+    """A header-name field: lower-cased, at most 64 characters, RFC 9110 token characters."""
+    if nullable and fields.body.get(key) is None:
+        return None
+    value = fields.string(key, required=False, default=default, max_length=MAX_HEADER_NAME_LENGTH)
+    if not isinstance(value, str):
+        return value
+    value = value.lower()
+    if value and not _HEADER_NAME.fullmatch(value):
+        fields.add(key, _HEADER_NAME_MESSAGE)
+    return value
+
+
+def _settings(fields: Fields, raw: Any, *, partial: bool) -> dict[str, Any]:
+    """The ``settings`` object: ``variables`` and ``delivery_id_header`` (only the keys given
+    when ``partial``, so that an update merges them into the stored settings)."""
+    if raw is None:  # absent, or null: the defaults (a PUT with null resets them)
+        return {"variables": [], "delivery_id_header": None}
+    if not isinstance(raw, dict):
+        fields.add("settings", "must be an object")
+        return {}
+    inner = Fields(raw, SETTINGS_FIELDS, prefix="settings.")
+    settings: dict[str, Any] = {}
+    if not partial or "variables" in raw:
+        specs, errors = parse_variable_specs(
+            raw.get("variables") if raw.get("variables") is not None else []
+        )
+        inner.merge(errors)
+        settings["variables"] = [spec.to_json() for spec in specs]
+    if not partial or "delivery_id_header" in raw:
+        settings["delivery_id_header"] = _header_name(
+            inner, "delivery_id_header", None, nullable=True
+        )
+    fields.merge(inner.errors)
+    return settings

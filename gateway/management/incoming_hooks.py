@@ -1,0 +1,153 @@
+"""Incoming hooks: the URLs external services call to start a pipeline run.
+
+The secret is returned exactly twice in a hook's life cycle: in the create response and, for a
+new secret, in a rotate response. Every other response masks it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from gateway import appkeys
+from gateway.http import ApiError, json_response
+from gateway.ingest.signatures import generate_secret, scheme_for_header
+from gateway.logs import get_logger
+from gateway.management.bodies import Fields, read_json_object
+from gateway.management.framework import current_user, endpoint
+from gateway.management.incoming_hook_input import parse_incoming_hook
+from gateway.management.resources import incoming_hook_for, pipeline_for
+from gateway.storage import hooks
+from gateway.storage.database import Record
+
+log = get_logger(__name__)
+routes = web.RouteTableDef()
+
+MASK = "********"
+MAX_GRACE_PERIOD = 365 * 86_400
+
+
+def hook_url(base_url: str, hook_id: uuid.UUID | str) -> str:
+    """The absolute URL senders POST to."""
+    return f"{base_url}/hooks/incoming/{hook_id}"
+
+
+def hook_json(row: Record, base_url: str, *, secret: str | None = None) -> dict[str, Any]:
+    """The API shape of an incoming hook; ``secret`` is shown only when passed (create/rotate)."""
+    return {
+        "id": str(row["id"]),
+        "type": "incoming",
+        "pipeline_id": row["pipeline_id"],
+        "environment_id": row["environment_id"],
+        "name": row["name"],
+        "active": row["active"],
+        "url": hook_url(base_url, row["id"]),
+        "action_type": row["action_type"],
+        "requires_secret": row["requires_secret"],
+        "secret_algorithm": row["secret_algorithm"],
+        "secret_header_name": row["secret_header_name"],
+        "secret": MASK if secret is None else secret,
+        # When the secret replaced by the last rotation stops being accepted (null: none).
+        "previous_secret_expires_at": row["previous_secret_expires_at"],
+        "trigger_when": row["trigger_when"],
+        "settings": row["settings"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+def _base_url(request: web.Request) -> str:
+    return request.app[appkeys.CONFIG].server.base_url
+
+
+async def incoming_hooks_json(request: web.Request, pipeline: Record) -> list[dict[str, Any]]:
+    """Every incoming hook of ``pipeline``, secrets masked (a lister for GET .../hooks)."""
+    rows = await hooks.incoming_hooks_for_pipeline(request.app[appkeys.DATABASE], pipeline["id"])
+    base_url = _base_url(request)
+    return [hook_json(r, base_url) for r in rows]
+
+
+@routes.post("/pipelines/{pipeline_id}/hooks/incoming")
+@endpoint()
+async def create_incoming_hook(request: web.Request) -> web.Response:
+    """Create an incoming hook (``application:read`` + ``hook:create``); the response is the
+    only one that carries the secret."""
+    pipeline = await pipeline_for(request, "application:read", "hook:create")
+    values = parse_incoming_hook(await read_json_object(request), partial=False)
+    secret = generate_secret(scheme_for_header(values["secret_header_name"]))
+    row = await hooks.insert_incoming_hook(
+        request.app[appkeys.DATABASE],
+        uuid.uuid4(),
+        pipeline["id"],
+        values,
+        secret,
+        current_user(request).id,
+    )
+    log.info("incoming_hook_created", hook_id=str(row["id"]), pipeline_id=pipeline["id"])
+    return json_response(
+        hook_json(row, _base_url(request), secret=row["secret"]),
+        status=201,
+        headers={"Location": f"/hooks/incoming/{row['id']}"},
+    )
+
+
+@routes.get("/hooks/incoming/{hook_id}")
+@endpoint()
+async def get_incoming_hook(request: web.Request) -> web.Response:
+    """One incoming hook, secret masked (``hook:read``)."""
+    row = await incoming_hook_for(request, "hook:read")
+    return json_response(hook_json(row, _base_url(request)))
+
+
+@routes.put("/hooks/incoming/{hook_id}")
+@endpoint()
+async def update_incoming_hook(request: web.Request) -> web.Response:
+    """Change some or all fields of a hook (``hook:update``); the secret is changed only by
+    rotation. ``settings`` keys given replace the stored ones; others are kept."""
+    hook = await incoming_hook_for(request, "hook:update")
+    changes = parse_incoming_hook(await read_json_object(request), partial=True)
+    row = await hooks.update_incoming_hook(request.app[appkeys.DATABASE], hook["id"], changes)
+    if row is None:
+        raise ApiError(404, "hook not found")
+    log.info("incoming_hook_updated", hook_id=str(row["id"]), fields=sorted(changes))
+    return json_response(hook_json(row, _base_url(request)))
+
+
+@routes.delete("/hooks/incoming/{hook_id}")
+@endpoint()
+async def delete_incoming_hook(request: web.Request) -> web.Response:
+    """Delete a hook (``hook:delete``); its URL stops working, its request history remains."""
+    hook = await incoming_hook_for(request, "hook:delete")
+    if not await hooks.delete_incoming_hook(request.app[appkeys.DATABASE], hook["id"]):
+        raise ApiError(404, "hook not found")
+    log.info("incoming_hook_deleted", hook_id=str(hook["id"]))
+    return web.Response(status=204)
+
+
+@routes.post("/hooks/incoming/{hook_id}/secret/rotate")
+@endpoint()
+async def rotate_secret(request: web.Request) -> web.Response:
+    """Issue a new secret, shown once in this response (``hook:update``). The old one keeps
+    working for ``grace_period_seconds`` (default ``hooks.secret_grace_period``; 0: stops now)."""
+    hook = await incoming_hook_for(request, "hook:update")
+    config = request.app[appkeys.CONFIG]
+    body = await read_json_object(request) if request.body_exists else {}
+    fields = Fields(body, ("grace_period_seconds",))
+    grace = fields.integer(
+        "grace_period_seconds",
+        required=False,
+        default=config.hooks.secret_grace_period,
+        minimum=0,
+        maximum=MAX_GRACE_PERIOD,
+    )
+    fields.check()
+    secret = generate_secret(scheme_for_header(hook["secret_header_name"]))
+    row = await hooks.rotate_incoming_secret(
+        request.app[appkeys.DATABASE], hook["id"], secret, grace
+    )
+    if row is None:
+        raise ApiError(404, "hook not found")
+    log.info("incoming_hook_secret_rotated", hook_id=str(row["id"]), grace_period_seconds=grace)
+    return json_response(hook_json(row, _base_url(request), secret=row["secret"]))

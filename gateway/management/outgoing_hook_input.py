@@ -1,0 +1,227 @@
+"""Validating an outgoing hook's create/update body into stored values (422 names each field).
+
+Body: ``name`` (<= 60), ``target_url`` (template, http/https), ``active`` (default true),
+``requires_secret`` (default true), ``trigger_when`` ``{events: [...] (at least one),
+conditions: [{path, accepted_values}]}`` and ``settings`` ``{request_headers: [{name, value}],
+request_body: string | object | array | null, method: POST|PUT|PATCH, timeout: seconds | null,
+signature_header: header name | null, signature_algorithm: sha1|sha256|sha384|sha512}``.
+
+An update (PUT) may send any subset of the top-level fields; each one sent replaces the stored
+one as a whole (``settings`` too). A request header value equal to the mask ``********`` keeps
+the stored value of the header of the same name, so a read-modify-write round trip of a hook
+whose credentials are masked in responses does not erase them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from gateway.dispatcher.templates import (
+    TemplateError,
+    TextTemplate,
+    check_path,
+    compile_body,
+    compile_url,
+)
+from gateway.ingest.conditions import parse_trigger_when
+from gateway.ingest.signatures import SUPPORTED_ALGORITHMS
+from gateway.management.bodies import Fields
+
+MASK = "********"
+EVENTS = ("run.queued", "run.started", "run.completed", "run.failed", "run.status_changed")
+METHODS = ("POST", "PUT", "PATCH")
+MAX_NAME = 60
+MAX_URL = 2048
+MAX_HEADERS = 50
+MAX_HEADER_VALUE = 4096
+MAX_TIMEOUT = 60.0
+_TOP_LEVEL = ("name", "target_url", "active", "requires_secret", "trigger_when", "settings")
+_SETTINGS = (
+    "request_headers",
+    "request_body",
+    "method",
+    "timeout",
+    "signature_header",
+    "signature_algorithm",
+)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
+# Set by the dispatcher itself; a hook may not override them.
+RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
+)
+
+
+def _template_errors(fields: Fields, key: str, compile_: Any, value: Any) -> None:
+    try:
+        compile_(value)
+    except TemplateError as exc:
+        for problem in exc.problems:
+            fields.add(key, problem)
+
+
+def _trigger_when(raw: Any, fields: Fields) -> tuple[list[str], dict[str, Any]]:
+    if not isinstance(raw, dict):
+        fields.add("trigger_when", "must be an object with at least one event in 'events'")
+        return [], {}
+    events = raw.get("events")
+    chosen: list[str] = []
+    if not isinstance(events, list) or not events:
+        fields.add("trigger_when.events", f"must be a non-empty list of: {', '.join(EVENTS)}")
+    else:
+        for i, event in enumerate(events):
+            if event not in EVENTS:
+                fields.add(f"trigger_when.events.{i}", f"must be one of: {', '.join(EVENTS)}")
+            elif event not in chosen:
+                chosen.append(event)
+    conditions, errors = parse_trigger_when(raw, extra_keys=("events",))
+    fields.merge(errors)
+    for i, condition in enumerate(conditions.conditions):
+        source = condition.path.source
+        if source.startswith("$"):
+            continue  # JSONPath: evaluated as written against the event context
+        try:
+            check_path(source)
+        except TemplateError as exc:
+            fields.add(
+                f"trigger_when.conditions.{i}.path", exc.problems[0].replace("placeholder", "path")
+            )
+    return chosen, {"events": chosen, **conditions.to_json()}
+
+
+def _headers(
+    raw: Any, fields: Fields, current: list[dict[str, str]], reserved: set[str]
+) -> list[dict[str, str]]:
+    key = "request_headers"  # fields carries the "settings." prefix
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or len(raw) > MAX_HEADERS:
+        fields.add(key, f"must be a list of at most {MAX_HEADERS} {{name, value}} objects")
+        return []
+    stored = {h["name"].lower(): h["value"] for h in current}
+    seen: set[str] = set()
+    result = []
+    for i, item in enumerate(raw):
+        where = f"{key}.{i}"
+        if not isinstance(item, dict) or set(item) != {"name", "value"}:
+            fields.add(where, "must be an object with exactly 'name' and 'value'")
+            continue
+        name, value = item["name"], item["value"]
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            fields.add(f"{where}.name", "must be a valid HTTP header name of at most 64 characters")
+            continue
+        lowered = name.lower()
+        if lowered in reserved:
+            fields.add(f"{where}.name", f"{name!r} is set by the gateway and cannot be overridden")
+        elif lowered in seen:
+            fields.add(f"{where}.name", f"duplicates header {name!r} (names are case-insensitive)")
+        seen.add(lowered)
+        if value == MASK and lowered in stored:
+            value = stored[lowered]
+        if not isinstance(value, str) or len(value) > MAX_HEADER_VALUE:
+            fields.add(
+                f"{where}.value", f"must be a string of at most {MAX_HEADER_VALUE} characters"
+            )
+            continue
+        _template_errors(fields, f"{where}.value", TextTemplate.compile, value)
+        result.append({"name": name, "value": value})
+    return result
+
+
+def _settings(
+    raw: Any, fields: Fields, current: dict[str, Any], requires_secret: bool
+) -> dict[str, Any]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        fields.add("settings", "must be an object")
+        return {}
+    sub = Fields(raw, _SETTINGS, prefix="settings.")
+    method = sub.string("method", required=False, default="POST", choices=METHODS, max_length=8)
+    algorithm = sub.string(
+        "signature_algorithm",
+        required=False,
+        default="sha256",
+        choices=sorted(SUPPORTED_ALGORITHMS),
+    )
+    signature_header = sub.string("signature_header", required=False, max_length=64)
+    reserved = set(RESERVED_HEADERS)
+    if signature_header is not None:
+        if not _HEADER_NAME.fullmatch(signature_header) or signature_header.lower() in reserved:
+            sub.add("signature_header", "must be a valid HTTP header name the gateway does not set")
+        elif not requires_secret:
+            sub.add(
+                "signature_header", "needs requires_secret = true (it is keyed with the secret)"
+            )
+        reserved.add(signature_header.lower())
+    timeout = raw.get("timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout <= MAX_TIMEOUT
+    ):
+        sub.add(
+            "timeout", f"must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}, or null"
+        )
+        timeout = None
+    headers = _headers(
+        raw.get("request_headers"), sub, current.get("request_headers", []), reserved
+    )
+    body = raw.get("request_body")
+    _template_errors(sub, "request_body", compile_body, body)
+    fields.merge(sub.errors)
+    return {
+        "request_headers": headers,
+        "request_body": body,
+        "method": method,
+        "timeout": timeout,
+        "signature_header": signature_header,
+        "signature_algorithm": algorithm,
+    }
+
+
+def parse_outgoing_hook(
+    body: dict[str, Any], current: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Validate a create body (``current`` None) or an update over ``current`` stored values.
+
+    Returns {name, target_url, active, requires_secret, events, trigger_when, settings};
+    raises ValidationFailed naming every bad field.
+    """
+    fields = Fields(body, _TOP_LEVEL)
+    partial = current is not None
+    base = current or {}
+
+    def present(key: str) -> bool:
+        return not partial or key in body
+
+    values: dict[str, Any] = dict(base)
+    if present("name"):
+        values["name"] = fields.string("name", max_length=MAX_NAME)
+    if present("target_url"):
+        values["target_url"] = url = fields.string("target_url", max_length=MAX_URL)
+        if isinstance(url, str) and "target_url" not in fields.errors:
+            _template_errors(fields, "target_url", compile_url, url)
+    if present("active"):
+        values["active"] = fields.boolean("active", default=base.get("active", True))
+    if present("requires_secret"):
+        values["requires_secret"] = fields.boolean(
+            "requires_secret", default=base.get("requires_secret", True)
+        )
+    if present("trigger_when"):
+        values["events"], values["trigger_when"] = _trigger_when(body.get("trigger_when"), fields)
+    if present("settings") or (partial and "requires_secret" in body):
+        raw_settings = body["settings"] if "settings" in body else base.get("settings")
+        values["settings"] = _settings(
+            raw_settings, fields, base.get("settings", {}), bool(values.get("requires_secret"))
+        )
+    fields.check()
+    return values

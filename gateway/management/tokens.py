@@ -1,0 +1,96 @@
+"""Personal access tokens: long-lived bearer tokens for automation, managed by their owner.
+
+The token (``hgp_...``) is shown once, in the create response; only its SHA-256 hash is stored,
+and listings show metadata only. A revoked or expired token is refused with 401 like any other.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from gateway import appkeys
+from gateway.http import ApiError, json_response
+from gateway.logs import get_logger
+from gateway.management.access import path_id
+from gateway.management.bodies import Fields, page_headers, pagination, read_json_object
+from gateway.management.framework import current_user, endpoint
+from gateway.security import tokens
+from gateway.storage import users
+
+log = get_logger(__name__)
+routes = web.RouteTableDef()
+
+MAX_EXPIRY_DAYS = 3650
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _token_json(row: dict[str, Any], now: datetime) -> dict[str, Any]:
+    expires_at, revoked_at = row["expires_at"], row.get("revoked_at")
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "created_at": _iso(row["created_at"]),
+        "expires_at": _iso(expires_at),
+        "revoked_at": _iso(revoked_at),
+        "last_used_at": _iso(row.get("last_used_at")),
+        "active": revoked_at is None and (expires_at is None or expires_at > now),
+    }
+
+
+@routes.post("/users/me/tokens")
+@endpoint()
+async def create_token(request: web.Request) -> web.Response:
+    """Issue a personal token ``{name, expires_in_days?}``; the response is the only copy."""
+    user = current_user(request)
+    body = await read_json_object(request)
+    fields = Fields(body, ("name", "expires_in_days"))
+    name = fields.string("name", max_length=100)
+    days = fields.integer("expires_in_days", required=False, minimum=1, maximum=MAX_EXPIRY_DAYS)
+    fields.check()
+    token = tokens.new_token("personal")
+    row = await users.insert_token(
+        request.app[appkeys.DATABASE],
+        user.id,
+        "personal",
+        tokens.token_hash(token),
+        name,
+        None if days is None else days * 86400,
+    )
+    log.info("personal_token_created", token_id=row["id"], expires_in_days=days)
+    shown = _token_json(dict(row), datetime.now(UTC))
+    shown["token"] = token
+    return json_response(shown, status=201)
+
+
+@routes.get("/users/me/tokens")
+@endpoint()
+async def list_tokens(request: web.Request) -> web.Response:
+    """The caller's personal tokens, revoked and expired ones included (never the secret)."""
+    user = current_user(request)
+    page, per_page = pagination(request)
+    # A user holds a handful of tokens: fetch them all and page here.
+    rows = await users.list_personal_tokens(request.app[appkeys.DATABASE], user.id)
+    now = datetime.now(UTC)
+    shown = rows[(page - 1) * per_page : page * per_page]
+    return json_response(
+        [_token_json(r, now) for r in shown],
+        headers=page_headers(request, page, per_page, len(rows)),
+    )
+
+
+@routes.delete("/users/me/tokens/{token_id}")
+@endpoint()
+async def revoke_token(request: web.Request) -> web.Response:
+    """Revoke one of the caller's personal tokens (404 for anyone else's)."""
+    user = current_user(request)
+    token_id = path_id(request, "token_id", "token")
+    if not await users.revoke_personal_token(request.app[appkeys.DATABASE], token_id, user.id):
+        raise ApiError(404, f"token {token_id} not found")
+    log.info("personal_token_revoked", token_id=token_id)
+    return web.Response(status=204)

@@ -1,0 +1,226 @@
+"""SIGHUP: re-read ``config.toml`` and apply what can change while running.
+
+:meth:`ConfigReloader.reload` reads and validates the file with :func:`load_config`. A bad
+file changes nothing: the result carries every problem and the last good config stays in
+force. Otherwise each changed key is either *live* (:data:`LIVE_KEYS`: applied now) or needs a
+restart (listen addresses, worker count, the database ... and any key not listed as live, so a
+new setting is never half-applied by accident). The config in force afterwards is the old one
+with the live changes only, so a pending restart-only change keeps being reported.
+
+:class:`ConfigHolder` is the mutable home of the frozen :class:`Config`: readers take
+``holder.current`` (one attribute access); components that derive state from the config (the
+hook cache, the batcher, limiters, the client-address resolver, logging) subscribe with
+:meth:`ConfigHolder.on_reload` and rebuild it in their callback, keeping their hot path free of
+any lookup at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Config, ConfigError, load_config
+from gateway.logs import get_logger
+
+log = get_logger(__name__)
+
+CONFIG_HOLDER = "config_holder"  # key in app[appkeys.SERVICES]
+
+# Keys a running gateway applies on reload; every other key needs a restart.
+LIVE_KEYS: frozenset[str] = frozenset(
+    {
+        "log.level",
+        "log.format",
+        "hooks.secret_grace_period",
+        "hooks.timestamp_tolerance",
+        "hooks.store_bodies",
+        "hooks.cache_ttl",
+        "batch.max_size",
+        "batch.max_wait_ms",
+        "batch.max_queue",
+        "batch.retry_after",
+        "limits.default_rate_per_second",
+        "limits.default_burst",
+        "auth.access_token_ttl",
+        "auth.refresh_token_ttl",
+        "auth.password_min_length",
+        "server.max_body_bytes",
+        "server.trusted_proxies",
+        "server.access_log",
+        "server.public_url",
+        "outgoing.allow_private_targets",
+        "outgoing.timeout",
+        "outgoing.retry_schedule",
+        "outgoing.retry_jitter",
+        "outgoing.retry_after_max",
+        "outgoing.disable_after_failures",
+        "outgoing.poll_interval",
+        "outgoing.response_excerpt_bytes",
+        "security.secret_keys",
+        "security.key_file",
+    }
+)
+
+ReloadCallback = Callable[[Config, Config, frozenset[str]], None]
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """``section.key`` names whose values differ, in declaration order."""
+    changed = []
+    for section in fields(Config):
+        if section.name == "source":
+            continue
+        before, after = getattr(old, section.name), getattr(new, section.name)
+        if before == after:
+            continue
+        for item in fields(before):
+            if getattr(before, item.name) != getattr(after, item.name):
+                changed.append(f"{section.name}.{item.name}")
+    return changed
+
+
+def with_changes(base: Config, source: Config, keys: set[str] | frozenset[str]) -> Config:
+    """``base`` with the values of ``keys`` taken from ``source`` (and its ``source`` path)."""
+    sections: dict[str, Any] = {}
+    for section in fields(Config):
+        if section.name == "source":
+            continue
+        prefix = section.name + "."
+        picked = {
+            k[len(prefix) :]: getattr(getattr(source, section.name), k[len(prefix) :])
+            for k in keys
+            if k.startswith(prefix)
+        }
+        if picked:
+            sections[section.name] = replace(getattr(base, section.name), **picked)
+    return replace(base, **sections, source=source.source)
+
+
+def touches(changed: frozenset[str], *sections: str) -> bool:
+    """True when a key of any of ``sections`` (``"limits"``) or a full key changed."""
+    return any(k in sections or k.partition(".")[0] in sections for k in changed)
+
+
+class ConfigHolder:
+    """The config in force (``.current``) and the callbacks to run when it changes."""
+
+    __slots__ = ("_callbacks", "current")
+
+    def __init__(self, config: Config) -> None:
+        self.current = config
+        self._callbacks: list[ReloadCallback] = []
+
+    def on_reload(self, callback: ReloadCallback) -> Callable[[], None]:
+        """Call ``callback(old, new, changed_keys)`` after each applied reload; returns a
+        function that unsubscribes. Callbacks run on the event loop: keep them short."""
+        self._callbacks.append(callback)
+        return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
+
+    def apply(self, new: Config, changed: frozenset[str]) -> list[str]:
+        """Make ``new`` current and run every callback; return the names of those that failed
+        (each failure is logged; the others still run)."""
+        old, self.current = self.current, new
+        failed = []
+        for callback in list(self._callbacks):
+            try:
+                callback(old, new, changed)
+            except Exception as exc:
+                name = getattr(callback, "__qualname__", repr(callback))
+                failed.append(name)
+                log.error("config_reload_callback_failed", callback=name, error=str(exc))
+        return failed
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What a reload did. ``config`` is the config in force afterwards."""
+
+    applied: list[str]
+    needs_restart: list[str]
+    error: str | None
+    config: Config
+    problems: list[str] = field(default_factory=list)
+    failed_callbacks: list[str] = field(default_factory=list)
+
+
+class ConfigReloader:
+    """Re-reads one config file into a :class:`ConfigHolder`; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str | Path | None,
+        current: Config | ConfigHolder,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``path`` None resolves the file as at start-up ($GATEWAY_CONFIG, ./config.toml)."""
+        self.path = path
+        self.holder = current if isinstance(current, ConfigHolder) else ConfigHolder(current)
+        self.on_reload = self.holder.on_reload
+        self._env = env
+
+    @classmethod
+    def for_config(cls, config: Config) -> ConfigReloader:
+        """A reloader of the file ``config`` was read from (if it existed at start-up)."""
+        path = config.source if config.source and Path(config.source).is_file() else None
+        return cls(path, config)
+
+    @property
+    def current(self) -> Config:
+        """The config in force."""
+        return self.holder.current
+
+    def reload(self) -> ReloadResult:
+        """Re-read the file; apply the live changes (see module docstring)."""
+        old = self.holder.current
+        try:
+            new = load_config(self.path, self._env)
+        except ConfigError as exc:
+            return ReloadResult([], [], str(exc), old, problems=list(exc.problems))
+        changed = changed_keys(old, new)
+        live = [k for k in changed if k in LIVE_KEYS]
+        restart = [k for k in changed if k not in LIVE_KEYS]
+        failed: list[str] = []
+        if live:
+            effective = with_changes(old, new, set(live))
+            failed = self.holder.apply(effective, frozenset(live))
+        else:
+            effective = old
+        return ReloadResult(live, restart, None, effective, failed_callbacks=failed)
+
+    def reload_and_log(self) -> ReloadResult:
+        """:meth:`reload`, then one log line per outcome (key names only, never values)."""
+        result = self.reload()
+        source = str(self.path or result.config.source)
+        if result.error is not None:
+            log.error(
+                "config_reload_rejected",
+                path=source,
+                problems=result.problems,
+                kept="the previous configuration stays in force",
+            )
+            return result
+        if result.applied:
+            log.info("config_reloaded", path=source, applied=result.applied)
+        if result.needs_restart:
+            log.warning("config_reload_needs_restart", path=source, keys=result.needs_restart)
+        if not result.applied and not result.needs_restart:
+            log.info("config_reload_unchanged", path=source)
+        return result
+
+
+def install_sighup(reloader: ConfigReloader, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    """Reload on SIGHUP (replaces any earlier SIGHUP handler of the loop)."""
+    loop = loop or asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, reloader.reload_and_log)
+
+
+def logging_callback(old: Config, new: Config, changed: frozenset[str]) -> None:
+    """Standard subscriber: re-configure logging when ``[log]`` changed."""
+    if touches(changed, "log"):
+        from gateway.logs import configure_logging
+
+        configure_logging(new.log.level, new.log.format)

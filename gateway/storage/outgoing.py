@@ -1,0 +1,261 @@
+"""Outgoing hooks in the database: definitions, the delivery outbox, and attempt history.
+
+The outbox write (:func:`enqueue_run_events`) runs inside the transaction that changes a run's
+status, so a delivery exists exactly when the change committed. The dispatcher claims due rows
+with ``FOR UPDATE SKIP LOCKED`` and a lease (``locked_until``): a dispatcher that dies holding
+deliveries loses them to another once the lease expires. Delivery is at-least-once; receivers
+de-duplicate on ``webhook-id`` (the delivery id, the same on every retry).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gateway.storage.database import Database, Record, Session
+from gateway.storage.paging import split_page
+
+DELIVERY_DUE_CHANNEL = "hookgate_delivery_due"
+
+
+async def insert_hook(
+    db: Database,
+    hook_id: uuid.UUID,
+    pipeline_id: int,
+    values: dict[str, Any],
+    secret: str | None,
+    created_by: int | None,
+) -> Record:
+    """Create a hook from validated ``values``; return it with ``environment_id``."""
+    row = await db.fetchrow(
+        "outgoing_hook_insert",
+        hook_id,
+        pipeline_id,
+        values["name"],
+        values["active"],
+        values["target_url"],
+        values["events"],
+        values["trigger_when"],
+        values["settings"],
+        values["requires_secret"],
+        secret,
+        created_by,
+    )
+    assert row is not None
+    return row
+
+
+async def hook_by_id(db: Database, hook_id: uuid.UUID) -> Record | None:
+    """The hook (secret included: callers mask it) with ``environment_id``, or None."""
+    return await db.fetchrow("outgoing_hook_by_id", hook_id)
+
+
+async def hooks_for_pipeline(db: Database, pipeline_id: int) -> list[Record]:
+    """Every outgoing hook of a pipeline, oldest first."""
+    return await db.fetch("outgoing_hook_list_for_pipeline", pipeline_id)
+
+
+async def lock_hook(session: Session, hook_id: uuid.UUID) -> Record | None:
+    """The hook, locked until the end of ``session``'s transaction, or None."""
+    return await session.fetchrow("outgoing_hook_lock", hook_id)
+
+
+async def update_hook(
+    session: Session, hook_id: uuid.UUID, values: dict[str, Any], secret: str | None
+) -> Record:
+    """Replace the hook's definition with ``values`` (all fields); return the new row."""
+    row = await session.fetchrow(
+        "outgoing_hook_update",
+        hook_id,
+        values["name"],
+        values["active"],
+        values["target_url"],
+        values["events"],
+        values["trigger_when"],
+        values["settings"],
+        values["requires_secret"],
+        secret,
+    )
+    assert row is not None
+    return row
+
+
+async def delete_hook(db: Database, hook_id: uuid.UUID) -> bool:
+    """Delete a hook and its undelivered deliveries; False when it did not exist."""
+    return await db.fetchval("outgoing_hook_delete", hook_id) is not None
+
+
+# --- the outbox ---------------------------------------------------------------------------
+
+
+async def enqueue_run_events(
+    session: Session,
+    run_ids: Sequence[uuid.UUID],
+    previous_statuses: Sequence[str | None] | None = None,
+    statuses: Sequence[str | None] | None = None,
+) -> int:
+    """Write the deliveries for runs whose status just changed, in the caller's transaction.
+
+    Call it after the change, in the same transaction. ``statuses`` are the statuses the runs
+    entered (None: read the run's current status, e.g. right after an insert);
+    ``previous_statuses`` None means the runs were just created. The event is ``run.queued``,
+    ``run.started`` (in-progress), ``run.completed``, ``run.failed``, or
+    ``run.status_changed`` for the other statuses; hooks subscribed to ``run.status_changed``
+    get every change. Returns the number of deliveries written (one statement either way).
+    """
+    if not run_ids:
+        return 0
+    count = len(run_ids)
+    status = await session.execute(
+        "outgoing_enqueue_run_events",
+        list(run_ids),
+        list(previous_statuses) if previous_statuses is not None else [None] * count,
+        list(statuses) if statuses is not None else [None] * count,
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def claim_deliveries(
+    db: Database, limit: int, lease_seconds: float, busy_hook_ids: Sequence[uuid.UUID]
+) -> list[Record]:
+    """Claim up to ``limit`` due deliveries (with their hook's definition) under a lease."""
+    return await db.fetch("outgoing_claim", limit, lease_seconds, list(busy_hook_ids))
+
+
+async def release_deliveries(db: Database, claims: Sequence[tuple[uuid.UUID, int]]) -> None:
+    """Give claimed (delivery id, attempt) pairs back, due again, their attempt not used up."""
+    if claims:
+        await db.execute("outgoing_release", [c[0] for c in claims], [c[1] for c in claims])
+
+
+async def seconds_until_due(db: Database, busy_hook_ids: Sequence[uuid.UUID]) -> float | None:
+    """Seconds until the next delivery is due (<= 0: due now), or None when none is pending."""
+    value = await db.fetchval("outgoing_next_due", list(busy_hook_ids))
+    return None if value is None else float(value)
+
+
+async def skip_delivery(db: Database, delivery_id: uuid.UUID, attempt: int, reason: str) -> None:
+    """End a claimed delivery without sending it."""
+    await db.execute("outgoing_delivery_skip", delivery_id, attempt, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One sent (or refused) request, as recorded in ``hook_requests``."""
+
+    request_id: uuid.UUID
+    hook_id: uuid.UUID
+    delivery_id: uuid.UUID
+    run_id: uuid.UUID | None
+    retry_of: uuid.UUID | None
+    attempt: int
+    sent_at: datetime
+    method: str
+    target_url: str
+    headers: dict[str, str]  # already redacted
+    body: bytes | None  # None when not kept (hooks.store_bodies)
+    body_size: int
+    outcome: str  # succeeded | failed | refused
+    status_code: int  # 0 when no response came back
+    message: str
+    response_excerpt: str | None
+    latency_ms: float
+
+
+async def record_attempt(
+    db: Database,
+    attempt: Attempt,
+    *,
+    next_status: str,
+    retry_in: float,
+    final: bool,
+) -> tuple[bool, int | None]:
+    """Record an attempt and the delivery's new state in one transaction.
+
+    ``next_status`` is succeeded | failed | pending (retry in ``retry_in`` seconds). Returns
+    (whether this dispatcher still held the delivery, the hook's consecutive failure count
+    when the delivery just finished, else None).
+    """
+    async with db.transaction() as session:
+        await session.execute(
+            "outgoing_request_insert",
+            attempt.request_id,
+            attempt.hook_id,
+            attempt.sent_at,
+            attempt.headers,
+            attempt.body,
+            None if attempt.body is None else "identity",
+            attempt.body_size,
+            attempt.outcome,
+            attempt.status_code,
+            attempt.message,
+            attempt.run_id,
+            str(attempt.delivery_id),
+            attempt.latency_ms,
+            attempt.retry_of,
+            attempt.target_url,
+            attempt.response_excerpt,
+            attempt.attempt,
+            attempt.method,
+        )
+        held = await session.fetchval(
+            "outgoing_delivery_finish",
+            attempt.delivery_id,
+            attempt.attempt,
+            next_status,
+            retry_in,
+            attempt.status_code or None,
+            None if attempt.outcome == "succeeded" else attempt.message,
+        )
+        if held is None or not final:
+            return held is not None, None
+        row = await session.fetchrow(
+            "outgoing_hook_count_result", attempt.hook_id, attempt.outcome == "succeeded"
+        )
+    return True, None if row is None else int(row["consecutive_failures"])
+
+
+async def disable_hook(db: Database, hook_id: uuid.UUID, reason: str) -> bool:
+    """Disable an active hook with a reason; False when it was already inactive."""
+    return await db.fetchval("outgoing_hook_disable", hook_id, reason) is not None
+
+
+# --- history and redelivery ---------------------------------------------------------------
+
+
+async def list_attempts(
+    db: Database, hook_id: uuid.UUID, limit: int, offset: int
+) -> tuple[list[Record], int]:
+    """A page of a hook's attempts, newest first, and the total."""
+    return split_page(await db.fetch("outgoing_request_list", hook_id, limit, offset))
+
+
+async def list_deliveries(
+    db: Database, hook_id: uuid.UUID, limit: int, offset: int
+) -> tuple[list[Record], int]:
+    """A page of a hook's deliveries, newest first, and the total."""
+    return split_page(await db.fetch("outgoing_delivery_list", hook_id, limit, offset))
+
+
+async def delivery_by_id(db: Database, delivery_id: uuid.UUID) -> Record | None:
+    """A delivery with its hook's pipeline and environment, or None once the hook is gone."""
+    return await db.fetchrow("outgoing_delivery_by_id", delivery_id)
+
+
+async def prune_deliveries(db: Database, cutoff: datetime, batch: int = 5000) -> int:
+    """Delete deliveries that finished before ``cutoff``, ``batch`` rows per statement (their
+    attempts stay in the request history, pruned with their runs); return how many."""
+    removed = 0
+    while True:
+        count: int = await db.fetchval("outgoing_prune_finished", cutoff, batch)
+        removed += count
+        if count < batch:
+            return removed
+
+
+async def redeliver(db: Database, delivery_id: uuid.UUID, retry_of: uuid.UUID) -> Record | None:
+    """Queue a new delivery of the same event snapshot, ``retry_of`` the replayed attempt."""
+    return await db.fetchrow("outgoing_redeliver", uuid.uuid4(), delivery_id, retry_of)

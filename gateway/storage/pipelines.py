@@ -1,0 +1,54 @@
+"""Pipelines in the database."""
+
+from __future__ import annotations
+
+from gateway.storage.database import Database, Record
+from gateway.storage.paging import split_page
+
+
+async def insert_pipeline(
+    db: Database,
+    environment_id: int,
+    name: str,
+    resource_type: str,
+    resource_id: int,
+    action_type: str,
+) -> Record:
+    """Create a pipeline (NotFound when the environment vanished meanwhile)."""
+    row = await db.fetchrow(
+        "pipeline_insert", environment_id, name, resource_type, resource_id, action_type
+    )
+    assert row is not None
+    return row
+
+
+async def pipeline_by_id(db: Database, pipeline_id: int) -> Record | None:
+    """The pipeline, or None."""
+    return await db.fetchrow("pipeline_by_id", pipeline_id)
+
+
+async def list_pipelines(
+    db: Database, environment_id: int, limit: int, offset: int
+) -> tuple[list[Record], int]:
+    """A page of an environment's pipelines and their total count."""
+    return split_page(await db.fetch("pipeline_list", environment_id, limit, offset))
+
+
+async def update_pipeline(
+    db: Database,
+    pipeline_id: int,
+    *,
+    name: str | None = None,
+    resource_type: str | None = None,
+    resource_id: int | None = None,
+    action_type: str | None = None,
+) -> Record | None:
+    """Change the given fields (None keeps a field); None when the pipeline is gone."""
+    return await db.fetchrow(
+        "pipeline_update", pipeline_id, name, resource_type, resource_id, action_type
+    )
+
+
+async def delete_pipeline(db: Database, pipeline_id: int) -> bool:
+    """Delete a pipeline and its hooks; False when it did not exist."""
+    return await db.fetchval("pipeline_delete", pipeline_id) is not None

@@ -1,0 +1,140 @@
+"""``gateway keys rotate``: re-encrypt every stored hook secret with the primary key.
+
+Works in batches, each in its own short transaction, walking each table in id order and
+reading only rows that still need work (a secret not sealed with the primary key, plaintext
+included), so a large table never holds locks for long and a rotation can be stopped and run
+again at any time. Rows stay readable throughout: the box opens every configured key, so a
+row is readable before, during and after its batch.
+
+A row that changed since it was read (a secret rotated through the API meanwhile) is left
+alone rather than overwritten with the older value, and counted as ``conflicts``; running the
+command again picks it up. A row whose key is not configured is counted as ``unreadable`` and
+left as it is.
+
+Columns: ``incoming_hooks.secret``, ``incoming_hooks.previous_secret`` and
+``outgoing_hooks.secret``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gateway.security.secret_box import VERSION_PREFIX, SecretBox, SecretBoxError
+from gateway.storage.database import Database, Record
+
+INCOMING, OUTGOING = "incoming_hooks", "outgoing_hooks"
+TABLES = (INCOMING, OUTGOING)
+_FIRST_ID = uuid.UUID(int=0)
+_MAX_UNREADABLE_IDS = 20
+
+
+@dataclass
+class TableRotation:
+    """What one table's rotation did."""
+
+    table: str
+    reencrypted: int = 0
+    conflicts: int = 0
+    unreadable: int = 0
+    unreadable_ids: list[uuid.UUID] = field(default_factory=list)  # the first few
+    last_id: uuid.UUID = _FIRST_ID
+    done: bool = False
+
+
+def _prefix(box: SecretBox) -> str:
+    if not box.enabled:
+        raise ValueError(
+            "no encryption key is configured ([security] secret_keys or key_file); "
+            "there is nothing to rotate to"
+        )
+    return f"{VERSION_PREFIX}{box.primary_key_id}:"
+
+
+async def rotate_batch(
+    db: Database, box: SecretBox, progress: TableRotation, batch_size: int = 200
+) -> TableRotation:
+    """Re-encrypt the next batch of ``progress.table`` after ``progress.last_id``; updates and
+    returns ``progress`` (``done`` once the table has no more rows to visit)."""
+    if progress.table not in TABLES:
+        raise ValueError(f"unknown table {progress.table!r}; expected one of {TABLES}")
+    page = f"secrets_{progress.table.split('_')[0]}_page"
+    rows = await db.fetch(page, progress.last_id, _prefix(box), batch_size)
+    if not rows:
+        progress.done = True
+        return progress
+    progress.last_id = rows[-1]["id"]
+    await reencrypt_rows(db, box, progress, rows)
+    if len(rows) < batch_size:
+        progress.done = True
+    return progress
+
+
+async def reencrypt_rows(
+    db: Database, box: SecretBox, progress: TableRotation, rows: Sequence[Record]
+) -> None:
+    """Re-encrypt ``rows`` (as read from ``progress.table``) in one transaction, each row
+    only if it still holds the values read; counts go into ``progress``."""
+    columns = ("secret", "previous_secret") if progress.table == INCOMING else ("secret",)
+    ids: list[uuid.UUID] = []
+    new: list[list[str | None]] = [[] for _ in columns]
+    old: list[list[str | None]] = [[] for _ in columns]
+    for row in rows:
+        try:
+            values = [_reencrypted(box, row[c]) for c in columns]
+        except SecretBoxError:
+            progress.unreadable += 1
+            if len(progress.unreadable_ids) < _MAX_UNREADABLE_IDS:
+                progress.unreadable_ids.append(row["id"])
+            continue
+        ids.append(row["id"])
+        for i, column in enumerate(columns):
+            new[i].append(values[i])
+            old[i].append(row[column])
+    if not ids:
+        return
+    name = f"secrets_{progress.table.split('_')[0]}_update"
+    async with db.transaction() as session:
+        if progress.table == INCOMING:
+            updated = await session.fetch(name, ids, new[0], new[1], old[0], old[1])
+        else:
+            updated = await session.fetch(name, ids, new[0], old[0])
+    progress.reencrypted += len(updated)
+    progress.conflicts += len(ids) - len(updated)
+
+
+def _reencrypted(box: SecretBox, value: str | None) -> str | None:
+    if value is None or not box.needs_reencrypt(value):
+        return value
+    return box.reencrypt(value)
+
+
+async def rotate_secrets(
+    db: Database, box: SecretBox, *, batch_size: int = 200, tables: Sequence[str] = TABLES
+) -> list[TableRotation]:
+    """Re-encrypt every stored secret with the primary key; one result per table."""
+    _prefix(box)
+    results = []
+    for table in tables:
+        progress = TableRotation(table)
+        while not progress.done:
+            await rotate_batch(db, box, progress, batch_size)
+        results.append(progress)
+    return results
+
+
+async def key_usage(db: Database) -> list[tuple[str, str, int]]:
+    """``(location, key_id, count)`` of stored secrets; key id ``""`` means plaintext."""
+    rows = await db.fetch("secrets_key_usage")
+    return [(row["location"], row["key_id"], row["secrets"]) for row in rows]
+
+
+async def missing_key_ids(db: Database, box: SecretBox) -> dict[str, int]:
+    """Key ids found in stored secrets that ``box`` cannot open, with their counts (a start-up
+    check: a host configured with the wrong keys must say so before serving)."""
+    missing: dict[str, int] = {}
+    for _, key_id, count in await key_usage(db):
+        if key_id and key_id not in box.key_ids:
+            missing[key_id] = missing.get(key_id, 0) + count
+    return missing

@@ -1,0 +1,265 @@
+"""Worker processes: one parent owns the database bootstrap, N children share the ingest port.
+
+``[server] workers = N`` (N > 1) turns ``gateway serve`` into a supervisor. The parent starts the
+embedded PostgreSQL when no DSN is configured (once, here, never in a worker), applies the schema
+and bootstraps the first admin, then starts N workers. Each worker is a fresh interpreter running
+``python -m gateway [--config PATH] serve --worker`` with the resolved DSN in
+``GATEWAY_DATABASE_DSN``; it opens its own pool and binds the listeners with SO_REUSEPORT, so the
+kernel spreads connections across the workers.
+
+Why ``subprocess`` rather than ``multiprocessing``: a worker is then exactly the program an
+operator could start by hand (same CLI, same config loading, same env overrides), nothing has to
+be pickled, no event loop, pool, socket or embedded-server handle leaks from the parent into a
+child, the worker re-reads the config file itself (which a SIGHUP reload needs), and the parent
+sees plain pids and exit codes to log and act on.
+
+The parent restarts a worker that exits on its own (exponential backoff, reset once a worker has
+stayed up for a while), forwards SIGTERM/SIGINT (graceful stop: it waits for every worker, then
+kills stragglers after ``shutdown_timeout``) and SIGHUP, and stops the embedded server last.
+A worker exits by itself when its parent disappears, so a killed supervisor leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import structlog
+
+from gateway.config import Config
+from gateway.logs import get_logger
+from gateway.storage.database import Database
+from gateway.storage.embedded import EmbeddedPostgres
+
+log = get_logger(__name__)
+
+# A worker exiting with this code hit a configuration/usage error: restarting cannot help.
+EXIT_USAGE = 2
+# Backoff between restarts of one worker slot, in seconds.
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
+# A worker that ran this long counts as healthy: its next crash restarts it without delay growth.
+HEALTHY_AFTER = 10.0
+# Extra seconds a worker gets beyond shutdown_timeout (pool close, batcher flush) before SIGKILL.
+KILL_GRACE = 5.0
+# Environment variables a worker must not inherit (the parent already used them).
+_PARENT_ONLY_ENV = ("GATEWAY_ADMIN_EMAIL", "GATEWAY_ADMIN_PASSWORD")
+
+
+@asynccontextmanager
+async def resolved_dsn(config: Config) -> AsyncIterator[str]:
+    """The configured DSN, or the embedded server's (started here, stopped on exit)."""
+    if config.database.dsn:
+        yield config.database.dsn
+        return
+    embedded = EmbeddedPostgres(config.database.data_dir)
+    dsn = await asyncio.to_thread(embedded.start)
+    try:
+        yield dsn
+    finally:
+        await asyncio.to_thread(embedded.stop)
+
+
+def worker_command(config: Config) -> list[str]:
+    """The command line of one worker: the same program, same config file, ``serve --worker``."""
+    command = [sys.executable, "-m", "gateway"]
+    if config.source and Path(config.source).exists():
+        command += ["--config", str(Path(config.source).resolve())]
+    return [*command, "serve", "--worker"]
+
+
+def worker_environment(dsn: str, index: int) -> dict[str, str]:
+    """The parent's environment plus the resolved DSN, minus the bootstrap credentials."""
+    env = {k: v for k, v in os.environ.items() if k not in _PARENT_ONLY_ENV}
+    env["GATEWAY_DATABASE_DSN"] = dsn
+    env["HOOKGATE_WORKER_INDEX"] = str(index)
+    return env
+
+
+@dataclass
+class _Slot:
+    """One of the N worker positions; its process is replaced when it dies."""
+
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    started_at: float = 0.0
+    backoff: float = BACKOFF_FIRST
+
+
+class Supervisor:
+    """Starts, watches, restarts and stops the worker processes."""
+
+    def __init__(self, config: Config, dsn: str) -> None:
+        self.config = config
+        self.dsn = dsn
+        self.stopping = asyncio.Event()
+        self.exit_code = 0
+        self._slots = [_Slot(i) for i in range(config.server.workers)]
+
+    @property
+    def pids(self) -> list[int]:
+        """Pids of the live workers."""
+        return [s.process.pid for s in self._slots if s.process and s.process.returncode is None]
+
+    async def run(self) -> int:
+        """Run the workers until a stop signal; return the exit code for the parent."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._request_stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        try:
+            await asyncio.gather(*(self._keep_running(slot) for slot in self._slots))
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        log.info("workers_stopped", exit_code=self.exit_code)
+        return self.exit_code
+
+    def _request_stop(self, sig: signal.Signals) -> None:
+        if not self.stopping.is_set():
+            log.info("supervisor_stopping", signal=sig.name, workers=self.pids)
+            self.stopping.set()
+        self._forward(signal.SIGTERM)
+
+    def _forward(self, sig: signal.Signals) -> None:
+        for slot in self._slots:
+            if slot.process is not None and slot.process.returncode is None:
+                with suppress(ProcessLookupError):
+                    slot.process.send_signal(sig)
+        if sig == signal.SIGHUP:
+            log.info("sighup_forwarded", workers=self.pids)
+
+    async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:
+        process = await asyncio.create_subprocess_exec(
+            *worker_command(self.config),
+            env=worker_environment(self.dsn, slot.index),
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+        slot.process, slot.started_at = process, time.monotonic()
+        return process
+
+    async def _keep_running(self, slot: _Slot) -> None:
+        previous: int | None = None
+        while not self.stopping.is_set():
+            process = await self._spawn(slot)
+            if self.stopping.is_set():  # the stop signal came while it was being started
+                with suppress(ProcessLookupError):
+                    process.terminate()
+            if previous is None:
+                log.info("worker_started", worker=slot.index, pid=process.pid)
+            else:
+                log.info("worker_restarted", worker=slot.index, pid=process.pid, previous=previous)
+            code = await self._wait(process)
+            previous = process.pid
+            if self.stopping.is_set():
+                log.info("worker_stopped", worker=slot.index, pid=process.pid, exit_code=code)
+                if code != 0:
+                    self.exit_code = 1
+                return
+            uptime = time.monotonic() - slot.started_at
+            log.warning(
+                "worker_exited",
+                worker=slot.index,
+                pid=process.pid,
+                exit_code=code,
+                signal=_signal_name(-code) if code < 0 else None,
+                uptime_s=round(uptime, 3),
+            )
+            if code == EXIT_USAGE:
+                log.error("worker_usage_error", worker=slot.index, pid=process.pid)
+                self.exit_code = EXIT_USAGE
+                self._request_stop(signal.SIGTERM)
+                return
+            if uptime >= HEALTHY_AFTER:
+                slot.backoff = BACKOFF_FIRST
+            delay, slot.backoff = slot.backoff, min(slot.backoff * 2, BACKOFF_MAX)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=delay)
+
+    async def _wait(self, process: asyncio.subprocess.Process) -> int:
+        """Wait for the process; once stopping, give it the grace period, then SIGKILL it."""
+        waiter = asyncio.ensure_future(process.wait())
+        stopper = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not waiter.done():
+            grace = self.config.server.shutdown_timeout + KILL_GRACE
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), timeout=grace)
+            except TimeoutError:
+                log.warning("worker_killed", pid=process.pid, after_s=grace)
+                with suppress(ProcessLookupError):
+                    process.kill()
+        return await waiter
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+async def supervise(config: Config) -> int:
+    """``gateway serve`` with workers > 1: bootstrap once, then run and supervise N workers."""
+    from gateway.server import prepare_database
+
+    async with resolved_dsn(config) as dsn:
+        # A one-connection pool for the bootstrap only: the parent serves no traffic.
+        db = await Database.connect(dsn, replace(config.database, pool_min_size=1, pool_max_size=1))
+        try:
+            await prepare_database(db, config)
+        finally:
+            await db.close()
+        supervisor = Supervisor(config, dsn)
+        log.info("supervisor_started", pid=os.getpid(), workers=config.server.workers)
+        code = await supervisor.run()
+    log.info("stopped", exit_code=code)
+    return code
+
+
+async def _exit_when_orphaned(stop: asyncio.Event, parent: int) -> None:
+    # If the supervisor is killed outright, the worker is re-parented: stop gracefully then.
+    while not stop.is_set():
+        if os.getppid() != parent:
+            log.warning("supervisor_gone", parent=parent)
+            stop.set()
+            return
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+
+
+async def serve_worker(config: Config) -> int:
+    """``gateway serve --worker``: one worker's listeners on the shared port with its own pool."""
+    from gateway.server import run_listeners, stop_on_signals
+
+    if not config.database.dsn:
+        log.error("worker_without_dsn", hint="workers are started by `gateway serve`")
+        return EXIT_USAGE
+    index = os.environ.get("HOOKGATE_WORKER_INDEX", "")
+    structlog.contextvars.bind_contextvars(worker=int(index) if index.isdigit() else None)
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    loop = asyncio.get_running_loop()
+    # Until configuration reload exists, SIGHUP must at least not kill the worker (its default).
+    loop.add_signal_handler(signal.SIGHUP, lambda: log.info("reload_requested", pid=os.getpid()))
+    watchdog = asyncio.create_task(_exit_when_orphaned(stop, os.getppid()))
+    try:
+        db = await Database.connect(config.database.dsn, config.database)
+        try:
+            await run_listeners(config, db, stop, reuse_port=True)
+        finally:
+            await db.close()
+    finally:
+        stop.set()
+        await watchdog
+    log.info("worker_exiting", pid=os.getpid())
+    return 0

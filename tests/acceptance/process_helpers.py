@@ -1,0 +1,180 @@
+"""Running the real ``gateway`` command as a subprocess: environment, ports, JSON log events."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT = 90.0
+Event = dict[str, Any]
+
+
+def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any GATEWAY_* variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(extra or {})
+    return env
+
+
+def run_gateway(
+    *args: str, env: Mapping[str, str] | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m gateway ARGS`` to completion (stdout/stderr captured as text)."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=ROOT,
+        env=clean_environment(env),
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_is_free(port: int) -> bool:
+    """True when the port can be bound (nobody listens on it)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def process_alive(pid: int) -> bool:
+    """True while a process with this pid exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_config(path: Path, sections: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Write a small TOML config (strings, numbers, booleans) and return its path."""
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def release_data_dir(data_dir: Path) -> None:
+    """Stop an embedded server a failed test left running in ``data_dir``, then delete it."""
+    if (data_dir / "postmaster.pid").exists():
+        from gateway.storage.embedded import EmbeddedPostgres
+
+        server = EmbeddedPostgres(data_dir)
+        server.start()
+        server.stop()
+    shutil.rmtree(data_dir.parent, ignore_errors=True)
+
+
+class GatewayProcess:
+    """A long-running ``gateway ... serve`` whose JSON log events are collected as they arrive."""
+
+    def __init__(
+        self,
+        config_path: Path,
+        args: Sequence[str] = ("serve",),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--config", str(config_path), *args],
+            cwd=ROOT,
+            env=clean_environment(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.events: list[Event] = []
+        self.raw_lines: list[str] = []
+        self._arrived: queue.Queue[Event] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.raw_lines.append(line)
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = {"event": "unparsed", "line": line.rstrip()}
+            self.events.append(event)
+            self._arrived.put(event)
+
+    @property
+    def output(self) -> str:
+        """Everything written to stderr so far."""
+        return "".join(self.raw_lines)
+
+    def wait_for(self, predicate: Callable[[Event], bool], what: str, timeout: float) -> Event:
+        """The first event (already seen or arriving within ``timeout``) matching ``predicate``."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for event in self.events[seen:]:
+                if predicate(event):
+                    return event
+            seen = len(self.events)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (not self._reader.is_alive() and self._arrived.empty()):
+                tail = "".join(self.raw_lines[-20:])
+                raise AssertionError(f"no {what} within {timeout}s; last output:\n{tail}")
+            try:
+                self._arrived.get(timeout=min(remaining, 0.5))
+            except queue.Empty:
+                pass
+
+    def wait_event(self, name: str, timeout: float = STARTUP_TIMEOUT, **fields: Any) -> Event:
+        """The first event called ``name`` whose fields include ``fields``."""
+        return self.wait_for(
+            lambda e: e.get("event") == name and all(e.get(k) == v for k, v in fields.items()),
+            f"{name} {fields or ''}".strip(),
+            timeout,
+        )
+
+    def named(self, name: str) -> list[Event]:
+        """Every event called ``name`` so far."""
+        return [e for e in self.events if e.get("event") == name]
+
+    def finish(self, timeout: float = 60) -> int:
+        """Wait for the exit and for stderr to be read completely; the exit code."""
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=15)
+        return code
+
+    def kill(self) -> None:
+        """Clean-up after a failed test: kill the process if it still runs."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self._reader.join(timeout=15)
+        if self.process.stderr is not None:
+            self.process.stderr.close()

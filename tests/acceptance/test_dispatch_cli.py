@@ -1,0 +1,102 @@
+"""`gateway dispatch` as a real process: killed mid-request, another process finishes the job."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from gateway.storage import outgoing
+from gateway.storage.database import Database
+from tests.integration.outgoing_helpers import (
+    HANG,
+    Receiver,
+    attempts,
+    complete_run,
+    deliveries,
+    eventually,
+)
+from tests.integration.runs_helpers import make_pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def _dispatch(dsn: str, cwd: Path) -> asyncio.subprocess.Process:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(
+        GATEWAY_DATABASE_DSN=dsn,
+        GATEWAY_LOG_LEVEL="warning",
+        GATEWAY_OUTGOING_ALLOW_PRIVATE_TARGETS="true",
+        GATEWAY_OUTGOING_TIMEOUT="30",
+        GATEWAY_OUTGOING_POLL_INTERVAL="0.2",
+        PYTHONPATH=str(ROOT),
+    )
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "dispatch",
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def _statuses(db: Database, hook_id: uuid.UUID) -> list[str]:
+    return [d["status"] for d in await deliveries(db, hook_id)]
+
+
+async def test_a_killed_dispatcher_loses_its_delivery_to_the_next_one(
+    db: Database, database_dsn: str, tmp_path: Path, aiohttp_server: Any
+) -> None:
+    target = Receiver()
+    target.plan("/deploys", HANG, 200)
+    server = await aiohttp_server(target.app())
+    pipeline = await make_pipeline(db)
+    hook_id = uuid.uuid4()
+    values = {
+        "name": "notify",
+        "active": True,
+        "target_url": f"http://127.0.0.1:{server.port}/deploys",
+        "events": ["run.completed"],
+        "trigger_when": {"events": ["run.completed"], "conditions": []},
+        "settings": {},
+        "requires_secret": False,
+    }
+    await outgoing.insert_hook(db, hook_id, pipeline["id"], values, None, None)
+
+    first = await _dispatch(database_dsn, tmp_path)
+    try:
+        await complete_run(db, pipeline["id"])
+        await eventually(lambda: len(target.seen) == 1, limit=60)
+    finally:
+        first.kill()  # SIGKILL: no chance to hand the delivery back
+        await first.communicate()
+    assert await _statuses(db, hook_id) == ["delivering"]
+
+    # The crashed process's lease runs out; a new process claims and delivers.
+    await db.pool.execute(
+        "UPDATE outgoing_deliveries SET locked_until = now() - interval '1 second' "
+        "WHERE hook_id = $1",
+        hook_id,
+    )
+    second = await _dispatch(database_dsn, tmp_path)
+    try:
+        await eventually(lambda: _is_done(db, hook_id), limit=60)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(second.communicate(), timeout=30)
+    assert second.returncode == 0, stderr.decode()
+    assert len(target.seen) == 2 and target.successes == 1
+    assert target.seen[0].headers["webhook-id"] == target.seen[1].headers["webhook-id"]
+    [attempt] = await attempts(db, hook_id)
+    assert (attempt["outcome"], attempt["attempt"]) == ("succeeded", 2)
+
+
+async def _is_done(db: Database, hook_id: uuid.UUID) -> bool:
+    return await _statuses(db, hook_id) == ["succeeded"]

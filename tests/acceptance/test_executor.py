@@ -1,0 +1,309 @@
+"""`gateway executor` as a real subprocess against a real database.
+
+- The seed's deploy example end to end: the seed's hook, a signed GitHub pull_request delivery
+  to POST /hooks/incoming/{id}, then `gateway executor -- sh -c 'echo $HOOK_VAR_SOURCE_REF > out'`
+  writes the branch name and the run ends completed.
+- `kill -9` of an executor mid-run: once its lease expires another executor takes the run
+  (attempt 2) and completes it.
+- SIGTERM: a stopping executor releases a run it could not finish in its grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.storage import runs
+from gateway.storage.database import Database, Record
+from tests.integration.ingest_helpers import PR_OPENED, SEED_VARIABLES, github_headers, hook_path
+from tests.integration.management_helpers import make_environment, make_pipeline, make_seed_hook
+from tests.integration.runs_helpers import enqueue
+from tests.integration.runs_helpers import make_pipeline as make_runs_pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT = 60.0
+
+
+class ExecutorProcess:
+    """A `gateway executor` subprocess; its stderr (JSON log lines) goes to a file."""
+
+    def __init__(self, dsn: str, cwd: Path, pipeline_id: int, *command: str, args: Any = ()):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "HOOK_"))}
+        env.update(GATEWAY_DATABASE_DSN=dsn, GATEWAY_LOG_FORMAT="json", GATEWAY_LOG_LEVEL="info")
+        self.log_path = cwd / f"executor-{uuid.uuid4().hex[:6]}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "executor",
+                "--pipeline",
+                str(pipeline_id),
+                "--poll-interval",
+                "0.5",
+                *args,
+                "--",
+                *command,
+            ],
+            cwd=cwd,
+            env={**env, "PYTHONPATH": str(ROOT)},
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def events(self) -> list[dict[str, Any]]:
+        events = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                events.append({"event": "unparsed", "line": line})
+        return events
+
+    def stop(self, timeout: float = WAIT) -> int:
+        """SIGTERM and wait for the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def executors() -> Iterator[list[ExecutorProcess]]:
+    started: list[ExecutorProcess] = []
+    yield started
+    for executor in started:
+        executor.close()
+
+
+async def wait_for_run(db: Database, run_id: Any, status: str, what: str = "") -> Record:
+    """The run once it has ``status`` (polled; fails after WAIT seconds)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        row = await db.pool.fetchrow("SELECT * FROM pipeline_runs WHERE id = $1", run_id)
+        if row is not None and row["status"] == status:
+            return row
+        if time.monotonic() > deadline:
+            raise AssertionError(f"run never became {status} {what}; last: {dict(row or {})}")
+        await asyncio.sleep(0.1)
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+async def wait_for_file(path: Path) -> str:
+    """The file's text once it is not empty (polled; fails after WAIT seconds)."""
+    deadline = time.monotonic() + WAIT
+    while not (text := await asyncio.to_thread(_read, path)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} never appeared")
+        await asyncio.sleep(0.05)
+    return text
+
+
+async def test_seed_deploy_example_end_to_end(
+    client: Any,
+    db: Database,
+    database_dsn: str,
+    admin_headers: dict[str, str],
+    tmp_path: Path,
+    executors: list[ExecutorProcess],
+) -> None:
+    env = await make_environment(client, admin_headers)
+    pipeline = await make_pipeline(client, admin_headers, env["id"])
+    hook = await make_seed_hook(client, admin_headers, pipeline["id"])
+    response = await client.post(
+        hook_path(hook), data=PR_OPENED, headers=github_headers(hook["secret"], PR_OPENED)
+    )
+    assert response.status == 202, await response.text()
+    run_id = uuid.UUID((await response.json())["run_id"])
+
+    executor = ExecutorProcess(
+        database_dsn, tmp_path, pipeline["id"], "sh", "-c", "echo $HOOK_VAR_SOURCE_REF > out"
+    )
+    executors.append(executor)
+    run = await wait_for_run(db, run_id, "completed")
+
+    assert (tmp_path / "out").read_text() == "changes\n"
+    assert run["variables"] == SEED_VARIABLES
+    assert run["exit_code"] == 0
+    assert run["attempt"] == 1
+    assert executor.stop() == 0
+    [finished] = [e for e in executor.events() if e["event"] == "run_finished"]
+    assert finished["run_id"] == str(run_id)
+    assert finished["status"] == "completed"
+    assert isinstance(finished["duration_ms"], float)
+
+
+async def test_every_variable_reaches_the_command_environment(
+    db: Database, database_dsn: str, tmp_path: Path, executors: list[ExecutorProcess]
+) -> None:
+    pipeline = await make_runs_pipeline(db)
+    run = await enqueue(
+        db,
+        pipeline["id"],
+        source_ref="main",
+        pull_request_id=42,
+        draft=False,
+        labels=["a", "b"],
+        note=None,
+    )
+    script = 'env | grep ^HOOK_ | sort > env.txt; echo "to stdout"; echo "to stderr" >&2; exit 3'
+    executors.append(ExecutorProcess(database_dsn, tmp_path, pipeline["id"], "sh", "-c", script))
+
+    row = await wait_for_run(db, run["id"], "failed")
+
+    assert (tmp_path / "env.txt").read_text().splitlines() == [
+        "HOOK_ATTEMPT=1",
+        "HOOK_PIPELINE_ID=" + str(pipeline["id"]),
+        f"HOOK_RUN_ID={run['id']}",
+        "HOOK_VAR_DRAFT=false",
+        'HOOK_VAR_LABELS=["a","b"]',
+        "HOOK_VAR_NOTE=",
+        "HOOK_VAR_PULL_REQUEST_ID=42",
+        "HOOK_VAR_SOURCE_REF=main",
+    ]
+    assert row["exit_code"] == 3
+    assert row["message"] == "command failed: exit code 3"
+    assert row["output"] == "to stdout\nto stderr\n"
+
+
+async def test_killed_executor_run_is_taken_over_after_its_lease_expires(
+    db: Database, database_dsn: str, tmp_path: Path, executors: list[ExecutorProcess]
+) -> None:
+    pipeline = await make_runs_pipeline(db)
+    run = await enqueue(db, pipeline["id"], source_ref="main")
+    # Attempt 1 records its process group and sleeps; any later attempt finishes at once.
+    script = (
+        'if [ "$HOOK_ATTEMPT" = 1 ]; then echo $$ > first.pid; sleep 60; fi; '
+        'echo "done on attempt $HOOK_ATTEMPT" > out'
+    )
+    first = ExecutorProcess(
+        database_dsn, tmp_path, pipeline["id"], "sh", "-c", script, args=("--lease-seconds", "2")
+    )
+    executors.append(first)
+    orphan = int(await wait_for_file(tmp_path / "first.pid"))
+    try:
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(10)
+        assert (await wait_for_run(db, run["id"], "in-progress"))["attempt"] == 1
+
+        second = ExecutorProcess(database_dsn, tmp_path, pipeline["id"], "sh", "-c", script)
+        executors.append(second)
+        row = await wait_for_run(db, run["id"], "completed", "after the lease expired")
+    finally:
+        os.killpg(orphan, signal.SIGKILL)  # the first attempt's `sleep`, orphaned by kill -9
+
+    assert row["attempt"] == 2
+    assert (tmp_path / "out").read_text() == "done on attempt 2\n"
+    assert row["claimed_by"] != "" and row["finished_at"] is not None
+    assert second.stop() == 0
+
+
+async def test_sigterm_releases_a_run_that_outlives_the_grace_period(
+    db: Database, database_dsn: str, tmp_path: Path, executors: list[ExecutorProcess]
+) -> None:
+    pipeline = await make_runs_pipeline(db)
+    run = await enqueue(db, pipeline["id"])
+    executor = ExecutorProcess(
+        database_dsn,
+        tmp_path,
+        pipeline["id"],
+        "sh",
+        "-c",
+        "echo $$ > started; sleep 60",
+        args=("--grace-seconds", "0.5"),
+    )
+    executors.append(executor)
+    await wait_for_file(tmp_path / "started")
+
+    assert executor.stop() == 0
+
+    row = await wait_for_run(db, run["id"], "queued")
+    assert row["attempt"] == 0  # released: the interrupted attempt is not counted
+    assert row["lease_token"] is None
+    assert "released" in row["message"]
+    events = [e["event"] for e in executor.events()]
+    assert "executor_draining" in events and "executor_stopped" in events
+
+
+async def test_two_executors_racing_on_1000_runs_run_each_exactly_once(
+    db: Database, database_dsn: str, tmp_path: Path, executors: list[ExecutorProcess]
+) -> None:
+    pipeline = await make_runs_pipeline(db)
+    async with db.transaction() as session:
+        await runs.enqueue_many(session, pipeline["id"], [{"n": i} for i in range(1000)])
+    command = ("sh", "-c", 'echo "$HOOK_RUN_ID $HOOK_ATTEMPT" >> ran.txt')
+    for _ in range(2):
+        executors.append(
+            ExecutorProcess(
+                database_dsn, tmp_path, pipeline["id"], *command, args=("--concurrency", "4")
+            )
+        )
+
+    deadline = time.monotonic() + 110
+    while await db.pool.fetchval("SELECT count(*) FROM pipeline_runs WHERE status <> 'completed'"):
+        assert time.monotonic() < deadline, "the executors did not finish 1000 runs"
+        await asyncio.sleep(0.2)
+    assert [e.stop() for e in executors] == [0, 0]
+
+    lines = (tmp_path / "ran.txt").read_text().splitlines()
+    ran = collections.Counter(line.split()[0] for line in lines)
+    assert len(lines) == 1000
+    assert len(ran) == 1000 and set(ran.values()) == {1}
+    assert {line.split()[1] for line in lines} == {"1"}
+    ids = {str(r["id"]) for r in await db.pool.fetch("SELECT id FROM pipeline_runs")}
+    assert set(ran) == ids
+    per_executor = [
+        sum(e["event"] == "run_finished" for e in executor.events()) for executor in executors
+    ]
+    assert sum(per_executor) == 1000
+    assert min(per_executor) > 0  # both took part in the race
+
+
+async def test_cancel_in_progress_terminates_the_superseded_command(
+    db: Database, database_dsn: str, tmp_path: Path, executors: list[ExecutorProcess]
+) -> None:
+    pipeline = await make_runs_pipeline(db, policy="cancel-in-progress", key="source_ref")
+    older = await enqueue(db, pipeline["id"], source_ref="main", n=1)
+    script = (
+        'echo $$ > "started-$HOOK_VAR_N"; if [ "$HOOK_VAR_N" = 1 ]; then sleep 60; fi; '
+        'echo ok > "done-$HOOK_VAR_N"'
+    )
+    executor = ExecutorProcess(
+        database_dsn, tmp_path, pipeline["id"], "sh", "-c", script, args=("--lease-seconds", "1.5")
+    )
+    executors.append(executor)
+    await wait_for_file(tmp_path / "started-1")
+
+    newer = await enqueue(db, pipeline["id"], source_ref="main", n=2)
+
+    await wait_for_run(db, newer["id"], "completed")
+    row = await wait_for_run(db, older["id"], "cancelled")
+    assert row["message"] == f"superseded by run {newer['id']}"
+    assert not (tmp_path / "done-1").exists()  # its command was terminated, not finished
+    assert executor.stop() == 0
+    [lost] = [e for e in executor.events() if e["event"] == "run_lease_lost"]
+    assert lost["run_id"] == str(older["id"])
+    outcomes = {e["run_id"]: e["status"] for e in executor.events() if e["event"] == "run_finished"}
+    assert outcomes == {str(older["id"]): "abandoned", str(newer["id"]): "completed"}

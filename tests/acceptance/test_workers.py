@@ -1,0 +1,187 @@
+"""`gateway serve` with `[server] workers = 2`: a supervisor, two workers on one port.
+
+Real CLI subprocess on a fresh embedded PostgreSQL (started once, by the parent), real HTTP on
+loopback, real signals. The supervisor's JSON log lines tell which pids are its workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT = 90.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Gateway:
+    """A `gateway serve` subprocess whose stderr JSON events are collected as they arrive."""
+
+    def __init__(self, config_path: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--config", str(config_path), "serve"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.events: list[dict[str, Any]] = []
+        self._new: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = {"event": "unparsed", "line": line.rstrip()}
+            self.events.append(event)
+            self._new.put(event)
+
+    def wait_for(self, predicate: Any, what: str, timeout: float = STARTUP_TIMEOUT) -> dict:
+        """The first event (seen before or arriving within ``timeout``) matching ``predicate``."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for event in self.events[seen:]:
+                if predicate(event):
+                    return event
+            seen = len(self.events)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (not self._reader.is_alive() and self._new.empty()):
+                tail = "\n".join(json.dumps(e) for e in self.events[-20:])
+                raise AssertionError(f"no {what} within {timeout}s; last events:\n{tail}")
+            try:
+                self._new.get(timeout=min(remaining, 0.5))
+            except queue.Empty:
+                pass
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == name]
+
+
+def _get(port: int, path: str) -> int:
+    # A fresh connection per request, so the kernel picks a worker each time.
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        status: int = response.status
+        return status
+
+
+def _parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    path = ROOT / "var" / f"test-workers-{uuid.uuid4().hex[:8]}"
+    yield path / "pgdata"
+    if (path / "pgdata" / "postmaster.pid").exists():  # the test failed before a clean stop
+        from gateway.storage.embedded import EmbeddedPostgres
+
+        server = EmbeddedPostgres(path / "pgdata")
+        server.start()
+        server.stop()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_two_workers_restart_after_kill_and_stop_cleanly(tmp_path: Path, data_dir: Path) -> None:
+    port = _free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"[server]\nport = {port}\nworkers = 2\nshutdown_timeout = 5.0\n"
+        f'[database]\ndata_dir = "{data_dir}"\n[log]\nformat = "json"\n'
+    )
+    gateway = Gateway(config)
+    try:
+        started = [
+            gateway.wait_for(
+                lambda e, i=i: e.get("event") == "worker_started" and e.get("worker") == i,
+                f"worker {i} start",
+            )
+            for i in range(2)
+        ]
+        for i in range(2):
+            gateway.wait_for(
+                lambda e, i=i: e.get("event") == "listening" and e.get("worker") == i,
+                f"worker {i} listening",
+            )
+        pids = [e["pid"] for e in started]
+        parent = gateway.process.pid
+        assert len(set(pids)) == 2 and parent not in pids
+        assert all(_parent_of(pid) == parent for pid in pids)
+        # The embedded server is started once, by the parent.
+        assert len(gateway.named("embedded_postgres_started")) == 1
+        assert all(_get(port, "/readyz") == 200 for _ in range(10))
+
+        victim, survivor = pids
+        os.kill(victim, signal.SIGKILL)
+        exited = gateway.wait_for(
+            lambda e: e.get("event") == "worker_exited" and e.get("pid") == victim, "worker_exited"
+        )
+        assert exited["exit_code"] == -signal.SIGKILL and exited["signal"] == "SIGKILL"
+        restarted = gateway.wait_for(
+            lambda e: e.get("event") == "worker_restarted" and e.get("previous") == victim,
+            "worker_restarted",
+        )
+        replacement = restarted["pid"]
+        assert replacement not in pids and _parent_of(replacement) == parent
+        assert not _alive(victim)
+        gateway.wait_for(
+            lambda e: (
+                e.get("event") == "listening"
+                and e.get("worker") == restarted["worker"]
+                and gateway.events.index(e) > gateway.events.index(restarted)
+            ),
+            "replacement listening",
+        )
+        assert all(_get(port, "/readyz") == 200 for _ in range(20))
+
+        gateway.process.send_signal(signal.SIGTERM)
+        assert gateway.process.wait(timeout=60) == 0
+        gateway._reader.join(timeout=10)
+        stopped = {e["pid"]: e["exit_code"] for e in gateway.named("worker_stopped")}
+        assert stopped == {survivor: 0, replacement: 0}
+        assert not _alive(survivor) and not _alive(replacement)
+        assert gateway.named("embedded_postgres_stopped")
+    finally:
+        if gateway.process.poll() is None:
+            gateway.process.kill()
+            gateway.process.wait(timeout=30)
+        gateway._reader.join(timeout=15)  # orphaned workers (if any) close stderr within ~1 s
+        if gateway.process.stderr is not None:
+            gateway.process.stderr.close()

@@ -1,0 +1,121 @@
+"""Helpers for management API tests: environments, pipelines and non-admin members.
+
+Roles, teams and links are written with plain SQL so these tests depend only on the permission
+*resolution* (gateway.management.permissions), not on the roles/teams API.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+from yarl import URL
+
+from gateway import accounts
+from gateway.config import Config
+from gateway.storage.database import Database
+
+MEMBER_PASSWORD = "member password 123"
+
+# The create body of the seed document (shared/seed, "Step 2: Create the webhook"), verbatim.
+SEED_CREATE_BODY = """{ "name": "Deploy `main` branch", "requires_secret": true, \
+"secret_algorithm": "sha256", "secret_header_name": "x-hub-signature-256", "action_type": \
+"deploy", "settings": { "variables": [ { "name": "source_type", "type": "string", "required": \
+false, "default_value": "branch" }, { "name": "source_ref", "path": "pull_request.head.ref", \
+"type": "string", "required": false, "default_value": "main" }, { "name": "pull_request_id", \
+"path": "pull_request.number", "type": "integer", "required": false }, { "name": \
+"pull_request_title", "path": "pull_request.title", "type": "string", "required": false }, { \
+"name": "commit_hash", "path": "pull_request.head.sha", "type": "string", "required": false } \
+] } }"""
+
+JSON_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
+
+
+async def make_environment(client: Any, headers: dict[str, str], name: str = "") -> dict[str, Any]:
+    """Create an environment as ``headers`` (an admin) and return its JSON."""
+    response = await client.post(
+        "/environments", json={"name": name or f"env-{uuid.uuid4().hex[:8]}"}, headers=headers
+    )
+    assert response.status == 201, await response.text()
+    body: dict[str, Any] = await response.json()
+    return body
+
+
+async def make_pipeline(
+    client: Any, headers: dict[str, str], environment_id: int, **overrides: Any
+) -> dict[str, Any]:
+    """Create a deploy pipeline in the environment and return its JSON."""
+    payload = {
+        "name": "Deploy API",
+        "resource_type": "application",
+        "resource_id": 42,
+        "action_type": "deploy",
+        **overrides,
+    }
+    response = await client.post(
+        f"/environments/{environment_id}/pipelines", json=payload, headers=headers
+    )
+    assert response.status == 201, await response.text()
+    body: dict[str, Any] = await response.json()
+    return body
+
+
+async def make_seed_hook(client: Any, headers: dict[str, str], pipeline_id: int) -> dict[str, Any]:
+    """Create the seed's hook on a pipeline and return the create response (with the secret)."""
+    response = await client.post(
+        f"/pipelines/{pipeline_id}/hooks/incoming",
+        data=SEED_CREATE_BODY,
+        headers={**JSON_HEADERS, **headers},
+    )
+    assert response.status == 201, await response.text()
+    body: dict[str, Any] = await response.json()
+    return body
+
+
+async def make_member(
+    client: Any,
+    db: Database,
+    config: Config,
+    database_dsn: str,
+    environment_id: int | None,
+    permissions: list[str],
+    email: str = "",
+) -> dict[str, str]:
+    """A non-admin user whose only team is linked to ``environment_id`` (None: to nothing) with
+    a role of exactly ``permissions``; returns their Authorization header."""
+    email = email or f"member-{uuid.uuid4().hex[:8]}@example.com"
+    user = await accounts.create_user(db, config.auth, email, MEMBER_PASSWORD)
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        role_id = await conn.fetchval(
+            "INSERT INTO roles (name, permissions) VALUES ($1, $2) RETURNING id",
+            f"role-{uuid.uuid4().hex[:8]}",
+            permissions,
+        )
+        team_id = await conn.fetchval(
+            "INSERT INTO teams (name) VALUES ($1) RETURNING id", f"team-{uuid.uuid4().hex[:8]}"
+        )
+        await conn.execute("INSERT INTO team_members VALUES ($1, $2)", team_id, user.id)
+        if environment_id is not None:
+            await conn.execute(
+                "INSERT INTO environment_teams VALUES ($1, $2, $3)",
+                environment_id,
+                team_id,
+                role_id,
+            )
+    finally:
+        await conn.close()
+    response = await client.post("/users/login", json={"email": email, "password": MEMBER_PASSWORD})
+    assert response.status == 200, await response.text()
+    return {"Authorization": f"Bearer {(await response.json())['access_token']}"}
+
+
+def parse_links(header: str) -> dict[str, dict[str, str]]:
+    """RFC 8288 Link header -> {rel: query parameters of its URL}."""
+    links: dict[str, dict[str, str]] = {}
+    for part in header.split(","):
+        target, _, params = part.strip().partition(";")
+        rel = params.strip().removeprefix('rel="').removesuffix('"')
+        links[rel] = dict(URL(target.strip().strip("<>")).query)
+    return links

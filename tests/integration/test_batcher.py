@@ -1,0 +1,309 @@
+"""Group commit against a real database: one transaction per batch, duplicates, back-pressure,
+a database that goes away and comes back, and the flush on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+import zstandard
+
+from gateway.config import Config
+from gateway.exceptions import DatabaseUnavailable, Overloaded
+from gateway.ingest.batcher import PendingRequest, RequestNotStored, RunBatcher, Stored
+from gateway.storage.database import Database
+from tests.integration.ingest_helpers import PR_OPENED, execute, fetch, wait_for
+
+Factory = Callable[..., RunBatcher]
+
+
+@pytest.fixture
+async def pipeline_id(database_dsn: str) -> int:
+    rows = await fetch(
+        database_dsn,
+        "WITH e AS (INSERT INTO environments (name) VALUES ('batcher') RETURNING id) "
+        "INSERT INTO pipelines (environment_id, name, resource_type, resource_id, action_type) "
+        "SELECT id, 'Deploy', 'application', 1, 'deploy' FROM e RETURNING id",
+    )
+    return int(rows[0]["id"])
+
+
+@pytest.fixture
+async def make_batcher(config: Config, db: Database) -> AsyncIterator[Factory]:
+    """Start batchers with batch/hooks settings overridden; all closed at teardown."""
+    started: list[RunBatcher] = []
+
+    def factory(database: Database = db, store_bodies: str = "all", **batch: Any) -> RunBatcher:
+        custom = replace(
+            config,
+            batch=replace(config.batch, **batch),
+            hooks=replace(config.hooks, store_bodies=store_bodies),
+        )
+        batcher = RunBatcher(database, custom)
+        batcher.start()
+        started.append(batcher)
+        return batcher
+
+    yield factory
+    for batcher in started:
+        await batcher.close()
+
+
+def request(
+    pipeline_id: int,
+    *,
+    hook_id: uuid.UUID | None = None,
+    delivery: str | None = None,
+    outcome: str = "accepted",
+    status: int = 202,
+    body: bytes | None = PR_OPENED,
+    variables: dict[str, Any] | None = None,
+) -> PendingRequest:
+    accepted = outcome == "accepted"
+    return PendingRequest(
+        id=uuid.uuid4(),
+        hook_id=hook_id or uuid.uuid4(),
+        pipeline_id=pipeline_id,
+        received_at=datetime.now(UTC),
+        client_ip="192.0.2.10",
+        headers={"content-type": "application/json", "x-hub-signature-256": "[redacted]"},
+        body=body,
+        body_size=len(body or b""),
+        outcome=outcome,
+        status_code=status,
+        message=f"{outcome} by the test",
+        delivery_id=delivery,
+        run_id=uuid.uuid4() if accepted else None,
+        variables=(variables or {"pull_request_id": 2}) if accepted else None,
+    )
+
+
+async def transaction_ids(dsn: str) -> set[str]:
+    rows = await fetch(
+        dsn,
+        "SELECT xmin::text AS xid FROM pipeline_runs UNION SELECT xmin::text FROM hook_requests",
+    )
+    return {row["xid"] for row in rows}
+
+
+async def test_concurrent_submits_are_committed_in_one_transaction(
+    make_batcher: Factory, pipeline_id: int, database_dsn: str
+) -> None:
+    batcher = make_batcher(max_wait_ms=200.0)
+    items = [request(pipeline_id, delivery=f"d-{i}") for i in range(50)]
+
+    async def handler(item: PendingRequest) -> Stored:
+        return await batcher.submit(item)
+
+    results = await asyncio.gather(*(handler(item) for item in items))
+    assert results == [Stored(item.run_id, False) for item in items]
+    runs = await fetch(database_dsn, "SELECT id, request_id, variables, status FROM pipeline_runs")
+    assert {row["id"] for row in runs} == {item.run_id for item in items}
+    assert {row["request_id"] for row in runs} == {item.id for item in items}
+    assert all(row["status"] == "queued" for row in runs)
+    assert all(orjson.loads(row["variables"]) == {"pull_request_id": 2} for row in runs)
+    stored = await fetch(database_dsn, "SELECT id, run_id, outcome FROM hook_requests")
+    assert {(r["id"], r["run_id"], r["outcome"]) for r in stored} == {
+        (item.id, item.run_id, "accepted") for item in items
+    }
+    assert len(await transaction_ids(database_dsn)) == 1
+
+
+async def test_batches_are_bounded_by_max_size(
+    make_batcher: Factory, pipeline_id: int, database_dsn: str
+) -> None:
+    batcher = make_batcher(max_size=10, max_wait_ms=50.0)
+    futures = [batcher.submit(request(pipeline_id)) for _ in range(25)]
+    await asyncio.gather(*futures)
+    assert len(await transaction_ids(database_dsn)) == 3  # 10 + 10 + 5
+
+
+async def test_duplicates_within_one_batch_resolve_to_the_first_run(
+    make_batcher: Factory, pipeline_id: int, database_dsn: str
+) -> None:
+    batcher = make_batcher(max_wait_ms=100.0)
+    hook_id = uuid.uuid4()
+    first, second, third = (
+        request(pipeline_id, hook_id=hook_id, delivery="same") for _ in range(3)
+    )
+    other_hook = request(pipeline_id, delivery="same")  # same delivery id, another hook
+    results = await asyncio.gather(*(batcher.submit(i) for i in (first, second, third, other_hook)))
+    assert results == [
+        Stored(first.run_id, False),
+        Stored(first.run_id, True),
+        Stored(first.run_id, True),
+        Stored(other_hook.run_id, False),
+    ]
+    assert len(await transaction_ids(database_dsn)) == 1
+    runs = await fetch(database_dsn, "SELECT id FROM pipeline_runs")
+    assert {row["id"] for row in runs} == {first.run_id, other_hook.run_id}
+    rows = await fetch(
+        database_dsn, "SELECT id, outcome, status_code, run_id, message FROM hook_requests"
+    )
+    by_id = {row["id"]: row for row in rows}
+    assert (by_id[second.id]["outcome"], by_id[second.id]["status_code"]) == ("duplicate", 200)
+    assert by_id[second.id]["run_id"] == first.run_id
+    assert by_id[second.id]["message"] == (
+        f"duplicate delivery 'same': already accepted as run {first.run_id}"
+    )
+    assert by_id[first.id]["outcome"] == "accepted"
+
+
+async def test_duplicates_across_batches(
+    make_batcher: Factory, pipeline_id: int, database_dsn: str
+) -> None:
+    batcher = make_batcher(max_wait_ms=0.0)
+    hook_id = uuid.uuid4()
+    original = request(pipeline_id, hook_id=hook_id, delivery="gh-1")
+    assert await batcher.submit(original) == Stored(original.run_id, False)
+    repeat = request(pipeline_id, hook_id=hook_id, delivery="gh-1")
+    assert await batcher.submit(repeat) == Stored(original.run_id, True)
+    # A second batcher (another worker process) sees the same original.
+    other = make_batcher(max_wait_ms=0.0)
+    assert await other.submit(request(pipeline_id, hook_id=hook_id, delivery="gh-1")) == Stored(
+        original.run_id, True
+    )
+    # No delivery id: never a duplicate.
+    plain = [request(pipeline_id, hook_id=hook_id) for _ in range(2)]
+    assert [await batcher.submit(p) for p in plain] == [Stored(p.run_id, False) for p in plain]
+    assert len(await fetch(database_dsn, "SELECT id FROM pipeline_runs")) == 3
+    assert len(await transaction_ids(database_dsn)) == 5
+
+
+async def test_full_queue_raises_overloaded_at_once_and_keeps_what_was_queued(
+    make_batcher: Factory, pipeline_id: int, database_dsn: str
+) -> None:
+    batcher = make_batcher(max_queue=3, max_wait_ms=10.0)
+    queued = [batcher.submit(request(pipeline_id)) for _ in range(3)]
+    with pytest.raises(Overloaded, match="the gateway is overloaded; retry later"):
+        batcher.submit(request(pipeline_id))
+    await asyncio.gather(*queued)
+    assert len(await fetch(database_dsn, "SELECT id FROM hook_requests")) == 3
+    await batcher.submit(request(pipeline_id))  # room again once the batch is written
+
+
+async def test_requests_without_a_run_and_body_storage_settings(
+    make_batcher: Factory, pipeline_id: int, database_dsn: str
+) -> None:
+    incompressible = os.urandom(512)
+    for setting in ("all", "failures", "none"):
+        batcher = make_batcher(store_bodies=setting, max_wait_ms=0.0)
+        accepted = request(pipeline_id)
+        rejected = request(pipeline_id, outcome="rejected", status=401)
+        skipped = request(pipeline_id, outcome="skipped")
+        random_body = request(pipeline_id, outcome="rejected", status=400, body=incompressible)
+        not_read = request(pipeline_id, outcome="rejected", status=413, body=None)
+        items = [accepted, rejected, skipped, random_body, not_read]
+        results = await asyncio.gather(*(batcher.submit(i) for i in items))
+        assert results == [Stored(accepted.run_id, False)] + [Stored(None, False)] * 4
+        rows = await fetch(
+            database_dsn,
+            "SELECT id, body, body_encoding, body_size, run_id FROM hook_requests "
+            "WHERE id = ANY($1::uuid[])",
+            [i.id for i in items],
+        )
+        by_id = {row["id"]: row for row in rows}
+        stored = {
+            name: by_id[item.id]["body_encoding"]
+            for name, item in zip(("acc", "rej", "skip", "rand", "unread"), items, strict=True)
+        }
+        expected = {
+            "all": {
+                "acc": "zstd",
+                "rej": "zstd",
+                "skip": "zstd",
+                "rand": "identity",
+                "unread": None,
+            },
+            "failures": {
+                "acc": None,
+                "rej": "zstd",
+                "skip": None,
+                "rand": "identity",
+                "unread": None,
+            },
+            "none": dict.fromkeys(("acc", "rej", "skip", "rand", "unread")),
+        }[setting]
+        assert stored == expected, setting
+        if setting != "none":
+            assert zstandard.ZstdDecompressor().decompress(by_id[rejected.id]["body"]) == PR_OPENED
+            assert by_id[random_body.id]["body"] == incompressible
+        assert by_id[rejected.id]["body_size"] == len(PR_OPENED)
+        assert by_id[rejected.id]["run_id"] is None
+    assert len(await fetch(database_dsn, "SELECT id FROM pipeline_runs")) == 3
+
+
+async def test_a_row_the_database_refuses_fails_only_its_own_request(
+    make_batcher: Factory, pipeline_id: int, database_dsn: str
+) -> None:
+    batcher = make_batcher(max_wait_ms=100.0)
+    good = [request(pipeline_id) for _ in range(3)]
+    poison = request(pipeline_id, variables={"title": "nul \u0000 byte"})  # jsonb refuses U+0000
+    futures = [batcher.submit(item) for item in (good[0], poison, good[1], good[2])]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert isinstance(results[1], RequestNotStored)
+    assert [results[0], results[2], results[3]] == [Stored(g.run_id, False) for g in good]
+    runs = await fetch(database_dsn, "SELECT id FROM pipeline_runs")
+    assert {row["id"] for row in runs} == {g.run_id for g in good}
+
+
+async def test_database_down_fails_fast_then_recovers_by_itself(
+    make_batcher: Factory,
+    config: Config,
+    pipeline_id: int,
+    database_dsn: str,
+    server_dsn: str,
+    template_database: str,
+) -> None:
+    database = await Database.connect(database_dsn, replace(config.database, pool_min_size=1))
+    try:
+        batcher = make_batcher(database, max_wait_ms=20.0, retry_after=1)
+        assert await batcher.submit(request(pipeline_id)) is not None
+        name = database_dsn.split("?", 1)[0].rsplit("/", 1)[1]
+        await execute(server_dsn, f'DROP DATABASE "{name}" WITH (FORCE)')
+
+        batch = [batcher.submit(request(pipeline_id)) for _ in range(5)]
+        results = await asyncio.gather(*batch, return_exceptions=True)
+        assert all(isinstance(r, DatabaseUnavailable) for r in results), results
+        # Fail fast while it is down: refused at submit, nothing queued, no connection attempt.
+        with pytest.raises(DatabaseUnavailable):
+            batcher.submit(request(pipeline_id))
+        assert len(batcher) == 0
+
+        await execute(server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+        item = request(pipeline_id)
+
+        async def attempt() -> Stored | None:
+            try:
+                return await batcher.submit(item)
+            except DatabaseUnavailable:
+                return None
+
+        assert await wait_for(attempt, lambda stored: stored is not None) == Stored(
+            item.run_id, False
+        )
+        [row] = await fetch(database_dsn, "SELECT id FROM pipeline_runs")
+        assert row["id"] == item.run_id
+    finally:
+        await database.close()
+
+
+async def test_close_flushes_everything_queued(
+    make_batcher: Factory, pipeline_id: int, database_dsn: str
+) -> None:
+    batcher = make_batcher(max_size=8, max_wait_ms=5000.0)
+    items = [request(pipeline_id) for _ in range(20)]
+    futures = [batcher.submit(item) for item in items]
+    await batcher.close()
+    assert all(f.done() and not f.exception() for f in futures)
+    runs = await fetch(database_dsn, "SELECT id FROM pipeline_runs")
+    assert {row["id"] for row in runs} == {item.run_id for item in items}
+    with pytest.raises(Overloaded, match="shutting down"):
+        batcher.submit(request(pipeline_id))

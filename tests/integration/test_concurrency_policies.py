@@ -1,0 +1,173 @@
+"""Per-key concurrency: queue, skip-if-running, cancel-in-progress (two runs of one key)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from gateway.config import Config
+from gateway.exceptions import Conflict
+from gateway.storage import runs
+from gateway.storage.database import Database
+from tests.integration.runs_helpers import claim, enqueue, make_pipeline, run_row
+
+
+async def test_queue_runs_one_run_per_key_at_a_time_in_order(db: Database) -> None:
+    pipeline = await make_pipeline(db, policy="queue", key="source_ref")
+    first = await enqueue(db, pipeline["id"], source_ref="main")
+    second = await enqueue(db, pipeline["id"], source_ref="main")
+    other = await enqueue(db, pipeline["id"], source_ref="feature")
+    unkeyed = await enqueue(db, pipeline["id"], commit="abc")  # no key: never limited
+
+    claimed = await claim(db, pipeline["id"], limit=10)
+
+    assert {r["id"] for r in claimed} == {first["id"], other["id"], unkeyed["id"]}
+    assert (await run_row(db, second["id"]))["status"] == "queued"
+    assert await claim(db, pipeline["id"]) == []  # main is still running
+
+    [running] = [r for r in claimed if r["id"] == first["id"]]
+    await runs.report_status(db, first["id"], running["lease_token"], "completed")
+    [after] = await claim(db, pipeline["id"])
+    assert after["id"] == second["id"]
+
+
+async def test_queue_policy_holds_under_racing_claimers(db: Database, config: Config) -> None:
+    pipeline = await make_pipeline(db, policy="queue", key="source_ref")
+    refs = ["main", "dev", "release", "docs"]
+    async with db.transaction() as session:
+        await runs.enqueue_many(
+            session, pipeline["id"], [{"source_ref": refs[i % len(refs)]} for i in range(120)]
+        )
+    violations: list[list[tuple[str, int]]] = []
+    done: list[str] = []
+
+    async def executor(database: Database) -> None:
+        while True:
+            got = await runs.claim(
+                database, pipeline_id=pipeline["id"], limit=2, lease_seconds=60, claimed_by="x"
+            )
+            if not got:
+                queued = await database.pool.fetchval(
+                    "SELECT count(*) FROM pipeline_runs WHERE status = 'queued'"
+                )
+                if queued == 0:
+                    return
+                await asyncio.sleep(0.005)
+                continue
+            # While other claimers run, no key may have two runs in progress.
+            doubled = await database.pool.fetch(
+                "SELECT concurrency_key_value, count(*) FROM pipeline_runs "
+                "WHERE status = 'in-progress' GROUP BY 1 HAVING count(*) > 1"
+            )
+            if doubled:
+                violations.append([(r[0], r[1]) for r in doubled])
+            await asyncio.sleep(random.random() * 0.003)
+            for row in got:
+                await runs.report_status(database, row["id"], row["lease_token"], "completed")
+                done.append(row["concurrency_key_value"])
+
+    other = await Database.connect(config.database.dsn, config.database)
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(executor(db), executor(db), executor(other), executor(other)), 120
+        )
+    finally:
+        await other.close()
+
+    assert violations == []
+    assert len(done) == 120
+    assert sorted(set(done)) == sorted(refs)
+
+
+async def test_skip_if_running_skips_a_run_enqueued_while_its_key_runs(db: Database) -> None:
+    pipeline = await make_pipeline(db, policy="skip-if-running", key="source_ref")
+    first = await enqueue(db, pipeline["id"], source_ref="main")
+    [running] = await claim(db, pipeline["id"])
+
+    second = await enqueue(db, pipeline["id"], source_ref="main")
+    other = await enqueue(db, pipeline["id"], source_ref="feature")
+
+    assert second["status"] == "skipped"
+    assert (
+        second["message"] == f"skipped: run {first['id']} with the same source_ref is in progress"
+    )
+    assert second["finished_at"] is not None
+    assert other["status"] == "queued"
+    assert [r["id"] for r in await claim(db, pipeline["id"])] == [other["id"]]
+    await runs.report_status(db, first["id"], running["lease_token"], "completed")
+    third = await enqueue(db, pipeline["id"], source_ref="main")
+    assert third["status"] == "queued"  # nothing of main runs any more
+
+
+async def test_skip_if_running_skips_the_later_of_two_queued_runs_at_claim(db: Database) -> None:
+    pipeline = await make_pipeline(db, policy="skip-if-running", key="source_ref")
+    first = await enqueue(db, pipeline["id"], source_ref="main")
+    second = await enqueue(db, pipeline["id"], source_ref="main")  # nothing runs yet: queued
+    assert second["status"] == "queued"
+
+    claimed = await claim(db, pipeline["id"], limit=10)
+
+    assert [r["id"] for r in claimed] == [first["id"]]
+    row = await run_row(db, second["id"])
+    assert row["status"] == "skipped"
+    assert str(first["id"]) in row["message"]
+
+
+async def test_cancel_in_progress_cancels_the_older_run_of_the_key(db: Database) -> None:
+    pipeline = await make_pipeline(db, policy="cancel-in-progress", key="source_ref")
+    first = await enqueue(db, pipeline["id"], source_ref="main")
+    [running] = await claim(db, pipeline["id"])
+    other = await enqueue(db, pipeline["id"], source_ref="feature")
+    [other_running] = await claim(db, pipeline["id"])
+    assert other_running["id"] == other["id"]
+
+    newer = await enqueue(db, pipeline["id"], source_ref="main")
+
+    # The executor holding the older run learns it on its next heartbeat.
+    with pytest.raises(
+        Conflict, match=f"cancelled, no longer in progress: superseded by run {newer['id']}"
+    ):
+        await runs.heartbeat(db, first["id"], running["lease_token"], 60)
+    row = await run_row(db, first["id"])
+    assert row["status"] == "cancelled"
+    assert row["finished_at"] is not None
+    with pytest.raises(Conflict, match="cannot move run from cancelled to completed"):
+        await runs.report_status(db, first["id"], running["lease_token"], "completed")
+    [claimed] = await claim(db, pipeline["id"])
+    assert claimed["id"] == newer["id"]
+    # A different key is untouched.
+    await runs.heartbeat(db, other["id"], other_running["lease_token"], 60)
+    assert (await run_row(db, other["id"]))["status"] == "in-progress"
+
+
+async def test_cancel_in_progress_claim_starts_the_newest_and_cancels_older(db: Database) -> None:
+    pipeline = await make_pipeline(db, policy="cancel-in-progress", key="source_ref")
+    old_running = await enqueue(db, pipeline["id"], source_ref="main")
+    [lease] = await claim(db, pipeline["id"])
+    old_queued = await enqueue(db, pipeline["id"], source_ref="main")
+    newest = await enqueue(db, pipeline["id"], source_ref="main")
+
+    claimed = await claim(db, pipeline["id"], limit=10)
+
+    assert [r["id"] for r in claimed] == [newest["id"]]
+    for run in (old_running, old_queued):
+        row = await run_row(db, run["id"])
+        assert row["status"] == "cancelled"
+        assert row["message"] == f"superseded by run {newest['id']}"
+    with pytest.raises(Conflict, match="cancelled"):
+        await runs.heartbeat(db, old_running["id"], lease["lease_token"], 60)
+
+
+async def test_changing_the_key_rekeys_queued_runs(db: Database) -> None:
+    pipeline = await make_pipeline(db)  # no key: no limit
+    first = await enqueue(db, pipeline["id"], source_ref="main")
+    second = await enqueue(db, pipeline["id"], source_ref="main")
+    assert first["concurrency_key_value"] is None
+
+    updated = await runs.set_concurrency(db, pipeline["id"], "queue", "source_ref", 5)
+
+    assert updated["rekeyed"] == 2
+    assert (await run_row(db, second["id"]))["concurrency_key_value"] == "main"
+    assert [r["id"] for r in await claim(db, pipeline["id"], limit=10)] == [first["id"]]

@@ -1,0 +1,210 @@
+"""The per-process hook cache against a real database: warm hits, negative entries, NOTIFY
+invalidation, the TTL safety net, secret rotation expiry and listener reconnection."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.config import Config
+from gateway.ingest.evaluation import CompiledHook, evaluate
+from gateway.ingest.hook_cache import HookCache
+from gateway.storage.database import Database
+from tests.integration.ingest_helpers import PR_OPENED, execute, fetch, github_headers, wait_for
+
+SECRET = "the current secret"
+OLD_SECRET = "the previous secret"
+
+
+@pytest.fixture
+async def pipeline_id(database_dsn: str) -> int:
+    rows = await fetch(
+        database_dsn,
+        "WITH e AS (INSERT INTO environments (name) VALUES ('cache') RETURNING id) "
+        "INSERT INTO pipelines (environment_id, name, resource_type, resource_id, action_type) "
+        "SELECT id, 'Deploy', 'application', 1, 'deploy' FROM e RETURNING id",
+    )
+    return int(rows[0]["id"])
+
+
+async def insert_hook(
+    dsn: str, pipeline_id: int, hook_id: uuid.UUID | None = None, **columns: Any
+) -> uuid.UUID:
+    """Insert an incoming_hooks row directly (what the management API would store)."""
+    hook_id = hook_id or uuid.uuid4()
+    values: dict[str, Any] = {
+        "id": hook_id,
+        "pipeline_id": pipeline_id,
+        "name": "cached hook",
+        "action_type": "deploy",
+        "secret": SECRET,
+        "settings": {
+            "variables": [{"name": "ref", "path": "pull_request.head.ref", "type": "string"}]
+        },
+        **columns,
+    }
+    names = list(values)
+    params = [orjson.dumps(v).decode() if isinstance(v, dict) else v for v in values.values()]
+    placeholders = ", ".join(
+        f"${i}::jsonb" if isinstance(values[n], dict) else f"${i}" for i, n in enumerate(names, 1)
+    )
+    await execute(
+        dsn, f"INSERT INTO incoming_hooks ({', '.join(names)}) VALUES ({placeholders})", *params
+    )
+    return hook_id
+
+
+Factory = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_cache(config: Config, db: Database) -> AsyncIterator[Factory]:
+    caches: list[HookCache] = []
+
+    async def factory(database: Database = db, **hooks: Any) -> HookCache:
+        cache = HookCache(database, replace(config, hooks=replace(config.hooks, **hooks)))
+        await cache.start()
+        caches.append(cache)
+        assert cache.listening
+        return cache
+
+    yield factory
+    for cache in caches:
+        await cache.close()
+
+
+def accepts(hook: CompiledHook | None, secret: str) -> bool:
+    assert hook is not None
+    return evaluate(hook, github_headers(secret, PR_OPENED), PR_OPENED).status == 202
+
+
+async def test_warm_and_malformed_lookups_do_not_touch_the_database(
+    make_cache: Factory, config: Config, pipeline_id: int, database_dsn: str
+) -> None:
+    own = await Database.connect(database_dsn, config.database)
+    cache = await make_cache(own)
+    hook_id = await insert_hook(database_dsn, pipeline_id)
+    hook = await cache.get(str(hook_id))
+    assert hook is not None and hook.id == hook_id and hook.pipeline_id == pipeline_id
+    await own.close()  # from here on, any query would fail
+    assert await cache.get(str(hook_id)) is hook
+    assert await cache.get(str(hook_id).upper()) is hook  # other spellings share the entry
+    for malformed in ("not-a-uuid", "", "../etc", str(hook_id) + "0"):
+        assert await cache.get(malformed) is None
+
+
+async def test_concurrent_misses_compile_once(
+    make_cache: Factory, pipeline_id: int, database_dsn: str
+) -> None:
+    cache = await make_cache()
+    hook_id = await insert_hook(database_dsn, pipeline_id)
+    hooks = await asyncio.gather(*(cache.get(str(hook_id)) for _ in range(20)))
+    assert hooks[0] is not None and all(h is hooks[0] for h in hooks)
+
+
+async def test_unknown_ids_are_cached_briefly(
+    make_cache: Factory, pipeline_id: int, database_dsn: str
+) -> None:
+    cache = await make_cache()
+    hook_id = uuid.uuid4()
+    assert await cache.get(str(hook_id)) is None
+    await insert_hook(database_dsn, pipeline_id, hook_id)  # INSERT does not notify
+    assert await cache.get(str(hook_id)) is None  # the negative entry answered
+    cache.invalidate(hook_id)
+    hook = await cache.get(str(hook_id))
+    assert hook is not None and hook.id == hook_id
+
+
+async def test_an_update_by_sql_invalidates_the_entry_via_notify(
+    make_cache: Factory, pipeline_id: int, database_dsn: str
+) -> None:
+    cache = await make_cache()  # cache_ttl stays 60 s: only NOTIFY can refresh it in time
+    hook_id = await insert_hook(database_dsn, pipeline_id)
+    before = await cache.get(str(hook_id))
+    assert before is not None and before.active and accepts(before, SECRET)
+
+    await execute(
+        database_dsn, "UPDATE incoming_hooks SET active = false, secret = $2 WHERE id = $1",
+        hook_id, "rotated",
+    )  # fmt: skip
+    after = await wait_for(
+        lambda: cache.get(str(hook_id)), lambda h: h is not None and not h.active, within=5
+    )
+    assert after is not None and accepts(replace(after, active=True), "rotated")
+
+    await execute(database_dsn, "DELETE FROM incoming_hooks WHERE id = $1", hook_id)
+    await wait_for(lambda: cache.get(str(hook_id)), lambda h: h is None, within=5)
+
+
+async def test_the_ttl_refreshes_an_entry_whose_notification_was_lost(
+    make_cache: Factory, pipeline_id: int, database_dsn: str
+) -> None:
+    cache = await make_cache(cache_ttl=0.5)
+    hook_id = await insert_hook(database_dsn, pipeline_id)
+    assert (await cache.get(str(hook_id))).name == "cached hook"  # type: ignore[union-attr]
+    # Triggers off for this one statement (replica role): no NOTIFY is sent.
+    await execute(
+        database_dsn,
+        "BEGIN; SET LOCAL session_replication_role = replica; "
+        f"UPDATE incoming_hooks SET name = 'renamed' WHERE id = '{hook_id}'; COMMIT;",
+    )
+    assert (await cache.get(str(hook_id))).name == "cached hook"  # type: ignore[union-attr]
+    await wait_for(
+        lambda: cache.get(str(hook_id)),
+        lambda h: h is not None and h.name == "renamed",
+        within=5,
+    )
+
+
+async def test_rotation_both_secrets_pass_until_the_previous_one_expires(
+    make_cache: Factory, pipeline_id: int, database_dsn: str
+) -> None:
+    cache = await make_cache()
+    expires = datetime.now(UTC) + timedelta(seconds=1.5)
+    hook_id = await insert_hook(
+        database_dsn,
+        pipeline_id,
+        previous_secret=OLD_SECRET,
+        previous_secret_expires_at=expires,
+    )
+    during = await cache.get(str(hook_id))
+    assert accepts(during, SECRET) and accepts(during, OLD_SECRET)
+    # No change is notified: the entry itself expires with the previous secret.
+    after = await wait_for(
+        lambda: cache.get(str(hook_id)), lambda h: not accepts(h, OLD_SECRET), within=10
+    )
+    assert datetime.now(UTC) >= expires
+    assert accepts(after, SECRET)
+
+
+async def test_the_listener_reconnects_and_the_cache_starts_over(
+    make_cache: Factory, pipeline_id: int, database_dsn: str
+) -> None:
+    cache = await make_cache()
+    hook_id = await insert_hook(database_dsn, pipeline_id)
+    assert await cache.get(str(hook_id)) is not None and len(cache) == 1
+
+    listeners = "SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND datname = $1"
+    name = database_dsn.split("?", 1)[0].rsplit("/", 1)[1]
+    [old] = await fetch(database_dsn, listeners, name)
+    await execute(database_dsn, "SELECT pg_terminate_backend($1)", old["pid"])
+
+    # Back: a new listening connection, and nothing cached from before the outage.
+    await wait_for(
+        lambda: fetch(database_dsn, listeners, name),
+        lambda rows: len(rows) == 1 and rows[0]["pid"] != old["pid"] and cache.listening,
+        within=10,
+    )
+    assert len(cache) == 0
+    assert await cache.get(str(hook_id)) is not None
+    await execute(database_dsn, "UPDATE incoming_hooks SET active = false WHERE id = $1", hook_id)
+    await wait_for(
+        lambda: cache.get(str(hook_id)), lambda h: h is not None and not h.active, within=5
+    )

@@ -1,0 +1,204 @@
+"""Logging: the real rendered output (JSON and console), request ids, and no secrets, ever."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from gateway import cli
+from gateway.logs import REDACTED, configure_logging, get_logger
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+
+Lines = Callable[[], list[dict[str, Any]]]
+
+
+@pytest.fixture
+def json_lines(capsys: pytest.CaptureFixture[str]) -> Lines:
+    """Configure JSON logging; the returned function parses what was written to stderr since."""
+    configure_logging("info", "json")
+    capsys.readouterr()
+
+    def read() -> list[dict[str, Any]]:
+        err = capsys.readouterr().err
+        return [json.loads(line) for line in err.splitlines() if line.strip()]
+
+    return read
+
+
+def test_json_line_starts_with_the_event_name(json_lines: Lines) -> None:
+    get_logger("tests.logging").info("thing_happened", answer=42)
+    (line,) = json_lines()
+    assert next(iter(line)) == "event"
+    assert line["event"] == "thing_happened"
+    assert line["answer"] == 42
+    assert line["level"] == "info"
+    assert line["logger"] == "tests.logging"
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z$", line["timestamp"])
+
+
+def test_module_loggers_made_before_configuration_follow_it(json_lines: Lines) -> None:
+    # gateway.cli creates its logger at import time, long before main() configures logging.
+    cli.log.info("probe_from_cli")
+    (line,) = json_lines()
+    assert line["event"] == "probe_from_cli" and line["logger"] == "gateway.cli"
+
+
+def test_level_filters_debug(json_lines: Lines) -> None:
+    log = get_logger("tests.logging.level")
+    log.debug("too_detailed")
+    log.warning("worth_knowing")
+    assert [line["event"] for line in json_lines()] == ["worth_knowing"]
+
+
+def test_library_records_are_json_too(json_lines: Lines) -> None:
+    logging.getLogger("aiohttp.server").error("Error handling request %s", "GET /x")
+    logging.getLogger("asyncpg").info("chatty library detail")
+    (line,) = json_lines()
+    assert next(iter(line)) == "event"
+    assert line["event"] == "Error handling request GET /x"
+    assert line["logger"] == "aiohttp.server" and line["level"] == "error"
+
+
+def test_exceptions_stay_on_one_json_line(json_lines: Lines) -> None:
+    try:
+        raise RuntimeError("kaboom")
+    except RuntimeError:
+        get_logger("tests.logging").exception("it_failed")
+    (line,) = json_lines()
+    assert line["event"] == "it_failed"
+    assert "RuntimeError: kaboom" in line["exception"]
+
+
+def test_secret_fields_are_redacted_whoever_passes_them(json_lines: Lines) -> None:
+    get_logger("tests.logging").info(
+        "careless_call",
+        password="hunter2",
+        refresh_token="hgr_abc",
+        api_secret="s3",
+        Authorization="Bearer hga_x",
+        user_id=7,
+    )
+    (line,) = json_lines()
+    for key in ("password", "refresh_token", "api_secret", "Authorization"):
+        assert line[key] == REDACTED
+    assert line["user_id"] == 7
+    assert "hunter2" not in json.dumps(line)
+
+
+def test_console_format_is_human_readable(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info", "console")
+    capsys.readouterr()
+    log = get_logger("tests.logging.console")
+    log.info("console_event", answer=42, password="hunter2")
+    try:
+        raise ValueError("shown with its traceback")
+    except ValueError:
+        log.exception("console_failure")
+    err = capsys.readouterr().err
+    first = err.splitlines()[0]
+    assert "console_event" in first and "answer=42" in first and "[tests.logging.console]" in first
+    assert "hunter2" not in err
+    assert "ValueError: shown with its traceback" in err
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(first)
+    configure_logging("info", "json")
+
+
+def test_configure_rejects_unknown_levels_and_formats() -> None:
+    with pytest.raises(ValueError, match="format"):
+        configure_logging("info", "xml")
+    with pytest.raises(ValueError, match="level"):
+        configure_logging("loud", "json")
+
+
+# --- per-request context ----------------------------------------------------------------------
+
+
+async def _login(client: Any, password: str, request_id: str | None = None) -> Any:
+    headers = {"X-Request-Id": request_id} if request_id else {}
+    return await client.post(
+        "/users/login", json={"email": ADMIN_EMAIL, "password": password}, headers=headers
+    )
+
+
+async def test_a_sane_request_id_is_echoed_and_bound(
+    client: Any, admin_token: str, json_lines: Lines
+) -> None:
+    response = await _login(client, ADMIN_PASSWORD, "deploy-42.retry:1")
+    assert response.status == 200
+    assert response.headers["X-Request-Id"] == "deploy-42.retry:1"
+    (line,) = [e for e in json_lines() if e["event"] == "login_succeeded"]
+    assert line["request_id"] == "deploy-42.retry:1"
+
+
+@pytest.mark.parametrize("given", [None, "has spaces", "x" * 129, "<script>", ""])
+async def test_a_missing_or_insane_request_id_is_replaced(
+    client: Any, admin_token: str, json_lines: Lines, given: str | None
+) -> None:
+    response = await _login(client, "wrong password", given)
+    assert response.status == 401
+    echoed = response.headers["X-Request-Id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", echoed)
+    (line,) = [e for e in json_lines() if e["event"] == "login_failed"]
+    assert line["request_id"] == echoed
+
+
+async def test_each_request_gets_its_own_id(
+    client: Any, admin_headers: dict[str, str], json_lines: Lines
+) -> None:
+    ids = {(await client.get("/users/me", headers=admin_headers)).headers["X-Request-Id"]}
+    ids.add((await client.get("/users/me", headers=admin_headers)).headers["X-Request-Id"])
+    assert len(ids) == 2
+
+
+async def test_errors_carry_the_request_id_too(client: Any, json_lines: Lines) -> None:
+    response = await client.get("/users/me", headers={"X-Request-Id": "trace-me"})
+    assert response.status == 401
+    assert response.headers["X-Request-Id"] == "trace-me"
+
+
+async def test_no_password_or_token_in_any_log_line(
+    client: Any, admin_token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("debug", "json")
+    capsys.readouterr()
+    new_password = "another secret passphrase"
+    good = await (await _login(client, ADMIN_PASSWORD)).json()
+    bad = await _login(client, "definitely-not-it")
+    assert bad.status == 401
+    created = await client.post(
+        "/users",
+        json={"email": "dev@example.com", "password": new_password},
+        headers={"Authorization": f"Bearer {admin_token}"},
+    )
+    assert created.status == 201
+    refreshed = await client.post(
+        "/users/refresh-token", json={"refresh_token": good["refresh_token"]}
+    )
+    assert refreshed.status == 200
+    pair = await refreshed.json()
+    output = capsys.readouterr().err
+    configure_logging("info", "json")
+
+    events = [json.loads(line)["event"] for line in output.splitlines() if line.strip()]
+    # The lines under test exist: this test cannot pass by logging nothing.
+    assert {"login_succeeded", "login_failed", "user_created"} <= set(events)
+    secrets = [
+        ADMIN_PASSWORD,
+        "definitely-not-it",
+        new_password,
+        admin_token,
+        good["access_token"],
+        good["refresh_token"],
+        pair["access_token"],
+        pair["refresh_token"],
+    ]
+    for secret in secrets:
+        assert secret not in output
+    # Not even a recognisable token prefix followed by its random part.
+    assert not re.search(r"hg[arp]_[A-Za-z0-9_-]{20,}", output)

@@ -1,0 +1,546 @@
+"""Outgoing deliveries end to end: runs change state, a real local receiver gets signed requests.
+
+The receiver is an aiohttp server on 127.0.0.1, so these tests allow private targets (the guard
+itself is tested with it switched on). Each test runs its own Dispatcher (none runs inside the
+app), so it controls when dispatching starts and stops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from standardwebhooks import Webhook
+
+from gateway.config import Config
+from gateway.dispatcher.dispatcher import Dispatcher
+from gateway.storage import runs
+from gateway.storage.database import Database
+from tests.integration.management_helpers import make_environment, make_pipeline
+from tests.integration.outgoing_helpers import (
+    Receiver,
+    attempts,
+    complete_run,
+    deliveries,
+    eventually,
+    hook_body,
+    outgoing_config,
+)
+
+
+@pytest.fixture
+def config(database_dsn: str) -> Config:
+    return outgoing_config(database_dsn)
+
+
+@pytest.fixture
+async def receiver(aiohttp_server: Any) -> AsyncIterator[tuple[Receiver, str]]:
+    target = Receiver()
+    server = await aiohttp_server(target.app())
+    yield target, f"http://127.0.0.1:{server.port}"
+    target.release.set()
+
+
+@pytest.fixture
+async def dispatcher(db: Database, config: Config) -> AsyncIterator[Dispatcher]:
+    running = Dispatcher(db, config)
+    await running.start()
+    yield running
+    await running.stop(0)
+
+
+@pytest.fixture
+async def pipeline(client: Any, admin_headers: dict[str, str]) -> dict[str, Any]:
+    env = await make_environment(client, admin_headers)
+    return await make_pipeline(client, admin_headers, env["id"], name="Deploy API")
+
+
+async def create_hook(
+    client: Any, headers: dict[str, str], pipeline_id: int, body: dict[str, Any]
+) -> dict[str, Any]:
+    response = await client.post(
+        f"/pipelines/{pipeline_id}/hooks/outgoing", json=body, headers=headers
+    )
+    assert response.status == 201, await response.text()
+    created: dict[str, Any] = await response.json()
+    return created
+
+
+async def delivery_status(db: Database, hook_id: str) -> list[str]:
+    return [d["status"] for d in await deliveries(db, hook_id)]
+
+
+async def test_a_completed_run_sends_one_signed_rendered_request(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    receiver: tuple[Receiver, str],
+    dispatcher: Dispatcher,
+) -> None:
+    target, base = receiver
+    hook = await create_hook(
+        client,
+        admin_headers,
+        pipeline["id"],
+        hook_body(
+            base + "/repos/o/r/issues/{{ run.variables.pull_request_id }}/comments"
+            "?ref={{ run.variables.source_ref }}",
+            "run.completed",
+            name="PR comment",
+            settings={
+                "request_headers": [
+                    {"name": "Authorization", "value": "Bearer ghp_token"},
+                    {"name": "X-Run-Status", "value": "{{ run.status }}"},
+                ],
+                "request_body": {
+                    "body": "Deploy of {{ pipeline.name }} is {{ run.status }} ({{ event }})",
+                    "pr": "{{ run.variables.pull_request_id }}",
+                    "ref": "{{ run.variables.source_ref }}",
+                    "missing": "{{ run.variables.not_there }}",
+                    "hook": "{{ hook.name }}",
+                },
+                "signature_header": "X-Hub-Signature-256",
+            },
+        ),
+    )
+    run_id = await complete_run(db, pipeline["id"], pull_request_id=42, source_ref="feat/a b")
+
+    await eventually(lambda: len(target.seen) == 1)
+    await eventually(lambda: _statuses_are(db, hook["id"], ["succeeded"]))
+    [seen] = target.seen
+    assert seen.path == "/repos/o/r/issues/42/comments"
+    payload = Webhook(hook["secret"]).verify(seen.body, seen.headers)
+    assert payload == {
+        "body": "Deploy of Deploy API is completed (run.completed)",
+        "pr": 42,
+        "ref": "feat/a b",
+        "missing": None,
+        "hook": "PR comment",
+    }
+    [delivery] = await deliveries(db, hook["id"])
+    assert seen.headers["webhook-id"] == str(delivery["id"])
+    assert seen.headers["Authorization"] == "Bearer ghp_token"
+    assert seen.headers["X-Run-Status"] == "completed"
+    assert seen.headers["Content-Type"] == "application/json"
+    assert seen.headers["X-Hub-Signature-256"].startswith("sha256=")
+
+    [attempt] = await attempts(db, hook["id"])
+    assert (attempt["outcome"], attempt["status_code"], attempt["attempt"]) == ("succeeded", 200, 1)
+    assert attempt["run_id"] == run_id and attempt["delivery_id"] == str(delivery["id"])
+    assert attempt["target_url"].endswith("/comments?ref=feat%2Fa%20b")
+    assert attempt["response_excerpt"] == "answer 200"
+    assert attempt["headers"]["Authorization"] == "[redacted]"
+    assert attempt["headers"]["webhook-signature"] == "[redacted]"
+    assert attempt["headers"]["X-Hub-Signature-256"] == "[redacted]"
+    assert bytes(attempt["body"]) == seen.body
+    # The run's other state changes (queued, started) matched no subscription of this hook.
+    assert len(target.seen) == 1
+
+
+async def _statuses_are(db: Database, hook_id: str, expected: list[str]) -> bool:
+    return await delivery_status(db, hook_id) == expected
+
+
+async def test_two_failures_then_success_records_three_attempts(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    receiver: tuple[Receiver, str],
+    dispatcher: Dispatcher,
+) -> None:
+    target, base = receiver
+    target.plan("/flaky", 500, 500, 200)
+    hook = await create_hook(client, admin_headers, pipeline["id"], hook_body(base + "/flaky"))
+    await complete_run(db, pipeline["id"])
+
+    await eventually(lambda: _statuses_are(db, hook["id"], ["succeeded"]))
+    assert len(target.on("/flaky")) == 3 and target.successes == 1
+    assert len({s.headers["webhook-id"] for s in target.seen}) == 1  # one message, retried
+    response = await client.get(f"/hooks/outgoing/{hook['id']}/requests", headers=admin_headers)
+    listed = await response.json()
+    assert [(a["attempt"], a["outcome"], a["status_code"]) for a in listed] == [
+        (3, "succeeded", 200),
+        (2, "failed", 500),
+        (1, "failed", 500),
+    ]
+    assert listed[1]["message"] == "HTTP 500"
+    [delivery] = await deliveries(db, hook["id"])
+    assert delivery["attempt"] == 3 and delivery["last_status_code"] == 200
+
+
+async def test_retries_stop_after_the_schedule(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    receiver: tuple[Receiver, str],
+    dispatcher: Dispatcher,
+) -> None:
+    target, base = receiver
+    target.plan("/down", 503)
+    hook = await create_hook(client, admin_headers, pipeline["id"], hook_body(base + "/down"))
+    await complete_run(db, pipeline["id"])
+    await eventually(lambda: _statuses_are(db, hook["id"], ["failed"]))
+    recorded = await attempts(db, hook["id"])
+    assert [a["attempt"] for a in recorded] == [1, 2, 3]  # the first try + two scheduled retries
+    assert recorded[-1]["message"] == "HTTP 503; gave up after 3 attempts"
+    stored = await db.pool.fetchrow(
+        "SELECT active, consecutive_failures FROM outgoing_hooks WHERE id = $1::uuid", hook["id"]
+    )
+    assert (stored["active"], stored["consecutive_failures"]) == (True, 1)
+
+
+async def test_410_disables_the_hook(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    receiver: tuple[Receiver, str],
+    dispatcher: Dispatcher,
+) -> None:
+    target, base = receiver
+    target.plan("/gone", 410)
+    hook = await create_hook(client, admin_headers, pipeline["id"], hook_body(base + "/gone"))
+    await complete_run(db, pipeline["id"])
+
+    async def disabled() -> bool:
+        got = await (
+            await client.get(f"/hooks/outgoing/{hook['id']}", headers=admin_headers)
+        ).json()
+        return got["active"] is False
+
+    await eventually(disabled)
+    got = await (await client.get(f"/hooks/outgoing/{hook['id']}", headers=admin_headers)).json()
+    assert "410 Gone" in got["disabled_reason"]
+    assert len(target.seen) == 1  # no retry after 410
+    assert await delivery_status(db, hook["id"]) == ["failed"]
+    # A disabled hook gets no new deliveries; re-activating it clears the reason.
+    await complete_run(db, pipeline["id"])
+    assert len(await deliveries(db, hook["id"])) == 1
+    again = await client.put(
+        f"/hooks/outgoing/{hook['id']}", json={"active": True}, headers=admin_headers
+    )
+    assert (await again.json())["disabled_reason"] is None
+
+
+async def test_consecutive_failed_deliveries_disable_the_hook(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    database_dsn: str,
+    receiver: tuple[Receiver, str],
+) -> None:
+    target, base = receiver
+    target.plan("/broken", 500)
+    config = outgoing_config(database_dsn, retry_schedule=[], disable_after_failures=2)
+    hook = await create_hook(client, admin_headers, pipeline["id"], hook_body(base + "/broken"))
+    running = Dispatcher(db, config)
+    await running.start()
+    try:
+        await complete_run(db, pipeline["id"])
+        await eventually(lambda: _statuses_are(db, hook["id"], ["failed"]))
+        await complete_run(db, pipeline["id"])
+        await eventually(lambda: _statuses_are(db, hook["id"], ["failed", "failed"]))
+        await eventually(lambda: _is_inactive(db, hook["id"]))
+    finally:
+        await running.stop(0)
+    row = await db.pool.fetchrow(
+        "SELECT active, disabled_reason FROM outgoing_hooks WHERE id = $1::uuid", hook["id"]
+    )
+    assert row["active"] is False
+    assert row["disabled_reason"] == "disabled after 2 consecutive failed deliveries"
+
+
+async def _is_inactive(db: Database, hook_id: str) -> bool:
+    active = await db.pool.fetchval(
+        "SELECT active FROM outgoing_hooks WHERE id = $1::uuid", hook_id
+    )
+    return active is False
+
+
+async def test_restarting_the_dispatcher_mid_retry_still_delivers_exactly_once(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    database_dsn: str,
+    receiver: tuple[Receiver, str],
+) -> None:
+    target, base = receiver
+    target.plan("/restart", 500, 200)
+    # A long first delay: the first dispatcher is stopped while the retry is still pending.
+    config = outgoing_config(database_dsn, retry_schedule=[3600])
+    hook = await create_hook(client, admin_headers, pipeline["id"], hook_body(base + "/restart"))
+    first = Dispatcher(db, config)
+    await first.start()
+    await complete_run(db, pipeline["id"])
+    await eventually(lambda: len(target.seen) == 1)
+    await eventually(lambda: _statuses_are(db, hook["id"], ["pending"]))
+    await first.stop(5)
+
+    # Time passes: the retry falls due while no dispatcher runs; a new one picks it up.
+    await db.pool.execute(
+        "UPDATE outgoing_deliveries SET next_attempt_at = now() WHERE hook_id = $1::uuid",
+        hook["id"],
+    )
+    second = Dispatcher(db, config)
+    await second.start()
+    try:
+        await eventually(lambda: _statuses_are(db, hook["id"], ["succeeded"]))
+    finally:
+        await second.stop(5)
+    assert len(target.seen) == 2 and target.successes == 1
+    assert [a["outcome"] for a in await attempts(db, hook["id"])] == ["failed", "succeeded"]
+
+
+async def test_stopping_mid_request_hands_the_delivery_to_the_next_dispatcher(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    database_dsn: str,
+    receiver: tuple[Receiver, str],
+) -> None:
+    target, base = receiver
+    target.plan("/stuck", "hang", 200)
+    config = outgoing_config(database_dsn, timeout=30)
+    hook = await create_hook(client, admin_headers, pipeline["id"], hook_body(base + "/stuck"))
+    first = Dispatcher(db, config)
+    await first.start()
+    await complete_run(db, pipeline["id"])
+    await eventually(lambda: len(target.seen) == 1)
+    await first.stop(0)  # cuts the hanging request off and hands the delivery back
+
+    [handed_back] = await deliveries(db, hook["id"])
+    assert (handed_back["status"], handed_back["attempt"]) == ("pending", 0)
+    second = Dispatcher(db, config)
+    await second.start()
+    try:
+        await eventually(lambda: _statuses_are(db, hook["id"], ["succeeded"]))
+    finally:
+        await second.stop(5)
+    assert target.successes == 1
+    assert len({s.headers["webhook-id"] for s in target.seen}) == 1
+
+
+async def test_a_crashed_dispatchers_lease_expires_and_another_delivers(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    receiver: tuple[Receiver, str],
+    config: Config,
+) -> None:
+    target, base = receiver
+    hook = await create_hook(client, admin_headers, pipeline["id"], hook_body(base + "/late"))
+    await complete_run(db, pipeline["id"])
+    # A dispatcher that died right after claiming: the row is 'delivering' under its lease.
+    await db.pool.execute(
+        "UPDATE outgoing_deliveries SET status = 'delivering', attempt = 1, "
+        "locked_until = now() + interval '1 hour' WHERE hook_id = $1::uuid",
+        hook["id"],
+    )
+    running = Dispatcher(db, config)
+    await running.start()
+    try:
+        assert await delivery_status(db, hook["id"]) == ["delivering"]
+        assert target.seen == []  # the lease is respected
+        await db.pool.execute(
+            "UPDATE outgoing_deliveries SET locked_until = now() - interval '1 second' "
+            "WHERE hook_id = $1::uuid",
+            hook["id"],
+        )
+        running._wake.set()  # the poll would notice too; don't wait for it
+        await eventually(lambda: _statuses_are(db, hook["id"], ["succeeded"]))
+    finally:
+        await running.stop(5)
+    [attempt] = await attempts(db, hook["id"])
+    assert attempt["attempt"] == 2  # the crashed attempt counts
+
+
+async def test_state_changes_write_deliveries_in_their_transaction(
+    client: Any, admin_headers: dict[str, str], pipeline: dict[str, Any], db: Database
+) -> None:
+    hook = await create_hook(
+        client,
+        admin_headers,
+        pipeline["id"],
+        hook_body("https://example.com/x", "run.status_changed"),
+    )
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as session:
+            await runs.enqueue(session, pipeline["id"], {})
+            raise RuntimeError("roll back")
+    assert await deliveries(db, hook["id"]) == []
+    run_id = await complete_run(db, pipeline["id"], source_ref="main")
+    found = await deliveries(db, hook["id"])
+    assert [d["event"] for d in found] == ["run.queued", "run.started", "run.completed"]
+    snapshot = found[-1]["payload"]
+    assert snapshot["run"]["id"] == str(run_id)
+    assert snapshot["run"]["status"] == "completed"
+    assert snapshot["run"]["previous_status"] == "in-progress"
+    assert snapshot["run"]["variables"] == {"source_ref": "main"}
+    assert snapshot["pipeline"]["name"] == "Deploy API"
+    assert snapshot["hook"] == {"id": hook["id"], "name": "notify"}
+    assert found[0]["payload"]["run"]["status"] == "queued"
+
+
+async def test_unmatched_conditions_skip_the_delivery(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    receiver: tuple[Receiver, str],
+    dispatcher: Dispatcher,
+) -> None:
+    target, base = receiver
+    body = hook_body(base + "/main-only")
+    body["trigger_when"]["conditions"] = [
+        {"path": "run.variables.source_ref", "accepted_values": ["main"]}
+    ]
+    hook = await create_hook(client, admin_headers, pipeline["id"], body)
+    await complete_run(db, pipeline["id"], source_ref="feature")
+    await complete_run(db, pipeline["id"], source_ref="main")
+    await eventually(lambda: _sorted_statuses_are(db, hook["id"], ["skipped", "succeeded"]))
+    assert len(target.seen) == 1
+    assert orjson.loads(target.seen[0].body)["data"]["run"]["variables"] == {"source_ref": "main"}
+    skipped = [d for d in await deliveries(db, hook["id"]) if d["status"] == "skipped"]
+    assert "value at 'run.variables.source_ref' is \"feature\"" in skipped[0]["last_error"]
+
+
+async def _sorted_statuses_are(db: Database, hook_id: str, expected: list[str]) -> bool:
+    return sorted(await delivery_status(db, hook_id)) == expected
+
+
+async def test_default_body_is_a_standard_webhooks_envelope(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    receiver: tuple[Receiver, str],
+    dispatcher: Dispatcher,
+) -> None:
+    target, base = receiver
+    hook = await create_hook(client, admin_headers, pipeline["id"], hook_body(base + "/plain"))
+    run_id = await complete_run(db, pipeline["id"], pull_request_id=7)
+    await eventually(lambda: len(target.seen) == 1)
+    envelope = Webhook(hook["secret"]).verify(target.seen[0].body, target.seen[0].headers)
+    assert envelope["type"] == "run.completed"
+    assert envelope["data"]["run"]["id"] == str(run_id)
+    assert envelope["data"]["run"]["exit_code"] == 0
+    assert envelope["data"]["pipeline"]["action_type"] == "deploy"
+    assert envelope["data"]["hook"]["id"] == hook["id"]
+
+
+async def test_a_hanging_target_times_out_and_is_retried_later(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    database_dsn: str,
+    receiver: tuple[Receiver, str],
+) -> None:
+    target, base = receiver
+    target.plan("/slow", "hang")
+    config = outgoing_config(database_dsn, timeout=0.3, retry_schedule=[3600])
+    hook = await create_hook(client, admin_headers, pipeline["id"], hook_body(base + "/slow"))
+    running = Dispatcher(db, config)
+    await running.start()
+    try:
+        await complete_run(db, pipeline["id"])
+        await eventually(lambda: _statuses_are(db, hook["id"], ["pending"]))
+        await eventually(lambda: _has_attempts(db, hook["id"], 1))
+    finally:
+        await running.stop(0)
+    [attempt] = await attempts(db, hook["id"])
+    assert (attempt["outcome"], attempt["status_code"]) == ("failed", 0)
+    assert attempt["message"] == "timed out after 0.3s"
+
+
+async def _has_attempts(db: Database, hook_id: str, count: int) -> bool:
+    return len(await attempts(db, hook_id)) == count
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_the_ssrf_guard_refuses_loopback_targets_and_records_why(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    database_dsn: str,
+    receiver: tuple[Receiver, str],
+    host: str,
+) -> None:
+    target, base = receiver
+    port = base.rsplit(":", 1)[1]
+    config = outgoing_config(database_dsn, allow_private_targets=False)
+    hook = await create_hook(
+        client, admin_headers, pipeline["id"], hook_body(f"http://{host}:{port}/internal")
+    )
+    running = Dispatcher(db, config)
+    await running.start()
+    try:
+        await complete_run(db, pipeline["id"])
+        await eventually(lambda: _statuses_are(db, hook["id"], ["failed"]))
+    finally:
+        await running.stop(0)
+    assert target.seen == []  # nothing reached the receiver
+    [attempt] = await attempts(db, hook["id"])
+    assert (attempt["outcome"], attempt["status_code"]) == ("refused", 0)
+    assert attempt["message"].startswith("target resolves to ")
+    assert "(loopback), refused: set outgoing.allow_private_targets to allow" in attempt["message"]
+    if host == "127.0.0.1":
+        assert attempt["message"].startswith(
+            "target resolves to 127.0.0.1 (loopback), refused: set "
+            "outgoing.allow_private_targets to allow"
+        )
+
+
+async def test_a_slow_target_does_not_hold_up_a_fast_one(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    database_dsn: str,
+    aiohttp_server: Any,
+) -> None:
+    slow, fast = Receiver(), Receiver()
+    slow.plan("/slow", "wait-release")
+    slow_server = await aiohttp_server(slow.app())
+    fast_server = await aiohttp_server(fast.app())
+    config = outgoing_config(database_dsn, timeout=30, concurrency=4, per_target_concurrency=1)
+    await create_hook(
+        client,
+        admin_headers,
+        pipeline["id"],
+        hook_body(f"http://127.0.0.1:{slow_server.port}/slow", name="slow"),
+    )
+    for _ in range(3):
+        await complete_run(db, pipeline["id"])
+    running = Dispatcher(db, config)
+    await running.start()
+    try:
+        # The slow target holds its first request (and has more waiting) ...
+        await eventually(lambda: len(slow.seen) == 1)
+        await create_hook(
+            client,
+            admin_headers,
+            pipeline["id"],
+            hook_body(f"http://127.0.0.1:{fast_server.port}/fast", name="fast"),
+        )
+        for _ in range(6):
+            await complete_run(db, pipeline["id"])
+        # ... while every fast delivery, all queued after it, gets through.
+        await eventually(lambda: fast.successes == 6)
+        assert len(slow.seen) == 1 and not slow.release.is_set()
+        slow.release.set()
+        await eventually(lambda: slow.successes == 9)
+    finally:
+        slow.release.set()
+        await running.stop(5)
+    assert len(fast.seen) == 6

@@ -1,0 +1,158 @@
+"""Personal access tokens: shown once, usable as bearer tokens, listed without secrets, revocable,
+expiring."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from gateway import accounts
+from gateway.config import Config
+from gateway.storage.database import Database
+from tests.integration.access_helpers import call, make_user, ok
+
+EMAIL, PASSWORD = "bot-owner@example.com", "a long enough password"
+
+
+@pytest.fixture
+async def owner(client: Any, db: Database, config: Config) -> dict[str, str]:
+    """Headers with a login access token of an ordinary user."""
+    await accounts.create_user(db, config.auth, EMAIL, PASSWORD)
+    body = await ok(
+        client, "POST", "/users/login", {}, {"email": EMAIL, "password": PASSWORD}, status=200
+    )
+    return {"Authorization": f"Bearer {body['access_token']}"}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_create_use_list_revoke(
+    client: Any, db: Database, owner: dict[str, str], capfd: pytest.CaptureFixture[str]
+) -> None:
+    created = await ok(client, "POST", "/users/me/tokens", owner, {"name": "ci deploy"})
+    token = created["token"]
+    assert token.startswith("hgp_") and len(token) > 40
+    assert created["name"] == "ci deploy"
+    assert created["expires_at"] is None and created["revoked_at"] is None
+    assert created["active"] is True
+
+    me = await ok(client, "GET", "/users/me", bearer(token), status=200)
+    assert me["email"] == EMAIL
+
+    listed = await ok(client, "GET", "/users/me/tokens", owner, status=200)
+    assert [t["id"] for t in listed] == [created["id"]]
+    [entry] = listed
+    assert set(entry) == {
+        "id",
+        "name",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+        "active",
+    }
+    assert entry["last_used_at"] is not None  # the /users/me call above
+    raw = await client.get("/users/me/tokens", headers=owner)
+    assert token not in await raw.text() and token[4:] not in await raw.text()
+
+    assert await call(client, "DELETE", f"/users/me/tokens/{created['id']}", owner) == (204, None)
+    status, body = await call(client, "GET", "/users/me", bearer(token))
+    assert status == 401
+    assert body["message"] == "the bearer token is invalid, expired or revoked"
+    [entry] = await ok(client, "GET", "/users/me/tokens", owner, status=200)
+    assert entry["revoked_at"] is not None and entry["active"] is False
+
+    out, err = capfd.readouterr()
+    assert "personal_token_created" in out + err  # the logs were captured ...
+    assert token not in out + err  # ... and the token is not in them
+
+
+async def test_only_the_hash_is_stored(client: Any, db: Database, owner: dict[str, str]) -> None:
+    created = await ok(client, "POST", "/users/me/tokens", owner, {"name": "x"})
+    rows = await db.pool.fetch("SELECT token_hash, name FROM auth_tokens WHERE kind = 'personal'")
+    assert len(rows) == 1
+    assert created["token"].encode() not in bytes(rows[0]["token_hash"])
+
+
+async def test_a_token_can_revoke_itself(client: Any, owner: dict[str, str]) -> None:
+    created = await ok(client, "POST", "/users/me/tokens", owner, {"name": "x"})
+    headers = bearer(created["token"])
+    assert await call(client, "DELETE", f"/users/me/tokens/{created['id']}", headers) == (
+        204,
+        None,
+    )
+    assert (await call(client, "GET", "/users/me/tokens", headers))[0] == 401
+
+
+async def test_expiry(client: Any, db: Database, owner: dict[str, str]) -> None:
+    before = datetime.now(UTC)
+    created = await ok(
+        client, "POST", "/users/me/tokens", owner, {"name": "short", "expires_in_days": 7}
+    )
+    expires_at = datetime.fromisoformat(created["expires_at"])
+    assert before + timedelta(days=7) <= expires_at <= datetime.now(UTC) + timedelta(days=7)
+    assert (await call(client, "GET", "/users/me", bearer(created["token"])))[0] == 200
+
+    # Move the expiry into the past, as the clock would.
+    await db.pool.execute(
+        "UPDATE auth_tokens SET expires_at = now() - interval '1 second' WHERE id = $1",
+        created["id"],
+    )
+    status, body = await call(client, "GET", "/users/me", bearer(created["token"]))
+    assert (status, body["message"]) == (401, "the bearer token is invalid, expired or revoked")
+    [entry] = await ok(client, "GET", "/users/me/tokens", owner, status=200)
+    assert entry["active"] is False and entry["revoked_at"] is None
+
+
+async def test_someone_elses_token_cannot_be_revoked_or_listed(
+    client: Any, db: Database, owner: dict[str, str]
+) -> None:
+    created = await ok(client, "POST", "/users/me/tokens", owner, {"name": "mine"})
+    _, other = await make_user(db, "other@example.com")
+    status, body = await call(client, "DELETE", f"/users/me/tokens/{created['id']}", other)
+    assert (status, body["message"]) == (404, f"token {created['id']} not found")
+    others = await ok(client, "GET", "/users/me/tokens", other, status=200)
+    assert created["id"] not in [t["id"] for t in others]
+    assert (await call(client, "GET", "/users/me", bearer(created["token"])))[0] == 200
+
+
+async def test_a_personal_token_carries_only_its_owners_rights(
+    client: Any, owner: dict[str, str]
+) -> None:
+    created = await ok(client, "POST", "/users/me/tokens", owner, {"name": "x"})
+    status, body = await call(client, "GET", "/roles", bearer(created["token"]))
+    assert (status, body["message"]) == (403, "this action requires an administrator")
+
+
+@pytest.mark.parametrize(
+    ("payload", "errors"),
+    [
+        ({}, {"name": ["is required"]}),
+        ({"name": "x", "expires_in_days": 0}, {"expires_in_days": ["must be >= 1"]}),
+        ({"name": "x", "expires_in_days": 3651}, {"expires_in_days": ["must be <= 3650"]}),
+        (
+            {"name": "x", "expires_in_days": "7"},
+            {"expires_in_days": ["must be an integer, got a string"]},
+        ),
+        (
+            {"name": "x", "scopes": []},
+            {"scopes": ["unknown field; allowed: expires_in_days, name"]},
+        ),
+    ],
+)
+async def test_create_validation(
+    client: Any, owner: dict[str, str], payload: dict[str, Any], errors: dict[str, Any]
+) -> None:
+    status, body = await call(client, "POST", "/users/me/tokens", owner, payload)
+    assert (status, body["errors"]) == (422, errors)
+    assert await ok(client, "GET", "/users/me/tokens", owner, status=200) == []
+
+
+async def test_unknown_or_malformed_token_id_is_404(client: Any, owner: dict[str, str]) -> None:
+    for token_id in ("12345", "abc"):
+        status, _ = await call(client, "DELETE", f"/users/me/tokens/{token_id}", owner)
+        assert status == 404

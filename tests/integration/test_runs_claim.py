@@ -1,0 +1,193 @@
+"""Claiming runs: leases, attempts, expiry, release, races between claimers, notifications."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.config import Config
+from gateway.exceptions import Conflict
+from gateway.storage import runs
+from gateway.storage.database import Database
+from tests.integration.runs_helpers import claim, enqueue, expire_lease, make_pipeline, run_row
+
+
+async def test_claim_marks_oldest_runs_in_progress_with_a_lease(db: Database) -> None:
+    pipeline = await make_pipeline(db)
+    first = await enqueue(db, pipeline["id"], n=1)
+    second = await enqueue(db, pipeline["id"], n=2)
+    third = await enqueue(db, pipeline["id"], n=3)
+
+    claimed = await claim(db, pipeline["id"], limit=2)
+
+    assert [r["id"] for r in claimed] == [first["id"], second["id"]]
+    for row in claimed:
+        assert row["status"] == "in-progress"
+        assert row["attempt"] == 1
+        assert isinstance(row["lease_token"], uuid.UUID)
+        assert row["lease_expires_at"] > row["started_at"]
+        assert row["claimed_by"] == "test"
+    assert claimed[0]["lease_token"] != claimed[1]["lease_token"]
+    assert (await run_row(db, third["id"]))["status"] == "queued"
+    assert [r["id"] for r in await claim(db, pipeline["id"])] == [third["id"]]
+    assert await claim(db, pipeline["id"]) == []
+
+
+async def test_claim_is_scoped_to_the_pipeline_or_environments(db: Database) -> None:
+    one = await make_pipeline(db)
+    other = await make_pipeline(db)
+    mine = await enqueue(db, one["id"])
+    theirs = await enqueue(db, other["id"])
+
+    assert [r["id"] for r in await claim(db, one["id"])] == [mine["id"]]
+    assert await claim(db, None, environment_ids=[one["environment_id"]]) == []
+    assert await claim(db, None, environment_ids=[]) == []
+    assert [r["id"] for r in await claim(db, None)] == [theirs["id"]]
+
+
+async def test_two_claimers_racing_on_1000_runs_claim_each_exactly_once(
+    db: Database, config: Config
+) -> None:
+    pipeline = await make_pipeline(db)
+    async with db.transaction() as session:
+        queued = await runs.enqueue_many(session, pipeline["id"], [{"n": i} for i in range(1000)])
+    assert queued == 1000
+    claims: collections.Counter[uuid.UUID] = collections.Counter()
+    per_claimer: collections.Counter[str] = collections.Counter()
+
+    async def claimer(database: Database, name: str) -> None:
+        while True:
+            got = await runs.claim(
+                database, pipeline_id=pipeline["id"], limit=7, lease_seconds=60, claimed_by=name
+            )
+            if not got:
+                return
+            for row in got:
+                claims[row["id"]] += 1
+            per_claimer[name] += len(got)
+            await asyncio.sleep(0)  # let the other claimers interleave
+
+    # Two separate pools (as two executor processes would have), two claim loops each.
+    other = await Database.connect(config.database.dsn, config.database)
+    try:
+        await asyncio.gather(
+            claimer(db, "a1"), claimer(db, "a2"), claimer(other, "b1"), claimer(other, "b2")
+        )
+    finally:
+        await other.close()
+
+    assert len(claims) == 1000
+    assert set(claims.values()) == {1}
+    assert sum(per_claimer.values()) == 1000
+    counts = await db.pool.fetchrow(
+        "SELECT count(*) FILTER (WHERE status = 'in-progress') AS running, "
+        "count(DISTINCT lease_token) AS tokens, max(attempt) AS attempts FROM pipeline_runs"
+    )
+    assert dict(counts) == {"running": 1000, "tokens": 1000, "attempts": 1}
+
+
+async def test_expired_lease_is_claimed_again_with_the_next_attempt(db: Database) -> None:
+    pipeline = await make_pipeline(db)
+    run = await enqueue(db, pipeline["id"])
+    [first] = await claim(db, pipeline["id"])
+    assert await claim(db, pipeline["id"]) == []  # the live lease keeps it
+
+    await expire_lease(db, run["id"])
+    [second] = await claim(db, pipeline["id"])
+
+    assert second["id"] == run["id"]
+    assert second["attempt"] == 2
+    assert second["lease_token"] != first["lease_token"]
+    with pytest.raises(Conflict, match="lease token does not match"):
+        await runs.heartbeat(db, run["id"], first["lease_token"], 60)
+    with pytest.raises(Conflict, match="lease token does not match"):
+        await runs.report_status(db, run["id"], first["lease_token"], "completed")
+    done = await runs.report_status(db, run["id"], second["lease_token"], "completed")
+    assert done["status"] == "completed"
+    assert done["attempt"] == 2
+
+
+async def test_lease_expiring_at_max_attempts_fails_the_run(db: Database) -> None:
+    pipeline = await make_pipeline(db, max_attempts=2)
+    run = await enqueue(db, pipeline["id"])
+    for attempt in (1, 2):
+        [claimed] = await claim(db, pipeline["id"])
+        assert claimed["attempt"] == attempt
+        await expire_lease(db, run["id"])
+
+    assert await claim(db, pipeline["id"]) == []
+    row = await run_row(db, run["id"])
+    assert row["status"] == "failed"
+    assert row["message"] == "lease expired after 2 attempts"
+    assert row["finished_at"] is not None
+
+
+async def test_expired_lease_is_refused_before_it_is_reclaimed(db: Database) -> None:
+    pipeline = await make_pipeline(db)
+    run = await enqueue(db, pipeline["id"])
+    [claimed] = await claim(db, pipeline["id"])
+    await expire_lease(db, run["id"])
+
+    with pytest.raises(Conflict, match="lease expired at"):
+        await runs.heartbeat(db, run["id"], claimed["lease_token"], 60)
+    with pytest.raises(Conflict, match="lease expired at"):
+        await runs.report_status(db, run["id"], claimed["lease_token"], "completed")
+
+
+async def test_heartbeat_extends_the_lease(db: Database) -> None:
+    pipeline = await make_pipeline(db)
+    await enqueue(db, pipeline["id"])
+    [claimed] = await claim(db, pipeline["id"])
+
+    expires = await runs.heartbeat(db, claimed["id"], claimed["lease_token"], 3600)
+
+    assert expires > claimed["lease_expires_at"]
+    assert (await run_row(db, claimed["id"]))["lease_expires_at"] == expires
+
+
+async def test_release_requeues_without_using_up_the_attempt(db: Database) -> None:
+    pipeline = await make_pipeline(db)
+    run = await enqueue(db, pipeline["id"])
+    [claimed] = await claim(db, pipeline["id"])
+
+    released = await runs.release(db, run["id"], claimed["lease_token"], "executor stopping")
+
+    assert released["status"] == "queued"
+    assert released["attempt"] == 0
+    assert released["lease_token"] is None
+    assert released["message"] == "executor stopping"
+    [again] = await claim(db, pipeline["id"])
+    assert again["attempt"] == 1
+    with pytest.raises(Conflict, match="lease token does not match"):
+        await runs.heartbeat(db, run["id"], claimed["lease_token"], 60)
+
+
+async def test_every_state_change_is_notified(db: Database) -> None:
+    pipeline = await make_pipeline(db)
+    received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        received.put_nowait(orjson.loads(payload))
+
+    listener = await db.listen("hookgate_run_changed", on_notify)
+    try:
+        run = await enqueue(db, pipeline["id"])
+        [claimed] = await claim(db, pipeline["id"])
+        await runs.heartbeat(db, run["id"], claimed["lease_token"], 60)  # not a state change
+        await runs.report_status(db, run["id"], claimed["lease_token"], "failed", exit_code=3)
+        seen = [await asyncio.wait_for(received.get(), 10) for _ in range(3)]
+    finally:
+        await listener.close()
+
+    expected = {"run_id": str(run["id"]), "pipeline_id": pipeline["id"]}
+    assert seen == [
+        {**expected, "status": "queued"},
+        {**expected, "status": "in-progress"},
+        {**expected, "status": "failed"},
+    ]
+    assert received.empty()

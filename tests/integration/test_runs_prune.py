@@ -1,0 +1,69 @@
+"""Pruning: only runs finished before the cutoff go, and request history left without a run."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from gateway.storage import runs
+from gateway.storage.database import Database
+from tests.integration.runs_helpers import enqueue, make_pipeline
+
+OLD = datetime.now(UTC) - timedelta(days=40)
+
+
+async def _age(db: Database, run_id: uuid.UUID, status: str, finished: datetime | None) -> None:
+    await db.pool.execute(
+        "UPDATE pipeline_runs SET status = $2, finished_at = $3, queued_at = $4 WHERE id = $1",
+        run_id,
+        status,
+        finished,
+        OLD,
+    )
+
+
+async def _request(db: Database, run_id: uuid.UUID | None, received: datetime) -> uuid.UUID:
+    request_id = uuid.uuid4()
+    await db.pool.execute(
+        "INSERT INTO hook_requests (id, hook_id, received_at, outcome, status_code, run_id) "
+        "VALUES ($1, $2, $3, 'accepted', 202, $4)",
+        request_id,
+        uuid.uuid4(),
+        received,
+        run_id,
+    )
+    return request_id
+
+
+async def test_prune_removes_only_old_finished_runs_and_their_requests(db: Database) -> None:
+    pipeline = await make_pipeline(db)
+    old_finished = []
+    for status in ("completed", "failed", "cancelled", "skipped", "completed"):
+        run = await enqueue(db, pipeline["id"])
+        await _age(db, run["id"], status, OLD)
+        old_finished.append(run["id"])
+    old_queued = await enqueue(db, pipeline["id"])
+    await _age(db, old_queued["id"], "queued", None)
+    old_running = await enqueue(db, pipeline["id"])
+    await _age(db, old_running["id"], "in-progress", None)
+    recent = await enqueue(db, pipeline["id"])
+    await _age(db, recent["id"], "completed", datetime.now(UTC) - timedelta(days=1))
+    gone = [await _request(db, run_id, OLD) for run_id in old_finished]
+    gone.append(await _request(db, None, OLD))  # a rejected request: no run
+    kept = [
+        await _request(db, old_queued["id"], OLD),  # its run is still waiting
+        await _request(db, recent["id"], OLD),  # its run finished after the cutoff
+        await _request(db, None, datetime.now(UTC)),  # recent history
+    ]
+
+    removed = await runs.prune(db, datetime.now(UTC) - timedelta(days=30), batch=2)
+
+    assert removed == {"pipeline_runs": 5, "hook_requests": 6}
+    left_runs = {r["id"] for r in await db.pool.fetch("SELECT id FROM pipeline_runs")}
+    assert left_runs == {old_queued["id"], old_running["id"], recent["id"]}
+    left_requests = {r["id"] for r in await db.pool.fetch("SELECT id FROM hook_requests")}
+    assert left_requests == set(kept)
+    assert await runs.prune(db, datetime.now(UTC) - timedelta(days=30)) == {
+        "pipeline_runs": 0,
+        "hook_requests": 0,
+    }

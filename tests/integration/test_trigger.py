@@ -1,0 +1,494 @@
+"""POST /hooks/incoming/{hook_id} through a real server and database, with real signatures."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+import pytest
+import structlog
+import zstandard
+from standardwebhooks.webhooks import Webhook
+from structlog.testing import capture_logs
+
+from gateway.app import create_app
+from gateway.config import Config
+from gateway.ingest.signatures import sign_hmac_hex
+from gateway.storage.database import Database
+from tests.conftest import FIXTURES
+from tests.integration.ingest_helpers import (
+    HEAD_SHA,
+    PR_OPENED,
+    SEED_VARIABLES,
+    create_hook,
+    execute,
+    fetch,
+    github_headers,
+    hook_path,
+    new_pipeline,
+    seed_hook,
+)
+
+
+async def requests_of(dsn: str, hook_id: str) -> list[dict[str, Any]]:
+    return await fetch(
+        dsn,
+        "SELECT * FROM hook_requests WHERE hook_id = $1 ORDER BY received_at",
+        uuid.UUID(hook_id),
+    )
+
+
+async def runs_of(dsn: str, hook_id: str) -> list[dict[str, Any]]:
+    return await fetch(
+        dsn, "SELECT * FROM pipeline_runs WHERE hook_id = $1 ORDER BY queued_at", uuid.UUID(hook_id)
+    )
+
+
+async def test_seed_hook_accepts_a_signed_github_pull_request(
+    client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    hook = await seed_hook(client, admin_headers)
+    headers = github_headers(hook["secret"], PR_OPENED)
+    response = await client.post(hook_path(hook), data=PR_OPENED, headers=headers)
+
+    assert response.status == 202
+    body = await response.json()
+    assert body == {
+        "message": "Hook accepted: run queued",
+        "run_id": body["run_id"],
+        "errors": None,
+    }
+    assert response.headers["X-Run-Id"] == body["run_id"]
+
+    [run] = await runs_of(database_dsn, hook["id"])
+    assert str(run["id"]) == body["run_id"]
+    assert run["status"] == "queued"
+    assert run["pipeline_id"] == hook["pipeline_id"]
+    variables = orjson.loads(run["variables"])
+    assert variables == SEED_VARIABLES
+    assert type(variables["pull_request_id"]) is int
+    assert run["delivery_id"] == headers["X-GitHub-Delivery"]
+
+    [row] = await requests_of(database_dsn, hook["id"])
+    assert row["id"] == run["request_id"]
+    assert (row["outcome"], row["status_code"], row["run_id"]) == ("accepted", 202, run["id"])
+    assert row["delivery_id"] == headers["X-GitHub-Delivery"]
+    assert str(row["client_ip"]) == "127.0.0.1"
+    stored_headers = orjson.loads(row["headers"])
+    assert stored_headers["x-hub-signature-256"] == "[redacted]"
+    assert stored_headers["x-github-event"] == "pull_request"
+    assert row["body_encoding"] == "zstd" and row["body_size"] == len(PR_OPENED)
+    assert zstandard.ZstdDecompressor().decompress(row["body"]) == PR_OPENED
+    assert row["latency_ms"] is not None
+
+
+async def test_one_flipped_byte_is_401_with_no_run(
+    client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    hook = await seed_hook(client, admin_headers)
+    headers = github_headers(hook["secret"], PR_OPENED)
+    tampered = bytearray(PR_OPENED)
+    tampered[len(tampered) // 2] ^= 0x20
+    response = await client.post(hook_path(hook), data=bytes(tampered), headers=headers)
+    assert response.status == 401
+    assert await response.json() == {
+        "message": "invalid signature: signature does not match the request body",
+        "errors": None,
+    }
+    assert await runs_of(database_dsn, hook["id"]) == []
+    [row] = await requests_of(database_dsn, hook["id"])
+    assert (row["outcome"], row["status_code"], row["run_id"]) == ("rejected", 401, None)
+    assert orjson.loads(row["headers"])["x-hub-signature-256"] == "[redacted]"
+
+
+@pytest.mark.parametrize("hook_id", [str(uuid.uuid4()), "not-a-uuid", "0" * 32 + "g"])
+async def test_unknown_or_malformed_hook_id_is_404(
+    client: Any, database_dsn: str, hook_id: str
+) -> None:
+    response = await client.post(f"/hooks/incoming/{hook_id}", data=b"{}")
+    assert response.status == 404
+    assert await response.json() == {"message": "incoming hook not found", "errors": None}
+    assert await fetch(database_dsn, "SELECT id FROM hook_requests") == []
+
+
+async def test_inactive_hook_is_403_with_the_same_body_shape(
+    client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    pipeline_id = await new_pipeline(client, admin_headers)
+    hook = await create_hook(client, admin_headers, pipeline_id, active=False)
+    headers = github_headers(hook["secret"], PR_OPENED)
+    response = await client.post(hook_path(hook), data=PR_OPENED, headers=headers)
+    assert response.status == 403
+    assert await response.json() == {"message": "incoming hook is inactive", "errors": None}
+    [row] = await requests_of(database_dsn, hook["id"])
+    assert (row["outcome"], row["status_code"], row["body"]) == ("rejected", 403, None)
+    assert row["delivery_id"] == headers["X-GitHub-Delivery"]
+
+
+@pytest.fixture
+async def small_client(aiohttp_client: Any, config: Config, db: Database) -> Any:
+    """A server whose ingest limit is 1 KiB."""
+    limited = replace(config, server=replace(config.server, max_body_bytes=1024))
+    return await aiohttp_client(create_app(limited, db))
+
+
+async def test_body_over_the_limit_is_413_by_length_and_when_chunked(
+    small_client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    client = small_client  # shares the database (and so the admin token) with `client`
+    hook = await seed_hook(client, admin_headers)
+    headers = github_headers(hook["secret"], PR_OPENED)
+    expected = {"message": "request body is larger than the limit of 1024 bytes", "errors": None}
+
+    response = await client.post(hook_path(hook), data=PR_OPENED, headers=headers)
+    assert response.status == 413
+    assert await response.json() == expected
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(PR_OPENED), 512):
+            yield PR_OPENED[start : start + 512]
+
+    response = await client.post(hook_path(hook), data=chunks(), headers=headers)
+    assert response.status == 413
+    assert await response.json() == expected
+
+    small = b'{"pull_request": {"number": 5}}'
+    response = await client.post(
+        hook_path(hook), data=small, headers=github_headers(hook["secret"], small)
+    )
+    assert response.status == 202
+    statuses = [row["status_code"] for row in await requests_of(database_dsn, hook["id"])]
+    assert statuses == [413, 413, 202]
+
+
+async def test_unsupported_content_type_is_415(client: Any, admin_headers: dict[str, str]) -> None:
+    hook = await seed_hook(client, admin_headers)
+    headers = github_headers(hook["secret"], PR_OPENED, **{"Content-Type": "text/plain"})
+    response = await client.post(hook_path(hook), data=PR_OPENED, headers=headers)
+    assert response.status == 415
+    assert await response.json() == {
+        "message": "unsupported content type 'text/plain': expected application/json or "
+        "application/x-www-form-urlencoded with a 'payload' field",
+        "errors": None,
+    }
+
+
+async def test_bad_json_is_400(client: Any, admin_headers: dict[str, str]) -> None:
+    hook = await seed_hook(client, admin_headers)
+    body = PR_OPENED[:-10]
+    response = await client.post(
+        hook_path(hook), data=body, headers=github_headers(hook["secret"], body)
+    )
+    assert response.status == 400
+    message = (await response.json())["message"]
+    assert message.startswith("request body is not valid JSON: ")
+
+
+async def test_missing_json_content_type_is_parsed_as_json(
+    client: Any, admin_headers: dict[str, str]
+) -> None:
+    hook = await seed_hook(client, admin_headers)
+    headers = github_headers(hook["secret"], PR_OPENED)
+    del headers["Content-Type"]
+    response = await client.post(
+        hook_path(hook), data=PR_OPENED, headers=headers, skip_auto_headers=["Content-Type"]
+    )
+    assert response.status == 202, await response.text()
+
+
+async def test_missing_required_variables_are_422_listing_each(
+    client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    pipeline_id = await new_pipeline(client, admin_headers)
+    variables = [
+        {"name": "ref", "path": "pull_request.head.ref", "type": "string", "required": True},
+        {"name": "ticket", "path": "ticket.id", "type": "integer", "required": True},
+        {"name": "release", "path": "$.release.tag_name", "type": "string", "required": True},
+    ]
+    hook = await create_hook(client, admin_headers, pipeline_id, settings={"variables": variables})
+    response = await client.post(
+        hook_path(hook), data=PR_OPENED, headers=github_headers(hook["secret"], PR_OPENED)
+    )
+    assert response.status == 422
+    assert await response.json() == {
+        "message": "the payload does not provide valid variables: ticket, release",
+        "errors": {
+            "ticket": ["is required but missing at path 'ticket.id'"],
+            "release": ["is required but missing at path '$.release.tag_name'"],
+        },
+    }
+    assert await runs_of(database_dsn, hook["id"]) == []
+    [row] = await requests_of(database_dsn, hook["id"])
+    assert row["status_code"] == 422 and "ticket: is required" in row["message"]
+
+
+async def test_repeated_delivery_is_200_with_the_original_run_and_no_second_run(
+    client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    hook = await seed_hook(client, admin_headers)
+    headers = github_headers(hook["secret"], PR_OPENED)
+    first = await client.post(hook_path(hook), data=PR_OPENED, headers=headers)
+    assert first.status == 202
+    run_id = (await first.json())["run_id"]
+    again = await client.post(hook_path(hook), data=PR_OPENED, headers=headers)
+    assert again.status == 200
+    delivery = headers["X-GitHub-Delivery"]
+    assert await again.json() == {
+        "message": f"duplicate delivery '{delivery}': already accepted as run {run_id}",
+        "run_id": run_id,
+        "duplicate": True,
+        "errors": None,
+    }
+    assert again.headers["X-Run-Id"] == run_id
+    assert len(await runs_of(database_dsn, hook["id"])) == 1
+    outcomes = [
+        (r["outcome"], r["status_code"], str(r["run_id"]))
+        for r in await requests_of(database_dsn, hook["id"])
+    ]
+    assert outcomes == [("accepted", 202, run_id), ("duplicate", 200, run_id)]
+
+
+async def test_concurrent_repeats_of_one_delivery_create_exactly_one_run(
+    client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    hook = await seed_hook(client, admin_headers)
+    headers = github_headers(hook["secret"], PR_OPENED)
+    responses = await asyncio.gather(
+        *(client.post(hook_path(hook), data=PR_OPENED, headers=headers) for _ in range(20))
+    )
+    statuses = sorted(r.status for r in responses)
+    assert statuses == [200] * 19 + [202]
+    run_ids = {(await r.json())["run_id"] for r in responses}
+    [run] = await runs_of(database_dsn, hook["id"])
+    assert run_ids == {str(run["id"])}
+
+
+async def test_unmet_conditions_are_202_skipped_with_the_reason_and_no_run(
+    client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    pipeline_id = await new_pipeline(client, admin_headers)
+    hook = await create_hook(
+        client,
+        admin_headers,
+        pipeline_id,
+        trigger_when={"conditions": [{"path": "action", "accepted_values": ["closed"]}]},
+    )
+    response = await client.post(
+        hook_path(hook), data=PR_OPENED, headers=github_headers(hook["secret"], PR_OPENED)
+    )
+    assert response.status == 202
+    assert await response.json() == {
+        "message": "Hook call skipped: trigger conditions not met",
+        "run_id": None,
+        "skipped": True,
+        "reason": 'condition 0: value at \'action\' is "opened", accepted: ["closed"]',
+        "errors": None,
+    }
+    assert "X-Run-Id" not in response.headers
+    assert await runs_of(database_dsn, hook["id"]) == []
+    [row] = await requests_of(database_dsn, hook["id"])
+    assert (row["outcome"], row["status_code"]) == ("skipped", 202)
+    assert 'accepted: ["closed"]' in row["message"]
+
+
+async def test_secret_and_computed_signatures_never_appear_in_responses_or_logs(
+    client: Any, admin_headers: dict[str, str]
+) -> None:
+    hook = await seed_hook(client, admin_headers)
+    secret = hook["secret"]
+    tampered = PR_OPENED.replace(b"opened", b"closed")
+    computed = [
+        sign_hmac_hex(secret, algo, body)
+        for algo in ("sha1", "sha256")
+        for body in (PR_OPENED, tampered)
+    ]
+    attempts = [
+        (PR_OPENED, github_headers(secret, PR_OPENED)),  # accepted
+        (tampered, github_headers(secret, PR_OPENED)),  # 401 mismatch
+        (
+            PR_OPENED,
+            {"X-Hub-Signature-256": "sha1=" + computed[0], "Content-Type": "application/json"},
+        ),
+        (PR_OPENED, {"Content-Type": "application/json"}),  # missing header
+    ]
+    texts = []
+    # merge_contextvars only: no redaction processor, so the handler itself must not log secrets.
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        for body, headers in attempts:
+            response = await client.post(
+                hook_path(hook), data=body, headers={**headers, "X-Request-Id": "req-secret-check"}
+            )
+            texts.append(f"{response.status} {dict(response.headers)} {await response.text()}")
+    assert [text.split(" ", 1)[0] for text in texts] == ["202", "401", "401", "401"]
+    rejections = [e for e in logs if e["event"] == "hook_request_rejected"]
+    assert len(rejections) == 3 and all(e["request_id"] == "req-secret-check" for e in rejections)
+    haystack = "\n".join(texts) + "\n" + "\n".join(repr(event) for event in logs)
+    for needle in [secret, *computed]:
+        assert needle not in haystack
+
+
+async def test_request_id_is_echoed(client: Any, admin_headers: dict[str, str]) -> None:
+    hook = await seed_hook(client, admin_headers)
+    response = await client.post(
+        hook_path(hook),
+        data=PR_OPENED,
+        headers={**github_headers(hook["secret"], PR_OPENED), "X-Request-Id": "abc-123"},
+    )
+    assert response.headers["X-Request-Id"] == "abc-123"
+    missing = await client.post(f"/hooks/incoming/{uuid.uuid4()}", data=b"{}")
+    assert len(missing.headers["X-Request-Id"]) == 32
+
+
+async def test_github_form_mode_end_to_end(
+    client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    hook = await seed_hook(client, admin_headers)
+    form = urlencode({"payload": PR_OPENED.decode()}).encode()
+    headers = github_headers(
+        hook["secret"], form, **{"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    response = await client.post(hook_path(hook), data=form, headers=headers)
+    assert response.status == 202, await response.text()
+    [run] = await runs_of(database_dsn, hook["id"])
+    assert orjson.loads(run["variables"]) == SEED_VARIABLES
+
+
+async def test_gitlab_token_hook_end_to_end(
+    client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    pipeline_id = await new_pipeline(client, admin_headers)
+    variables = [
+        {"name": "source_ref", "path": "object_attributes.source_branch", "type": "string"},
+        {"name": "merge_request_id", "path": "object_attributes.iid", "type": "integer"},
+        {"name": "commit_hash", "path": "object_attributes.last_commit.id", "type": "string"},
+    ]
+    hook = await create_hook(
+        client,
+        admin_headers,
+        pipeline_id,
+        secret_header_name="x-gitlab-token",
+        settings={"variables": variables},
+    )
+    body = (FIXTURES / "gitlab" / "merge_request.docs.json").read_bytes()
+    headers = {
+        "Content-Type": "application/json",
+        "X-Gitlab-Event": "Merge Request Hook",
+        "X-Gitlab-Token": hook["secret"],
+        "X-Gitlab-Event-UUID": str(uuid.uuid4()),
+        "Idempotency-Key": str(uuid.uuid4()),
+    }
+    response = await client.post(hook_path(hook), data=body, headers=headers)
+    assert response.status == 202, await response.text()
+    [run] = await runs_of(database_dsn, hook["id"])
+    assert orjson.loads(run["variables"]) == {
+        "source_ref": "ms-viewport",
+        "merge_request_id": 1,
+        "commit_hash": "da1560886d4f094c3e6c9ef40349f7d38b5d27d7",
+    }
+    assert run["delivery_id"] == headers["X-Gitlab-Event-UUID"]
+    [row] = await requests_of(database_dsn, hook["id"])
+    assert orjson.loads(row["headers"])["x-gitlab-token"] == "[redacted]"
+    wrong = await client.post(
+        hook_path(hook), data=body, headers={**headers, "X-Gitlab-Token": "guess"}
+    )
+    assert wrong.status == 401
+
+
+async def test_bitbucket_sha256_signature_end_to_end(
+    client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    pipeline_id = await new_pipeline(client, admin_headers)
+    variables = [
+        {"name": "pull_request_id", "path": "pullrequest.id", "type": "integer"},
+        {"name": "source_ref", "path": "pullrequest.source.branch.name", "type": "string"},
+    ]
+    hook = await create_hook(
+        client,
+        admin_headers,
+        pipeline_id,
+        secret_header_name="x-hub-signature",
+        settings={"variables": variables},
+    )
+    body = (FIXTURES / "bitbucket" / "pullrequest_fulfilled.json").read_bytes()
+    digest = hmac.new(hook["secret"].encode(), body, hashlib.sha256).hexdigest()
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "Bitbucket-Webhooks/2.0",
+        "X-Event-Key": "pullrequest:fulfilled",
+        "X-Request-UUID": str(uuid.uuid4()),
+        "X-Hub-Signature": f"sha256={digest}",
+    }
+    response = await client.post(hook_path(hook), data=body, headers=headers)
+    assert response.status == 202, await response.text()
+    [run] = await runs_of(database_dsn, hook["id"])
+    assert orjson.loads(run["variables"]) == {"pull_request_id": 6, "source_ref": "gmacario/dev03"}
+    assert run["delivery_id"] == headers["X-Request-UUID"]
+
+
+async def test_standard_webhooks_request_from_the_reference_library(
+    client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    pipeline_id = await new_pipeline(client, admin_headers)
+    hook = await create_hook(
+        client,
+        admin_headers,
+        pipeline_id,
+        secret_header_name="webhook-signature",
+        settings={
+            "variables": [
+                {"name": "commit_hash", "path": "pull_request.head.sha", "type": "string"}
+            ]
+        },
+    )
+    assert hook["secret"].startswith("whsec_")
+    msg_id, now = f"msg_{uuid.uuid4().hex}", datetime.now(UTC)
+    headers = {
+        "Content-Type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(hook["secret"]).sign(msg_id, now, PR_OPENED.decode()),
+    }
+    response = await client.post(hook_path(hook), data=PR_OPENED, headers=headers)
+    assert response.status == 202, await response.text()
+    [run] = await runs_of(database_dsn, hook["id"])
+    assert orjson.loads(run["variables"]) == {"commit_hash": HEAD_SHA}
+    assert run["delivery_id"] == msg_id
+    stored = orjson.loads((await requests_of(database_dsn, hook["id"]))[0]["headers"])
+    assert stored["webhook-signature"] == "[redacted]"
+
+
+async def test_database_down_is_503_with_retry_after_and_never_a_2xx(
+    client: Any, admin_headers: dict[str, str], database_dsn: str, server_dsn: str
+) -> None:
+    hook = await seed_hook(client, admin_headers)
+    warm = await client.post(
+        hook_path(hook), data=PR_OPENED, headers=github_headers(hook["secret"], PR_OPENED)
+    )
+    assert warm.status == 202
+    database = database_dsn.split("?", 1)[0].rsplit("/", 1)[1]
+    await execute(server_dsn, f'DROP DATABASE "{database}" WITH (FORCE)')
+
+    for _ in range(3):
+        response = await client.post(
+            hook_path(hook), data=PR_OPENED, headers=github_headers(hook["secret"], PR_OPENED)
+        )
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "1"
+        assert await response.json() == {
+            "message": "the database is unavailable; retry later",
+            "errors": None,
+        }
+    cold = await client.post(f"/hooks/incoming/{uuid.uuid4()}", data=b"{}")
+    assert cold.status == 503
+    assert await cold.json() == {
+        "message": "the database is unavailable; retry later",
+        "errors": None,
+    }

@@ -1,0 +1,369 @@
+"""Configuration: defaults, the shipped config.toml, validation messages, environment overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import (
+    Config,
+    ConfigError,
+    ServerConfig,
+    build_config,
+    load_config,
+    mask_dsn,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "config.toml"
+SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "source"]
+
+
+def _section_class(name: str) -> Any:
+    return type(getattr(Config(), name))
+
+
+def _problems(raw: dict[str, Any], env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        build_config(raw, env or {})
+    return caught.value.problems
+
+
+def test_defaults_are_the_dataclass_defaults() -> None:
+    config = build_config({}, {})
+    for name in SECTIONS:
+        assert getattr(config, name) == _section_class(name)(), name
+    assert config.server.port == 8080 and config.database.dsn == ""
+    assert config.database.data_dir == "var/pgdata"
+    assert config.log.format == "json" and config.log.level == "info"
+
+
+def test_config_objects_are_frozen() -> None:
+    config = build_config({}, {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.server.port = 1  # type: ignore[misc]
+
+
+def test_base_url_defaults_to_the_listener_and_prefers_public_url() -> None:
+    assert ServerConfig().base_url == "http://127.0.0.1:8080"
+    assert ServerConfig(public_url="https://hooks.example.com/").base_url == (
+        "https://hooks.example.com"
+    )
+
+
+# --- the shipped config.toml stays in sync with config.py ------------------------------------
+
+
+def test_shipped_config_has_exactly_the_sections_of_config_py() -> None:
+    raw = tomllib.loads(SHIPPED.read_text())
+    assert sorted(raw) == sorted(SECTIONS)
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_shipped_config_lists_every_key_of_the_section(section: str) -> None:
+    raw = tomllib.loads(SHIPPED.read_text()).get(section, {})
+    expected = {f.name for f in dataclasses.fields(_section_class(section))}
+    missing, extra = expected - set(raw), set(raw) - expected
+    assert not missing, f"config.toml [{section}] lacks {sorted(missing)} (defined in config.py)"
+    assert not extra, f"config.toml [{section}] has {sorted(extra)}, unknown to config.py"
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_shipped_config_values_equal_the_defaults(section: str) -> None:
+    config = load_config(SHIPPED, env={})
+    assert getattr(config, section) == _section_class(section)()
+
+
+def test_every_shipped_key_is_commented() -> None:
+    # Each key (or group of adjacent keys) is preceded by at least one comment line.
+    lines = SHIPPED.read_text().splitlines()
+    uncommented = []
+    for number, line in enumerate(lines):
+        if not re.match(r"^[a-z_]+\s*=", line):
+            continue
+        above = number - 1
+        while above >= 0 and re.match(r"^[a-z_]+\s*=", lines[above]):
+            above -= 1
+        if above < 0 or not lines[above].startswith("#"):
+            uncommented.append(line)
+    assert not uncommented
+
+
+# --- validation: every problem names the key, the bad value and what is allowed --------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(
+            {"server": {"prot": 8080}},
+            ["unknown key 'server.prot'", "allowed keys in [server]", "port"],
+            id="typo-key",
+        ),
+        pytest.param(
+            {"server": {"port": "8080"}},
+            ["server.port = '8080'", "must be an integer"],
+            id="string-for-int",
+        ),
+        pytest.param(
+            {"server": {"port": 8080.5}},
+            ["server.port = 8080.5", "must be an integer"],
+            id="float-for-int",
+        ),
+        pytest.param(
+            {"server": {"port": True}},
+            ["server.port = True", "must be an integer"],
+            id="bool-for-int",
+        ),
+        pytest.param(
+            {"server": {"access_log": "yes"}},
+            ["server.access_log = 'yes'", "must be true or false"],
+            id="string-for-bool",
+        ),
+        pytest.param(
+            {"database": {"connect_timeout": "5s"}},
+            ["database.connect_timeout = '5s'", "must be a number"],
+            id="string-for-float",
+        ),
+        pytest.param(
+            {"server": {"trusted_proxies": "10.0.0.0/8"}},
+            ["server.trusted_proxies = '10.0.0.0/8'", "must be a list of str"],
+            id="string-for-list",
+        ),
+        pytest.param(
+            {"server": {"port": 70000}},
+            ["server.port = 70000", "must be between 1 and 65535"],
+            id="port-too-high",
+        ),
+        pytest.param(
+            {"database": {"pool_max_size": 0}},
+            ["database.pool_max_size = 0", "must be >= 1"],
+            id="below-minimum",
+        ),
+        pytest.param(
+            {"auth": {"access_token_ttl": 10}},
+            ["auth.access_token_ttl = 10", "must be >= 60"],
+            id="ttl-too-short",
+        ),
+        pytest.param(
+            {"log": {"format": "xml"}},
+            ["log.format = 'xml'", "must be one of json, console"],
+            id="bad-choice",
+        ),
+        pytest.param(
+            {"log": {"level": "verbose"}},
+            ["log.level = 'verbose'", "must be one of debug, info, warning, error"],
+            id="bad-level",
+        ),
+        pytest.param(
+            {"sever": {"port": 1}},
+            ["unknown section [sever]", "allowed: server, database"],
+            id="unknown-section",
+        ),
+        pytest.param(
+            {"server": 8080},
+            ["[server] must be a table, got int"],
+            id="section-not-a-table",
+        ),
+        pytest.param(
+            {"server": {"trusted_proxies": ["10.0.0.0/8", "not-a-network"]}},
+            ["server.trusted_proxies contains 'not-a-network'", "IP address or CIDR network"],
+            id="bad-cidr",
+        ),
+        pytest.param(
+            {"database": {"dsn": "mysql://app@db/app"}},
+            ["database.dsn = 'mysql://app@db/app'", "postgresql://user:password@host"],
+            id="dsn-wrong-scheme",
+        ),
+        pytest.param(
+            {"database": {"dsn": "postgresql://app@db:port/app"}},
+            ["database.dsn = 'postgresql://app@db:port/app'", "Port could not be cast"],
+            id="dsn-bad-port",
+        ),
+        pytest.param(
+            {"database": {"pool_min_size": 5, "pool_max_size": 2}},
+            ["database.pool_min_size = 5", "must be <= database.pool_max_size (2)"],
+            id="pool-min-above-max",
+        ),
+        pytest.param(
+            {"server": {"port": 9000, "management_port": 9000}},
+            ["server.management_port = 9000", "must differ from server.port"],
+            id="same-ports",
+        ),
+        pytest.param(
+            {"server": {"public_url": "hooks.example.com"}},
+            ["server.public_url = 'hooks.example.com'", "http:// or https://"],
+            id="public-url-scheme",
+        ),
+        pytest.param(
+            {"database": {"data_dir": ""}},
+            ["database.data_dir = ''", "must be a directory path"],
+            id="empty-data-dir",
+        ),
+        pytest.param(
+            {"server": {"host": ""}},
+            ["server.host = ''", "must be an address"],
+            id="empty-host",
+        ),
+    ],
+)
+def test_invalid_values_are_named_with_what_is_allowed(
+    raw: dict[str, Any], expected: list[str]
+) -> None:
+    problems = _problems(raw)
+    assert len(problems) == 1, problems
+    for fragment in expected:
+        assert fragment in problems[0]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    problems = _problems({"server": {"port": "x", "hots": "a"}, "log": {"format": "xml"}})
+    assert len(problems) == 3
+    assert any("server.port" in p for p in problems)
+    assert any("server.hots" in p for p in problems)
+    assert any("log.format" in p for p in problems)
+
+
+def test_dsn_password_never_appears_in_a_problem() -> None:
+    problems = _problems({"database": {"dsn": "mysql://app:hunter2@db/app"}})
+    assert "hunter2" not in problems[0]
+    assert "mysql://app:***@db/app" in problems[0]
+
+
+@pytest.mark.parametrize(
+    ("dsn", "masked"),
+    [
+        ("postgresql://app:s3cret@db:5432/app", "postgresql://app:***@db:5432/app"),
+        ("postgresql://app@db/app", "postgresql://app@db/app"),
+        ("postgresql:///app?host=/run&password=s3cret", "postgresql:///app?host=/run&password=***"),
+    ],
+)
+def test_mask_dsn(dsn: str, masked: str) -> None:
+    assert mask_dsn(dsn) == masked
+
+
+def test_config_error_message_names_the_source() -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_config({"server": {"port": 0}}, {}, source="/etc/hookgate.toml")
+    assert str(caught.value).startswith("/etc/hookgate.toml: server.port = 0 is invalid")
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def test_bad_toml_is_a_config_error_with_its_location(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[server]\nport = = 8080\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert caught.value.source == str(path)
+    assert "not valid TOML" in caught.value.problems[0]
+    assert "line 2" in caught.value.problems[0]
+
+
+def test_an_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.toml", env={})
+
+
+def test_a_directory_is_not_a_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        load_config(tmp_path, env={})
+
+
+def test_without_any_file_the_defaults_apply(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./config.toml here
+    config = load_config(None, env={})
+    assert config.server == ServerConfig()
+
+
+def test_gateway_config_picks_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    chosen = tmp_path / "chosen.toml"
+    chosen.write_text("[server]\nport = 9100\n")
+    local = tmp_path / "config.toml"
+    local.write_text("[server]\nport = 9200\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config(None, env={}).server.port == 9200
+    config = load_config(None, env={"GATEWAY_CONFIG": str(chosen)})
+    assert config.server.port == 9100 and config.source == str(chosen)
+    # An explicit path (--config) beats the variable.
+    assert load_config(local, env={"GATEWAY_CONFIG": str(chosen)}).server.port == 9200
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(None, env={"GATEWAY_CONFIG": str(tmp_path / "missing.toml")})
+
+
+# --- environment overrides ----------------------------------------------------------------------
+
+
+def test_environment_overrides_win_over_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[server]\nport = 9000\naccess_log = true\ntrusted_proxies = ['10.0.0.0/8']\n"
+        "[database]\nconnect_timeout = 1.0\n[log]\nformat = 'json'\n"
+    )
+    env = {
+        "GATEWAY_SERVER_PORT": "9001",  # int
+        "GATEWAY_SERVER_ACCESS_LOG": "off",  # bool
+        "GATEWAY_SERVER_TRUSTED_PROXIES": "192.168.0.0/16, fd00::/8",  # list, comma-separated
+        "GATEWAY_DATABASE_CONNECT_TIMEOUT": "2.5",  # float
+        "GATEWAY_DATABASE_DSN": "postgresql://app@db/app",  # str
+        "GATEWAY_LOG_FORMAT": "console",
+    }
+    config = load_config(path, env=env)
+    assert config.server.port == 9001
+    assert config.server.access_log is False
+    assert config.server.trusted_proxies == ("192.168.0.0/16", "fd00::/8")
+    assert config.database.connect_timeout == 2.5
+    assert config.database.dsn == "postgresql://app@db/app"
+    assert config.log.format == "console"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1", True), ("true", True), ("YES", True), ("on", True), ("0", False), ("false", False)],
+)
+def test_boolean_overrides(text: str, expected: bool) -> None:
+    config = build_config({}, {"GATEWAY_SERVER_ACCESS_LOG": text})
+    assert config.server.access_log is expected
+
+
+def test_an_empty_list_override_clears_the_list() -> None:
+    raw = {"server": {"trusted_proxies": ["10.0.0.0/8"]}}
+    assert build_config(raw, {"GATEWAY_SERVER_TRUSTED_PROXIES": ""}).server.trusted_proxies == ()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"GATEWAY_SERVER_PORT": "eighty"}, ["GATEWAY_SERVER_PORT = 'eighty'", "an integer"]),
+        ({"GATEWAY_SERVER_PORT": "0"}, ["GATEWAY_SERVER_PORT = 0", "between 1 and 65535"]),
+        ({"GATEWAY_SERVER_ACCESS_LOG": "maybe"}, ["= 'maybe'", "must be true or false"]),
+        ({"GATEWAY_BATCH_MAX_WAIT_MS": "fast"}, ["GATEWAY_BATCH_MAX_WAIT_MS", "a number"]),
+        ({"GATEWAY_LOG_LEVEL": "loud"}, ["GATEWAY_LOG_LEVEL = 'loud'", "one of debug"]),
+        (
+            {"GATEWAY_SERVER_PROT": "9000"},
+            ["unknown environment override GATEWAY_SERVER_PROT", "GATEWAY_SERVER_PORT"],
+        ),
+    ],
+)
+def test_invalid_overrides_name_the_variable(env: dict[str, str], expected: list[str]) -> None:
+    problems = _problems({}, env)
+    assert len(problems) == 1, problems
+    for fragment in expected:
+        assert fragment in problems[0]
+
+
+def test_unrelated_gateway_variables_are_not_overrides() -> None:
+    env = {
+        "GATEWAY_ADMIN_EMAIL": "admin@example.com",
+        "GATEWAY_ADMIN_PASSWORD": "x" * 12,
+        "GATEWAY_CONFIG": "/nowhere.toml",
+    }
+    assert build_config({}, env) == build_config({}, {})

@@ -1,0 +1,300 @@
+"""Outgoing hook templates: validation at create time, text/header/URL/JSON rendering."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.dispatcher.templates import (
+    JsonTemplate,
+    TemplateError,
+    TextTemplate,
+    compile_body,
+    compile_url,
+)
+
+CONTEXT: dict[str, Any] = {
+    "event": "run.completed",
+    "run": {
+        "id": "0b6f7c1e-6a51-4c0e-9a52-1f0a8e3f2b11",
+        "pipeline_id": 7,
+        "status": "completed",
+        "previous_status": "in-progress",
+        "attempt": 1,
+        "message": 'line "one"\nline two',
+        "exit_code": None,
+        "variables": {
+            "pull_request_id": 42,
+            "source_ref": "feature/a b&c",
+            "ratio": 0.5,
+            "draft": False,
+            "labels": ["x", "y"],
+            "head": {"sha": "abc"},
+        },
+        "triggered_from": {"type": "incoming_hook", "hook_id": "h", "request_id": "r"},
+    },
+    "pipeline": {"id": 7, "name": "Deploy app", "action_type": "deploy"},
+    "hook": {"id": "hook-1", "name": "PR comment"},
+    "delivery": {"id": "d-1", "attempt": 2},
+}
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        ("{{ run.nope }}", "unknown placeholder '{{ run.nope }}': run has no 'nope'"),
+        ("{{ foo }}", "unknown placeholder '{{ foo }}': the context has no 'foo'"),
+        ("a {{ run.status", "unclosed '{{' at position 2"),
+        ("{{ }}", "empty placeholder"),
+        ("{{ run.status | upper }}", "run has no 'status | upper'"),
+        ("{{ pipeline.name.first }}", "pipeline.name has no 'first'"),
+        ("{{ run.variables.a b }}", "bad name 'a b'"),
+        ("{{ __import__('os') }}", "the context has no"),
+    ],
+)
+def test_invalid_placeholders_are_rejected_naming_them(source: str, fragment: str) -> None:
+    with pytest.raises(TemplateError) as caught:
+        TextTemplate.compile(source)
+    assert fragment in str(caught.value)
+
+
+def test_every_bad_placeholder_is_reported() -> None:
+    with pytest.raises(TemplateError) as caught:
+        TextTemplate.compile("{{ run.a }} and {{ hook.b }} and {{ run.status }}")
+    assert len(caught.value.problems) == 2
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ run.variables.anything_at_all }}",
+        "{{run.variables.nested.0.key-name}}",
+        "{{ event }}{{ run }}{{ pipeline.action_type }}{{ hook.id }}{{ delivery.id }}",
+        "literal }} braces",
+    ],
+)
+def test_valid_templates_compile(source: str) -> None:
+    TextTemplate.compile(source)
+
+
+# --- text and headers ------------------------------------------------------------------------
+
+
+def test_text_rendering_rules() -> None:
+    template = TextTemplate.compile(
+        "{{ run.status }}|{{ run.variables.pull_request_id }}|{{ run.variables.ratio }}|"
+        "{{ run.variables.draft }}|{{ run.variables.missing }}|{{ run.exit_code }}|"
+        "{{ run.variables.labels }}|{{ run.variables.labels.1 }}|{{ event }}"
+    )
+    assert template.render(CONTEXT) == 'completed|42|0.5|false|||["x","y"]|y|run.completed'
+
+
+def test_header_values_cannot_inject_lines() -> None:
+    template = TextTemplate.compile("Bearer {{ run.message }}")
+    assert template.render_header(CONTEXT) == 'Bearer line "one" line two'
+
+
+# --- URLs ------------------------------------------------------------------------------------
+
+
+def test_url_values_are_percent_encoded_in_path_and_query() -> None:
+    template = compile_url(
+        "https://api.example.com/repos/{{ run.variables.source_ref }}/comments"
+        "?pr={{ run.variables.pull_request_id }}&missing={{ run.variables.none }}"
+    )
+    assert template.render_url(CONTEXT) == (
+        "https://api.example.com/repos/feature%2Fa%20b%26c/comments?pr=42&missing="
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        ("ftp://example.com/", "http:// or https://"),
+        ("example.com/x", "http:// or https://"),
+        ("https://{{ run.variables.host }}/x", "only appear after scheme://host"),
+        ("https://example.com{{ run.id }}", "only appear after scheme://host"),
+        ("https://user:pw@example.com/", "must not contain credentials"),
+        ("https://example.com:99999/", "not a valid URL"),
+        ("https:///path", "must name a host"),
+        ("https://example.com/{{ run.bad }}", "run has no 'bad'"),
+    ],
+)
+def test_bad_urls_are_rejected(source: str, fragment: str) -> None:
+    with pytest.raises(TemplateError) as caught:
+        compile_url(source)
+    assert fragment in str(caught.value)
+
+
+def test_placeholder_in_query_right_after_host_is_allowed() -> None:
+    template = compile_url("https://example.com?id={{ run.id }}")
+    assert template.render_url(CONTEXT).endswith("?id=0b6f7c1e-6a51-4c0e-9a52-1f0a8e3f2b11")
+
+
+# --- JSON bodies -----------------------------------------------------------------------------
+
+
+def test_json_object_body_gets_json_correct_values() -> None:
+    template = compile_body(
+        {
+            "pr": "{{ run.variables.pull_request_id }}",
+            "ref": "{{ run.variables.source_ref }}",
+            "draft": "{{ run.variables.draft }}",
+            "missing": "{{ run.variables.nope }}",
+            "labels": "{{ run.variables.labels }}",
+            "body": "Deploy of {{ pipeline.name }} is {{ run.status }}: {{ run.message }}",
+            "nested": [{"{{ hook.name }}": 1}, True, None, 1.5],
+        }
+    )
+    assert isinstance(template, JsonTemplate)
+    rendered = orjson.loads(template.render(CONTEXT))
+    assert rendered == {
+        "pr": 42,
+        "ref": "feature/a b&c",
+        "draft": False,
+        "missing": None,
+        "labels": ["x", "y"],
+        "body": 'Deploy of Deploy app is completed: line "one"\nline two',
+        "nested": [{"PR comment": 1}, True, None, 1.5],
+    }
+
+
+def test_string_body_that_is_json_is_a_json_template() -> None:
+    template = compile_body('{"body": "status: {{ run.status }}", "n": "{{ run.attempt }}"}')
+    assert isinstance(template, JsonTemplate)
+    assert orjson.loads(template.render(CONTEXT)) == {"body": "status: completed", "n": 1}
+
+
+def test_string_body_with_bare_placeholders_is_rejected() -> None:
+    with pytest.raises(TemplateError) as caught:
+        compile_body('{"n": {{ run.attempt }}}')
+    assert "unquoted placeholders" in str(caught.value)
+
+
+def test_plain_text_body_renders_text() -> None:
+    template = compile_body("[deploy] {{ pipeline.name }} {{ run.status }} {{ run.variables.x }}")
+    assert isinstance(template, TextTemplate)
+    assert template.render(CONTEXT) == "[deploy] Deploy app completed "
+
+
+def test_body_errors_name_every_bad_placeholder() -> None:
+    with pytest.raises(TemplateError) as caught:
+        compile_body({"a": "{{ run.nope }}", "{{ bad }}": "x", "c": ["{{ run.status"]})
+    assert len(caught.value.problems) == 3
+
+
+def test_body_of_wrong_type_is_rejected() -> None:
+    with pytest.raises(TemplateError):
+        compile_body(12)
+
+
+def test_no_body_means_default() -> None:
+    assert compile_body(None) is None
+
+
+def test_large_ints_and_odd_floats_still_give_valid_json() -> None:
+    template = JsonTemplate.compile(
+        {"a": "{{ run.variables.big }}", "b": "{{ run.variables.nan }}"}
+    )
+    context = {"run": {"variables": {"big": 2**80, "nan": float("nan")}}}
+    assert json.loads(template.render(context)) == {"a": 2**80, "b": None}
+
+
+# --- properties ------------------------------------------------------------------------------
+
+_names = st.sampled_from(
+    [
+        "event",
+        "run",
+        "run.id",
+        "run.status",
+        "run.attempt",
+        "run.variables",
+        "run.variables.a",
+        "run.variables.b.0",
+        "pipeline.name",
+        "hook.id",
+    ]
+)
+_placeholder = _names.map(lambda n: "{{ " + n + " }}")
+# Literal text without braces: every generated template is valid, so rendering is what is tested.
+_literal = st.text(st.characters(exclude_characters="{}"), max_size=8)
+_text = st.lists(st.one_of(_literal, _placeholder), max_size=6).map("".join)
+_json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**90), max_value=2**90),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=10),
+    st.text(st.characters(codec=None, categories=["Cs", "Cc", "Lo"]), max_size=4),
+)
+_values = st.recursive(
+    _json_scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+_templates = st.recursive(
+    st.one_of(_text, _json_scalars),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(_text, children, max_size=4)
+    ),
+    max_leaves=12,
+)
+_contexts = st.fixed_dictionaries(
+    {
+        "event": _values,
+        "run": st.fixed_dictionaries(
+            {"id": _values, "status": _values, "attempt": _values, "variables": _values}
+        ),
+        "pipeline": _values,
+        "hook": _values,
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(document=_templates, context=_contexts)
+def test_json_rendering_never_crashes_and_is_always_valid_json(document: Any, context: Any) -> None:
+    rendered = JsonTemplate.compile(document).render(context)
+    json.loads(rendered, parse_constant=_reject_constant)
+
+
+@settings(max_examples=300, deadline=None)
+@given(source=st.text(max_size=40), context=_contexts)
+def test_compiling_arbitrary_text_fails_cleanly_or_renders(source: str, context: Any) -> None:
+    try:
+        template = TextTemplate.compile(source)
+    except TemplateError:
+        return
+    template.render(context)
+    assert "\n" not in template.render_header(context)
+    try:
+        body = compile_body(source)
+    except TemplateError:
+        return
+    if isinstance(body, JsonTemplate):
+        json.loads(body.render(context), parse_constant=_reject_constant)
+
+
+@settings(max_examples=200, deadline=None)
+@given(source=_text, context=_contexts)
+def test_url_values_never_add_path_or_query_structure(source: str, context: Any) -> None:
+    template = compile_url("https://example.com/x/" + source)
+    literal = "".join(p for p in template.parts if isinstance(p, str))
+    rendered = template.render_url(context)
+    for char in "/?#&=":
+        assert rendered.count(char) == literal.count(char)
+
+
+def _reject_constant(name: str) -> Any:
+    raise AssertionError(f"invalid JSON constant {name}")
