@@ -263,6 +263,7 @@ def test_unmet_conditions_skip_with_the_reason() -> None:
     assert result.message == "Hook call skipped: trigger conditions not met"
     assert result.reason == 'condition 0: value at \'action\' is "opened", accepted: ["closed"]'
     assert result.variables is None
+    assert result.history_message() == f"{result.message}: {result.reason}"
     met = make_hook(
         trigger_when={"conditions": [{"path": "action", "accepted_values": ["opened"]}]}
     )
@@ -288,6 +289,12 @@ def test_missing_and_uncoercible_variables_are_422_listing_every_problem() -> No
             "'Update the README with new information.'"
         ],
     }
+    assert result.history_message() == (
+        "the payload does not provide valid variables: ticket, release, draft (ticket: is "
+        "required but missing at path 'ticket.id'; release: is required but missing at path "
+        "'release.tag'; draft: invalid value at path 'pull_request.title': expected a boolean, "
+        "got 'Update the README with new information.')"
+    )
 
 
 def test_a_nul_character_in_a_variable_is_422_not_a_storage_failure() -> None:
