@@ -101,6 +101,14 @@ async def get_incoming_hook(request: web.Request) -> web.Response:
     return json_response(hook_json(row, _base_url(request)))
 
 
+def _forget_cached(request: web.Request, hook_id: Any) -> None:
+    # This process answers the sender's next call from its cache; NOTIFY reaches the other
+    # workers a moment later. Dropping our own copy now gives read-your-writes here.
+    cache = request.app[appkeys.SERVICES].get("hook_cache")
+    if cache is not None:
+        cache.invalidate(hook_id)
+
+
 @routes.put("/hooks/incoming/{hook_id}")
 @endpoint()
 async def update_incoming_hook(request: web.Request) -> web.Response:
@@ -111,6 +119,7 @@ async def update_incoming_hook(request: web.Request) -> web.Response:
     row = await hooks.update_incoming_hook(request.app[appkeys.DATABASE], hook["id"], changes)
     if row is None:
         raise ApiError(404, "hook not found")
+    _forget_cached(request, row["id"])
     log.info("incoming_hook_updated", hook_id=str(row["id"]), fields=sorted(changes))
     return json_response(hook_json(row, _base_url(request)))
 
@@ -122,6 +131,7 @@ async def delete_incoming_hook(request: web.Request) -> web.Response:
     hook = await incoming_hook_for(request, "hook:delete")
     if not await hooks.delete_incoming_hook(request.app[appkeys.DATABASE], hook["id"]):
         raise ApiError(404, "hook not found")
+    _forget_cached(request, hook["id"])
     log.info("incoming_hook_deleted", hook_id=str(hook["id"]))
     return web.Response(status=204)
 
@@ -149,5 +159,6 @@ async def rotate_secret(request: web.Request) -> web.Response:
     )
     if row is None:
         raise ApiError(404, "hook not found")
+    _forget_cached(request, row["id"])
     log.info("incoming_hook_secret_rotated", hook_id=str(row["id"]), grace_period_seconds=grace)
     return json_response(hook_json(row, _base_url(request), secret=row["secret"]))

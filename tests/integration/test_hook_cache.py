@@ -17,7 +17,15 @@ from gateway.config import Config
 from gateway.ingest.evaluation import CompiledHook, evaluate
 from gateway.ingest.hook_cache import HookCache
 from gateway.storage.database import Database
-from tests.integration.ingest_helpers import PR_OPENED, execute, fetch, github_headers, wait_for
+from tests.integration.ingest_helpers import (
+    PR_OPENED,
+    execute,
+    fetch,
+    github_headers,
+    hook_path,
+    seed_hook,
+    wait_for,
+)
 
 SECRET = "the current secret"
 OLD_SECRET = "the previous secret"
@@ -208,3 +216,34 @@ async def test_the_listener_reconnects_and_the_cache_starts_over(
     await wait_for(
         lambda: cache.get(str(hook_id)), lambda h: h is not None and not h.active, within=5
     )
+
+
+async def test_management_changes_apply_to_the_next_request_in_this_process(
+    client: Any, admin_headers: dict[str, str]
+) -> None:
+    """No NOTIFY round trip needed for the process that made the change (read-your-writes)."""
+    hook = await seed_hook(client, admin_headers)
+    path, headers = hook_path(hook), {**admin_headers}
+    warm = await client.post(
+        path, data=PR_OPENED, headers=github_headers(hook["secret"], PR_OPENED)
+    )
+    assert warm.status == 202
+    await client.put(f"/hooks/incoming/{hook['id']}", json={"active": False}, headers=headers)
+    inactive = await client.post(
+        path, data=PR_OPENED, headers=github_headers(hook["secret"], PR_OPENED)
+    )
+    assert inactive.status == 403
+    await client.put(f"/hooks/incoming/{hook['id']}", json={"active": True}, headers=headers)
+    rotated = await client.post(
+        f"/hooks/incoming/{hook['id']}/secret/rotate",
+        json={"grace_period_seconds": 0},
+        headers=headers,
+    )
+    new_secret = (await rotated.json())["secret"]
+    old = await client.post(path, data=PR_OPENED, headers=github_headers(hook["secret"], PR_OPENED))
+    assert old.status == 401
+    new = await client.post(path, data=PR_OPENED, headers=github_headers(new_secret, PR_OPENED))
+    assert new.status == 202
+    await client.delete(f"/hooks/incoming/{hook['id']}", headers=headers)
+    gone = await client.post(path, data=PR_OPENED, headers=github_headers(new_secret, PR_OPENED))
+    assert gone.status == 404
