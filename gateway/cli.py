@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from gateway.config import Config, ConfigError, load_config
 from gateway.executor import commands as run_commands
 from gateway.logs import configure_logging, get_logger
+from gateway.security import key_commands
 
 log = get_logger(__name__)
 
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         help="read the password from this environment variable (default: stdin)",
     )
     run_commands.add_commands(commands)  # executor, prune (issue 5)
+    key_commands.add_commands(commands)  # keys generate|status (issue 8)
     return parser
 
 
@@ -94,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _load(args.path or args.config)
         print(f"{config.source}: OK")
         return 0
+    if args.command == key_commands.COMMAND:  # issue 8; `keys generate` needs no config
+        return key_commands.main(args, _load)
     config = _load(args.config)
     configure_logging(config.log.level, config.log.format)
     from gateway.server import install_event_loop_policy

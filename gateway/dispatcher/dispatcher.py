@@ -29,13 +29,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-from yarl import URL
 
 from gateway.config import Config
+from gateway.dispatcher.client import clean, new_session, send
 from gateway.dispatcher.outbound import CompiledHook, OutboundRequest, build_request, event_context
 from gateway.dispatcher.retry import FAILED, RETRY, SUCCEEDED, RetryPolicy
 from gateway.dispatcher.signing import redact_headers
-from gateway.dispatcher.ssrf import is_refusal, make_connector
+from gateway.dispatcher.ssrf import is_refusal
 from gateway.exceptions import DatabaseUnavailable
 from gateway.logs import get_logger
 from gateway.storage import outgoing as store
@@ -45,6 +45,7 @@ log = get_logger(__name__)
 
 LEASE_MARGIN = 10.0  # seconds beyond the request timeout to render, record and commit
 CLAIM_BATCH = 100
+LISTEN_CONNECT_TIMEOUT = 5.0
 MIN_IDLE = 0.05  # never spin faster than this when work is due but none could be claimed
 MESSAGE_LIMIT = 1000
 _COMPILED_LIMIT = 10_000
@@ -55,15 +56,7 @@ class Dispatcher:
 
     def __init__(self, db: Database, config: Config) -> None:
         self.db = db
-        self.settings = config.outgoing
-        self.store_bodies = config.hooks.store_bodies
-        self.policy = RetryPolicy.create(
-            self.settings.retry_schedule,
-            jitter=self.settings.retry_jitter,
-            retry_after_max=self.settings.retry_after_max,
-            disable_after_failures=self.settings.disable_after_failures,
-        )
-        self.lease_seconds = self.settings.timeout + LEASE_MARGIN
+        self._configure(config)
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
@@ -73,21 +66,43 @@ class Dispatcher:
         self._hook_origin: dict[uuid.UUID, str] = {}  # hooks with work in flight or handed back
         self._compiled: dict[uuid.UUID, tuple[Any, CompiledHook | str]] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._retired: list[aiohttp.ClientSession] = []  # replaced on reload; closed at stop
         self._listener: Any = None
+        self._listen_retry_at = 0.0
+
+    def _configure(self, config: Config) -> None:
+        self.settings = config.outgoing
+        self.store_bodies = config.hooks.store_bodies
+        self.policy = RetryPolicy.create(
+            self.settings.retry_schedule,
+            jitter=self.settings.retry_jitter,
+            retry_after_max=self.settings.retry_after_max,
+            disable_after_failures=self.settings.disable_after_failures,
+        )
+        self.lease_seconds = self.settings.timeout + LEASE_MARGIN
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        return new_session(
+            allow_private_targets=self.settings.allow_private_targets,
+            concurrency=self.settings.concurrency,
+        )
+
+    def apply_config(self, old: Config, new: Config, changed: frozenset[str]) -> None:
+        """SIGHUP reload callback (gateway.reload): take the new ``[outgoing]`` settings and
+        ``hooks.store_bodies``; a changed SSRF setting applies to requests sent from now on."""
+        if not any(k.startswith("outgoing.") or k == "hooks.store_bodies" for k in changed):
+            return
+        self._configure(new)
+        if old.outgoing.allow_private_targets != new.outgoing.allow_private_targets:
+            if self._session is not None:
+                self._retired.append(self._session)  # in-flight requests finish on it
+            self._session = self._new_session()
+        log.info("dispatcher_reconfigured", changed=sorted(changed))
+        self._wake.set()
 
     async def start(self) -> None:
         """Open the HTTP session and the LISTEN connection; start the loop."""
-        connector = make_connector(
-            allow_private_targets=self.settings.allow_private_targets,
-            limit=self.settings.concurrency,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self.lease_seconds),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,  # never route deliveries through an environment proxy
-            auto_decompress=False,
-        )
+        self._session = self._new_session()
         await self._ensure_listener()
         self._loop_task = asyncio.create_task(self._run(), name="outgoing-dispatcher")
         log.info("dispatcher_started", concurrency=self.settings.concurrency)
@@ -108,8 +123,9 @@ class Dispatcher:
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._listener.close(), timeout=2)
-        if self._session is not None:
-            await self._session.close()
+        for session in [*self._retired, self._session]:
+            if session is not None:
+                await session.close()
         log.info("dispatcher_stopped")
 
     # --- the loop -----------------------------------------------------------------------
@@ -118,12 +134,20 @@ class Dispatcher:
         self._wake.set()
 
     async def _ensure_listener(self) -> None:
+        """(Re)open the LISTEN connection, at most once per poll interval while it fails;
+        polling covers the gaps, so a missing listener only costs latency."""
         if self._listener is not None and not self._listener.is_closed():
             return
+        now = time.monotonic()
+        if now < self._listen_retry_at:
+            return
+        self._listen_retry_at = now + self.settings.poll_interval
         try:
-            self._listener = await self.db.listen(store.DELIVERY_DUE_CHANNEL, self._notified)
-        except DatabaseUnavailable:
-            self._listener = None  # polling covers it until the database is back
+            async with asyncio.timeout(LISTEN_CONNECT_TIMEOUT):
+                self._listener = await self.db.listen(store.DELIVERY_DUE_CHANNEL, self._notified)
+        except (DatabaseUnavailable, TimeoutError) as exc:
+            self._listener = None
+            log.warning("dispatcher_listen_failed", error=str(exc) or type(exc).__name__)
 
     def _busy_hooks(self) -> list[uuid.UUID]:
         limit = self.settings.per_target_concurrency
@@ -232,7 +256,10 @@ class Dispatcher:
         excerpt: str | None = None
         refusal: str | None = None
         try:
-            status, retry_after, excerpt = await self._send(request, timeout)
+            assert self._session is not None
+            status, retry_after, excerpt = await send(
+                self._session, request, timeout, self.settings.response_excerpt_bytes
+            )
             message = f"HTTP {status}"
         except TimeoutError:
             message = f"timed out after {timeout:g}s"
@@ -272,7 +299,7 @@ class Dispatcher:
             body_size=len(request.body),
             outcome=outcome,
             status_code=status or 0,
-            message=_clean(message)[:MESSAGE_LIMIT],
+            message=clean(message)[:MESSAGE_LIMIT],
             response_excerpt=excerpt,
             latency_ms=latency_ms,
         )
@@ -298,31 +325,6 @@ class Dispatcher:
         )
         await self._maybe_disable(row["hook_id"], decision.disable_hook, failures)
 
-    async def _send(
-        self, request: OutboundRequest, seconds: float
-    ) -> tuple[int, str | None, str | None]:
-        """Send and read at most ``response_excerpt_bytes`` of the answer within ``seconds``."""
-        assert self._session is not None
-        limit = self.settings.response_excerpt_bytes
-        async with asyncio.timeout(seconds):
-            async with self._session.request(
-                request.method,
-                URL(request.url, encoded=True),
-                data=request.body,
-                headers=request.headers,
-                allow_redirects=False,  # a redirect is an answer, not an instruction
-            ) as response:
-                chunks: list[bytes] = []
-                remaining = limit
-                while remaining > 0:
-                    chunk = await response.content.read(remaining)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    remaining -= len(chunk)
-                excerpt = _clean(b"".join(chunks).decode("utf-8", "replace")) if limit else None
-                return response.status, response.headers.get("Retry-After"), excerpt
-
     async def _maybe_disable(self, hook_id: uuid.UUID, gone: bool, failures: int | None) -> None:
         if gone:
             reason = "disabled: the target answered 410 Gone"
@@ -332,8 +334,3 @@ class Dispatcher:
             return
         if await store.disable_hook(self.db, hook_id, reason):
             log.warning("outgoing_hook_disabled", hook_id=str(hook_id), reason=reason)
-
-
-def _clean(text: str) -> str:
-    """PostgreSQL text cannot hold NUL characters."""
-    return text.replace("\x00", "")

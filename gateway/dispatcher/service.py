@@ -10,6 +10,7 @@ from aiohttp import web
 from gateway import appkeys
 from gateway.config import Config
 from gateway.dispatcher.dispatcher import Dispatcher
+from gateway.reload import CONFIG_HOLDER
 from gateway.storage.database import Database
 
 DISPATCHER = "outgoing_dispatcher"  # key in app[appkeys.SERVICES]
@@ -24,11 +25,17 @@ async def dispatcher_service(app: web.Application) -> AsyncIterator[None]:
         return
     dispatcher = Dispatcher(app[appkeys.DATABASE], config)
     await dispatcher.start()
-    app[appkeys.SERVICES][DISPATCHER] = dispatcher
+    services = app[appkeys.SERVICES]
+    services[DISPATCHER] = dispatcher
+    # SIGHUP: follow live [outgoing] changes when a config holder runs (gateway.reload).
+    holder = services.get(CONFIG_HOLDER)
+    unsubscribe = holder.on_reload(dispatcher.apply_config) if holder is not None else None
     try:
         yield
     finally:
-        app[appkeys.SERVICES].pop(DISPATCHER, None)
+        if unsubscribe is not None:
+            unsubscribe()
+        services.pop(DISPATCHER, None)
         await dispatcher.stop(config.server.shutdown_timeout)
 
 

@@ -544,3 +544,50 @@ async def test_a_slow_target_does_not_hold_up_a_fast_one(
         slow.release.set()
         await running.stop(5)
     assert len(fast.seen) == 6
+
+
+async def test_notifications_and_due_times_drive_an_otherwise_idle_dispatcher(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    database_dsn: str,
+    receiver: tuple[Receiver, str],
+) -> None:
+    target, base = receiver
+    target.plan("/woken", 500, 200)
+    # Polling would take an hour: the new delivery arrives through LISTEN/NOTIFY, and the retry
+    # runs when it falls due because the dispatcher sleeps only until then.
+    config = outgoing_config(database_dsn, poll_interval=3600, retry_schedule=[0.2])
+    hook = await create_hook(client, admin_headers, pipeline["id"], hook_body(base + "/woken"))
+    running = Dispatcher(db, config)
+    await running.start()
+    try:
+        await complete_run(db, pipeline["id"])
+        await eventually(lambda: _statuses_are(db, hook["id"], ["succeeded"]))
+    finally:
+        await running.stop(5)
+    assert len(target.seen) == 2
+
+
+async def test_a_reload_switching_the_guard_on_applies_to_the_next_request(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    config: Config,
+    database_dsn: str,
+    receiver: tuple[Receiver, str],
+    dispatcher: Dispatcher,
+) -> None:
+    target, base = receiver
+    hook = await create_hook(client, admin_headers, pipeline["id"], hook_body(base + "/reload"))
+    await complete_run(db, pipeline["id"])
+    await eventually(lambda: _statuses_are(db, hook["id"], ["succeeded"]))
+
+    guarded = outgoing_config(database_dsn, allow_private_targets=False)
+    dispatcher.apply_config(config, guarded, frozenset({"outgoing.allow_private_targets"}))
+    await complete_run(db, pipeline["id"])
+    await eventually(lambda: _statuses_are(db, hook["id"], ["succeeded", "failed"]))
+    assert len(target.seen) == 1
+    assert (await attempts(db, hook["id"]))[-1]["outcome"] == "refused"

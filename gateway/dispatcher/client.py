@@ -1,0 +1,65 @@
+"""The HTTP side of a delivery: one shared session per dispatcher, one bounded send per attempt."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import NamedTuple
+
+import aiohttp
+from yarl import URL
+
+from gateway.dispatcher.outbound import OutboundRequest
+from gateway.dispatcher.ssrf import make_connector
+
+MAX_TIMEOUT = 60.0  # the bound of [outgoing] timeout and of a hook's settings.timeout
+
+
+class Answer(NamedTuple):
+    """What came back: status, the Retry-After header, the start of the body (or None)."""
+
+    status: int
+    retry_after: str | None
+    excerpt: str | None
+
+
+def new_session(*, allow_private_targets: bool, concurrency: int) -> aiohttp.ClientSession:
+    """The session every delivery of a dispatcher goes through (SSRF guard unless allowed)."""
+    return aiohttp.ClientSession(
+        connector=make_connector(allow_private_targets=allow_private_targets, limit=concurrency),
+        # A backstop only: each request runs under its own, shorter, timeout (see send).
+        timeout=aiohttp.ClientTimeout(total=MAX_TIMEOUT * 2),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,  # never route deliveries through an environment proxy
+        auto_decompress=False,
+    )
+
+
+def clean(text: str) -> str:
+    """PostgreSQL text cannot hold NUL characters."""
+    return text.replace("\x00", "")
+
+
+async def send(
+    session: aiohttp.ClientSession, request: OutboundRequest, seconds: float, excerpt_bytes: int
+) -> Answer:
+    """Send ``request`` without following redirects and read at most ``excerpt_bytes`` of the
+    answer, all within ``seconds`` (TimeoutError otherwise; connection problems and SSRF
+    refusals raise aiohttp.ClientError)."""
+    async with asyncio.timeout(seconds):
+        async with session.request(
+            request.method,
+            URL(request.url, encoded=True),  # already percent-encoded by the template
+            data=request.body,
+            headers=request.headers,
+            allow_redirects=False,  # a redirect is an answer, not an instruction
+        ) as response:
+            chunks: list[bytes] = []
+            remaining = excerpt_bytes
+            while remaining > 0:
+                chunk = await response.content.read(remaining)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                remaining -= len(chunk)
+            excerpt = clean(b"".join(chunks).decode("utf-8", "replace")) if excerpt_bytes else None
+            return Answer(response.status, response.headers.get("Retry-After"), excerpt)

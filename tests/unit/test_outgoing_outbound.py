@@ -1,0 +1,86 @@
+"""Building the outgoing request from a hook definition and an event snapshot (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from standardwebhooks import Webhook
+
+from gateway.dispatcher.outbound import CompiledHook, build_request, event_context
+from gateway.ingest.signatures import STANDARD_WEBHOOKS, generate_secret
+
+SECRET = generate_secret(STANDARD_WEBHOOKS)
+PAYLOAD: dict[str, Any] = {
+    "event": "run.failed",
+    "timestamp": "2026-05-01T12:00:00+00:00",
+    "run": {"id": "r1", "status": "failed", "variables": {"pr": 9, "ref": "main"}},
+    "pipeline": {"id": 3, "name": "Deploy"},
+    "hook": {"id": "h1", "name": "notify"},
+}
+
+
+def row(**settings: Any) -> dict[str, Any]:
+    return {
+        "target_url": "https://ci.example/pr/{{ run.variables.pr }}",
+        "trigger_when": {"events": ["run.failed"], "conditions": []},
+        "settings": settings,
+        "requires_secret": True,
+        "secret": SECRET,
+    }
+
+
+def test_default_body_is_an_envelope_and_is_signed() -> None:
+    hook = CompiledHook.from_row(row())
+    request = build_request(hook, event_context(PAYLOAD, "d1", 1), "d1")
+    assert request.method == "POST"
+    assert request.url == "https://ci.example/pr/9"
+    assert request.origin == "https://ci.example:443"
+    assert request.headers["Content-Type"] == "application/json"
+    body = Webhook(SECRET).verify(request.body, request.headers)
+    assert body == {
+        "type": "run.failed",
+        "timestamp": "2026-05-01T12:00:00+00:00",
+        "data": {k: PAYLOAD[k] for k in ("run", "pipeline", "hook")},
+    }
+
+
+def test_hook_headers_override_defaults_case_insensitively() -> None:
+    hook = CompiledHook.from_row(
+        row(
+            method="PUT",
+            request_body="{{ pipeline.name }} {{ run.status }} (attempt {{ delivery.attempt }})",
+            request_headers=[
+                {"name": "content-type", "value": "text/markdown"},
+                {"name": "X-Ref", "value": "{{ run.variables.ref }}"},
+            ],
+        )
+    )
+    request = build_request(hook, event_context(PAYLOAD, "d1", 2), "d1")
+    assert request.method == "PUT"
+    assert request.body == b"Deploy failed (attempt 2)"
+    assert request.headers["content-type"] == "text/markdown"
+    assert "Content-Type" not in request.headers
+    assert request.headers["X-Ref"] == "main"
+
+
+def test_without_secret_only_id_and_timestamp() -> None:
+    hook = CompiledHook.from_row({**row(), "requires_secret": False})
+    now = datetime(2026, 5, 1, tzinfo=UTC).timestamp()
+    request = build_request(hook, event_context(PAYLOAD, "d9", 1), "d9", now=now)
+    assert request.headers["webhook-id"] == "d9"
+    assert request.headers["webhook-timestamp"] == str(int(now))
+    assert "webhook-signature" not in request.headers
+    assert orjson.loads(request.body)["type"] == "run.failed"
+
+
+def test_conditions_are_compiled_without_the_events() -> None:
+    definition = row()
+    definition["trigger_when"]["conditions"] = [
+        {"path": "run.variables.ref", "accepted_values": ["main"]}
+    ]
+    hook = CompiledHook.from_row(definition)
+    assert hook.conditions.evaluate(event_context(PAYLOAD, "d", 1)) is None
+    other = {**PAYLOAD, "run": {**PAYLOAD["run"], "variables": {"ref": "dev"}}}
+    assert hook.conditions.evaluate(event_context(other, "d", 1)) is not None
