@@ -167,8 +167,11 @@ def ensure_key_file(path: Path) -> tuple[tuple[SecretKey, ...], bool]:
     return read_key_file(path), created
 
 
-def load_keys(secret_keys: Sequence[str], key_file: str) -> KeySet:
-    """The keys in force for ``[security]`` (see the module docstring); ValueError on bad input."""
+def load_keys(secret_keys: Sequence[str], key_file: str, *, create_file: bool = True) -> KeySet:
+    """The keys in force for ``[security]`` (see the module docstring); ValueError on bad input.
+
+    ``create_file=False`` (inspection commands) never creates the key file.
+    """
     path = Path(key_file).expanduser() if key_file.strip() else None
     if secret_keys:
         keys = parse_key_lines(secret_keys, "security.secret_keys")
@@ -176,7 +179,7 @@ def load_keys(secret_keys: Sequence[str], key_file: str) -> KeySet:
             known = {key.key_id for key in keys}
             keys += tuple(k for k in read_key_file(path) if k.key_id not in known)
         return KeySet(keys, "config")
-    if path is None:
+    if path is None or (not create_file and not path.exists()):
         return KeySet((), "none")
     keys, created = ensure_key_file(path)
     return KeySet(keys, "generated" if created else "file", str(path))

@@ -26,6 +26,11 @@ from gateway.storage.database import Database, Record
 
 INCOMING, OUTGOING = "incoming_hooks", "outgoing_hooks"
 TABLES = (INCOMING, OUTGOING)
+# table -> (query reading the rows that need work, query writing them back)
+_QUERIES = {
+    INCOMING: ("secrets_incoming_page", "secrets_incoming_update"),
+    OUTGOING: ("secrets_outgoing_page", "secrets_outgoing_update"),
+}
 _FIRST_ID = uuid.UUID(int=0)
 _MAX_UNREADABLE_IDS = 20
 
@@ -59,8 +64,7 @@ async def rotate_batch(
     returns ``progress`` (``done`` once the table has no more rows to visit)."""
     if progress.table not in TABLES:
         raise ValueError(f"unknown table {progress.table!r}; expected one of {TABLES}")
-    page = f"secrets_{progress.table.split('_')[0]}_page"
-    rows = await db.fetch(page, progress.last_id, _prefix(box), batch_size)
+    rows = await db.fetch(_QUERIES[progress.table][0], progress.last_id, _prefix(box), batch_size)
     if not rows:
         progress.done = True
         return progress
@@ -94,7 +98,7 @@ async def reencrypt_rows(
             old[i].append(row[column])
     if not ids:
         return
-    name = f"secrets_{progress.table.split('_')[0]}_update"
+    name = _QUERIES[progress.table][1]
     async with db.transaction() as session:
         if progress.table == INCOMING:
             updated = await session.fetch(name, ids, new[0], new[1], old[0], old[1])

@@ -96,8 +96,8 @@ async def assert_all_readable(db: Database, box: SecretBox, world: dict[str, Any
         row = await incoming_plain(db, box, hook_id)
         assert (row["secret"], row["previous_secret"]) == (secret, previous)
     for hook_id, secret in world["outgoing"].items():
-        row = await outgoing.hook_by_id(db, hook_id)
-        assert row is not None and box.decrypt_optional(row["secret"]) == secret
+        stored = await outgoing.hook_by_id(db, hook_id)
+        assert stored is not None and box.decrypt_optional(stored["secret"]) == secret
 
 
 async def test_rotation_from_a_to_b(db: Database) -> None:
@@ -110,7 +110,8 @@ async def test_rotation_from_a_to_b(db: Database) -> None:
     assert not progress.done and progress.reencrypted == 2
     await assert_all_readable(db, BOX_BA, world)
     stored = [await hooks.incoming_hook_with_secrets(db, h) for h in world["incoming"]]
-    assert {key_id_of(r["secret"]) for r in stored if r} == {"a", "b", None}
+    sealed_with = [key_id_of(r["secret"]) for r in stored if r]
+    assert sealed_with.count("b") == 2 and set(sealed_with) - {"b"} <= {"a", None}
 
     results = await rotate_secrets(db, BOX_BA, batch_size=2)
     assert [(r.table, r.reencrypted, r.conflicts, r.unreadable) for r in results] == [

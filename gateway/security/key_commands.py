@@ -1,0 +1,112 @@
+"""``gateway keys``: generate a key line, show which keys seal the stored secrets, rotate.
+
+``keys generate`` needs no configuration and prints one ``key_id:base64`` line for
+``[security] secret_keys``. ``keys status`` lists stored secrets per key id and fails when some
+were sealed with a key this host does not have. ``keys rotate`` re-encrypts every stored
+secret with the primary key (gateway.storage.secret_rotation); it is registered only once the
+storage layer seals and opens secrets (:data:`ROTATE_AVAILABLE`), because re-encrypting rows
+that the ingest path still reads as plaintext would break every hook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from gateway.config import Config
+from gateway.exceptions import GatewayError
+
+COMMAND = "keys"
+# Phase 2 of issue 8 sets this once hook storage encrypts on write and decrypts on read.
+ROTATE_AVAILABLE = False
+
+
+def add_commands(commands: Any, *, rotate: bool | None = None) -> None:
+    """Register ``keys generate|status`` (and ``rotate`` when available) on the subparsers."""
+    keys = commands.add_parser(COMMAND, help="encryption keys of stored hook secrets")
+    actions = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    generate = actions.add_parser(
+        "generate", help="print a new key line for [security] secret_keys"
+    )
+    generate.add_argument("--key-id", metavar="ID", help="default: today's date + random hex")
+    actions.add_parser("status", help="stored secrets per key id; fails when a key is missing")
+    if ROTATE_AVAILABLE if rotate is None else rotate:
+        rotation = actions.add_parser(
+            "rotate", help="re-encrypt every stored secret with the primary (first) key"
+        )
+        rotation.add_argument("--batch-size", type=int, default=200, metavar="N")
+
+
+def main(args: argparse.Namespace, load: Callable[[str | None], Config]) -> int:
+    """Run a parsed ``keys`` command; ``load`` reads the configuration (only when needed)."""
+    from gateway.security.secret_keys import new_key_line
+
+    try:
+        if args.keys_command == "generate":
+            print(new_key_line(args.key_id))
+            return 0
+        config = load(args.config)
+        from gateway.logs import configure_logging
+
+        configure_logging(config.log.level, config.log.format)
+        if args.keys_command == "status":
+            return asyncio.run(_status(config))
+        return asyncio.run(_rotate(config, args.batch_size))
+    except (ValueError, GatewayError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
+
+
+async def _status(config: Config) -> int:
+    from gateway.executor.database import existing_database
+    from gateway.security.secret_box import SecretBox
+    from gateway.security.secret_keys import load_keys
+    from gateway.storage.secret_rotation import key_usage
+
+    keys = load_keys(config.security.secret_keys, config.security.key_file, create_file=False)
+    box = SecretBox.from_key_set(keys)
+    print(f"primary key: {box.primary_key_id or '(none: secrets are stored in plaintext)'}")
+    print(f"configured keys: {', '.join(box.key_ids) or '(none)'} (from {keys.origin})")
+    async with existing_database(config, start_embedded=True) as db:
+        usage = await key_usage(db)
+    missing = 0
+    for location, key_id, count in usage:
+        known = not key_id or key_id in box.key_ids
+        missing += 0 if known else count
+        label = key_id or "plaintext"
+        print(f"{location}: {count} sealed with {label}{'' if known else ' (KEY MISSING)'}")
+    if missing:
+        print(
+            f"gateway: {missing} stored secrets use keys this host does not have", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
+async def _rotate(config: Config, batch_size: int) -> int:
+    from gateway.executor.database import existing_database
+    from gateway.security.secret_box import open_secret_box
+    from gateway.storage.secret_rotation import rotate_secrets
+
+    if batch_size < 1:
+        raise ValueError("--batch-size must be at least 1")
+    box = open_secret_box(config.security)
+    async with existing_database(config, start_embedded=True) as db:
+        results = await rotate_secrets(db, box, batch_size=batch_size)
+    code = 0
+    for result in results:
+        print(
+            f"{result.table}: {result.reencrypted} re-encrypted with {box.primary_key_id}, "
+            f"{result.conflicts} changed meanwhile, {result.unreadable} unreadable"
+        )
+        if result.conflicts:
+            code = 1
+            print(f"gateway: run `gateway keys rotate` again for {result.table}", file=sys.stderr)
+        if result.unreadable:
+            code = 1
+            ids = ", ".join(str(i) for i in result.unreadable_ids)
+            print(f"gateway: unreadable rows (missing key?): {ids}", file=sys.stderr)
+    return code

@@ -1,0 +1,137 @@
+"""``gateway keys``: generate (no config needed), status and rotate against a real database."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import cli
+from gateway.config import Config, load_config
+from gateway.security import key_commands
+from gateway.security.secret_box import SecretBox, key_id_of
+from gateway.security.secret_keys import new_key_line, parse_key_line
+from gateway.storage import environments, hooks, pipelines
+from gateway.storage.database import Database
+from tests.conftest import ROOT
+
+VALUES = {
+    "name": "h",
+    "active": True,
+    "action_type": "deploy",
+    "requires_secret": True,
+    "secret_algorithm": "sha256",
+    "secret_header_name": "x-hub-signature-256",
+    "trigger_when": {},
+    "settings": {},
+}
+
+
+def test_generate_prints_a_valid_line_without_any_config(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[server\n")
+    assert cli.main(["--config", str(broken), "keys", "generate", "--key-id", "k2"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert parse_key_line(line).key_id == "k2"
+    assert cli.main(["keys", "generate"]) == 0
+    assert len(parse_key_line(capsys.readouterr().out.strip()).key) == 32
+
+
+def test_rotate_is_not_offered_before_storage_encrypts() -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["keys", "rotate"])
+
+
+async def seeded(db: Database, stored: list[str]) -> list[uuid.UUID]:
+    env = await environments.insert_environment(db, f"env-{uuid.uuid4().hex[:8]}", "")
+    pipeline = await pipelines.insert_pipeline(db, env["id"], "p", "application", 1, "deploy")
+    ids = []
+    for value in stored:
+        ids.append(uuid.uuid4())
+        await hooks.insert_incoming_hook(db, ids[-1], pipeline["id"], VALUES, value, None)
+    return ids
+
+
+def config_file(tmp_path: Path, keys: list[str]) -> Path:
+    path = tmp_path / "config.toml"
+    quoted = ", ".join(f'"{k}"' for k in keys)
+    path.write_text(f'[security]\nsecret_keys = [{quoted}]\nkey_file = ""\n')
+    return path
+
+
+async def run_cli(path: Path, dsn: str, *args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "--config",
+        str(path),
+        "keys",
+        *args,
+        cwd=ROOT,
+        env={**os.environ, "GATEWAY_DATABASE_DSN": dsn},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_status_reports_key_usage_and_missing_keys(
+    db: Database, database_dsn: str, tmp_path: Path
+) -> None:
+    line_a, line_b = new_key_line("a"), new_key_line("b")
+    box_a = SecretBox.from_key_set(_key_set(line_a))
+    await seeded(db, [box_a.encrypt("x"), box_a.encrypt("y"), "legacy"])
+
+    code, out, _ = await run_cli(config_file(tmp_path, [line_b, line_a]), database_dsn, "status")
+    assert code == 0, out
+    assert "primary key: b" in out
+    assert "incoming_hooks.secret: 2 sealed with a" in out
+    assert "incoming_hooks.secret: 1 sealed with plaintext" in out
+    assert line_a.split(":")[1] not in out
+
+    code, out, err = await run_cli(config_file(tmp_path, [line_b]), database_dsn, "status")
+    assert code == 1 and "2 sealed with a (KEY MISSING)" in out and "does not have" in err
+
+
+async def test_rotate_command_reencrypts(db: Database, database_dsn: str, tmp_path: Path) -> None:
+    line_a, line_b = new_key_line("a"), new_key_line("b")
+    box_a = SecretBox.from_key_set(_key_set(line_a))
+    ids = await seeded(db, [box_a.encrypt("x"), "legacy"])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    key_commands.add_commands(parser.add_subparsers(dest="command"), rotate=True)
+    args = parser.parse_args(
+        ["--config", str(config_file(tmp_path, [line_b, line_a])), "keys", "rotate"]
+    )
+
+    def load(path: str | None) -> Config:
+        return _with_dsn(load_config(path, env={}), database_dsn)
+
+    assert await asyncio.to_thread(key_commands.main, args, load) == 0
+    rows: list[Any] = [await hooks.incoming_hook_with_secrets(db, i) for i in ids]
+    assert [key_id_of(r["secret"]) for r in rows] == ["b", "b"]
+    box = SecretBox.from_key_set(_key_set(line_b, line_a))
+    assert [box.decrypt(r["secret"]) for r in rows] == ["x", "legacy"]
+
+
+def _key_set(*lines: str) -> Any:
+    from gateway.security.secret_keys import load_keys
+
+    return load_keys(lines, "")
+
+
+def _with_dsn(config: Config, dsn: str) -> Config:
+    from dataclasses import replace
+
+    return replace(config, database=replace(config.database, dsn=dsn))
