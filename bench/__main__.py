@@ -6,7 +6,6 @@ import argparse
 import shutil
 import sys
 import time
-from pathlib import Path
 
 from bench.gateway import ROOT
 from bench.load import wrk_available

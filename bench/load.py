@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,7 +109,7 @@ function init(args)
   prefix = CONFIG.tag .. "-" .. thread_id .. "-"
   sent, ok, non2xx, in_window = 0, 0, 0, 0
   statuses = {}
-  started, deadline = nil, nil
+  started, deadline, drained = nil, nil, false
 end
 
 function delay()
@@ -131,8 +133,12 @@ function response(status, headers, body)
   if status >= 200 and status < 300 then ok = ok + 1 else non2xx = non2xx + 1 end
   statuses[status] = (statuses[status] or 0) + 1
   if t <= deadline then in_window = in_window + 1 end
-  -- Drained: stop this thread (the first thread's count includes wrk's unsent check call).
-  if t > deadline and ok + non2xx + (thread_id == 1 and 1 or 0) >= sent then
+  -- Drained (the first thread's count includes wrk's unsent check call): stop this thread
+  -- and tell the bench, which then ends wrk with SIGINT instead of waiting for -d.
+  if not drained and t > deadline and ok + non2xx + (thread_id == 1 and 1 or 0) >= sent then
+    drained = true
+    local marker = assert(io.open(CONFIG.marker .. thread_id, "w"))
+    marker:close()
     wrk.thread:stop()
   end
 end
@@ -170,7 +176,7 @@ def _lua_string(value: str) -> str:
     return json.dumps(value)  # a JSON string literal is a valid Lua string literal here
 
 
-def _lua_config(target: Target, tag: str, duration: float) -> str:
+def _lua_config(target: Target, tag: str, duration: float, marker: str) -> str:
     headers = ", ".join(
         "{" + ", ".join(f"[{_lua_string(k)}] = {_lua_string(v)}" for k, v in h.items()) + "}"
         for h in (target.headers_for(i) for i in range(len(target.paths)))
@@ -180,7 +186,7 @@ def _lua_config(target: Target, tag: str, duration: float) -> str:
     return (
         "{"
         f"body_file = {_lua_string(str(target.body_file))}, host = {_lua_string(host)}, "
-        f"tag = {_lua_string(tag)}, duration = {duration}, "
+        f"tag = {_lua_string(tag)}, duration = {duration}, marker = {_lua_string(marker)}, "
         f"delivery_header = {_lua_string(target.delivery_header)}, "
         f"headers = {{{headers}}}, paths = {{{paths}}}"
         "}"
@@ -197,7 +203,8 @@ def run_wrk(
 ) -> LoadResult:
     """One wrk run; raise RuntimeError with wrk's output when it fails."""
     script = work_dir / f"{tag}.lua"
-    script.write_text(_LUA.replace("__CONFIG__", _lua_config(target, tag, duration)))
+    marker = str(work_dir / f"{tag}.drained.")
+    script.write_text(_LUA.replace("__CONFIG__", _lua_config(target, tag, duration, marker)))
     threads = max(1, min(threads, connections))
     command = [
         "wrk",
@@ -210,10 +217,22 @@ def run_wrk(
         str(script),
         target.base_url + target.paths[0],
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120)
-    line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH_RESULT ")), None)
-    if done.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}\n{done.stderr}")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # wrk's main thread sleeps for all of -d; once every thread has drained, SIGINT ends that
+    # sleep and wrk reports at once.
+    drained = [Path(f"{marker}{i + 1}") for i in range(threads)]
+    limit = time.monotonic() + duration + DRAIN_TIMEOUT + 30
+    while process.poll() is None and time.monotonic() < limit:
+        if all(path.exists() for path in drained):
+            process.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.05)
+    stdout, stderr = process.communicate(timeout=60)
+    for path in drained:
+        path.unlink(missing_ok=True)
+    line = next((x for x in stdout.splitlines() if x.startswith("BENCH_RESULT ")), None)
+    if process.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({process.returncode}): {stdout}\n{stderr}")
     data = json.loads(line.removeprefix("BENCH_RESULT "))
     statuses = {str(code): int(count) for code, count in data["statuses"].items()}
     return LoadResult(
@@ -233,7 +252,9 @@ def run_wrk(
     )
 
 
-def run_loadgen(target: Target, tag: str, connections: int, duration: float, work_dir: Path) -> LoadResult:
+def run_loadgen(
+    target: Target, tag: str, connections: int, duration: float, work_dir: Path
+) -> LoadResult:
     """One run of the built-in generator (``python -m bench.loadgen``) in its own process."""
     spec = work_dir / f"{tag}.json"
     spec.write_text(

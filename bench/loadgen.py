@@ -66,9 +66,8 @@ def _percentile(values: list[float], fraction: float) -> float:
     return values[min(len(values) - 1, int(fraction * len(values)))]
 
 
-async def run(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run the load described by ``spec`` and return the counters."""
-    body = Path(spec["body_file"]).read_bytes()
+async def run(spec: dict[str, Any], body: bytes) -> dict[str, Any]:
+    """Run the load described by ``spec`` (sending ``body``) and return the counters."""
     counters = _Counters()
     connector = aiohttp.TCPConnector(limit=spec["connections"], force_close=False)
     timeout = aiohttp.ClientTimeout(total=spec["drain_timeout"])
@@ -99,12 +98,13 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     """Entry point: read the spec file named on the command line, print one JSON line."""
     spec = json.loads(Path(sys.argv[1]).read_text())
+    body = Path(spec["body_file"]).read_bytes()
     try:
         import uvloop
     except ImportError:
-        print(json.dumps(asyncio.run(run(spec))))
+        print(json.dumps(asyncio.run(run(spec, body))))
         return
-    print(json.dumps(uvloop.run(run(spec))))
+    print(json.dumps(uvloop.run(run(spec, body))))
 
 
 if __name__ == "__main__":

@@ -32,17 +32,34 @@ SEED_VARIABLES: list[dict[str, Any]] = [
         "required": False,
         "default_value": "main",
     },
-    {"name": "pull_request_id", "path": "pull_request.number", "type": "integer", "required": False},
-    {"name": "pull_request_title", "path": "pull_request.title", "type": "string", "required": False},
+    {
+        "name": "pull_request_id",
+        "path": "pull_request.number",
+        "type": "integer",
+        "required": False,
+    },
+    {
+        "name": "pull_request_title",
+        "path": "pull_request.title",
+        "type": "string",
+        "required": False,
+    },
     {"name": "commit_hash", "path": "pull_request.head.sha", "type": "string", "required": False},
 ]
 # The four payload fields every implementation extracts (adnanh/webhook passes them to /bin/true).
-FOUR_FIELDS = ("pull_request.head.ref", "pull_request.number", "pull_request.title", "pull_request.head.sha")
+FOUR_FIELDS = (
+    "pull_request.head.ref",
+    "pull_request.number",
+    "pull_request.title",
+    "pull_request.head.sha",
+)
 
 _SEGMENT = re.compile(r"[A-Za-z_][\w-]*")
 
 
-def hook_body(variables: list[dict[str, Any]], name: str = "Deploy `main` branch") -> dict[str, Any]:
+def hook_body(
+    variables: list[dict[str, Any]], name: str = "Deploy `main` branch"
+) -> dict[str, Any]:
     """The create-incoming-hook request body (the seed's, with the given variables)."""
     return {
         "name": name,
@@ -66,7 +83,13 @@ def variable_set(count: int) -> list[dict[str, Any]]:
         raise ValueError(f"the payload has only {len(paths)} usable leaves")
     chosen = []
     for i, (path, value) in enumerate((p, _lookup(document, p)) for p in paths[:count]):
-        kind = "boolean" if isinstance(value, bool) else "integer" if isinstance(value, int) else "string"
+        kind = (
+            "boolean"
+            if isinstance(value, bool)
+            else "integer"
+            if isinstance(value, int)
+            else "string"
+        )
         chosen.append({"name": f"var_{i + 1}", "path": path, "type": kind, "required": False})
     return chosen
 
@@ -110,7 +133,9 @@ def _trimmed(document: dict[str, Any]) -> dict[str, Any]:
             "base": {k: pr["base"][k] for k in ("label", "ref", "sha")},
             "draft": pr["draft"],
         },
-        "repository": {k: document["repository"][k] for k in ("id", "name", "full_name", "private")},
+        "repository": {
+            k: document["repository"][k] for k in ("id", "name", "full_name", "private")
+        },
         "sender": {"login": document["sender"]["login"], "id": document["sender"]["id"]},
     }
 
@@ -124,6 +149,7 @@ def payload(size: str) -> bytes:
     if size == "1k":
         return json.dumps(_trimmed(document), indent=2).encode()
     if size == "1m":
+
         def build(copies: int) -> bytes:
             document["bench_padding"] = [document["repository"]] * copies
             return json.dumps(document, indent=2).encode()

@@ -22,7 +22,11 @@ def free_port() -> int:
 
 
 def start(
-    command: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None, cwd: Path | None = None
+    command: Sequence[str],
+    log_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``command`` with stdout+stderr going to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,7 +41,9 @@ def start(
         )
 
 
-def wait_http(url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 120.0) -> None:
+def wait_http(
+    url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 120.0
+) -> None:
     """Poll ``url`` until it answers (any HTTP status); fail fast when the process dies."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -67,7 +67,10 @@ async def handle(request: web.Request) -> web.Response:
         return web.json_response({"message": "bad json", "errors": None}, status=400)
     variables = _extract(payload, hook["variables"])
     run_id, request_id = uuid.uuid4(), uuid.uuid4()
-    headers = {k: ("[redacted]" if k.lower() == "x-hub-signature-256" else v) for k, v in request.headers.items()}
+    headers = {
+        k: ("[redacted]" if k.lower() == "x-hub-signature-256" else v)
+        for k, v in request.headers.items()
+    }
     await request.app[POOL].execute(
         INSERT,
         run_id,
@@ -89,9 +92,16 @@ async def handle(request: web.Request) -> web.Response:
     )
 
 
+async def health(request: web.Request) -> web.Response:
+    """Readiness for the bench: the process is up."""
+    return web.Response(text="ok")
+
+
 async def _pool(app: web.Application) -> Any:
     config = app[CONFIG]
-    app[POOL] = await asyncpg.create_pool(config["dsn"], min_size=2, max_size=config.get("pool_size", 10))
+    app[POOL] = await asyncpg.create_pool(
+        config["dsn"], min_size=2, max_size=config.get("pool_size", 10)
+    )
     yield
     await app[POOL].close()
 
@@ -115,7 +125,7 @@ def main() -> None:
     app[HOOKS] = config["hooks"]
     app.cleanup_ctx.append(_pool)
     app.router.add_post("/hooks/incoming/{hook_id}", handle)
-    app.router.add_get("/{tail:.*}", lambda request: web.Response(text="ok"))
+    app.router.add_get("/{tail:.*}", health)
     web.run_app(
         app, host=args.host, port=args.port, reuse_port=True, access_log=None, print=None, loop=loop
     )

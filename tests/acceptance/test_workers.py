@@ -69,10 +69,11 @@ class Gateway:
         deadline = time.monotonic() + timeout
         seen = 0
         while True:
-            for event in self.events[seen:]:
+            fresh = self.events[seen:]  # the reader appends concurrently: count what we scan
+            seen += len(fresh)
+            for event in fresh:
                 if predicate(event):
                     return event
-            seen = len(self.events)
             remaining = deadline - time.monotonic()
             if remaining <= 0 or (not self._reader.is_alive() and self._new.empty()):
                 tail = "\n".join(json.dumps(e) for e in self.events[-20:])
