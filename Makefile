@@ -5,7 +5,7 @@ CONFIG ?= config.toml
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv run test lint migrate bench clean
+.PHONY: venv run test lint migrate docs bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ lint: venv
 ## migrate: apply schema.sql to the configured database
 migrate: venv
 	$(BIN)/gateway --config $(CONFIG) migrate
+
+## docs: regenerate README.md's configuration reference from config.py and config.toml
+docs: venv
+	$(BIN)/python -m gateway.config_reference --write README.md
 
 ## bench: throughput/latency of the ingest path against baselines (see bench/README.md)
 bench: venv

@@ -35,8 +35,22 @@ _SECRET_SUFFIXES = ("_password", "_secret", "_token", "_signature")
 REDACTED = "[redacted]"
 
 # One list object for the whole process, updated in place: loggers cached on first use keep a
-# reference to it, so a later configure_logging() (tests, a reload) still changes their output.
+# reference to it, so a later configure_logging() (tests, a SIGHUP reload) still changes their
+# format. The level is checked by the first processor against _THRESHOLD for the same reason
+# (a level baked into the cached logger's class could never change).
 _PROCESSORS: list[Any] = []
+_THRESHOLD = [logging.INFO]
+_METHOD_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "msg": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
 
 
 class _CurrentStderr:
@@ -58,6 +72,12 @@ class _NamedPrintLogger(structlog.PrintLogger):
     def __init__(self, name: str | None, file: TextIO | Any) -> None:
         super().__init__(file)
         self.name = name
+
+
+def _drop_below_level(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    if _METHOD_LEVELS.get(method, logging.INFO) < _THRESHOLD[0]:
+        raise structlog.DropEvent
+    return event_dict
 
 
 def _redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Any:
@@ -84,8 +104,9 @@ def _event_first(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Any:
 def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None) -> None:
     """Configure structlog and stdlib logging (for libraries) to one format on stderr.
 
-    The level of a logger is fixed when it first logs; format and destination follow the latest
-    call. ``stream`` defaults to the current ``sys.stderr``.
+    Safe to call again (a reload): level, format and destination change for every logger,
+    including those already used. ``stream`` defaults to whatever ``sys.stderr`` is when a line
+    is written.
     """
     if level not in LEVELS or fmt not in FORMATS:
         raise ValueError(f"log level must be one of {LEVELS}, format one of {FORMATS}")
@@ -108,10 +129,11 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
     else:
         # The console renderer formats exceptions itself (format_exc_info would only warn).
         tail = [structlog.dev.ConsoleRenderer(colors=out.isatty())]
-    _PROCESSORS[:] = [*shared, *tail]
+    _THRESHOLD[0] = numeric
+    _PROCESSORS[:] = [_drop_below_level, *shared, *tail]
     structlog.configure(
         processors=_PROCESSORS,
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=lambda *args: _NamedPrintLogger(args[0] if args else None, out),
         cache_logger_on_first_use=True,
     )

@@ -66,27 +66,28 @@ CANCEL_GRACE = 1.0
 _DRAIN_POLL = 0.02
 
 
-async def drain(runners: list[web.AppRunner], timeout: float) -> int:
-    """Wait up to ``timeout`` for in-flight requests; return how many are still running.
+async def drain(runners: list[web.AppRunner], seconds: float) -> int:
+    """Wait up to ``seconds`` for in-flight requests; return how many are still running.
 
     aiohttp's own shutdown stops reading from every connection at once, so a request whose body
     is still arriving could never finish and would be cancelled after the timeout. Here idle
-    connections are closed (keep-alive ones included, so no new request starts on them) while
-    busy ones keep reading until their response is written.
+    connections are closed at once (keep-alive ones included, so no new request starts on them;
+    a pipelined request not yet started is dropped with its connection) while busy ones keep
+    reading until their response is written, and are closed as soon as it is.
     """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + seconds
     while True:
         busy = 0
         for runner in runners:
             connections = runner.server.connections if runner.server is not None else []
             for handler in connections:
                 # Private but stable since aiohttp 3.9; test_serve's slow-body test guards it.
-                log.info("drain_poll", h=id(handler), busy=getattr(handler, "_request_in_progress", None), close=handler._close, force=handler._force_close)
                 if getattr(handler, "_request_in_progress", False):
                     busy += 1
                 else:
-                    handler.close()
+                    # close() would only mark it; its socket would stay open until cleanup.
+                    handler.force_close()
         if not busy or loop.time() >= deadline:
             return busy
         await asyncio.sleep(_DRAIN_POLL)

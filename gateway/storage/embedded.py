@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,26 @@ def _import_wheel() -> Any:
 
 
 def _alive(pid: int) -> bool:
+    """True while the process runs (an exited, not yet reaped "zombie" counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no procfs (macOS) or it just exited
         return True
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _wait_gone(pid: int | None, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while pid is not None and _alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
     return True
 
 
@@ -95,10 +110,13 @@ class EmbeddedPostgres:
                 log.info("embedded_postgres_left_running", data_dir=str(self.data_dir), pids=others)
                 return
             user = server.system_user
+            pid = server.get_pid()
             try:
                 wheel.pg_ctl(
                     ["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=user, timeout=30
                 )
-                log.info("embedded_postgres_stopped", data_dir=str(self.data_dir))
+                # pg_ctl returns once postmaster.pid is gone; the process exits a moment later.
+                gone = _wait_gone(pid, timeout=10)
+                log.info("embedded_postgres_stopped", data_dir=str(self.data_dir), exited=gone)
             except Exception as exc:  # the server may already be gone; never mask the real exit
                 log.warning("embedded_postgres_stop_failed", error=str(exc))

@@ -62,14 +62,18 @@ def port_is_free(port: int) -> bool:
 
 
 def process_alive(pid: int) -> bool:
-    """True while a process with this pid exists."""
+    """True while the process runs (a zombie, exited but not yet reaped, counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return True
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def write_config(path: Path, sections: Mapping[str, Mapping[str, Any]]) -> Path:

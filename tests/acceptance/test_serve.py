@@ -28,6 +28,7 @@ from tests.acceptance.process_helpers import (
     port_is_free,
     process_alive,
     release_data_dir,
+    run_gateway,
     write_config,
 )
 
@@ -38,6 +39,7 @@ ADMIN_PASSWORD = "a long and secret passphrase"
 @dataclass
 class Run:
     gateway: GatewayProcess
+    config: Path
     port: int
     management_port: int
     postmaster_pid: int
@@ -74,7 +76,7 @@ def _start(config: Path, env: dict[str, str], port: int, management_port: int = 
     except BaseException:
         gateway.kill()
         raise
-    return Run(gateway, port, management_port, started["pid"])
+    return Run(gateway, config, port, management_port, started["pid"])
 
 
 def _stop(run: Run, sig: signal.Signals) -> int:
@@ -194,12 +196,7 @@ def test_sigterm_finishes_the_request_in_flight(first_run: Run) -> None:
     assert idle_reader.read() == b""
     assert gateway.process.poll() is None
     slow.sendall(body[10:])
-    try:
-        status, headers, raw = _read_response(reader)
-    except Exception:
-        gateway.finish()
-        print("DEBUG", gateway.output)
-        raise
+    status, headers, raw = _read_response(reader)
     assert status == 200, raw
     assert headers["x-request-id"] == "in-flight-1"
     assert json.loads(raw)["access_token"].startswith("hga_")
@@ -208,7 +205,9 @@ def test_sigterm_finishes_the_request_in_flight(first_run: Run) -> None:
 
     assert _stop(first_run, signal.SIGTERM) == 0
     assert not gateway.named("requests_cancelled")
-    assert gateway.named("embedded_postgres_stopped") and gateway.named("stopped")
+    (stopped,) = gateway.named("embedded_postgres_stopped")
+    assert stopped["exited"] is True
+    assert gateway.named("stopped")
 
 
 def test_sigterm_stops_the_embedded_server(first_run_stopped: Run, data_dir: Path) -> None:
@@ -225,9 +224,7 @@ def test_data_survives_a_restart(second_run: Run) -> None:
     assert second_run.postmaster_pid != 0
     status, tokens = _login(second_run.management_port)
     assert status == 200
-    status, me = _http(
-        second_run.management_port, "GET", "/users/me", token=tokens["access_token"]
-    )
+    status, me = _http(second_run.management_port, "GET", "/users/me", token=tokens["access_token"])
     assert status == 200 and me["email"] == ADMIN_EMAIL
     started = second_run.gateway.named("embedded_postgres_starting")
     assert started and started[0]["initialise"] is False
@@ -247,6 +244,27 @@ def test_management_routes_live_only_on_the_management_port(second_run: Run) -> 
     # The probes stay with ingest, where the load balancer looks.
     assert _http(second_run.port, "GET", "/healthz")[0] == 200
     assert _http(second_run.port, "GET", "/readyz")[0] == 200
+
+
+def test_a_cli_command_beside_serve_leaves_the_database_running(second_run: Run) -> None:
+    # `user create` joins the embedded server `serve` runs and must not stop it on its way out.
+    password = "created while serving"
+    result = run_gateway(
+        "--config",
+        str(second_run.config),
+        "user",
+        "create",
+        "--email",
+        "late@example.com",
+        "--password-env",
+        "NEW_PASSWORD",
+        env={"NEW_PASSWORD": password, "GATEWAY_LOG_FORMAT": "json"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"event": "embedded_postgres_left_running"' in result.stderr
+    assert process_alive(second_run.postmaster_pid)
+    assert _http(second_run.port, "GET", "/readyz")[0] == 200
+    assert _login(second_run.management_port, "late@example.com", password)[0] == 200
 
 
 def test_sigint_stops_cleanly_too(second_run: Run, data_dir: Path) -> None:

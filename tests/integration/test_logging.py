@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import socket
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
+import aiohttp
 import pytest
 
 from gateway import cli
 from gateway.logs import REDACTED, configure_logging, get_logger
+from gateway.server import run_listeners
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 
 Lines = Callable[[], list[dict[str, Any]]]
@@ -53,6 +58,22 @@ def test_level_filters_debug(json_lines: Lines) -> None:
     log.debug("too_detailed")
     log.warning("worth_knowing")
     assert [line["event"] for line in json_lines()] == ["worth_knowing"]
+
+
+def test_a_reconfiguration_reaches_loggers_already_used(capsys: pytest.CaptureFixture[str]) -> None:
+    # SIGHUP reloads call configure_logging again; module loggers are cached on first use.
+    log = get_logger("tests.logging.reload")
+    configure_logging("warning", "json")
+    log.info("hidden_at_warning")
+    configure_logging("debug", "console")
+    log.debug("shown_at_debug", answer=42)
+    configure_logging("info", "json")
+    log.debug("hidden_again")
+    log.info("json_again")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2, lines
+    assert "shown_at_debug" in lines[0] and "answer=42" in lines[0]
+    assert json.loads(lines[1])["event"] == "json_again"
 
 
 def test_library_records_are_json_too(json_lines: Lines) -> None:
@@ -202,3 +223,27 @@ async def test_no_password_or_token_in_any_log_line(
         assert secret not in output
     # Not even a recognisable token prefix followed by its random part.
     assert not re.search(r"hg[arp]_[A-Za-z0-9_-]{20,}", output)
+
+
+async def test_access_log_lines_are_structured(config: Any, db: Any, json_lines: Lines) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = replace(config, server=replace(config.server, port=port, access_log=True))
+    stop = asyncio.Event()
+    serving = asyncio.create_task(run_listeners(config, db, stop))
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                        assert response.status == 200
+                    break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await serving
+    (line,) = [e for e in json_lines() if e["event"] == "http_request"]
+    assert line["method"] == "GET" and line["path"] == "/healthz" and line["status"] == 200
+    assert line["logger"] == "gateway.server" and line["duration_ms"] >= 0

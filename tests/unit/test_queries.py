@@ -131,9 +131,7 @@ def test_the_scan_sees_the_known_call_sites() -> None:
 
 
 def test_every_query_name_used_in_the_code_exists() -> None:
-    missing = {
-        name: places for name, places in _referenced_names().items() if name not in QUERIES
-    }
+    missing = {name: places for name, places in _referenced_names().items() if name not in QUERIES}
     assert not missing, f"not in queries.sql: {missing}"
 
 

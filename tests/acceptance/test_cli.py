@@ -1,0 +1,260 @@
+"""The `gateway` command as an operator runs it: check-config, serve's refusal, user, migrate."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from gateway import accounts
+from gateway.config import AuthConfig
+from gateway.storage.database import Database
+from tests.acceptance.process_helpers import (
+    ROOT,
+    free_port,
+    port_is_free,
+    run_gateway,
+    write_config,
+)
+from tests.conftest import _drop_database, _dsn_with_database
+
+# --- check-config -------------------------------------------------------------------------------
+
+
+def test_check_config_accepts_the_shipped_file() -> None:
+    result = run_gateway("check-config", str(ROOT / "config.toml"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{ROOT / 'config.toml'}: OK"
+
+
+def test_check_config_defaults_to_config_toml_in_the_working_directory() -> None:
+    result = run_gateway("check-config")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "config.toml: OK"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("[server]\nprot = 8080\n", ["unknown key 'server.prot'", "port"]),
+        ("[server]\nport = '8080'\n", ["server.port = '8080'", "must be an integer"]),
+        ("[log]\nformat = 'xml'\n", ["log.format = 'xml'", "one of json, console"]),
+        ("[server\nport = 1\n", ["not valid TOML"]),
+    ],
+)
+def test_check_config_names_what_is_wrong(tmp_path: Path, text: str, fragments: list[str]) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    result = run_gateway("check-config", str(path))
+    assert result.returncode == 2
+    assert f"invalid configuration in {path}" in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+    assert result.stdout == ""
+
+
+def test_gateway_config_variable_picks_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "chosen.toml"
+    path.write_text("[server]\nworkers = 0\n")
+    result = run_gateway("check-config", env={"GATEWAY_CONFIG": str(path)})
+    assert result.returncode == 2
+    assert str(path) in result.stderr and "server.workers = 0" in result.stderr
+
+
+def test_a_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    result = run_gateway("--config", str(tmp_path / "absent.toml"), "check-config")
+    assert result.returncode == 2
+    assert "file not found" in result.stderr
+
+
+# --- serve refuses a bad configuration before it starts anything --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("server_section", "env", "fragment"),
+    [
+        ({"prot": 8081}, {}, "unknown key 'server.prot'"),
+        ({"access_log": "yes"}, {}, "server.access_log = 'yes' is invalid: must be true or false"),
+        ({}, {"GATEWAY_BATCH_MAX_SIZE": "lots"}, "GATEWAY_BATCH_MAX_SIZE = 'lots'"),
+    ],
+)
+def test_serve_exits_before_binding_with_a_bad_config(
+    tmp_path: Path, server_section: dict[str, object], env: dict[str, str], fragment: str
+) -> None:
+    port = free_port()
+    data_dir = tmp_path / "pgdata"
+    config = write_config(
+        tmp_path / "config.toml",
+        {"server": {"port": port, **server_section}, "database": {"data_dir": str(data_dir)}},
+    )
+    result = run_gateway("--config", str(config), "serve", env=env)
+    assert result.returncode == 2
+    assert fragment in result.stderr
+    # Nothing was started: no listener, no embedded database, not even a log line.
+    assert "listening" not in result.stderr and "embedded_postgres" not in result.stderr
+    assert port_is_free(port)
+    assert not data_dir.exists()
+
+
+def test_serve_reports_a_port_in_use(tmp_path: Path, database_dsn: str) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = write_config(
+            tmp_path / "config.toml",
+            {"server": {"port": port}, "database": {"dsn": database_dsn}},
+        )
+        result = run_gateway("--config", str(config), "serve")
+    assert result.returncode == 1
+    assert f"gateway: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- user create --------------------------------------------------------------------------------
+
+
+def _dsn_config(tmp_path: Path, dsn: str) -> Path:
+    return write_config(tmp_path / "config.toml", {"database": {"dsn": dsn}})
+
+
+async def _can_log_in(db: Database, email: str, password: str) -> bool:
+    try:
+        await accounts.login(db, AuthConfig(), email, password)
+    except Exception:
+        return False
+    return True
+
+
+async def test_user_create_reads_the_password_from_a_variable(
+    tmp_path: Path, database_dsn: str, db: Database
+) -> None:
+    password = "correct horse battery staple"
+    result = run_gateway(
+        "--config",
+        str(_dsn_config(tmp_path, database_dsn)),
+        "user",
+        "create",
+        "--email",
+        "ops@example.com",
+        "--admin",
+        "--password-env",
+        "OPS_PASSWORD",
+        env={"OPS_PASSWORD": password},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("created user ")
+    assert "<ops@example.com> (admin)" in result.stdout
+    assert password not in result.stdout + result.stderr
+    row = await db.pool.fetchrow("SELECT is_admin, password_hash FROM users")
+    assert row["is_admin"] is True and row["password_hash"].startswith("$argon2id$")
+    assert await _can_log_in(db, "ops@example.com", password)
+
+
+async def test_user_create_reads_the_password_from_stdin(
+    tmp_path: Path, database_dsn: str, db: Database
+) -> None:
+    password = "typed into a pipe"
+    config = str(_dsn_config(tmp_path, database_dsn))
+    result = run_gateway(
+        "--config", config, "user", "create", "--email", "dev@example.com", input=password + "\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "(admin)" not in result.stdout
+    assert await db.pool.fetchval("SELECT is_admin FROM users") is False
+    assert await _can_log_in(db, "dev@example.com", password)
+    assert not await _can_log_in(db, "dev@example.com", password + "\n")
+
+    again = run_gateway(
+        "--config", config, "user", "create", "--email", "DEV@example.com", input="whatever123\n"
+    )
+    assert again.returncode == 1
+    assert "already exists" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "stdin", "code", "message"),
+    [
+        (["--email", "a@example.com"], {}, "short\n", 2, "password: must be at least 8"),
+        (["--email", "not-an-email"], {}, "long enough\n", 2, "email: must be a valid email"),
+        (
+            ["--email", "a@example.com", "--password-env", "UNSET_VAR"],
+            {},
+            None,
+            1,
+            "environment variable UNSET_VAR is not set",
+        ),
+    ],
+)
+def test_user_create_rejects_bad_input(
+    tmp_path: Path,
+    database_dsn: str,
+    args: list[str],
+    env: dict[str, str],
+    stdin: str | None,
+    code: int,
+    message: str,
+) -> None:
+    config = str(_dsn_config(tmp_path, database_dsn))
+    result = run_gateway("--config", config, "user", "create", *args, env=env, input=stdin)
+    assert result.returncode == code
+    assert message in result.stderr
+
+
+# --- migrate ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def empty_database(server_dsn: str) -> AsyncIterator[str]:
+    """DSN of a database without the schema."""
+    name = f"hookgate_empty_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    yield _dsn_with_database(server_dsn, name)
+    await _drop_database(server_dsn, name)
+
+
+async def test_migrate_creates_the_schema_and_is_idempotent(
+    tmp_path: Path, empty_database: str
+) -> None:
+    config = str(_dsn_config(tmp_path, empty_database))
+    first = run_gateway("--config", config, "migrate")
+    assert first.returncode == 0, first.stderr
+    conn = await asyncpg.connect(empty_database)
+    try:
+        version = await conn.fetchval("SELECT max(version) FROM schema_version")
+        assert version >= 1
+        assert first.stdout.strip() == f"schema applied: version {version}"
+        assert f'"event": "schema_applied", "version": {version}' in first.stderr
+        await conn.execute("INSERT INTO users (email, password_hash) VALUES ('k@example.com', 'x')")
+        tables = await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+
+        second = run_gateway("--config", config, "migrate")
+        assert second.returncode == 0, second.stderr
+        assert second.stdout.strip() == f"schema applied: version {version}"
+        assert await conn.fetchval("SELECT count(*) FROM users") == 1
+        assert tables == await conn.fetchval(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        )
+    finally:
+        await conn.close()
+
+
+def test_migrate_reports_an_unreachable_database(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    config = write_config(
+        tmp_path / "config.toml",
+        {"database": {"dsn": f"postgresql://app:s3cret@127.0.0.1:{port}/app"}},
+    )
+    result = run_gateway("--config", str(config), "migrate")
+    assert result.returncode == 1
+    assert "gateway: database unavailable" in result.stderr
+    assert "s3cret" not in result.stderr and "Traceback" not in result.stderr
