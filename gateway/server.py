@@ -8,6 +8,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -82,15 +83,31 @@ async def drain(runners: list[web.AppRunner], seconds: float) -> int:
         for runner in runners:
             connections = runner.server.connections if runner.server is not None else []
             for handler in connections:
-                # Private but stable since aiohttp 3.9; test_serve's slow-body test guards it.
-                if getattr(handler, "_request_in_progress", False):
-                    busy += 1
-                else:
+                if _is_idle(handler):
                     # close() would only mark it; its socket would stay open until cleanup.
                     handler.force_close()
+                else:
+                    busy += 1
         if not busy or loop.time() >= deadline:
             return busy
         await asyncio.sleep(_DRAIN_POLL)
+
+
+def _is_idle(handler: Any) -> bool:
+    """aiohttp's own idle test: waiting for the next request with nothing parsed and queued.
+
+    ``_request_in_progress`` alone is not enough: between parsing a request and its handler
+    task starting (not eager before Python 3.12) it is still False, and closing then would drop
+    a request the handler goes on to commit. Private but stable attributes (aiohttp is pinned);
+    test_serve's slow-body test guards them.
+    """
+    waiter = getattr(handler, "_waiter", None)
+    return (
+        waiter is not None
+        and not waiter.done()
+        and not getattr(handler, "_messages", None)
+        and not getattr(handler, "_request_in_progress", False)
+    )
 
 
 class ListenError(GatewayError):
