@@ -37,6 +37,11 @@ migrate: venv
 docs: venv
 	$(BIN)/python -m gateway.config_reference --write README.md
 
+## schemathesis: the live API against gateway/openapi (also part of `make test`)
+.PHONY: schemathesis
+schemathesis: venv
+	$(BIN)/pytest tests/acceptance/test_schemathesis.py $(PYTEST_ARGS)
+
 ## bench: throughput/latency of the ingest path against baselines (see bench/README.md)
 bench: venv
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -16,7 +16,7 @@ from gateway import appkeys
 from gateway.config import Config
 from gateway.dispatcher import service as dispatcher_service
 from gateway.http import routing_errors_as_json
-from gateway.ingest import health
+from gateway.ingest import health, metrics_route
 from gateway.ingest import trigger as ingest_trigger
 from gateway.management import access as access_api
 from gateway.management import environment_teams as environment_teams_api
@@ -31,6 +31,9 @@ from gateway.management import pipelines as pipelines_api
 from gateway.management import runs as runs_api
 from gateway.management import tokens as tokens_api
 from gateway.management import users as users_api
+from gateway.openapi import routes as openapi_routes
+from gateway.reload import CONFIG_HOLDER, ConfigHolder
+from gateway.security.secret_service import secret_box_service
 from gateway.storage.database import Database
 
 # Route tables in registration order. Later parts append to these lists.
@@ -53,12 +56,19 @@ MANAGEMENT_ROUTES += [executor_api.routes]
 # Hooks that start and stop per-process services (hook cache, batcher, dispatcher ...).
 ServiceContext = Callable[[web.Application], AsyncIterator[None]]
 SERVICE_CONTEXTS: list[ServiceContext] = []
+# Operations (issue 8): hook secrets at rest; first, since the services below read secrets.
+SERVICE_CONTEXTS.append(secret_box_service)
 # Ingest: POST /hooks/incoming/{hook_id}, its hook cache and group-commit batcher.
 INGEST_ROUTES.append(ingest_trigger.routes)
 SERVICE_CONTEXTS.append(ingest_trigger.ingest_services)
 # Outgoing hooks (issue 6): their management API, and the dispatcher inside `gateway serve`.
 MANAGEMENT_ROUTES += [outgoing_hooks_api.routes, outgoing_history_api.routes]
+# API reference (issue 8): GET /openapi.json, unauthenticated, beside the API it describes.
+MANAGEMENT_ROUTES.append(openapi_routes)
 SERVICE_CONTEXTS.append(dispatcher_service.dispatcher_service)
+# Operations (issue 8): GET /metrics (Prometheus) and its per-process pool sampler.
+INGEST_ROUTES.append(metrics_route.routes)
+SERVICE_CONTEXTS.append(metrics_route.metrics_service)
 
 
 def _base_app(
@@ -71,9 +81,15 @@ def _base_app(
     return app
 
 
-def create_apps(config: Config, db: Database) -> tuple[web.Application, web.Application | None]:
-    """(ingest app, management app or None when both share the ingest listener)."""
-    services: dict[str, Any] = {}
+def create_apps(
+    config: Config, db: Database, holder: ConfigHolder | None = None
+) -> tuple[web.Application, web.Application | None]:
+    """(ingest app, management app or None when both share the ingest listener).
+
+    ``holder`` carries the config in force after SIGHUP reloads (gateway.reload); services and
+    views that follow reloads find it in ``app[appkeys.SERVICES]``.
+    """
+    services: dict[str, Any] = {CONFIG_HOLDER: holder or ConfigHolder(config)}
     # Ingest bodies may be as large as max_body_bytes; management bodies are small JSON.
     ingest = _base_app(config, db, services, config.server.max_body_bytes)
     for table in INGEST_ROUTES:

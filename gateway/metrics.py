@@ -48,7 +48,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 INGEST_REQUESTS = Counter(
     "hookgate_ingest_requests",
     "Requests to incoming hooks, by outcome (accepted, skipped, duplicate, rejected, "
-    "unavailable) and HTTP status.",
+    "rate_limited, forbidden, unavailable, error) and HTTP status.",
     ["outcome", "status"],
     registry=REGISTRY,
 )

@@ -23,6 +23,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
+from gateway import appkeys
 from gateway.config import Config, ConfigError, load_config
 from gateway.logs import get_logger
 
@@ -103,6 +106,13 @@ def with_changes(base: Config, source: Config, keys: set[str] | frozenset[str]) 
 def touches(changed: frozenset[str], *sections: str) -> bool:
     """True when a key of any of ``sections`` (``"limits"``) or a full key changed."""
     return any(k in sections or k.partition(".")[0] in sections for k in changed)
+
+
+def live_config(app: web.Application) -> Config:
+    """The config in force for an application (the holder's, which SIGHUP updates); request
+    handlers read live settings through this, since an application's own items are frozen."""
+    holder: ConfigHolder | None = app[appkeys.SERVICES].get(CONFIG_HOLDER)
+    return app[appkeys.CONFIG] if holder is None else holder.current
 
 
 class ConfigHolder:

@@ -18,6 +18,8 @@ from gateway.app import create_apps
 from gateway.config import Config
 from gateway.exceptions import GatewayError
 from gateway.logs import get_logger
+from gateway.reload import ConfigReloader, install_sighup, logging_callback
+from gateway.security.secret_service import check_secret_keys
 from gateway.storage.database import Database
 from gateway.storage.embedded import EmbeddedPostgres
 
@@ -56,6 +58,7 @@ async def prepare_database(db: Database, config: Config) -> None:
     """Apply the schema and create the first admin from the environment if asked to."""
     version = await db.apply_schema()
     log.info("schema_applied", version=version)
+    await check_secret_keys(db, config)  # issue 8: creates the key file before any worker
     email = os.environ.get("GATEWAY_ADMIN_EMAIL")
     password = os.environ.get("GATEWAY_ADMIN_PASSWORD")
     if email and password and await accounts.ensure_first_admin(db, config.auth, email, password):
@@ -117,6 +120,19 @@ class ListenError(GatewayError):
 class AccessLog(AbstractAccessLogger):
     """One structured ``http_request`` line per request (``[server] access_log = true``)."""
 
+    # Live on SIGHUP; aiohttp reads ``enabled`` once per connection, and while it is off a
+    # request pays nothing for the access log.
+    active = False
+
+    @property
+    def enabled(self) -> bool:
+        return AccessLog.active
+
+    @staticmethod
+    def apply_config(old: Config, new: Config, changed: frozenset[str]) -> None:
+        """Reload callback: follow ``server.access_log`` (new connections)."""
+        AccessLog.active = new.server.access_log
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         log.info(
             "http_request",
@@ -139,7 +155,13 @@ async def run_listeners(
     finish (see ``drain``); then each runner cancels stragglers and runs the application cleanup
     (batcher flush, services).
     """
-    ingest, management = create_apps(config, db)
+    # SIGHUP (issue 8): re-read the config file; live keys apply to this process's services.
+    reloader = ConfigReloader.for_config(config)
+    reloader.on_reload(logging_callback)
+    reloader.on_reload(AccessLog.apply_config)
+    AccessLog.active = config.server.access_log
+    install_sighup(reloader)
+    ingest, management = create_apps(config, db, reloader.holder)
     runners: list[web.AppRunner] = []
     try:
         for app, host, port in (
@@ -156,7 +178,7 @@ async def run_listeners(
                 app,
                 handle_signals=False,
                 access_log_class=AccessLog,
-                access_log=None if not config.server.access_log else logging.getLogger("access"),
+                access_log=logging.getLogger("access"),  # AccessLog.enabled decides
                 # drain() has already waited shutdown_timeout: this only bounds the cancellation.
                 shutdown_timeout=CANCEL_GRACE,
             )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
 import time
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import structlog
 
+from gateway import metrics
 from gateway.config import Config
 from gateway.logs import get_logger
 from gateway.storage.database import Database
@@ -74,12 +76,20 @@ def worker_command(config: Config) -> list[str]:
     return [*command, "serve", "--worker"]
 
 
-def worker_environment(dsn: str, index: int) -> dict[str, str]:
-    """The parent's environment plus the resolved DSN, minus the bootstrap credentials."""
+def worker_environment(dsn: str, index: int, metrics_dir: Path | None = None) -> dict[str, str]:
+    """The parent's environment plus the resolved DSN (and the shared metrics directory),
+    minus the bootstrap credentials."""
     env = {k: v for k, v in os.environ.items() if k not in _PARENT_ONLY_ENV}
     env["GATEWAY_DATABASE_DSN"] = dsn
     env["HOOKGATE_WORKER_INDEX"] = str(index)
+    if metrics_dir is not None:
+        env[metrics.MULTIPROC_ENV] = str(metrics_dir)
     return env
+
+
+def metrics_base(config: Config) -> Path:
+    """Where each supervisor run keeps its workers' metric files (next to the data directory)."""
+    return Path(config.database.data_dir).expanduser().resolve().parent / "metrics"
 
 
 @dataclass
@@ -95,9 +105,10 @@ class _Slot:
 class Supervisor:
     """Starts, watches, restarts and stops the worker processes."""
 
-    def __init__(self, config: Config, dsn: str) -> None:
+    def __init__(self, config: Config, dsn: str, metrics_dir: Path | None = None) -> None:
         self.config = config
         self.dsn = dsn
+        self.metrics_dir = metrics_dir  # PROMETHEUS_MULTIPROC_DIR of the workers (issue 8)
         self.stopping = asyncio.Event()
         self.exit_code = 0
         self._slots = [_Slot(i) for i in range(config.server.workers)]
@@ -138,7 +149,7 @@ class Supervisor:
     async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:
         process = await asyncio.create_subprocess_exec(
             *worker_command(self.config),
-            env=worker_environment(self.dsn, slot.index),
+            env=worker_environment(self.dsn, slot.index, self.metrics_dir),
             stdin=asyncio.subprocess.DEVNULL,
         )
         slot.process, slot.started_at = process, time.monotonic()
@@ -157,6 +168,8 @@ class Supervisor:
                 log.info("worker_restarted", worker=slot.index, pid=process.pid, previous=previous)
             code = await self._wait(process)
             previous = process.pid
+            if self.metrics_dir is not None:  # its live gauges (pool, queue) leave the sums
+                metrics.worker_exited(process.pid, self.metrics_dir)
             if self.stopping.is_set():
                 log.info("worker_stopped", worker=slot.index, pid=process.pid, exit_code=code)
                 if code != 0:
@@ -219,9 +232,14 @@ async def supervise(config: Config) -> int:
             await prepare_database(db, config)
         finally:
             await db.close()
-        supervisor = Supervisor(config, dsn)
+        # One scrape, answered by any worker, sums every worker's metric files (issue 8).
+        metrics_dir = metrics.prepare_multiproc_dir(metrics_base(config))
+        supervisor = Supervisor(config, dsn, metrics_dir)
         log.info("supervisor_started", pid=os.getpid(), workers=config.server.workers)
-        code = await supervisor.run()
+        try:
+            code = await supervisor.run()
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     log.info("stopped", exit_code=code)
     return code
 
@@ -249,7 +267,7 @@ async def serve_worker(config: Config) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
     loop = asyncio.get_running_loop()
-    # Until configuration reload exists, SIGHUP must at least not kill the worker (its default).
+    # SIGHUP must not kill the worker (its default) before run_listeners installs the reload.
     loop.add_signal_handler(signal.SIGHUP, lambda: log.info("reload_requested", pid=os.getpid()))
     watchdog = asyncio.create_task(_exit_when_orphaned(stop, os.getppid()))
     try:

@@ -7,6 +7,7 @@ The schema is applied once per session to a template database; each test gets
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import uuid
 import warnings
@@ -25,6 +26,8 @@ from gateway.storage.database import SCHEMA_PATH, Database
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# Seals hook secrets in every test (a fixed key, so no test writes var/secret-keys).
+TEST_SECRET_KEY = "test:" + base64.b64encode(bytes(range(32))).decode()
 
 
 def _dsn_with_database(dsn: str, database: str) -> str:
@@ -99,12 +102,14 @@ async def database_dsn(server_dsn: str, template_database: str) -> AsyncIterator
 
 @pytest.fixture
 def config(database_dsn: str) -> Config:
-    """Defaults plus this test's database (tests override fields with dataclasses.replace)."""
+    """Defaults plus this test's database (tests override fields with dataclasses.replace);
+    hook secrets are encrypted at rest with TEST_SECRET_KEY."""
     base = build_config({}, {})
     return replace(
         base,
         database=replace(base.database, dsn=database_dsn, pool_min_size=1, pool_max_size=4),
         server=replace(base.server, public_url="http://hooks.test"),
+        security=replace(base.security, secret_keys=(TEST_SECRET_KEY,), key_file=""),
     )
 
 

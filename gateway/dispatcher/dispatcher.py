@@ -30,6 +30,7 @@ from typing import Any
 
 import aiohttp
 
+from gateway import metrics
 from gateway.config import Config
 from gateway.dispatcher.client import clean, new_session, send
 from gateway.dispatcher.outbound import CompiledHook, OutboundRequest, build_request, event_context
@@ -89,7 +90,10 @@ class Dispatcher:
 
     def apply_config(self, old: Config, new: Config, changed: frozenset[str]) -> None:
         """SIGHUP reload callback (gateway.reload): take the new ``[outgoing]`` settings and
-        ``hooks.store_bodies``; a changed SSRF setting applies to requests sent from now on."""
+        ``hooks.store_bodies``; a changed SSRF setting applies to requests sent from now on.
+        Changed ``[security]`` keys: hooks are compiled again, with the database's new box."""
+        if any(k.startswith("security.") for k in changed):
+            self._compiled.clear()
         if not any(k.startswith("outgoing.") or k == "hooks.store_bodies" for k in changed):
             return
         self._configure(new)
@@ -220,7 +224,7 @@ class Dispatcher:
         if cached is not None and cached[0] == row["hook_updated_at"]:
             return cached[1]
         try:
-            compiled: CompiledHook | str = CompiledHook.from_row(row)
+            compiled: CompiledHook | str = CompiledHook.from_row(row, self.db.secret_box)
         except ValueError as exc:
             compiled = f"the hook definition is invalid: {exc}"
         if len(self._compiled) >= _COMPILED_LIMIT:
@@ -311,6 +315,9 @@ class Dispatcher:
             retry_in=decision.delay,
             final=decision.action != RETRY,
         )
+        metrics.record_outgoing_attempt(outcome)
+        if next_status == "failed":
+            metrics.record_outgoing_failure()
         log.info(
             "outgoing_delivery_attempt",
             delivery_id=str(row["id"]),

@@ -25,6 +25,7 @@ from gateway.dispatcher.templates import (
     dump_json,
 )
 from gateway.ingest.conditions import ConditionSet
+from gateway.security.secret_box import PLAINTEXT_BOX, SecretBox, SecretBoxError
 
 USER_AGENT = "hookgate-webhooks/0.1"
 JSON_TYPE = "application/json"
@@ -46,9 +47,16 @@ class CompiledHook:
     signature_algorithm: str
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> CompiledHook:
-        """Compile a claimed delivery row's hook columns; raises ValueError (TemplateError)."""
+    def from_row(cls, row: Mapping[str, Any], box: SecretBox = PLAINTEXT_BOX) -> CompiledHook:
+        """Compile a claimed delivery row's hook columns, opening the sealed secret with
+        ``box``; raises ValueError (TemplateError, or a secret that cannot be decrypted)."""
         settings = row["settings"] or {}
+        secret = None
+        if row["requires_secret"] and row["secret"]:
+            try:
+                secret = box.decrypt(row["secret"])
+            except SecretBoxError as exc:
+                raise ValueError(str(exc)) from None
         trigger_when = {k: v for k, v in (row["trigger_when"] or {}).items() if k != "events"}
         timeout = settings.get("timeout")
         return cls(
@@ -61,7 +69,7 @@ class CompiledHook:
             method=settings.get("method") or "POST",
             timeout=None if timeout is None else float(timeout),
             conditions=ConditionSet.from_json(trigger_when),
-            secret=row["secret"] if row["requires_secret"] else None,
+            secret=secret,
             signature_header=settings.get("signature_header"),
             signature_algorithm=settings.get("signature_algorithm") or "sha256",
         )

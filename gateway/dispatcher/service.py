@@ -10,7 +10,13 @@ from aiohttp import web
 from gateway import appkeys
 from gateway.config import Config
 from gateway.dispatcher.dispatcher import Dispatcher
-from gateway.reload import CONFIG_HOLDER
+from gateway.reload import (
+    CONFIG_HOLDER,
+    ConfigHolder,
+    ConfigReloader,
+    install_sighup,
+    logging_callback,
+)
 from gateway.storage.database import Database
 
 DISPATCHER = "outgoing_dispatcher"  # key in app[appkeys.SERVICES]
@@ -39,22 +45,33 @@ async def dispatcher_service(app: web.Application) -> AsyncIterator[None]:
         await dispatcher.stop(config.server.shutdown_timeout)
 
 
-async def run_dispatcher(db: Database, config: Config, stop: asyncio.Event) -> None:
-    """Deliver until ``stop`` is set, then stop gracefully."""
+async def run_dispatcher(
+    db: Database, config: Config, stop: asyncio.Event, holder: ConfigHolder | None = None
+) -> None:
+    """Deliver until ``stop`` is set, then stop gracefully; follow ``holder``'s reloads."""
     dispatcher = Dispatcher(db, config)
     await dispatcher.start()
+    unsubscribe = holder.on_reload(dispatcher.apply_config) if holder is not None else None
     try:
         await stop.wait()
     finally:
+        if unsubscribe is not None:
+            unsubscribe()
         await dispatcher.stop(config.server.shutdown_timeout)
 
 
 async def dispatch(config: Config) -> None:
-    """``gateway dispatch``: database, schema, then deliver until SIGTERM/SIGINT."""
+    """``gateway dispatch``: database, schema, then deliver until SIGTERM/SIGINT; SIGHUP
+    reloads the config file like ``gateway serve`` (``[outgoing]``, ``[security]``, ``[log]``)."""
+    from gateway.security.secret_service import follow_secret_keys
     from gateway.server import database_for, prepare_database, stop_on_signals
 
     stop = asyncio.Event()
     stop_on_signals(stop)
+    reloader = ConfigReloader.for_config(config)
+    reloader.on_reload(logging_callback)
+    install_sighup(reloader)
     async with database_for(config) as db:
-        await prepare_database(db, config)
-        await run_dispatcher(db, config, stop)
+        await prepare_database(db, config)  # installs the secret box (issue 8)
+        follow_secret_keys(db, reloader.holder)
+        await run_dispatcher(db, config, stop, reloader.holder)

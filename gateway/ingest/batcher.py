@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import zstandard
 
+from gateway import metrics
 from gateway.config import Config
 from gateway.exceptions import DatabaseUnavailable, GatewayError, Overloaded
 from gateway.ingest.evaluation import REJECTED
@@ -83,11 +84,7 @@ class RunBatcher:
 
     def __init__(self, db: Database, config: Config) -> None:
         self._db = db
-        self._max_size = config.batch.max_size
-        self._max_wait = config.batch.max_wait_ms / 1000
-        self._max_queue = config.batch.max_queue
-        self._max_backoff = float(config.batch.retry_after)
-        self._store_bodies = config.hooks.store_bodies
+        self.reconfigure(config)
         self._queue: deque[PendingRequest] = deque()
         self._wakeup = asyncio.Event()
         self._filled = asyncio.Event()
@@ -97,6 +94,15 @@ class RunBatcher:
         self._backoff = _FIRST_BACKOFF
         self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def reconfigure(self, config: Config) -> None:
+        """Take ``[batch]`` and ``hooks.store_bodies`` from ``config`` (also on SIGHUP reload;
+        the batch being written keeps the settings it started with)."""
+        self._max_size = config.batch.max_size
+        self._max_wait = config.batch.max_wait_ms / 1000
+        self._max_queue = config.batch.max_queue
+        self._max_backoff = float(config.batch.retry_after)
+        self._store_bodies = config.hooks.store_bodies
 
     def start(self) -> None:
         """Start the writer task."""
@@ -165,6 +171,7 @@ class RunBatcher:
         except DatabaseUnavailable as exc:
             self._mark_down(exc, len(batch))
             _fail(batch, exc)
+            metrics.set_queue_depth(len(self._queue))
             return
         except Exception as exc:
             if len(batch) == 1:
@@ -179,6 +186,7 @@ class RunBatcher:
         for item, result in zip(batch, results, strict=True):
             if item.future is not None and not item.future.done():
                 item.future.set_result(result)
+        metrics.record_batch(len(batch), len(self._queue))
 
     def _mark_down(self, exc: Exception, size: int) -> None:
         assert self._loop is not None

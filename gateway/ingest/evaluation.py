@@ -1,10 +1,11 @@
 """The pure ingest decision (DESIGN.md §3, steps 1 and 3-7), shared by the live endpoint and replay.
 
-:class:`CompiledHook` is built once per hook definition (verifier, compiled variable paths,
-conditions, delivery-id header names); :func:`evaluate` is the per-request work on the raw body:
-signature first (over the exact bytes, before any parsing), then content type, JSON, conditions,
-variables and the delivery id. No I/O here: whether a delivery id is a duplicate is decided by the
-database when the run is inserted (see gateway.ingest.batcher).
+:class:`CompiledHook` is built once per hook definition (verifier with the decrypted secrets,
+compiled variable paths, conditions, delivery-id header names, request limits); :func:`evaluate`
+is the per-request work on the raw body: signature first (over the exact bytes, before any
+parsing), then content type, JSON, conditions, variables and the delivery id. No I/O here:
+whether a delivery id is a duplicate is decided by the database when the run is inserted (see
+gateway.ingest.batcher).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import orjson
 
 from gateway.config import Config
 from gateway.ingest.conditions import ConditionSet, parse_trigger_when
+from gateway.ingest.limits import IpAllowlist, parse_limits_settings
 from gateway.ingest.signatures import SignatureError, SignatureVerifier
 from gateway.ingest.variables import (
     VariableExtractionError,
     VariableExtractor,
     parse_variable_specs,
 )
+from gateway.security.secret_box import PLAINTEXT_BOX, SecretBox, SecretBoxError
 
 ACCEPTED, SKIPPED, REJECTED = "accepted", "skipped", "rejected"
 
@@ -78,15 +81,29 @@ class CompiledHook:
     refresh_at: float | None = None
     # Set when the stored definition cannot be compiled (every request is answered with 500).
     definition_error: str | None = None
+    # Request limits (gateway.ingest.limits), resolved once with the [limits] defaults:
+    # requests per second (0: unlimited) and bucket size, and the allowed client networks.
+    rate: float = 0.0
+    burst: int = 0
+    allowlist: IpAllowlist | None = None
 
     @classmethod
     def from_row(
-        cls, row: Mapping[str, Any], config: Config, now: float | None = None
+        cls,
+        row: Mapping[str, Any],
+        config: Config,
+        now: float | None = None,
+        *,
+        box: SecretBox = PLAINTEXT_BOX,
     ) -> CompiledHook:
-        """Compile an ``incoming_hooks`` row; never raises for a bad stored definition."""
+        """Compile an ``incoming_hooks`` row, opening its sealed secrets with ``box``; never
+        raises for a bad stored definition (or a secret that cannot be decrypted)."""
         now = time.time() if now is None else now
         problems: list[str] = []
         settings = row["settings"] if isinstance(row["settings"], dict) else {}
+        limits, limit_errors = parse_limits_settings(settings)
+        problems.extend(f"{field}: {', '.join(msgs)}" for field, msgs in limit_errors.items())
+        rate, burst = limits.rate_and_burst(config.limits)
 
         specs, errors = parse_variable_specs(settings.get("variables") or [])
         problems.extend(f"{field}: {', '.join(msgs)}" for field, msgs in errors.items())
@@ -104,11 +121,16 @@ class CompiledHook:
         redacted = ALWAYS_REDACTED | ({header_name} if header_name else frozenset())
         verifier, refresh_at = None, None
         if row["requires_secret"]:
-            secrets = [row["secret"]] if row["secret"] else []
+            secrets: list[str] = []
             expires: datetime | None = row["previous_secret_expires_at"]
-            if row["previous_secret"] and expires is not None and expires.timestamp() > now:
-                secrets.append(row["previous_secret"])
-                refresh_at = expires.timestamp()
+            try:
+                if row["secret"]:
+                    secrets.append(box.decrypt(row["secret"]))
+                if row["previous_secret"] and expires is not None and expires.timestamp() > now:
+                    secrets.append(box.decrypt(row["previous_secret"]))
+                    refresh_at = expires.timestamp()
+            except SecretBoxError as exc:
+                problems.append(f"secret: {exc}")
             try:
                 verifier = SignatureVerifier.create(
                     algorithm=row["secret_algorithm"],
@@ -133,6 +155,9 @@ class CompiledHook:
             redacted_headers=redacted,
             refresh_at=refresh_at,
             definition_error="; ".join(problems) or None,
+            rate=rate,
+            burst=burst,
+            allowlist=None if limit_errors else limits.allowlist(),
         )
 
 

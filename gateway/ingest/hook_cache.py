@@ -77,6 +77,13 @@ class HookCache:
         self._generation += 1
         self._entries.clear()
 
+    def reconfigure(self, config: Config) -> None:
+        """Compile with ``config`` from now on (SIGHUP reload of ``[hooks]``, ``[limits]`` or
+        ``[security]``): every hook is recompiled on its next request."""
+        self._config = config
+        self._ttl = config.hooks.cache_ttl
+        self.clear()
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -114,7 +121,11 @@ class HookCache:
         async with self._load_slots:
             row = await store.hook_definition(self._db, hook_id)
         now_wall, now = time.time(), time.monotonic()
-        hook = None if row is None else CompiledHook.from_row(row, self._config, now=now_wall)
+        hook = (
+            None
+            if row is None
+            else CompiledHook.from_row(row, self._config, now=now_wall, box=self._db.secret_box)
+        )
         if hook is not None and hook.definition_error:
             log.error("hook_definition_invalid", hook_id=key, problem=hook.definition_error)
         if generation != self._generation:

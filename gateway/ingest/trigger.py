@@ -1,17 +1,20 @@
 """``POST /hooks/incoming/{hook_id}``: the hot path (DESIGN.md §3).
 
-Cheapest rejection first: 404/403 from the in-process hook cache, 413 before reading, then one
-read of the raw body and :func:`gateway.ingest.evaluation.evaluate` (401, 415, 400, skipped,
-422). Every request to a known hook is recorded in ``hook_requests`` through the group-commit
-batcher; an accepted one also queues a run in the same transaction, and its 202 (or the 200 of a
-repeated delivery) is sent only after that commit. No middleware runs here.
+Cheapest rejection first: 404/403 from the in-process hook cache, then the hook's own limits
+(403 for a client address outside its ``allowed_ips``, 429 + ``Retry-After`` over its rate),
+413 before reading, then one read of the raw body and
+:func:`gateway.ingest.evaluation.evaluate` (401, 415, 400, skipped, 422). Every other request to
+a known hook is recorded in ``hook_requests`` through the group-commit batcher; an accepted one
+also queues a run in the same transaction, and its 202 (or the 200 of a repeated delivery) is
+sent only after that commit. The 403/429 of the limits are not recorded, so a flood costs the
+database nothing; they are counted in the metrics. No middleware runs here: each response is
+counted once (gateway.metrics) and the client address is the one behind trusted proxies
+(gateway.ingest.client_ip).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import ipaddress
 import re
 import time
 import uuid
@@ -24,15 +27,18 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway import appkeys
+from gateway import appkeys, metrics
+from gateway.config import Config
 from gateway.exceptions import DatabaseUnavailable, Overloaded
 from gateway.ingest.batcher import (
+    DUPLICATE,
     RUN_BATCHER,
     PendingRequest,
     RequestNotStored,
     RunBatcher,
     duplicate_message,
 )
+from gateway.ingest.client_ip import ClientAddressResolver
 from gateway.ingest.evaluation import (
     ACCEPTED,
     REJECTED,
@@ -44,7 +50,9 @@ from gateway.ingest.evaluation import (
     storable_text,
 )
 from gateway.ingest.hook_cache import HOOK_CACHE, HookCache
+from gateway.ingest.limits import RateLimiter, retry_after_header
 from gateway.logs import get_logger
+from gateway.reload import CONFIG_HOLDER, ConfigHolder, live_config, touches
 
 log = get_logger(__name__)
 routes = web.RouteTableDef()
@@ -53,20 +61,46 @@ _INGEST = "ingest"  # key in app[appkeys.SERVICES]
 _REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _REDACTED = "[redacted]"
 _NOT_FOUND = orjson.dumps({"message": "incoming hook not found", "errors": None})
+# Metric outcomes besides the evaluation's (accepted, skipped, rejected) and "duplicate".
+UNAVAILABLE, FAILED, RATE_LIMITED, FORBIDDEN = "unavailable", "error", "rate_limited", "forbidden"
 
 
 @dataclass(frozen=True, slots=True)
 class _Ingest:
+    """What the handler needs, built from the config in force (rebuilt on SIGHUP reload)."""
+
     hooks: HookCache
     batcher: RunBatcher
+    limiter: RateLimiter  # kept across reloads: its buckets are the senders' state
+    resolver: ClientAddressResolver
     max_body: int
     retry_after: str
+
+    @classmethod
+    def build(
+        cls, config: Config, hooks: HookCache, batcher: RunBatcher, limiter: RateLimiter
+    ) -> _Ingest:
+        return cls(
+            hooks,
+            batcher,
+            limiter,
+            ClientAddressResolver(config.server.trusted_proxies),
+            config.server.max_body_bytes,
+            str(config.batch.retry_after),
+        )
 
 
 @routes.post("/hooks/incoming/{hook_id}")
 async def trigger_incoming_hook(request: web.Request) -> web.Response:
     """Verify, evaluate and durably enqueue one webhook delivery."""
     started = time.perf_counter()
+    response, outcome = await _trigger(request, started)
+    metrics.record_ingest(outcome, response.status, time.perf_counter() - started)
+    return response
+
+
+async def _trigger(request: web.Request, started: float) -> tuple[web.Response, str]:
+    """The response and its metric outcome (see the module docstring)."""
     ingest: _Ingest = request.app[appkeys.SERVICES][_INGEST]
     row_id = uuid.uuid4()
     given = request.headers.get("X-Request-Id")
@@ -83,15 +117,28 @@ async def trigger_incoming_hook(request: web.Request) -> web.Response:
         return web.Response(
             body=_NOT_FOUND, status=404, content_type="application/json",
             headers={"X-Request-Id": request_id},
-        )  # fmt: skip
+        ), REJECTED  # fmt: skip
+
+    client_ip = ingest.resolver.resolve_headers(request.remote, request.headers)[0]
+    if hook.active:
+        # Hooks without limits pay these two attribute checks only.
+        if hook.allowlist is not None and not hook.allowlist.allows(client_ip):
+            return _forbidden(hook, client_ip, request_id), FORBIDDEN
+        if hook.rate > 0:
+            allowed, wait = ingest.limiter.check(hook.id, hook.rate, hook.burst)
+            if not allowed:
+                return _rate_limited(hook, wait, request_id), RATE_LIMITED
 
     evaluation: Evaluation | None = None
     body: bytes | None = None
     length = request.content_length
+    encoding = request.headers.get("Content-Encoding")
     if not hook.active:
         evaluation = Evaluation(403, REJECTED, "incoming hook is inactive", reason="inactive")
     elif length is not None and length > ingest.max_body:
         evaluation = _too_large(ingest.max_body)
+    elif encoding is not None and encoding.strip().lower() not in ("", "identity"):
+        evaluation = _compressed(encoding)
     else:
         try:
             body = await _read_body(request, length, ingest.max_body)
@@ -113,7 +160,7 @@ async def trigger_incoming_hook(request: web.Request) -> web.Response:
         hook_id=hook.id,
         pipeline_id=hook.pipeline_id,
         received_at=datetime.now(UTC),
-        client_ip=_client_ip(request.remote),
+        client_ip=client_ip,
         headers=_history_headers(request.headers, hook.redacted_headers),
         body=body,
         body_size=len(body) if body is not None else (length or 0),
@@ -133,15 +180,15 @@ async def trigger_incoming_hook(request: web.Request) -> web.Response:
             # The answer does not depend on the history row; losing it must not turn a 4xx
             # into a 503 that the sender would retry.
             log.warning("hook_request_history_lost", hook_id=str(hook.id), error=str(exc))
-            return _rejected(hook, evaluation, request_id, body is None)
+            return _rejected(hook, evaluation, request_id, body is None), REJECTED
         if isinstance(exc, RequestNotStored):
-            return _json(500, {"message": str(exc), "errors": None}, request_id)
+            return _json(500, {"message": str(exc), "errors": None}, request_id), FAILED
         if isinstance(exc, DatabaseUnavailable):
             return _unavailable(ingest, request_id, "the database is unavailable; retry later")
         return _unavailable(ingest, request_id, str(exc))
 
     if evaluation.outcome == REJECTED:
-        return _rejected(hook, evaluation, request_id, body is None)
+        return _rejected(hook, evaluation, request_id, body is None), REJECTED
     if evaluation.outcome == SKIPPED:
         log.debug("hook_request_skipped", hook_id=str(hook.id), reason=evaluation.reason)
         return _json(
@@ -154,18 +201,18 @@ async def trigger_incoming_hook(request: web.Request) -> web.Response:
                 "errors": None,
             },
             request_id,
-        )
+        ), SKIPPED
     run_id = None if stored.run_id is None else str(stored.run_id)
     headers = {"X-Run-Id": run_id} if run_id is not None else None
     if stored.duplicate:
         message = duplicate_message(evaluation.delivery_id, stored.run_id)
         log.info("hook_request_duplicate", hook_id=str(hook.id), delivery_id=item.delivery_id)
         data = {"message": message, "run_id": run_id, "duplicate": True, "errors": None}
-        return _json(200, data, request_id, headers)
+        return _json(200, data, request_id, headers), DUPLICATE
     log.debug("run_enqueued", hook_id=str(hook.id), run_id=run_id)
     return _json(
         202, {"message": evaluation.message, "run_id": run_id, "errors": None}, request_id, headers
-    )
+    ), ACCEPTED
 
 
 async def _read_body(request: web.Request, length: int | None, limit: int) -> bytes | None:
@@ -182,21 +229,22 @@ async def _read_body(request: web.Request, length: int | None, limit: int) -> by
     return b"".join(chunks)
 
 
+def _compressed(encoding: str) -> Evaluation:
+    # aiohttp would decompress the body before we see it, but the signature covers the bytes
+    # that were sent, and a small compressed body can expand far past max_body_bytes. Webhook
+    # senders (GitHub, GitLab, Bitbucket, Standard Webhooks) send bodies uncompressed.
+    return Evaluation(
+        415,
+        REJECTED,
+        f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed",
+        reason="content_encoding",
+    )
+
+
 def _too_large(limit: int) -> Evaluation:
     return Evaluation(
         413, REJECTED, f"request body is larger than the limit of {limit} bytes", reason="too_large"
     )
-
-
-@functools.lru_cache(maxsize=4096)
-def _client_ip(remote: str | None) -> str | None:
-    """The peer address as PostgreSQL ``inet`` accepts it (no IPv6 zone), or None."""
-    if not remote:
-        return None
-    try:
-        return str(ipaddress.ip_address(remote.partition("%")[0]))
-    except ValueError:
-        return None
 
 
 def _history_headers(headers: Mapping[str, str], redacted: frozenset[str]) -> dict[str, str]:
@@ -232,11 +280,34 @@ def _rejected(
     return response
 
 
-def _unavailable(ingest: _Ingest, request_id: str, message: str) -> web.Response:
+def _forbidden(hook: CompiledHook, client_ip: str | None, request_id: str) -> web.Response:
+    shown = client_ip or "unknown"
+    log.info(
+        "hook_request_rejected",
+        hook_id=str(hook.id),
+        status=403,
+        reason="ip_not_allowed",
+        client_ip=shown,
+    )
+    message = f"client address {shown} is not allowed to call this hook"
+    return _json(403, {"message": message, "errors": None}, request_id)
+
+
+def _rate_limited(hook: CompiledHook, wait: float, request_id: str) -> web.Response:
+    # Debug only: a flood must not turn into a flood of log lines (metrics count these).
+    log.debug("hook_request_rate_limited", hook_id=str(hook.id), retry_in=round(wait, 3))
+    retry_after = retry_after_header(wait)
+    message = f"rate limit of this hook exceeded; retry after {retry_after} seconds"
+    return _json(
+        429, {"message": message, "errors": None}, request_id, {"Retry-After": retry_after}
+    )
+
+
+def _unavailable(ingest: _Ingest, request_id: str, message: str) -> tuple[web.Response, str]:
     log.warning("hook_request_unavailable", reason=message)
     return _json(
         503, {"message": message, "errors": None}, request_id, {"Retry-After": ingest.retry_after}
-    )
+    ), UNAVAILABLE
 
 
 def _json(
@@ -255,22 +326,35 @@ def _json(
 async def ingest_services(app: web.Application) -> AsyncIterator[None]:
     """Per-process ingest services: the hook cache (with its listener) and the batcher.
 
-    On shutdown the batcher writes everything still queued before the pool closes.
+    They follow SIGHUP reloads (gateway.reload). On shutdown the batcher writes everything still
+    queued before the pool closes.
     """
-    config, db = app[appkeys.CONFIG], app[appkeys.DATABASE]
-    services = app[appkeys.SERVICES]
+    db, services = app[appkeys.DATABASE], app[appkeys.SERVICES]
+    holder: ConfigHolder | None = services.get(CONFIG_HOLDER)
+    config = live_config(app)
     hooks = HookCache(db, config)
     await hooks.start()
     batcher = RunBatcher(db, config)
     batcher.start()
+    limiter = RateLimiter()
     services[HOOK_CACHE] = hooks
     services[RUN_BATCHER] = batcher
-    services[_INGEST] = _Ingest(
-        hooks, batcher, config.server.max_body_bytes, str(config.batch.retry_after)
-    )
+    services[_INGEST] = _Ingest.build(config, hooks, batcher, limiter)
+
+    def reconfigure(old: Config, new: Config, changed: frozenset[str]) -> None:
+        # Compiled hooks hold decrypted secrets, the timestamp tolerance and resolved limits.
+        if touches(changed, "hooks", "limits", "security"):
+            hooks.reconfigure(new)
+        if touches(changed, "batch", "hooks.store_bodies"):
+            batcher.reconfigure(new)
+        services[_INGEST] = _Ingest.build(new, hooks, batcher, limiter)
+
+    unsubscribe = holder.on_reload(reconfigure) if holder is not None else None
     try:
         yield
     finally:
+        if unsubscribe is not None:
+            unsubscribe()
         await batcher.close()
         await hooks.close()
         for key in (_INGEST, RUN_BATCHER, HOOK_CACHE):

@@ -27,7 +27,8 @@ _MAX_ID = 2**63 - 1
 def path_id(request: web.Request, key: str, what: str) -> int:
     """A bigint id from the path; 404 naming ``what`` when it cannot be one."""
     text = request.match_info[key]
-    if not text.isdigit() or not 1 <= int(text) <= _MAX_ID:
+    # isascii: str.isdigit() also accepts digits like "²" that int() refuses.
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= _MAX_ID:
         raise ApiError(404, f"{what} {text} not found")
     return int(text)
 

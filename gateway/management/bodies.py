@@ -14,8 +14,15 @@ from gateway.http import ApiError, ValidationFailed
 MAX_PER_PAGE = 100
 
 
-async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """The body as a JSON object, or a 400 that says what is wrong with it."""
+async def read_json_object(
+    request: web.Request, *, nul_allowed: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The body as a JSON object, or a 400 that says what is wrong with it.
+
+    A string holding U+0000 anywhere in the body (keys included) is refused with 422 naming its
+    field: PostgreSQL text and jsonb cannot store it, so it would otherwise fail the write with
+    a 500. ``nul_allowed`` names top-level members whose view strips NULs itself.
+    """
     raw = await request.read()
     if not raw.strip():
         raise ApiError(400, "request body is empty: expected a JSON object")
@@ -25,7 +32,28 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise ApiError(400, f"request body must be a JSON object, got {_json_type(body)}")
+    if b"\\u0000" in raw:  # cheap pre-check: JSON can only spell NUL as an escape
+        skip = set(nul_allowed)
+        fields = [
+            f for key, value in body.items() if key not in skip for f in _nul_fields(key, value)
+        ]
+        if fields:
+            message = "must not contain the NUL character (\\u0000)"
+            raise ValidationFailed({field: [message] for field in fields})
     return body
+
+
+def _nul_fields(path: str, value: Any) -> list[str]:
+    """Dotted paths, below and including ``path``, whose key or string value holds U+0000."""
+    if "\x00" in path:
+        return [path]
+    if isinstance(value, str):
+        return [path] if "\x00" in value else []
+    if isinstance(value, dict):
+        return [f for key, item in value.items() for f in _nul_fields(f"{path}.{key}", item)]
+    if isinstance(value, list):
+        return [f for i, item in enumerate(value) for f in _nul_fields(f"{path}.{i}", item)]
+    return []
 
 
 def _json_type(value: Any) -> str:
@@ -138,7 +166,8 @@ def pagination(request: web.Request) -> tuple[int, int]:
     values = {}
     for key, default, maximum in (("page", 1, 1_000_000), ("per_page", 20, MAX_PER_PAGE)):
         text = request.query.get(key, str(default))
-        if not text.isdigit() or not 1 <= int(text) <= maximum:
+        # isascii: str.isdigit() also accepts digits like "²" that int() refuses.
+        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= maximum:
             errors[key] = [f"must be an integer between 1 and {maximum}"]
         else:
             values[key] = int(text)

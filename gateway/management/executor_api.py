@@ -105,7 +105,8 @@ async def claim_runs(request: web.Request) -> web.Response:
 async def report_status(request: web.Request) -> web.Response:
     """Finish (completed/failed), cancel or release (queued) a claimed run; 409 when illegal."""
     row = await _run_for_executor(request)
-    body = await read_json_object(request)
+    # Process output may hold NUL bytes; storage strips them (run_states.bound_output/message).
+    body = await read_json_object(request, nul_allowed=("message", "output"))
     fields = Fields(body, ("status", "lease_token", "message", "output", "exit_code"))
     status = fields.string("status", max_length=20, choices=run_states.STATUSES)
     token = _lease_token(fields)

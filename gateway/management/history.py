@@ -32,6 +32,7 @@ from gateway.management import outgoing_history
 from gateway.management.bodies import page_headers, pagination
 from gateway.management.framework import endpoint
 from gateway.management.resources import authorize_orphanable, incoming_hook_for, path_uuid
+from gateway.reload import live_config
 from gateway.storage import history, hooks
 from gateway.storage.database import Record
 
@@ -147,7 +148,7 @@ async def replay_request(request: web.Request) -> web.Response:
     """
     started = time.perf_counter()
     original = await _recorded_request(request, "hook:update")
-    db, config = request.app[appkeys.DATABASE], request.app[appkeys.CONFIG]
+    db, config = request.app[appkeys.DATABASE], live_config(request.app)
     if original["hook_type"] == "outgoing":  # a manual redelivery (issue 6)
         return await outgoing_history.redeliver_attempt(request, original)
     if original["hook_type"] != "incoming":
@@ -167,7 +168,7 @@ async def replay_request(request: web.Request) -> web.Response:
     if body is None:
         raise ApiError(409, "the original request body was not stored (hooks.store_bodies)")
 
-    hook = CompiledHook.from_row(hook_row, config)
+    hook = CompiledHook.from_row(hook_row, config, box=db.secret_box)
     evaluation = evaluate(hook, original["headers"], body, verify_signature=False)
     item = PendingRequest(
         id=uuid.uuid4(),
@@ -203,7 +204,7 @@ async def replay_request(request: web.Request) -> web.Response:
 async def _store(request: web.Request, item: PendingRequest) -> uuid.UUID | None:
     """Commit the history row (and run) through the ingest batcher; the run id, if any."""
     batcher: RunBatcher | None = request.app[appkeys.SERVICES].get(RUN_BATCHER)
-    retry_after = str(request.app[appkeys.CONFIG].batch.retry_after)
+    retry_after = str(live_config(request.app).batch.retry_after)
     if batcher is None:
         raise ApiError(
             503, "the ingest writer is not running", headers={"Retry-After": retry_after}

@@ -3,7 +3,9 @@
 Every problem is collected before answering, with field keys such as ``name``,
 ``settings.variables.1.type`` or ``trigger_when.conditions.0.path``. The result holds the column
 values as stored: ``trigger_when`` normalised to ``{"conditions": [...]}`` and ``settings`` to
-``{"variables": [...], "delivery_id_header": str | None}``.
+``{"variables": [...], "delivery_id_header": str | None}``, plus, when given, the request limits
+``rate_limit: {"per_second", "burst"} | None`` and ``allowed_ips: [CIDR, ...] | None``
+(gateway.ingest.limits).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.ingest.conditions import parse_trigger_when
+from gateway.ingest.limits import parse_limits_settings
 from gateway.ingest.signatures import SUPPORTED_ALGORITHMS
-from gateway.ingest.variables import parse_variable_specs
+from gateway.ingest.variables import VariableSpec, parse_variable_specs
 from gateway.management.bodies import Fields
 
 HOOK_BODY_FIELDS = (
@@ -27,7 +30,8 @@ HOOK_BODY_FIELDS = (
     "trigger_when",
     "settings",
 )
-SETTINGS_FIELDS = ("variables", "delivery_id_header")
+SETTINGS_FIELDS = ("variables", "delivery_id_header", "rate_limit", "allowed_ips")
+LIMITS_FIELDS = ("rate_limit", "allowed_ips")
 DEFAULT_ALGORITHM = "sha256"
 DEFAULT_HEADER_NAME = "x-hub-signature-256"
 MAX_NAME_LENGTH = 60
@@ -87,11 +91,28 @@ def _header_name(fields: Fields, key: str, default: str | None, *, nullable: boo
     return value
 
 
+# settings is jsonb written by orjson, which refuses integers wider than 64 bits; a default such
+# as "999...9" for an integer variable coerces to one (issue 8: it used to answer 500).
+_JSONB_INT_MIN, _JSONB_INT_MAX = -(2**63), 2**64 - 1
+
+
+def _unstorable_defaults(specs: list[VariableSpec]) -> dict[str, list[str]]:
+    """Errors for coerced integer defaults that cannot be stored."""
+    return {
+        f"settings.variables.{i}.default_value": ["must fit in 64 bits"]
+        for i, spec in enumerate(specs)
+        if isinstance(spec.default_value, int)
+        and not isinstance(spec.default_value, bool)
+        and not _JSONB_INT_MIN <= spec.default_value <= _JSONB_INT_MAX
+    }
+
+
 def _settings(fields: Fields, raw: Any, *, partial: bool) -> dict[str, Any]:
-    """The ``settings`` object: ``variables`` and ``delivery_id_header`` (only the keys given
-    when ``partial``, so that an update merges them into the stored settings)."""
+    """The ``settings`` object: ``variables``, ``delivery_id_header`` and the limits (only the
+    keys given when ``partial``, so that an update merges them into the stored settings)."""
     if raw is None:  # absent, or null: the defaults (a PUT with null resets them)
-        return {"variables": [], "delivery_id_header": None}
+        defaults: dict[str, Any] = {"variables": [], "delivery_id_header": None}
+        return {**defaults, **dict.fromkeys(LIMITS_FIELDS)} if partial else defaults
     if not isinstance(raw, dict):
         fields.add("settings", "must be an object")
         return {}
@@ -102,10 +123,16 @@ def _settings(fields: Fields, raw: Any, *, partial: bool) -> dict[str, Any]:
             raw.get("variables") if raw.get("variables") is not None else []
         )
         inner.merge(errors)
+        if not errors:
+            inner.merge(_unstorable_defaults(specs))
         settings["variables"] = [spec.to_json() for spec in specs]
     if not partial or "delivery_id_header" in raw:
         settings["delivery_id_header"] = _header_name(
             inner, "delivery_id_header", None, nullable=True
         )
+    # Limits are stored only when given: hooks without them keep the seed's settings shape.
+    limits, errors = parse_limits_settings(raw)
+    inner.merge(errors)
+    settings.update((k, v) for k, v in limits.to_json().items() if k in raw)
     fields.merge(inner.errors)
     return settings

@@ -19,6 +19,7 @@ from gateway.management.bodies import Fields, read_json_object
 from gateway.management.framework import current_user, endpoint
 from gateway.management.incoming_hook_input import parse_incoming_hook
 from gateway.management.resources import incoming_hook_for, pipeline_for
+from gateway.reload import live_config
 from gateway.storage import hooks
 from gateway.storage.database import Record
 
@@ -59,7 +60,7 @@ def hook_json(row: Record, base_url: str, *, secret: str | None = None) -> dict[
 
 
 def _base_url(request: web.Request) -> str:
-    return request.app[appkeys.CONFIG].server.base_url
+    return live_config(request.app).server.base_url
 
 
 async def incoming_hooks_json(request: web.Request, pipeline: Record) -> list[dict[str, Any]]:
@@ -87,7 +88,7 @@ async def create_incoming_hook(request: web.Request) -> web.Response:
     )
     log.info("incoming_hook_created", hook_id=str(row["id"]), pipeline_id=pipeline["id"])
     return json_response(
-        hook_json(row, _base_url(request), secret=row["secret"]),
+        hook_json(row, _base_url(request), secret=secret),  # row["secret"] is sealed
         status=201,
         headers={"Location": f"/hooks/incoming/{row['id']}"},
     )
@@ -142,7 +143,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
     """Issue a new secret, shown once in this response (``hook:update``). The old one keeps
     working for ``grace_period_seconds`` (default ``hooks.secret_grace_period``; 0: stops now)."""
     hook = await incoming_hook_for(request, "hook:update")
-    config = request.app[appkeys.CONFIG]
+    config = live_config(request.app)
     body = await read_json_object(request) if request.body_exists else {}
     fields = Fields(body, ("grace_period_seconds",))
     grace = fields.integer(
@@ -161,4 +162,4 @@ async def rotate_secret(request: web.Request) -> web.Response:
         raise ApiError(404, "hook not found")
     _forget_cached(request, row["id"])
     log.info("incoming_hook_secret_rotated", hook_id=str(row["id"]), grace_period_seconds=grace)
-    return json_response(hook_json(row, _base_url(request), secret=row["secret"]))
+    return json_response(hook_json(row, _base_url(request), secret=secret))

@@ -8,6 +8,7 @@ from gateway import accounts, appkeys
 from gateway.http import ValidationFailed, json_response
 from gateway.management.bodies import Fields, page_headers, pagination, read_json_object
 from gateway.management.framework import current_user, endpoint, require_admin
+from gateway.reload import live_config
 from gateway.storage import users
 
 routes = web.RouteTableDef()
@@ -22,7 +23,7 @@ async def login(request: web.Request) -> web.Response:
     email = fields.string("email", max_length=254)
     password = fields.string("password", max_length=1024)
     fields.check()
-    config = request.app[appkeys.CONFIG]
+    config = live_config(request.app)  # auth.* follow SIGHUP reloads
     pair = await accounts.login(request.app[appkeys.DATABASE], config.auth, email, password)
     return json_response(pair.to_json())
 
@@ -35,7 +36,7 @@ async def refresh_token(request: web.Request) -> web.Response:
     fields = Fields(body, ("refresh_token",))
     token = fields.string("refresh_token", max_length=256)
     fields.check()
-    config = request.app[appkeys.CONFIG]
+    config = live_config(request.app)
     pair = await accounts.refresh(request.app[appkeys.DATABASE], config.auth, token)
     return json_response(pair.to_json())
 
@@ -59,7 +60,7 @@ async def create_user(request: web.Request) -> web.Response:
     name = fields.string("name", required=False, default="", min_length=0, max_length=120)
     is_admin = fields.boolean("is_admin", default=False)
     fields.check()
-    config = request.app[appkeys.CONFIG]
+    config = live_config(request.app)
     try:
         user = await accounts.create_user(
             request.app[appkeys.DATABASE],

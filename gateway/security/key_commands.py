@@ -3,9 +3,8 @@
 ``keys generate`` needs no configuration and prints one ``key_id:base64`` line for
 ``[security] secret_keys``. ``keys status`` lists stored secrets per key id and fails when some
 were sealed with a key this host does not have. ``keys rotate`` re-encrypts every stored
-secret with the primary key (gateway.storage.secret_rotation); it is registered only once the
-storage layer seals and opens secrets (:data:`ROTATE_AVAILABLE`), because re-encrypting rows
-that the ingest path still reads as plaintext would break every hook.
+secret with the primary key (gateway.storage.secret_rotation), safe while gateways serve: they
+open secrets with any configured key, and a re-encrypted row notifies their hook caches.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ from gateway.config import Config
 from gateway.exceptions import GatewayError
 
 COMMAND = "keys"
-# Phase 2 of issue 8 sets this once hook storage encrypts on write and decrypts on read.
-ROTATE_AVAILABLE = False
+# Storage seals secrets on write and every reader opens them (issue 8), so rotation is safe.
+ROTATE_AVAILABLE = True
 
 
 def add_commands(commands: Any, *, rotate: bool | None = None) -> None:

@@ -161,6 +161,16 @@ class SecretBox:
         """``value`` encrypted with the primary key (decrypted first with whichever key)."""
         return self.encrypt(self.decrypt(value))
 
+    def seal(self, value: str) -> str:
+        """The stored form of a secret being written: :meth:`encrypt`, except that a value
+        already in the encrypted form (a stored secret written back unchanged) is kept."""
+        return value if value.startswith(PREFIX) else self.encrypt(value)
+
+
+# Encryption off: what storage uses until the configured box is installed (and in tools that
+# only move sealed values around). It still refuses to "open" an encrypted value.
+PLAINTEXT_BOX = SecretBox({}, None)
+
 
 _announced = False
 

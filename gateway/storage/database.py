@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ import orjson
 
 from gateway.config import DatabaseConfig
 from gateway.exceptions import AlreadyExists, Conflict, DatabaseUnavailable, NotFound
+from gateway.security.secret_box import PLAINTEXT_BOX, SecretBox
 from gateway.storage.queries import QUERIES
 
 
@@ -42,6 +44,10 @@ _UNAVAILABLE = (
     asyncpg.QueryCanceledError,
     # Reconnecting to a database that was dropped (or not created yet): not there right now.
     asyncpg.InvalidCatalogNameError,
+    # A connection the server dropped mid-statement (a restart, a fast shutdown) can leave
+    # asyncpg's protocol half-way, and the ROLLBACK that follows then fails with "cannot switch
+    # to state ...; another operation is in progress": the same outage, seen one step later.
+    asyncpg.InternalClientError,
 )
 
 
@@ -84,8 +90,11 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 class Session:
     """Named-query methods over one connection (inside a transaction) or the pool."""
 
-    def __init__(self, executor: Any) -> None:
+    def __init__(self, executor: Any, secret_box: SecretBox = PLAINTEXT_BOX) -> None:
         self._executor = executor
+        # Seals hook secrets on write (storage/hooks.py, storage/outgoing.py). The process
+        # installs the configured box on its Database (gateway.security.secret_service).
+        self.secret_box = secret_box
 
     async def fetch(self, name: str, *args: Any) -> list[Record]:
         async with translated():
@@ -142,9 +151,22 @@ class Database(Session):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Session]:
-        """A Session bound to one connection inside a transaction."""
-        async with translated(), self.pool.acquire() as conn, conn.transaction():
-            yield Session(conn)
+        """A Session bound to one connection inside a transaction.
+
+        Once COMMIT has answered, the outcome is known: returning the connection to the pool
+        (asyncpg resets it with a few statements) may still fail if the server goes away right
+        then, and that must not turn a committed write into an error the caller reports (an
+        ingest 503 for a delivery that was in fact stored). asyncpg terminates such a connection
+        itself; the pool opens a new one.
+        """
+        async with translated():
+            conn = await self.pool.acquire()
+        try:
+            async with translated(), conn.transaction():
+                yield Session(conn, self.secret_box)
+        finally:
+            with contextlib.suppress(*_UNAVAILABLE, asyncpg.PostgresError):
+                await self.pool.release(conn)
 
     async def ping(self) -> bool:
         """True when a query round-trips."""

@@ -2,6 +2,9 @@
 
 Reads used by the API never select the secrets: only creation and rotation return one, once.
 Every change fires the ``hookgate_hook_changed`` trigger, so ingest caches drop their copy.
+Secrets are sealed on write with the database's :class:`~gateway.security.secret_box.SecretBox`
+(encrypted at rest); rows come back with the stored, sealed values: the API shows the plaintext
+it generated, and :meth:`gateway.ingest.evaluation.CompiledHook.from_row` opens them.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ async def insert_incoming_hook(
     secret: str,
     created_by: int | None,
 ) -> Record:
-    """Create a hook from validated ``values`` (every HOOK_FIELDS key); the row has the secret."""
+    """Create a hook from validated ``values`` (every HOOK_FIELDS key) and its plaintext
+    ``secret`` (stored sealed); the row carries the sealed secret."""
     row = await db.fetchrow(
         "incoming_hook_insert",
         hook_id,
@@ -44,7 +48,7 @@ async def insert_incoming_hook(
         values["requires_secret"],
         values["secret_algorithm"],
         values["secret_header_name"],
-        secret,
+        db.secret_box.seal(secret),
         values["trigger_when"],
         values["settings"],
         created_by,
@@ -59,7 +63,8 @@ async def incoming_hook_by_id(db: Database, hook_id: uuid.UUID) -> Record | None
 
 
 async def incoming_hook_with_secrets(db: Database, hook_id: uuid.UUID) -> Record | None:
-    """The full hook row including secrets, with its environment_id, or None."""
+    """The full hook row including its secrets as stored (sealed), with its environment_id,
+    or None."""
     return await db.fetchrow("incoming_hook_full_by_id", hook_id)
 
 
@@ -84,9 +89,10 @@ async def rotate_incoming_secret(
     """Install a new secret; the old one keeps working ``grace_seconds`` (0: stops at once).
 
     A secret still in its grace period from an earlier rotation stops working now: a hook
-    verifies against at most two secrets. Returns the row with the new secret, or None.
+    verifies against at most two secrets. Returns the row (secrets sealed), or None.
     """
-    return await db.fetchrow("incoming_hook_rotate_secret", hook_id, secret, grace_seconds)
+    sealed = db.secret_box.seal(secret)
+    return await db.fetchrow("incoming_hook_rotate_secret", hook_id, sealed, grace_seconds)
 
 
 async def delete_incoming_hook(db: Database, hook_id: uuid.UUID) -> bool:

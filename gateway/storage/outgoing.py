@@ -29,7 +29,8 @@ async def insert_hook(
     secret: str | None,
     created_by: int | None,
 ) -> Record:
-    """Create a hook from validated ``values``; return it with ``environment_id``."""
+    """Create a hook from validated ``values`` (``secret`` plaintext, stored sealed); return it
+    with ``environment_id``."""
     row = await db.fetchrow(
         "outgoing_hook_insert",
         hook_id,
@@ -41,7 +42,7 @@ async def insert_hook(
         values["trigger_when"],
         values["settings"],
         values["requires_secret"],
-        secret,
+        None if secret is None else db.secret_box.seal(secret),
         created_by,
     )
     assert row is not None
@@ -66,7 +67,8 @@ async def lock_hook(session: Session, hook_id: uuid.UUID) -> Record | None:
 async def update_hook(
     session: Session, hook_id: uuid.UUID, values: dict[str, Any], secret: str | None
 ) -> Record:
-    """Replace the hook's definition with ``values`` (all fields); return the new row."""
+    """Replace the hook's definition with ``values`` (all fields); ``secret`` is a new plaintext
+    secret or the stored (sealed) one, kept as it is. Return the new row."""
     row = await session.fetchrow(
         "outgoing_hook_update",
         hook_id,
@@ -77,7 +79,7 @@ async def update_hook(
         values["trigger_when"],
         values["settings"],
         values["requires_secret"],
-        secret,
+        None if secret is None else session.secret_box.seal(secret),
     )
     assert row is not None
     return row

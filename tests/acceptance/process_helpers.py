@@ -15,14 +15,18 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import TEST_SECRET_KEY
+
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 90.0
 Event = dict[str, Any]
 
 
 def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment without any GATEWAY_* variable, plus ``extra``."""
+    """This process's environment without any GATEWAY_* variable, plus the tests' secret key
+    (so that no run creates var/secret-keys in the checkout) and ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["GATEWAY_SECURITY_SECRET_KEYS"] = TEST_SECRET_KEY
     env.update(extra or {})
     return env
 

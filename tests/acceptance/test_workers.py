@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import TEST_SECRET_KEY
+
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 90.0
 
@@ -40,6 +42,7 @@ class Gateway:
 
     def __init__(self, config_path: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        env["GATEWAY_SECURITY_SECRET_KEYS"] = TEST_SECRET_KEY  # no var/secret-keys in the checkout
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "--config", str(config_path), "serve"],
             cwd=ROOT,

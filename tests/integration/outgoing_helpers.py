@@ -13,6 +13,7 @@ from aiohttp import web
 from gateway.config import Config, build_config
 from gateway.storage import runs
 from gateway.storage.database import Database, Record
+from tests.conftest import TEST_SECRET_KEY
 
 HANG = "hang"  # a planned response that never comes (until the receiver is shut down)
 
@@ -33,6 +34,7 @@ def outgoing_config(database_dsn: str, **outgoing: Any) -> Config:
         base,
         database=replace(base.database, dsn=database_dsn, pool_min_size=1, pool_max_size=8),
         server=replace(base.server, public_url="http://hooks.test"),
+        security=replace(base.security, secret_keys=(TEST_SECRET_KEY,), key_file=""),
     )
 
 

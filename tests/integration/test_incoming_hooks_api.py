@@ -11,8 +11,10 @@ import asyncpg
 import pytest
 
 from gateway.config import Config
+from gateway.security.secret_box import SecretBox
+from gateway.security.secret_keys import load_keys
 from gateway.storage.database import Database
-from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, TEST_SECRET_KEY
 from tests.integration.management_helpers import (
     JSON_HEADERS,
     MEMBER_PASSWORD,
@@ -429,7 +431,8 @@ async def test_the_secret_is_shown_exactly_once(
     assert new_secret not in logs.out + logs.err
 
 
-async def _stored_secrets(database_dsn: str, hook_id: str) -> asyncpg.Record:
+async def _stored_secrets(database_dsn: str, hook_id: str) -> dict[str, Any]:
+    """The hook's secret columns, opened with the tests' key (they are stored encrypted)."""
     conn = await asyncpg.connect(database_dsn)
     try:
         row = await conn.fetchrow(
@@ -440,7 +443,7 @@ async def _stored_secrets(database_dsn: str, hook_id: str) -> asyncpg.Record:
     finally:
         await conn.close()
     assert row is not None
-    return row
+    return SecretBox.from_key_set(load_keys([TEST_SECRET_KEY], "")).open_row(row)
 
 
 async def test_rotation_keeps_the_old_secret_for_the_grace_period(

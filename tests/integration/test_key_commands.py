@@ -45,9 +45,11 @@ def test_generate_prints_a_valid_line_without_any_config(
     assert len(parse_key_line(capsys.readouterr().out.strip()).key) == 32
 
 
-def test_rotate_is_not_offered_before_storage_encrypts() -> None:
-    with pytest.raises(SystemExit):
-        cli.main(["keys", "rotate"])
+def test_rotate_is_offered(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["keys", "rotate", "--help"])
+    assert exit_info.value.code == 0
+    assert "--batch-size" in capsys.readouterr().out
 
 
 async def seeded(db: Database, stored: list[str]) -> list[uuid.UUID]:

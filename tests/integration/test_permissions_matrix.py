@@ -8,7 +8,7 @@ lacks the permission, a user of another environment only, and no token. Expected
   is not linked at all, so sees 404);
 - admin rows: 2xx for the administrator, 403 for every member, 401 without a token;
 - self rows (the caller's own account): 2xx for everyone with a token, 401 without;
-- public rows (login, refresh): 2xx for everyone.
+- public rows (login, refresh, the OpenAPI document): 2xx for everyone.
 
 The table is checked against the application's registered routes in both directions: a
 management route without a row fails ``test_every_management_route_has_a_row`` (so a new
@@ -83,6 +83,8 @@ TABLE: tuple[Row, ...] = (
     # Users and tokens (gateway/management/users.py, tokens.py)
     Row("POST", "/users/login", PUBLIC, 200, {"email": Ref("login_user"), "password": PASSWORD}),
     Row("POST", "/users/refresh-token", PUBLIC, 200, {"refresh_token": Ref("refresh_token")}),
+    # The API reference (gateway/openapi): public, like the document of any public API.
+    Row("GET", "/openapi.json", PUBLIC, 200),
     Row("GET", "/users/me", SELF, 200),
     Row("POST", "/users", ADMIN, 201, {"email": "new@example.com", "password": "long enough"}),
     Row("GET", "/users", ADMIN, 200),

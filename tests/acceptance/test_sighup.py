@@ -1,0 +1,201 @@
+"""SIGHUP on a real ``gateway serve``: a broken config.toml is rejected and the server keeps
+serving with the old config; a valid edit takes effect without a restart, in every worker.
+
+The gateway runs on this test's database (GATEWAY_DATABASE_DSN), so no embedded server starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gateway.ingest.signatures import sign_hmac_hex
+from tests.acceptance.process_helpers import GatewayProcess, free_port, write_config
+from tests.integration.ingest_helpers import PR_OPENED
+from tests.integration.ops_helpers import parse_metrics, sample
+
+ADMIN = {"email": "ops@example.com", "password": "a long reload passphrase"}
+
+
+class Api:
+    """The management API and the hook endpoint of one running gateway."""
+
+    def __init__(self, http: aiohttp.ClientSession, port: int) -> None:
+        self.http, self.base, self.headers = http, f"http://127.0.0.1:{port}", {}
+
+    async def call(self, method: str, path: str, body: Any = None, expect: int = 200) -> Any:
+        async with self.http.request(
+            method, self.base + path, json=body, headers=self.headers
+        ) as response:
+            assert response.status == expect, await response.text()
+            return await response.json()
+
+    async def setup_hook(self) -> dict[str, Any]:
+        login = await self.call("POST", "/users/login", ADMIN)
+        self.headers = {"Authorization": f"Bearer {login['access_token']}"}
+        env = await self.call("POST", "/environments", {"name": "reload"}, 201)
+        pipeline = await self.call(
+            "POST",
+            f"/environments/{env['id']}/pipelines",
+            {"name": "p", "resource_type": "application", "resource_id": 1, "action_type": "d"},
+            201,
+        )
+        hook: dict[str, Any] = await self.call(
+            "POST",
+            f"/pipelines/{pipeline['id']}/hooks/incoming",
+            {"name": "h", "action_type": "deploy"},
+            201,
+        )
+        return hook
+
+    async def trigger(self, hook: dict[str, Any]) -> tuple[int, dict[str, str]]:
+        """One signed delivery on a new connection (so that workers share them)."""
+        headers = {
+            "Content-Type": "application/json",
+            "X-Hub-Signature-256": "sha256=" + sign_hmac_hex(hook["secret"], "sha256", PR_OPENED),
+        }
+        async with (
+            aiohttp.ClientSession() as fresh,
+            fresh.post(
+                f"{self.base}/hooks/incoming/{hook['id']}", data=PR_OPENED, headers=headers
+            ) as response,
+        ):
+            return response.status, dict(response.headers)
+
+    async def bodies_stored(self, hook: dict[str, Any]) -> list[bool]:
+        rows = await self.call("GET", f"/hooks/incoming/{hook['id']}/requests?per_page=100")
+        return [row["body_stored"] for row in rows]
+
+
+def start(path: Path, dsn: str, port: int, workers: int = 1) -> GatewayProcess:
+    env = {"GATEWAY_DATABASE_DSN": dsn, "GATEWAY_ADMIN_EMAIL": ADMIN["email"]}
+    env["GATEWAY_ADMIN_PASSWORD"] = ADMIN["password"]
+    gateway = GatewayProcess(path, env=env)
+    try:
+        gateway.wait_for(
+            lambda _: len(gateway.named("listening")) >= workers, "listening workers", 90
+        )
+    except BaseException:
+        gateway.kill()
+        raise
+    return gateway
+
+
+async def event(gateway: GatewayProcess, name: str, **fields: Any) -> dict[str, Any]:
+    return await asyncio.to_thread(gateway.wait_event, name, 30, **fields)
+
+
+async def test_sighup_keeps_the_old_config_on_a_broken_file_and_applies_a_valid_edit(
+    database_dsn: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    server = {"port": port}
+    path = write_config(tmp_path / "config.toml", {"server": server})
+    gateway = start(path, database_dsn, port)
+    try:
+        async with aiohttp.ClientSession() as http:
+            api = Api(http, port)
+            hook = await api.setup_hook()
+            assert (await api.trigger(hook))[0] == 202
+            assert await api.bodies_stored(hook) == [True]
+
+            path.write_text('[server]\nport = "eighty"\n[hooks]\nstore_bodies = "sometimes"\n')
+            os.kill(gateway.process.pid, signal.SIGHUP)
+            rejected = await event(gateway, "config_reload_rejected")
+            assert len(rejected["problems"]) == 2
+            assert "server.port" in rejected["problems"][0]
+            assert (await api.trigger(hook))[0] == 202  # still serving, same port
+            assert await api.bodies_stored(hook) == [True, True]  # still store_bodies = all
+
+            write_config(
+                path,
+                {
+                    "server": server,
+                    "hooks": {"store_bodies": "none"},
+                    "limits": {"default_rate_per_second": 0.001},
+                    "database": {"pool_max_size": 5},
+                },
+            )
+            os.kill(gateway.process.pid, signal.SIGHUP)
+            applied = await event(gateway, "config_reloaded")
+            assert applied["applied"] == ["hooks.store_bodies", "limits.default_rate_per_second"]
+            restart = await event(gateway, "config_reload_needs_restart")
+            assert restart["keys"] == ["database.pool_max_size"]
+            assert (await api.trigger(hook))[0] == 202
+            assert await api.bodies_stored(hook) == [False, True, True]
+            status, headers = await api.trigger(hook)  # the new default rate: one token
+            assert status == 429 and int(headers["Retry-After"]) >= 1
+
+        gateway.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(gateway.finish) == 0
+    finally:
+        gateway.kill()
+
+
+async def test_every_worker_reloads_and_a_scrape_sums_all_workers(
+    database_dsn: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    server = {"port": port, "workers": 2}
+    # data_dir only places the metrics directory (next to it); the database is the test's.
+    path = write_config(tmp_path / "config.toml", _sections(tmp_path, server))
+    gateway = start(path, database_dsn, port, workers=2)
+    try:
+        async with aiohttp.ClientSession() as http:
+            api = Api(http, port)
+            hook = await api.setup_hook()
+            for _ in range(10):
+                assert (await api.trigger(hook))[0] == 202
+            for _ in range(4):  # whichever worker answers, the counts are the fleet's
+                async with aiohttp.ClientSession() as fresh:
+                    async with fresh.get(api.base + "/metrics") as response:
+                        parsed = parse_metrics(await response.text())
+                accepted = {"outcome": "accepted", "status": "202"}
+                assert sample(parsed, "hookgate_ingest_requests_total", **accepted) == 10
+                assert sample(parsed, "hookgate_batch_size_sum") == 10
+
+            write_config(path, {**_sections(tmp_path, server), "hooks": {"store_bodies": "none"}})
+            os.kill(gateway.process.pid, signal.SIGHUP)  # the supervisor forwards it
+            await asyncio.to_thread(
+                gateway.wait_for,
+                lambda _: {e.get("worker") for e in gateway.named("config_reloaded")} == {0, 1},
+                "config_reloaded in both workers",
+                30,
+            )
+            for _ in range(6):
+                assert (await api.trigger(hook))[0] == 202
+            assert await api.bodies_stored(hook) == [False] * 6 + [True] * 10
+
+        gateway.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(gateway.finish) == 0
+    finally:
+        gateway.kill()
+    assert not (tmp_path / "metrics" / str(gateway.process.pid)).exists()
+
+
+def _sections(tmp_path: Path, server: dict[str, Any]) -> dict[str, Any]:
+    return {"server": server, "database": {"data_dir": str(tmp_path / "pgdata")}}
+
+
+async def test_the_standalone_dispatcher_reloads_too(database_dsn: str, tmp_path: Path) -> None:
+    path = write_config(tmp_path / "config.toml", {"outgoing": {"poll_interval": 1.0}})
+    gateway = GatewayProcess(path, ("dispatch",), env={"GATEWAY_DATABASE_DSN": database_dsn})
+    try:
+        await event(gateway, "dispatcher_started")
+        path.write_text("[outgoing]\npoll_interval = -1\n")
+        os.kill(gateway.process.pid, signal.SIGHUP)
+        rejected = await event(gateway, "config_reload_rejected")
+        assert "outgoing.poll_interval" in rejected["problems"][0]
+        write_config(path, {"outgoing": {"poll_interval": 2.0}})
+        os.kill(gateway.process.pid, signal.SIGHUP)
+        assert (await event(gateway, "config_reloaded"))["applied"] == ["outgoing.poll_interval"]
+        await event(gateway, "dispatcher_reconfigured")
+        gateway.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(gateway.finish) == 0
+    finally:
+        gateway.kill()

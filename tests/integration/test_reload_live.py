@@ -1,0 +1,91 @@
+"""SIGHUP reload against a running application: live keys change what the API does at once,
+restart-only keys are reported and left alone, a broken file changes nothing.
+
+The reload is driven the way the SIGHUP handler drives it (``ConfigReloader.reload_and_log``
+on the application's config holder); tests/acceptance/test_sighup.py sends the real signal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import Config
+from gateway.reload import ConfigReloader
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, TEST_SECRET_KEY
+from tests.integration.ingest_helpers import PR_OPENED, create_hook, new_pipeline
+from tests.integration.ops_helpers import (
+    call_hook,
+    holder_of,
+    reload_to,
+    requests_of,
+    with_section,
+)
+
+BASE = f"""
+[security]
+secret_keys = ["{TEST_SECRET_KEY}"]
+key_file = ""
+"""
+
+
+def logged(capsys: pytest.CaptureFixture[str]) -> str:
+    # stdout or stderr, depending on how an earlier test configured logging.
+    captured = capsys.readouterr()
+    return captured.out + captured.err
+
+
+async def body_stored(client: Any, headers: dict[str, str], hook: dict[str, Any]) -> bool:
+    assert (await call_hook(client, hook)).status == 202
+    stored: bool = (await requests_of(client, headers, hook))[0]["body_stored"]
+    return stored
+
+
+async def test_a_file_reload_applies_live_keys_and_reports_the_others(
+    client: Any, admin_headers: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hook = await create_hook(client, admin_headers, await new_pipeline(client, admin_headers))
+    path = tmp_path / "config.toml"
+    reloader = ConfigReloader(path, holder_of(client), env={})
+    assert await body_stored(client, admin_headers, hook)
+
+    path.write_text(BASE + '[hooks]\nstore_bodies = "sometimes"\n[server]\nprot = 1\n')
+    rejected = reloader.reload_and_log()
+    assert rejected.error is not None and len(rejected.problems) == 2
+    assert "config_reload_rejected" in logged(capsys)
+    assert await body_stored(client, admin_headers, hook)  # the old config is in force
+
+    path.write_text(BASE + '[hooks]\nstore_bodies = "none"\n')
+    result = reloader.reload_and_log()
+    assert "hooks.store_bodies" in result.applied
+    # The test config differs from this file in restart-only keys too: reported, not applied.
+    assert "database.dsn" in result.needs_restart
+    assert holder_of(client).current.database.dsn != ""
+    assert "config_reload_needs_restart" in logged(capsys)
+    assert not await body_stored(client, admin_headers, hook)
+
+
+async def test_auth_ttls_public_url_and_body_limit_are_live(
+    client: Any, admin_headers: dict[str, str], config: Config
+) -> None:
+    hook = await create_hook(client, admin_headers, await new_pipeline(client, admin_headers))
+    changed = with_section(config, "auth", access_token_ttl=120)
+    changed = with_section(
+        changed, "server", public_url="https://hooks.example", max_body_bytes=100
+    )
+    assert sorted(reload_to(client, changed)) == [
+        "auth.access_token_ttl",
+        "server.max_body_bytes",
+        "server.public_url",
+    ]
+
+    login = await client.post(
+        "/users/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+    )
+    assert (await login.json())["expires_in"] == 120
+    shown = await client.get(f"/hooks/incoming/{hook['id']}", headers=admin_headers)
+    assert (await shown.json())["url"].startswith("https://hooks.example/hooks/incoming/")
+    assert len(PR_OPENED) > 100
+    assert (await call_hook(client, hook)).status == 413

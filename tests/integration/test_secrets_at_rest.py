@@ -1,0 +1,185 @@
+"""Hook secrets encrypted at rest, end to end: the API shows the plaintext once, the database
+never holds it, ingest and the dispatcher open it, and keys rotate while the gateway serves."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from gateway.config import Config
+from gateway.dispatcher.outbound import CompiledHook as OutgoingHook
+from gateway.security.secret_box import SecretBox, key_id_of
+from gateway.security.secret_keys import load_keys, new_key_line
+from gateway.storage.database import Database
+from gateway.storage.secret_rotation import INCOMING, rotate_secrets
+from tests.conftest import TEST_SECRET_KEY
+from tests.integration.ingest_helpers import create_hook, fetch, new_pipeline
+from tests.integration.ops_helpers import call_hook, reload_to, with_section
+from tests.integration.outgoing_helpers import hook_body
+
+TEST_KEY_ID = TEST_SECRET_KEY.split(":", 1)[0]
+
+
+def box_of(*lines: str) -> SecretBox:
+    return SecretBox.from_key_set(load_keys(lines, ""))
+
+
+async def stored_rows(db: Database, table: str, hook_id: str) -> dict[str, Any]:
+    """The row as stored, plus ``dump``: all of it as text, as a database dump would show it."""
+    row = await db.pool.fetchrow(
+        f"SELECT to_jsonb(h)::text AS dump, h.* FROM {table} h WHERE id = $1", uuid.UUID(hook_id)
+    )
+    assert row is not None
+    return dict(row)
+
+
+async def test_incoming_secrets_are_stored_encrypted_and_still_verify(
+    client: Any, admin_headers: dict[str, str], database_dsn: str, db: Database
+) -> None:
+    pipeline_id = await new_pipeline(client, admin_headers)
+    hook = await create_hook(client, admin_headers, pipeline_id)
+    secret = hook["secret"]
+    assert len(secret) >= 32 and not secret.startswith("enc:")
+
+    row = await stored_rows(db, "incoming_hooks", hook["id"])
+    assert key_id_of(row["secret"]) == TEST_KEY_ID
+    assert secret not in row["dump"]
+    assert box_of(TEST_SECRET_KEY).decrypt(row["secret"]) == secret
+    assert (await call_hook(client, hook)).status == 202
+
+    response = await client.post(
+        f"/hooks/incoming/{hook['id']}/secret/rotate",
+        json={"grace_period_seconds": 3600},
+        headers=admin_headers,
+    )
+    assert response.status == 200
+    new_secret = (await response.json())["secret"]
+    row = await stored_rows(db, "incoming_hooks", hook["id"])
+    assert key_id_of(row["secret"]) == key_id_of(row["previous_secret"]) == TEST_KEY_ID
+    assert secret not in row["dump"] and new_secret not in row["dump"]
+    assert (await call_hook(client, hook, new_secret)).status == 202
+    assert (await call_hook(client, hook, secret)).status == 202  # in its grace period
+    assert (await call_hook(client, hook, "not the secret")).status == 401
+    # The request history keeps no signature either.
+    history = await fetch(database_dsn, "SELECT headers::text AS h FROM hook_requests")
+    assert history and all("sha256=" not in r["h"] for r in history)
+
+
+async def test_outgoing_secrets_are_stored_encrypted_and_kept_on_update(
+    client: Any, admin_headers: dict[str, str], db: Database
+) -> None:
+    pipeline_id = await new_pipeline(client, admin_headers)
+    body = hook_body("https://example.com/h", requires_secret=True)
+    response = await client.post(
+        f"/pipelines/{pipeline_id}/hooks/outgoing", json=body, headers=admin_headers
+    )
+    assert response.status == 201, await response.text()
+    hook = await response.json()
+    secret = hook["secret"]
+    assert secret.startswith("whsec_")
+    row = await stored_rows(db, "outgoing_hooks", hook["id"])
+    assert key_id_of(row["secret"]) == TEST_KEY_ID and secret not in row["dump"]
+
+    renamed = await client.put(
+        f"/hooks/outgoing/{hook['id']}", json={"name": "renamed"}, headers=admin_headers
+    )
+    assert renamed.status == 200 and (await renamed.json())["secret"] == "********"
+    row = await stored_rows(db, "outgoing_hooks", hook["id"])
+    # Written back as stored, not sealed twice: the dispatcher opens the same plaintext.
+    compiled = OutgoingHook.from_row(row, db.secret_box)
+    assert compiled.secret == secret and secret not in row["dump"]
+
+
+async def test_a_secret_sealed_with_a_missing_key_fails_closed_until_the_key_is_added(
+    client: Any, admin_headers: dict[str, str], config: Config, database_dsn: str
+) -> None:
+    pipeline_id = await new_pipeline(client, admin_headers)
+    hook = await create_hook(client, admin_headers, pipeline_id)
+    other = new_key_line("other")
+    await fetch(
+        database_dsn,
+        "UPDATE incoming_hooks SET secret = $2 WHERE id = $1 RETURNING id",
+        uuid.UUID(hook["id"]),
+        box_of(other).encrypt(hook["secret"]),
+    )
+
+    async def status() -> int:
+        return int((await call_hook(client, hook)).status)
+
+    # The update notified the cache; the row cannot be opened with the configured key.
+    assert await _eventually_status(status, 500)
+    keys = (TEST_SECRET_KEY, other)
+    reload_to(client, with_section(config, "security", secret_keys=keys))
+    assert await status() == 202
+
+
+async def test_rotating_to_a_new_primary_key_while_serving(
+    client: Any, admin_headers: dict[str, str], config: Config, db: Database, database_dsn: str
+) -> None:
+    pipeline_id = await new_pipeline(client, admin_headers)
+    hooks = [await create_hook(client, admin_headers, pipeline_id) for _ in range(3)]
+    old_secret = hooks[0]["secret"]
+    response = await client.post(
+        f"/hooks/incoming/{hooks[0]['id']}/secret/rotate",
+        json={"grace_period_seconds": 3600},
+        headers=admin_headers,
+    )
+    hooks[0] = {**hooks[0], "secret": (await response.json())["secret"]}
+    calls = [(hook, hook["secret"]) for hook in hooks] + [(hooks[0], old_secret)]
+
+    # Step 1 (SIGHUP): key B becomes the primary; A stays configured to open existing rows.
+    line_b = new_key_line("b")
+    reload_to(client, with_section(config, "security", secret_keys=(line_b, TEST_SECRET_KEY)))
+    hooks.append(await create_hook(client, admin_headers, pipeline_id))
+    calls.append((hooks[-1], hooks[-1]["secret"]))
+    new_row = await stored_rows(db, "incoming_hooks", hooks[-1]["id"])
+    assert key_id_of(new_row["secret"]) == "b"
+
+    # Step 2: `gateway keys rotate` (one row per transaction) while senders keep calling.
+    statuses: list[int] = []
+    rotated = asyncio.Event()
+
+    async def senders() -> None:
+        while not rotated.is_set() or len(statuses) < 4 * len(calls):
+            for hook, secret in calls:
+                statuses.append((await call_hook(client, hook, secret)).status)
+
+    traffic = asyncio.create_task(senders())
+    results = await rotate_secrets(db, box_of(line_b, TEST_SECRET_KEY), batch_size=1)
+    rotated.set()
+    await traffic
+    incoming = next(r for r in results if r.table == INCOMING)
+    assert (incoming.reencrypted, incoming.conflicts, incoming.unreadable) == (3, 0, 0)
+    assert set(statuses) == {202}
+
+    rows = await fetch(database_dsn, "SELECT secret, previous_secret FROM incoming_hooks")
+    assert {key_id_of(r["secret"]) for r in rows} == {"b"}
+    assert {key_id_of(r["previous_secret"]) for r in rows if r["previous_secret"]} == {"b"}
+
+    # Step 3 (SIGHUP): key A is removed; every hook keeps verifying with B alone.
+    reload_to(client, with_section(config, "security", secret_keys=(line_b,)))
+    for hook, secret in calls:
+        assert (await call_hook(client, hook, secret)).status == 202
+
+
+async def test_rows_written_before_encryption_stay_readable(
+    client: Any, admin_headers: dict[str, str], config: Config, db: Database
+) -> None:
+    # A plaintext row (encryption was off when it was written) keeps working with keys on.
+    reload_to(client, replace(config, security=replace(config.security, secret_keys=())))
+    pipeline_id = await new_pipeline(client, admin_headers)
+    hook = await create_hook(client, admin_headers, pipeline_id)
+    row = await stored_rows(db, "incoming_hooks", hook["id"])
+    assert row["secret"] == hook["secret"]
+    reload_to(client, config)
+    assert (await call_hook(client, hook)).status == 202
+
+
+async def _eventually_status(probe: Any, expected: int, attempts: int = 200) -> bool:
+    for _ in range(attempts):
+        if await probe() == expected:
+            return True
+        await asyncio.sleep(0.02)
+    return False
