@@ -67,11 +67,23 @@ class _CurrentStderr:
 
 
 class _NamedPrintLogger(structlog.PrintLogger):
-    """A PrintLogger that knows its name, for the ``logger`` field."""
+    """A PrintLogger that knows its name, for the ``logger`` field.
+
+    Each line is written with its newline in one ``write`` (``print`` makes two): worker
+    processes share one stderr pipe, and two lines must never be interleaved on one.
+    """
 
     def __init__(self, name: str | None, file: TextIO | Any) -> None:
         super().__init__(file)
         self.name = name
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            self._file.write(message + "\n")
+            self._file.flush()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
 
 
 def _drop_below_level(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
@@ -128,7 +140,13 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
         ]
     else:
         # The console renderer formats exceptions itself (format_exc_info would only warn).
-        tail = [structlog.dev.ConsoleRenderer(colors=out.isatty())]
+        # Plain tracebacks: rich's (used when it is installed) print local variables, which
+        # may hold secrets.
+        tail = [
+            structlog.dev.ConsoleRenderer(
+                colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
+            )
+        ]
     _THRESHOLD[0] = numeric
     _PROCESSORS[:] = [_drop_below_level, *shared, *tail]
     structlog.configure(

@@ -10,10 +10,12 @@ Coercion rules (payload value -> declared type; anything else is an error):
   finite floats -> Python's shortest repr (``2.0`` -> ``"2.0"``, ``1e16`` -> ``"1e+16"``);
   arrays and objects are errors.
 * ``integer``: integers; floats with an integral value (``2.0`` -> ``2``); strings matching
-  ``^[+-]?[0-9]+$`` after stripping whitespace (``" 42 "`` -> ``42``). Booleans are errors.
-* ``number``: integers and finite floats (kept as they are); strings: integer-looking -> int,
-  decimal/exponent notation (``"2.5"``, ``"1e3"``) -> float; NaN, infinities and booleans are
-  errors.
+  ``^[+-]?[0-9]+$`` after stripping whitespace (``" 42 "`` -> ``42``). The result must fit in a
+  signed 64-bit integer (PostgreSQL ``bigint``, what executors read): ``1e30`` or a 30-digit
+  string is an error. Booleans are errors.
+* ``number``: integers and finite floats (kept as they are); strings: integer-looking -> int
+  (beyond 64 bits: float, as a JSON number that large is parsed), decimal/exponent notation
+  (``"2.5"``, ``"1e3"``) -> float; NaN, infinities and booleans are errors.
 * ``boolean``: booleans; integers ``0``/``1``; strings ``true/false/1/0/yes/no`` (any case,
   surrounding whitespace ignored). Floats are errors.
 * ``array``: lists only. ``object``: objects only. Values are not copied.
@@ -52,6 +54,7 @@ _TYPES_MESSAGE = "must be one of: " + ", ".join(sorted(VARIABLE_TYPES))
 # ASCII only: int()/float() also accept other Unicode digits and "1_000", which we don't.
 _INT_RE = re.compile(r"[+-]?[0-9]+")
 _FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _TRUE_WORDS = frozenset({"true", "1", "yes"})
 _FALSE_WORDS = frozenset({"false", "0", "no"})
 
@@ -107,18 +110,20 @@ def _parse_int(text: str) -> int | None:
 
 
 def _to_integer(value: Any) -> int:
+    number: int | None = None
     if isinstance(value, bool):
+        pass
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str):
+        number = _parse_int(value.strip())
+    if number is None:
         raise _fail("an integer", value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        text = value.strip()
-        number = _parse_int(text)
-        if number is not None:
-            return number
-    raise _fail("an integer", value)
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise _fail("an integer that fits in 64 bits", value)
+    return number
 
 
 def _to_number(value: Any) -> int | float:
@@ -131,7 +136,7 @@ def _to_number(value: Any) -> int | float:
     if isinstance(value, str):
         text = value.strip()
         integer = _parse_int(text)
-        if integer is not None:
+        if integer is not None and INT64_MIN <= integer <= INT64_MAX:
             return integer
         # isfinite: "1e999" parses as inf
         if _FLOAT_RE.fullmatch(text) and math.isfinite(number := float(text)):

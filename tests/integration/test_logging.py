@@ -130,6 +130,37 @@ def test_console_format_is_human_readable(capsys: pytest.CaptureFixture[str]) ->
     configure_logging("info", "json")
 
 
+class _Writes:
+    """A stream recording every write call, as a pipe shared by worker processes sees them."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_each_line_is_one_write_so_workers_never_interleave_lines(fmt: str) -> None:
+    stream = _Writes()
+    configure_logging("info", fmt, stream=stream)
+    try:
+        get_logger("tests.logging.writes").info("first_line", n=1)
+        logging.getLogger("tests.stdlib").warning("from the standard library")
+    finally:
+        configure_logging("info", "json")
+    assert len(stream.writes) == 2, stream.writes
+    assert all(w.endswith("\n") and w.count("\n") == 1 for w in stream.writes), stream.writes
+    assert "first_line" in stream.writes[0] and "standard library" in stream.writes[1]
+
+
 def test_configure_rejects_unknown_levels_and_formats() -> None:
     with pytest.raises(ValueError, match="format"):
         configure_logging("info", "xml")

@@ -94,12 +94,17 @@ def same(actual: Any, expected: Any) -> bool:
         ("42", "integer", 42),
         (" +42 ", "integer", 42),
         ("-0007", "integer", -7),
-        ("9" * 30, "integer", int("9" * 30)),
+        (2**63 - 1, "integer", 2**63 - 1),
+        (-(2**63), "integer", -(2**63)),
+        (str(2**63 - 1), "integer", 2**63 - 1),
+        (-9.223372036854776e18, "integer", -(2**63)),
         (42, "number", 42),
         (2.5, "number", 2.5),
         (2.0, "number", 2.0),
         ("42", "number", 42),
         ("-42", "number", -42),
+        (2**64 - 1, "number", 2**64 - 1),  # what orjson hands over for a JSON integer
+        ("9" * 30, "number", 1e30),  # beyond 64 bits: a float, as a JSON number that large
         ("2.5", "number", 2.5),
         (" 2.0 ", "number", 2.0),
         (".5", "number", 0.5),
@@ -153,6 +158,11 @@ def test_coerce_does_not_copy_containers() -> None:
         ("1_000", "integer", "expected an integer, got '1_000'"),
         ("١٢", "integer", "expected an integer, got '١٢'"),  # non-ASCII digits
         pytest.param("9" * 5000, "integer", "expected an integer, got '9999", id="5000-digits"),
+        # Integers are stored and handed to executors as signed 64-bit values.
+        ("9" * 30, "integer", "expected an integer that fits in 64 bits, got '9999"),
+        (str(2**63), "integer", "expected an integer that fits in 64 bits, got '9223372"),
+        (2**63, "integer", "expected an integer that fits in 64 bits, got 9223372"),
+        (-1e30, "integer", "expected an integer that fits in 64 bits, got -1e+30"),
         ([1], "integer", "expected an integer, got an array"),
         (None, "integer", "expected an integer, got null"),
         (False, "number", "expected a number, got false"),

@@ -1,0 +1,131 @@
+"""``kill -9`` of a worker under load: ``gateway serve`` with ``[server] workers = 2`` (one
+supervisor, two workers sharing the port with SO_REUSEPORT) takes signed deliveries, each on a
+new connection so that the kernel spreads them over both workers, and one worker is killed with
+SIGKILL mid-load.
+
+Must hold: the supervisor restarts the worker; every request gets a 2xx, a 503 or a connection
+error (never a hang); every 2xx has exactly one run row; no delivery has two runs. A request
+whose worker died after its commit but before its answer is the ambiguous case: the sender saw a
+connection error, the run exists, and the sender's retry with the same delivery id gets 200 with
+that run. Figures are printed (also without -s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.fault_load import Load, client, is_2xx, report, runs_by_delivery
+from tests.acceptance.lb_client import Api
+from tests.acceptance.live_gateway import fresh_database, start_gateway, stop_gateway
+from tests.acceptance.process_helpers import process_alive
+
+CONNECTIONS = 8
+BEFORE_KILL = 400  # answers before the kill
+AFTER_RESTART = 400  # answers after the replacement worker listens
+RESTART_LIMIT = 60.0
+
+
+@pytest.fixture
+def dsn(server_dsn: str, template_database: str) -> Iterator[str]:
+    with fresh_database(server_dsn, template_database) as fresh:
+        yield fresh
+
+
+def _parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.timeout(300)
+async def test_kill_9_of_a_worker_under_load(
+    dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    live = start_gateway(tmp_path, dsn, server={"workers": 2}, listening=2)
+    gateway = live.gateway
+    try:
+        workers = {e["worker"]: e["pid"] for e in gateway.named("worker_started")}
+        assert len(workers) == 2 and all(
+            _parent_of(p) == gateway.process.pid for p in workers.values()
+        )
+        victim = workers[0]
+        async with client(CONNECTIONS, force_close=True) as session:
+            api = Api(session, live.url, live.token)
+            _, hook = await api.seed_hook()
+            load = Load(session, f"{live.url}/hooks/incoming/{hook['id']}", hook["secret"])
+            runner = asyncio.create_task(load.run())
+            try:
+                await load.until(lambda a: len(a) >= BEFORE_KILL, 60, "load before the kill")
+                os.kill(victim, signal.SIGKILL)
+                killed_at = len(load.answers)
+                restarted = await asyncio.to_thread(
+                    gateway.wait_for,
+                    lambda e: e.get("event") == "worker_restarted" and e.get("previous") == victim,
+                    "worker_restarted",
+                    RESTART_LIMIT,
+                )
+                await asyncio.to_thread(
+                    gateway.wait_for,
+                    lambda e: (
+                        e.get("event") == "listening"
+                        and e.get("worker") == restarted["worker"]
+                        and gateway.events.index(e) > gateway.events.index(restarted)
+                    ),
+                    "the replacement listening",
+                    RESTART_LIMIT,
+                )
+                listening_at = len(load.answers)
+                await load.until(
+                    lambda a: len(a) >= listening_at + AFTER_RESTART, 60, "load after the restart"
+                )
+            finally:
+                load.stop()
+                await runner
+            first = list(load.answers)
+            runs_before_retries = await runs_by_delivery(dsn, hook["id"])
+            failed = [a.delivery for a in first if not is_2xx(a.status)]
+            retried = [await load.send(d) for d in failed]
+            runs = await runs_by_delivery(dsn, hook["id"])
+        replacement = restarted["pid"]
+        assert _parent_of(replacement) == gateway.process.pid and not process_alive(victim)
+        exited = [e for e in gateway.named("worker_exited") if e.get("pid") == victim]
+    finally:
+        stop_gateway(live)
+
+    statuses = Counter(a.status for a in first)
+    ok = {a.delivery for a in first if is_2xx(a.status)}
+    ambiguous = set(runs_before_retries) - ok
+    report(
+        capsys,
+        "worker kill -9",
+        {
+            "requests": len(first),
+            "2xx": len(ok),
+            "non_2xx": {k: v for k, v in statuses.items() if not is_2xx(k)},
+            "killed_after": killed_at,
+            "replacement_listening_after": listening_at,
+            "runs_before_retries": sum(runs_before_retries.values()),
+            "committed_without_2xx": len(ambiguous),
+            "retried": len(retried),
+            "retry_answers": dict(Counter(a.status for a in retried)),
+            "runs": sum(runs.values()),
+        },
+    )
+    assert exited and exited[0]["signal"] == "SIGKILL"
+    # 2xx, 503 or a connection error of the killed worker; never a timeout or a 500.
+    unexpected = {
+        k for k in statuses if not (is_2xx(k) or k == 503 or str(k).startswith("client error"))
+    }
+    assert not unexpected, statuses
+    assert all(runs_before_retries.get(d) == 1 for d in ok), "a 2xx without exactly one run"
+    assert set(runs_before_retries.values()) <= {1}, "a delivery with two runs"
+    assert all(is_2xx(a.status) for a in retried), Counter(a.status for a in retried)
+    assert {a.delivery for a in retried if a.status == 200} == ambiguous
+    deliveries = {a.delivery for a in first}
+    assert set(runs) == deliveries and set(runs.values()) == {1}
