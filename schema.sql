@@ -245,12 +245,20 @@ CREATE OR REPLACE TRIGGER pipeline_runs_before_insert
 
 -- Every state change (and every enqueue) tells listeners on 'hookgate_run_changed' with
 -- {"run_id", "pipeline_id", "status"}; delivered only when the transaction commits.
+-- Inserts notify once per (pipeline, status) per statement, not once per row: listeners (the
+-- executors) only need "pipeline X has new runs"; a batch of thousands of runs would otherwise
+-- queue thousands of notifications for every listening connection to read. The payload has
+-- "run_id" when the statement inserted one run of that pipeline and status, else "runs": n.
 CREATE OR REPLACE FUNCTION hookgate_notify_runs_inserted() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('hookgate_run_changed', json_build_object(
-        'run_id', n.id, 'pipeline_id', n.pipeline_id, 'status', n.status)::text)
-    FROM new_runs n;
+    PERFORM pg_notify('hookgate_run_changed', CASE WHEN g.runs = 1
+        THEN json_build_object('run_id', g.run_id, 'pipeline_id', g.pipeline_id,
+                               'status', g.status)
+        ELSE json_build_object('pipeline_id', g.pipeline_id, 'status', g.status,
+                               'runs', g.runs) END::text)
+    FROM (SELECT n.pipeline_id, n.status, count(*) AS runs, (array_agg(n.id))[1] AS run_id
+          FROM new_runs n GROUP BY n.pipeline_id, n.status) g;
     RETURN NULL;
 END;
 $$;
@@ -356,3 +364,11 @@ ALTER TABLE hook_requests ADD COLUMN IF NOT EXISTS request_method text;
 
 INSERT INTO schema_version (version) VALUES (3) ON CONFLICT DO NOTHING;
 -- end Outgoing hooks ---------------------------------------------------------------------------
+
+-- Ingest performance (issue 7) -----------------------------------------------------------------
+-- Stored bodies are already zstd-compressed (or incompressible): never let TOAST try pglz on
+-- them, and keep rows up to a page inline instead of moving a 3 KB body into the TOAST table
+-- (one heap tuple instead of a heap tuple + TOAST chunks + a TOAST index entry per request).
+ALTER TABLE hook_requests ALTER COLUMN body SET STORAGE EXTERNAL;
+ALTER TABLE hook_requests SET (toast_tuple_target = 8160);
+-- end Ingest performance -----------------------------------------------------------------------

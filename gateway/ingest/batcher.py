@@ -2,9 +2,13 @@
 
 Handlers hand a :class:`PendingRequest` to :meth:`RunBatcher.submit` and await the returned
 future. One background task drains a bounded queue: it waits at most ``batch.max_wait_ms`` for up
-to ``batch.max_size`` requests, writes them in ONE transaction (one multi-row INSERT for the runs,
-one lookup for duplicate deliveries, one multi-row INSERT for the history rows), and only then
-resolves each future. A 2xx is therefore never sent for an uncommitted request.
+to ``batch.max_size`` requests and hands them to a writer, which commits them in ONE transaction
+on its own dedicated connection (one statement queues the runs and writes their history rows; a
+lookup and a second INSERT only when there are duplicate deliveries; the outbox INSERT only when
+a pipeline has outgoing hooks) and only then resolves each future. A 2xx is therefore never sent
+for an uncommitted request. Up to ``WRITERS`` batches are in flight at once, so the event loop
+keeps preparing the next batch while one waits for the database (the database orders concurrent
+inserts of one delivery id: the later one waits for the earlier to commit, then is a duplicate).
 
 Failure modes: a full queue raises :class:`Overloaded` at once; a database that is down fails the
 batch with :class:`DatabaseUnavailable` and, for a short back-off (growing up to
@@ -41,6 +45,7 @@ log = get_logger(__name__)
 RUN_BATCHER = "run_batcher"  # key in app[appkeys.SERVICES]
 DUPLICATE = "duplicate"  # hook_requests.outcome of a repeated delivery
 ZSTD_LEVEL = 3
+WRITERS = 2  # batches in flight at once (each on its own connection)
 _FIRST_BACKOFF = 0.05
 
 
@@ -94,6 +99,9 @@ class RunBatcher:
         self._backoff = _FIRST_BACKOFF
         self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._connections = store.WriterConnections(db)
+        self._slots = asyncio.Semaphore(WRITERS)
+        self._flushes: set[asyncio.Task[None]] = set()
 
     def reconfigure(self, config: Config) -> None:
         """Take ``[batch]`` and ``hooks.store_bodies`` from ``config`` (also on SIGHUP reload;
@@ -116,6 +124,7 @@ class RunBatcher:
         self._filled.set()
         if self._task is not None:
             await self._task
+        await self._connections.close()
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -142,24 +151,38 @@ class RunBatcher:
 
     async def _run(self) -> None:
         queue = self._queue
-        while True:
-            if not queue:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            if len(queue) < self._max_size and self._max_wait > 0 and not self._closing:
-                self._filled.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._max_wait):
-                        await self._filled.wait()
-            batch = [queue.popleft() for _ in range(min(len(queue), self._max_size))]
-            try:
-                await self._flush(batch)
-            except asyncio.CancelledError:
-                _fail(batch, DatabaseUnavailable("the gateway stopped before the write finished"))
-                raise
+        try:
+            while True:
+                if not queue:
+                    if self._closing:
+                        break
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                await self._slots.acquire()  # a free writer (the queue grows meanwhile)
+                if len(queue) < self._max_size and self._max_wait > 0 and not self._closing:
+                    self._filled.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._max_wait):
+                            await self._filled.wait()
+                batch = [queue.popleft() for _ in range(min(len(queue), self._max_size))]
+                task = asyncio.create_task(self._flush_in_slot(batch), name="run-batch")
+                self._flushes.add(task)
+                task.add_done_callback(self._flushes.discard)
+            await asyncio.gather(*self._flushes)
+        except asyncio.CancelledError:
+            for task in self._flushes:
+                task.cancel()
+            raise
+
+    async def _flush_in_slot(self, batch: list[PendingRequest]) -> None:
+        try:
+            await self._flush(batch)
+        except asyncio.CancelledError:
+            _fail(batch, DatabaseUnavailable("the gateway stopped before the write finished"))
+            raise
+        finally:
+            self._slots.release()
 
     async def _flush(self, batch: list[PendingRequest]) -> None:
         assert self._loop is not None
@@ -196,67 +219,55 @@ class RunBatcher:
 
     async def _write(self, batch: list[PendingRequest]) -> list[Stored]:
         """Commit one batch; return each request's result in order."""
-        runs = [item for item in batch if item.run_id is not None]
         results = [Stored(item.run_id, False) for item in batch]
-        async with self._db.transaction() as session:
-            if runs:
-                inserted = await store.insert_runs(
-                    session,
-                    [r.run_id for r in runs],  # type: ignore[misc]
+        runs = _runs_to_insert(batch)
+        bodies = [self._stored_body(item) for item in batch]
+        async with self._connections.transaction() as session:
+            now = time.perf_counter()
+            written = await store.insert_batch(
+                session,
+                (
+                    [r.run_id for r in runs],
                     [r.pipeline_id for r in runs],
                     [r.hook_id for r in runs],
                     [r.id for r in runs],
                     [r.delivery_id for r in runs],
                     [r.variables or {} for r in runs],
+                ),
+                _history_columns(batch, bodies, now),
+            )
+            inserted = written.inserted
+            missing = [
+                i
+                for i, item in enumerate(batch)
+                if item.run_id is not None and item.run_id not in inserted
+            ]
+            if missing:
+                await self._resolve_duplicates(session, batch, missing, results)
+                duplicates = [batch[i] for i in missing]
+                await store.insert_requests(
+                    session,
+                    *_history_columns(
+                        duplicates,
+                        [bodies[i] for i in missing],
+                        now,
+                        [results[i].run_id for i in missing],
+                    ),
                 )
-                if len(inserted) < len(runs):
-                    await self._resolve_duplicates(session, batch, inserted, results)
+            if written.has_outgoing:
                 # Outgoing hooks (issue 6): run.queued outbox rows, in this same transaction.
                 await outgoing.enqueue_run_events(session, list(inserted))
-            now = time.perf_counter()
-            bodies = [self._stored_body(item) for item in batch]
-            outcomes, statuses, messages = [], [], []
-            for item, result in zip(batch, results, strict=True):
-                if result.duplicate:
-                    outcomes.append(DUPLICATE)
-                    statuses.append(200)
-                    messages.append(duplicate_message(item.delivery_id, result.run_id))
-                else:
-                    outcomes.append(item.outcome)
-                    statuses.append(item.status_code)
-                    messages.append(item.message)
-            await store.insert_requests(
-                session,
-                [item.id for item in batch],
-                [item.hook_id for item in batch],
-                [item.received_at for item in batch],
-                [item.client_ip for item in batch],
-                [item.headers for item in batch],
-                [body for body, _ in bodies],
-                [encoding for _, encoding in bodies],
-                [item.body_size for item in batch],
-                outcomes,
-                statuses,
-                messages,
-                [result.run_id for result in results],
-                [item.delivery_id for item in batch],
-                [(now - item.started) * 1000 for item in batch],
-                [item.retry_of for item in batch],
-            )
         return results
 
     async def _resolve_duplicates(
         self,
         session: Any,
         batch: list[PendingRequest],
-        inserted: set[uuid.UUID],
+        missing: list[int],
         results: list[Stored],
     ) -> None:
-        missing = [
-            i
-            for i, item in enumerate(batch)
-            if item.run_id is not None and item.run_id not in inserted
-        ]
+        # A new statement: sees the originals inserted by this batch and by transactions that
+        # committed while our insert waited for them.
         originals = await store.runs_by_delivery(
             session,
             [batch[i].hook_id for i in missing],
@@ -276,6 +287,69 @@ class RunBatcher:
         if len(compressed) < len(body):
             return compressed, "zstd"
         return body, "identity"
+
+
+def _runs_to_insert(batch: list[PendingRequest]) -> list[PendingRequest]:
+    """The requests whose run to insert, in one global order.
+
+    A repeat of a (hook, delivery id) inside the batch is left out: it is a duplicate of the
+    first, resolved after the insert like any other. Sorting by that key makes every writer
+    (every batch, every worker process) take the unique index's locks in the same order, so two
+    concurrent batches that share delivery ids wait for each other instead of deadlocking.
+    """
+    runs: list[PendingRequest] = []
+    seen: set[tuple[uuid.UUID, str]] = set()
+    for item in batch:
+        if item.run_id is None:
+            continue
+        if item.delivery_id is not None:
+            key = (item.hook_id, item.delivery_id)
+            if key in seen:
+                continue
+            seen.add(key)
+        runs.append(item)
+    runs.sort(key=lambda r: (r.hook_id, r.delivery_id or ""))
+    return runs
+
+
+def _history_columns(
+    items: list[PendingRequest],
+    bodies: list[tuple[bytes | None, str | None]],
+    now: float,
+    duplicate_of: list[uuid.UUID | None] | None = None,
+) -> tuple[list[Any], ...]:
+    """The fifteen history columns of ``items``; ``duplicate_of`` (the original run of each)
+    turns them into the rows of repeated deliveries."""
+    if duplicate_of is None:
+        outcomes = [item.outcome for item in items]
+        statuses = [item.status_code for item in items]
+        messages = [item.message for item in items]
+        run_ids = [item.run_id for item in items]
+    else:
+        outcomes = [DUPLICATE] * len(items)
+        statuses = [200] * len(items)
+        messages = [
+            duplicate_message(item.delivery_id, run_id)
+            for item, run_id in zip(items, duplicate_of, strict=True)
+        ]
+        run_ids = duplicate_of
+    return (
+        [item.id for item in items],
+        [item.hook_id for item in items],
+        [item.received_at for item in items],
+        [item.client_ip for item in items],
+        [item.headers for item in items],
+        [body for body, _ in bodies],
+        [encoding for _, encoding in bodies],
+        [item.body_size for item in items],
+        outcomes,
+        statuses,
+        messages,
+        run_ids,
+        [item.delivery_id for item in items],
+        [(now - item.started) * 1000 for item in items],
+        [item.retry_of for item in items],
+    )
 
 
 def duplicate_message(delivery_id: str | None, run_id: uuid.UUID | None) -> str:

@@ -89,11 +89,13 @@ class Condition:
 class ConditionSet:
     """All conditions of a hook; :meth:`evaluate` is the per-request check."""
 
-    __slots__ = ("conditions",)
+    __slots__ = ("conditions", "needs_tree")
 
     def __init__(self, conditions: Iterable[Condition] = ()) -> None:
         """Wrap already compiled conditions; use :func:`parse_trigger_when` for API input."""
         self.conditions: tuple[Condition, ...] = tuple(conditions)
+        # As VariableExtractor.needs_tree: only JSONPath expressions need the Python tree.
+        self.needs_tree = any(not c.path.singular for c in self.conditions)
 
     def __len__(self) -> int:
         return len(self.conditions)

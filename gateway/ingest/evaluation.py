@@ -21,6 +21,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from gateway.config import Config
+from gateway.ingest import lazy_json
 from gateway.ingest.conditions import ConditionSet, parse_trigger_when
 from gateway.ingest.limits import IpAllowlist, parse_limits_settings
 from gateway.ingest.signatures import SignatureError, SignatureVerifier
@@ -167,6 +168,9 @@ class Evaluation:
 
     ``outcome`` is ``accepted`` (enqueue a run with ``variables``), ``skipped`` (record only) or
     ``rejected``. ``reason`` is a short code for logs (rejections) or, when skipped, why.
+    ``payload`` is the parsed body as Python objects when the hook's paths needed the whole
+    tree (JSONPath expressions), else None (its values were read from the validated body
+    directly, see gateway.ingest.lazy_json).
     """
 
     status: int
@@ -303,10 +307,22 @@ def evaluate(
             return _reject(400, str(exc), "bad_form", delivery_id)
     if not text:
         return _reject(400, f"{what} is empty; expected JSON", "empty_body", delivery_id)
+    needs_tree = hook.extractor.needs_tree or hook.conditions.needs_tree
     try:
-        payload = orjson.loads(text)
+        payload = lazy_json.parse(text, lazy=not needs_tree)
     except orjson.JSONDecodeError as exc:
         return _reject(400, f"{what} is not valid JSON: {exc}", "bad_json", delivery_id)
+    try:
+        return _decide(hook, payload, delivery_id)
+    finally:
+        if type(payload) is lazy_json.LazyDocument:
+            payload.release()  # the parser is reused by the next request
+
+
+def _decide(hook: CompiledHook, payload: Any, delivery_id: str | None) -> Evaluation:
+    """Steps 5-7 on the parsed body: delivery id length, conditions, variables."""
+    # Evaluation.payload carries the document only when it is a Python tree.
+    tree = None if type(payload) is lazy_json.LazyDocument else payload
 
     if delivery_id is not None and len(delivery_id) > MAX_DELIVERY_ID_LENGTH:
         return _reject(
@@ -323,7 +339,7 @@ def evaluate(
             SKIPPED,
             "Hook call skipped: trigger conditions not met",
             delivery_id=delivery_id,
-            payload=payload,
+            payload=tree,
             reason=skip_reason,
         )
 
@@ -335,7 +351,7 @@ def evaluate(
             REJECTED,
             "the payload does not provide valid variables: " + ", ".join(exc.errors),
             delivery_id=delivery_id,
-            payload=payload,
+            payload=tree,
             errors=exc.errors,
             reason="invalid_variables",
         )
@@ -346,10 +362,10 @@ def evaluate(
             REJECTED,
             "the payload does not provide valid variables: " + ", ".join(bad),
             delivery_id=delivery_id,
-            payload=payload,
+            payload=tree,
             errors={
                 name: ["contains a NUL character (\\u0000), which cannot be stored"] for name in bad
             },
             reason="invalid_variables",
         )
-    return Evaluation(202, ACCEPTED, "Hook accepted: run queued", variables, delivery_id, payload)
+    return Evaluation(202, ACCEPTED, "Hook accepted: run queued", variables, delivery_id, tree)

@@ -30,6 +30,8 @@ from typing import Any
 from jsonpath_ng import Child, Fields, Index, Root
 from jsonpath_ng.ext import parse as _jsonpath_parse
 
+from .lazy_json import LazyDocument
+
 __all__ = ["MAX_PATH_LENGTH", "CompiledPath", "PathSyntaxError", "compile_path"]
 
 #: Longest accepted path; a guard against pathological input to the PLY parser.
@@ -87,6 +89,8 @@ class CompiledPath:
 
 
 def _walk(steps: tuple[_Step, ...], document: Any) -> Any:
+    if type(document) is LazyDocument:  # a body validated but not built (singular paths only)
+        return document.walk(steps, _MISSING)
     current = document
     for key, index in steps:
         if isinstance(current, dict):

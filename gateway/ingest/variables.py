@@ -314,11 +314,14 @@ class VariableExtractionError(Exception):
 class VariableExtractor:
     """Extracts and coerces a hook's variables; build once per hook, reuse per request."""
 
-    __slots__ = ("_plan",)
+    __slots__ = ("_plan", "needs_tree")
 
     def __init__(self, specs: Sequence[VariableSpec]) -> None:
         """Compile every path once (raises PathSyntaxError if a spec was not validated)."""
         self._plan = tuple((spec, compile_path(spec.path), _COERCERS[spec.type]) for spec in specs)
+        # A JSONPath expression needs the whole document as Python objects; singular paths can
+        # read a lazily parsed one (gateway.ingest.lazy_json).
+        self.needs_tree = any(not path.singular for _, path, _ in self._plan)
 
     def extract(self, payload: Any) -> dict[str, Any]:
         """Return ``{name: value}`` for every declared variable, or raise

@@ -122,10 +122,11 @@ class Session:
 class Database(Session):
     """A connection pool plus named queries; the rest of the gateway never sees asyncpg."""
 
-    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str, config: DatabaseConfig | None = None) -> None:
         super().__init__(pool)
         self.pool = pool
         self.dsn = dsn
+        self.config = config or DatabaseConfig()
 
     @classmethod
     async def connect(cls, dsn: str, config: DatabaseConfig | None = None) -> Database:
@@ -140,7 +141,7 @@ class Database(Session):
                 command_timeout=config.command_timeout,
                 init=_init_connection,
             )
-        return cls(pool, dsn)
+        return cls(pool, dsn, config)
 
     async def close(self) -> None:
         """Close the pool, waiting briefly for connections in use."""
@@ -184,6 +185,24 @@ class Database(Session):
                 await session._executor.execute(sql)
             version: int = await session.fetchval("schema_version")
         return version
+
+    async def connection(self) -> asyncpg.Connection:
+        """A dedicated connection set up like the pool's (codecs, timeouts); close it when done.
+
+        For a long-lived writer that would otherwise pay the pool's acquire and its release
+        reset (one more round trip) on every transaction.
+        """
+        config = self.config
+        async with translated():
+            conn = await asyncpg.connect(
+                self.dsn, timeout=config.connect_timeout, command_timeout=config.command_timeout
+            )
+            try:
+                await _init_connection(conn)
+            except BaseException:
+                conn.terminate()
+                raise
+        return conn
 
     async def listen(self, channel: str, callback: Any) -> asyncpg.Connection:
         """A dedicated connection listening on ``channel``; close it to stop."""

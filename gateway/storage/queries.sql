@@ -405,9 +405,39 @@ JOIN unnest($1::uuid[], $2::text[]) AS k (hook_id, delivery_id)
 INSERT INTO hook_requests (id, hook_id, received_at, client_ip, headers, body, body_encoding,
                            body_size, outcome, status_code, message, run_id, delivery_id,
                            latency_ms, retry_of)
-SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::inet[], $5::jsonb[],
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[]::inet[], $5::jsonb[],
                      $6::bytea[], $7::text[], $8::integer[], $9::text[], $10::smallint[],
                      $11::text[], $12::uuid[], $13::text[], $14::real[], $15::uuid[]);
+
+-- name: ingest_insert_batch
+-- Group commit in one statement: queue the runs ($1-$6; repeats of a (hook, delivery id) are
+-- skipped) and write the history rows ($7-$21, client ip as text) of every request whose run was
+-- inserted or that has no run. Returns the runs inserted and whether their pipeline has an
+-- active outgoing hook (then the caller writes the outbox rows in the same transaction).
+-- Duplicates get their history row from the caller once their original run is known.
+WITH runs AS (
+    INSERT INTO pipeline_runs (id, pipeline_id, hook_id, request_id, delivery_id, variables)
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::text[],
+                         $6::jsonb[])
+    ON CONFLICT (hook_id, delivery_id) WHERE delivery_id IS NOT NULL DO NOTHING
+    RETURNING id, pipeline_id
+), requests AS (
+    INSERT INTO hook_requests (id, hook_id, received_at, client_ip, headers, body, body_encoding,
+                               body_size, outcome, status_code, message, run_id, delivery_id,
+                               latency_ms, retry_of)
+    SELECT q.id, q.hook_id, q.received_at, q.client_ip::inet, q.headers, q.body,
+           q.body_encoding, q.body_size, q.outcome, q.status_code, q.message, q.run_id,
+           q.delivery_id, q.latency_ms, q.retry_of
+    FROM unnest($7::uuid[], $8::uuid[], $9::timestamptz[], $10::text[], $11::jsonb[],
+                $12::bytea[], $13::text[], $14::integer[], $15::text[], $16::smallint[],
+                $17::text[], $18::uuid[], $19::text[], $20::real[], $21::uuid[])
+         AS q (id, hook_id, received_at, client_ip, headers, body, body_encoding, body_size,
+               outcome, status_code, message, run_id, delivery_id, latency_ms, retry_of)
+    WHERE q.run_id IS NULL OR q.run_id IN (SELECT id FROM runs)
+)
+SELECT r.id, EXISTS (SELECT 1 FROM outgoing_hooks h
+                     WHERE h.pipeline_id = r.pipeline_id AND h.active) AS has_outgoing
+FROM runs r;
 -- end Ingest -----------------------------------------------------------------------------------
 
 -- Runs: claim, lease, status, concurrency, prune (gateway/storage/runs.py) --------------------

@@ -177,6 +177,27 @@ async def test_duplicates_across_batches(
     assert len(await transaction_ids(database_dsn)) == 5
 
 
+async def test_batches_in_flight_at_once_share_delivery_ids_in_opposite_orders(
+    make_batcher: Factory, pipeline_id: int, database_dsn: str
+) -> None:
+    # max_size 2: [d1, d2] and [d2, d1] are two batches written concurrently by two writers;
+    # each delivery id gets one run, and its repeat resolves to it (whichever batch wins).
+    batcher = make_batcher(max_size=2, max_wait_ms=0.0)
+    hook_id = uuid.uuid4()
+    items = [request(pipeline_id, hook_id=hook_id, delivery=d) for d in ("d1", "d2", "d2", "d1")]
+    results = await asyncio.gather(*(batcher.submit(item) for item in items))
+    runs = await fetch(database_dsn, "SELECT id, delivery_id FROM pipeline_runs")
+    run_of = {row["delivery_id"]: row["id"] for row in runs}
+    assert len(runs) == 2
+    assert [r.run_id for r in results] == [run_of[item.delivery_id] for item in items]
+    assert sorted(r.duplicate for r in results) == [False, False, True, True]
+    history = await fetch(database_dsn, "SELECT outcome, run_id FROM hook_requests")
+    assert sorted(row["outcome"] for row in history) == [
+        "accepted", "accepted", "duplicate", "duplicate"
+    ]  # fmt: skip
+    assert {row["run_id"] for row in history} == set(run_of.values())
+
+
 async def test_full_queue_raises_overloaded_at_once_and_keeps_what_was_queued(
     make_batcher: Factory, pipeline_id: int, database_dsn: str
 ) -> None:
