@@ -29,6 +29,7 @@ import simdjson
 _Object = simdjson.Object
 _Array = simdjson.Array
 _parser = simdjson.Parser()
+_BOM = b"\xef\xbb\xbf"
 
 
 class LazyDocument:
@@ -78,6 +79,9 @@ def parse(text: bytes | str, *, lazy: bool) -> Any:
     Raises ``orjson.JSONDecodeError`` for invalid JSON, exactly as ``orjson.loads`` does.
     """
     if not lazy:
+        return orjson.loads(text)
+    if text.startswith(_BOM if type(text) is bytes else "\ufeff"):  # type: ignore[arg-type]
+        # simdjson skips a byte order mark; orjson refuses it (400), and so do we.
         return orjson.loads(text)
     global _parser
     try:
