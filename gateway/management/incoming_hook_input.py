@@ -17,7 +17,7 @@ from typing import Any
 from gateway.ingest.conditions import parse_trigger_when
 from gateway.ingest.limits import parse_limits_settings
 from gateway.ingest.signatures import SUPPORTED_ALGORITHMS
-from gateway.ingest.variables import VariableSpec, parse_variable_specs
+from gateway.ingest.variables import parse_variable_specs
 from gateway.management.bodies import Fields
 
 HOOK_BODY_FIELDS = (
@@ -91,22 +91,6 @@ def _header_name(fields: Fields, key: str, default: str | None, *, nullable: boo
     return value
 
 
-# settings is jsonb written by orjson, which refuses integers wider than 64 bits; a default such
-# as "999...9" for an integer variable coerces to one (issue 8: it used to answer 500).
-_JSONB_INT_MIN, _JSONB_INT_MAX = -(2**63), 2**64 - 1
-
-
-def _unstorable_defaults(specs: list[VariableSpec]) -> dict[str, list[str]]:
-    """Errors for coerced integer defaults that cannot be stored."""
-    return {
-        f"settings.variables.{i}.default_value": ["must fit in 64 bits"]
-        for i, spec in enumerate(specs)
-        if isinstance(spec.default_value, int)
-        and not isinstance(spec.default_value, bool)
-        and not _JSONB_INT_MIN <= spec.default_value <= _JSONB_INT_MAX
-    }
-
-
 def _settings(fields: Fields, raw: Any, *, partial: bool) -> dict[str, Any]:
     """The ``settings`` object: ``variables``, ``delivery_id_header`` and the limits (only the
     keys given when ``partial``, so that an update merges them into the stored settings)."""
@@ -123,8 +107,6 @@ def _settings(fields: Fields, raw: Any, *, partial: bool) -> dict[str, Any]:
             raw.get("variables") if raw.get("variables") is not None else []
         )
         inner.merge(errors)
-        if not errors:
-            inner.merge(_unstorable_defaults(specs))
         settings["variables"] = [spec.to_json() for spec in specs]
     if not partial or "delivery_id_header" in raw:
         settings["delivery_id_header"] = _header_name(

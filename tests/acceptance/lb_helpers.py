@@ -215,9 +215,14 @@ def stop_instance(instance: Instance) -> None:
 
 def login(port: int) -> str:
     """A bearer token for the bootstrap admin, through the management port given."""
+    return login_as(port, ADMIN_EMAIL, ADMIN_PASSWORD)
+
+
+def login_as(port: int, email: str, password: str) -> str:
+    """A bearer token for ``email``, through the management port given."""
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/users/login",
-        data=json.dumps({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}).encode(),
+        data=json.dumps({"email": email, "password": password}).encode(),
         headers={"Content-Type": "application/json"},
         method="POST",
     )

@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from tests.acceptance.lb_helpers import login
+from tests.acceptance.lb_helpers import login_as
 from tests.acceptance.process_helpers import GatewayProcess, free_port, write_config
 from tests.conftest import _drop_database, _dsn_with_database
 
@@ -101,7 +101,7 @@ def start_gateway(
                 STARTUP_TIMEOUT,
             )
             seen = len([e for e in gateway.named("listening") if e.get("port") == port])
-        token = login(port)
+        token = login_as(port, ADMIN_EMAIL, ADMIN_PASSWORD)
     except BaseException:
         gateway.kill()
         raise
