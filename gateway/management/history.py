@@ -166,7 +166,11 @@ async def replay_request(request: web.Request) -> web.Response:
         raise ApiError(409, "the hook is inactive; activate it before replaying its requests")
     body = history.stored_body(original)
     if body is None:
-        raise ApiError(409, "the original request body was not stored (hooks.store_bodies)")
+        raise ApiError(
+            409,
+            "the original request body was not stored (refused before it was read, or not "
+            "kept by hooks.store_bodies)",
+        )
 
     hook = CompiledHook.from_row(hook_row, config, box=db.secret_box)
     evaluation = evaluate(hook, original["headers"], body, verify_signature=False)

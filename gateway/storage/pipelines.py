@@ -50,5 +50,6 @@ async def update_pipeline(
 
 
 async def delete_pipeline(db: Database, pipeline_id: int) -> bool:
-    """Delete a pipeline and its hooks; False when it did not exist."""
+    """Delete a pipeline and its hooks, cancelling its unfinished runs; False when it did not
+    exist."""
     return await db.fetchval("pipeline_delete", pipeline_id) is not None

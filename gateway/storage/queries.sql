@@ -150,7 +150,15 @@ RETURNING id, environment_id, name, resource_type, resource_id, action_type, cre
           updated_at;
 
 -- name: pipeline_delete
--- Delete a pipeline (its hooks go with it; runs and history stay).
+-- Delete a pipeline (its hooks go with it; runs and history stay). Its unfinished runs are
+-- cancelled in the same statement: nothing could ever claim them, and prune only removes
+-- finished runs. An executor holding one gets a 409 when it reports.
+WITH cancelled AS (
+    UPDATE pipeline_runs
+    SET status = 'cancelled', finished_at = now(), lease_token = NULL, lease_expires_at = NULL,
+        message = 'cancelled: the pipeline was deleted'
+    WHERE pipeline_id = $1 AND status IN ('queued', 'in-progress')
+)
 DELETE FROM pipelines WHERE id = $1 RETURNING id;
 
 -- name: incoming_hook_insert

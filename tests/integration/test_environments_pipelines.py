@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
+import asyncpg
 import pytest
 
 from gateway.config import Config
@@ -242,6 +244,44 @@ async def test_deleting_a_pipeline_deletes_its_hooks(
     ).status == 204
     response = await client.get(f"/hooks/incoming/{hook['id']}", headers=admin_headers)
     assert response.status == 404
+
+
+async def test_deleting_a_pipeline_cancels_its_unfinished_runs_and_keeps_the_rest(
+    client: Any, admin_headers: dict[str, str], db: Database
+) -> None:
+    environment = await make_environment(client, admin_headers)
+    pipeline = await make_pipeline(client, admin_headers, environment["id"])
+    other = await make_pipeline(client, admin_headers, environment["id"], name="other")
+    conn = await asyncpg.connect(db.dsn)
+    try:
+        for pipeline_id, status in [
+            (pipeline["id"], "queued"),
+            (pipeline["id"], "in-progress"),
+            (pipeline["id"], "completed"),
+            (other["id"], "queued"),
+        ]:
+            await conn.execute(
+                "INSERT INTO pipeline_runs (id, pipeline_id, status) VALUES ($1, $2, $3)",
+                uuid.uuid4(),
+                pipeline_id,
+                status,
+            )
+        response = await client.delete(f"/pipelines/{pipeline['id']}", headers=admin_headers)
+        assert response.status == 204
+        rows = await conn.fetch(
+            "SELECT pipeline_id, status, message, finished_at IS NOT NULL AS finished"
+            " FROM pipeline_runs ORDER BY pipeline_id, status"
+        )
+    finally:
+        await conn.close()
+    assert [(r["pipeline_id"], r["status"], r["finished"]) for r in rows] == [
+        (pipeline["id"], "cancelled", True),
+        (pipeline["id"], "cancelled", True),
+        (pipeline["id"], "completed", False),
+        (other["id"], "queued", False),
+    ]
+    cancelled = [r["message"] for r in rows if r["status"] == "cancelled"]
+    assert cancelled == ["cancelled: the pipeline was deleted"] * 2
 
 
 async def test_pipeline_validation_names_every_bad_field(

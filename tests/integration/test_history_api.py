@@ -338,7 +338,8 @@ async def test_replay_needs_the_stored_body(
     response = await client.post(f"/hook-requests/{request['id']}/replay", headers=admin_headers)
     assert response.status == 409
     assert (await response.json())["message"] == (
-        "the original request body was not stored (hooks.store_bodies)"
+        "the original request body was not stored (refused before it was read, or not "
+        "kept by hooks.store_bodies)"
     )
 
 
