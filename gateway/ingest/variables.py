@@ -14,8 +14,8 @@ Coercion rules (payload value -> declared type; anything else is an error):
   signed 64-bit integer (PostgreSQL ``bigint``, what executors read): ``1e30`` or a 30-digit
   string is an error. Booleans are errors.
 * ``number``: integers and finite floats (kept as they are); strings: integer-looking -> int
-  (beyond 64 bits: float, as a JSON number that large is parsed), decimal/exponent notation
-  (``"2.5"``, ``"1e3"``) -> float; NaN, infinities and booleans are errors.
+  (outside -2**63 .. 2**64-1: float, as a JSON number that large is parsed), decimal/exponent
+  notation (``"2.5"``, ``"1e3"``) -> float; NaN, infinities and booleans are errors.
 * ``boolean``: booleans; integers ``0``/``1``; strings ``true/false/1/0/yes/no`` (any case,
   surrounding whitespace ignored). Floats are errors.
 * ``array``: lists only. ``object``: objects only. Values are not copied.
@@ -55,6 +55,7 @@ _TYPES_MESSAGE = "must be one of: " + ", ".join(sorted(VARIABLE_TYPES))
 _INT_RE = re.compile(r"[+-]?[0-9]+")
 _FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+UINT64_MAX = 2**64 - 1  # the largest integer a JSON body parses to (orjson); beyond: a float
 _TRUE_WORDS = frozenset({"true", "1", "yes"})
 _FALSE_WORDS = frozenset({"false", "0", "no"})
 
@@ -136,7 +137,7 @@ def _to_number(value: Any) -> int | float:
     if isinstance(value, str):
         text = value.strip()
         integer = _parse_int(text)
-        if integer is not None and INT64_MIN <= integer <= INT64_MAX:
+        if integer is not None and INT64_MIN <= integer <= UINT64_MAX:
             return integer
         # isfinite: "1e999" parses as inf
         if _FLOAT_RE.fullmatch(text) and math.isfinite(number := float(text)):

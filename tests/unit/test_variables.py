@@ -105,6 +105,8 @@ def same(actual: Any, expected: Any) -> bool:
         ("-42", "number", -42),
         (2**64 - 1, "number", 2**64 - 1),  # what orjson hands over for a JSON integer
         ("9" * 30, "number", 1e30),  # beyond 64 bits: a float, as a JSON number that large
+        (str(2**64 - 1), "number", 2**64 - 1),  # as orjson parses the same JSON integer
+        (str(2**64), "number", 1.8446744073709552e19),
         ("2.5", "number", 2.5),
         (" 2.0 ", "number", 2.0),
         (".5", "number", 0.5),
