@@ -39,8 +39,10 @@ async def _body(request: web.Request, *, optional: bool = False) -> dict[str, An
     return await read_json_object(request)
 
 
-def _lease_token(fields: Fields, key: str = "lease_token") -> uuid.UUID | None:
-    text = fields.string(key, max_length=64)
+def _lease_token(
+    fields: Fields, key: str = "lease_token", *, required: bool = True
+) -> uuid.UUID | None:
+    text = fields.string(key, max_length=64, required=required)
     if text is None:
         return None
     try:
@@ -103,13 +105,16 @@ async def claim_runs(request: web.Request) -> web.Response:
 @routes.post("/runs/{run_id}/status")
 @endpoint()
 async def report_status(request: web.Request) -> web.Response:
-    """Finish (completed/failed), cancel or release (queued) a claimed run; 409 when illegal."""
+    """Finish (completed/failed) or release (queued) a claimed run, or cancel a queued or
+    in-progress one (with or without its lease); 409 when illegal."""
     row = await _run_for_executor(request)
     # Process output may hold NUL bytes; storage strips them (run_states.bound_output/message).
     body = await read_json_object(request, nul_allowed=("message", "output"))
     fields = Fields(body, ("status", "lease_token", "message", "output", "exit_code"))
     status = fields.string("status", max_length=20, choices=run_states.STATUSES)
-    token = _lease_token(fields)
+    # Cancelling needs no lease: a queued run has none, and whoever may execute the pipeline's
+    # runs may also call one off. Every other move is the lease holder's.
+    token = _lease_token(fields, required=status != run_states.CANCELLED)
     message = fields.string("message", required=False, min_length=0, max_length=2000)
     output = body.get("output")
     if output is not None and not isinstance(output, str):

@@ -196,14 +196,20 @@ CLAIM: Schema = obj(
         "lease_seconds": optional_int(5, 3600),
     },
 )
-RUN_STATUS: Schema = obj(
-    {"status": {"enum": list(run_states.STATUSES)}, "lease_token": LEASE_TOKEN},
-    {
-        "message": nullable({"type": "string", "maxLength": 2000}),
-        "output": nullable({"type": "string"}),
-        "exit_code": optional_int(-INT32 - 1, INT32),
-    },
-)
+RUN_STATUS: Schema = {
+    **obj(
+        {"status": {"enum": list(run_states.STATUSES)}},
+        {
+            "lease_token": LEASE_TOKEN,
+            "message": nullable({"type": "string", "maxLength": 2000}),
+            "output": nullable({"type": "string"}),
+            "exit_code": optional_int(-INT32 - 1, INT32),
+        },
+    ),
+    # Cancelling needs no lease (a queued run has none); every other move is the holder's.
+    "if": {"properties": {"status": {"not": {"const": run_states.CANCELLED}}}},
+    "then": {"required": ["lease_token"]},
+}
 HEARTBEAT: Schema = obj({"lease_token": LEASE_TOKEN}, {"lease_seconds": optional_int(5, 3600)})
 CONCURRENCY: Schema = obj(
     {"policy": {"enum": list(run_states.POLICIES)}},

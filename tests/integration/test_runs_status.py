@@ -65,6 +65,41 @@ async def test_claim_then_complete_and_illegal_moves_name_both_states(
         assert (await response.json())["message"] == f"cannot move run from completed to {status}"
 
 
+async def test_a_run_can_be_cancelled_without_a_lease_and_nothing_else_can(
+    client: Any, db: Database, admin_headers: dict[str, str]
+) -> None:
+    _, pipeline = await _setup(client, admin_headers)
+    queued = await enqueue(db, pipeline["id"], source_ref="main")
+    response = await client.post(
+        f"/runs/{queued['id']}/status",
+        json={"status": "cancelled", "message": "not today"},
+        headers=admin_headers,
+    )
+    assert response.status == 200, await response.text()
+    assert (await response.json())["status"] == "cancelled"
+    assert (await run_row(db, queued["id"]))["message"] == "not today"
+
+    running = await enqueue(db, pipeline["id"], source_ref="dev")
+    [claimed] = await _claim(client, admin_headers, pipeline_id=pipeline["id"])
+    assert claimed["id"] == str(running["id"])
+    response = await client.post(
+        f"/runs/{running['id']}/status", json={"status": "completed"}, headers=admin_headers
+    )
+    assert response.status == 422
+    assert (await response.json())["errors"] == {"lease_token": ["is required"]}
+    response = await client.post(
+        f"/runs/{running['id']}/status", json={"status": "cancelled"}, headers=admin_headers
+    )
+    assert response.status == 200, await response.text()
+    response = await client.post(
+        f"/runs/{running['id']}/status",
+        json={"status": "completed", "lease_token": claimed["lease_token"]},
+        headers=admin_headers,
+    )
+    assert response.status == 409
+    assert (await response.json())["message"] == "cannot move run from cancelled to completed"
+
+
 async def test_wrong_lease_token_is_a_conflict(
     client: Any, db: Database, admin_headers: dict[str, str]
 ) -> None:
