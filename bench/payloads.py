@@ -23,29 +23,15 @@ SIZES = ("1k", "28k", "1m")
 ONE_MB = 1_000_000
 
 # The seed document's example hook body (DESIGN §2): five variables, four read the payload.
-SEED_VARIABLES: list[dict[str, Any]] = [
-    {"name": "source_type", "type": "string", "required": False, "default_value": "branch"},
-    {
-        "name": "source_ref",
-        "path": "pull_request.head.ref",
-        "type": "string",
-        "required": False,
-        "default_value": "main",
-    },
-    {
-        "name": "pull_request_id",
-        "path": "pull_request.number",
-        "type": "integer",
-        "required": False,
-    },
-    {
-        "name": "pull_request_title",
-        "path": "pull_request.title",
-        "type": "string",
-        "required": False,
-    },
-    {"name": "commit_hash", "path": "pull_request.head.sha", "type": "string", "required": False},
-]
+# Its create body, verbatim, lives with the test fixtures.
+SEED_FILE = (
+    Path(__file__).resolve().parent.parent
+    / "tests"
+    / "fixtures"
+    / "seed"
+    / "create_incoming_hook.json"
+)
+SEED_VARIABLES: list[dict[str, Any]] = json.loads(SEED_FILE.read_text())["settings"]["variables"]
 # The four payload fields every implementation extracts (adnanh/webhook passes them to /bin/true).
 FOUR_FIELDS = (
     "pull_request.head.ref",

@@ -15,19 +15,11 @@ from yarl import URL
 from gateway import accounts
 from gateway.config import Config
 from gateway.storage.database import Database
+from tests.seed import SEED_CREATE_BODY
+
+__all__ = ["SEED_CREATE_BODY"]  # the seed hook's body, for the tests that import it from here
 
 MEMBER_PASSWORD = "member password 123"
-
-# The create body of the seed document (shared/seed, "Step 2: Create the webhook"), verbatim.
-SEED_CREATE_BODY = """{ "name": "Deploy `main` branch", "requires_secret": true, \
-"secret_algorithm": "sha256", "secret_header_name": "x-hub-signature-256", "action_type": \
-"deploy", "settings": { "variables": [ { "name": "source_type", "type": "string", "required": \
-false, "default_value": "branch" }, { "name": "source_ref", "path": "pull_request.head.ref", \
-"type": "string", "required": false, "default_value": "main" }, { "name": "pull_request_id", \
-"path": "pull_request.number", "type": "integer", "required": false }, { "name": \
-"pull_request_title", "path": "pull_request.title", "type": "string", "required": false }, { \
-"name": "commit_hash", "path": "pull_request.head.sha", "type": "string", "required": false } \
-] } }"""
 
 JSON_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
 

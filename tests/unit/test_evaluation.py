@@ -24,36 +24,12 @@ from gateway.ingest.evaluation import (
 )
 from gateway.ingest.signatures import sign_hmac_hex
 from tests.conftest import FIXTURES
+from tests.seed import SEED_VARIABLES
 
 CONFIG = build_config({}, {})
 SECRET = "It's a Secret to Everybody"
 PR_OPENED = (FIXTURES / "github" / "pull_request.opened.json").read_bytes()
 HEAD_SHA = "ec26c3e57ca3a959ca5aad62de7213c562f8c821"
-
-# settings.variables of the seed's create body ("Step 2: Create the webhook").
-SEED_VARIABLES = [
-    {"name": "source_type", "type": "string", "required": False, "default_value": "branch"},
-    {
-        "name": "source_ref",
-        "path": "pull_request.head.ref",
-        "type": "string",
-        "required": False,
-        "default_value": "main",
-    },
-    {
-        "name": "pull_request_id",
-        "path": "pull_request.number",
-        "type": "integer",
-        "required": False,
-    },
-    {
-        "name": "pull_request_title",
-        "path": "pull_request.title",
-        "type": "string",
-        "required": False,
-    },
-    {"name": "commit_hash", "path": "pull_request.head.sha", "type": "string", "required": False},
-]
 
 
 def make_row(**overrides: Any) -> dict[str, Any]:

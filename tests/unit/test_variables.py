@@ -22,38 +22,13 @@ from gateway.ingest.variables import (
     coerce,
     parse_variable_specs,
 )
+from tests.seed import SEED_VARIABLES
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
 def load(name: str) -> Any:
     return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
-
-
-# The seed's create-hook body, `settings.variables`, verbatim.
-SEED_VARIABLES = [
-    {"name": "source_type", "type": "string", "required": False, "default_value": "branch"},
-    {
-        "name": "source_ref",
-        "path": "pull_request.head.ref",
-        "type": "string",
-        "required": False,
-        "default_value": "main",
-    },
-    {
-        "name": "pull_request_id",
-        "path": "pull_request.number",
-        "type": "integer",
-        "required": False,
-    },
-    {
-        "name": "pull_request_title",
-        "path": "pull_request.title",
-        "type": "string",
-        "required": False,
-    },
-    {"name": "commit_hash", "path": "pull_request.head.sha", "type": "string", "required": False},
-]
 
 
 def extractor(variables: list[dict[str, Any]]) -> VariableExtractor:
