@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from gateway.storage import runs
 from gateway.storage.database import Database, Record
 from tests.integration.ingest_helpers import PR_OPENED, SEED_VARIABLES, github_headers, hook_path
 from tests.integration.management_helpers import make_environment, make_pipeline, make_seed_hook
-from tests.integration.runs_helpers import enqueue
+from tests.integration.runs_helpers import enqueue, run_row
 from tests.integration.runs_helpers import make_pipeline as make_runs_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -307,3 +308,90 @@ async def test_cancel_in_progress_terminates_the_superseded_command(
     assert lost["run_id"] == str(older["id"])
     outcomes = {e["run_id"]: e["status"] for e in executor.events() if e["event"] == "run_finished"}
     assert outcomes == {str(older["id"]): "abandoned", str(newer["id"]): "completed"}
+
+
+async def wait_for_event(executor: ExecutorProcess, name: str) -> dict[str, Any]:
+    """The executor's first log event called ``name`` (polled; fails after WAIT seconds)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        found = [e for e in await asyncio.to_thread(executor.events) if e["event"] == name]
+        if found:
+            return found[0]
+        assert executor.process.poll() is None, f"executor exited: {executor.events()}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {name} event; got {executor.events()}")
+        await asyncio.sleep(0.05)
+
+
+async def test_heartbeats_keep_a_run_longer_than_its_lease_from_a_second_executor(
+    db: Database, database_dsn: str, tmp_path: Path, executors: list[ExecutorProcess]
+) -> None:
+    pipeline = await make_runs_pipeline(db)
+    # Each start of the command appends a line; the command outlives the 1 s lease 4 times over.
+    script = 'echo "$HOOK_RUN_ID $HOOK_ATTEMPT" >> ran.txt; sleep 4; echo done'
+    pair = [
+        ExecutorProcess(
+            database_dsn,
+            tmp_path,
+            pipeline["id"],
+            "sh",
+            "-c",
+            script,
+            args=("--lease-seconds", "1"),
+        )
+        for _ in range(2)
+    ]
+    executors.extend(pair)
+    for executor in pair:  # both are claiming before the run exists
+        await wait_for_event(executor, "executor_started")
+    run = await enqueue(db, pipeline["id"], source_ref="main")
+
+    claimed = await wait_for_run(db, run["id"], "in-progress")
+    first_expiry = claimed["lease_expires_at"]
+    assert first_expiry - claimed["started_at"] <= timedelta(seconds=1.5)
+    latest, deadline = first_expiry, time.monotonic() + WAIT
+    while (row := await run_row(db, run["id"]))["status"] == "in-progress":
+        assert row["attempt"] == 1 and row["lease_token"] == claimed["lease_token"]
+        latest = max(latest, row["lease_expires_at"])
+        assert time.monotonic() < deadline, "the run never finished"
+        await asyncio.sleep(0.1)
+    assert row["status"] == "completed", dict(row)
+
+    # The lease was renewed while the command ran: it ended well past the first expiry.
+    assert latest - first_expiry >= timedelta(seconds=2)
+    assert row["attempt"] == 1 and row["exit_code"] == 0 and row["output"] == "done\n"
+    assert row["message"] == "" and row["lease_expires_at"] is None
+    assert (tmp_path / "ran.txt").read_text() == f"{run['id']} 1\n"  # started exactly once
+    assert all(executor.process.poll() is None for executor in pair)  # both ran throughout
+    assert [executor.stop() for executor in pair] == [0, 0]
+    started = [[e for e in x.events() if e["event"] == "run_started"] for x in pair]
+    assert sorted(len(s) for s in started) == [0, 1]
+    for executor in pair:
+        events = {e["event"] for e in executor.events()}
+        assert not events & {"run_lease_lost", "heartbeat_failed", "run_report_refused"}
+
+
+async def test_sigterm_lets_a_short_run_finish_within_the_grace_period(
+    db: Database, database_dsn: str, tmp_path: Path, executors: list[ExecutorProcess]
+) -> None:
+    pipeline = await make_runs_pipeline(db)
+    run = await enqueue(db, pipeline["id"])
+    executor = ExecutorProcess(
+        database_dsn, tmp_path, pipeline["id"], "sh", "-c", "echo $$ > started; sleep 1; echo done"
+    )  # default grace period: 30 s
+    executors.append(executor)
+    await wait_for_file(tmp_path / "started")
+
+    assert executor.stop() == 0
+
+    row = await run_row(db, run["id"])
+    assert row["status"] == "completed"
+    assert row["attempt"] == 1 and row["exit_code"] == 0 and row["output"] == "done\n"
+    events = executor.events()
+    names = [e["event"] for e in events]
+    assert names.index("executor_draining") < names.index("run_finished")
+    assert names.index("run_finished") < names.index("executor_stopped")
+    [draining] = [e for e in events if e["event"] == "executor_draining"]
+    assert (draining["running"], draining["grace_seconds"]) == (1, 30.0)
+    [finished] = [e for e in events if e["event"] == "run_finished"]
+    assert (finished["status"], finished["exit_code"]) == ("completed", 0)

@@ -3,10 +3,14 @@ must now be a clear 4xx with the JSON error body."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from gateway.app import create_apps
+from gateway.config import Config
+from gateway.storage.database import Database
 from tests.integration.management_helpers import JSON_HEADERS, make_environment, make_pipeline
 
 
@@ -116,3 +120,56 @@ async def test_an_integer_default_beyond_64_bits(
     else:
         hook = await response.json()
         assert hook["settings"]["variables"][0]["default_value"] == expected
+
+
+@pytest.fixture
+async def management_client(config: Config, db: Database, aiohttp_client: Any) -> Any:
+    """The management app alone, as `gateway serve` runs it on its own port."""
+    # A management port makes create_apps build the two apps apart (it binds nothing itself).
+    split = replace(config, server=replace(config.server, management_port=9))
+    _ingest, management = create_apps(split, db)
+    assert management is not None
+    return await aiohttp_client(management)
+
+
+UNSUPPORTED_METHODS = [
+    ("DELETE", "/users/me", "GET,HEAD"),
+    ("PATCH", "/environments", "GET,HEAD,POST"),
+    ("PUT", "/users/login", "POST"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), UNSUPPORTED_METHODS)
+@pytest.mark.parametrize("app", ["shared listener", "management listener"])
+async def test_an_unsupported_method_on_a_route_is_a_json_405_with_allow(
+    client: Any,
+    management_client: Any,
+    admin_headers: dict[str, str],
+    app: str,
+    method: str,
+    path: str,
+    allow: str,
+) -> None:
+    http = client if app == "shared listener" else management_client
+    response = await http.request(method, path, headers=admin_headers)
+    assert response.status == 405
+    assert response.headers["Allow"] == allow
+    assert await _json(response) == {
+        "message": f"method {method} is not allowed on {path}",
+        "errors": None,
+    }
+
+
+@pytest.mark.parametrize("app", ["shared listener", "management listener"])
+async def test_an_unknown_management_route_is_a_json_404(
+    client: Any, management_client: Any, admin_headers: dict[str, str], app: str
+) -> None:
+    http = client if app == "shared listener" else management_client
+    for method, path in [("GET", "/no-such-thing"), ("POST", "/environments/1/nothing")]:
+        response = await http.request(method, path, headers=admin_headers)
+        assert response.status == 404
+        assert "Allow" not in response.headers
+        assert await _json(response) == {
+            "message": f"no route for {method} {path}",
+            "errors": None,
+        }

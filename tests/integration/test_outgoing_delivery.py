@@ -7,7 +7,9 @@ app), so it controls when dispatching starts and stops.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -435,6 +437,72 @@ async def test_default_body_is_a_standard_webhooks_envelope(
     assert envelope["data"]["run"]["exit_code"] == 0
     assert envelope["data"]["pipeline"]["action_type"] == "deploy"
     assert envelope["data"]["hook"]["id"] == hook["id"]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "retry_after_max", "retry_after", "delay"),
+    [
+        # Longer than the schedule's 0.1 s: the target's wish wins.
+        ([0.1, 0.1], 3600, "30", 30.0),
+        # Capped at [outgoing] retry_after_max.
+        ([0.1, 0.1], 7, "3600", 7.0),
+        # Shorter than the schedule: Retry-After only lengthens a delay, never shortens it.
+        ([5, 5], 3600, "1", 5.0),
+    ],
+)
+async def test_retry_after_on_a_503_sets_the_next_attempt_time(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    database_dsn: str,
+    receiver: tuple[Receiver, str],
+    schedule: list[float],
+    retry_after_max: float,
+    retry_after: str,
+    delay: float,
+) -> None:
+    target, base = receiver
+    target.plan("/busy", (503, {"Retry-After": retry_after}), 200)
+    config = outgoing_config(
+        database_dsn, retry_schedule=schedule, retry_jitter=0.0, retry_after_max=retry_after_max
+    )
+    hook = await create_hook(client, admin_headers, pipeline["id"], hook_body(base + "/busy"))
+    running = Dispatcher(db, config)
+    await running.start()
+    try:
+        await complete_run(db, pipeline["id"])
+        await eventually(lambda: _has_attempts(db, hook["id"], 1))
+        await eventually(lambda: _statuses_are(db, hook["id"], ["pending"]))
+
+        [first] = await attempts(db, hook["id"])
+        assert (first["outcome"], first["status_code"], first["attempt"]) == ("failed", 503, 1)
+        assert first["message"] == "HTTP 503"
+        assert first["response_excerpt"] == "answer 503"
+        assert isinstance(first["latency_ms"], float) and first["latency_ms"] >= 0
+        [delivery] = await deliveries(db, hook["id"])
+        assert (delivery["status"], delivery["attempt"]) == ("pending", 1)
+        assert delivery["last_status_code"] == 503
+        # Both set by now() in the statement that recorded the attempt: the exact delay.
+        assert delivery["next_attempt_at"] - delivery["updated_at"] == timedelta(seconds=delay)
+        # And at least that long after the request was sent.
+        assert delivery["next_attempt_at"] - first["received_at"] >= timedelta(seconds=delay)
+
+        # Not retried early (the next attempt is not due yet); then it falls due and succeeds.
+        await asyncio.sleep(1.0)
+        assert len(target.on("/busy")) == 1
+        await db.pool.execute(
+            "UPDATE outgoing_deliveries SET next_attempt_at = now() WHERE hook_id = $1::uuid",
+            hook["id"],
+        )
+        await eventually(lambda: _statuses_are(db, hook["id"], ["succeeded"]))
+    finally:
+        await running.stop(0)
+    assert len(target.on("/busy")) == 2 and target.successes == 1
+    recorded = await attempts(db, hook["id"])
+    assert [(a["attempt"], a["status_code"]) for a in recorded] == [(1, 503), (2, 200)]
+    [delivery] = await deliveries(db, hook["id"])
+    assert delivery["attempt"] == 2  # Retry-After adds no attempts
 
 
 async def test_a_hanging_target_times_out_and_is_retried_later(

@@ -191,3 +191,65 @@ async def test_every_state_change_is_notified(db: Database) -> None:
         {**expected, "status": "failed"},
     ]
     assert received.empty()
+
+
+def _scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan that reads pipeline_runs."""
+    found = [plan] if plan.get("Relation Name") == "pipeline_runs" else []
+    for child in plan.get("Plans", []):
+        found += _scans(child)
+    return found
+
+
+async def test_the_pending_runs_indexes_hold_only_queued_runs(db: Database) -> None:
+    # schema.sql: "only queued rows are indexed for claiming" (both pending indexes are partial).
+    rows = await db.pool.fetch(
+        "SELECT indexname, indexdef FROM pg_indexes "
+        "WHERE schemaname = current_schema() AND tablename = 'pipeline_runs'"
+    )
+    definitions = {row["indexname"]: row["indexdef"] for row in rows}
+    assert definitions["pipeline_runs_pending_pipeline_idx"] == (
+        "CREATE INDEX pipeline_runs_pending_pipeline_idx ON public.pipeline_runs "
+        "USING btree (pipeline_id, queued_at) WHERE (status = 'queued'::text)"
+    )
+    assert definitions["pipeline_runs_pending_idx"] == (
+        "CREATE INDEX pipeline_runs_pending_idx ON public.pipeline_runs "
+        "USING btree (queued_at) WHERE (status = 'queued'::text)"
+    )
+    predicates = dict(
+        await db.pool.fetch(
+            "SELECT c.relname, pg_get_expr(i.indpred, i.indrelid) FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relname IN ('pipeline_runs_pending_pipeline_idx', 'pipeline_runs_pending_idx')"
+        )
+    )
+    assert predicates == {
+        "pipeline_runs_pending_pipeline_idx": "(status = 'queued'::text)",
+        "pipeline_runs_pending_idx": "(status = 'queued'::text)",
+    }
+
+    # With mostly finished runs, the claim's lookup (queued runs of one pipeline, oldest first)
+    # is answered from a pending index, whose predicate makes a status filter unnecessary.
+    pipelines = [await make_pipeline(db), await make_pipeline(db)]
+    for pipeline in pipelines:
+        async with db.transaction() as session:
+            await runs.enqueue_many(session, pipeline["id"], [{"n": i} for i in range(2000)])
+    await db.pool.execute(
+        "UPDATE pipeline_runs SET status = 'completed', finished_at = now() "
+        "WHERE (variables->>'n')::int >= 5"
+    )
+    await db.pool.execute("ANALYZE pipeline_runs")
+    plan = orjson.loads(
+        await db.pool.fetchval(
+            "EXPLAIN (FORMAT JSON) SELECT id FROM pipeline_runs "
+            "WHERE status = 'queued' AND pipeline_id = $1 ORDER BY queued_at, id LIMIT 10",
+            pipelines[0]["id"],
+        )
+    )
+    [scan] = _scans(plan[0]["Plan"])
+    assert scan["Node Type"] in ("Index Scan", "Bitmap Heap Scan", "Index Only Scan"), scan
+    used = scan.get("Index Name") or "".join(
+        child.get("Index Name", "") for child in scan.get("Plans", [])
+    )
+    assert used in ("pipeline_runs_pending_pipeline_idx", "pipeline_runs_pending_idx"), plan
+    assert "status" not in scan.get("Filter", "") + scan.get("Recheck Cond", ""), scan

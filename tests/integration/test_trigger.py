@@ -169,6 +169,77 @@ async def test_body_over_the_limit_is_413_by_length_and_when_chunked(
     assert statuses == [413, 413, 202]
 
 
+def unsigned_headers(**extra: str) -> dict[str, str]:
+    """What a sender that does not know the secret sends: no signature header at all."""
+    return {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "pull_request",
+        "X-GitHub-Delivery": str(uuid.uuid4()),
+        **extra,
+    }
+
+
+async def test_unsigned_request_to_an_inactive_hook_is_403_not_401(
+    client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    # DESIGN §3: the inactive check (step 1) comes before the signature (step 3).
+    pipeline_id = await new_pipeline(client, admin_headers)
+    hook = await create_hook(client, admin_headers, pipeline_id, active=False, requires_secret=True)
+    assert hook["requires_secret"] is True and hook["active"] is False
+    headers = unsigned_headers()
+
+    response = await client.post(hook_path(hook), data=PR_OPENED, headers=headers)
+
+    assert response.status == 403
+    assert await response.json() == {"message": "incoming hook is inactive", "errors": None}
+    assert await runs_of(database_dsn, hook["id"]) == []
+    [row] = await requests_of(database_dsn, hook["id"])
+    assert (row["outcome"], row["status_code"]) == ("rejected", 403)
+    assert row["message"] == "incoming hook is inactive"
+    assert row["delivery_id"] == headers["X-GitHub-Delivery"]
+
+
+async def test_unsigned_body_over_the_limit_is_413_not_401_by_length_and_when_chunked(
+    small_client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    # DESIGN §3: the size limit (step 2) comes before the signature (step 3).
+    client = small_client
+    hook = await seed_hook(client, admin_headers)
+    assert hook["requires_secret"] is True
+    assert len(PR_OPENED) > 1024
+    expected = {"message": "request body is larger than the limit of 1024 bytes", "errors": None}
+
+    by_length = await client.post(hook_path(hook), data=PR_OPENED, headers=unsigned_headers())
+    assert by_length.status == 413
+    assert by_length.request_info.headers["Content-Length"] == str(len(PR_OPENED))
+    assert await by_length.json() == expected
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(PR_OPENED), 512):
+            yield PR_OPENED[start : start + 512]
+
+    chunked = await client.post(hook_path(hook), data=chunks(), headers=unsigned_headers())
+    assert chunked.status == 413
+    assert "Content-Length" not in chunked.request_info.headers
+    assert chunked.request_info.headers["Transfer-Encoding"] == "chunked"
+    assert await chunked.json() == expected
+
+    # The same unsigned sender under the limit is refused by the signature check: the hook
+    # does require one, so the 413s above were decided before it.
+    small = b'{"pull_request": {"number": 5}}'
+    under = await client.post(hook_path(hook), data=small, headers=unsigned_headers())
+    assert under.status == 401
+    assert (await under.json())["message"].startswith("invalid signature: ")
+
+    rows = await requests_of(database_dsn, hook["id"])
+    assert [(r["outcome"], r["status_code"]) for r in rows] == [
+        ("rejected", 413),
+        ("rejected", 413),
+        ("rejected", 401),
+    ]
+    assert await runs_of(database_dsn, hook["id"]) == []
+
+
 async def test_unsupported_content_type_is_415(client: Any, admin_headers: dict[str, str]) -> None:
     hook = await seed_hook(client, admin_headers)
     headers = github_headers(hook["secret"], PR_OPENED, **{"Content-Type": "text/plain"})
