@@ -17,6 +17,7 @@ import hmac
 import math
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -29,6 +30,9 @@ from gateway.ingest.signatures import (
     sign_standard_webhooks,
 )
 from gateway.ingest.variables import (
+    INT64_MAX,
+    INT64_MIN,
+    UINT64_MAX,
     CoercionError,
     VariableExtractionError,
     VariableExtractor,
@@ -312,8 +316,19 @@ def test_variables_from_fuzzed_definitions(items: list[dict[str, Any]], payload:
 @FUZZ
 @given(text=st.from_regex(r"\s{0,2}[+-]?[0-9]{1,30}\s{0,2}", fullmatch=True))
 def test_integer_strings_coerce_like_int(text: str) -> None:
-    assert coerce(text, "integer") == int(text.strip())
-    assert coerce(text, "number") == int(text.strip())
+    value = int(text.strip())
+    # integer: signed 64 bits, else a clear error; number: the range a JSON integer parses
+    # to (-2**63 .. 2**64-1), else a float.
+    if INT64_MIN <= value <= INT64_MAX:
+        assert coerce(text, "integer") == value
+    else:
+        with pytest.raises(CoercionError, match="an integer that fits in 64 bits"):
+            coerce(text, "integer")
+    number = coerce(text, "number")
+    if INT64_MIN <= value <= UINT64_MAX:
+        assert number == value and type(number) is int
+    else:
+        assert number == float(value) and type(number) is float
 
 
 @FUZZ
