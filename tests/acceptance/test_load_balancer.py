@@ -369,7 +369,8 @@ async def test_failover_when_an_instance_stops_gracefully_under_load(
 ) -> None:
     """SIGTERM to B mid-load (a rolling restart): B closes its listener, nginx sends the
     requests B refuses on to A, B finishes what it accepted and exits 0; no hang, errors (if
-    any) only 502/503, exactly one run per 2xx, and per delivery once the sender has retried."""
+    any: connections caught in B's accept backlog when it closed) only 502/503, exactly one run
+    per 2xx, and per delivery once the sender has retried."""
     cluster.ensure_b_running()
     await until_nginx_routes_to_b(cluster)
     result = await load_while_stopping_b(cluster, signal.SIGTERM)
@@ -377,8 +378,11 @@ async def test_failover_when_an_instance_stops_gracefully_under_load(
     line = report(capsys, "graceful stop", {**result.figures, "B_exit_code": exit_code})
     check_nothing_lost_or_doubled(result, line)
     assert exit_code == 0, line
-    # Requests routed to B after its listener closed were refused and sent on to A.
-    assert result.figures["nginx_failovers"] > 0, line
+    # nginx noticed B going away: a connection to B's closed listener is refused and the request
+    # sent on to A (a failover), or — when nginx's connection was still in B's accept backlog at
+    # the moment B closed its listener — reset after the request was sent, which nginx answers
+    # with 502 (a POST is not retried on another upstream); the sender retries those.
+    assert result.figures["nginx_failovers"] + result.figures["non_2xx"].get(502, 0) > 0, line
 
 
 async def test_failover_when_an_instance_dies_under_load(
