@@ -19,12 +19,12 @@ _AGE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
-def parse_age(text: str) -> timedelta:
+def parse_age(text: str, option: str = "--older-than") -> timedelta:
     """``30d``, ``12h``, ``90m``, ``3600s`` → timedelta; ValueError saying what is accepted."""
     match = _AGE.match(text)
     if not match or int(match.group(1)) <= 0:
         raise ValueError(
-            f"--older-than: {text!r} is not an age; use a positive whole number and a unit: "
+            f"{option}: {text!r} is not an age; use a positive whole number and a unit: "
             "30d, 12h, 90m or 3600s"
         )
     return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
@@ -87,13 +87,22 @@ def add_commands(commands: Any) -> None:
     prune.add_argument(
         "--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m, 3600s"
     )
+    prune.add_argument(
+        "--bodies-older-than",
+        metavar="AGE",
+        help="also clear the stored bodies of requests older than AGE (the rows stay)",
+    )
 
 
 def main(config: Config, args: argparse.Namespace) -> int:
     """Run the parsed ``executor`` or ``prune`` command; the process exit code."""
     if args.command == "prune":
-        cutoff = datetime.now(UTC) - parse_age(args.older_than)
-        asyncio.run(_prune(config, cutoff))
+        now = datetime.now(UTC)
+        cutoff = now - parse_age(args.older_than)
+        bodies = None
+        if args.bodies_older_than is not None:
+            bodies = now - parse_age(args.bodies_older_than, "--bodies-older-than")
+        asyncio.run(_prune(config, cutoff, bodies))
         return 0
     command = list(args.cmd)
     if command[:1] == ["--"]:
@@ -103,17 +112,23 @@ def main(config: Config, args: argparse.Namespace) -> int:
     return asyncio.run(_execute(config, args, command))
 
 
-async def _prune(config: Config, cutoff: datetime) -> None:
+async def _prune(config: Config, cutoff: datetime, bodies: datetime | None) -> None:
     from gateway.executor.database import existing_database
-    from gateway.storage import outgoing, runs
+    from gateway.storage import history, outgoing, runs
 
     async with existing_database(config, start_embedded=True) as db:
         removed = await runs.prune(db, cutoff)
         # Outgoing hooks (issue 6): finished deliveries of the outbox.
         removed["outgoing_deliveries"] = await outgoing.prune_deliveries(db, cutoff)
-    log.info("pruned", older_than=cutoff.isoformat(), **removed)
+        cleared = None if bodies is None else await history.drop_bodies(db, bodies)
+    log.info("pruned", older_than=cutoff.isoformat(), bodies_cleared=cleared, **removed)
     for table, count in removed.items():
         print(f"{table}: removed {count} rows older than {cutoff.isoformat(timespec='seconds')}")
+    if bodies is not None:
+        print(
+            f"hook_requests: cleared {cleared} bodies older than "
+            f"{bodies.isoformat(timespec='seconds')}"
+        )
 
 
 async def _execute(config: Config, args: argparse.Namespace, command: list[str]) -> int:

@@ -1,8 +1,9 @@
-"""Reading the hook request history (the ingest path writes it)."""
+"""Reading the hook request history (the ingest path writes it), and clearing old bodies."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import zstandard
 
@@ -40,3 +41,17 @@ def stored_body(row: Record) -> bytes | None:
     if encoding == "identity":
         return bytes(body)
     raise ValueError(f"unknown body encoding {encoding!r}")
+
+
+async def drop_bodies(db: Database, cutoff: datetime, batch: int = 5000) -> int:
+    """Clear the stored bodies of requests received before ``cutoff`` (the rows stay), ``batch``
+    rows per statement, each committed on its own; the number of bodies cleared."""
+    total = 0
+    after = datetime.min.replace(tzinfo=UTC)
+    while True:
+        row = await db.fetchrow("hook_requests_drop_bodies", cutoff, batch, after)
+        assert row is not None
+        total += row["cleared"]
+        if row["cleared"] < batch:
+            return total
+        after = row["last"]

@@ -703,6 +703,23 @@ WITH doomed AS (
 )
 SELECT count(*) FROM deleted;
 
+-- name: hook_requests_drop_bodies
+-- Clear the stored bodies of up to $2 hook requests received before $1 and not before $3 (a
+-- keyset: the caller passes the last received_at of the previous batch). The row stays (outcome,
+-- headers, size, run); replay then answers that the body is not stored.
+WITH doomed AS (
+    SELECT id, received_at FROM hook_requests
+    WHERE received_at < $1 AND received_at >= $3 AND body IS NOT NULL
+    ORDER BY received_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), cleared AS (
+    UPDATE hook_requests h SET body = NULL, body_encoding = NULL
+    FROM doomed d WHERE h.id = d.id
+    RETURNING d.received_at
+)
+SELECT count(*) AS cleared, max(received_at) AS last FROM cleared;
+
 -- name: runs_prune_requests
 -- Delete up to $2 hook requests received before $1 whose run is gone or that never had one.
 WITH doomed AS (

@@ -53,3 +53,23 @@ def test_prune_rejects_an_unreadable_age(database_dsn: str, tmp_path: Path) -> N
 
     assert done.returncode == 2
     assert "30d, 12h, 90m or 3600s" in done.stderr
+
+
+async def test_prune_clears_old_bodies_when_asked(
+    db: Database, database_dsn: str, tmp_path: Path
+) -> None:
+    await db.pool.execute(
+        "INSERT INTO hook_requests (id, hook_id, received_at, outcome, status_code, body,"
+        " body_encoding, body_size) VALUES (gen_random_uuid(), gen_random_uuid(),"
+        " now() - interval '8 days', 'accepted', 202, 'x', 'identity', 1)"
+    )
+
+    done = _prune(database_dsn, tmp_path, "--older-than", "30d", "--bodies-older-than", "7d")
+
+    assert done.returncode == 0, done.stderr
+    assert "hook_requests: cleared 1 bodies older than " in done.stdout
+    row = await db.pool.fetchrow("SELECT body, body_size FROM hook_requests")
+    assert (row["body"], row["body_size"]) == (None, 1)
+    bad = _prune(database_dsn, tmp_path, "--older-than", "30d", "--bodies-older-than", "soon")
+    assert bad.returncode == 2
+    assert "--bodies-older-than: 'soon' is not an age" in bad.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from gateway.storage import runs
+from gateway.storage import history, runs
 from gateway.storage.database import Database
 from tests.integration.runs_helpers import enqueue, make_pipeline
 
@@ -67,3 +67,28 @@ async def test_prune_removes_only_old_finished_runs_and_their_requests(db: Datab
         "pipeline_runs": 0,
         "hook_requests": 0,
     }
+
+
+async def test_drop_bodies_clears_only_old_bodies_and_keeps_the_rows(db: Database) -> None:
+    same_moment = datetime.now(UTC) - timedelta(days=10)
+    old = [await _request(db, None, same_moment) for _ in range(3)]  # one timestamp: keyset ties
+    old.append(await _request(db, None, same_moment - timedelta(hours=1)))
+    new = await _request(db, None, datetime.now(UTC))
+    no_body = await _request(db, None, same_moment)
+    await db.pool.execute(
+        "UPDATE hook_requests SET body = 'x', body_encoding = 'identity', body_size = 1"
+        " WHERE id <> $1",
+        no_body,
+    )
+
+    cleared = await history.drop_bodies(db, datetime.now(UTC) - timedelta(days=7), batch=2)
+
+    assert cleared == 4
+    rows = {
+        r["id"]: (r["body"], r["body_encoding"], r["body_size"])
+        for r in await db.pool.fetch("SELECT id, body, body_encoding, body_size FROM hook_requests")
+    }
+    assert {i: rows[i] for i in old} == dict.fromkeys(old, (None, None, 1))
+    assert rows[new] == (b"x", "identity", 1)
+    assert rows[no_body] == (None, None, 0)
+    assert await history.drop_bodies(db, datetime.now(UTC) - timedelta(days=7), batch=2) == 0
