@@ -118,11 +118,29 @@ def live_config(app: web.Application) -> Config:
 class ConfigHolder:
     """The config in force (``.current``) and the callbacks to run when it changes."""
 
-    __slots__ = ("_callbacks", "current")
+    __slots__ = ("_callbacks", "_checks", "current")
 
     def __init__(self, config: Config) -> None:
         self.current = config
         self._callbacks: list[ReloadCallback] = []
+        self._checks: list[ReloadCallback] = []
+
+    def add_check(self, check: ReloadCallback) -> Callable[[], None]:
+        """Run ``check(old, new, changed_keys)`` before a reload is applied; a ValueError it
+        raises rejects the whole reload (nothing changes). For what only a service can verify,
+        such as a key file that must exist. Returns a function that removes the check."""
+        self._checks.append(check)
+        return lambda: self._checks.remove(check) if check in self._checks else None
+
+    def check(self, new: Config, changed: frozenset[str]) -> list[str]:
+        """The problems the registered checks find with ``new`` (empty: it may be applied)."""
+        problems = []
+        for check in list(self._checks):
+            try:
+                check(self.current, new, changed)
+            except ValueError as exc:
+                problems.append(str(exc))
+        return problems
 
     def on_reload(self, callback: ReloadCallback) -> Callable[[], None]:
         """Call ``callback(old, new, changed_keys)`` after each applied reload; returns a
@@ -196,6 +214,9 @@ class ConfigReloader:
         failed: list[str] = []
         if live:
             effective = with_changes(old, new, set(live))
+            problems = self.holder.check(effective, frozenset(live))
+            if problems:
+                return ReloadResult([], [], "; ".join(problems), old, problems=problems)
             failed = self.holder.apply(effective, frozenset(live))
         else:
             effective = old

@@ -10,6 +10,7 @@ reload (gateway.ingest.trigger), and the dispatcher its compiled templates.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -17,7 +18,8 @@ from gateway import appkeys
 from gateway.config import Config
 from gateway.logs import get_logger
 from gateway.reload import CONFIG_HOLDER, ConfigHolder, live_config, touches
-from gateway.security.secret_box import open_secret_box
+from gateway.security.secret_box import SecretBox, open_secret_box
+from gateway.security.secret_keys import load_keys
 from gateway.storage.database import Database
 from gateway.storage.secret_rotation import missing_key_ids
 
@@ -47,19 +49,41 @@ async def check_secret_keys(db: Database, config: Config) -> None:
         )
 
 
+def check_reloaded_keys(old: Config, new: Config, changed: frozenset[str]) -> None:
+    """Reload check: a changed ``[security]`` must open as it is — valid keys, and a key file
+    that exists (a reload never generates one: a new key would make every stored secret
+    unreadable). ValueError rejects the reload, so the keys in force stay as they are."""
+    if not touches(changed, "security"):
+        return
+    security = new.security
+    path = Path(security.key_file).expanduser() if security.key_file.strip() else None
+    if not security.secret_keys and path is not None and not path.exists():
+        raise ValueError(
+            f"security.key_file: {security.key_file!r} does not exist; a reload does not create "
+            "key files (restore the file, or restart to generate a new key)"
+        )
+    SecretBox.from_key_set(load_keys(security.secret_keys, security.key_file, create_file=False))
+
+
 def follow_secret_keys(db: Database, holder: ConfigHolder) -> Callable[[], None]:
-    """Install a new box on ``db`` whenever a reload changes ``[security]``; returns the
-    function that stops following."""
+    """Install a new box on ``db`` whenever a reload changes ``[security]`` (after
+    :func:`check_reloaded_keys` accepted it); returns the function that stops following."""
 
     def reload_keys(old: Config, new: Config, changed: frozenset[str]) -> None:
         if not touches(changed, "security"):
             return
-        # A bad key file raises: the reload logs it and the previous box stays installed.
         install_secret_box(db, new)
         box = db.secret_box
         log.info("secret_keys_reloaded", primary_key_id=box.primary_key_id, key_ids=box.key_ids)
 
-    return holder.on_reload(reload_keys)
+    remove_check = holder.add_check(check_reloaded_keys)
+    unsubscribe = holder.on_reload(reload_keys)
+
+    def stop() -> None:
+        remove_check()
+        unsubscribe()
+
+    return stop
 
 
 async def secret_box_service(app: web.Application) -> AsyncIterator[None]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from gateway import appkeys
 from gateway.config import Config
 from gateway.reload import ConfigReloader
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, TEST_SECRET_KEY
@@ -89,3 +90,40 @@ async def test_auth_ttls_public_url_and_body_limit_are_live(
     assert (await shown.json())["url"].startswith("https://hooks.example/hooks/incoming/")
     assert len(PR_OPENED) > 100
     assert (await call_hook(client, hook)).status == 413
+
+
+async def test_a_reload_with_a_missing_or_broken_key_file_changes_no_key(
+    client: Any, admin_headers: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hook = await create_hook(
+        client,
+        admin_headers,
+        await new_pipeline(client, admin_headers),
+        requires_secret=True,
+    )
+    db = client.app[appkeys.DATABASE]
+    box_before = db.secret_box
+    path = tmp_path / "config.toml"
+    reloader = ConfigReloader(path, holder_of(client), env={})
+    key_file = tmp_path / "keys"
+
+    # A typo'd path: a reload must not generate a key (every stored secret would be unreadable).
+    path.write_text(f'[security]\nsecret_keys = []\nkey_file = "{key_file}"\n')
+    missing = reloader.reload_and_log()
+    assert missing.error is not None and "does not exist" in missing.error, missing
+    assert not key_file.exists() and db.secret_box is box_before
+    assert holder_of(client).current.security.secret_keys == (TEST_SECRET_KEY,)
+    assert "config_reload_rejected" in logged(capsys)
+
+    key_file.write_text("not a key line\n")
+    broken = reloader.reload_and_log()
+    assert broken.error is not None and db.secret_box is box_before
+    assert (await call_hook(client, hook)).status == 202  # still verified with the old keys
+
+    # Fixed: the same reload now applies (nothing was half-applied before).
+    key_file.write_text(f"{TEST_SECRET_KEY}\n")
+    key_file.chmod(0o600)
+    fixed = reloader.reload_and_log()
+    assert fixed.error is None and "security.key_file" in fixed.applied, fixed
+    assert db.secret_box is not box_before
+    assert (await call_hook(client, hook)).status == 202  # the same key, read from the file

@@ -208,10 +208,25 @@ def test_for_config_uses_the_source_file_only_when_it_exists(config_file: Path) 
     assert ConfigReloader.for_config(Config(source="/nonexistent/config.toml")).path is None
 
 
-def test_holder_is_a_single_attribute(config_file: Path) -> None:
+def test_a_failing_check_rejects_the_whole_reload(config_file: Path) -> None:
     holder = ConfigHolder(load_config(config_file, env={}))
-    assert holder.__slots__ == ("_callbacks", "current")
-    assert holder.current.server.port == 8080
+    reloader = ConfigReloader(config_file, holder, env={})
+    applied: list[frozenset[str]] = []
+    holder.on_reload(lambda old, new, changed: applied.append(changed))
+
+    def refuse_level_debug(old: Config, new: Config, changed: frozenset[str]) -> None:
+        if new.log.level == "debug":
+            raise ValueError("log.level: debug is refused by this check")
+
+    remove = holder.add_check(refuse_level_debug)
+    config_file.write_text(config_file.read_text() + '\n[log]\nlevel = "debug"\n')
+    result = reloader.reload()
+    assert result.error == "log.level: debug is refused by this check"
+    assert result.applied == [] and applied == [] and holder.current.log.level == "info"
+
+    remove()
+    assert reloader.reload().applied == ["log.level"] and holder.current.log.level == "debug"
+    assert applied == [frozenset({"log.level"})]
 
 
 async def test_sighup_reloads_and_logs_rejection(
