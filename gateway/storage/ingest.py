@@ -102,7 +102,13 @@ class WriterConnections:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Session]:
         """A Session on a dedicated connection, inside one transaction."""
-        conn = self._idle.pop() if self._idle else await self._db.connection()
+        conn = None
+        while self._idle and conn is None:
+            conn = self._idle.pop()
+            if conn.is_closed():  # dropped while idle (a database restart): open a new one
+                conn = None
+        if conn is None:
+            conn = await self._db.connection()
         reusable = False
         try:
             async with translated(), conn.transaction():

@@ -328,3 +328,20 @@ async def test_close_flushes_everything_queued(
     assert {row["id"] for row in runs} == {item.run_id for item in items}
     with pytest.raises(Overloaded, match="shutting down"):
         batcher.submit(request(pipeline_id))
+
+
+async def test_a_writer_connection_dropped_while_idle_is_replaced_not_a_503(
+    make_batcher: Factory, pipeline_id: int, database_dsn: str
+) -> None:
+    batcher = make_batcher(max_wait_ms=0)
+    first = request(pipeline_id)
+    assert await batcher.submit(first) == Stored(first.run_id, False)  # opens a writer
+    # The server drops every other connection of this database (as a restart would).
+    await execute(
+        database_dsn,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    await asyncio.sleep(0.2)  # the event loop sees the idle connection close
+    second = request(pipeline_id)
+    assert await batcher.submit(second) == Stored(second.run_id, False)
