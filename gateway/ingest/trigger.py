@@ -282,7 +282,8 @@ def _rejected(
 
 def _forbidden(hook: CompiledHook, client_ip: str | None, request_id: str) -> web.Response:
     shown = client_ip or "unknown"
-    log.info(
+    # debug, like 429s: a flood from outside the allowlist must not flood the log either.
+    log.debug(
         "hook_request_rejected",
         hook_id=str(hook.id),
         status=403,
