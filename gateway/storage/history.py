@@ -9,6 +9,7 @@ import zstandard
 
 from gateway.storage.database import Database, Record
 from gateway.storage.paging import split_page
+from gateway.storage.runs import PRUNE_BATCH
 
 
 async def list_hook_requests(
@@ -43,7 +44,7 @@ def stored_body(row: Record) -> bytes | None:
     raise ValueError(f"unknown body encoding {encoding!r}")
 
 
-async def drop_bodies(db: Database, cutoff: datetime, batch: int = 5000) -> int:
+async def drop_bodies(db: Database, cutoff: datetime, batch: int = PRUNE_BATCH) -> int:
     """Clear the stored bodies of requests received before ``cutoff`` (the rows stay), ``batch``
     rows per statement, each committed on its own; the number of bodies cleared."""
     total = 0

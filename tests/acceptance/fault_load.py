@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 
 from tests.acceptance.lb_client import CLIENT_TIMEOUT, payload, signed_headers
+from tests.acceptance.lb_load import is_2xx
 
 BACKOFF_AFTER_FAILURE = 0.05  # a sender pauses after a 503 or error, as real senders do
 
@@ -29,10 +29,6 @@ class Answer:
     status: int | str
     retry_after: str | None
     sent_at: float
-
-
-def is_2xx(status: int | str) -> bool:
-    return isinstance(status, int) and 200 <= status < 300
 
 
 @dataclass
@@ -109,20 +105,6 @@ def client(connections: int, *, force_close: bool = False) -> aiohttp.ClientSess
     return aiohttp.ClientSession(
         connector=connector, timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT)
     )
-
-
-async def runs_by_delivery(dsn: str, hook_id: str) -> dict[str, int]:
-    """Delivery id -> number of runs, for one hook."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        rows = await conn.fetch(
-            "SELECT delivery_id, count(*) AS runs FROM pipeline_runs WHERE hook_id = $1 "
-            "GROUP BY delivery_id",
-            uuid.UUID(hook_id),
-        )
-    finally:
-        await conn.close()
-    return {row["delivery_id"]: row["runs"] for row in rows}
 
 
 def report(capsys: pytest.CaptureFixture[str], title: str, figures: dict[str, Any]) -> None:

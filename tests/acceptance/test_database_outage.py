@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.acceptance.fault_load import Load, client, is_2xx, report, runs_by_delivery
+from tests.acceptance.fault_load import Load, client, report
 from tests.acceptance.lb_client import Api
+from tests.acceptance.lb_load import is_2xx, runs_by_delivery
 from tests.acceptance.live_gateway import start_gateway, stop_gateway
 from tests.acceptance.pg_control import ControlledPostgres
 

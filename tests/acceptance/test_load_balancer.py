@@ -44,7 +44,7 @@ from tests.acceptance.lb_load import (
     served_by,
     until_nginx_routes_to_b,
 )
-from tests.conftest import _drop_database, _dsn_with_database
+from tests.acceptance.live_gateway import fresh_database
 
 # Hook definition changes reach the other instance through LISTEN/NOTIFY; the cache TTL
 # (hooks.cache_ttl = 60 s in the instance config) could never explain a change seen this soon.
@@ -57,17 +57,11 @@ def cluster(
     server_dsn: str, template_database: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
     """A fresh database with the schema, instances A and B on it, nginx in front."""
-    name = f"hookgate_lb_{uuid.uuid4().hex[:10]}"
+    with fresh_database(server_dsn, template_database) as dsn:
+        yield from _cluster_on(dsn, tmp_path_factory)
 
-    async def create() -> None:
-        conn = await asyncpg.connect(server_dsn)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-        finally:
-            await conn.close()
 
-    asyncio.run(create())
-    dsn = _dsn_with_database(server_dsn, name)
+def _cluster_on(dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     ports = Ports.allocate()
     env = {
         "GATEWAY_DATABASE_DSN": dsn,
@@ -94,7 +88,6 @@ def cluster(
             nginx.stop()
         for instance in instances:  # the cluster appends replacements of B here
             stop_instance(instance)
-        asyncio.run(_drop_database(server_dsn, name))
 
 
 def report(capsys: pytest.CaptureFixture[str], title: str, figures: dict[str, Any]) -> str:

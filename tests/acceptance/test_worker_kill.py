@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.fault_load import Load, client, is_2xx, report, runs_by_delivery
+from tests.acceptance.fault_load import Load, client, report
 from tests.acceptance.lb_client import Api
+from tests.acceptance.lb_load import is_2xx, runs_by_delivery
 from tests.acceptance.live_gateway import fresh_database, start_gateway, stop_gateway
 from tests.acceptance.process_helpers import process_alive
 
