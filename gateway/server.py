@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -193,6 +194,10 @@ async def run_listeners(
             log.info(
                 "listening", host=host, port=port, role="ingest" if app is ingest else "management"
             )
+        # What exists now (modules, apps, caches) lives as long as the process: move it out of
+        # the collector's reach, so a full collection does not walk it again and again (one
+        # such pass over ~70,000 startup objects stalled the event loop for ~40 ms under load).
+        gc.freeze()
         await stop.wait()
     finally:
         for runner in runners:

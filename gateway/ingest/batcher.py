@@ -9,6 +9,8 @@ a pipeline has outgoing hooks) and only then resolves each future. A 2xx is ther
 for an uncommitted request. Up to ``WRITERS`` batches are in flight at once, so the event loop
 keeps preparing the next batch while one waits for the database (the database orders concurrent
 inserts of one delivery id: the later one waits for the earlier to commit, then is a duplicate).
+Stored bodies are zstd-compressed a batch at a time on a helper thread (zstd releases the GIL),
+so compression does not hold up the event loop.
 
 Failure modes: a full queue raises :class:`Overloaded` at once; a database that is down fails the
 batch with :class:`DatabaseUnavailable` and, for a short back-off (growing up to
@@ -22,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 import uuid
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -97,7 +101,9 @@ class RunBatcher:
         self._closing = False
         self._down_until = 0.0
         self._backoff = _FIRST_BACKOFF
-        self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        # zstd releases the GIL while it compresses: a batch's bodies are compressed on a helper
+        # thread (one hand-off per batch), so the event loop keeps serving requests meanwhile.
+        self._compression = ThreadPoolExecutor(WRITERS, thread_name_prefix="batch-zstd")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connections = store.WriterConnections(db)
         self._slots = asyncio.Semaphore(WRITERS)
@@ -125,6 +131,7 @@ class RunBatcher:
         if self._task is not None:
             await self._task
         await self._connections.close()
+        self._compression.shutdown(wait=False)
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -221,7 +228,7 @@ class RunBatcher:
         """Commit one batch; return each request's result in order."""
         results = [Stored(item.run_id, False) for item in batch]
         runs = _runs_to_insert(batch)
-        bodies = [self._stored_body(item) for item in batch]
+        bodies = await self._stored_bodies(batch)
         async with self._connections.transaction() as session:
             now = time.perf_counter()
             written = await store.insert_batch(
@@ -277,16 +284,43 @@ class RunBatcher:
             item = batch[i]
             results[i] = Stored(originals.get((item.hook_id, item.delivery_id or "")), True)
 
-    def _stored_body(self, item: PendingRequest) -> tuple[bytes | None, str | None]:
-        body = item.body
-        if body is None or self._store_bodies == "none":
-            return None, None
-        if self._store_bodies == "failures" and item.outcome != REJECTED:
-            return None, None
-        compressed = self._compressor.compress(body)
-        if len(compressed) < len(body):
-            return compressed, "zstd"
-        return body, "identity"
+    async def _stored_bodies(
+        self, batch: list[PendingRequest]
+    ) -> list[tuple[bytes | None, str | None]]:
+        """Each request's body as stored (bytes, encoding), per ``hooks.store_bodies``."""
+        setting = self._store_bodies
+        stored: list[bytes | None] = [
+            item.body
+            if setting == "all" or (setting == "failures" and item.outcome == REJECTED)
+            else None
+            for item in batch
+        ]
+        if all(body is None for body in stored):
+            return [(None, None)] * len(batch)
+        loop = asyncio.get_running_loop()
+        compressed = await loop.run_in_executor(self._compression, _compress_all, stored)
+        return [_smaller(body, small) for body, small in zip(stored, compressed, strict=True)]
+
+
+_COMPRESSORS = threading.local()
+
+
+def _compress_all(bodies: list[bytes | None]) -> list[bytes | None]:
+    """zstd-compress every body (None stays None); runs on a helper thread, which has its own
+    compressor (a ZstdCompressor must not be used by two threads at once)."""
+    compressor = getattr(_COMPRESSORS, "zstd", None)
+    if compressor is None:
+        compressor = _COMPRESSORS.zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return [None if body is None else compressor.compress(body) for body in bodies]
+
+
+def _smaller(body: bytes | None, compressed: bytes | None) -> tuple[bytes | None, str | None]:
+    """The body as stored: compressed when that is smaller (random bytes are not)."""
+    if body is None:
+        return None, None
+    if compressed is not None and len(compressed) < len(body):
+        return compressed, "zstd"
+    return body, "identity"
 
 
 def _runs_to_insert(batch: list[PendingRequest]) -> list[PendingRequest]:

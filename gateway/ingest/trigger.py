@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import structlog
 from aiohttp import web
 
 from gateway import appkeys, metrics
@@ -105,7 +104,8 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
     row_id = uuid.uuid4()
     given = request.headers.get("X-Request-Id")
     request_id = given if given and _REQUEST_ID_OK.fullmatch(given) else row_id.hex
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+    # request_id is passed to each log call instead of bound in a contextvar: most requests log
+    # nothing, and binding costs every request (the management API binds it, see framework.py).
     raw_id = request.match_info["hook_id"]
 
     try:
@@ -113,7 +113,13 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
     except DatabaseUnavailable:
         return _unavailable(ingest, request_id, "the database is unavailable; retry later")
     if hook is None:
-        log.info("hook_request_rejected", hook_id=raw_id[:64], status=404, reason="unknown_hook")
+        log.info(
+            "hook_request_rejected",
+            hook_id=raw_id[:64],
+            status=404,
+            reason="unknown_hook",
+            request_id=request_id,
+        )
         return web.Response(
             body=_NOT_FOUND, status=404, content_type="application/json",
             headers={"X-Request-Id": request_id},
@@ -179,7 +185,12 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
         if evaluation.outcome == REJECTED:
             # The answer does not depend on the history row; losing it must not turn a 4xx
             # into a 503 that the sender would retry.
-            log.warning("hook_request_history_lost", hook_id=str(hook.id), error=str(exc))
+            log.warning(
+                "hook_request_history_lost",
+                hook_id=str(hook.id),
+                error=str(exc),
+                request_id=request_id,
+            )
             return _rejected(hook, evaluation, request_id, body is None), REJECTED
         if isinstance(exc, RequestNotStored):
             return _json(500, {"message": str(exc), "errors": None}, request_id), FAILED
@@ -190,7 +201,12 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
     if evaluation.outcome == REJECTED:
         return _rejected(hook, evaluation, request_id, body is None), REJECTED
     if evaluation.outcome == SKIPPED:
-        log.debug("hook_request_skipped", hook_id=str(hook.id), reason=evaluation.reason)
+        log.debug(
+            "hook_request_skipped",
+            hook_id=str(hook.id),
+            reason=evaluation.reason,
+            request_id=request_id,
+        )
         return _json(
             202,
             {
@@ -206,10 +222,15 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
     headers = {"X-Run-Id": run_id} if run_id is not None else None
     if stored.duplicate:
         message = duplicate_message(evaluation.delivery_id, stored.run_id)
-        log.info("hook_request_duplicate", hook_id=str(hook.id), delivery_id=item.delivery_id)
+        log.info(
+            "hook_request_duplicate",
+            hook_id=str(hook.id),
+            delivery_id=item.delivery_id,
+            request_id=request_id,
+        )
         data = {"message": message, "run_id": run_id, "duplicate": True, "errors": None}
         return _json(200, data, request_id, headers), DUPLICATE
-    log.debug("run_enqueued", hook_id=str(hook.id), run_id=run_id)
+    log.debug("run_enqueued", hook_id=str(hook.id), run_id=run_id, request_id=request_id)
     return _json(
         202, {"message": evaluation.message, "run_id": run_id, "errors": None}, request_id, headers
     ), ACCEPTED
@@ -269,6 +290,7 @@ def _rejected(
         status=evaluation.status,
         reason=evaluation.reason,
         delivery_id=evaluation.delivery_id,
+        request_id=request_id,
     )
     response = _json(
         evaluation.status,
@@ -289,6 +311,7 @@ def _forbidden(hook: CompiledHook, client_ip: str | None, request_id: str) -> we
         status=403,
         reason="ip_not_allowed",
         client_ip=shown,
+        request_id=request_id,
     )
     message = f"client address {shown} is not allowed to call this hook"
     return _json(403, {"message": message, "errors": None}, request_id)
@@ -296,7 +319,12 @@ def _forbidden(hook: CompiledHook, client_ip: str | None, request_id: str) -> we
 
 def _rate_limited(hook: CompiledHook, wait: float, request_id: str) -> web.Response:
     # Debug only: a flood must not turn into a flood of log lines (metrics count these).
-    log.debug("hook_request_rate_limited", hook_id=str(hook.id), retry_in=round(wait, 3))
+    log.debug(
+        "hook_request_rate_limited",
+        hook_id=str(hook.id),
+        retry_in=round(wait, 3),
+        request_id=request_id,
+    )
     retry_after = retry_after_header(wait)
     message = f"rate limit of this hook exceeded; retry after {retry_after} seconds"
     return _json(
@@ -305,7 +333,7 @@ def _rate_limited(hook: CompiledHook, wait: float, request_id: str) -> web.Respo
 
 
 def _unavailable(ingest: _Ingest, request_id: str, message: str) -> tuple[web.Response, str]:
-    log.warning("hook_request_unavailable", reason=message)
+    log.warning("hook_request_unavailable", reason=message, request_id=request_id)
     return _json(
         503, {"message": message, "errors": None}, request_id, {"Retry-After": ingest.retry_after}
     ), UNAVAILABLE
