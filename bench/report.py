@@ -130,6 +130,14 @@ def markdown(bench: Bench) -> str:
         lines.append(
             f"- gateway p99 = {gateway.load.p99_ms:.2f} ms (target ≤ {P99_LIMIT_MS:g} ms: {mark})"
         )
+        if gateway.server_p99_ms is not None:
+            lines.append(
+                f"- gateway server-side latency (handler start → commit, recorded in "
+                f"`hook_requests.latency_ms`): p50 {_fmt(gateway.server_p50_ms, 2)} ms, "
+                f"p99 {_fmt(gateway.server_p99_ms, 2)} ms; the rest of the client's latency is "
+                f"spent before the handler runs (the request waiting for the event loop) and "
+                f"in sending the answer"
+            )
     scaling = [m for m in bench.measurements if m.group != "main"]
     if scaling:
         lines += [

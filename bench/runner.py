@@ -55,6 +55,9 @@ class Measurement:
     # CPU time per answered request (µs): unlike requests/s, barely moved by other load.
     server_us: float | None = None
     db_us: float | None = None
+    # Handler start -> commit, from hook_requests.latency_ms (gateway and naive runs).
+    server_p50_ms: float | None = None
+    server_p99_ms: float | None = None
     check: str = "n/a"
     failed: bool = False
     error: str | None = None
@@ -180,6 +183,7 @@ class Bench:
         if phase == "measured":
             result.check = ("ok: " if ok else "MISMATCH: ") + text
             result.extra["history_rows"] = db.requests
+            result.server_p50_ms, result.server_p99_ms = db.server_p50_ms, db.server_p99_ms
         if not ok:
             result.failed = True
             result.check = f"MISMATCH ({phase}): {text}"

@@ -182,20 +182,28 @@ class Written:
     runs: int
     distinct_deliveries: int
     requests: int
+    # hook_requests.latency_ms (handler start -> commit) at p50 and p99; None when not recorded.
+    server_p50_ms: float | None = None
+    server_p99_ms: float | None = None
 
 
 def written(dsn: str, tag: str) -> Written:
-    """Runs, distinct delivery ids and request-history rows whose delivery id has ``tag``."""
+    """Runs, distinct delivery ids and request-history rows whose delivery id has ``tag``, and
+    the server-side latency those rows recorded."""
     pattern = tag + "-%"
     row = sql(
         dsn,
         "SELECT (SELECT count(*) FROM pipeline_runs WHERE delivery_id LIKE $1) AS runs,"
         " (SELECT count(DISTINCT delivery_id) FROM pipeline_runs WHERE delivery_id LIKE $1)"
-        " AS distinct_deliveries,"
-        " (SELECT count(*) FROM hook_requests WHERE delivery_id LIKE $1) AS requests",
+        " AS distinct_deliveries, q.requests, q.latency[1] AS p50, q.latency[2] AS p99"
+        " FROM (SELECT count(*) AS requests, percentile_cont(ARRAY[0.5, 0.99])"
+        "       WITHIN GROUP (ORDER BY latency_ms) AS latency"
+        "       FROM hook_requests WHERE delivery_id LIKE $1) AS q",
         pattern,
     )[0]
-    return Written(row["runs"], row["distinct_deliveries"], row["requests"])
+    return Written(
+        row["runs"], row["distinct_deliveries"], row["requests"], row["p50"], row["p99"]
+    )
 
 
 def checkpoint(dsn: str) -> None:
