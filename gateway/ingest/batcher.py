@@ -1,8 +1,9 @@
 """Group commit for the ingest path (DESIGN.md §3, step 8; issue 7).
 
 Handlers hand a :class:`PendingRequest` to :meth:`RunBatcher.submit` and await the returned
-future. One background task drains a bounded queue: it waits at most ``batch.max_wait_ms`` for up
-to ``batch.max_size`` requests and hands them to a writer, which commits them in ONE transaction
+future. One background task drains a bounded queue: once a writer is free it lets the batch fill
+(up to ``batch.max_size`` requests and ``batch.max_wait_ms``, but only while requests keep
+arriving) and hands it to the writer, which commits it in ONE transaction
 on its own dedicated connection (one statement queues the runs and writes their history rows; a
 lookup and a second INSERT only when there are duplicate deliveries; the outbox INSERT only when
 a pipeline has outgoing hooks) and only then resolves each future. A 2xx is therefore never sent
@@ -23,7 +24,6 @@ so one bad request cannot fail its neighbours.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 import uuid
@@ -50,6 +50,9 @@ RUN_BATCHER = "run_batcher"  # key in app[appkeys.SERVICES]
 DUPLICATE = "duplicate"  # hook_requests.outcome of a repeated delivery
 ZSTD_LEVEL = 3
 WRITERS = 2  # batches in flight at once (each on its own connection)
+# Iterations without a new request after which a batch stops waiting to fill: a request's data
+# is read in one iteration and its handler submits in the next.
+QUIET_ITERATIONS = 2
 _FIRST_BACKOFF = 0.05
 
 
@@ -96,7 +99,7 @@ class RunBatcher:
         self.reconfigure(config)
         self._queue: deque[PendingRequest] = deque()
         self._wakeup = asyncio.Event()
-        self._filled = asyncio.Event()
+        self._submitted = 0  # requests ever queued: tells _fill whether submissions continue
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._down_until = 0.0
@@ -127,7 +130,6 @@ class RunBatcher:
         """Refuse new requests, write everything queued, then stop."""
         self._closing = True
         self._wakeup.set()
-        self._filled.set()
         if self._task is not None:
             await self._task
         await self._connections.close()
@@ -151,9 +153,8 @@ class RunBatcher:
             raise DatabaseUnavailable("the database is unavailable; retry later")
         item.future = future = loop.create_future()
         self._queue.append(item)
+        self._submitted += 1
         self._wakeup.set()
-        if len(self._queue) >= self._max_size:
-            self._filled.set()
         return future
 
     async def _run(self) -> None:
@@ -167,11 +168,7 @@ class RunBatcher:
                     await self._wakeup.wait()
                     continue
                 await self._slots.acquire()  # a free writer (the queue grows meanwhile)
-                if len(queue) < self._max_size and self._max_wait > 0 and not self._closing:
-                    self._filled.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self._max_wait):
-                            await self._filled.wait()
+                await self._fill()
                 batch = [queue.popleft() for _ in range(min(len(queue), self._max_size))]
                 task = asyncio.create_task(self._flush_in_slot(batch), name="run-batch")
                 self._flushes.add(task)
@@ -181,6 +178,25 @@ class RunBatcher:
             for task in self._flushes:
                 task.cancel()
             raise
+
+    async def _fill(self) -> None:
+        """Let the batch fill, up to ``max_size`` requests and ``max_wait`` seconds, but no
+        longer than submissions keep coming: once ``QUIET_ITERATIONS`` event-loop iterations in a
+        row queued nothing, waiting more would only delay the requests already queued (a burst
+        of requests is handled within an iteration or two; a lone request goes at once)."""
+        assert self._loop is not None
+        deadline = self._loop.time() + self._max_wait
+        seen, quiet = self._submitted, 0
+        while len(self._queue) < self._max_size and not self._closing:
+            if self._loop.time() >= deadline:
+                return
+            await asyncio.sleep(0)  # one iteration: handlers with data ready run and submit
+            if self._submitted != seen:
+                seen, quiet = self._submitted, 0
+                continue
+            quiet += 1
+            if quiet >= QUIET_ITERATIONS:
+                return
 
     async def _flush_in_slot(self, batch: list[PendingRequest]) -> None:
         try:

@@ -116,6 +116,36 @@ async def test_concurrent_submits_are_committed_in_one_transaction(
     assert len(await transaction_ids(database_dsn)) == 1
 
 
+async def test_a_lone_request_is_written_without_waiting_for_max_wait(
+    make_batcher: Factory, pipeline_id: int, database_dsn: str
+) -> None:
+    # Nothing else arrives: waiting for the batch to fill would only delay this request.
+    batcher = make_batcher(max_wait_ms=60_000.0)
+    item = request(pipeline_id)
+    async with asyncio.timeout(10):
+        assert await batcher.submit(item) == Stored(item.run_id, False)
+    runs = await fetch(database_dsn, "SELECT id FROM pipeline_runs")
+    assert [row["id"] for row in runs] == [item.run_id]
+
+
+async def test_requests_still_arriving_join_the_batch(
+    make_batcher: Factory, pipeline_id: int, database_dsn: str
+) -> None:
+    # Handlers that submit one event-loop iteration apart are one stream: one transaction.
+    batcher = make_batcher(max_wait_ms=60_000.0)
+
+    async def handler(item: PendingRequest, iterations: int) -> Stored:
+        for _ in range(iterations):
+            await asyncio.sleep(0)
+        return await batcher.submit(item)
+
+    items = [request(pipeline_id) for _ in range(12)]
+    async with asyncio.timeout(10):
+        results = await asyncio.gather(*(handler(item, i % 2) for i, item in enumerate(items)))
+    assert results == [Stored(item.run_id, False) for item in items]
+    assert len(await transaction_ids(database_dsn)) == 1
+
+
 async def test_batches_are_bounded_by_max_size(
     make_batcher: Factory, pipeline_id: int, database_dsn: str
 ) -> None:
