@@ -109,7 +109,13 @@ class GatewayServer:
     def dsn(self) -> str:
         return postmaster_dsn(self.data_dir)
 
-    def database_pids(self) -> list[int]:
-        """The postmaster and its backends (for CPU accounting)."""
+    def database_cpu_seconds(self) -> float:
+        """CPU seconds PostgreSQL has used so far: the live backends, and the postmaster with
+        the backends that exited (reaped into its children's times). Summing the live
+        processes alone undercounts, and goes negative, when a backend exits mid-run."""
         pid = postmaster_pid(self.data_dir)
-        return [] if pid is None else [pid, *procs.children(pid)]
+        if pid is None:
+            return 0.0
+        return procs.cpu_seconds([pid], reaped_children=True) + procs.cpu_seconds(
+            procs.children(pid)
+        )

@@ -97,8 +97,9 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """User+system CPU seconds consumed so far by ``pids`` (children not included)."""
+def cpu_seconds(pids: Sequence[int], *, reaped_children: bool = False) -> float:
+    """User+system CPU seconds consumed so far by ``pids``; with ``reaped_children``, also by
+    the children they have waited for (the kernel adds those to the parent when reaped)."""
     total = 0
     tick = os.sysconf("SC_CLK_TCK")
     for pid in pids:
@@ -106,5 +107,7 @@ def cpu_seconds(pids: Sequence[int]) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+        if reaped_children:
+            total += int(fields[13]) + int(fields[14])  # cutime, cstime
     return total / tick

@@ -129,14 +129,13 @@ class Bench:
                     self._verify(result, tag, warm, "warm-up")
             if verify:
                 checkpoint(self.gateway.dsn)
-            db_pids = self.gateway.database_pids() if verify else []
-            cpu0, db0, t0 = procs.cpu_seconds(pids), procs.cpu_seconds(db_pids), time.monotonic()
+            db0 = self.gateway.database_cpu_seconds() if verify else 0.0
+            cpu0, t0 = procs.cpu_seconds(pids), time.monotonic()
             tag = self._tag()
             result.load = self._load(target, tag, opts.duration)
             wall = time.monotonic() - t0
-            db_pids = self.gateway.database_pids() if verify else []  # backends may be new
             server_s = procs.cpu_seconds(pids) - cpu0
-            db_s = procs.cpu_seconds(db_pids) - db0
+            db_s = self.gateway.database_cpu_seconds() - db0 if verify else 0.0
             answered = max(result.load.responses, 1)
             result.server_cpu, result.server_us = server_s / wall, server_s * 1e6 / answered
             if verify:
