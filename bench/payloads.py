@@ -16,22 +16,16 @@ import re
 from pathlib import Path
 from typing import Any
 
+# The seed document's example hook (DESIGN §2): five variables, four read the payload; read from
+# its verbatim create body in the test fixtures.
+from tests.seed import SEED_VARIABLES
+
 PAYLOAD_DIR = Path(__file__).resolve().parent / "payloads"
 GITHUB_PR = PAYLOAD_DIR / "pull_request.opened.json"
 
 SIZES = ("1k", "28k", "1m")
 ONE_MB = 1_000_000
 
-# The seed document's example hook body (DESIGN §2): five variables, four read the payload.
-# Its create body, verbatim, lives with the test fixtures.
-SEED_FILE = (
-    Path(__file__).resolve().parent.parent
-    / "tests"
-    / "fixtures"
-    / "seed"
-    / "create_incoming_hook.json"
-)
-SEED_VARIABLES: list[dict[str, Any]] = json.loads(SEED_FILE.read_text())["settings"]["variables"]
 # The four payload fields every implementation extracts (adnanh/webhook passes them to /bin/true).
 FOUR_FIELDS = (
     "pull_request.head.ref",
