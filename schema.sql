@@ -139,6 +139,20 @@ CREATE TABLE IF NOT EXISTS hook_requests (
 CREATE INDEX IF NOT EXISTS hook_requests_hook_idx ON hook_requests (hook_id, received_at DESC);
 CREATE INDEX IF NOT EXISTS hook_requests_received_idx ON hook_requests (received_at);
 
+-- The group-commit writer runs most batches as one statement without BEGIN/COMMIT (queries.sql,
+-- ingest_insert_batch). This aborts such a statement, and with it everything the statement
+-- wrote, when the batch needs more than one statement after all; the writer (which recognises
+-- SQLSTATE HGB01) then writes the batch again in a transaction.
+CREATE OR REPLACE FUNCTION hookgate_batch_fits_one_statement(fits boolean) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT fits THEN
+        RAISE EXCEPTION 'the batch needs more than one statement' USING ERRCODE = 'HGB01';
+    END IF;
+    RETURN true;
+END;
+$$;
+
 -- Pipeline runs --------------------------------------------------------------------------------
 
 CREATE TABLE IF NOT EXISTS pipeline_runs (

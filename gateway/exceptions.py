@@ -34,6 +34,10 @@ class Overloaded(GatewayError):
     """The gateway is overloaded; retry later."""
 
 
+class NeedsTransaction(GatewayError):
+    """A group-commit batch needs more than one statement; nothing of it was written."""
+
+
 class InvalidCredentials(GatewayError):
     """Invalid email or password."""
 

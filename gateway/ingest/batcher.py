@@ -3,15 +3,20 @@
 Handlers hand a :class:`PendingRequest` to :meth:`RunBatcher.submit` and await the returned
 future. One background task drains a bounded queue: once a writer is free it lets the batch fill
 (up to ``batch.max_size`` requests and ``batch.max_wait_ms``, but only while requests keep
-arriving) and hands it to the writer, which commits it in ONE transaction
-on its own dedicated connection (one statement queues the runs and writes their history rows; a
-lookup and a second INSERT only when there are duplicate deliveries; the outbox INSERT only when
-a pipeline has outgoing hooks) and only then resolves each future. A 2xx is therefore never sent
-for an uncommitted request. Up to ``WRITERS`` batches are in flight at once, so the event loop
-keeps preparing the next batch while one waits for the database (the database orders concurrent
-inserts of one delivery id: the later one waits for the earlier to commit, then is a duplicate).
-Stored bodies are zstd-compressed a batch at a time on a helper thread (zstd releases the GIL),
-so compression does not hold up the event loop.
+arriving) and hands it to the writer (an equal share of the queue when other writers are idle
+too, so that they write in parallel), which commits it in ONE transaction on its own dedicated
+connection and only then resolves each future. A 2xx is therefore never sent for an uncommitted
+request.
+
+Most batches are a single statement that is its own transaction (no BEGIN/COMMIT round trips):
+it queues the runs and writes their history rows. A batch with a repeated delivery (a lookup and
+a second INSERT) or a pipeline with outgoing hooks (the outbox INSERT) is written in an explicit
+transaction; the single statement aborts, writing nothing, when it finds out only then.
+Up to ``WRITERS`` batches are in flight at once, so the event loop keeps preparing the next batch
+while one waits for the database (the database orders concurrent inserts of one delivery id: the
+later one waits for the earlier to commit, then is a duplicate). Stored bodies are
+zstd-compressed a batch at a time: on the event loop for a batch of ordinary webhook bodies, on
+a helper thread (zstd releases the GIL) for large ones.
 
 Failure modes: a full queue raises :class:`Overloaded` at once; a database that is down fails the
 batch with :class:`DatabaseUnavailable` and, for a short back-off (growing up to
@@ -37,7 +42,7 @@ import zstandard
 
 from gateway import metrics
 from gateway.config import Config
-from gateway.exceptions import DatabaseUnavailable, GatewayError, Overloaded
+from gateway.exceptions import DatabaseUnavailable, GatewayError, NeedsTransaction, Overloaded
 from gateway.ingest.evaluation import REJECTED
 from gateway.logs import get_logger
 from gateway.storage import ingest as store
@@ -53,6 +58,11 @@ WRITERS = 2  # batches in flight at once (each on its own connection)
 # Iterations without a new request after which a batch stops waiting to fill: a request's data
 # is read in one iteration and its handler submits in the next.
 QUIET_ITERATIONS = 2
+# A batch's bodies up to this many bytes in all are compressed on the event loop (about 2.5 ms
+# for 64 GitHub-sized bodies), larger ones on a helper thread.
+INLINE_COMPRESSION_BYTES = 2 * 1024 * 1024
+# Batches written in a transaction after a single statement had to be redone (see _write).
+TRANSACTION_STREAK = 16
 _FIRST_BACKOFF = 0.05
 
 
@@ -94,8 +104,9 @@ class PendingRequest:
 class RunBatcher:
     """The per-process group-commit writer; see the module docstring."""
 
-    def __init__(self, db: Database, config: Config) -> None:
+    def __init__(self, db: Database, config: Config, *, writers: int = WRITERS) -> None:
         self._db = db
+        self._writers = writers
         self.reconfigure(config)
         self._queue: deque[PendingRequest] = deque()
         self._wakeup = asyncio.Event()
@@ -106,10 +117,14 @@ class RunBatcher:
         self._backoff = _FIRST_BACKOFF
         # zstd releases the GIL while it compresses: a batch's bodies are compressed on a helper
         # thread (one hand-off per batch), so the event loop keeps serving requests meanwhile.
-        self._compression = ThreadPoolExecutor(WRITERS, thread_name_prefix="batch-zstd")
+        self._compression = ThreadPoolExecutor(writers, thread_name_prefix="batch-zstd")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connections = store.WriterConnections(db)
-        self._slots = asyncio.Semaphore(WRITERS)
+        self._slots = asyncio.Semaphore(writers)
+        # Pipelines whose runs have outgoing hooks to notify: their batches go straight to a
+        # transaction. After a single statement had to be redone, the next few batches do too.
+        self._outgoing_pipelines: set[int] = set()
+        self._transactions_due = 0
         self._flushes: set[asyncio.Task[None]] = set()
 
     def reconfigure(self, config: Config) -> None:
@@ -169,7 +184,7 @@ class RunBatcher:
                     continue
                 await self._slots.acquire()  # a free writer (the queue grows meanwhile)
                 await self._fill()
-                batch = [queue.popleft() for _ in range(min(len(queue), self._max_size))]
+                batch = [queue.popleft() for _ in range(self._batch_size())]
                 task = asyncio.create_task(self._flush_in_slot(batch), name="run-batch")
                 self._flushes.add(task)
                 task.add_done_callback(self._flushes.discard)
@@ -197,6 +212,18 @@ class RunBatcher:
             quiet += 1
             if quiet >= QUIET_ITERATIONS:
                 return
+
+    def _batch_size(self) -> int:
+        """How many queued requests the writer about to start takes: up to ``max_size``, and an
+        equal share when other writers are idle too.
+
+        Under load the requests of many connections arrive in bursts. Sharing a burst among the
+        idle writers writes it in parallel, and the loop prepares one part while another is
+        being written, instead of one writer taking it all while the others wait.
+        """
+        idle = max(1, self._writers - len(self._flushes))  # each batch in flight holds a writer
+        queued = len(self._queue)
+        return min(queued, self._max_size, -(-queued // idle))
 
     async def _flush_in_slot(self, batch: list[PendingRequest]) -> None:
         try:
@@ -241,24 +268,43 @@ class RunBatcher:
         self._backoff = min(self._backoff * 2, self._max_backoff)
 
     async def _write(self, batch: list[PendingRequest]) -> list[Stored]:
-        """Commit one batch; return each request's result in order."""
+        """Commit one batch; return each request's result in order.
+
+        Most batches are one statement committed on its own, without BEGIN and COMMIT: each
+        round trip of a batch waits for the event loop to finish what it is doing, and under load
+        that is the batch's latency. A batch that needs more (a repeated delivery, an outgoing
+        hook to notify) is written in a transaction: directly when that is known in advance,
+        else after the single statement aborted without writing anything.
+        """
         results = [Stored(item.run_id, False) for item in batch]
         runs = _runs_to_insert(batch)
         bodies = await self._stored_bodies(batch)
+        run_columns = (
+            [r.run_id for r in runs],
+            [r.pipeline_id for r in runs],
+            [r.hook_id for r in runs],
+            [r.id for r in runs],
+            [r.delivery_id for r in runs],
+            [r.variables or {} for r in runs],
+        )
+        if self._fits_one_statement(batch, runs):
+            try:
+                async with self._connections.transaction(single_statement=True) as session:
+                    await store.insert_batch(
+                        session,
+                        run_columns,
+                        _history_columns(batch, bodies, time.perf_counter()),
+                        single_statement=True,
+                    )
+                return results
+            except NeedsTransaction:
+                self._transactions_due = TRANSACTION_STREAK
         async with self._connections.transaction() as session:
             now = time.perf_counter()
             written = await store.insert_batch(
-                session,
-                (
-                    [r.run_id for r in runs],
-                    [r.pipeline_id for r in runs],
-                    [r.hook_id for r in runs],
-                    [r.id for r in runs],
-                    [r.delivery_id for r in runs],
-                    [r.variables or {} for r in runs],
-                ),
-                _history_columns(batch, bodies, now),
+                session, run_columns, _history_columns(batch, bodies, now)
             )
+            self._learn_outgoing(runs, written.with_outgoing)
             inserted = written.inserted
             missing = [
                 i
@@ -281,6 +327,23 @@ class RunBatcher:
                 # Outgoing hooks (issue 6): run.queued outbox rows, in this same transaction.
                 await outgoing.enqueue_run_events(session, list(inserted))
         return results
+
+    def _fits_one_statement(self, batch: list[PendingRequest], runs: list[PendingRequest]) -> bool:
+        """Whether to try the batch as a single statement (see ``_write``)."""
+        if self._transactions_due:
+            self._transactions_due -= 1
+            return False
+        if len(runs) != sum(item.run_id is not None for item in batch):
+            return False  # a delivery repeated within the batch
+        return not any(r.pipeline_id in self._outgoing_pipelines for r in runs)
+
+    def _learn_outgoing(self, runs: list[PendingRequest], with_outgoing: set[uuid.UUID]) -> None:
+        """Remember which pipelines have outgoing hooks, as of this transaction's statement."""
+        for run in runs:
+            if run.run_id in with_outgoing:
+                self._outgoing_pipelines.add(run.pipeline_id)
+            else:
+                self._outgoing_pipelines.discard(run.pipeline_id)
 
     async def _resolve_duplicates(
         self,
@@ -313,8 +376,13 @@ class RunBatcher:
         ]
         if all(body is None for body in stored):
             return [(None, None)] * len(batch)
-        loop = asyncio.get_running_loop()
-        compressed = await loop.run_in_executor(self._compression, _compress_all, stored)
+        if sum(len(body) for body in stored if body is not None) <= INLINE_COMPRESSION_BYTES:
+            # Handing the work to a thread and back costs the batch an event-loop iteration,
+            # which under load takes longer than compressing a few MB here.
+            compressed = _compress_all(stored)
+        else:
+            loop = asyncio.get_running_loop()
+            compressed = await loop.run_in_executor(self._compression, _compress_all, stored)
         return [_smaller(body, small) for body, small in zip(stored, compressed, strict=True)]
 
 

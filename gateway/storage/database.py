@@ -14,7 +14,13 @@ import asyncpg
 import orjson
 
 from gateway.config import DatabaseConfig
-from gateway.exceptions import AlreadyExists, Conflict, DatabaseUnavailable, NotFound
+from gateway.exceptions import (
+    AlreadyExists,
+    Conflict,
+    DatabaseUnavailable,
+    NeedsTransaction,
+    NotFound,
+)
 from gateway.security.secret_box import PLAINTEXT_BOX, SecretBox
 from gateway.storage.queries import QUERIES
 
@@ -51,8 +57,14 @@ _UNAVAILABLE = (
 )
 
 
+# Raised by schema.sql's hookgate_batch_fits_one_statement().
+_NEEDS_TRANSACTION_SQLSTATE = "HGB01"
+
+
 def translate_error(exc: BaseException) -> BaseException:
     """Map an asyncpg/OS error to the gateway's own exception (or return it unchanged)."""
+    if getattr(exc, "sqlstate", None) == _NEEDS_TRANSACTION_SQLSTATE:
+        return NeedsTransaction()
     if isinstance(exc, asyncpg.UniqueViolationError):
         return AlreadyExists(f"already exists ({exc.constraint_name})")
     if isinstance(exc, asyncpg.ForeignKeyViolationError):

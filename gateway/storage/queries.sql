@@ -420,9 +420,12 @@ SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[]::inet
 -- name: ingest_insert_batch
 -- Group commit in one statement: queue the runs ($1-$6; repeats of a (hook, delivery id) are
 -- skipped) and write the history rows ($7-$21, client ip as text) of every request whose run was
--- inserted or that has no run. Returns the runs inserted and whether their pipeline has an
--- active outgoing hook (then the caller writes the outbox rows in the same transaction).
--- Duplicates get their history row from the caller once their original run is known.
+-- inserted or that has no run. Returns one row: the runs inserted, and those of them whose
+-- pipeline has an active outgoing hook (the caller then writes the outbox rows in the same
+-- transaction). Duplicates get their history row from the caller once their original run is
+-- known. With $22 true the statement is run as its own transaction (no BEGIN/COMMIT round
+-- trips), and it aborts, writing nothing, when the batch needs more statements: a run not
+-- inserted (a repeated delivery) or an outgoing hook to notify.
 WITH runs AS (
     INSERT INTO pipeline_runs (id, pipeline_id, hook_id, request_id, delivery_id, variables)
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::text[],
@@ -442,10 +445,18 @@ WITH runs AS (
          AS q (id, hook_id, received_at, client_ip, headers, body, body_encoding, body_size,
                outcome, status_code, message, run_id, delivery_id, latency_ms, retry_of)
     WHERE q.run_id IS NULL OR q.run_id IN (SELECT id FROM runs)
+), inserted AS (
+    SELECT r.id, EXISTS (SELECT 1 FROM outgoing_hooks h
+                         WHERE h.pipeline_id = r.pipeline_id AND h.active) AS has_outgoing
+    FROM runs r
 )
-SELECT r.id, EXISTS (SELECT 1 FROM outgoing_hooks h
-                     WHERE h.pipeline_id = r.pipeline_id AND h.active) AS has_outgoing
-FROM runs r;
+-- An aggregate: exactly one row, so the check below runs even when no run was inserted.
+SELECT coalesce(array_agg(i.id), '{}') AS inserted,
+       coalesce(array_agg(i.id) FILTER (WHERE i.has_outgoing), '{}') AS with_outgoing,
+       CASE WHEN $22::boolean THEN hookgate_batch_fits_one_statement(
+           count(*) = cardinality($1::uuid[]) AND NOT coalesce(bool_or(i.has_outgoing), false)
+       ) END AS fits_one_statement
+FROM inserted i;
 -- end Ingest -----------------------------------------------------------------------------------
 
 -- Runs: claim, lease, status, concurrency, prune (gateway/storage/runs.py) --------------------

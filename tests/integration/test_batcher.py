@@ -17,7 +17,14 @@ import zstandard
 
 from gateway.config import Config
 from gateway.exceptions import DatabaseUnavailable, Overloaded
-from gateway.ingest.batcher import PendingRequest, RequestNotStored, RunBatcher, Stored
+from gateway.ingest import batcher as batcher_module
+from gateway.ingest.batcher import (
+    WRITERS,
+    PendingRequest,
+    RequestNotStored,
+    RunBatcher,
+    Stored,
+)
 from gateway.storage.database import Database
 from tests.integration.ingest_helpers import PR_OPENED, execute, fetch, wait_for
 
@@ -40,13 +47,15 @@ async def make_batcher(config: Config, db: Database) -> AsyncIterator[Factory]:
     """Start batchers with batch/hooks settings overridden; all closed at teardown."""
     started: list[RunBatcher] = []
 
-    def factory(database: Database = db, store_bodies: str = "all", **batch: Any) -> RunBatcher:
+    def factory(
+        database: Database = db, store_bodies: str = "all", writers: int = WRITERS, **batch: Any
+    ) -> RunBatcher:
         custom = replace(
             config,
             batch=replace(config.batch, **batch),
             hooks=replace(config.hooks, store_bodies=store_bodies),
         )
-        batcher = RunBatcher(database, custom)
+        batcher = RunBatcher(database, custom, writers=writers)
         batcher.start()
         started.append(batcher)
         return batcher
@@ -93,16 +102,33 @@ async def transaction_ids(dsn: str) -> set[str]:
     return {row["xid"] for row in rows}
 
 
-async def test_concurrent_submits_are_committed_in_one_transaction(
-    make_batcher: Factory, pipeline_id: int, database_dsn: str
-) -> None:
-    batcher = make_batcher(max_wait_ms=200.0)
-    items = [request(pipeline_id, delivery=f"d-{i}") for i in range(50)]
+async def requests_per_transaction(dsn: str) -> list[int]:
+    rows = await fetch(dsn, "SELECT count(*) AS n FROM hook_requests GROUP BY xmin::text")
+    return sorted(row["n"] for row in rows)
+
+
+async def submitted_by_handlers(batcher: RunBatcher, items: list[PendingRequest]) -> list[Stored]:
+    """Each item submitted by its own concurrent handler, as requests on many connections are."""
 
     async def handler(item: PendingRequest) -> Stored:
         return await batcher.submit(item)
 
-    results = await asyncio.gather(*(handler(item) for item in items))
+    return list(await asyncio.gather(*(handler(item) for item in items)))
+
+
+@pytest.mark.parametrize(("writers", "per_transaction"), [(1, [50]), (2, [25, 25])])
+async def test_concurrent_submits_are_committed_together(
+    make_batcher: Factory,
+    pipeline_id: int,
+    database_dsn: str,
+    writers: int,
+    per_transaction: list[int],
+) -> None:
+    # One writer: one transaction. Two idle writers share the burst and write in parallel.
+    batcher = make_batcher(max_wait_ms=200.0, writers=writers)
+    items = [request(pipeline_id, delivery=f"d-{i}") for i in range(50)]
+
+    results = await submitted_by_handlers(batcher, items)
     assert results == [Stored(item.run_id, False) for item in items]
     runs = await fetch(database_dsn, "SELECT id, request_id, variables, status FROM pipeline_runs")
     assert {row["id"] for row in runs} == {item.run_id for item in items}
@@ -113,7 +139,8 @@ async def test_concurrent_submits_are_committed_in_one_transaction(
     assert {(r["id"], r["run_id"], r["outcome"]) for r in stored} == {
         (item.id, item.run_id, "accepted") for item in items
     }
-    assert len(await transaction_ids(database_dsn)) == 1
+    assert await requests_per_transaction(database_dsn) == per_transaction
+    assert len(await transaction_ids(database_dsn)) == len(per_transaction)
 
 
 async def test_a_lone_request_is_written_without_waiting_for_max_wait(
@@ -132,7 +159,7 @@ async def test_requests_still_arriving_join_the_batch(
     make_batcher: Factory, pipeline_id: int, database_dsn: str
 ) -> None:
     # Handlers that submit one event-loop iteration apart are one stream: one transaction.
-    batcher = make_batcher(max_wait_ms=60_000.0)
+    batcher = make_batcher(max_wait_ms=60_000.0, writers=1)
 
     async def handler(item: PendingRequest, iterations: int) -> Stored:
         for _ in range(iterations):
@@ -158,7 +185,7 @@ async def test_batches_are_bounded_by_max_size(
 async def test_duplicates_within_one_batch_resolve_to_the_first_run(
     make_batcher: Factory, pipeline_id: int, database_dsn: str
 ) -> None:
-    batcher = make_batcher(max_wait_ms=100.0)
+    batcher = make_batcher(max_wait_ms=100.0, writers=1)
     hook_id = uuid.uuid4()
     first, second, third = (
         request(pipeline_id, hook_id=hook_id, delivery="same") for _ in range(3)
@@ -207,6 +234,40 @@ async def test_duplicates_across_batches(
     assert len(await transaction_ids(database_dsn)) == 5
 
 
+async def test_batches_that_need_more_than_one_statement_are_written_in_a_transaction(
+    make_batcher: Factory, pipeline_id: int, database_dsn: str
+) -> None:
+    # Batches are tried as one statement without BEGIN/COMMIT; one that turns out to need more
+    # (an outgoing hook to notify, a repeated delivery) must be written whole, in a transaction.
+    batcher = make_batcher(max_wait_ms=0.0, writers=1)
+    first = request(pipeline_id, delivery="a")
+    assert await batcher.submit(first) == Stored(first.run_id, False)
+    await execute(
+        database_dsn,
+        "INSERT INTO outgoing_hooks (id, pipeline_id, name, target_url, events) "
+        "VALUES (gen_random_uuid(), $1, 'notify', 'http://127.0.0.1:9/', '{run.queued}')",
+        pipeline_id,
+    )
+    second = request(pipeline_id, delivery="b")
+    assert await batcher.submit(second) == Stored(second.run_id, False)
+    repeat = request(pipeline_id, hook_id=first.hook_id, delivery="a")
+    assert await batcher.submit(repeat) == Stored(first.run_id, True)
+    later = [request(pipeline_id) for _ in range(2)]
+    for item in later:  # the pipeline is now known to have an outgoing hook
+        assert await batcher.submit(item) == Stored(item.run_id, False)
+
+    deliveries = await fetch(database_dsn, "SELECT run_id, event FROM outgoing_deliveries")
+    notified = [second.run_id] + [item.run_id for item in later]
+    assert sorted((d["run_id"], d["event"]) for d in deliveries) == sorted(
+        (run_id, "run.queued") for run_id in notified
+    )
+    history = await fetch(database_dsn, "SELECT id, outcome, run_id FROM hook_requests")
+    assert len(history) == 5
+    assert {row["id"]: row["run_id"] for row in history}[repeat.id] == first.run_id
+    assert len(await fetch(database_dsn, "SELECT id FROM pipeline_runs")) == 4
+    assert len(await transaction_ids(database_dsn)) == 5  # one per batch: none written twice
+
+
 async def test_batches_in_flight_at_once_share_delivery_ids_in_opposite_orders(
     make_batcher: Factory, pipeline_id: int, database_dsn: str
 ) -> None:
@@ -240,9 +301,16 @@ async def test_full_queue_raises_overloaded_at_once_and_keeps_what_was_queued(
     await batcher.submit(request(pipeline_id))  # room again once the batch is written
 
 
+@pytest.mark.parametrize("compressed_on", ["event loop", "helper thread"])
 async def test_requests_without_a_run_and_body_storage_settings(
-    make_batcher: Factory, pipeline_id: int, database_dsn: str
+    make_batcher: Factory,
+    pipeline_id: int,
+    database_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    compressed_on: str,
 ) -> None:
+    if compressed_on == "helper thread":  # what a batch of large bodies takes
+        monkeypatch.setattr(batcher_module, "INLINE_COMPRESSION_BYTES", 0)
     incompressible = os.urandom(512)
     for setting in ("all", "failures", "none"):
         batcher = make_batcher(store_bodies=setting, max_wait_ms=0.0)
