@@ -86,6 +86,19 @@ class _NamedPrintLogger(structlog.PrintLogger):
     fatal = failure = err = error = critical = exception = msg
 
 
+class _BoundLogger(structlog.make_filtering_bound_logger(logging.DEBUG)):  # type: ignore[misc]
+    """structlog's bound logger whose ``debug`` returns at once while the level is above debug.
+
+    Debug calls sit on hot paths (one per accepted webhook); without this each would build its
+    event dict and run the processor chain until ``_drop_below_level`` drops it.
+    """
+
+    def debug(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if _THRESHOLD[0] > logging.DEBUG:
+            return None
+        return super().debug(event, *args, **kw)
+
+
 def _drop_below_level(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
     if _METHOD_LEVELS.get(method, logging.INFO) < _THRESHOLD[0]:
         raise structlog.DropEvent
@@ -151,7 +164,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
     _PROCESSORS[:] = [_drop_below_level, *shared, *tail]
     structlog.configure(
         processors=_PROCESSORS,
-        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        wrapper_class=_BoundLogger,
         logger_factory=lambda *args: _NamedPrintLogger(args[0] if args else None, out),
         cache_logger_on_first_use=True,
     )
