@@ -22,22 +22,6 @@ async def hook_definition(db: Database, hook_id: uuid.UUID) -> Record | None:
     return await db.fetchrow("ingest_hook_by_id", hook_id)
 
 
-async def insert_runs(
-    session: Session,
-    ids: Sequence[uuid.UUID],
-    pipeline_ids: Sequence[int],
-    hook_ids: Sequence[uuid.UUID],
-    request_ids: Sequence[uuid.UUID],
-    delivery_ids: Sequence[str | None],
-    variables: Sequence[dict[str, Any]],
-) -> set[uuid.UUID]:
-    """Queue runs in one statement; return the ids inserted (the others were duplicates)."""
-    rows = await session.fetch(
-        "ingest_insert_runs", ids, pipeline_ids, hook_ids, request_ids, delivery_ids, variables
-    )
-    return {row["id"] for row in rows}
-
-
 async def runs_by_delivery(
     session: Session, hook_ids: Sequence[uuid.UUID], delivery_ids: Sequence[str]
 ) -> dict[tuple[uuid.UUID, str], uuid.UUID]:
@@ -164,8 +148,8 @@ async def insert_batch(
 ) -> BatchResult:
     """Queue runs and write history rows in ONE statement (``ingest_insert_batch``).
 
-    ``runs``: the six columns of ``ingest_insert_runs`` (ids, pipeline ids, hook ids, request
-    ids, delivery ids, variables). ``requests``: the fifteen columns of
+    ``runs``: six columns (ids, pipeline ids, hook ids, request ids, delivery ids,
+    variables). ``requests``: the fifteen columns of
     ``ingest_insert_requests`` (client ips as text). History rows of requests whose run was
     not inserted (duplicates) are left out; write them with :func:`insert_requests`.
 

@@ -393,14 +393,6 @@ SELECT id, pipeline_id, name, active, action_type, requires_secret, secret_algor
        settings
 FROM incoming_hooks WHERE id = $1;
 
--- name: ingest_insert_runs
--- Group commit: queue one run per accepted request; repeats of a (hook, delivery id) are
--- skipped, and only the ids actually inserted come back.
-INSERT INTO pipeline_runs (id, pipeline_id, hook_id, request_id, delivery_id, variables)
-SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::text[], $6::jsonb[])
-ON CONFLICT (hook_id, delivery_id) WHERE delivery_id IS NOT NULL DO NOTHING
-RETURNING id;
-
 -- name: ingest_runs_by_delivery
 -- The existing runs of (hook id, delivery id) pairs: the originals of duplicate deliveries.
 SELECT r.hook_id, r.delivery_id, r.id
