@@ -54,7 +54,7 @@ log = get_logger(__name__)
 RUN_BATCHER = "run_batcher"  # key in app[appkeys.SERVICES]
 DUPLICATE = "duplicate"  # hook_requests.outcome of a repeated delivery
 ZSTD_LEVEL = 3
-WRITERS = 2  # batches in flight at once (each on its own connection)
+WRITERS = 3  # batches in flight at once (each on its own connection)
 # Iterations without a new request after which a batch stops waiting to fill: a request's data
 # is read in one iteration and its handler submits in the next.
 QUIET_ITERATIONS = 2
