@@ -304,7 +304,7 @@ class RunBatcher:
             written = await store.insert_batch(
                 session, run_columns, _history_columns(batch, bodies, now)
             )
-            self._learn_outgoing(runs, written.with_outgoing)
+            self._learn_outgoing(runs, written)
             inserted = written.inserted
             missing = [
                 i
@@ -337,12 +337,13 @@ class RunBatcher:
             return False  # a delivery repeated within the batch
         return not any(r.pipeline_id in self._outgoing_pipelines for r in runs)
 
-    def _learn_outgoing(self, runs: list[PendingRequest], with_outgoing: set[uuid.UUID]) -> None:
-        """Remember which pipelines have outgoing hooks, as of this transaction's statement."""
+    def _learn_outgoing(self, runs: list[PendingRequest], written: store.BatchResult) -> None:
+        """Remember which pipelines have outgoing hooks, as the statement saw them (only an
+        inserted run tells: a repeated delivery's pipeline was not looked at)."""
         for run in runs:
-            if run.run_id in with_outgoing:
+            if run.run_id in written.with_outgoing:
                 self._outgoing_pipelines.add(run.pipeline_id)
-            else:
+            elif run.run_id in written.inserted:
                 self._outgoing_pipelines.discard(run.pipeline_id)
 
     async def _resolve_duplicates(
