@@ -115,8 +115,8 @@ class RunBatcher:
         self._closing = False
         self._down_until = 0.0
         self._backoff = _FIRST_BACKOFF
-        # zstd releases the GIL while it compresses: a batch's bodies are compressed on a helper
-        # thread (one hand-off per batch), so the event loop keeps serving requests meanwhile.
+        # zstd releases the GIL while it compresses: a batch of large bodies is compressed on a
+        # helper thread (one hand-off per batch), so the event loop keeps serving meanwhile.
         self._compression = ThreadPoolExecutor(writers, thread_name_prefix="batch-zstd")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connections = store.WriterConnections(db)
@@ -379,7 +379,7 @@ class RunBatcher:
             return [(None, None)] * len(batch)
         if sum(len(body) for body in stored if body is not None) <= INLINE_COMPRESSION_BYTES:
             # Handing the work to a thread and back costs the batch an event-loop iteration,
-            # which under load takes longer than compressing a few MB here.
+            # which under load takes longer than compressing up to 2 MB here (~2.5 ms).
             compressed = _compress_all(stored)
         else:
             loop = asyncio.get_running_loop()
