@@ -146,7 +146,7 @@ CREATE INDEX IF NOT EXISTS hook_requests_received_idx ON hook_requests (received
 CREATE OR REPLACE FUNCTION hookgate_batch_fits_one_statement(fits boolean) RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF NOT fits THEN
+    IF fits IS NOT TRUE THEN  -- NULL fails too
         RAISE EXCEPTION 'the batch needs more than one statement' USING ERRCODE = 'HGB01';
     END IF;
     RETURN true;

@@ -391,8 +391,8 @@ _COMPRESSORS = threading.local()
 
 
 def _compress_all(bodies: list[bytes | None]) -> list[bytes | None]:
-    """zstd-compress every body (None stays None); runs on a helper thread, which has its own
-    compressor (a ZstdCompressor must not be used by two threads at once)."""
+    """zstd-compress every body (None stays None), on the event loop or a helper thread; each
+    thread has its own compressor (a ZstdCompressor must not be used by two threads at once)."""
     compressor = getattr(_COMPRESSORS, "zstd", None)
     if compressor is None:
         compressor = _COMPRESSORS.zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL)

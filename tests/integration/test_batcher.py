@@ -26,6 +26,7 @@ from gateway.ingest.batcher import (
     Stored,
 )
 from gateway.storage.database import Database
+from gateway.storage.queries import QUERIES
 from tests.integration.ingest_helpers import PR_OPENED, execute, fetch, wait_for
 
 Factory = Callable[..., RunBatcher]
@@ -266,6 +267,65 @@ async def test_batches_that_need_more_than_one_statement_are_written_in_a_transa
     assert {row["id"]: row["run_id"] for row in history}[repeat.id] == first.run_id
     assert len(await fetch(database_dsn, "SELECT id FROM pipeline_runs")) == 4
     assert len(await transaction_ids(database_dsn)) == 5  # one per batch: none written twice
+
+
+def logged_statements(db: Database, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements the batcher's writer connections send from now on: queries.sql's by
+    name, BEGIN/COMMIT/ROLLBACK, with " failed" appended to those the server refused (asyncpg's
+    own type introspection is left out)."""
+    names = {text: name for name, text in QUERIES.items()}
+    names |= {f"{word};": word for word in ("BEGIN", "COMMIT", "ROLLBACK")} | {"BEGIN": "BEGIN"}
+    statements: list[str] = []
+    connect = db.connection
+
+    def record(query: Any) -> None:
+        name = names.get(query.query)
+        if name is not None:
+            statements.append(name + (" failed" if query.exception is not None else ""))
+
+    async def logged_connection() -> Any:
+        conn = await connect()
+        conn.add_query_logger(record)
+        return conn
+
+    monkeypatch.setattr(db, "connection", logged_connection)
+    return statements
+
+
+async def test_a_batch_is_one_statement_unless_it_needs_a_transaction(
+    make_batcher: Factory,
+    pipeline_id: int,
+    db: Database,
+    database_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batcher_module, "TRANSACTION_STREAK", 0)  # what the batcher learns, alone
+    statements = logged_statements(db, monkeypatch)
+    batcher = make_batcher(max_wait_ms=0.0, writers=1)
+
+    async def sent_for(item: PendingRequest) -> list[str]:
+        statements.clear()
+        assert await batcher.submit(item) == Stored(item.run_id, False)
+        await asyncio.sleep(0)  # query loggers are called with call_soon
+        return list(statements)
+
+    assert await sent_for(request(pipeline_id)) == ["ingest_insert_batch"]
+    await execute(
+        database_dsn,
+        "INSERT INTO outgoing_hooks (id, pipeline_id, name, target_url, events) "
+        "VALUES (gen_random_uuid(), $1, 'notify', 'http://127.0.0.1:9/', '{run.queued}')",
+        pipeline_id,
+    )
+    in_transaction = ["BEGIN", "ingest_insert_batch", "outgoing_enqueue_run_events", "COMMIT"]
+    # The single statement finds the hook and aborts; the batch is written in a transaction.
+    assert await sent_for(request(pipeline_id)) == ["ingest_insert_batch failed", *in_transaction]
+    # Known now: straight to a transaction.
+    assert await sent_for(request(pipeline_id)) == in_transaction
+    await execute(database_dsn, "UPDATE outgoing_hooks SET active = false")
+    assert await sent_for(request(pipeline_id)) == ["BEGIN", "ingest_insert_batch", "COMMIT"]
+    assert await sent_for(request(pipeline_id)) == ["ingest_insert_batch"]
+    deliveries = await fetch(database_dsn, "SELECT count(*) AS n FROM outgoing_deliveries")
+    assert deliveries[0]["n"] == 2
 
 
 async def test_batches_in_flight_at_once_share_delivery_ids_in_opposite_orders(

@@ -22,6 +22,7 @@ from structlog.testing import capture_logs
 from gateway.app import create_app
 from gateway.config import Config
 from gateway.ingest.signatures import sign_hmac_hex
+from gateway.logs import configure_logging
 from gateway.storage.database import Database
 from tests.conftest import FIXTURES
 from tests.integration.ingest_helpers import (
@@ -391,16 +392,24 @@ async def test_secret_and_computed_signatures_never_appear_in_responses_or_logs(
         (PR_OPENED, {"Content-Type": "application/json"}),  # missing header
     ]
     texts = []
-    # merge_contextvars only: no redaction processor, so the handler itself must not log secrets.
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-        for body, headers in attempts:
-            response = await client.post(
-                hook_path(hook), data=body, headers={**headers, "X-Request-Id": "req-secret-check"}
-            )
-            texts.append(f"{response.status} {dict(response.headers)} {await response.text()}")
+    configure_logging("debug", "json")  # the debug events are inspected too
+    try:
+        # merge_contextvars only: no redaction processor, so the handler itself must not log
+        # secrets.
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            for body, headers in attempts:
+                response = await client.post(
+                    hook_path(hook),
+                    data=body,
+                    headers={**headers, "X-Request-Id": "req-secret-check"},
+                )
+                texts.append(f"{response.status} {dict(response.headers)} {await response.text()}")
+    finally:
+        configure_logging("info", "json")
     assert [text.split(" ", 1)[0] for text in texts] == ["202", "401", "401", "401"]
     rejections = [e for e in logs if e["event"] == "hook_request_rejected"]
     assert len(rejections) == 3 and all(e["request_id"] == "req-secret-check" for e in rejections)
+    assert [e["log_level"] for e in logs if e["event"] == "run_enqueued"] == ["debug"]
     haystack = "\n".join(texts) + "\n" + "\n".join(repr(event) for event in logs)
     for needle in [secret, *computed]:
         assert needle not in haystack
