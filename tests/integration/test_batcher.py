@@ -235,6 +235,16 @@ async def test_duplicates_across_batches(
     assert len(await transaction_ids(database_dsn)) == 5
 
 
+async def add_outgoing_hook(dsn: str, pipeline_id: int) -> None:
+    """An active outgoing hook on ``pipeline_id``, subscribed to run.queued."""
+    await execute(
+        dsn,
+        "INSERT INTO outgoing_hooks (id, pipeline_id, name, target_url, events) "
+        "VALUES (gen_random_uuid(), $1, 'notify', 'http://127.0.0.1:9/', '{run.queued}')",
+        pipeline_id,
+    )
+
+
 async def test_batches_that_need_more_than_one_statement_are_written_in_a_transaction(
     make_batcher: Factory, pipeline_id: int, database_dsn: str
 ) -> None:
@@ -243,12 +253,7 @@ async def test_batches_that_need_more_than_one_statement_are_written_in_a_transa
     batcher = make_batcher(max_wait_ms=0.0, writers=1)
     first = request(pipeline_id, delivery="a")
     assert await batcher.submit(first) == Stored(first.run_id, False)
-    await execute(
-        database_dsn,
-        "INSERT INTO outgoing_hooks (id, pipeline_id, name, target_url, events) "
-        "VALUES (gen_random_uuid(), $1, 'notify', 'http://127.0.0.1:9/', '{run.queued}')",
-        pipeline_id,
-    )
+    await add_outgoing_hook(database_dsn, pipeline_id)
     second = request(pipeline_id, delivery="b")
     assert await batcher.submit(second) == Stored(second.run_id, False)
     repeat = request(pipeline_id, hook_id=first.hook_id, delivery="a")
@@ -274,7 +279,7 @@ def logged_statements(db: Database, monkeypatch: pytest.MonkeyPatch) -> list[str
     name, BEGIN/COMMIT/ROLLBACK, with " failed" appended to those the server refused (asyncpg's
     own type introspection is left out)."""
     names = {text: name for name, text in QUERIES.items()}
-    names |= {f"{word};": word for word in ("BEGIN", "COMMIT", "ROLLBACK")} | {"BEGIN": "BEGIN"}
+    names |= {f"{word};": word for word in ("BEGIN", "COMMIT", "ROLLBACK")}  # asyncpg's text
     statements: list[str] = []
     connect = db.connection
 
@@ -310,12 +315,7 @@ async def test_a_batch_is_one_statement_unless_it_needs_a_transaction(
         return list(statements)
 
     assert await sent_for(request(pipeline_id)) == ["ingest_insert_batch"]
-    await execute(
-        database_dsn,
-        "INSERT INTO outgoing_hooks (id, pipeline_id, name, target_url, events) "
-        "VALUES (gen_random_uuid(), $1, 'notify', 'http://127.0.0.1:9/', '{run.queued}')",
-        pipeline_id,
-    )
+    await add_outgoing_hook(database_dsn, pipeline_id)
     in_transaction = ["BEGIN", "ingest_insert_batch", "outgoing_enqueue_run_events", "COMMIT"]
     # The single statement finds the hook and aborts; the batch is written in a transaction.
     assert await sent_for(request(pipeline_id)) == ["ingest_insert_batch failed", *in_transaction]
