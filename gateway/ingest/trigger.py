@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,6 +48,7 @@ from gateway.ingest.evaluation import (
     storable_text,
 )
 from gateway.ingest.hook_cache import HOOK_CACHE, HookCache
+from gateway.ingest.ids import new_id
 from gateway.ingest.limits import RateLimiter, retry_after_header
 from gateway.logs import get_logger
 from gateway.reload import CONFIG_HOLDER, ConfigHolder, live_config, touches
@@ -101,7 +101,7 @@ async def trigger_incoming_hook(request: web.Request) -> web.Response:
 async def _trigger(request: web.Request, started: float) -> tuple[web.Response, str]:
     """The response and its metric outcome (see the module docstring)."""
     ingest: _Ingest = request.app[appkeys.SERVICES][_INGEST]
-    row_id = uuid.uuid4()
+    row_id = new_id()
     given = request.headers.get("X-Request-Id")
     request_id = given if given and _REQUEST_ID_OK.fullmatch(given) else row_id.hex
     # request_id is passed to each log call instead of bound in a contextvar: most requests log
@@ -177,7 +177,7 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
         started=started,
     )
     if evaluation.outcome == ACCEPTED:
-        item.run_id = uuid.uuid4()
+        item.run_id = new_id()
         item.variables = evaluation.variables
     try:
         stored = await ingest.batcher.submit(item)
