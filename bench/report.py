@@ -18,6 +18,7 @@ TARGETS = (  # (ratio name, numerator, denominator, minimum) from DESIGN §7 / i
     ("gateway / adnanh-webhook", "gateway", "adnanh", 3.0),
 )
 P99_LIMIT_MS = 25.0
+HOOKS_LIMIT = 0.10  # 100,000 hooks: throughput within 10 % of 10 hooks
 
 
 def _cpu_model() -> str:
@@ -81,6 +82,20 @@ def ratios(bench: Bench) -> list[dict[str, Any]]:
                 {"ratio": name, "value": value, "target": minimum, "met": value >= minimum}
             )
     return found
+
+
+def hooks_ratio(bench: Bench) -> dict[str, Any] | None:
+    """100,000 hooks against 10 hooks from the alternating runs: summed req/s, many ÷ few."""
+    total = {"few": 0.0, "many": 0.0}
+    for m in bench.measurements:
+        case = m.extra.get("hooks_case")
+        if case is None or m.load is None or m.failed:
+            continue
+        total[case] += m.load.rps
+    if not total["few"] or not total["many"]:
+        return None
+    change = total["many"] / total["few"] - 1.0
+    return {"change": change, "target": -HOOKS_LIMIT, "met": change >= -HOOKS_LIMIT}
 
 
 def cpu_ratio(bench: Bench) -> float | None:
@@ -149,6 +164,14 @@ def markdown(bench: Bench) -> str:
         if gateway:
             lines.append(_row(Measurement(**{**asdict_shallow(gateway), "label": "reference"})))
         lines += [_row(m) for m in scaling]
+        hooks = hooks_ratio(bench)
+        if hooks is not None:
+            mark = "met" if hooks["met"] else "NOT met"
+            lines += [
+                "",
+                f"- **100,000 hooks against 10 hooks: {hooks['change']:+.1%} requests/s** "
+                f"(the alternating runs above, summed; target within {HOOKS_LIMIT:.0%}: {mark})",
+            ]
     if bench.notes:
         lines += ["", "Notes:", *(f"- {n}" for n in bench.notes)]
     failed = [m for m in bench.measurements if m.failed]
@@ -172,6 +195,7 @@ def write_json(bench: Bench) -> Path:
         "run_dir": str(bench.run_dir),
         "ratios": ratios(bench),
         "cpu_ratio": cpu_ratio(bench),
+        "hooks_ratio": hooks_ratio(bench),
         "notes": bench.notes,
         "measurements": [
             {

@@ -16,7 +16,15 @@ from bench.baselines import adnanh
 from bench.gateway import ROOT, GatewayServer
 from bench.load import LoadResult, Target, run_load
 from bench.payloads import github_signature, payload, variable_set
-from bench.seed import WAL_PREPARE_ROWS, Hook, Seeder, checkpoint, prepare_wal, written
+from bench.seed import (
+    WAL_PREPARE_ROWS,
+    Hook,
+    Seeder,
+    autovacuum_runs,
+    prepare_wal,
+    settle,
+    written,
+)
 
 GATEWAY_HEADERS = {
     "Content-Type": "application/json",
@@ -26,6 +34,7 @@ GATEWAY_HEADERS = {
 MAIN = ("gateway", "bare", "naive", "adnanh")
 SCALING = ("payload", "hooks", "variables", "store_bodies")
 BULK_HOOKS = 100_000
+HOOKS_ORDER = ("few", "many", "many", "few")  # ABBA: a steady drift affects both cases alike
 
 
 @dataclass
@@ -78,6 +87,7 @@ class Bench:
         self.gateway = GatewayServer(run_dir, options.workers, procs.free_port())
         self.hooks: dict[str, list[Hook]] = {}
         self.seeder: Seeder | None = None
+        self.settle_seconds = 0.0  # VACUUM + CHECKPOINT before each measured gateway run
 
     def _body_file(self, size: str) -> Path:
         path = self.run_dir / f"payload-{size}.json"
@@ -128,7 +138,8 @@ class Bench:
                 if verify:
                     self._verify(result, tag, warm, "warm-up")
             if verify:
-                checkpoint(self.gateway.dsn)
+                self.settle_seconds += settle(self.gateway.dsn)
+                vacuums = autovacuum_runs(self.gateway.dsn)
             db0 = self.gateway.database_cpu_seconds() if verify else 0.0
             cpu0, t0 = procs.cpu_seconds(pids), time.monotonic()
             tag = self._tag()
@@ -144,6 +155,13 @@ class Bench:
             result.rss_mb = sum(sizes) / len(sizes) if sizes else None
             if verify:
                 self._verify(result, tag, result.load, "measured")
+                vacuums = autovacuum_runs(self.gateway.dsn) - vacuums
+                if vacuums:
+                    result.extra["autovacuum_passes"] = vacuums
+                    self.notes.append(
+                        f"{group} {label}: autovacuum finished {vacuums} pass(es) during the"
+                        " measured run; its CPU is in that row's DB column"
+                    )
             if result.load.ok == 0:
                 result.failed = True
                 result.error = f"no 2xx response (statuses {result.load.status_counts})"
@@ -325,10 +343,22 @@ class Bench:
             )
             spread = random.Random(7).sample(ids, min(opts.hook_spread, len(ids)))
             hooks = [Hook(i, seed5[0].secret, seed5[0].pipeline_id) for i in spread]
-            label = f"{BULK_HOOKS:,} hooks ({len(spread)} hit)"
-            self.measure(
-                "hooks", "gateway", label, self.gateway_target(hooks), gw_pids, verify=True
-            )
+            # The machine's speed drifts by 10-15 % within a minute, more than the effect being
+            # measured: the two cases alternate (ABBA) and are compared as sums.
+            cases = {
+                "few": (f"{len(seed5)} hooks", seed5),
+                "many": (f"{BULK_HOOKS:,} hooks ({len(spread)} hit)", hooks),
+            }
+            for n, case in enumerate(HOOKS_ORDER):
+                label, hit = cases[case]
+                self.measure(
+                    "hooks",
+                    "gateway",
+                    f"{label}, run {n // 2 + 1}",
+                    self.gateway_target(hit),
+                    gw_pids,
+                    verify=True,
+                ).extra["hooks_case"] = case
         if self.wants("store_bodies"):
             for setting in ("failures", "none"):
                 self._restart_gateway(setting)
@@ -337,6 +367,11 @@ class Bench:
                 self.measure(
                     "store_bodies", "gateway", f"store_bodies={setting}", target, pids, verify=True
                 )
+        self.notes.append(
+            f"before each measured run of a database-backed target: VACUUM (ANALYZE) and "
+            f"CHECKPOINT ({self.settle_seconds:.1f} s in all, in no row's figures; see "
+            "bench/README.md)"
+        )
         code = self.gateway.stop()
         if code != 0:
             self.notes.append(
