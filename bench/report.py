@@ -85,17 +85,30 @@ def ratios(bench: Bench) -> list[dict[str, Any]]:
 
 
 def hooks_ratio(bench: Bench) -> dict[str, Any] | None:
-    """100,000 hooks against 10 hooks from the alternating runs: summed req/s, many ÷ few."""
-    total = {"few": 0.0, "many": 0.0}
+    """100,000 hooks against 10 from the alternating runs: mean req/s of the 1,000-hit runs ÷
+    that of the 10-hit runs (a failed run is left out of its case's mean)."""
+    rates: dict[str, list[float]] = {"few": [], "many": []}
     for m in bench.measurements:
         case = m.extra.get("hooks_case")
-        if case is None or m.load is None or m.failed:
-            continue
-        total[case] += m.load.rps
-    if not total["few"] or not total["many"]:
+        if case in rates and m.load is not None and not m.failed:
+            rates[case].append(m.load.rps)
+    if not rates["few"] or not rates["many"]:
         return None
-    change = total["many"] / total["few"] - 1.0
-    return {"change": change, "target": -HOOKS_LIMIT, "met": change >= -HOOKS_LIMIT}
+    few, many = (sum(r) / len(r) for r in (rates["few"], rates["many"]))
+    change = many / few - 1.0
+    reference = next(
+        (m for m in bench.measurements if m.group == "main" and m.name == "gateway"), None
+    )
+    return {
+        "change": change,
+        # Against the main table's gateway row: 10 hooks in the table, measured minutes earlier.
+        "change_from_reference": many / reference.load.rps - 1.0
+        if reference is not None and reference.load is not None and reference.load.rps
+        else None,
+        "runs": {case: len(r) for case, r in rates.items()},
+        "target": -HOOKS_LIMIT,
+        "met": change >= -HOOKS_LIMIT,
+    }
 
 
 def cpu_ratio(bench: Bench) -> float | None:
@@ -169,9 +182,16 @@ def markdown(bench: Bench) -> str:
             mark = "met" if hooks["met"] else "NOT met"
             lines += [
                 "",
-                f"- **100,000 hooks against 10 hooks: {hooks['change']:+.1%} requests/s** "
-                f"(the alternating runs above, summed; target within {HOOKS_LIMIT:.0%}: {mark})",
+                f"- **100,000 hooks, 1,000 of them hit, against 10 hit: {hooks['change']:+.1%} "
+                f"requests/s** (means of the alternating runs above; target within "
+                f"{HOOKS_LIMIT:.0%}: {mark})",
             ]
+            if hooks["change_from_reference"] is not None:
+                lines.append(
+                    f"- against the reference row (10 hooks in the table, measured minutes "
+                    f"earlier, before the copies were inserted): "
+                    f"{hooks['change_from_reference']:+.1%}"
+                )
     if bench.notes:
         lines += ["", "Notes:", *(f"- {n}" for n in bench.notes)]
     failed = [m for m in bench.measurements if m.failed]

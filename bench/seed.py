@@ -250,11 +250,17 @@ def settle(dsn: str) -> float:
     return time.monotonic() - started
 
 
-def autovacuum_runs(dsn: str) -> int:
-    """Autovacuum and autoanalyze passes finished so far, over every table."""
-    rows = sql(
+def autovacuum_activity(dsn: str) -> tuple[int, list[str]]:
+    """Autovacuum/autoanalyze passes finished so far on the gateway's tables (not the system
+    catalogs), and what autovacuum workers are doing right now ("VACUUM public.hook_requests")."""
+    finished = sql(
         dsn,
         "SELECT coalesce(sum(autovacuum_count + autoanalyze_count), 0)::bigint AS n"
-        " FROM pg_stat_all_tables",
+        " FROM pg_stat_user_tables",
+    )[0]["n"]
+    running = sql(
+        dsn,
+        "SELECT query FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+        " AND query LIKE 'autovacuum: %' ORDER BY query",
     )
-    return int(rows[0]["n"])
+    return int(finished), [r["query"].removeprefix("autovacuum: ") for r in running]

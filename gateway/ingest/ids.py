@@ -5,6 +5,10 @@ alone, and several times that under load. Here the operating system's random byt
 ids at a time and each id is asyncpg's C UUID, a ``uuid.UUID`` subclass that asyncpg also encodes
 without a conversion. The bytes are as random as ``uuid4()``'s (both come from ``os.urandom``);
 a forked child drops the ids its parent had read ahead, so two processes never share one.
+
+``asyncpg.pgproto.pgproto.UUID`` is asyncpg's own module, not its documented API: asyncpg is
+pinned, and tests/unit/test_ids.py checks the type still behaves as a ``uuid.UUID``. Time-ordered
+ids (UUIDv7, see SCALING.md) would have to be stamped when handed out, not when read ahead.
 """
 
 from __future__ import annotations

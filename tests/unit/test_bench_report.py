@@ -27,10 +27,10 @@ def test_the_order_alternates_so_a_steady_drift_hits_both_cases_alike() -> None:
     assert sum(positions["few"]) == sum(positions["many"])
 
 
-def test_the_change_is_the_summed_throughput_of_many_hooks_against_few() -> None:
-    # ABBA under a machine that slows down 10 % per run: the drift cancels out.
+def test_the_change_compares_the_mean_throughput_of_many_hooks_with_few() -> None:
+    # ABBA under a machine that slows down from run to run: the drift cancels out.
     result = ratio(
-        measured(None, 9999.0),  # the main table's reference row is not part of the verdict
+        measured(None, 5000.0),  # the main table's gateway row: only the second comparison
         measured("few", 4000.0),
         measured("many", 3600.0 * 0.95),
         measured("many", 3200.0 * 0.95),
@@ -39,18 +39,30 @@ def test_the_change_is_the_summed_throughput_of_many_hooks_against_few() -> None
     assert result is not None
     assert abs(result["change"] - (-0.05)) < 1e-9
     assert result["met"]
+    assert result["runs"] == {"few": 2, "many": 2}
+    assert abs(result["change_from_reference"] - (3230.0 / 5000.0 - 1.0)) < 1e-9
 
 
-def test_more_than_ten_percent_slower_is_not_met_and_failed_runs_do_not_count() -> None:
+def test_more_than_ten_percent_slower_is_not_met() -> None:
+    result = ratio(measured("few", 4000.0), measured("many", 3500.0))
+    assert result is not None
+    assert abs(result["change"] - (-0.125)) < 1e-9
+    assert not result["met"]
+    assert result["change_from_reference"] is None  # no main-table row
+
+
+def test_a_failed_run_leaves_its_case_mean_not_its_sum() -> None:
+    # One "few" run failed: summing would compare two runs with one (+75 %, "met").
     result = ratio(
         measured("few", 4000.0),
         measured("many", 3500.0),
-        measured("many", 100.0, failed=True),
-        measured("few", 100.0, failed=True),
+        measured("many", 3500.0),
+        measured("few", 10.0, failed=True),
     )
     assert result is not None
     assert abs(result["change"] - (-0.125)) < 1e-9
     assert not result["met"]
+    assert result["runs"] == {"few": 1, "many": 2}
 
 
 def test_no_verdict_without_runs_of_both_cases() -> None:
