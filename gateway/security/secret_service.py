@@ -49,12 +49,10 @@ async def check_secret_keys(db: Database, config: Config) -> None:
         )
 
 
-def check_reloaded_keys(old: Config, new: Config, changed: frozenset[str]) -> None:
-    """Reload check: a changed ``[security]`` must open as it is — valid keys, and a key file
-    that exists (a reload never generates one: a new key would make every stored secret
-    unreadable). ValueError rejects the reload, so the keys in force stay as they are."""
-    if not touches(changed, "security"):
-        return
+def open_reloaded_keys(new: Config) -> SecretBox:
+    """The box a reload's ``[security]`` opens, as it is: valid keys, and a key file that exists
+    (a reload never generates one: a new key would make every stored secret unreadable).
+    ValueError otherwise, which rejects the reload, so the keys in force stay as they are."""
     security = new.security
     path = Path(security.key_file).expanduser() if security.key_file.strip() else None
     if not security.secret_keys and path is not None and not path.exists():
@@ -62,21 +60,35 @@ def check_reloaded_keys(old: Config, new: Config, changed: frozenset[str]) -> No
             f"security.key_file: {security.key_file!r} does not exist; a reload does not create "
             "key files (restore the file, or restart to generate a new key)"
         )
-    SecretBox.from_key_set(load_keys(security.secret_keys, security.key_file, create_file=False))
+    return SecretBox.from_key_set(
+        load_keys(security.secret_keys, security.key_file, create_file=False)
+    )
 
 
 def follow_secret_keys(db: Database, holder: ConfigHolder) -> Callable[[], None]:
-    """Install a new box on ``db`` whenever a reload changes ``[security]`` (after
-    :func:`check_reloaded_keys` accepted it); returns the function that stops following."""
+    """Install a new box on ``db`` whenever a reload changes ``[security]``; returns the
+    function that stops following.
+
+    The reload's check opens the box and the reload installs that same box: the key file is
+    read once, so a file changed or removed between the two cannot install keys that were
+    never checked (nor generate a new key file).
+    """
+    checked: list[tuple[Config, SecretBox]] = []  # the config the check accepted, its box
+
+    def check_keys(old: Config, new: Config, changed: frozenset[str]) -> None:
+        checked.clear()
+        if touches(changed, "security"):
+            checked.append((new, open_reloaded_keys(new)))
 
     def reload_keys(old: Config, new: Config, changed: frozenset[str]) -> None:
         if not touches(changed, "security"):
             return
-        install_secret_box(db, new)
-        box = db.secret_box
+        opened = [box for config, box in checked if config is new]
+        checked.clear()
+        box = db.secret_box = opened[0] if opened else open_reloaded_keys(new)
         log.info("secret_keys_reloaded", primary_key_id=box.primary_key_id, key_ids=box.key_ids)
 
-    remove_check = holder.add_check(check_reloaded_keys)
+    remove_check = holder.add_check(check_keys)
     unsubscribe = holder.on_reload(reload_keys)
 
     def stop() -> None:

@@ -14,7 +14,8 @@ import pytest
 
 from gateway import appkeys
 from gateway.config import Config
-from gateway.reload import ConfigReloader
+from gateway.reload import ConfigReloader, changed_keys
+from gateway.security.secret_keys import new_key_line
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, TEST_SECRET_KEY
 from tests.integration.ingest_helpers import PR_OPENED, create_hook, new_pipeline
 from tests.integration.ops_helpers import (
@@ -92,15 +93,17 @@ async def test_auth_ttls_public_url_and_body_limit_are_live(
     assert (await call_hook(client, hook)).status == 413
 
 
+async def signed_hook(client: Any, headers: dict[str, str]) -> dict[str, Any]:
+    """A new hook that requires a signature: its secret is sealed with the keys in force."""
+    pipeline = await new_pipeline(client, headers)
+    hook: dict[str, Any] = await create_hook(client, headers, pipeline, requires_secret=True)
+    return hook
+
+
 async def test_a_reload_with_a_missing_or_broken_key_file_changes_no_key(
     client: Any, admin_headers: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    hook = await create_hook(
-        client,
-        admin_headers,
-        await new_pipeline(client, admin_headers),
-        requires_secret=True,
-    )
+    hook = await signed_hook(client, admin_headers)
     db = client.app[appkeys.DATABASE]
     box_before = db.secret_box
     path = tmp_path / "config.toml"
@@ -127,3 +130,31 @@ async def test_a_reload_with_a_missing_or_broken_key_file_changes_no_key(
     assert fixed.error is None and "security.key_file" in fixed.applied, fixed
     assert db.secret_box is not box_before
     assert (await call_hook(client, hook)).status == 202  # the same key, read from the file
+
+
+@pytest.mark.parametrize("between", ["replaced", "removed"])
+async def test_a_reload_installs_the_keys_its_check_read(
+    client: Any, admin_headers: dict[str, str], tmp_path: Path, between: str
+) -> None:
+    """The key file is read once per reload: a file replaced or removed between the check and
+    the apply cannot install unchecked keys, nor make the reload generate a new key file."""
+    hook = await signed_hook(client, admin_headers)
+    db = client.app[appkeys.DATABASE]
+    holder = holder_of(client)
+    key_file = tmp_path / "keys"
+    key_file.write_text(f"{TEST_SECRET_KEY}\n")
+    key_file.chmod(0o600)
+    new = with_section(holder.current, "security", secret_keys=(), key_file=str(key_file))
+    changed = frozenset(changed_keys(holder.current, new))
+    assert holder.check(new, changed) == []
+
+    if between == "replaced":
+        key_file.write_text(f"{new_key_line('other')}\n")
+    else:
+        key_file.unlink()
+    assert holder.apply(new, changed) == []
+
+    assert db.secret_box.primary_key_id == "test"  # what the check read, not the file now
+    assert db.secret_box.key_ids == ("test",)
+    assert key_file.exists() == (between == "replaced")  # never generated
+    assert (await call_hook(client, hook)).status == 202  # its secret still opens
