@@ -8,6 +8,7 @@ bad edit is rejected before a port is bound (or, on SIGHUP, before the running c
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -344,6 +345,11 @@ def _check_value(
     elif kind is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):
+            # nan fails every bounds check below (all comparisons are false), inf passes any
+            # minimum: a timeout that never ends, a TTL that never caches (env overrides too).
+            problems.append(f"{where} = {shown} is invalid: must be a finite number")
+            return _INVALID
     elif kind is str:
         ok = isinstance(value, str)
     elif get_origin(kind) is tuple:
@@ -401,10 +407,8 @@ def _check_cross_field(sections: dict[str, Any], problems: list[str]) -> None:
         problems.append(
             "server.host = '' is invalid: must be an address, e.g. 127.0.0.1 or 0.0.0.0"
         )
-    # Operations (issue 8): NaN passes the bounds checks; key lines are checked here so that
-    # check-config and a SIGHUP reload reject them (messages never echo key material).
-    if sections["limits"].default_rate_per_second != sections["limits"].default_rate_per_second:
-        problems.append("limits.default_rate_per_second = nan is invalid: must be a number")
+    # Operations (issue 8): key lines are checked here so that check-config and a SIGHUP
+    # reload reject them (messages never echo key material).
     from gateway.security.secret_keys import key_line_problems
 
     problems.extend(key_line_problems(sections["security"].secret_keys, "security.secret_keys"))

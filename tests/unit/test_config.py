@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -367,3 +368,25 @@ def test_unrelated_gateway_variables_are_not_overrides() -> None:
         "GATEWAY_CONFIG": "/nowhere.toml",
     }
     assert build_config({}, env) == build_config({}, {})
+
+
+def _float_keys() -> list[tuple[str, str]]:
+    return [
+        (section.name, key.name)
+        for section in dataclasses.fields(Config)
+        if section.name != "source"
+        for key in dataclasses.fields(_section_class(section.name))
+        if typing.get_type_hints(_section_class(section.name))[key.name] is float
+    ]
+
+
+@pytest.mark.parametrize(("section", "key"), _float_keys())
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_every_number_key_refuses_nan_and_infinity(section: str, key: str, value: str) -> None:
+    """TOML spells them nan and inf; an env override as float() reads them."""
+    problem = f" = {float(value)!r} is invalid: must be a finite number"
+    env_key = f"GATEWAY_{section.upper()}_{key.upper()}"
+    assert _problems(tomllib.loads(f"[{section}]\n{key} = {value}\n")) == [
+        f"{section}.{key}{problem}"
+    ]
+    assert _problems({}, {env_key: value}) == [env_key + problem]

@@ -284,8 +284,8 @@ def test_config_keys_from_environment_and_masked_errors() -> None:
     [
         ({"default_rate_per_second": -1}, "limits.default_rate_per_second = -1 is invalid"),
         ({"default_burst": 1.5}, "limits.default_burst = 1.5 is invalid"),
-        ({"default_rate_per_second": float("nan")}, "must be a number"),
-        ({"default_rate_per_second": float("inf")}, "must be between 0 and 1000000"),
+        ({"default_rate_per_second": float("nan")}, "must be a finite number"),
+        ({"default_rate_per_second": float("inf")}, "must be a finite number"),
     ],
 )
 def test_config_limits_validation(raw: dict[str, object], problem: str) -> None:
