@@ -57,6 +57,15 @@ _UNAVAILABLE = (
 )
 
 
+# SQLSTATE classes that say the same of every statement, whatever it is, until the database or
+# its operator changes something: 08 connection, 28 authorization (a rotated password, pg_hba),
+# 53 insufficient resources (disk full, out of memory, too many connections), 57 operator
+# intervention (shutdown, crash recovery, "cannot connect now"), 58 system (I/O) errors.
+_UNAVAILABLE_CLASSES = frozenset({"08", "28", "53", "57", "58"})
+# ... and single codes: a read-only server (a failover still promoting, a standby), a missing
+# database (dropped, or not created yet).
+_UNAVAILABLE_CODES = frozenset({"25006", "3D000"})
+
 # Raised by schema.sql's hookgate_batch_fits_one_statement().
 _NEEDS_TRANSACTION_SQLSTATE = "HGB01"
 
@@ -71,7 +80,11 @@ def translate_error(exc: BaseException) -> BaseException:
         return NotFound(f"a referenced resource does not exist ({exc.constraint_name})")
     if isinstance(exc, asyncpg.CheckViolationError | asyncpg.RestrictViolationError):
         return Conflict(f"the change violates a rule ({exc.constraint_name})")
-    if isinstance(exc, _UNAVAILABLE):
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(exc, _UNAVAILABLE) or (
+        isinstance(state, str)
+        and (state[:2] in _UNAVAILABLE_CLASSES or state in _UNAVAILABLE_CODES)
+    ):
         return DatabaseUnavailable(f"database unavailable: {type(exc).__name__}")
     return exc
 

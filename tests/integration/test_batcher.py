@@ -474,6 +474,29 @@ async def test_database_down_fails_fast_then_recovers_by_itself(
         await database.close()
 
 
+async def test_a_read_only_database_is_unavailable_not_a_bad_row(
+    make_batcher: Factory, config: Config, pipeline_id: int, database_dsn: str, server_dsn: str
+) -> None:
+    """After a failover to a server that is still read-only, every statement fails the same
+    way: the batch gets 503s and the back-off starts, instead of one transaction per request
+    and a 500 each (each row taken for a bad one)."""
+    name = database_dsn.split("?", 1)[0].rsplit("/", 1)[1]
+    await execute(server_dsn, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    database = await Database.connect(database_dsn, replace(config.database, pool_min_size=1))
+    try:
+        batcher = make_batcher(database, max_wait_ms=50.0, retry_after=1)
+        results = await asyncio.gather(
+            *(batcher.submit(request(pipeline_id)) for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(r, DatabaseUnavailable) for r in results), results
+        with pytest.raises(DatabaseUnavailable):  # backing off: refused at once
+            batcher.submit(request(pipeline_id))
+    finally:
+        await database.close()
+        await execute(server_dsn, f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+    assert await fetch(database_dsn, "SELECT id FROM pipeline_runs") == []
+
+
 async def test_close_flushes_everything_queued(
     make_batcher: Factory, pipeline_id: int, database_dsn: str
 ) -> None:

@@ -1,0 +1,58 @@
+"""Driver errors become the gateway's own: 'the database is not there right now' (503 +
+Retry-After, back-off) is told apart from 'this statement is wrong' by SQLSTATE."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from gateway.exceptions import AlreadyExists, DatabaseUnavailable, NeedsTransaction
+from gateway.storage.database import translate_error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.exceptions.ReadOnlySQLTransactionError,  # 25006: a failover still promoting
+        asyncpg.exceptions.InvalidPasswordError,  # 28P01: a rotated password
+        asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # 28000: pg_hba
+        asyncpg.exceptions.DiskFullError,  # 53100
+        asyncpg.exceptions.OutOfMemoryError,  # 53200
+        asyncpg.exceptions.TooManyConnectionsError,  # 53300
+        asyncpg.exceptions.AdminShutdownError,  # 57P01
+        asyncpg.exceptions.CrashShutdownError,  # 57P02
+        asyncpg.exceptions.CannotConnectNowError,  # 57P03
+        asyncpg.exceptions.PostgresIOError,  # 58030
+        asyncpg.exceptions.InvalidCatalogNameError,  # 3D000: the database is gone
+        asyncpg.exceptions.ConnectionFailureError,  # 08006
+    ],
+)
+def test_errors_that_hold_for_every_statement_mean_unavailable(
+    error: type[asyncpg.PostgresError],
+) -> None:
+    translated = translate_error(error("server says no"))
+    assert isinstance(translated, DatabaseUnavailable)
+    assert error.__name__ in str(translated)  # the kind, never the server's message text
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.exceptions.PostgresSyntaxError,  # 42601
+        asyncpg.exceptions.DivisionByZeroError,  # 22012
+        asyncpg.exceptions.NotNullViolationError,  # 23502
+        asyncpg.exceptions.UndefinedTableError,  # 42P01: a bug, not an outage
+    ],
+)
+def test_errors_of_one_statement_stay_what_they_are(error: type[asyncpg.PostgresError]) -> None:
+    exc = error("bad statement")
+    assert translate_error(exc) is exc
+
+
+def test_the_batch_guard_and_constraint_errors_keep_their_own_meaning() -> None:
+    guard = asyncpg.exceptions.RaiseError("the batch needs more than one statement")
+    guard.sqlstate = "HGB01"  # what schema.sql's hookgate_batch_fits_one_statement raises
+    assert isinstance(translate_error(guard), NeedsTransaction)
+    assert isinstance(
+        translate_error(asyncpg.exceptions.UniqueViolationError("duplicate")), AlreadyExists
+    )
