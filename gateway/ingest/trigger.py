@@ -58,6 +58,10 @@ routes = web.RouteTableDef()
 
 _INGEST = "ingest"  # key in app[appkeys.SERVICES]
 _REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# hook_requests.body_size is an integer column. A body refused unread (413, inactive hook) is
+# recorded with the size its Content-Length claimed, which a client can set to anything: one
+# over 2**31 - 1 would fail the whole batch's statement (each request then retried alone).
+MAX_RECORDED_SIZE = 2**31 - 1
 _REDACTED = "[redacted]"
 _NOT_FOUND = orjson.dumps({"message": "incoming hook not found", "errors": None})
 # Metric outcomes besides the evaluation's (accepted, skipped, rejected) and "duplicate".
@@ -169,7 +173,7 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
         client_ip=client_ip,
         headers=_history_headers(request.headers, hook.redacted_headers),
         body=body,
-        body_size=len(body) if body is not None else (length or 0),
+        body_size=len(body) if body is not None else min(length or 0, MAX_RECORDED_SIZE),
         outcome=evaluation.outcome,
         status_code=evaluation.status,
         message=evaluation.history_message(),

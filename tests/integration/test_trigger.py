@@ -241,6 +241,38 @@ async def test_unsigned_body_over_the_limit_is_413_not_401_by_length_and_when_ch
     assert await runs_of(database_dsn, hook["id"]) == []
 
 
+async def raw_post(client: Any, path: str, headers: dict[str, str]) -> int:
+    """POST with exactly these headers and no body (a client lying about Content-Length); the
+    response status."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: test\r\n{head}\r\n".encode())
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=10)
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("claimed", [2**31, 99_999_999_999])
+async def test_a_content_length_past_the_column_is_recorded_capped(
+    client: Any, admin_headers: dict[str, str], database_dsn: str, claimed: int
+) -> None:
+    """A 413 decided from Content-Length alone records the claimed size, capped to what the
+    integer column holds: past it the history statement (and its whole batch) would fail."""
+    hook = await seed_hook(client, admin_headers)
+    inactive = await create_hook(
+        client, admin_headers, await new_pipeline(client, admin_headers), active=False
+    )
+    for target, expected in ((hook, 413), (inactive, 403)):
+        headers = unsigned_headers(**{"Content-Length": str(claimed), "Connection": "close"})
+        assert await raw_post(client, hook_path(target), headers) == expected
+        [row] = await requests_of(database_dsn, target["id"])
+        assert (row["status_code"], row["body_size"]) == (expected, 2**31 - 1)
+        assert row["delivery_id"] == headers["X-GitHub-Delivery"]
+
+
 async def test_unsupported_content_type_is_415(client: Any, admin_headers: dict[str, str]) -> None:
     hook = await seed_hook(client, admin_headers)
     headers = github_headers(hook["secret"], PR_OPENED, **{"Content-Type": "text/plain"})
