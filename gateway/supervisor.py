@@ -42,7 +42,9 @@ from gateway.storage.embedded import EmbeddedPostgres
 
 log = get_logger(__name__)
 
-# A worker exiting with this code hit a configuration/usage error: restarting cannot help.
+# A worker exiting with this code hit a configuration/usage error. At a slot's first start that
+# stops the gateway (restarting cannot help); a replacement that hits it is retried (see
+# Supervisor._keep_running).
 EXIT_USAGE = 2
 # Backoff between restarts of one worker slot, in seconds.
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
@@ -158,6 +160,9 @@ class Supervisor:
     async def _keep_running(self, slot: _Slot) -> None:
         previous: int | None = None
         while not self.stopping.is_set():
+            # Only the first start of a slot checks the configuration the gateway started with:
+            # a usage error then stops the gateway (restarting cannot help).
+            first = previous is None
             process = await self._spawn(slot)
             if self.stopping.is_set():  # the stop signal came while it was being started
                 with suppress(ProcessLookupError):
@@ -184,11 +189,22 @@ class Supervisor:
                 signal=_signal_name(-code) if code < 0 else None,
                 uptime_s=round(uptime, 3),
             )
-            if code == EXIT_USAGE:
+            if code == EXIT_USAGE and first:
                 log.error("worker_usage_error", worker=slot.index, pid=process.pid)
                 self.exit_code = EXIT_USAGE
                 self._request_stop(signal.SIGTERM)
                 return
+            if code == EXIT_USAGE:
+                # A replacement reads config.toml as it is now: an edit that a SIGHUP rejected
+                # must not turn one crash into an outage. Retried with the back-off meanwhile.
+                log.error(
+                    "worker_config_error",
+                    worker=slot.index,
+                    pid=process.pid,
+                    hint="the replacement worker could not load the configuration as it is now "
+                    "(see its error above; `gateway check-config`); it is retried with back-off "
+                    "while the other workers keep serving",
+                )
             if uptime >= HEALTHY_AFTER:
                 slot.backoff = BACKOFF_FIRST
             delay, slot.backoff = slot.backoff, min(slot.backoff * 2, BACKOFF_MAX)

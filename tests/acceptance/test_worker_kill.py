@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,3 +131,45 @@ async def test_kill_9_of_a_worker_under_load(
     assert {a.delivery for a in retried if a.status == 200} == ambiguous
     deliveries = {a.delivery for a in first}
     assert set(runs) == deliveries and set(runs.values()) == {1}
+
+
+def _healthz(url: str) -> int:
+    with urllib.request.urlopen(f"{url}/healthz", timeout=10) as response:
+        return int(response.status)
+
+
+@pytest.mark.timeout(180)
+def test_a_worker_crash_while_the_config_file_is_broken_is_not_an_outage(
+    dsn: str, tmp_path: Path
+) -> None:
+    """An operator's edit that a SIGHUP rejected (or not yet reloaded) stays on disk; a worker
+    that crashes then is replaced by one that reads the broken file. That replacement is retried
+    with back-off while the other worker serves, and comes up once the file is fixed."""
+    live = start_gateway(tmp_path, dsn, server={"workers": 2}, listening=2)
+    gateway = live.gateway
+    config = tmp_path / "config.toml"
+    good = config.read_text()
+    try:
+        workers = {e["worker"]: e["pid"] for e in gateway.named("worker_started")}
+        config.write_text(good.replace("[server]\n", '[server]\nmax_body_bytes = "big"\n', 1))
+        os.kill(workers[0], signal.SIGKILL)
+        failed = gateway.wait_event("worker_config_error", RESTART_LIMIT, worker=0)
+        assert gateway.process.poll() is None  # the supervisor stays up
+        assert _healthz(live.url) == 200  # worker 1 serves (alone) meanwhile
+        assert "max_body_bytes" in gateway.output  # the replacement said what is wrong
+
+        config.write_text(good)
+        gateway.wait_for(
+            lambda e: (
+                e.get("event") == "listening"
+                and e.get("worker") == 0
+                and gateway.events.index(e) > gateway.events.index(failed)
+            ),
+            "worker 0 listening again",
+            RESTART_LIMIT,
+        )
+        assert not gateway.named("worker_usage_error")
+        assert _healthz(live.url) == 200
+    finally:
+        code = stop_gateway(live)
+    assert code == 0
