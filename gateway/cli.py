@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from gateway import sighup
 from gateway.config import Config, ConfigError, load_config
 from gateway.executor import commands as run_commands
 from gateway.logs import configure_logging, get_logger
@@ -92,6 +93,8 @@ async def _create_user(config: Config, email: str, name: str, admin: bool, passw
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gateway`` console script."""
     args = _parser().parse_args(argv)
+    if args.command in ("serve", "dispatch"):  # long-running: SIGHUP reloads, never kills
+        sighup.remember()
     if args.command == "check-config":
         config = _load(args.path or args.config)
         print(f"{config.source}: OK")

@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import appkeys
+from gateway import appkeys, sighup
 from gateway.config import Config, ConfigError, load_config
 from gateway.logs import get_logger
 
@@ -244,9 +244,13 @@ class ConfigReloader:
 
 
 def install_sighup(reloader: ConfigReloader, loop: asyncio.AbstractEventLoop | None = None) -> None:
-    """Reload on SIGHUP (replaces any earlier SIGHUP handler of the loop)."""
+    """Reload on SIGHUP (replaces any earlier SIGHUP handler of the loop), and once now if one
+    arrived while the process was starting (see gateway.sighup)."""
     loop = loop or asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, reloader.reload_and_log)
+    if sighup.take_pending():
+        log.info("config_reload_requested_during_start_up")
+        loop.call_soon(reloader.reload_and_log)
 
 
 def logging_callback(old: Config, new: Config, changed: frozenset[str]) -> None:

@@ -161,7 +161,6 @@ async def run_listeners(
     reloader.on_reload(logging_callback)
     reloader.on_reload(AccessLog.apply_config)
     AccessLog.active = config.server.access_log
-    install_sighup(reloader)
     ingest, management = create_apps(config, db, reloader.holder)
     runners: list[web.AppRunner] = []
     try:
@@ -194,6 +193,9 @@ async def run_listeners(
             log.info(
                 "listening", host=host, port=port, role="ingest" if app is ingest else "management"
             )
+        # Only now, with every service started and subscribed to reloads: until here a SIGHUP
+        # was remembered (gateway.sighup) and is applied now, to all of them.
+        install_sighup(reloader)
         # What exists now (modules, apps, caches) lives as long as the process: move it out of
         # the collector's reach, so a full collection does not walk it again and again (one
         # such pass over ~70,000 startup objects stalled the event loop for ~40 ms under load).

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import structlog
 
-from gateway import metrics
+from gateway import metrics, sighup
 from gateway.config import Config
 from gateway.logs import get_logger
 from gateway.storage.database import Database
@@ -50,6 +50,9 @@ EXIT_USAGE = 2
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 # A worker that ran this long counts as healthy: its next crash restarts it without delay growth.
 HEALTHY_AFTER = 10.0
+# A SIGHUP for a worker started less than this many seconds ago waits until it is that old: the
+# worker remembers one from the start of its Python code (gateway.sighup), not before.
+SIGHUP_AFTER = 1.0
 # Extra seconds a worker gets beyond shutdown_timeout (pool close, batcher flush) before SIGKILL.
 KILL_GRACE = 5.0
 # Environment variables a worker must not inherit (the parent already used them).
@@ -126,6 +129,8 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        if sighup.take_pending():  # during the bootstrap: the workers read the file as they start
+            log.info("sighup_during_start_up", workers="read the configuration as they start")
         try:
             await asyncio.gather(*(self._keep_running(slot) for slot in self._slots))
         finally:
@@ -141,12 +146,25 @@ class Supervisor:
         self._forward(signal.SIGTERM)
 
     def _forward(self, sig: signal.Signals) -> None:
+        loop = asyncio.get_running_loop()
         for slot in self._slots:
-            if slot.process is not None and slot.process.returncode is None:
-                with suppress(ProcessLookupError):
-                    slot.process.send_signal(sig)
+            process = slot.process
+            if process is None or process.returncode is not None:
+                continue
+            young = slot.started_at + SIGHUP_AFTER - time.monotonic()
+            if sig == signal.SIGHUP and young > 0:
+                # Python may not even have started: no handler yet, and SIGHUP would kill it.
+                loop.call_later(young, self._send, process, sig)
+            else:
+                self._send(process, sig)
         if sig == signal.SIGHUP:
             log.info("sighup_forwarded", workers=self.pids)
+
+    @staticmethod
+    def _send(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+        if process.returncode is None:
+            with suppress(ProcessLookupError):
+                process.send_signal(sig)
 
     async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:
         process = await asyncio.create_subprocess_exec(
@@ -283,8 +301,8 @@ async def serve_worker(config: Config) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
     loop = asyncio.get_running_loop()
-    # SIGHUP must not kill the worker (its default) before run_listeners installs the reload.
-    loop.add_signal_handler(signal.SIGHUP, lambda: log.info("reload_requested", pid=os.getpid()))
+    # Until run_listeners installs the reload, a SIGHUP is remembered (see gateway.sighup).
+    loop.add_signal_handler(signal.SIGHUP, sighup.note)
     watchdog = asyncio.create_task(_exit_when_orphaned(stop, os.getppid()))
     try:
         db = await Database.connect(config.database.dsn, config.database)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -46,12 +46,19 @@ async def dispatcher_service(app: web.Application) -> AsyncIterator[None]:
 
 
 async def run_dispatcher(
-    db: Database, config: Config, stop: asyncio.Event, holder: ConfigHolder | None = None
+    db: Database,
+    config: Config,
+    stop: asyncio.Event,
+    holder: ConfigHolder | None = None,
+    started: Callable[[], None] | None = None,
 ) -> None:
-    """Deliver until ``stop`` is set, then stop gracefully; follow ``holder``'s reloads."""
+    """Deliver until ``stop`` is set, then stop gracefully; follow ``holder``'s reloads.
+    ``started()`` runs once the dispatcher runs and follows them."""
     dispatcher = Dispatcher(db, config)
     await dispatcher.start()
     unsubscribe = holder.on_reload(dispatcher.apply_config) if holder is not None else None
+    if started is not None:
+        started()
     try:
         await stop.wait()
     finally:
@@ -70,8 +77,8 @@ async def dispatch(config: Config) -> None:
     stop_on_signals(stop)
     reloader = ConfigReloader.for_config(config)
     reloader.on_reload(logging_callback)
-    install_sighup(reloader)
     async with database_for(config) as db:
         await prepare_database(db, config)  # installs the secret box (issue 8)
         follow_secret_keys(db, reloader.holder)
-        await run_dispatcher(db, config, stop, reloader.holder)
+        # SIGHUP is remembered until then (gateway.sighup): a reload reaches every subscriber.
+        await run_dispatcher(db, config, stop, reloader.holder, lambda: install_sighup(reloader))

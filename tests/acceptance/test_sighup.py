@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from gateway.ingest.signatures import sign_hmac_hex
 from tests.acceptance.process_helpers import GatewayProcess, free_port, write_config
@@ -195,6 +196,50 @@ async def test_the_standalone_dispatcher_reloads_too(database_dsn: str, tmp_path
         os.kill(gateway.process.pid, signal.SIGHUP)
         assert (await event(gateway, "config_reloaded"))["applied"] == ["outgoing.poll_interval"]
         await event(gateway, "dispatcher_reconfigured")
+        gateway.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(gateway.finish) == 0
+    finally:
+        gateway.kill()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_sighup_while_starting_is_remembered_not_fatal(
+    database_dsn: str, tmp_path: Path, workers: int
+) -> None:
+    """`systemctl reload` right after `start`: the gateway (or its new workers, to which the
+    supervisor forwards it) is still importing, connecting, bootstrapping. It must survive and
+    end up with the edited file in force."""
+    port = free_port()
+    server = {"port": port, "workers": workers}
+    path = write_config(tmp_path / "config.toml", _sections(tmp_path, server))
+    env = {"GATEWAY_DATABASE_DSN": database_dsn, "GATEWAY_ADMIN_EMAIL": ADMIN["email"]}
+    env["GATEWAY_ADMIN_PASSWORD"] = ADMIN["password"]
+    gateway = GatewayProcess(path, env=env)
+    try:
+        # The first line it logs (workers: once both are spawned, i.e. still starting Python).
+        first = "worker_started" if workers > 1 else None
+        await asyncio.to_thread(
+            gateway.wait_for,
+            lambda e: first is None or len(gateway.named(first)) == workers,
+            "the first log line",
+            60,
+        )
+        assert not gateway.named("listening")
+        write_config(path, {**_sections(tmp_path, server), "hooks": {"store_bodies": "none"}})
+        os.kill(gateway.process.pid, signal.SIGHUP)
+        await asyncio.to_thread(
+            gateway.wait_for,
+            lambda _: len(gateway.named("listening")) >= workers,
+            "listening workers",
+            60,
+        )
+        async with aiohttp.ClientSession() as http:
+            api = Api(http, port)
+            hook = await api.setup_hook()
+            for _ in range(4):  # (with two workers, new connections reach both)
+                assert (await api.trigger(hook))[0] == 202
+            assert await api.bodies_stored(hook) == [False] * 4
+        assert not gateway.named("worker_exited"), gateway.named("worker_exited")
         gateway.process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(gateway.finish) == 0
     finally:
