@@ -42,9 +42,9 @@ from gateway.storage.embedded import EmbeddedPostgres
 
 log = get_logger(__name__)
 
-# A worker exiting with this code hit a configuration/usage error. At a slot's first start that
-# stops the gateway (restarting cannot help); a replacement that hits it is retried (see
-# Supervisor._keep_running).
+# A worker exiting with this code hit a configuration/usage error (or cannot bind its address).
+# At a slot's first start that stops the gateway (restarting cannot help); a replacement that
+# hits it is retried (see Supervisor._keep_running).
 EXIT_USAGE = 2
 # Backoff between restarts of one worker slot, in seconds.
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
@@ -195,7 +195,7 @@ class Supervisor:
                 metrics.worker_exited(process.pid, self.metrics_dir)
             if self.stopping.is_set():
                 log.info("worker_stopped", worker=slot.index, pid=process.pid, exit_code=code)
-                if code != 0:
+                if code != 0 and self.exit_code == 0:  # a usage error's 2 stays the answer
                     self.exit_code = 1
                 return
             uptime = time.monotonic() - slot.started_at
@@ -220,8 +220,8 @@ class Supervisor:
                     worker=slot.index,
                     pid=process.pid,
                     hint="the replacement worker could not load the configuration as it is now "
-                    "(see its error above; `gateway check-config`); it is retried with back-off "
-                    "while the other workers keep serving",
+                    "(`gateway check-config`) or bind its address (see its error above); it is "
+                    "retried with back-off while the other workers keep serving",
                 )
             if uptime >= HEALTHY_AFTER:
                 slot.backoff = BACKOFF_FIRST
@@ -291,7 +291,7 @@ async def _exit_when_orphaned(stop: asyncio.Event, parent: int) -> None:
 
 async def serve_worker(config: Config) -> int:
     """``gateway serve --worker``: one worker's listeners on the shared port with its own pool."""
-    from gateway.server import run_listeners, stop_on_signals
+    from gateway.server import ListenError, run_listeners, stop_on_signals
 
     if not config.database.dsn:
         log.error("worker_without_dsn", hint="workers are started by `gateway serve`")
@@ -310,6 +310,12 @@ async def serve_worker(config: Config) -> int:
             await run_listeners(config, db, stop, reuse_port=True)
         finally:
             await db.close()
+    except ListenError as exc:
+        # The configured address cannot be bound (in use by another program, not an address
+        # of this host): at the first start that stops the gateway, as it does without workers,
+        # instead of a supervisor that looks up while nothing listens.
+        log.error("worker_cannot_listen", error=str(exc))
+        return EXIT_USAGE
     finally:
         stop.set()
         await watchdog

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from tests.acceptance.fault_load import Load, client, report
 from tests.acceptance.lb_client import Api
 from tests.acceptance.lb_load import is_2xx, runs_by_delivery
 from tests.acceptance.live_gateway import fresh_database, start_gateway, stop_gateway
-from tests.acceptance.process_helpers import process_alive
+from tests.acceptance.process_helpers import GatewayProcess, process_alive, write_config
 
 CONNECTIONS = 8
 BEFORE_KILL = 400  # answers before the kill
@@ -173,3 +174,26 @@ def test_a_worker_crash_while_the_config_file_is_broken_is_not_an_outage(
     finally:
         code = stop_gateway(live)
     assert code == 0
+
+
+@pytest.mark.timeout(120)
+def test_workers_that_cannot_bind_the_port_stop_the_gateway(dsn: str, tmp_path: Path) -> None:
+    """Another program holds the port: the gateway exits with status 2 and says why, as it does
+    without workers, instead of a supervisor restarting workers forever while nothing listens."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(
+            tmp_path / "config.toml",
+            {"server": {"port": port, "workers": 2}, "log": {"format": "json"}},
+        )
+        gateway = GatewayProcess(config, env={"GATEWAY_DATABASE_DSN": dsn})
+        try:
+            assert gateway.finish(timeout=90) == 2, gateway.output
+        finally:
+            gateway.kill()
+    cannot = gateway.named("worker_cannot_listen")
+    assert cannot and "address already in use" in cannot[0]["error"].lower(), gateway.output
+    assert gateway.named("worker_usage_error")
+    assert not gateway.named("worker_restarted")
