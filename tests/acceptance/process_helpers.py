@@ -11,7 +11,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,15 @@ def run_gateway(
         text=True,
         timeout=120,
     )
+
+
+@contextmanager
+def occupied_port() -> Iterator[int]:
+    """A loopback port another program listens on (without SO_REUSEPORT) while inside."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        yield busy.getsockname()[1]
 
 
 def free_port() -> int:

@@ -15,6 +15,7 @@ from gateway.storage.database import Database
 from tests.acceptance.process_helpers import (
     ROOT,
     free_port,
+    occupied_port,
     port_is_free,
     run_gateway,
     write_config,
@@ -100,12 +101,7 @@ def test_serve_exits_before_binding_with_a_bad_config(
 
 
 def test_serve_reports_a_port_in_use(tmp_path: Path, database_dsn: str) -> None:
-    import socket
-
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with occupied_port() as port:
         config = write_config(
             tmp_path / "config.toml",
             {"server": {"port": port}, "database": {"dsn": database_dsn}},

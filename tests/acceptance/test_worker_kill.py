@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -27,7 +26,12 @@ from tests.acceptance.fault_load import Load, client, report
 from tests.acceptance.lb_client import Api
 from tests.acceptance.lb_load import is_2xx, runs_by_delivery
 from tests.acceptance.live_gateway import fresh_database, start_gateway, stop_gateway
-from tests.acceptance.process_helpers import GatewayProcess, process_alive, write_config
+from tests.acceptance.process_helpers import (
+    GatewayProcess,
+    occupied_port,
+    process_alive,
+    write_config,
+)
 
 CONNECTIONS = 8
 BEFORE_KILL = 400  # answers before the kill
@@ -178,12 +182,10 @@ def test_a_worker_crash_while_the_config_file_is_broken_is_not_an_outage(
 
 @pytest.mark.timeout(120)
 def test_workers_that_cannot_bind_the_port_stop_the_gateway(dsn: str, tmp_path: Path) -> None:
-    """Another program holds the port: the gateway exits with status 2 and says why, as it does
-    without workers, instead of a supervisor restarting workers forever while nothing listens."""
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    """Another program holds the port: the gateway stops and says why, as it does without
+    workers (there with status 1, test_cli.py), instead of a supervisor restarting workers
+    forever while nothing listens."""
+    with occupied_port() as port:
         config = write_config(
             tmp_path / "config.toml",
             {"server": {"port": port, "workers": 2}, "log": {"format": "json"}},
