@@ -111,12 +111,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.server import serve
 
             code = asyncio.run(serve(config, worker=args.worker))
+            sighup.remember()  # the closed loop's handlers are gone; exiting is not a reload
             if code:
                 return code
         elif args.command == "dispatch":  # outgoing hooks (issue 6)
             from gateway.dispatcher.service import dispatch
 
             asyncio.run(dispatch(config))
+            sighup.remember()
         elif args.command == "migrate":
             asyncio.run(_migrate(config))
         elif args.command == "user":

@@ -146,6 +146,8 @@ class Supervisor:
         self._forward(signal.SIGTERM)
 
     def _forward(self, sig: signal.Signals) -> None:
+        if sig == signal.SIGHUP and self.stopping.is_set():
+            return  # the workers are stopping: a reload is moot, and one past its loop would die
         loop = asyncio.get_running_loop()
         for slot in self._slots:
             process = slot.process
@@ -160,11 +162,11 @@ class Supervisor:
         if sig == signal.SIGHUP:
             log.info("sighup_forwarded", workers=self.pids)
 
-    @staticmethod
-    def _send(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
-        if process.returncode is None:
-            with suppress(ProcessLookupError):
-                process.send_signal(sig)
+    def _send(self, process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+        if process.returncode is not None or (sig == signal.SIGHUP and self.stopping.is_set()):
+            return
+        with suppress(ProcessLookupError):
+            process.send_signal(sig)
 
     async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:
         process = await asyncio.create_subprocess_exec(
@@ -195,7 +197,9 @@ class Supervisor:
                 metrics.worker_exited(process.pid, self.metrics_dir)
             if self.stopping.is_set():
                 log.info("worker_stopped", worker=slot.index, pid=process.pid, exit_code=code)
-                if code != 0 and self.exit_code == 0:  # a usage error's 2 stays the answer
+                # -SIGTERM: stopped while still starting Python, before its handler (a clean
+                # stop: it had nothing to drain). A usage error's 2 stays the answer.
+                if code not in (0, -signal.SIGTERM) and self.exit_code == 0:
                     self.exit_code = 1
                 return
             uptime = time.monotonic() - slot.started_at

@@ -73,10 +73,15 @@ class Api:
         return [row["body_stored"] for row in rows]
 
 
-def start(path: Path, dsn: str, port: int, workers: int = 1) -> GatewayProcess:
+def launch(path: Path, dsn: str) -> GatewayProcess:
+    """``gateway serve`` on ``dsn`` with the admin bootstrapped; not waited for."""
     env = {"GATEWAY_DATABASE_DSN": dsn, "GATEWAY_ADMIN_EMAIL": ADMIN["email"]}
     env["GATEWAY_ADMIN_PASSWORD"] = ADMIN["password"]
-    gateway = GatewayProcess(path, env=env)
+    return GatewayProcess(path, env=env)
+
+
+def start(path: Path, dsn: str, port: int, workers: int = 1) -> GatewayProcess:
+    gateway = launch(path, dsn)
     try:
         gateway.wait_for(
             lambda _: len(gateway.named("listening")) >= workers, "listening workers", 90
@@ -212,9 +217,7 @@ async def test_a_sighup_while_starting_is_remembered_not_fatal(
     port = free_port()
     server = {"port": port, "workers": workers}
     path = write_config(tmp_path / "config.toml", _sections(tmp_path, server))
-    env = {"GATEWAY_DATABASE_DSN": database_dsn, "GATEWAY_ADMIN_EMAIL": ADMIN["email"]}
-    env["GATEWAY_ADMIN_PASSWORD"] = ADMIN["password"]
-    gateway = GatewayProcess(path, env=env)
+    gateway = launch(path, database_dsn)
     try:
         # The first line it logs (workers: once both are spawned, i.e. still starting Python).
         first = "worker_started" if workers > 1 else None
@@ -241,6 +244,24 @@ async def test_a_sighup_while_starting_is_remembered_not_fatal(
             assert await api.bodies_stored(hook) == [False] * 4
         assert not gateway.named("worker_exited"), gateway.named("worker_exited")
         gateway.process.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(gateway.finish) == 0
+        assert await asyncio.to_thread(gateway.finish) == 0, gateway.output[-4000:]
+    finally:
+        gateway.kill()
+
+
+async def test_a_gateway_stopped_while_its_workers_start_exits_cleanly(
+    database_dsn: str, tmp_path: Path
+) -> None:
+    """SIGTERM right after start reaches workers still starting Python (no handler yet): they
+    end on the signal itself, which for a stop is clean: exit status 0, not 1."""
+    port = free_port()
+    path = write_config(tmp_path / "config.toml", _sections(tmp_path, {"port": port, "workers": 2}))
+    gateway = launch(path, database_dsn)
+    try:
+        await asyncio.to_thread(
+            gateway.wait_for, lambda _: len(gateway.named("worker_started")) == 2, "workers", 60
+        )
+        gateway.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(gateway.finish) == 0, gateway.output[-4000:]
     finally:
         gateway.kill()

@@ -1,0 +1,60 @@
+"""Which signals the supervisor passes on to its workers, and when (no processes needed: the
+workers are stand-ins that record what they are sent)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+from gateway.config import Config
+from gateway.supervisor import SIGHUP_AFTER, Supervisor, _Slot
+
+
+class RecordingWorker:
+    """What the supervisor uses of an asyncio subprocess."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.returncode = pid, None
+        self.received: list[signal.Signals] = []
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        self.received.append(sig)
+
+
+def supervisor_with(*ages: float) -> tuple[Supervisor, list[RecordingWorker]]:
+    """A supervisor whose slots hold workers started ``ages`` seconds ago."""
+    supervisor = Supervisor(Config(), "postgresql://unused")
+    supervisor._slots = []
+    workers = []
+    for index, age in enumerate(ages):
+        worker = RecordingWorker(1000 + index)
+        slot = _Slot(index, process=worker, started_at=time.monotonic() - age)  # type: ignore[arg-type]
+        supervisor._slots.append(slot)
+        workers.append(worker)
+    return supervisor, workers
+
+
+async def test_a_sighup_reaches_a_running_worker_at_once_and_a_young_one_when_it_is_due() -> None:
+    supervisor, (old, young) = supervisor_with(SIGHUP_AFTER + 5, 0.0)
+    supervisor._forward(signal.SIGHUP)
+    assert old.received == [signal.SIGHUP]
+    assert young.received == []  # still starting Python: it could not survive one yet
+    await asyncio.sleep(SIGHUP_AFTER + 0.2)
+    assert young.received == [signal.SIGHUP]
+
+
+async def test_no_sighup_reaches_a_stopping_worker_even_one_held_for_a_young_worker() -> None:
+    supervisor, (old, young) = supervisor_with(SIGHUP_AFTER + 5, 0.0)
+    supervisor._forward(signal.SIGHUP)  # held for the young one
+    supervisor._request_stop(signal.SIGTERM)  # the gateway stops before it is due
+    supervisor._forward(signal.SIGHUP)  # and an operator's SIGHUP during the stop
+    await asyncio.sleep(SIGHUP_AFTER + 0.2)
+    assert old.received == [signal.SIGHUP, signal.SIGTERM]
+    assert young.received == [signal.SIGTERM]  # its loop may be gone: a SIGHUP would kill it
+
+
+async def test_sigterm_is_never_held() -> None:
+    supervisor, (young,) = supervisor_with(0.0)
+    supervisor._request_stop(signal.SIGTERM)
+    assert young.received == [signal.SIGTERM]
