@@ -261,8 +261,13 @@ def _signal_name(number: int) -> str:
 
 async def supervise(config: Config) -> int:
     """``gateway serve`` with workers > 1: bootstrap once, then run and supervise N workers."""
-    from gateway.server import prepare_database
+    from gateway.server import prepare_database, stop_on_signals
 
+    # SIGTERM/SIGINT during the bootstrap (the embedded server starting, the schema): stop
+    # there and stop the embedded server too, instead of dying and leaving it running.
+    # Supervisor.run replaces these handlers; no await comes between the check and that.
+    stop = asyncio.Event()
+    stop_on_signals(stop)
     async with resolved_dsn(config) as dsn:
         # A one-connection pool for the bootstrap only: the parent serves no traffic.
         db = await Database.connect(dsn, replace(config.database, pool_min_size=1, pool_max_size=1))
@@ -270,6 +275,9 @@ async def supervise(config: Config) -> int:
             await prepare_database(db, config)
         finally:
             await db.close()
+        if stop.is_set():
+            log.info("stopped_while_starting")
+            return 0
         # One scrape, answered by any worker, sums every worker's metric files (issue 8).
         metrics_dir = metrics.prepare_multiproc_dir(metrics_base(config))
         supervisor = Supervisor(config, dsn, metrics_dir)

@@ -89,6 +89,16 @@ class Gateway:
     def named(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("event") == name]
 
+    def close(self) -> None:
+        """Kill it if it still runs; wait for stderr to close (an orphaned worker keeps it open
+        for about a second), then close our end."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self._reader.join(timeout=15)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
 
 def _get(port: int, path: str) -> int:
     # A fresh connection per request, so the kernel picks a worker each time.
@@ -183,9 +193,27 @@ def test_two_workers_restart_after_kill_and_stop_cleanly(tmp_path: Path, data_di
         assert not _alive(survivor) and not _alive(replacement)
         assert gateway.named("embedded_postgres_stopped")
     finally:
-        if gateway.process.poll() is None:
-            gateway.process.kill()
-            gateway.process.wait(timeout=30)
-        gateway._reader.join(timeout=15)  # orphaned workers (if any) close stderr within ~1 s
-        if gateway.process.stderr is not None:
-            gateway.process.stderr.close()
+        gateway.close()
+
+
+def test_a_sigterm_while_the_embedded_server_starts_stops_it_too(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """`systemctl stop` right after `start`, while the supervisor is still starting the embedded
+    PostgreSQL: it stops cleanly there (no workers), and stops that server too instead of dying
+    and leaving it running."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"[server]\nport = {_free_port()}\nworkers = 2\n"
+        f'[database]\ndata_dir = "{data_dir}"\n[log]\nformat = "json"\n'
+    )
+    gateway = Gateway(config)
+    try:
+        gateway.wait_for(lambda e: e.get("event") == "embedded_postgres_starting", "embedded")
+        gateway.process.send_signal(signal.SIGTERM)
+        assert gateway.process.wait(timeout=STARTUP_TIMEOUT) == 0
+    finally:
+        gateway.close()
+    assert gateway.named("stopped_while_starting")
+    assert not gateway.named("worker_started")
+    assert not (data_dir / "postmaster.pid").exists()  # the embedded server was stopped
