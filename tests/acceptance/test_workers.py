@@ -6,25 +6,18 @@ loopback, real signals. The supervisor's JSON log lines tell which pids are its 
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import shutil
 import signal
 import socket
-import subprocess
-import sys
-import threading
-import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import TEST_SECRET_KEY
+from tests.acceptance.process_helpers import Event, GatewayProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 90.0
@@ -37,67 +30,14 @@ def _free_port() -> int:
         return port
 
 
-class Gateway:
-    """A `gateway serve` subprocess whose stderr JSON events are collected as they arrive."""
+class Gateway(GatewayProcess):
+    """``gateway serve`` on a config file, its JSON log events collected (GatewayProcess), with
+    this module's start-up timeout by default."""
 
-    def __init__(self, config_path: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        env["GATEWAY_SECURITY_SECRET_KEYS"] = TEST_SECRET_KEY  # no var/secret-keys in the checkout
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--config", str(config_path), "serve"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.events: list[dict[str, Any]] = []
-        self._new: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = {"event": "unparsed", "line": line.rstrip()}
-            self.events.append(event)
-            self._new.put(event)
-
-    def wait_for(self, predicate: Any, what: str, timeout: float = STARTUP_TIMEOUT) -> dict:
-        """The first event (seen before or arriving within ``timeout``) matching ``predicate``."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            fresh = self.events[seen:]  # the reader appends concurrently: count what we scan
-            seen += len(fresh)
-            for event in fresh:
-                if predicate(event):
-                    return event
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or (not self._reader.is_alive() and self._new.empty()):
-                tail = "\n".join(json.dumps(e) for e in self.events[-20:])
-                raise AssertionError(f"no {what} within {timeout}s; last events:\n{tail}")
-            try:
-                self._new.get(timeout=min(remaining, 0.5))
-            except queue.Empty:
-                pass
-
-    def named(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("event") == name]
-
-    def close(self) -> None:
-        """Kill it if it still runs; wait for stderr to close (an orphaned worker keeps it open
-        for about a second), then close our end."""
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=30)
-        self._reader.join(timeout=15)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
+    def wait_for(
+        self, predicate: Callable[[Event], bool], what: str, timeout: float = STARTUP_TIMEOUT
+    ) -> Event:
+        return super().wait_for(predicate, what, timeout)
 
 
 def _get(port: int, path: str) -> int:
@@ -193,7 +133,7 @@ def test_two_workers_restart_after_kill_and_stop_cleanly(tmp_path: Path, data_di
         assert not _alive(survivor) and not _alive(replacement)
         assert gateway.named("embedded_postgres_stopped")
     finally:
-        gateway.close()
+        gateway.kill()
 
 
 def test_a_sigterm_while_the_embedded_server_starts_stops_it_too(
@@ -213,7 +153,7 @@ def test_a_sigterm_while_the_embedded_server_starts_stops_it_too(
         gateway.process.send_signal(signal.SIGTERM)
         assert gateway.process.wait(timeout=STARTUP_TIMEOUT) == 0
     finally:
-        gateway.close()
+        gateway.kill()
     assert gateway.named("stopped_while_starting")
     assert not gateway.named("worker_started")
     assert not (data_dir / "postmaster.pid").exists()  # the embedded server was stopped
