@@ -38,18 +38,12 @@ SCHEMA_PATH = _find_schema()
 
 Record = Mapping[str, Any]
 
-# Errors that mean "the database is not there right now" rather than "your query is wrong".
+# Errors that mean "the database is not there right now" rather than "your query is wrong":
+# the client-side ones here, the server's by SQLSTATE below.
 _UNAVAILABLE = (
     OSError,
     asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.QueryCanceledError,
-    # Reconnecting to a database that was dropped (or not created yet): not there right now.
-    asyncpg.InvalidCatalogNameError,
     # A connection the server dropped mid-statement (a restart, a fast shutdown) can leave
     # asyncpg's protocol half-way, and the ROLLBACK that follows then fails with "cannot switch
     # to state ...; another operation is in progress": the same outage, seen one step later.
@@ -60,7 +54,8 @@ _UNAVAILABLE = (
 # SQLSTATE classes that say the same of every statement, whatever it is, until the database or
 # its operator changes something: 08 connection, 28 authorization (a rotated password, pg_hba),
 # 53 insufficient resources (disk full, out of memory, too many connections), 57 operator
-# intervention (shutdown, crash recovery, "cannot connect now"), 58 system (I/O) errors.
+# intervention (shutdown, crash recovery, "cannot connect now", a cancelled statement), 58
+# system (I/O) errors.
 _UNAVAILABLE_CLASSES = frozenset({"08", "28", "53", "57", "58"})
 # ... and single codes: a read-only server (a failover still promoting, a standby), a missing
 # database (dropped, or not created yet).

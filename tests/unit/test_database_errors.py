@@ -22,6 +22,7 @@ from gateway.storage.database import translate_error
         asyncpg.exceptions.AdminShutdownError,  # 57P01
         asyncpg.exceptions.CrashShutdownError,  # 57P02
         asyncpg.exceptions.CannotConnectNowError,  # 57P03
+        asyncpg.exceptions.QueryCanceledError,  # 57014: statement_timeout, a cancelled backend
         asyncpg.exceptions.PostgresIOError,  # 58030
         asyncpg.exceptions.InvalidCatalogNameError,  # 3D000: the database is gone
         asyncpg.exceptions.ConnectionFailureError,  # 08006
