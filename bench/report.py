@@ -84,6 +84,11 @@ def ratios(bench: Bench) -> list[dict[str, Any]]:
     return found
 
 
+def _main_row(bench: Bench, name: str) -> Measurement | None:
+    """The main table's row of ``name`` (gateway, bare, naive, adnanh), if it was measured."""
+    return next((m for m in bench.measurements if m.group == "main" and m.name == name), None)
+
+
 def hooks_ratio(bench: Bench) -> dict[str, Any] | None:
     """100,000 hooks against 10 from the alternating runs: mean req/s of the 1,000-hit runs ÷
     that of the 10-hit runs (a failed run is left out of its case's mean)."""
@@ -96,9 +101,7 @@ def hooks_ratio(bench: Bench) -> dict[str, Any] | None:
         return None
     few, many = (sum(r) / len(r) for r in (rates["few"], rates["many"]))
     change = many / few - 1.0
-    reference = next(
-        (m for m in bench.measurements if m.group == "main" and m.name == "gateway"), None
-    )
+    reference = _main_row(bench, "gateway")
     return {
         "change": change,
         # Against the main table's gateway row: 10 hooks in the table, measured minutes earlier.
@@ -114,8 +117,7 @@ def hooks_ratio(bench: Bench) -> dict[str, Any] | None:
 def cpu_ratio(bench: Bench) -> float | None:
     """bare's server CPU per request ÷ the gateway's (gateway + its PostgreSQL): R_ingest as
     it would be if both had the CPUs to themselves and ran CPU-bound."""
-    main = {m.name: m for m in bench.measurements if m.group == "main" and m.load}
-    gateway, bare = main.get("gateway"), main.get("bare")
+    gateway, bare = _main_row(bench, "gateway"), _main_row(bench, "bare")
     if not gateway or not bare or not gateway.server_us or not bare.server_us:
         return None
     return bare.server_us / (gateway.server_us + (gateway.db_us or 0.0))
@@ -150,9 +152,7 @@ def markdown(bench: Bench) -> str:
             f"- CPU-time view (contention-independent): bare µs/req ÷ (gateway + DB µs/req) = "
             f"{efficiency:.2f}"
         )
-    gateway = next(
-        (m for m in bench.measurements if m.name == "gateway" and m.group == "main"), None
-    )
+    gateway = _main_row(bench, "gateway")
     if gateway and gateway.load:
         mark = "met" if gateway.load.p99_ms <= P99_LIMIT_MS else "NOT met"
         lines.append(
