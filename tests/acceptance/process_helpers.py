@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +46,14 @@ def run_gateway(
         text=True,
         timeout=120,
     )
+
+
+def http_status(url: str) -> int:
+    """GET ``url`` on a fresh connection (with workers, the kernel picks one each time); the
+    status."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        status: int = response.status
+        return status
 
 
 @contextmanager

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from tests.acceptance.lb_load import is_2xx, runs_by_delivery
 from tests.acceptance.live_gateway import fresh_database, start_gateway, stop_gateway
 from tests.acceptance.process_helpers import (
     GatewayProcess,
+    http_status,
     occupied_port,
     process_alive,
     write_config,
@@ -138,11 +138,6 @@ async def test_kill_9_of_a_worker_under_load(
     assert set(runs) == deliveries and set(runs.values()) == {1}
 
 
-def _healthz(url: str) -> int:
-    with urllib.request.urlopen(f"{url}/healthz", timeout=10) as response:
-        return int(response.status)
-
-
 @pytest.mark.timeout(180)
 def test_a_worker_crash_while_the_config_file_is_broken_is_not_an_outage(
     dsn: str, tmp_path: Path
@@ -160,7 +155,7 @@ def test_a_worker_crash_while_the_config_file_is_broken_is_not_an_outage(
         os.kill(workers[0], signal.SIGKILL)
         failed = gateway.wait_event("worker_config_error", RESTART_LIMIT, worker=0)
         assert gateway.process.poll() is None  # the supervisor stays up
-        assert _healthz(live.url) == 200  # worker 1 serves (alone) meanwhile
+        assert http_status(f"{live.url}/healthz") == 200  # worker 1 serves (alone) meanwhile
         assert "max_body_bytes" in gateway.output  # the replacement said what is wrong
 
         config.write_text(good)
@@ -174,7 +169,7 @@ def test_a_worker_crash_while_the_config_file_is_broken_is_not_an_outage(
             RESTART_LIMIT,
         )
         assert not gateway.named("worker_usage_error")
-        assert _healthz(live.url) == 200
+        assert http_status(f"{live.url}/healthz") == 200
     finally:
         code = stop_gateway(live)
     assert code == 0

@@ -10,14 +10,13 @@ import os
 import shutil
 import signal
 import socket
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.acceptance.process_helpers import Event, GatewayProcess
+from tests.acceptance.process_helpers import Event, GatewayProcess, http_status
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 90.0
@@ -38,13 +37,6 @@ class Gateway(GatewayProcess):
         self, predicate: Callable[[Event], bool], what: str, timeout: float = STARTUP_TIMEOUT
     ) -> Event:
         return super().wait_for(predicate, what, timeout)
-
-
-def _get(port: int, path: str) -> int:
-    # A fresh connection per request, so the kernel picks a worker each time.
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-        status: int = response.status
-        return status
 
 
 def _parent_of(pid: int) -> int:
@@ -100,7 +92,7 @@ def test_two_workers_restart_after_kill_and_stop_cleanly(tmp_path: Path, data_di
         assert all(_parent_of(pid) == parent for pid in pids)
         # The embedded server is started once, by the parent.
         assert len(gateway.named("embedded_postgres_started")) == 1
-        assert all(_get(port, "/readyz") == 200 for _ in range(10))
+        assert all(http_status(f"http://127.0.0.1:{port}/readyz") == 200 for _ in range(10))
 
         victim, survivor = pids
         os.kill(victim, signal.SIGKILL)
@@ -123,7 +115,7 @@ def test_two_workers_restart_after_kill_and_stop_cleanly(tmp_path: Path, data_di
             ),
             "replacement listening",
         )
-        assert all(_get(port, "/readyz") == 200 for _ in range(20))
+        assert all(http_status(f"http://127.0.0.1:{port}/readyz") == 200 for _ in range(20))
 
         gateway.process.send_signal(signal.SIGTERM)
         assert gateway.process.wait(timeout=60) == 0
