@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 import uuid
 
@@ -31,7 +32,7 @@ HOOK_CACHE = "hook_cache"  # key in app[appkeys.SERVICES]
 
 NEGATIVE_TTL = 2.0  # seconds an unknown id is remembered
 DEGRADED_TTL = 1.0  # entry lifetime while the listener is down
-MAX_ENTRIES = 200_000  # above this, expired entries and then unknown ids are evicted
+MAX_ENTRIES = 200_000  # at this size a miss makes room (see HookCache._evict)
 PING_INTERVAL = 10.0  # seconds between listener health checks
 PING_TIMEOUT = 5.0
 MAX_RECONNECT_DELAY = 5.0
@@ -42,10 +43,19 @@ _Entry = tuple[CompiledHook | None, float]  # (hook or None when unknown, monoto
 class HookCache:
     """Compiled hooks by id for one process; see the module docstring."""
 
-    def __init__(self, db: Database, config: Config, *, max_concurrent_loads: int = 4) -> None:
+    def __init__(
+        self,
+        db: Database,
+        config: Config,
+        *,
+        max_concurrent_loads: int = 4,
+        max_entries: int = MAX_ENTRIES,
+    ) -> None:
         self._db = db
         self._config = config
         self._ttl = config.hooks.cache_ttl
+        self._max_entries = max_entries
+        # In load order (an entry that is loaded again moves to the end): the oldest go first.
         self._entries: dict[str, _Entry] = {}
         self._loading: dict[str, asyncio.Future[CompiledHook | None]] = {}
         # Bumped by every notification: a load that raced with one is not cached.
@@ -86,6 +96,11 @@ class HookCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __contains__(self, raw_id: object) -> bool:
+        """Whether ``raw_id`` has an entry that has not expired (a lookup would not load it)."""
+        entry = self._entries.get(raw_id) if isinstance(raw_id, str) else None
+        return entry is not None and entry[1] > time.monotonic()
 
     async def _load(self, raw_id: str) -> CompiledHook | None:
         try:
@@ -137,18 +152,29 @@ class HookCache:
             if hook.refresh_at is not None:
                 ttl = min(ttl, hook.refresh_at - now_wall)
         if ttl > 0:
-            if len(self._entries) >= MAX_ENTRIES:
+            self._entries.pop(key, None)
+            if len(self._entries) >= self._max_entries:
                 self._evict(now)
             self._entries[key] = (hook, now + ttl)
         return hook
 
     def _evict(self, now: float) -> None:
+        """Make room for at least a tenth of ``max_entries`` more loads, so that a full cache
+        scans itself once per that many misses, not on every miss: drop the expired entries,
+        then the unknown ids, then the entries loaded longest ago."""
+        room = max(1, self._max_entries // 10)
+        keep = self._max_entries - room
         expired = [k for k, (_, expires) in self._entries.items() if expires <= now]
         for k in expired:
             del self._entries[k]
-        if len(self._entries) >= MAX_ENTRIES:
+        if len(self._entries) > keep:
             for k in [k for k, (hook, _) in self._entries.items() if hook is None]:
                 del self._entries[k]
+        excess = len(self._entries) - keep
+        if excess > 0:
+            for k in list(itertools.islice(self._entries, excess)):
+                del self._entries[k]
+        log.info("hook_cache_evicted", expired=len(expired), kept=len(self._entries))
 
     # -- invalidation ---------------------------------------------------------------------------
 

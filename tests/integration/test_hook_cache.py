@@ -15,7 +15,7 @@ import pytest
 
 from gateway.config import Config
 from gateway.ingest.evaluation import CompiledHook, evaluate
-from gateway.ingest.hook_cache import HookCache
+from gateway.ingest.hook_cache import MAX_ENTRIES, HookCache
 from gateway.storage.database import Database
 from tests.integration.ingest_helpers import (
     PR_OPENED,
@@ -76,8 +76,14 @@ Factory = Callable[..., Any]
 async def make_cache(config: Config, db: Database) -> AsyncIterator[Factory]:
     caches: list[HookCache] = []
 
-    async def factory(database: Database = db, **hooks: Any) -> HookCache:
-        cache = HookCache(database, replace(config, hooks=replace(config.hooks, **hooks)))
+    async def factory(
+        database: Database = db, max_entries: int = MAX_ENTRIES, **hooks: Any
+    ) -> HookCache:
+        cache = HookCache(
+            database,
+            replace(config, hooks=replace(config.hooks, **hooks)),
+            max_entries=max_entries,
+        )
         await cache.start()
         caches.append(cache)
         assert cache.listening
@@ -128,6 +134,51 @@ async def test_unknown_ids_are_cached_briefly(
     cache.invalidate(hook_id)
     hook = await cache.get(str(hook_id))
     assert hook is not None and hook.id == hook_id
+
+
+async def test_a_full_cache_makes_room_for_a_tenth_of_its_size_at_a_time(
+    make_cache: Factory, pipeline_id: int, database_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = await make_cache(max_entries=20)
+    scans = 0
+    evict = cache._evict
+
+    def counting_evict(now: float) -> None:
+        nonlocal scans
+        scans += 1
+        evict(now)
+
+    monkeypatch.setattr(cache, "_evict", counting_evict)
+    unknown = [str(uuid.uuid4()) for _ in range(5)]
+    others = [str(await insert_hook(database_dsn, pipeline_id)) for _ in range(33)]
+    # The first hook's entry expires before the others: its previous secret's grace period ends.
+    first = await insert_hook(
+        database_dsn,
+        pipeline_id,
+        previous_secret=OLD_SECRET,
+        previous_secret_expires_at=datetime.now(UTC) + timedelta(seconds=3),
+    )
+    hooks = [str(first), *others]
+    for raw_id in unknown + hooks[:15]:
+        await cache.get(raw_id)
+    assert len(cache) == 20 and scans == 0
+
+    # Full: the unknown ids make room first, whatever their age.
+    assert await cache.get(hooks[15]) is not None
+    assert scans == 1 and len(cache) == 16
+    assert not any(raw_id in cache for raw_id in unknown)
+    assert all(raw_id in cache for raw_id in hooks[:16])
+
+    # Full of hooks in use: the ones loaded longest ago go, two (a tenth) per scan, so that
+    # 18 more misses scan 7 times, and the cache never outgrows its size.
+    await wait_for(lambda: asyncio.sleep(0.1), lambda _: hooks[0] not in cache, within=10)
+    assert await cache.get(hooks[0]) is not None  # loaded again: now the newest
+    for raw_id in hooks[16:34]:
+        assert await cache.get(raw_id) is not None
+        assert len(cache) <= 20
+    assert scans == 1 + 7 and len(cache) == 20
+    assert hooks[0] in cache and all(raw_id in cache for raw_id in hooks[15:34])
+    assert not any(raw_id in cache for raw_id in hooks[1:15])
 
 
 async def test_an_update_by_sql_invalidates_the_entry_via_notify(
