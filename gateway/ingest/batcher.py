@@ -20,10 +20,12 @@ a helper thread (zstd releases the GIL) for large ones.
 
 Failure modes: a full queue raises :class:`Overloaded` at once; a database that is down fails the
 batch with :class:`DatabaseUnavailable` and, for a short back-off (growing up to
-``batch.retry_after`` seconds), fails new submissions immediately instead of queueing them; the
-first batch after the back-off probes the database again (the pool reconnects by itself). A batch
-that fails for another reason (a row the database refuses) is retried one request per transaction,
-so one bad request cannot fail its neighbours.
+``batch.retry_after`` seconds), fails new submissions immediately instead of queueing them. Once
+the back-off is over, ONE batch probes the database (the others, and new submissions, still fail
+fast until it has its answer); only a batch that started after the last failure ends the
+back-off, not one that was already in flight when the database went away. A batch that fails for
+another reason (a row the database refuses) is retried one request per transaction, so one bad
+request cannot fail its neighbours.
 """
 
 from __future__ import annotations
@@ -113,7 +115,11 @@ class RunBatcher:
         self._submitted = 0  # requests ever queued: tells _fill whether submissions continue
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # Back-off state: failing fast until _down_until (0: the database is up); _failed_at is
+        # when the last batch found it down; _probing while one batch checks whether it is back.
         self._down_until = 0.0
+        self._failed_at = 0.0
+        self._probing = False
         self._backoff = _FIRST_BACKOFF
         # zstd releases the GIL while it compresses: a batch of large bodies is compressed on a
         # helper thread (one hand-off per batch), so the event loop keeps serving meanwhile.
@@ -164,7 +170,7 @@ class RunBatcher:
             raise Overloaded("the gateway is shutting down; retry later")
         if len(self._queue) >= self._max_queue:
             raise Overloaded("the gateway is overloaded; retry later")
-        if self._down_until and loop.time() < self._down_until:
+        if self._down_until and (self._probing or loop.time() < self._down_until):
             raise DatabaseUnavailable("the database is unavailable; retry later")
         item.future = future = loop.create_future()
         self._queue.append(item)
@@ -236,9 +242,13 @@ class RunBatcher:
 
     async def _flush(self, batch: list[PendingRequest]) -> None:
         assert self._loop is not None
-        if self._down_until and self._loop.time() < self._down_until:
-            _fail(batch, DatabaseUnavailable("the database is unavailable; retry later"))
-            return
+        probe = False
+        if self._down_until:
+            if self._probing or self._loop.time() < self._down_until:
+                _fail(batch, DatabaseUnavailable("the database is unavailable; retry later"))
+                return
+            self._probing = probe = True  # this batch finds out whether the database is back
+        started = self._loop.time()
         try:
             results = await self._write(batch)
         except DatabaseUnavailable as exc:
@@ -247,6 +257,7 @@ class RunBatcher:
             metrics.set_queue_depth(len(self._queue))
             return
         except Exception as exc:
+            self._database_answered(started)
             if len(batch) == 1:
                 log.error("hook_request_not_stored", error=str(exc), error_type=type(exc).__name__)
                 _fail(batch, RequestNotStored())
@@ -255,15 +266,26 @@ class RunBatcher:
             for item in batch:
                 await self._flush([item])
             return
-        self._down_until, self._backoff = 0.0, _FIRST_BACKOFF
+        finally:
+            if probe:
+                self._probing = False
+        self._database_answered(started)
         for item, result in zip(batch, results, strict=True):
             if item.future is not None and not item.future.done():
                 item.future.set_result(result)
         metrics.record_batch(len(batch), len(self._queue))
 
+    def _database_answered(self, started: float) -> None:
+        """A batch that started at ``started`` reached the database: the back-off ends, unless
+        a batch failed since (this one was in flight before the database went away)."""
+        if self._down_until and started >= self._failed_at:
+            self._down_until, self._backoff = 0.0, _FIRST_BACKOFF
+            log.info("batch_database_back")
+
     def _mark_down(self, exc: Exception, size: int) -> None:
         assert self._loop is not None
-        self._down_until = self._loop.time() + self._backoff
+        self._failed_at = self._loop.time()
+        self._down_until = self._failed_at + self._backoff
         log.warning("batch_write_failed", error=str(exc), size=size, retry_in=self._backoff)
         self._backoff = min(self._backoff * 2, self._max_backoff)
 
