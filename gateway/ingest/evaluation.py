@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -78,7 +77,8 @@ class CompiledHook:
     conditions: ConditionSet
     delivery_id_headers: tuple[str, ...]
     redacted_headers: frozenset[str]
-    # Unix time when the previous secret stops working: the definition must be recompiled then.
+    # When the previous secret stops working (``now`` at compile time plus the seconds its grace
+    # period had left): the definition must be recompiled then.
     refresh_at: float | None = None
     # Set when the stored definition cannot be compiled (every request is answered with 500).
     definition_error: str | None = None
@@ -123,13 +123,14 @@ class CompiledHook:
         verifier, refresh_at = None, None
         if row["requires_secret"]:
             secrets: list[str] = []
-            expires: datetime | None = row["previous_secret_expires_at"]
+            # By the database's clock, which also started the grace period (see the query).
+            seconds_left: float | None = row["previous_secret_seconds_left"]
             try:
                 if row["secret"]:
                     secrets.append(box.decrypt(row["secret"]))
-                if row["previous_secret"] and expires is not None and expires.timestamp() > now:
+                if row["previous_secret"] and seconds_left is not None and seconds_left > 0:
                     secrets.append(box.decrypt(row["previous_secret"]))
-                    refresh_at = expires.timestamp()
+                    refresh_at = now + seconds_left
             except SecretBoxError as exc:
                 problems.append(f"secret: {exc}")
             try:

@@ -185,7 +185,9 @@ WHERE h.id = $1;
 
 -- name: incoming_hook_full_by_id
 -- One incoming hook including its secrets (replay re-evaluates requests against it).
-SELECT h.*, p.environment_id
+SELECT h.*, p.environment_id,
+       extract(epoch FROM h.previous_secret_expires_at - now())::float8
+           AS previous_secret_seconds_left
 FROM incoming_hooks h JOIN pipelines p ON p.id = h.pipeline_id
 WHERE h.id = $1;
 
@@ -387,10 +389,14 @@ WHERE et.environment_id = $1 AND et.team_id = $2;
 -- Ingest (gateway/storage/ingest.py) -----------------------------------------------------------
 
 -- name: ingest_hook_by_id
--- The incoming hook definition the ingest cache compiles (with secrets).
+-- The incoming hook definition the ingest cache compiles (with secrets). The previous secret's
+-- grace period is given as the seconds it has left by the database's clock, which also set its
+-- start: a gateway whose clock is off keeps it for exactly the period granted.
 SELECT id, pipeline_id, name, active, action_type, requires_secret, secret_algorithm,
-       secret_header_name, secret, previous_secret, previous_secret_expires_at, trigger_when,
-       settings
+       secret_header_name, secret, previous_secret,
+       extract(epoch FROM previous_secret_expires_at - now())::float8
+           AS previous_secret_seconds_left,
+       trigger_when, settings
 FROM incoming_hooks WHERE id = $1;
 
 -- name: ingest_runs_by_delivery

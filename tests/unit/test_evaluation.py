@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -44,7 +44,7 @@ def make_row(**overrides: Any) -> dict[str, Any]:
         "secret_header_name": "x-hub-signature-256",
         "secret": SECRET,
         "previous_secret": None,
-        "previous_secret_expires_at": None,
+        "previous_secret_seconds_left": None,
         "trigger_when": {"conditions": []},
         "settings": {"variables": SEED_VARIABLES, "delivery_id_header": None},
     }
@@ -126,18 +126,25 @@ def test_signature_is_checked_before_the_body_is_parsed() -> None:
     assert signed.status == 415
 
 
-def test_rotation_accepts_both_secrets_until_the_previous_one_expires() -> None:
+@pytest.mark.parametrize("gateway_clock", [0.0, 1_700_000_000.0, 4_000_000_000.0])
+def test_rotation_accepts_both_secrets_for_the_grace_period_the_database_counts(
+    gateway_clock: float,
+) -> None:
+    """The grace period's end is read as seconds left by the database's clock, which also set
+    its start: whatever this process's clock says, the previous secret works for exactly the
+    time left, and the definition is recompiled when that runs out."""
     new_secret = "new secret after rotation"
-    expires = datetime.now(UTC) + timedelta(hours=1)
-    row = make_row(secret=new_secret, previous_secret=SECRET, previous_secret_expires_at=expires)
-    during = CompiledHook.from_row(row, CONFIG)
-    assert during.refresh_at == pytest.approx(expires.timestamp())
+    row = make_row(secret=new_secret, previous_secret=SECRET, previous_secret_seconds_left=3600.0)
+    during = CompiledHook.from_row(row, CONFIG, now=gateway_clock)
+    assert during.refresh_at == gateway_clock + 3600.0
     for secret in (new_secret, SECRET):
         assert evaluate(during, github_headers(PR_OPENED, secret), PR_OPENED).status == 202
-    after = CompiledHook.from_row(row, CONFIG, now=expires.timestamp() + 1)
-    assert after.refresh_at is None
-    assert evaluate(after, github_headers(PR_OPENED, new_secret), PR_OPENED).status == 202
-    assert evaluate(after, github_headers(PR_OPENED, SECRET), PR_OPENED).status == 401
+    for seconds_left in (0.0, -1.0, None):
+        row["previous_secret_seconds_left"] = seconds_left
+        after = CompiledHook.from_row(row, CONFIG, now=gateway_clock)
+        assert after.refresh_at is None
+        assert evaluate(after, github_headers(PR_OPENED, new_secret), PR_OPENED).status == 202
+        assert evaluate(after, github_headers(PR_OPENED, SECRET), PR_OPENED).status == 401
 
 
 def test_inactive_hook_is_403() -> None:
