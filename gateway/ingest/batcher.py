@@ -21,11 +21,12 @@ a helper thread (zstd releases the GIL) for large ones.
 Failure modes: a full queue raises :class:`Overloaded` at once; a database that is down fails the
 batch with :class:`DatabaseUnavailable` and, for a short back-off (growing up to
 ``batch.retry_after`` seconds), fails new submissions immediately instead of queueing them. Once
-the back-off is over, ONE batch probes the database (the others, and new submissions, still fail
-fast until it has its answer); only a batch that started after the last failure ends the
-back-off, not one that was already in flight when the database went away. A batch that fails for
-another reason (a row the database refuses) is retried one request per transaction, so one bad
-request cannot fail its neighbours.
+the back-off is over, ONE batch probes the database: other batches wait for its answer, new
+submissions still fail fast meanwhile. The outcome of the batch that started last decides: a
+success or failure of a batch that was already in flight when a later one got its answer (it
+started before the database went away, or before it came back) changes nothing. A batch that
+fails for another reason (a row the database refuses) is retried one request per transaction,
+so one bad request cannot fail its neighbours.
 """
 
 from __future__ import annotations
@@ -115,11 +116,12 @@ class RunBatcher:
         self._submitted = 0  # requests ever queued: tells _fill whether submissions continue
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        # Back-off state: failing fast until _down_until (0: the database is up); _failed_at is
-        # when the last batch found it down; _probing while one batch checks whether it is back.
+        # Back-off state: failing fast until _down_until (0: the database is up); _decided_by is
+        # when the batch whose outcome set that state started; _probe is set while one batch
+        # checks whether the database is back (resolved with its answer).
         self._down_until = 0.0
-        self._failed_at = 0.0
-        self._probing = False
+        self._decided_by = 0.0
+        self._probe: asyncio.Future[None] | None = None
         self._backoff = _FIRST_BACKOFF
         # zstd releases the GIL while it compresses: a batch of large bodies is compressed on a
         # helper thread (one hand-off per batch), so the event loop keeps serving meanwhile.
@@ -170,7 +172,7 @@ class RunBatcher:
             raise Overloaded("the gateway is shutting down; retry later")
         if len(self._queue) >= self._max_queue:
             raise Overloaded("the gateway is overloaded; retry later")
-        if self._down_until and (self._probing or loop.time() < self._down_until):
+        if self._down_until and (self._probe is not None or loop.time() < self._down_until):
             raise DatabaseUnavailable("the database is unavailable; retry later")
         item.future = future = loop.create_future()
         self._queue.append(item)
@@ -242,34 +244,43 @@ class RunBatcher:
 
     async def _flush(self, batch: list[PendingRequest]) -> None:
         assert self._loop is not None
-        probe = False
+        while self._probe is not None:  # another batch is finding out: its answer decides
+            await asyncio.shield(self._probe)
+        probe = None
         if self._down_until:
-            if self._probing or self._loop.time() < self._down_until:
+            if self._loop.time() < self._down_until:
                 _fail(batch, DatabaseUnavailable("the database is unavailable; retry later"))
                 return
-            self._probing = probe = True  # this batch finds out whether the database is back
+            self._probe = probe = self._loop.create_future()  # this batch finds out
         started = self._loop.time()
+        failure: Exception | None = None
         try:
             results = await self._write(batch)
         except DatabaseUnavailable as exc:
-            self._mark_down(exc, len(batch))
+            self._mark_down(exc, len(batch), started)
             _fail(batch, exc)
             metrics.set_queue_depth(len(self._queue))
             return
         except Exception as exc:
-            self._database_answered(started)
+            failure = exc
+        finally:
+            if probe is not None:  # answered: the batches waiting for it go on
+                self._probe = None
+                probe.set_result(None)
+        self._database_answered(started)
+        if failure is not None:
             if len(batch) == 1:
-                log.error("hook_request_not_stored", error=str(exc), error_type=type(exc).__name__)
+                log.error(
+                    "hook_request_not_stored",
+                    error=str(failure),
+                    error_type=type(failure).__name__,
+                )
                 _fail(batch, RequestNotStored())
                 return
-            log.warning("batch_write_failed_retrying_singly", size=len(batch), error=str(exc))
+            log.warning("batch_write_failed_retrying_singly", size=len(batch), error=str(failure))
             for item in batch:
                 await self._flush([item])
             return
-        finally:
-            if probe:
-                self._probing = False
-        self._database_answered(started)
         for item, result in zip(batch, results, strict=True):
             if item.future is not None and not item.future.done():
                 item.future.set_result(result)
@@ -277,15 +288,21 @@ class RunBatcher:
 
     def _database_answered(self, started: float) -> None:
         """A batch that started at ``started`` reached the database: the back-off ends, unless
-        a batch failed since (this one was in flight before the database went away)."""
-        if self._down_until and started >= self._failed_at:
+        a batch that started later found it down (this one was in flight before that)."""
+        if started < self._decided_by:
+            return
+        self._decided_by = started
+        if self._down_until:
             self._down_until, self._backoff = 0.0, _FIRST_BACKOFF
             log.info("batch_database_back")
 
-    def _mark_down(self, exc: Exception, size: int) -> None:
+    def _mark_down(self, exc: Exception, size: int, started: float) -> None:
         assert self._loop is not None
-        self._failed_at = self._loop.time()
-        self._down_until = self._failed_at + self._backoff
+        if started < self._decided_by:  # a later batch reached the database since this began
+            log.warning("batch_write_failed", error=str(exc), size=size, stale=True)
+            return
+        self._decided_by = started
+        self._down_until = self._loop.time() + self._backoff
         log.warning("batch_write_failed", error=str(exc), size=size, retry_in=self._backoff)
         self._backoff = min(self._backoff * 2, self._max_backoff)
 

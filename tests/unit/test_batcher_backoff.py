@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import cast
 
 import pytest
 
 from gateway.config import build_config
 from gateway.exceptions import DatabaseUnavailable
+from gateway.ingest import batcher as batcher_module
 from gateway.ingest.batcher import PendingRequest, RunBatcher, Stored
 from gateway.storage.database import Database
 
 BASE = build_config({}, {})
-CONFIG = replace(BASE, batch=replace(BASE.batch, max_wait_ms=0.0, retry_after=1))
-FIRST_BACKOFF = 0.05  # batcher._FIRST_BACKOFF
+CONFIG = replace(BASE, batch=replace(BASE.batch, max_wait_ms=0.0, retry_after=60))
 
 
 class HandAnsweredBatcher(RunBatcher):
@@ -68,65 +70,112 @@ def request() -> PendingRequest:
     )
 
 
-@pytest.fixture
-async def batcher() -> Any:
-    started = HandAnsweredBatcher()
-    started.start()
-    yield started
-    for answer in started.writes:
-        if not answer.done():
-            answer.set_result(None)
-    await started.close()
+@asynccontextmanager
+async def running(
+    monkeypatch: pytest.MonkeyPatch, first_backoff: float
+) -> AsyncIterator[HandAnsweredBatcher]:
+    """A started batcher whose first back-off lasts ``first_backoff`` seconds (long enough in
+    each test that no assertion depends on how fast this machine is)."""
+    monkeypatch.setattr(batcher_module, "_FIRST_BACKOFF", first_backoff)
+    batcher = HandAnsweredBatcher()
+    batcher.start()
+    try:
+        yield batcher
+    finally:
+        for answer in batcher.writes:
+            if not answer.done():
+                answer.set_result(None)
+        await batcher.close()
+
+
+DOWN = DatabaseUnavailable("connection refused")
+
+
+async def fail_one_batch(batcher: HandAnsweredBatcher) -> None:
+    """One batch finds the database down."""
+    failing = batcher.submit(request())
+    await batcher.writes_started(len(batcher.writes) + 1)
+    batcher.writes[-1].set_result(DOWN)
+    with pytest.raises(DatabaseUnavailable):
+        await failing
+
+
+async def store_one(batcher: HandAnsweredBatcher) -> None:
+    """One request is accepted and its batch committed."""
+    item = request()
+    stored = batcher.submit(item)
+    await batcher.writes_started(len(batcher.writes) + 1)
+    batcher.writes[-1].set_result(None)
+    assert await stored == Stored(item.run_id, False)
 
 
 async def test_a_batch_in_flight_before_the_outage_does_not_end_the_back_off(
-    batcher: HandAnsweredBatcher,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    before = request()
-    in_flight = batcher.submit(before)
-    await batcher.writes_started(1)
-    failing = batcher.submit(request())
-    await batcher.writes_started(2)
+    async with running(monkeypatch, 30.0) as batcher:
+        before = request()
+        in_flight = batcher.submit(before)
+        await batcher.writes_started(1)
+        await fail_one_batch(batcher)  # started later than the batch in flight
+        batcher.writes[0].set_result(None)  # committed just before the database went away
+        assert await in_flight == Stored(before.run_id, False)
+        with pytest.raises(DatabaseUnavailable):  # still backing off
+            batcher.submit(request())
 
-    batcher.writes[1].set_result(DatabaseUnavailable("connection refused"))
-    with pytest.raises(DatabaseUnavailable):
-        await failing
-    batcher.writes[0].set_result(None)  # committed just before the database went away
-    assert await in_flight == Stored(before.run_id, False)
 
-    with pytest.raises(DatabaseUnavailable):  # still backing off
-        batcher.submit(request())
+async def test_a_batch_in_flight_before_the_database_answered_does_not_start_a_back_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with running(monkeypatch, 30.0) as batcher:
+        stuck = batcher.submit(request())
+        await batcher.writes_started(1)
+        await store_one(batcher)  # a later batch reaches the database
+        batcher.writes[0].set_result(DOWN)  # e.g. a connection that died long ago timed out
+        with pytest.raises(DatabaseUnavailable):
+            await stuck
+        await store_one(batcher)  # no back-off
 
 
 async def test_one_batch_probes_after_the_back_off_and_its_answer_decides(
-    batcher: HandAnsweredBatcher,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    failing = batcher.submit(request())
-    await batcher.writes_started(1)
-    batcher.writes[0].set_result(DatabaseUnavailable("connection refused"))
-    with pytest.raises(DatabaseUnavailable):
-        await failing
-    await asyncio.sleep(FIRST_BACKOFF * 1.5)
+    loop = asyncio.get_running_loop()
+    async with running(monkeypatch, 0.5) as batcher:
+        await fail_one_batch(batcher)
+        await asyncio.sleep(0.6)  # the first back-off is over
 
-    probe = batcher.submit(request())
-    await batcher.writes_started(2)
-    with pytest.raises(DatabaseUnavailable):  # refused while the probe waits for its answer
-        batcher.submit(request())
-    batcher.writes[1].set_result(DatabaseUnavailable("connection refused"))
-    with pytest.raises(DatabaseUnavailable):
-        await probe
-    await asyncio.sleep(FIRST_BACKOFF * 1.5)
-    with pytest.raises(DatabaseUnavailable):  # the back-off doubled after a failed probe
-        batcher.submit(request())
-    await asyncio.sleep(FIRST_BACKOFF)
+        probe = batcher.submit(request())
+        await batcher.writes_started(2)
+        with pytest.raises(DatabaseUnavailable):  # refused while the probe waits for its answer
+            batcher.submit(request())
+        batcher.writes[1].set_result(DOWN)
+        with pytest.raises(DatabaseUnavailable):
+            await probe
+        with pytest.raises(DatabaseUnavailable):  # backing off again
+            batcher.submit(request())
+        assert batcher._down_until - loop.time() > 0.75  # twice the first back-off (1 s)
 
-    second_probe = request()
-    answered = batcher.submit(second_probe)
-    await batcher.writes_started(3)
-    batcher.writes[2].set_result(None)
-    assert await answered == Stored(second_probe.run_id, False)
-    after = request()
-    accepted = batcher.submit(after)  # back: accepted again
-    await batcher.writes_started(4)
-    batcher.writes[3].set_result(None)
-    assert await accepted == Stored(after.run_id, False)
+        await asyncio.sleep(1.1)
+        await store_one(batcher)  # the second probe finds the database back
+        await store_one(batcher)  # and requests are accepted again
+
+
+async def test_batches_taken_with_the_probe_wait_for_its_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Requests accepted once the back-off is over are shared among the idle writers: the first
+    batch probes, the others wait for its answer instead of failing."""
+    async with running(monkeypatch, 0.2) as batcher:
+        await fail_one_batch(batcher)
+        await asyncio.sleep(0.3)
+        items = [request() for _ in range(3)]
+        futures = [batcher.submit(item) for item in items]  # one per idle writer
+        await batcher.writes_started(2)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert len(batcher.writes) == 2  # the probe alone is writing
+        batcher.writes[1].set_result(None)
+        await batcher.writes_started(4)
+        for answer in batcher.writes[2:]:
+            answer.set_result(None)
+        assert await asyncio.gather(*futures) == [Stored(i.run_id, False) for i in items]
