@@ -91,7 +91,7 @@ async def _create_user(config: Config, email: str, name: str, admin: bool, passw
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``gateway`` console script."""
+    """The ``gateway`` command line (started through :mod:`gateway.launch`)."""
     args = _parser().parse_args(argv)
     if args.command in ("serve", "dispatch"):  # long-running: SIGHUP reloads, never kills
         sighup.remember()

@@ -4,8 +4,9 @@ SIGHUP's default action ends a process, and a long-running gateway installs its 
 (:func:`gateway.reload.install_sighup`) only once its configuration, database and listeners are
 up: an operator's ``systemctl reload`` in those seconds would kill it, and a supervisor
 forwarding one would kill its new workers. :func:`remember` makes SIGHUP only set a flag from
-the start of ``serve``/``dispatch`` (of ``python -m gateway ... --worker`` before anything else
-is imported); :func:`take_pending` tells the reload handler, once installed, to reload once.
+the start of ``serve``/``dispatch`` and of a supervisor's workers, before anything else is
+imported (:mod:`gateway.launch`); :func:`take_pending` tells the reload handler, once
+installed, to reload once.
 
 This module imports nothing but :mod:`signal`, so that it can run first.
 """

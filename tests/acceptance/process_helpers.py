@@ -24,6 +24,10 @@ STARTUP_TIMEOUT = 90.0
 Event = dict[str, Any]
 
 
+# The ``gateway`` console script of the interpreter running the tests (the venv's).
+CONSOLE_SCRIPT = str(Path(sys.executable).parent / "gateway")
+
+
 def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment without any GATEWAY_* variable, plus the tests' secret key
     (so that no run creates var/secret-keys in the checkout) and ``extra``."""
@@ -129,9 +133,10 @@ class GatewayProcess:
         config_path: Path,
         args: Sequence[str] = ("serve",),
         env: Mapping[str, str] | None = None,
+        command: Sequence[str] = (sys.executable, "-m", "gateway"),
     ) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--config", str(config_path), *args],
+            [*command, "--config", str(config_path), *args],
             cwd=ROOT,
             env=clean_environment(env),
             stdin=subprocess.DEVNULL,

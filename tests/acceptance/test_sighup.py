@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,12 @@ import aiohttp
 import pytest
 
 from gateway.ingest.signatures import sign_hmac_hex
-from tests.acceptance.process_helpers import GatewayProcess, free_port, write_config
+from tests.acceptance.process_helpers import (
+    CONSOLE_SCRIPT,
+    GatewayProcess,
+    free_port,
+    write_config,
+)
 from tests.integration.ingest_helpers import PR_OPENED
 from tests.integration.ops_helpers import parse_metrics, sample
 
@@ -73,11 +81,13 @@ class Api:
         return [row["body_stored"] for row in rows]
 
 
-def launch(path: Path, dsn: str) -> GatewayProcess:
+def launch(path: Path, dsn: str, command: Sequence[str] | None = None) -> GatewayProcess:
     """``gateway serve`` on ``dsn`` with the admin bootstrapped; not waited for."""
     env = {"GATEWAY_DATABASE_DSN": dsn, "GATEWAY_ADMIN_EMAIL": ADMIN["email"]}
     env["GATEWAY_ADMIN_PASSWORD"] = ADMIN["password"]
-    return GatewayProcess(path, env=env)
+    if command is None:
+        return GatewayProcess(path, env=env)
+    return GatewayProcess(path, env=env, command=command)
 
 
 def start(path: Path, dsn: str, port: int, workers: int = 1) -> GatewayProcess:
@@ -230,23 +240,67 @@ async def test_a_sighup_while_starting_is_remembered_not_fatal(
         assert not gateway.named("listening")
         write_config(path, {**_sections(tmp_path, server), "hooks": {"store_bodies": "none"}})
         os.kill(gateway.process.pid, signal.SIGHUP)
-        await asyncio.to_thread(
-            gateway.wait_for,
-            lambda _: len(gateway.named("listening")) >= workers,
-            "listening workers",
-            60,
-        )
-        async with aiohttp.ClientSession() as http:
-            api = Api(http, port)
-            hook = await api.setup_hook()
-            for _ in range(4):  # (with two workers, new connections reach both)
-                assert (await api.trigger(hook))[0] == 202
-            assert await api.bodies_stored(hook) == [False] * 4
-        assert not gateway.named("worker_exited"), gateway.named("worker_exited")
-        gateway.process.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(gateway.finish) == 0, gateway.output[-4000:]
+        await serves_with_the_edit(gateway, port, workers)
     finally:
         gateway.kill()
+
+
+@pytest.mark.parametrize("command", ["console script", "python -m gateway"])
+async def test_a_sighup_while_the_command_line_is_imported_is_remembered(
+    database_dsn: str, tmp_path: Path, command: str
+) -> None:
+    """Importing the command line and its libraries takes a few hundred milliseconds: SIGHUP
+    is made harmless before that starts, and one sent then is a reload once the gateway is up.
+    (The marker: the process has not loaded ``_decimal`` yet, which the command line's imports
+    load about 150 ms in, on a fast machine.)"""
+    port = free_port()
+    server = {"port": port, "workers": 1}
+    path = write_config(tmp_path / "config.toml", _sections(tmp_path, server))
+    argv = [CONSOLE_SCRIPT] if command == "console script" else [sys.executable, "-m", "gateway"]
+    gateway = launch(path, database_dsn, argv)
+    try:
+        handled_early = await asyncio.to_thread(sighup_handled_before, gateway, "/_decimal.")
+        assert handled_early, "SIGHUP was still fatal well into the command line's imports"
+        write_config(path, {**_sections(tmp_path, server), "hooks": {"store_bodies": "none"}})
+        os.kill(gateway.process.pid, signal.SIGHUP)
+        await serves_with_the_edit(gateway, port, 1)
+    finally:
+        gateway.kill()
+
+
+def sighup_handled_before(gateway: GatewayProcess, library: str) -> bool:
+    """Wait until the process handles SIGHUP (Linux: bit 0 of SigCgt in /proc/PID/status);
+    whether ``library``'s shared objects were not mapped into it yet at that moment."""
+    proc = Path(f"/proc/{gateway.process.pid}")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert gateway.process.poll() is None, gateway.output[-4000:]
+        status = (proc / "status").read_text()
+        caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+        if int(caught.split()[1], 16) & 1 << (signal.SIGHUP - 1):
+            return library not in (proc / "maps").read_text()
+        time.sleep(0.0005)
+    raise AssertionError("the gateway never handled SIGHUP")
+
+
+async def serves_with_the_edit(gateway: GatewayProcess, port: int, workers: int) -> None:
+    """Once up, every worker runs with the edited file (``store_bodies = none``), none was
+    lost on the way, and SIGTERM stops the gateway cleanly."""
+    await asyncio.to_thread(
+        gateway.wait_for,
+        lambda _: len(gateway.named("listening")) >= workers,
+        "listening workers",
+        60,
+    )
+    async with aiohttp.ClientSession() as http:
+        api = Api(http, port)
+        hook = await api.setup_hook()
+        for _ in range(4):  # (with two workers, new connections reach both)
+            assert (await api.trigger(hook))[0] == 202
+        assert await api.bodies_stored(hook) == [False] * 4
+    assert not gateway.named("worker_exited"), gateway.named("worker_exited")
+    gateway.process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(gateway.finish) == 0, gateway.output[-4000:]
 
 
 async def test_a_gateway_stopped_while_its_workers_start_exits_cleanly(
