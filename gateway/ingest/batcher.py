@@ -24,7 +24,8 @@ batch with :class:`DatabaseUnavailable` and, for a short back-off (growing up to
 the back-off is over, ONE batch probes the database: other batches wait for its answer, new
 submissions still fail fast meanwhile. The outcome of the batch that started last decides: a
 success or failure of a batch that was already in flight when a later one got its answer (it
-started before the database went away, or before it came back) changes nothing. A batch that
+started before the database went away, or before it came back) changes nothing, and neither
+does a failure before the statement reached the database (a bug of the gateway's). A batch that
 fails for another reason (a row the database refuses) is retried one request per transaction,
 so one bad request cannot fail its neighbours.
 """
@@ -50,7 +51,7 @@ from gateway.ingest.evaluation import REJECTED
 from gateway.logs import get_logger
 from gateway.storage import ingest as store
 from gateway.storage import outgoing
-from gateway.storage.database import Database
+from gateway.storage.database import Database, reported_by_the_server
 
 log = get_logger(__name__)
 
@@ -267,7 +268,8 @@ class RunBatcher:
             if probe is not None:  # answered: the batches waiting for it go on
                 self._probe = None
                 probe.set_result(None)
-        self._database_answered(started)
+        if failure is None or reported_by_the_server(failure):
+            self._database_answered(started)
         if failure is not None:
             if len(batch) == 1:
                 log.error(

@@ -84,6 +84,18 @@ def translate_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def reported_by_the_server(exc: BaseException) -> bool:
+    """Whether ``exc`` is an error the database answered with (as raised by asyncpg, or as
+    translated by :func:`translate_error`), so that it was reachable. (asyncpg raises DataError
+    itself for an argument it cannot encode, but only after the server prepared the statement.)
+    False for DatabaseUnavailable, and for errors raised before a statement reached it."""
+    if isinstance(exc, DatabaseUnavailable):
+        return False
+    return isinstance(exc, asyncpg.PostgresError) or isinstance(
+        exc.__cause__, asyncpg.PostgresError
+    )
+
+
 @asynccontextmanager
 async def translated() -> AsyncIterator[None]:
     """Re-raise driver errors inside the block as gateway exceptions."""

@@ -17,12 +17,13 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import cast
 
+import asyncpg
 import pytest
 
 from gateway.config import build_config
 from gateway.exceptions import DatabaseUnavailable
 from gateway.ingest import batcher as batcher_module
-from gateway.ingest.batcher import PendingRequest, RunBatcher, Stored
+from gateway.ingest.batcher import PendingRequest, RequestNotStored, RunBatcher, Stored
 from gateway.storage.database import Database
 
 BASE = build_config({}, {})
@@ -179,3 +180,30 @@ async def test_batches_taken_with_the_probe_wait_for_its_answer(
         for answer in batcher.writes[2:]:
             answer.set_result(None)
         assert await asyncio.gather(*futures) == [Stored(i.run_id, False) for i in items]
+
+
+async def test_a_probe_that_fails_before_reaching_the_database_does_not_end_the_back_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A failure of the gateway's own (a bug building the rows, say) tells nothing about the
+    database: the back-off keeps growing instead of starting over."""
+    loop = asyncio.get_running_loop()
+    async with running(monkeypatch, 0.5) as batcher:
+        await fail_one_batch(batcher)  # back-off 0.5 s, the next one 1 s
+        await asyncio.sleep(0.6)
+        not_sent = batcher.submit(request())
+        await batcher.writes_started(2)
+        batcher.writes[1].set_result(ValueError("a bug before the statement was sent"))
+        with pytest.raises(RequestNotStored):
+            await not_sent
+        await fail_one_batch(batcher)  # the next probe finds the database still down
+        assert batcher._down_until - loop.time() > 0.75  # 1 s: the back-off was not reset
+
+        await asyncio.sleep(1.1)
+        answered = batcher.submit(request())
+        await batcher.writes_started(4)
+        batcher.writes[3].set_result(asyncpg.exceptions.NotNullViolationError("null"))
+        with pytest.raises(RequestNotStored):
+            await answered
+        assert batcher._down_until == 0  # the database answered: the back-off is over
+        await store_one(batcher)

@@ -7,7 +7,7 @@ import asyncpg
 import pytest
 
 from gateway.exceptions import AlreadyExists, DatabaseUnavailable, NeedsTransaction
-from gateway.storage.database import translate_error
+from gateway.storage.database import reported_by_the_server, translate_error
 
 
 @pytest.mark.parametrize(
@@ -57,3 +57,28 @@ def test_the_batch_guard_and_constraint_errors_keep_their_own_meaning() -> None:
     assert isinstance(
         translate_error(asyncpg.exceptions.UniqueViolationError("duplicate")), AlreadyExists
     )
+
+
+def translated_from(exc: BaseException) -> BaseException:
+    """What :func:`translated` raises for ``exc`` (the mapped error, with ``exc`` as cause)."""
+    mapped = translate_error(exc)
+    if mapped is not exc:
+        mapped.__cause__ = exc
+    return mapped
+
+
+@pytest.mark.parametrize(
+    ("error", "reported"),
+    [
+        (asyncpg.exceptions.NotNullViolationError("null"), True),  # as asyncpg raises it
+        (translated_from(asyncpg.exceptions.UniqueViolationError("duplicate")), True),
+        (translated_from(asyncpg.exceptions.CheckViolationError("check")), True),
+        (asyncpg.exceptions.DataError("invalid input for query argument $1"), True),
+        (translated_from(asyncpg.exceptions.AdminShutdownError("shutdown")), False),
+        (translated_from(ConnectionRefusedError("refused")), False),
+        (ValueError("a bug before the statement was sent"), False),
+        (AlreadyExists("raised by the gateway itself"), False),
+    ],
+)
+def test_which_errors_show_the_database_was_reachable(error: BaseException, reported: bool) -> None:
+    assert reported_by_the_server(error) is reported
