@@ -85,14 +85,16 @@ def translate_error(exc: BaseException) -> BaseException:
 
 
 def reported_by_the_server(exc: BaseException) -> bool:
-    """Whether ``exc`` is an error the database answered with (as raised by asyncpg, or as
-    translated by :func:`translate_error`), so that it was reachable. (asyncpg raises DataError
-    itself for an argument it cannot encode, but only after the server prepared the statement.)
-    False for DatabaseUnavailable, and for errors raised before a statement reached it."""
+    """Whether ``exc`` is an error the database server answered with (as raised by asyncpg, or
+    as translated by :func:`translate_error`), so that it was reachable. False for
+    DatabaseUnavailable, and for errors raised before a statement reached the server: asyncpg
+    raises some of its PostgresError classes itself (DataError for an argument it cannot
+    encode), but only the server's carry a severity."""
     if isinstance(exc, DatabaseUnavailable):
         return False
-    return isinstance(exc, asyncpg.PostgresError) or isinstance(
-        exc.__cause__, asyncpg.PostgresError
+    return any(
+        isinstance(error, asyncpg.PostgresError) and error.severity is not None
+        for error in (exc, exc.__cause__)
     )
 
 

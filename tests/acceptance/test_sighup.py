@@ -259,10 +259,15 @@ async def test_a_sighup_while_the_command_line_is_imported_is_remembered(
     argv = [CONSOLE_SCRIPT] if command == "console script" else [sys.executable, "-m", "gateway"]
     gateway = launch(path, database_dsn, argv)
     try:
-        handled_early = await asyncio.to_thread(sighup_handled_before, gateway, "/_decimal.")
+        marker = "/_decimal."
+        handled_early = await asyncio.to_thread(sighup_handled_before, gateway, marker)
         assert handled_early, "SIGHUP was still fatal well into the command line's imports"
         write_config(path, {**_sections(tmp_path, server), "hooks": {"store_bodies": "none"}})
         os.kill(gateway.process.pid, signal.SIGHUP)
+        await asyncio.to_thread(gateway.wait_event, "listening", 60)
+        # The marker means something: the gateway does load it.
+        maps = Path(f"/proc/{gateway.process.pid}/maps")
+        assert marker in await asyncio.to_thread(maps.read_text)
         await serves_with_the_edit(gateway, port, 1)
     finally:
         gateway.kill()

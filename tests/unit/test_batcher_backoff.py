@@ -25,6 +25,7 @@ from gateway.exceptions import DatabaseUnavailable
 from gateway.ingest import batcher as batcher_module
 from gateway.ingest.batcher import PendingRequest, RequestNotStored, RunBatcher, Stored
 from gateway.storage.database import Database
+from tests.unit.test_database_errors import server_error
 
 BASE = build_config({}, {})
 CONFIG = replace(BASE, batch=replace(BASE.batch, max_wait_ms=0.0, retry_after=60))
@@ -202,7 +203,7 @@ async def test_a_probe_that_fails_before_reaching_the_database_does_not_end_the_
         await asyncio.sleep(1.1)
         answered = batcher.submit(request())
         await batcher.writes_started(4)
-        batcher.writes[3].set_result(asyncpg.exceptions.NotNullViolationError("null"))
+        batcher.writes[3].set_result(server_error(asyncpg.exceptions.NotNullViolationError, "x"))
         with pytest.raises(RequestNotStored):
             await answered
         assert batcher._down_until == 0  # the database answered: the back-off is over

@@ -59,6 +59,12 @@ def test_the_batch_guard_and_constraint_errors_keep_their_own_meaning() -> None:
     )
 
 
+def server_error(error: type[asyncpg.PostgresError], message: str) -> asyncpg.PostgresError:
+    """``error`` as asyncpg raises it for the server's ErrorResponse (with its fields)."""
+    fields = {"S": "ERROR", "V": "ERROR", "C": error.sqlstate, "M": message}
+    return error.new(fields)
+
+
 def translated_from(exc: BaseException) -> BaseException:
     """What :func:`translated` raises for ``exc`` (the mapped error, with ``exc`` as cause)."""
     mapped = translate_error(exc)
@@ -70,11 +76,13 @@ def translated_from(exc: BaseException) -> BaseException:
 @pytest.mark.parametrize(
     ("error", "reported"),
     [
-        (asyncpg.exceptions.NotNullViolationError("null"), True),  # as asyncpg raises it
-        (translated_from(asyncpg.exceptions.UniqueViolationError("duplicate")), True),
-        (translated_from(asyncpg.exceptions.CheckViolationError("check")), True),
-        (asyncpg.exceptions.DataError("invalid input for query argument $1"), True),
-        (translated_from(asyncpg.exceptions.AdminShutdownError("shutdown")), False),
+        (server_error(asyncpg.exceptions.NotNullViolationError, "null"), True),
+        (translated_from(server_error(asyncpg.exceptions.UniqueViolationError, "dup")), True),
+        (translated_from(server_error(asyncpg.exceptions.CheckViolationError, "check")), True),
+        (server_error(asyncpg.exceptions.DataError, "invalid input syntax for type json"), True),
+        # asyncpg's own, before sending: an argument it cannot encode.
+        (asyncpg.exceptions.DataError("invalid input for query argument $1"), False),
+        (translated_from(server_error(asyncpg.exceptions.AdminShutdownError, "bye")), False),
         (translated_from(ConnectionRefusedError("refused")), False),
         (ValueError("a bug before the statement was sent"), False),
         (AlreadyExists("raised by the gateway itself"), False),
