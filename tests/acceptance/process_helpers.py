@@ -88,6 +88,12 @@ def port_is_free(port: int) -> bool:
         return True
 
 
+def parent_of(pid: int) -> int:
+    """The parent process id of ``pid`` (Linux: from /proc/PID/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
 def process_alive(pid: int) -> bool:
     """True while the process runs (a zombie, exited but not yet reaped, counts as gone)."""
     try:

@@ -29,6 +29,7 @@ from tests.acceptance.process_helpers import (
     GatewayProcess,
     http_status,
     occupied_port,
+    parent_of,
     process_alive,
     write_config,
 )
@@ -45,11 +46,6 @@ def dsn(server_dsn: str, template_database: str) -> Iterator[str]:
         yield fresh
 
 
-def _parent_of(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
 @pytest.mark.timeout(300)
 async def test_kill_9_of_a_worker_under_load(
     dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -59,7 +55,7 @@ async def test_kill_9_of_a_worker_under_load(
     try:
         workers = {e["worker"]: e["pid"] for e in gateway.named("worker_started")}
         assert len(workers) == 2 and all(
-            _parent_of(p) == gateway.process.pid for p in workers.values()
+            parent_of(p) == gateway.process.pid for p in workers.values()
         )
         victim = workers[0]
         async with client(CONNECTIONS, force_close=True) as session:
@@ -100,7 +96,7 @@ async def test_kill_9_of_a_worker_under_load(
             retried = [await load.send(d) for d in failed]
             runs = await runs_by_delivery(dsn, hook["id"])
         replacement = restarted["pid"]
-        assert _parent_of(replacement) == gateway.process.pid and not process_alive(victim)
+        assert parent_of(replacement) == gateway.process.pid and not process_alive(victim)
         exited = [e for e in gateway.named("worker_exited") if e.get("pid") == victim]
     finally:
         stop_gateway(live)

@@ -9,24 +9,22 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.acceptance.process_helpers import Event, GatewayProcess, http_status
-
-ROOT = Path(__file__).resolve().parents[2]
-STARTUP_TIMEOUT = 90.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.acceptance.process_helpers import (
+    ROOT,
+    STARTUP_TIMEOUT,
+    Event,
+    GatewayProcess,
+    free_port,
+    http_status,
+    parent_of,
+    process_alive,
+)
 
 
 class Gateway(GatewayProcess):
@@ -37,19 +35,6 @@ class Gateway(GatewayProcess):
         self, predicate: Callable[[Event], bool], what: str, timeout: float = STARTUP_TIMEOUT
     ) -> Event:
         return super().wait_for(predicate, what, timeout)
-
-
-def _parent_of(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture
@@ -66,7 +51,7 @@ def data_dir() -> Iterator[Path]:
 
 
 def test_two_workers_restart_after_kill_and_stop_cleanly(tmp_path: Path, data_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "config.toml"
     config.write_text(
         f"[server]\nport = {port}\nworkers = 2\nshutdown_timeout = 5.0\n"
@@ -89,7 +74,7 @@ def test_two_workers_restart_after_kill_and_stop_cleanly(tmp_path: Path, data_di
         pids = [e["pid"] for e in started]
         parent = gateway.process.pid
         assert len(set(pids)) == 2 and parent not in pids
-        assert all(_parent_of(pid) == parent for pid in pids)
+        assert all(parent_of(pid) == parent for pid in pids)
         # The embedded server is started once, by the parent.
         assert len(gateway.named("embedded_postgres_started")) == 1
         assert all(http_status(f"http://127.0.0.1:{port}/readyz") == 200 for _ in range(10))
@@ -105,8 +90,8 @@ def test_two_workers_restart_after_kill_and_stop_cleanly(tmp_path: Path, data_di
             "worker_restarted",
         )
         replacement = restarted["pid"]
-        assert replacement not in pids and _parent_of(replacement) == parent
-        assert not _alive(victim)
+        assert replacement not in pids and parent_of(replacement) == parent
+        assert not process_alive(victim)
         gateway.wait_for(
             lambda e: (
                 e.get("event") == "listening"
@@ -122,7 +107,7 @@ def test_two_workers_restart_after_kill_and_stop_cleanly(tmp_path: Path, data_di
         gateway._reader.join(timeout=10)
         stopped = {e["pid"]: e["exit_code"] for e in gateway.named("worker_stopped")}
         assert stopped == {survivor: 0, replacement: 0}
-        assert not _alive(survivor) and not _alive(replacement)
+        assert not process_alive(survivor) and not process_alive(replacement)
         assert gateway.named("embedded_postgres_stopped")
     finally:
         gateway.kill()
@@ -136,7 +121,7 @@ def test_a_sigterm_while_the_embedded_server_starts_stops_it_too(
     and leaving it running."""
     config = tmp_path / "config.toml"
     config.write_text(
-        f"[server]\nport = {_free_port()}\nworkers = 2\n"
+        f"[server]\nport = {free_port()}\nworkers = 2\n"
         f'[database]\ndata_dir = "{data_dir}"\n[log]\nformat = "json"\n'
     )
     gateway = Gateway(config)
