@@ -10,7 +10,6 @@ gateway.ingest.batcher).
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -77,9 +76,9 @@ class CompiledHook:
     conditions: ConditionSet
     delivery_id_headers: tuple[str, ...]
     redacted_headers: frozenset[str]
-    # When the previous secret stops working (``now`` at compile time plus the seconds its grace
-    # period had left): the definition must be recompiled then.
-    refresh_at: float | None = None
+    # Seconds until the previous secret stops working, by the database's clock when the row
+    # was read (None: no grace period running). The cache recompiles the definition by then.
+    previous_secret_expires_in: float | None = None
     # Set when the stored definition cannot be compiled (every request is answered with 500).
     definition_error: str | None = None
     # Request limits (gateway.ingest.limits), resolved once with the [limits] defaults:
@@ -93,13 +92,11 @@ class CompiledHook:
         cls,
         row: Mapping[str, Any],
         config: Config,
-        now: float | None = None,
         *,
         box: SecretBox = PLAINTEXT_BOX,
     ) -> CompiledHook:
         """Compile an ``incoming_hooks`` row, opening its sealed secrets with ``box``; never
         raises for a bad stored definition (or a secret that cannot be decrypted)."""
-        now = time.time() if now is None else now
         problems: list[str] = []
         settings = row["settings"] if isinstance(row["settings"], dict) else {}
         limits, limit_errors = parse_limits_settings(settings)
@@ -120,7 +117,7 @@ class CompiledHook:
 
         header_name = (row["secret_header_name"] or "").strip().lower()
         redacted = ALWAYS_REDACTED | ({header_name} if header_name else frozenset())
-        verifier, refresh_at = None, None
+        verifier, previous_secret_expires_in = None, None
         if row["requires_secret"]:
             secrets: list[str] = []
             # By the database's clock, which also started the grace period (see the query).
@@ -130,7 +127,7 @@ class CompiledHook:
                     secrets.append(box.decrypt(row["secret"]))
                 if row["previous_secret"] and seconds_left is not None and seconds_left > 0:
                     secrets.append(box.decrypt(row["previous_secret"]))
-                    refresh_at = now + seconds_left
+                    previous_secret_expires_in = seconds_left
             except SecretBoxError as exc:
                 problems.append(f"secret: {exc}")
             try:
@@ -155,7 +152,7 @@ class CompiledHook:
             conditions=conditions,
             delivery_id_headers=delivery_headers,
             redacted_headers=redacted,
-            refresh_at=refresh_at,
+            previous_secret_expires_in=previous_secret_expires_in,
             definition_error="; ".join(problems) or None,
             rate=rate,
             burst=burst,

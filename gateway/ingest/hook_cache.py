@@ -135,11 +135,11 @@ class HookCache:
         generation = self._generation
         async with self._load_slots:
             row = await store.hook_definition(self._db, hook_id)
-        now_wall, now = time.time(), time.monotonic()
+        now = time.monotonic()
         hook = (
             None
             if row is None
-            else CompiledHook.from_row(row, self._config, now=now_wall, box=self._db.secret_box)
+            else CompiledHook.from_row(row, self._config, box=self._db.secret_box)
         )
         if hook is not None and hook.definition_error:
             log.error("hook_definition_invalid", hook_id=key, problem=hook.definition_error)
@@ -149,8 +149,8 @@ class HookCache:
             ttl = min(NEGATIVE_TTL, self._ttl)
         else:
             ttl = self._ttl if self.listening else min(DEGRADED_TTL, self._ttl)
-            if hook.refresh_at is not None:
-                ttl = min(ttl, hook.refresh_at - now_wall)
+            if hook.previous_secret_expires_in is not None:
+                ttl = min(ttl, hook.previous_secret_expires_in)
         if ttl > 0:
             self._entries.pop(key, None)
             if len(self._entries) >= self._max_entries:
