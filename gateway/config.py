@@ -193,8 +193,11 @@ _MAXIMUMS: dict[tuple[str, str], float] = {
     ("limits", "default_burst"): 1_000_000,
 }
 
-# Keys whose values never appear in a message (operations, issue 8): key material.
-_MASKED: frozenset[tuple[str, str]] = frozenset({("security", "secret_keys")})
+# Keys whose values never appear in a message (operations, issue 8): key material, and the
+# DSN, which may carry a password.
+_MASKED: frozenset[tuple[str, str]] = frozenset(
+    {("security", "secret_keys"), ("database", "dsn")}
+)
 
 
 def resolve_path(path: str | None, env: Mapping[str, str] | None = None) -> Path:
@@ -414,24 +417,20 @@ def _check_cross_field(sections: dict[str, Any], problems: list[str]) -> None:
     problems.extend(key_line_problems(sections["security"].secret_keys, "security.secret_keys"))
 
 
-def mask_dsn(dsn: str) -> str:
-    """The DSN with its password replaced by ``***``, fit for messages and logs."""
-    dsn = re.sub(r"([?&]password=)[^&]*", r"\1***", dsn)
-    scheme, sep, rest = dsn.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
-        return dsn
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
-
-
 def _check_dsn(dsn: str, problems: list[str]) -> None:
-    shown = repr(mask_dsn(dsn))
+    # The DSN itself never appears in a message: a password can sit anywhere in it (URL
+    # userinfo with '/', '#' or '?' in it, a password= parameter, a key/value DSN).
     allowed = "must be a URL like postgresql://user:password@host:5432/database"
-    if not dsn.startswith(("postgres://", "postgresql://")):
-        problems.append(f"database.dsn = {shown} is invalid: {allowed}")
+    scheme, sep, _ = dsn.partition("://")
+    if not sep or scheme not in ("postgres", "postgresql"):
+        plain = sep and re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme)
+        named = f" (the scheme is {scheme!r})" if plain else ""
+        problems.append(f"database.dsn is invalid{named}: {allowed}")
         return
     try:
-        parts = urlsplit(dsn)
-        parts.port  # noqa: B018 - parsing the port is the check
-    except ValueError as exc:
-        problems.append(f"database.dsn = {shown} is invalid ({exc}): {allowed}")
+        urlsplit(dsn).port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        problems.append(
+            "database.dsn is invalid (the port is not a number from 0 to 65535; a '/', '#' or "
+            f"'?' in the password must be percent-encoded): {allowed}"
+        )
