@@ -42,11 +42,11 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if not value:
         return None
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # delta-seconds is ASCII DIGITs (RFC 9110 §10.2.3)
         return float(min(int(text[:12]), 10**9))
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # a year past any datetime
         return None
     if when is None:
         return None

@@ -70,9 +70,25 @@ def test_retry_after_http_date() -> None:
     assert EXACT.decide(1, 503, retry_after=when, now=NOW).delay == 90
 
 
-@pytest.mark.parametrize("value", [None, "", "soon", "-5", "1.5", "Mon, 99 Foo 2026"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        "soon",
+        "-5",
+        "1.5",
+        "Mon, 99 Foo 2026",
+        "\u00b2",  # superscript two: str.isdigit() says yes, int() says no
+        "\u0663\u0660",  # Arabic-Indic digits: not the ASCII delta-seconds HTTP allows
+        "Fri, 01 Jan 99999999999999999999 00:00:00 GMT",  # a year past any datetime
+        "Fri, 01 Jan 10000 00:00:00 GMT",
+    ],
+)
 def test_unparseable_retry_after_is_ignored(value: str | None) -> None:
     assert parse_retry_after(value, NOW) is None
+    # A hostile header never stops the decision: the schedule applies.
+    assert EXACT.decide(1, 503, retry_after=value, now=NOW) == EXACT.decide(1, 503, now=NOW)
 
 
 def test_retry_after_never_adds_attempts() -> None:
