@@ -37,6 +37,7 @@ from gateway.dispatcher.outbound import CompiledHook, OutboundRequest, build_req
 from gateway.dispatcher.retry import FAILED, RETRY, SUCCEEDED, RetryPolicy
 from gateway.dispatcher.signing import redact_headers
 from gateway.dispatcher.ssrf import is_refusal
+from gateway.dispatcher.templates import RenderError
 from gateway.exceptions import DatabaseUnavailable
 from gateway.logs import get_logger
 from gateway.storage import outgoing as store
@@ -247,7 +248,11 @@ class Dispatcher:
         if reason is not None:
             await store.skip_delivery(self.db, delivery_id, attempt, f"conditions: {reason}")
             return None
-        return hook, build_request(hook, context, str(delivery_id))
+        try:
+            return hook, build_request(hook, context, str(delivery_id))
+        except RenderError as exc:
+            await store.skip_delivery(self.db, delivery_id, attempt, f"target URL: {exc}")
+            return None
 
     # --- one delivery -------------------------------------------------------------------
 

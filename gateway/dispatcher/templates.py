@@ -23,6 +23,9 @@ before the run finished) renders as:
 * **URL**: the text form, percent-encoded with nothing left reserved (``/``, ``?``, ``&``,
   ``#`` ... are encoded), so a value always stays inside its path segment or query value.
   Placeholders may appear only after ``scheme://host[:port]`` — the target host is fixed.
+  The one exception to "never raises": a value in the path that is only dots (``.``, ``..``)
+  would be a dot-segment that climbs out of its segment (``%2E%2E`` too, for WHATWG parsers),
+  so :meth:`TextTemplate.render_url` raises :class:`RenderError` and the delivery is skipped.
 * **JSON** (a ``request_body`` given as an object or array, or a string that parses as one): a
   string value that is exactly one placeholder (``"{{ run.variables.pull_request_id }}"``)
   becomes the JSON value itself — strings stay strings, numbers numbers, objects objects and a
@@ -78,6 +81,10 @@ class TemplateError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+class RenderError(ValueError):
+    """A value that cannot be placed where its placeholder stands (see the module docstring)."""
 
 
 def check_path(expression: str) -> Path:
@@ -219,11 +226,23 @@ class TextTemplate:
         return _CONTROL.sub(" ", self.render(context)).strip()
 
     def render_url(self, context: Mapping[str, Any]) -> str:
-        """URL: every value percent-encoded so it cannot leave its path segment or query value."""
-        return "".join(
-            p if isinstance(p, str) else quote(to_text(lookup(context, p)), safe="")
-            for p in self.parts
-        )
+        """URL: every value percent-encoded so it cannot leave its path segment or query value;
+        raise RenderError for a path value that is only dots (a dot-segment)."""
+        rendered: list[str] = []
+        in_path = True
+        for part in self.parts:
+            if isinstance(part, str):
+                in_path = in_path and not any(c in part for c in "?#")
+                rendered.append(part)
+                continue
+            text = to_text(lookup(context, part))
+            if in_path and text and not text.strip("."):
+                raise RenderError(
+                    f"{{{{ {'.'.join(part)} }}}} is {text!r} in the URL path: a dot-segment "
+                    "would leave its path segment"
+                )
+            rendered.append(quote(text, safe=""))
+        return "".join(rendered)
 
 
 def compile_url(source: str) -> TextTemplate:

@@ -415,6 +415,29 @@ async def test_unmatched_conditions_skip_the_delivery(
     assert "value at 'run.variables.source_ref' is \"feature\"" in skipped[0]["last_error"]
 
 
+async def test_a_dot_segment_value_in_the_url_path_skips_the_delivery(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    receiver: tuple[Receiver, str],
+    dispatcher: Dispatcher,
+) -> None:
+    # "/refs/../status" would reach /status, a path the hook's author never named.
+    target, base = receiver
+    url = base + "/refs/{{ run.variables.source_ref }}/status?ref={{ run.variables.source_ref }}"
+    hook = await create_hook(client, admin_headers, pipeline["id"], hook_body(url))
+    await complete_run(db, pipeline["id"], source_ref="..")
+    await complete_run(db, pipeline["id"], source_ref="main")
+    await eventually(lambda: _sorted_statuses_are(db, hook["id"], ["skipped", "succeeded"]))
+    assert [seen.path for seen in target.seen] == ["/refs/main/status"]
+    skipped = [d for d in await deliveries(db, hook["id"]) if d["status"] == "skipped"]
+    assert skipped[0]["last_error"] == (
+        "target URL: {{ run.variables.source_ref }} is '..' in the URL path: a dot-segment "
+        "would leave its path segment"
+    )
+
+
 async def _sorted_statuses_are(db: Database, hook_id: str, expected: list[str]) -> bool:
     return sorted(await delivery_status(db, hook_id)) == expected
 

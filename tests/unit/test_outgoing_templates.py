@@ -12,10 +12,13 @@ from hypothesis import strategies as st
 
 from gateway.dispatcher.templates import (
     JsonTemplate,
+    RenderError,
     TemplateError,
     TextTemplate,
     compile_body,
     compile_url,
+    lookup,
+    to_text,
 )
 
 CONTEXT: dict[str, Any] = {
@@ -113,6 +116,19 @@ def test_url_values_are_percent_encoded_in_path_and_query() -> None:
     assert template.render_url(CONTEXT) == (
         "https://api.example.com/repos/feature%2Fa%20b%26c/comments?pr=42&missing="
     )
+
+
+@pytest.mark.parametrize("value", [".", "..", "...."])
+def test_a_dot_segment_in_the_path_is_refused_but_not_in_the_query(value: str) -> None:
+    context = {"run": {"variables": {"ref": value}}}
+    in_query = compile_url("https://api.example.com/x?ref={{ run.variables.ref }}")
+    assert in_query.render_url(context) == f"https://api.example.com/x?ref={value}"
+    in_path = compile_url("https://api.example.com/{{ run.variables.ref }}/status")
+    with pytest.raises(RenderError, match="dot-segment"):
+        in_path.render_url(context)
+    # Dots inside a longer value are an ordinary segment.
+    context["run"]["variables"]["ref"] = f"v{value}1"
+    assert in_path.render_url(context) == f"https://api.example.com/v{value}1/status"
 
 
 @pytest.mark.parametrize(
@@ -291,7 +307,13 @@ def test_compiling_arbitrary_text_fails_cleanly_or_renders(source: str, context:
 def test_url_values_never_add_path_or_query_structure(source: str, context: Any) -> None:
     template = compile_url("https://example.com/x/" + source)
     literal = "".join(p for p in template.parts if isinstance(p, str))
-    rendered = template.render_url(context)
+    try:
+        rendered = template.render_url(context)
+    except RenderError:
+        # Only a path value that is all dots is refused (a dot-segment).
+        values = [to_text(lookup(context, p)) for p in template.placeholders]
+        assert any(v and not v.strip(".") for v in values)
+        return
     for char in "/?#&=":
         assert rendered.count(char) == literal.count(char)
 
