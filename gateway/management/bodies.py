@@ -96,7 +96,9 @@ class Fields:
         max_length: int = 255,
         min_length: int = 1,
         choices: Iterable[str] | None = None,
+        strip: bool = True,
     ) -> Any:
+        """A string field, stripped unless ``strip=False`` (passwords are taken as given)."""
         if key not in self.body or self.body[key] is None:
             if required:
                 self.add(key, "is required")
@@ -105,7 +107,8 @@ class Fields:
         if not isinstance(value, str):
             self.add(key, f"must be a string, got {_json_type(value)}")
             return default
-        value = value.strip()
+        if strip:
+            value = value.strip()
         if len(value) < min_length:
             self.add(
                 key,

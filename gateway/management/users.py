@@ -21,7 +21,7 @@ async def login(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     fields = Fields(body, ("email", "password"))
     email = fields.string("email", max_length=254)
-    password = fields.string("password", max_length=1024)
+    password = fields.string("password", max_length=1024, strip=False)
     fields.check()
     config = live_config(request.app)  # auth.* follow SIGHUP reloads
     pair = await accounts.login(request.app[appkeys.DATABASE], config.auth, email, password)
@@ -56,7 +56,7 @@ async def create_user(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     fields = Fields(body, ("email", "password", "name", "is_admin"))
     email = fields.string("email", max_length=254)
-    password = fields.string("password", max_length=1024)
+    password = fields.string("password", max_length=1024, strip=False)
     name = fields.string("name", required=False, default="", min_length=0, max_length=120)
     is_admin = fields.boolean("is_admin", default=False)
     fields.check()

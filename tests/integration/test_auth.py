@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from gateway import accounts
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 
 
@@ -169,3 +170,27 @@ async def test_admin_creates_users_and_members_cannot(
         headers={"Authorization": f"Bearer {login['access_token']}"},
     )
     assert forbidden.status == 403
+
+
+async def test_passwords_are_taken_exactly_as_given(
+    client: Any, db: Any, config: Any, admin_headers: dict[str, str]
+) -> None:
+    # The CLI (`gateway create-user`) and GATEWAY_ADMIN_PASSWORD store the password as typed;
+    # login must not trim it, or such an account could never sign in.
+    await accounts.create_user(db, config.auth, "cli@example.com", "  padded secret\t")
+    created = await client.post(
+        "/users",
+        json={"email": "api@example.com", "password": " api padded secret "},
+        headers=admin_headers,
+    )
+    assert created.status == 201
+    for email, exact in (
+        ("cli@example.com", "  padded secret\t"),
+        ("api@example.com", " api padded secret "),
+    ):
+        good = await client.post("/users/login", json={"email": email, "password": exact})
+        assert good.status == 200, await good.text()
+        trimmed = await client.post(
+            "/users/login", json={"email": email, "password": exact.strip()}
+        )
+        assert trimmed.status == 401
