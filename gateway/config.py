@@ -180,10 +180,18 @@ _MINIMUMS: dict[tuple[str, str], float] = {
     ("limits", "default_burst"): 0,
 }
 
+_YEAR, _WEEK = 31_536_000, 604_800
 _MAXIMUMS: dict[tuple[str, str], float] = {
     ("server", "port"): 65535,
     ("server", "management_port"): 65535,
     ("server", "workers"): 256,
+    # Durations the database turns into timestamps: past these, rotating a secret, logging in
+    # or scheduling a retry would fail at request time (an int32 of seconds, a timestamp range).
+    ("auth", "access_token_ttl"): _YEAR,
+    ("auth", "refresh_token_ttl"): _YEAR,
+    ("hooks", "secret_grace_period"): _YEAR,
+    ("outgoing", "retry_schedule"): _WEEK,  # each entry
+    ("outgoing", "retry_after_max"): _WEEK,
     # outgoing hooks (timeout bounds the delivery lease, see gateway.dispatcher.dispatcher)
     ("outgoing", "timeout"): 60,
     ("outgoing", "retry_jitter"): 1,
@@ -367,7 +375,11 @@ def _check_value(
         problems.append(f"{where} = {shown} is invalid: must be one of {', '.join(choices)}")
         return _INVALID
     low, high = _MINIMUMS.get((section, key)), _MAXIMUMS.get((section, key))
-    if (low is not None and value < low) or (high is not None and value > high):
+    if isinstance(value, tuple):
+        if high is not None and any(item > high for item in value):
+            problems.append(f"{where} = {shown} is invalid: every entry must be <= {high:g}")
+            return _INVALID
+    elif (low is not None and value < low) or (high is not None and value > high):
         bounds = f">= {low}" if high is None else f"between {low} and {high}"
         problems.append(f"{where} = {shown} is invalid: must be {bounds}")
         return _INVALID

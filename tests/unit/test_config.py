@@ -147,7 +147,7 @@ def test_every_shipped_key_is_commented() -> None:
         ),
         pytest.param(
             {"auth": {"access_token_ttl": 10}},
-            ["auth.access_token_ttl = 10", "must be >= 60"],
+            ["auth.access_token_ttl = 10", "must be between 60 and 31536000"],
             id="ttl-too-short",
         ),
         pytest.param(
@@ -184,6 +184,26 @@ def test_every_shipped_key_is_commented() -> None:
             {"database": {"dsn": "postgresql://app@db:port/app"}},
             ["database.dsn is invalid (the port is not a number", "percent-encoded"],
             id="dsn-bad-port",
+        ),
+        pytest.param(
+            {"hooks": {"secret_grace_period": 2**31}},
+            ["hooks.secret_grace_period = 2147483648", "between 0 and 31536000"],
+            id="grace-period-past-a-year",
+        ),
+        pytest.param(
+            {"auth": {"access_token_ttl": 10**12}},
+            ["auth.access_token_ttl = 1000000000000", "between 60 and 31536000"],
+            id="token-ttl-past-a-year",
+        ),
+        pytest.param(
+            {"outgoing": {"retry_schedule": [10, 1e12]}},
+            ["outgoing.retry_schedule = [10, 1000000000000.0]", "every entry must be <= 604800"],
+            id="retry-delay-past-a-week",
+        ),
+        pytest.param(
+            {"outgoing": {"retry_after_max": 1e300}},
+            ["outgoing.retry_after_max = 1e+300", "between 0 and 604800"],
+            id="retry-after-max-past-a-week",
         ),
         pytest.param(
             {"database": {"pool_min_size": 5, "pool_max_size": 2}},
