@@ -322,7 +322,10 @@ def _from_env(text: str, kind: Any) -> Any:
         except ValueError:
             return text
     if get_origin(kind) is tuple:
-        parts = [part.strip() for part in text.split(",") if part.strip()]
+        # Comma- or newline-separated, '#' lines skipped: GATEWAY_SECURITY_SECRET_KEYS="$(cat
+        # key-file)" takes the key file as written (its header comment holds a comma).
+        lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+        parts = [part.strip() for line in lines for part in line.split(",") if part.strip()]
         if get_args(kind)[0] is float:  # e.g. GATEWAY_OUTGOING_RETRY_SCHEDULE=1,5,30
             return [_from_env(part, float) for part in parts]
         return parts

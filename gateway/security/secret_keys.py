@@ -5,8 +5,9 @@ padding optional); key ids are 1-32 of ``[A-Za-z0-9_-]`` and appear in every cip
 a value names the key that can open it. The first key encrypts; every key decrypts.
 
 Where keys come from (:func:`load_keys`): ``[security] secret_keys`` (or
-``GATEWAY_SECURITY_SECRET_KEYS``, comma-separated) when set; otherwise ``[security] key_file``,
-created with one fresh key on first start. Why a generated file rather than plaintext by
+``GATEWAY_SECURITY_SECRET_KEYS``, comma- or newline-separated, ``#`` lines skipped, so a key
+file's text works) when set; otherwise ``[security] key_file``, created with one fresh key on
+first start. Why a generated file rather than plaintext by
 default: a database dump, backup or replica must not hand out every hook secret (which would
 let its holder forge signed webhooks), and that needs no operator action when the key lives
 outside the database. The file is created atomically (written, then hard-linked into place), so

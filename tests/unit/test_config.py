@@ -18,6 +18,7 @@ from gateway.config import (
     build_config,
     load_config,
 )
+from gateway.security.secret_keys import ensure_key_file, new_key_line
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "config.toml"
@@ -355,6 +356,23 @@ def test_environment_overrides_win_over_the_file(tmp_path: Path) -> None:
 def test_boolean_overrides(text: str, expected: bool) -> None:
     config = build_config({}, {"GATEWAY_SERVER_ACCESS_LOG": text})
     assert config.server.access_log is expected
+
+
+def test_secret_keys_from_the_environment_take_a_key_file_as_written(tmp_path: Path) -> None:
+    # GATEWAY_SECURITY_SECRET_KEYS="$(cat /etc/hookgate/secret-keys)" (README, load balancer):
+    # one key per line under a '#' header that itself holds a comma.
+    path = tmp_path / "secret-keys"
+    (generated,), _ = ensure_key_file(path)
+    old, older = new_key_line("old"), new_key_line("older")
+    with path.open("a") as out:
+        out.write(f"\n  # retired, decrypt only\n{old}, {older}\r\n")
+    config = build_config({}, {"GATEWAY_SECURITY_SECRET_KEYS": path.read_text()})
+    assert [line.partition(":")[0] for line in config.security.secret_keys] == [
+        generated.key_id,
+        "old",
+        "older",
+    ]
+    assert config.security.secret_keys[1:] == (old, older)
 
 
 def test_an_empty_list_override_clears_the_list() -> None:
