@@ -6,15 +6,16 @@ from typing import Any
 
 from gateway.exceptions import AlreadyExists, Conflict, NotFound
 from gateway.storage.database import Database, Record
+from gateway.storage.paging import split_page
 
 
 class NameTaken(AlreadyExists):
     """A role or team with this name already exists."""
 
 
-def _page(rows: list[Record]) -> tuple[list[dict[str, Any]], int]:
-    total = rows[0]["total"] if rows else 0
-    return [{k: v for k, v in r.items() if k != "total"} for r in rows], total
+def _page(rows: list[Record], key: str = "id") -> tuple[list[dict[str, Any]], int]:
+    items, total = split_page(rows, key)
+    return [{k: v for k, v in r.items() if k != "total"} for r in items], total
 
 
 # Roles ------------------------------------------------------------------------------------------
@@ -154,4 +155,4 @@ async def environment_links(
     db: Database, environment_id: int, limit: int, offset: int
 ) -> tuple[list[dict[str, Any]], int]:
     """A page of the teams linked to an environment (with their roles) and the total count."""
-    return _page(await db.fetch("env_team_list", environment_id, limit, offset))
+    return _page(await db.fetch("env_team_list", environment_id, limit, offset), "team_id")

@@ -10,7 +10,8 @@ from __future__ import annotations
 from gateway.storage.database import Record
 
 
-def split_page(rows: list[Record]) -> tuple[list[Record], int]:
-    """(items, total) from a list query shaped as described above."""
+def split_page(rows: list[Record], key: str = "id") -> tuple[list[Record], int]:
+    """(items, total) from a list query shaped as described above; ``key`` is a column that
+    is never NULL in a real row."""
     total = int(rows[0]["total"]) if rows else 0
-    return [r for r in rows if r["id"] is not None], total
+    return [r for r in rows if r[key] is not None], total

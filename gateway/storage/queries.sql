@@ -34,9 +34,12 @@ SELECT id, email, name, is_admin, created_at FROM users WHERE id = $1;
 SELECT count(*) FROM users;
 
 -- name: user_list
--- A page of users.
-SELECT id, email, name, is_admin, created_at, count(*) OVER () AS total
-FROM users ORDER BY id LIMIT $1 OFFSET $2;
+-- A page of users (the total comes even for a page past the end; storage/paging.py).
+SELECT t.total, u.id, u.email, u.name, u.is_admin, u.created_at
+FROM (SELECT count(*) AS total FROM users) t
+LEFT JOIN LATERAL (
+    SELECT id, email, name, is_admin, created_at FROM users ORDER BY id LIMIT $1 OFFSET $2
+) u ON true;
 
 -- name: user_update_password_hash
 -- Replace a password hash (re-hash on login when parameters change).
@@ -293,9 +296,12 @@ INSERT INTO roles (name, permissions) VALUES ($1, $2::text[])
 RETURNING id, name, permissions, created_at;
 
 -- name: role_list
--- A page of roles with the total count.
-SELECT id, name, permissions, created_at, count(*) OVER () AS total
-FROM roles ORDER BY id LIMIT $1 OFFSET $2;
+-- A page of roles with the total count (storage/paging.py).
+SELECT t.total, r.id, r.name, r.permissions, r.created_at
+FROM (SELECT count(*) AS total FROM roles) t
+LEFT JOIN LATERAL (
+    SELECT id, name, permissions, created_at FROM roles ORDER BY id LIMIT $1 OFFSET $2
+) r ON true;
 
 -- name: role_by_id
 -- One role.
@@ -323,11 +329,14 @@ DELETE FROM roles WHERE id = $1 RETURNING id;
 INSERT INTO teams (name) VALUES ($1) RETURNING id, name, created_at, 0::bigint AS member_count;
 
 -- name: team_list
--- A page of teams with their member counts and the total count.
-SELECT t.id, t.name, t.created_at,
-       (SELECT count(*) FROM team_members m WHERE m.team_id = t.id) AS member_count,
-       count(*) OVER () AS total
-FROM teams t ORDER BY t.id LIMIT $1 OFFSET $2;
+-- A page of teams with their member counts and the total count (storage/paging.py).
+SELECT c.total, t.id, t.name, t.created_at, t.member_count
+FROM (SELECT count(*) AS total FROM teams) c
+LEFT JOIN LATERAL (
+    SELECT t.id, t.name, t.created_at,
+           (SELECT count(*) FROM team_members m WHERE m.team_id = t.id) AS member_count
+    FROM teams t ORDER BY t.id LIMIT $1 OFFSET $2
+) t ON true;
 
 -- name: team_by_id
 -- One team with its member count.
@@ -345,10 +354,14 @@ INSERT INTO team_members (team_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHI
 RETURNING team_id, user_id;
 
 -- name: team_member_list
--- A page of a team's members with the total count.
-SELECT u.id, u.email, u.name, u.is_admin, u.created_at, count(*) OVER () AS total
-FROM team_members m JOIN users u ON u.id = m.user_id
-WHERE m.team_id = $1 ORDER BY u.id LIMIT $2 OFFSET $3;
+-- A page of a team's members with the total count (storage/paging.py).
+SELECT c.total, u.id, u.email, u.name, u.is_admin, u.created_at
+FROM (SELECT count(*) AS total FROM team_members WHERE team_id = $1) c
+LEFT JOIN LATERAL (
+    SELECT u.id, u.email, u.name, u.is_admin, u.created_at
+    FROM team_members m JOIN users u ON u.id = m.user_id
+    WHERE m.team_id = $1 ORDER BY u.id LIMIT $2 OFFSET $3
+) u ON true;
 
 -- name: team_member_remove
 -- Remove a user from a team.
@@ -369,13 +382,18 @@ RETURNING (xmax = 0) AS created;
 DELETE FROM environment_teams WHERE environment_id = $1 AND team_id = $2 RETURNING team_id;
 
 -- name: env_team_list
--- A page of the teams linked to an environment, with their roles, and the total count.
-SELECT et.environment_id, t.id AS team_id, t.name AS team_name,
-       r.id AS role_id, r.name AS role_name, r.permissions, count(*) OVER () AS total
-FROM environment_teams et
-JOIN teams t ON t.id = et.team_id
-JOIN roles r ON r.id = et.role_id
-WHERE et.environment_id = $1 ORDER BY t.id LIMIT $2 OFFSET $3;
+-- A page of the teams linked to an environment, with their roles, and the total count
+-- (storage/paging.py).
+SELECT c.total, l.environment_id, l.team_id, l.team_name, l.role_id, l.role_name, l.permissions
+FROM (SELECT count(*) AS total FROM environment_teams WHERE environment_id = $1) c
+LEFT JOIN LATERAL (
+    SELECT et.environment_id, t.id AS team_id, t.name AS team_name,
+           r.id AS role_id, r.name AS role_name, r.permissions
+    FROM environment_teams et
+    JOIN teams t ON t.id = et.team_id
+    JOIN roles r ON r.id = et.role_id
+    WHERE et.environment_id = $1 ORDER BY t.id LIMIT $2 OFFSET $3
+) l ON true;
 
 -- name: env_team_one
 -- One team's link to an environment, with its role.

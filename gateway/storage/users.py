@@ -8,6 +8,7 @@ from typing import Any
 from gateway.exceptions import AlreadyExists
 from gateway.models import User
 from gateway.storage.database import Database, Record, Session
+from gateway.storage.paging import split_page
 
 
 class EmailTaken(AlreadyExists):
@@ -45,8 +46,7 @@ async def user_count(db: Database) -> int:
 
 async def list_users(db: Database, limit: int, offset: int) -> tuple[list[User], int]:
     """A page of users and the total count."""
-    rows = await db.fetch("user_list", limit, offset)
-    total = rows[0]["total"] if rows else 0
+    rows, total = split_page(await db.fetch("user_list", limit, offset))
     return [User.from_row(r) for r in rows], total
 
 

@@ -324,3 +324,28 @@ async def test_environment_list_shows_only_linked_environments(
     assert await ok(client, "GET", "/environments", stranger, status=200) == []
     everything = await ok(client, "GET", "/environments", admin, status=200)
     assert sorted(e["id"] for e in everything) == sorted([mine, theirs])
+
+
+async def test_a_page_past_the_end_still_counts_every_item(
+    client: Any, admin: dict[str, str], db: Database
+) -> None:
+    # Users, roles, teams, members and environment links: a page past the end is empty but
+    # X-Total-Count and the Link header's last page still count what exists.
+    env_id = await create_environment(client, admin)
+    user_id, _ = await make_user(db, "member@example.com")
+    ids = await grant(client, admin, env_id, user_id, ["environment:read"])
+    paths = {
+        "/users": 2,  # root and member
+        "/roles": 1,
+        "/teams": 1,
+        f"/teams/{ids['team_id']}/members": 1,
+        f"/environments/{env_id}/teams": 1,
+    }
+    for path, total in paths.items():
+        response = await client.get(f"{path}?page=9&per_page=1", headers=admin)
+        assert response.status == 200, path
+        assert await response.json() == [], path
+        assert response.headers["X-Total-Count"] == str(total), path
+        assert f"page={total}&per_page=1>; rel=\"last\"" in response.headers["Link"], path
+        first = await client.get(f"{path}?page=1&per_page=1", headers=admin)
+        assert len(await first.json()) == 1 and first.headers["X-Total-Count"] == str(total)
