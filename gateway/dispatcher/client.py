@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import NamedTuple
 
 import aiohttp
@@ -30,6 +31,8 @@ def new_session(*, allow_private_targets: bool, concurrency: int) -> aiohttp.Cli
         timeout=aiohttp.ClientTimeout(total=MAX_TIMEOUT * 2),
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,  # never route deliveries through an environment proxy
+        # Excerpts are stored as sent: ask for no compression (a hook's own header still wins).
+        headers={"Accept-Encoding": "identity"},
         auto_decompress=False,
     )
 
@@ -43,23 +46,38 @@ async def send(
     session: aiohttp.ClientSession, request: OutboundRequest, seconds: float, excerpt_bytes: int
 ) -> Answer:
     """Send ``request`` without following redirects and read at most ``excerpt_bytes`` of the
-    answer, all within ``seconds`` (TimeoutError otherwise; connection problems and SSRF
-    refusals raise aiohttp.ClientError)."""
-    async with asyncio.timeout(seconds):
-        async with session.request(
+    answer, all within ``seconds``. No status by then: TimeoutError (connection problems and
+    SSRF refusals raise aiohttp.ClientError). Once the status has arrived it is the answer: a
+    body still arriving at the deadline, or cut off, only shortens the excerpt."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    async with asyncio.timeout_at(deadline):
+        response = await session.request(
             request.method,
             URL(request.url, encoded=True),  # already percent-encoded by the template
             data=request.body,
             headers=request.headers,
             allow_redirects=False,  # a redirect is an answer, not an instruction
-        ) as response:
-            chunks: list[bytes] = []
-            remaining = excerpt_bytes
+        )
+    try:
+        excerpt = await _read_excerpt(response, excerpt_bytes, deadline)
+    finally:
+        response.release()  # back to the pool when the body was read, closed otherwise
+    return Answer(response.status, response.headers.get("Retry-After"), excerpt)
+
+
+async def _read_excerpt(
+    response: aiohttp.ClientResponse, limit: int, deadline: float
+) -> str | None:
+    if not limit:
+        return None
+    chunks: list[bytes] = []
+    remaining = limit
+    with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+        async with asyncio.timeout_at(deadline):
             while remaining > 0:
                 chunk = await response.content.read(remaining)
                 if not chunk:
                     break
                 chunks.append(chunk)
                 remaining -= len(chunk)
-            excerpt = clean(b"".join(chunks).decode("utf-8", "replace")) if excerpt_bytes else None
-            return Answer(response.status, response.headers.get("Retry-After"), excerpt)
+    return clean(b"".join(chunks).decode("utf-8", "replace"))

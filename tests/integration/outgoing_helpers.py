@@ -16,6 +16,7 @@ from gateway.storage.database import Database, Record
 from tests.conftest import TEST_SECRET_KEY
 
 HANG = "hang"  # a planned response that never comes (until the receiver is shut down)
+SLOW_BODY = "slow-body"  # 200 and headers at once, then a body that never finishes
 
 
 def outgoing_config(database_dsn: str, **outgoing: Any) -> Config:
@@ -51,8 +52,9 @@ class Seen:
 class Receiver:
     """An aiohttp app that records requests and answers from a per-path plan of statuses.
 
-    A plan entry is a status, ``(status, headers)`` or :data:`HANG`; the last entry repeats.
-    ``successes`` counts 2xx answers actually returned.
+    A plan entry is a status, ``(status, headers)``, :data:`HANG` or :data:`SLOW_BODY` (200
+    and the start of a body, then nothing); the last entry repeats. ``successes`` counts 2xx
+    answers actually returned.
     """
 
     plans: dict[str, list[Any]] = field(default_factory=dict)
@@ -66,13 +68,19 @@ class Receiver:
     def on(self, path: str) -> list[Seen]:
         return [s for s in self.seen if s.path == path]
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.seen.append(Seen(request.path, dict(request.headers), body))
         plan = self.plans.get(request.path, [200])
         step = plan.pop(0) if len(plan) > 1 else plan[0]
         if step == HANG:
             await asyncio.Event().wait()  # cancelled when the server shuts down
+        if step == SLOW_BODY:
+            self.successes += 1
+            response = web.StreamResponse(status=200, headers={"Content-Length": "1000"})
+            await response.prepare(request)
+            await response.write(b"accepted, more to come")
+            await asyncio.Event().wait()
         if step == "wait-release":
             await self.release.wait()
             step = 200

@@ -22,6 +22,7 @@ from gateway.storage import runs
 from gateway.storage.database import Database
 from tests.integration.management_helpers import make_environment, make_pipeline
 from tests.integration.outgoing_helpers import (
+    SLOW_BODY,
     Receiver,
     attempts,
     complete_run,
@@ -551,6 +552,35 @@ async def test_a_hanging_target_times_out_and_is_retried_later(
     [attempt] = await attempts(db, hook["id"])
     assert (attempt["outcome"], attempt["status_code"]) == ("failed", 0)
     assert attempt["message"] == "timed out after 0.3s"
+
+
+async def test_an_answer_whose_body_never_ends_keeps_its_status(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    database_dsn: str,
+    receiver: tuple[Receiver, str],
+) -> None:
+    # The target said 200: a body still arriving at the timeout must not turn that into a
+    # failure that is sent again.
+    target, base = receiver
+    target.plan("/slow-body", SLOW_BODY)
+    config = outgoing_config(database_dsn, timeout=0.3, retry_schedule=[0.1])
+    hook = await create_hook(client, admin_headers, pipeline["id"], hook_body(base + "/slow-body"))
+    running = Dispatcher(db, config)
+    await running.start()
+    try:
+        await complete_run(db, pipeline["id"])
+        await eventually(lambda: _statuses_are(db, hook["id"], ["succeeded"]))
+    finally:
+        await running.stop(0)
+    [attempt] = await attempts(db, hook["id"])
+    assert (attempt["outcome"], attempt["status_code"]) == ("succeeded", 200)
+    assert attempt["response_excerpt"] == "accepted, more to come"
+    assert len(target.seen) == 1
+    # Bodies come back as sent: a compressed answer would make the excerpt unreadable.
+    assert target.seen[0].headers["Accept-Encoding"] == "identity"
 
 
 async def _has_attempts(db: Database, hook_id: str, count: int) -> bool:
