@@ -248,6 +248,15 @@ class TextTemplate:
 def compile_url(source: str) -> TextTemplate:
     """Compile a target URL: http(s), a host, no credentials, placeholders only after the host."""
     template = TextTemplate.compile(source)
+    literal = "".join(p for p in template.parts if isinstance(p, str))
+    bad = next((c for c in literal if not "!" <= c <= "~"), None)
+    if bad is not None:
+        raise TemplateError(
+            [
+                f"contains {bad!r}: a URL is printable ASCII without spaces; percent-encode it "
+                "(a space is %20) and write an international host name in punycode (xn--)"
+            ]
+        )
     first = next((i for i, p in enumerate(template.parts) if not isinstance(p, str)), None)
     prefix = "".join(p for p in template.parts[:first] if isinstance(p, str))
     scheme, sep, rest = prefix.partition("://")

@@ -142,6 +142,11 @@ def test_a_dot_segment_in_the_path_is_refused_but_not_in_the_query(value: str) -
         ("https://example.com:99999/", "not a valid URL"),
         ("https:///path", "must name a host"),
         ("https://example.com/{{ run.bad }}", "run has no 'bad'"),
+        ("https://example.com/a b", "contains ' ': a URL is printable ASCII without spaces"),
+        ("https://example.com/x\r\nX-Injected: 1", "contains '\\r'"),
+        ("https://example.com/\tx", "contains '\\t'"),
+        ("https://bücher.example/", "contains 'ü'"),
+        ("https://example.com/{{ run.id }}/ö", "punycode"),
     ],
 )
 def test_bad_urls_are_rejected(source: str, fragment: str) -> None:
@@ -244,6 +249,11 @@ _placeholder = _names.map(lambda n: "{{ " + n + " }}")
 # Literal text without braces: every generated template is valid, so rendering is what is tested.
 _literal = st.text(st.characters(exclude_characters="{}"), max_size=8)
 _text = st.lists(st.one_of(_literal, _placeholder), max_size=6).map("".join)
+# URLs: the literal text a URL may hold (printable ASCII, no space).
+_url_literal = st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="{}"), max_size=8
+)
+_url_text = st.lists(st.one_of(_url_literal, _placeholder), max_size=6).map("".join)
 _json_scalars = st.one_of(
     st.none(),
     st.booleans(),
@@ -303,7 +313,7 @@ def test_compiling_arbitrary_text_fails_cleanly_or_renders(source: str, context:
 
 
 @settings(max_examples=200, deadline=None)
-@given(source=_text, context=_contexts)
+@given(source=_url_text, context=_contexts)
 def test_url_values_never_add_path_or_query_structure(source: str, context: Any) -> None:
     template = compile_url("https://example.com/x/" + source)
     literal = "".join(p for p in template.parts if isinstance(p, str))
