@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 DEFAULT_CONFIG_PATH = "config.toml"
 ENV_CONFIG_PATH = "GATEWAY_CONFIG"
@@ -443,9 +443,33 @@ def _check_dsn(dsn: str, problems: list[str]) -> None:
         problems.append(f"database.dsn is invalid{named}: {allowed}")
         return
     try:
-        urlsplit(dsn).port  # noqa: B018 - parsing the port is the check
+        parts = urlsplit(dsn)
+        parts.port  # noqa: B018 - parsing the port is the check
     except ValueError:
         problems.append(
             "database.dsn is invalid (the port is not a number from 0 to 65535; a '/', '#' or "
             f"'?' in the password must be percent-encoded): {allowed}"
         )
+        return
+    for name in sorted({key for key, _ in parse_qsl(parts.query)} & _LIBPQ_ONLY_PARAMETERS.keys()):
+        instead = _LIBPQ_ONLY_PARAMETERS[name]
+        problems.append(
+            f"database.dsn parameter {name!r} is invalid: a libpq option the driver (asyncpg) "
+            f"does not take; it would reach the server as an unknown setting{instead}"
+        )
+
+
+# libpq connection options asyncpg does not take: it passes unknown DSN parameters to the
+# server as settings, which refuses the connection ("unrecognized configuration parameter").
+_LIBPQ_ONLY_PARAMETERS: dict[str, str] = {
+    "connect_timeout": " (use database.connect_timeout)",
+    **dict.fromkeys(
+        (
+            "keepalives keepalives_idle keepalives_interval keepalives_count tcp_user_timeout "
+            "hostaddr channel_binding gssencmode gssdelegation sslcompression sslsni "
+            "sslcertmode requirepeer require_auth fallback_application_name "
+            "load_balance_hosts replication"
+        ).split(),
+        "",
+    ),
+}

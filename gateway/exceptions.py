@@ -30,6 +30,11 @@ class DatabaseUnavailable(GatewayError):
     """The database is unavailable; retry later."""
 
 
+class DatabaseRefused(GatewayError):
+    """The database server refused the connection settings (not an outage: retrying will not
+    help until the configuration changes)."""
+
+
 class Overloaded(GatewayError):
     """The gateway is overloaded; retry later."""
 

@@ -17,6 +17,7 @@ from gateway.config import DatabaseConfig
 from gateway.exceptions import (
     AlreadyExists,
     Conflict,
+    DatabaseRefused,
     DatabaseUnavailable,
     NeedsTransaction,
     NotFound,
@@ -166,8 +167,19 @@ class Database(Session):
     async def connect(cls, dsn: str, config: DatabaseConfig | None = None) -> Database:
         """Open a pool; raise DatabaseUnavailable when the server cannot be reached."""
         config = config or DatabaseConfig()
+        try:
+            pool = await cls._open_pool(dsn, config)
+        except asyncpg.PostgresError as exc:  # not an outage: e.g. an unknown DSN parameter
+            raise DatabaseRefused(
+                f"the database refused the connection: {exc} (query parameters in database.dsn "
+                "that the driver does not know are sent to the server as settings)"
+            ) from exc
+        return cls(pool, dsn, config)
+
+    @staticmethod
+    async def _open_pool(dsn: str, config: DatabaseConfig) -> asyncpg.Pool:
         async with translated():
-            pool = await asyncpg.create_pool(
+            return await asyncpg.create_pool(
                 dsn,
                 min_size=config.pool_min_size,
                 max_size=config.pool_max_size,
@@ -175,7 +187,6 @@ class Database(Session):
                 command_timeout=config.command_timeout,
                 init=_init_connection,
             )
-        return cls(pool, dsn, config)
 
     async def close(self) -> None:
         """Close the pool, waiting briefly for connections in use."""

@@ -254,3 +254,17 @@ def test_migrate_reports_an_unreachable_database(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "gateway: database unavailable" in result.stderr
     assert "s3cret" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_migrate_reports_a_dsn_parameter_the_server_refuses(
+    tmp_path: Path, database_dsn: str
+) -> None:
+    # Parameters asyncpg does not know reach the server as settings; a misspelt one is refused
+    # at connect time: one line naming it, not a traceback, and not "unavailable".
+    dsn = database_dsn + ("&" if "?" in database_dsn else "?") + "statement_timeot=5"
+    config = write_config(tmp_path / "config.toml", {"database": {"dsn": dsn}})
+    result = run_gateway("--config", str(config), "migrate")
+    assert result.returncode == 1
+    assert result.stderr.startswith("gateway: the database refused the connection: ")
+    assert '"statement_timeot"' in result.stderr
+    assert "Traceback" not in result.stderr

@@ -207,6 +207,11 @@ def test_every_shipped_key_is_commented() -> None:
             id="retry-after-max-past-a-week",
         ),
         pytest.param(
+            {"database": {"dsn": "postgresql://app@db/app?sslmode=require&connect_timeout=10"}},
+            ["database.dsn parameter 'connect_timeout'", "use database.connect_timeout"],
+            id="dsn-libpq-only-parameter",
+        ),
+        pytest.param(
             {"database": {"pool_min_size": 5, "pool_max_size": 2}},
             ["database.pool_min_size = 5", "must be <= database.pool_max_size (2)"],
             id="pool-min-above-max",
