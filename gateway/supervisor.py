@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -95,6 +96,19 @@ def worker_environment(dsn: str, index: int, metrics_dir: Path | None = None) ->
 def metrics_base(config: Config) -> Path:
     """Where each supervisor run keeps its workers' metric files (next to the data directory)."""
     return Path(config.database.data_dir).expanduser().resolve().parent / "metrics"
+
+
+def prepare_metrics_dir(config: Config) -> Path:
+    """This run's metric-file directory: under :func:`metrics_base`, or a fresh private
+    temporary directory when that cannot be created (an external database and a read-only
+    working directory: data_dir is then never used for anything else)."""
+    base = metrics_base(config)
+    try:
+        return metrics.prepare_multiproc_dir(base)
+    except OSError as exc:
+        path = Path(tempfile.mkdtemp(prefix="hookgate-metrics-"))
+        log.warning("metrics_dir_fallback", wanted=str(base), error=exc.strerror, using=str(path))
+        return path
 
 
 @dataclass
@@ -279,7 +293,7 @@ async def supervise(config: Config) -> int:
             log.info("stopped_while_starting")
             return 0
         # One scrape, answered by any worker, sums every worker's metric files (issue 8).
-        metrics_dir = metrics.prepare_multiproc_dir(metrics_base(config))
+        metrics_dir = prepare_metrics_dir(config)
         supervisor = Supervisor(config, dsn, metrics_dir)
         log.info("supervisor_started", pid=os.getpid(), workers=config.server.workers)
         try:

@@ -1,14 +1,17 @@
 """Which signals the supervisor passes on to its workers, and when (no processes needed: the
-workers are stand-ins that record what they are sent)."""
+workers are stand-ins that record what they are sent); where their metric files go."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import signal
 import time
+from pathlib import Path
 
-from gateway.config import Config
-from gateway.supervisor import SIGHUP_AFTER, Supervisor, _Slot
+from gateway.config import Config, DatabaseConfig
+from gateway.supervisor import SIGHUP_AFTER, Supervisor, _Slot, prepare_metrics_dir
 
 
 class RecordingWorker:
@@ -58,3 +61,22 @@ async def test_sigterm_is_never_held() -> None:
     supervisor, (young,) = supervisor_with(0.0)
     supervisor._request_stop(signal.SIGTERM)
     assert young.received == [signal.SIGTERM]
+
+
+def test_the_metrics_directory_falls_back_to_a_private_temporary_one(tmp_path: Path) -> None:
+    # An external DSN and a data_dir whose parent cannot hold a directory (here a regular file,
+    # which stops root too): workers still get a metrics directory instead of a traceback.
+    blocker = tmp_path / "read-only"
+    blocker.write_text("")
+    config = Config(
+        database=DatabaseConfig(dsn="postgresql://db/app", data_dir=str(blocker / "pgdata"))
+    )
+    path = prepare_metrics_dir(config)
+    try:
+        assert path.is_dir() and path.name.startswith("hookgate-metrics-")
+        assert path.stat().st_mode & 0o777 == 0o700
+    finally:
+        shutil.rmtree(path)
+    usual = Config(database=DatabaseConfig(data_dir=str(tmp_path / "var" / "pgdata")))
+    path = prepare_metrics_dir(usual)
+    assert path == tmp_path / "var" / "metrics" / str(os.getpid()) and path.is_dir()
