@@ -3,9 +3,10 @@
 ``[server] workers = N`` (N > 1) turns ``gateway serve`` into a supervisor. The parent starts the
 embedded PostgreSQL when no DSN is configured (once, here, never in a worker), applies the schema
 and bootstraps the first admin, then starts N workers. Each worker is a fresh interpreter running
-``python -m gateway [--config PATH] serve --worker`` with the resolved DSN in
-``GATEWAY_DATABASE_DSN``; it opens its own pool and binds the listeners with SO_REUSEPORT, so the
-kernel spreads connections across the workers.
+``python -m gateway [--config PATH] serve --worker`` (with the embedded server's DSN in
+``GATEWAY_DATABASE_DSN``; a configured DSN it reads as the parent did, so that a SIGHUP after
+editing it reports that a restart is needed); it opens its own pool and binds the listeners
+with SO_REUSEPORT, so the kernel spreads connections across the workers.
 
 Why ``subprocess`` rather than ``multiprocessing``: a worker is then exactly the program an
 operator could start by hand (same CLI, same config loading, same env overrides), nothing has to
@@ -82,11 +83,14 @@ def worker_command(config: Config) -> list[str]:
     return [*command, "serve", "--worker"]
 
 
-def worker_environment(dsn: str, index: int, metrics_dir: Path | None = None) -> dict[str, str]:
-    """The parent's environment plus the resolved DSN (and the shared metrics directory),
-    minus the bootstrap credentials."""
+def worker_environment(
+    embedded_dsn: str | None, index: int, metrics_dir: Path | None = None
+) -> dict[str, str]:
+    """The parent's environment plus the embedded server's DSN if it runs one (and the shared
+    metrics directory), minus the bootstrap credentials."""
     env = {k: v for k, v in os.environ.items() if k not in _PARENT_ONLY_ENV}
-    env["GATEWAY_DATABASE_DSN"] = dsn
+    if embedded_dsn is not None:
+        env["GATEWAY_DATABASE_DSN"] = embedded_dsn
     env["HOOKGATE_WORKER_INDEX"] = str(index)
     if metrics_dir is not None:
         env[metrics.MULTIPROC_ENV] = str(metrics_dir)
@@ -185,7 +189,9 @@ class Supervisor:
     async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:
         process = await asyncio.create_subprocess_exec(
             *worker_command(self.config),
-            env=worker_environment(self.dsn, slot.index, self.metrics_dir),
+            env=worker_environment(
+                None if self.config.database.dsn else self.dsn, slot.index, self.metrics_dir
+            ),
             stdin=asyncio.subprocess.DEVNULL,
         )
         slot.process, slot.started_at = process, time.monotonic()

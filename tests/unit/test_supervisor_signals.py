@@ -10,8 +10,16 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from gateway.config import Config, DatabaseConfig
-from gateway.supervisor import SIGHUP_AFTER, Supervisor, _Slot, prepare_metrics_dir
+from gateway.supervisor import (
+    SIGHUP_AFTER,
+    Supervisor,
+    _Slot,
+    prepare_metrics_dir,
+    worker_environment,
+)
 
 
 class RecordingWorker:
@@ -80,3 +88,16 @@ def test_the_metrics_directory_falls_back_to_a_private_temporary_one(tmp_path: P
     usual = Config(database=DatabaseConfig(data_dir=str(tmp_path / "var" / "pgdata")))
     path = prepare_metrics_dir(usual)
     assert path == tmp_path / "var" / "metrics" / str(os.getpid()) and path.is_dir()
+
+
+def test_workers_get_the_dsn_only_of_an_embedded_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A configured DSN is read by each worker as the parent read it: forcing it into the
+    # environment would hide an edit of the file from SIGHUP's "needs a restart" report.
+    monkeypatch.delenv("GATEWAY_DATABASE_DSN", raising=False)
+    monkeypatch.setenv("GATEWAY_ADMIN_PASSWORD", "bootstrap only")
+    embedded = worker_environment("postgresql://postgres@/postgres?host=/run/pg", 1)
+    assert embedded["GATEWAY_DATABASE_DSN"] == "postgresql://postgres@/postgres?host=/run/pg"
+    configured = worker_environment(None, 1)
+    assert "GATEWAY_DATABASE_DSN" not in configured
+    assert configured["HOOKGATE_WORKER_INDEX"] == "1"
+    assert "GATEWAY_ADMIN_PASSWORD" not in configured
