@@ -402,6 +402,14 @@ def _check_cross_field(sections: dict[str, Any], problems: list[str]) -> None:
             f"server.management_port = {server.management_port} is invalid: must differ from "
             "server.port (use 0 to share the ingest listener)"
         )
+    if server.management_host.strip() and not server.management_port:
+        # Likely meant to keep the management API on an internal interface: silently serving it
+        # on the (maybe public) ingest listener instead would be the opposite.
+        problems.append(
+            f"server.management_host = {server.management_host!r} is invalid while "
+            "server.management_port = 0 (the management API is then served on the ingest "
+            "listener): set server.management_port too, or leave management_host empty"
+        )
     if server.public_url and not server.public_url.startswith(("http://", "https://")):
         problems.append(
             f"server.public_url = {server.public_url!r} is invalid: must start with http:// or "

@@ -217,6 +217,11 @@ def test_every_shipped_key_is_commented() -> None:
             id="pool-min-above-max",
         ),
         pytest.param(
+            {"server": {"management_host": "10.0.0.5"}},
+            ["server.management_host = '10.0.0.5' is invalid while server.management_port = 0"],
+            id="management-host-without-port",
+        ),
+        pytest.param(
             {"server": {"port": 9000, "management_port": 9000}},
             ["server.management_port = 9000", "must differ from server.port"],
             id="same-ports",
