@@ -158,6 +158,12 @@ class Dispatcher:
         limit = self.settings.per_target_concurrency
         return [h for h, origin in self._hook_origin.items() if self._load[origin] >= limit]
 
+    def _hook_room(self) -> dict[uuid.UUID, int]:
+        """Free slots of the target of each hook with deliveries in flight (a claim takes no
+        more than that of the hook, so little is handed back)."""
+        limit = self.settings.per_target_concurrency
+        return {h: max(limit - self._load[origin], 0) for h, origin in self._hook_origin.items()}
+
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
@@ -182,7 +188,14 @@ class Dispatcher:
 
     async def _claim(self, limit: int) -> int:
         """Claim and start up to ``limit`` deliveries; return how many rows were claimed."""
-        rows = await store.claim_deliveries(self.db, limit, self.lease_seconds, self._busy_hooks())
+        rows = await store.claim_deliveries(
+            self.db,
+            limit,
+            self.lease_seconds,
+            self._busy_hooks(),
+            self.settings.per_target_concurrency,
+            self._hook_room(),
+        )
         handed_back: list[tuple[uuid.UUID, int]] = []
         for row in rows:
             try:

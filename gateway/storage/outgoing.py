@@ -10,7 +10,7 @@ de-duplicate on ``webhook-id`` (the delivery id, the same on every retry).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -121,10 +121,25 @@ async def enqueue_run_events(
 
 
 async def claim_deliveries(
-    db: Database, limit: int, lease_seconds: float, busy_hook_ids: Sequence[uuid.UUID]
+    db: Database,
+    limit: int,
+    lease_seconds: float,
+    busy_hook_ids: Sequence[uuid.UUID],
+    per_hook: int,
+    room: Mapping[uuid.UUID, int] | None = None,
 ) -> list[Record]:
-    """Claim up to ``limit`` due deliveries (with their hook's definition) under a lease."""
-    return await db.fetch("outgoing_claim", limit, lease_seconds, list(busy_hook_ids))
+    """Claim up to ``limit`` due deliveries (with their hook's definition) under a lease: none
+    of the busy hooks, at most ``per_hook`` of any other hook, or ``room[hook_id]``."""
+    room = room or {}
+    return await db.fetch(
+        "outgoing_claim",
+        limit,
+        lease_seconds,
+        list(busy_hook_ids),
+        per_hook,
+        list(room),
+        list(room.values()),
+    )
 
 
 async def release_deliveries(db: Database, claims: Sequence[tuple[uuid.UUID, int]]) -> None:

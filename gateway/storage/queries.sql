@@ -850,16 +850,35 @@ JOIN outgoing_hooks h ON h.pipeline_id = r.pipeline_id AND h.active
 
 -- name: outgoing_claim
 -- Claim up to $1 due deliveries (pending and due, or delivering with an expired lease), oldest
--- due first, skipping hooks in $3 (their targets are busy): lease of $2 seconds, attempt + 1.
--- Returns each with the hook definition it is sent with.
-WITH due AS (
-    SELECT d.id FROM outgoing_deliveries d
+-- due first, skipping hooks in $3 (their targets are busy) and taking at most $4 per hook, or
+-- for the hooks in $5 the number in $6 (their target's free slots): a busy target's backlog is
+-- not claimed only to be handed back. Lease of $2 seconds, attempt + 1. Candidates are the
+-- $1 * 8 oldest due rows (a bounded scan: the rest wait for the next round). Returns each with
+-- the hook definition it is sent with.
+WITH candidates AS (
+    SELECT d.id, d.hook_id, d.next_attempt_at FROM outgoing_deliveries d
     WHERE ((d.status = 'pending' AND d.next_attempt_at <= now())
            OR (d.status = 'delivering' AND d.locked_until < now()))
       AND NOT (d.hook_id = ANY($3::uuid[]))
     ORDER BY d.next_attempt_at
+    LIMIT $1 * 8
+), ranked AS (
+    SELECT c.id, c.next_attempt_at,
+           row_number() OVER (PARTITION BY c.hook_id ORDER BY c.next_attempt_at) AS n,
+           coalesce(room.free, $4::integer) AS allowed
+    FROM candidates c
+    LEFT JOIN unnest($5::uuid[], $6::integer[]) AS room (hook_id, free)
+        ON room.hook_id = c.hook_id
+), due AS (
+    -- Locked here, not in candidates (no FOR UPDATE next to a window function); the due test
+    -- is evaluated again on the locked row, so one another dispatcher took meanwhile drops out.
+    SELECT d.id FROM outgoing_deliveries d JOIN ranked r ON r.id = d.id
+    WHERE r.n <= r.allowed
+      AND ((d.status = 'pending' AND d.next_attempt_at <= now())
+           OR (d.status = 'delivering' AND d.locked_until < now()))
+    ORDER BY r.next_attempt_at
     LIMIT $1
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF d SKIP LOCKED
 )
 UPDATE outgoing_deliveries d SET
     status = 'delivering',

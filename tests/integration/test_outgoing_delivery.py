@@ -8,6 +8,7 @@ app), so it controls when dispatching starts and stops.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from standardwebhooks import Webhook
 
 from gateway.config import Config
 from gateway.dispatcher.dispatcher import Dispatcher
+from gateway.storage import outgoing as store
 from gateway.storage import runs
 from gateway.storage.database import Database
 from tests.integration.management_helpers import make_environment, make_pipeline
@@ -665,6 +667,36 @@ async def test_a_slow_target_does_not_hold_up_a_fast_one(
         slow.release.set()
         await running.stop(5)
     assert len(fast.seen) == 6
+
+
+async def test_a_claim_takes_no_more_of_a_hook_than_its_target_has_room_for(
+    client: Any, admin_headers: dict[str, str], pipeline: dict[str, Any], db: Database
+) -> None:
+    # A busy target's backlog is not claimed only to be handed back (each finished delivery
+    # used to claim a full batch of it and release all but one).
+    names = ("a", "b")
+    hooks = {
+        name: uuid.UUID(
+            (
+                await create_hook(
+                    client, admin_headers, pipeline["id"], hook_body(f"http://t/{name}", name=name)
+                )
+            )["id"]
+        )
+        for name in names
+    }
+    for _ in range(6):
+        await complete_run(db, pipeline["id"])  # one delivery per hook and run
+
+    async def claim(**kwargs: Any) -> dict[str, int]:
+        rows = await store.claim_deliveries(db, 64, 60, **kwargs)
+        await store.release_deliveries(db, [(r["id"], r["attempt"]) for r in rows])
+        return {name: sum(r["hook_id"] == hook for r in rows) for name, hook in hooks.items()}
+
+    assert await claim(busy_hook_ids=[], per_hook=4) == {"a": 4, "b": 4}
+    assert await claim(busy_hook_ids=[], per_hook=4, room={hooks["a"]: 1}) == {"a": 1, "b": 4}
+    assert await claim(busy_hook_ids=[hooks["a"]], per_hook=10) == {"a": 0, "b": 6}
+    assert await claim(busy_hook_ids=[], per_hook=4, room={hooks["b"]: 0}) == {"a": 4, "b": 0}
 
 
 async def test_notifications_and_due_times_drive_an_otherwise_idle_dispatcher(
