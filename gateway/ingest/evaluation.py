@@ -33,11 +33,13 @@ from gateway.security.secret_box import PLAINTEXT_BOX, SecretBox, SecretBoxError
 ACCEPTED, SKIPPED, REJECTED = "accepted", "skipped", "rejected"
 
 # Tried in this order when the hook does not name its own delivery-id header (lower case).
+# Not X-Gitlab-Event-UUID: GitLab's recursion-detection id, shared by every event one GitLab
+# request or job sends to a hook (the branches of one push), so distinct events would be taken
+# for repeats and dropped. GitLab's per-delivery id, the same on retries, is Idempotency-Key.
 DEFAULT_DELIVERY_ID_HEADERS: tuple[str, ...] = (
     "x-github-delivery",
-    "x-gitlab-event-uuid",
     "webhook-id",
-    "idempotency-key",
+    "idempotency-key",  # GitLab (17.4+), IETF draft
     "x-request-uuid",  # Bitbucket
 )
 # Longest delivery id kept: it is part of a unique index, and no provider sends more.

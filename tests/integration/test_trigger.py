@@ -473,6 +473,38 @@ async def test_github_form_mode_end_to_end(
     assert orjson.loads(run["variables"]) == SEED_VARIABLES
 
 
+async def test_gitlab_events_of_one_push_are_not_taken_for_repeats(
+    client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    # A push of two branches: GitLab sends two events with the same X-Gitlab-Event-UUID (its
+    # recursion-detection id) and their own Idempotency-Key (the same on a retry).
+    pipeline_id = await new_pipeline(client, admin_headers)
+    hook = await create_hook(
+        client,
+        admin_headers,
+        pipeline_id,
+        secret_header_name="x-gitlab-token",
+        settings={"variables": [{"name": "ref", "type": "string"}]},
+    )
+    event_uuid = str(uuid.uuid4())
+    keys = {"refs/heads/main": str(uuid.uuid4()), "refs/heads/release": str(uuid.uuid4())}
+    answers = []
+    for ref in [*keys, "refs/heads/main"]:  # the last one: GitLab retrying the first event
+        headers = {
+            "Content-Type": "application/json",
+            "X-Gitlab-Event": "Push Hook",
+            "X-Gitlab-Token": hook["secret"],
+            "X-Gitlab-Event-UUID": event_uuid,
+            "Idempotency-Key": keys[ref],
+        }
+        body = orjson.dumps({"object_kind": "push", "ref": ref})
+        response = await client.post(hook_path(hook), data=body, headers=headers)
+        answers.append((response.status, (await response.json()).get("duplicate", False)))
+    assert answers == [(202, False), (202, False), (200, True)]
+    runs = await runs_of(database_dsn, hook["id"])
+    assert sorted(orjson.loads(r["variables"])["ref"] for r in runs) == sorted(keys)
+
+
 async def test_gitlab_token_hook_end_to_end(
     client: Any, admin_headers: dict[str, str], database_dsn: str
 ) -> None:
@@ -505,7 +537,7 @@ async def test_gitlab_token_hook_end_to_end(
         "merge_request_id": 1,
         "commit_hash": "da1560886d4f094c3e6c9ef40349f7d38b5d27d7",
     }
-    assert run["delivery_id"] == headers["X-Gitlab-Event-UUID"]
+    assert run["delivery_id"] == headers["Idempotency-Key"]
     [row] = await requests_of(database_dsn, hook["id"])
     assert orjson.loads(row["headers"])["x-gitlab-token"] == "[redacted]"
     wrong = await client.post(

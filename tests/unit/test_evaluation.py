@@ -291,7 +291,9 @@ def test_delivery_id_headers_in_order_and_per_hook_override() -> None:
     hook = make_hook(requires_secret=False)
     cases = [
         ({"X-GitHub-Delivery": "gh", "Idempotency-Key": "idem"}, "gh"),
-        ({"X-Gitlab-Event-UUID": "gl", "webhook-id": "msg"}, "gl"),
+        # GitLab's event UUID is shared by the events of one push: never a delivery id.
+        ({"X-Gitlab-Event-UUID": "gl", "Idempotency-Key": "idem"}, "idem"),
+        ({"X-Gitlab-Event-UUID": "gl"}, None),
         ({"webhook-id": "msg", "Idempotency-Key": "idem"}, "msg"),
         ({"Idempotency-Key": " idem ", "X-Request-UUID": "bb"}, "idem"),
         ({"X-Request-UUID": "bb"}, "bb"),
