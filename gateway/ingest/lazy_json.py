@@ -57,7 +57,7 @@ class LazyDocument:
             elif index is not None and kind is _Array:
                 try:
                     current = current[index]
-                except IndexError:
+                except (IndexError, OverflowError):  # past the array, or past a C index
                     return missing
             else:
                 return missing

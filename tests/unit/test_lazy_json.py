@@ -67,6 +67,15 @@ def test_simple_jsonpath_forms_read_the_same() -> None:
     )  # fmt: skip
 
 
+def test_an_index_past_any_machine_integer_is_not_found() -> None:
+    # Accepted at create time; simdjson raised OverflowError (a 500 on every request).
+    same_reads(
+        b'{"commits": [{"id": "c1"}]}',
+        ["commits.99999999999999999999.id", "$.commits[-9223372036854775809].id",
+         "$.commits[18446744073709551616]"],
+    )  # fmt: skip
+
+
 def test_containers_come_back_as_python_values() -> None:
     document = lazy_json.parse(b'{"a": {"b": [1, {"c": "d"}]}, "e": []}', lazy=True)
     try:
