@@ -37,6 +37,13 @@ from gateway.security.secret_service import secret_box_service
 from gateway.storage.database import Database
 
 # Route tables in registration order. Later parts append to these lists.
+# Options of the request handler of every listener serving these apps (gateway.server, and the
+# tests' server). Bodies are read as they were sent: ingest refuses a compressed one with its
+# own 415 (the signature covers the bytes sent, and a small compressed body can expand far
+# past max_body_bytes), the management API likewise; left on, aiohttp would answer a body in
+# an encoding it cannot decode (br, zstd) with a bare 400 before any handler runs.
+HANDLER_OPTIONS: dict[str, Any] = {"auto_decompress": False}
+
 INGEST_ROUTES: list[web.RouteTableDef] = [health.routes]
 MANAGEMENT_ROUTES: list[web.RouteTableDef] = [users_api.routes]
 # Environments, pipelines, incoming hooks, request history and runs (read side).

@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from gateway import accounts
-from gateway.app import create_apps
+from gateway.app import HANDLER_OPTIONS, create_apps
 from gateway.config import Config
 from gateway.exceptions import GatewayError
 from gateway.logs import get_logger
@@ -181,6 +181,7 @@ async def run_listeners(
                 access_log=logging.getLogger("access"),  # AccessLog.enabled decides
                 # drain() has already waited shutdown_timeout: this only bounds the cancellation.
                 shutdown_timeout=CANCEL_GRACE,
+                **HANDLER_OPTIONS,
             )
             await runner.setup()
             runners.append(runner)

@@ -18,9 +18,11 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from gateway.app import create_app
+from gateway.app import HANDLER_OPTIONS, create_app
 from gateway.config import Config, DatabaseConfig, build_config
 from gateway.storage.database import SCHEMA_PATH, Database
 
@@ -125,7 +127,15 @@ async def client(config: Config, db: Database, aiohttp_client: Any) -> Any:
     """A test client for the full application (both route tables on one listener)."""
     # aiohttp_client comes last so that it is torn down first: the app's cleanup (batcher
     # flush, listeners) runs while the pool and the test database still exist.
-    return await aiohttp_client(create_app(config, db))
+    return await client_for(create_app(config, db), aiohttp_client)
+
+
+async def client_for(app: web.Application, aiohttp_client: Any) -> Any:
+    """A test client for ``app`` on a server with the gateway's handler options (started here:
+    aiohttp's TestServer drops options given to its constructor)."""
+    server = TestServer(app)
+    await server.start_server(**HANDLER_OPTIONS)
+    return await aiohttp_client(server)
 
 
 ADMIN_EMAIL = "admin@example.com"

@@ -255,8 +255,8 @@ async def _read_body(request: web.Request, length: int | None, limit: int) -> by
 
 
 def _compressed(encoding: str) -> Evaluation:
-    # aiohttp would decompress the body before we see it, but the signature covers the bytes
-    # that were sent, and a small compressed body can expand far past max_body_bytes. Webhook
+    # The signature covers the bytes that were sent, and a small compressed body can expand far
+    # past max_body_bytes (the listeners do not decompress: app.HANDLER_OPTIONS). Webhook
     # senders (GitHub, GitLab, Bitbucket, Standard Webhooks) send bodies uncompressed.
     return Evaluation(
         415,

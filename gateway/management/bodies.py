@@ -23,6 +23,12 @@ async def read_json_object(
     field: PostgreSQL text and jsonb cannot store it, so it would otherwise fail the write with
     a 500. ``nul_allowed`` names top-level members whose view strips NULs itself.
     """
+    encoding = request.headers.get("Content-Encoding")
+    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+        # The listeners do not decompress (app.HANDLER_OPTIONS): say so rather than "not JSON".
+        raise ApiError(
+            415, f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed"
+        )
     raw = await request.read()
     if not raw.strip():
         raise ApiError(400, "request body is empty: expected a JSON object")

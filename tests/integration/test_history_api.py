@@ -16,6 +16,7 @@ import pytest
 from gateway.app import create_app
 from gateway.config import Config
 from gateway.storage.database import Database
+from tests.conftest import client_for
 from tests.integration.management_helpers import (
     make_environment,
     make_member,
@@ -323,7 +324,7 @@ async def test_replay_needs_the_stored_body(
 ) -> None:
     # A second app on the same database that keeps no bodies (admin_headers' token works).
     no_bodies = replace(config, hooks=replace(config.hooks, store_bodies="none"))
-    client = await aiohttp_client(create_app(no_bodies, db))
+    client = await client_for(create_app(no_bodies, db), aiohttp_client)
     environment = await make_environment(client, admin_headers)
     pipeline = await make_pipeline(client, admin_headers, environment["id"])
     hook = await make_seed_hook(client, admin_headers, pipeline["id"])

@@ -223,7 +223,7 @@ ENCODED = {
 
 ENCODING_CASES = [
     (encoding, body, signed_over)
-    for encoding in ("gzip", "deflate", "identity", "compress", "x-unknown")
+    for encoding in ("gzip", "deflate", "br", "zstd", "identity", "compress", "x-unknown")
     for body in sorted(ENCODED)
     for signed_over in ("sent", "decoded")
 ]

@@ -11,6 +11,7 @@ import pytest
 from gateway.app import create_apps
 from gateway.config import Config
 from gateway.storage.database import Database
+from tests.conftest import client_for
 from tests.integration.management_helpers import JSON_HEADERS, make_environment, make_pipeline
 
 
@@ -36,6 +37,20 @@ async def test_a_nul_character_is_a_422_naming_the_field(
     assert response.status == 422
     errors = (await _json(response))["errors"]
     assert errors == {field: ["must not contain the NUL character (\\u0000)"]}
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "zstd"])
+async def test_a_compressed_body_is_a_415_naming_the_encoding(
+    client: Any, admin_headers: dict[str, str], encoding: str
+) -> None:
+    # The listeners read bodies as sent (app.HANDLER_OPTIONS): a clear 415, not "not JSON" and
+    # not aiohttp's bare 400 for an encoding it has no decoder for.
+    headers = {**JSON_HEADERS, **admin_headers, "Content-Encoding": encoding}
+    response = await client.post("/environments", data=b"\x1f\x8b...", headers=headers)
+    assert response.status == 415
+    assert (await _json(response))["message"] == (
+        f"Content-Encoding {encoding!r} is not supported: send the body uncompressed"
+    )
 
 
 async def test_a_nul_inside_a_nested_hook_setting_is_a_422(
@@ -129,7 +144,7 @@ async def management_client(config: Config, db: Database, aiohttp_client: Any) -
     split = replace(config, server=replace(config.server, management_port=9))
     _ingest, management = create_apps(split, db)
     assert management is not None
-    return await aiohttp_client(management)
+    return await client_for(management, aiohttp_client)
 
 
 UNSUPPORTED_METHODS = [

@@ -24,7 +24,7 @@ from gateway.config import Config
 from gateway.ingest.signatures import sign_hmac_hex
 from gateway.logs import configure_logging
 from gateway.storage.database import Database
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, client_for
 from tests.integration.ingest_helpers import (
     HEAD_SHA,
     PR_OPENED,
@@ -138,7 +138,7 @@ async def test_inactive_hook_is_403_with_the_same_body_shape(
 async def small_client(aiohttp_client: Any, config: Config, db: Database) -> Any:
     """A server whose ingest limit is 1 KiB."""
     limited = replace(config, server=replace(config.server, max_body_bytes=1024))
-    return await aiohttp_client(create_app(limited, db))
+    return await client_for(create_app(limited, db), aiohttp_client)
 
 
 async def test_body_over_the_limit_is_413_by_length_and_when_chunked(
