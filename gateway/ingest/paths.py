@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from jsonpath_ng import Child, Fields, Index, Root
+from jsonpath_ng import Child, Fields, Index, JSONPath, Root
 from jsonpath_ng.ext import parse as _jsonpath_parse
+from jsonpath_ng.ext.filter import Expression as FilterExpression
+from jsonpath_ng.ext.string import Sub
 
 from .lazy_json import LazyDocument
 
@@ -160,10 +162,38 @@ def _compile_jsonpath(path: str) -> CompiledPath:
             expression = _jsonpath_parse(path)
     except Exception as exc:  # jsonpath-ng raises lexer/parser errors and, rarely, others
         raise PathSyntaxError(f"invalid JSONPath {path!r}: {exc}") from exc
+    regex = _regular_expression_in(expression)
+    if regex is not None:
+        # Python's re backtracks: '(a+)+$' against a few dozen characters of a payload holds
+        # the worker's event loop for seconds, and a payload is whatever a sender posts.
+        raise PathSyntaxError(
+            f"invalid JSONPath {path!r}: {regex} is not supported (a regular expression can "
+            "take exponential time on a crafted payload); compare with ==, != or in-lists of "
+            "accepted_values instead"
+        )
     steps = _simple_steps(expression)
     if steps is not None:
         return CompiledPath(source=path, steps=steps)
     return CompiledPath(source=path, expression=expression)
+
+
+def _regular_expression_in(expression: Any) -> str | None:
+    """What in a parsed JSONPath runs a regular expression on payload text, or None."""
+    stack, seen = [expression], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, FilterExpression) and node.op == "=~":
+            return "the regular-expression filter '=~'"
+        if isinstance(node, Sub):
+            return "sub(/regex/, ...)"
+        if isinstance(node, list | tuple):
+            stack.extend(node)
+        elif isinstance(node, JSONPath):
+            stack.extend(getattr(node, "__dict__", {}).values())
+    return None
 
 
 def _simple_steps(node: Any) -> tuple[_Step, ...] | None:

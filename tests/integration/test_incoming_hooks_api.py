@@ -340,6 +340,25 @@ async def test_unparseable_variable_path_is_named(
     assert errors["settings.variables.0.path"][0]
 
 
+async def test_a_regular_expression_in_a_path_is_a_422_naming_the_field(
+    client: Any, admin_headers: dict[str, str], pipeline: dict[str, Any]
+) -> None:
+    # '(a+)+$' on a crafted 27-byte value held the worker's event loop for seconds.
+    regex = "$.items[?(@.name =~ '(a+)+$')].name"
+    body = {
+        "name": "h",
+        "action_type": "deploy",
+        "trigger_when": {"conditions": [{"path": regex, "accepted_values": ["a"]}]},
+    } | _variables({"name": "ref", "path": regex, "type": "string"})
+    response = await client.post(
+        f"/pipelines/{pipeline['id']}/hooks/incoming", json=body, headers=admin_headers
+    )
+    assert response.status == 422
+    errors = (await response.json())["errors"]
+    assert sorted(errors) == ["settings.variables.0.path", "trigger_when.conditions.0.path"]
+    assert all("'=~' is not supported" in messages[0] for messages in errors.values())
+
+
 async def test_every_bad_field_is_reported_at_once(
     client: Any, admin_headers: dict[str, str], pipeline: dict[str, Any]
 ) -> None:

@@ -341,7 +341,7 @@ CONDITION_SET = conditions(
     {"path": "a.b.0", "accepted_values": [False]},
     {"path": "$..c", "accepted_values": ["x", 2.5]},
     {"path": "$.a[?@.b > 1]", "accepted_values": [1]},
-    {"path": "$.a.`sub(/x/, y)`", "accepted_values": ["y"]},
+    {"path": "$.a.`sorted`", "accepted_values": ["y"]},
 )
 
 
