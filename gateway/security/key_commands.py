@@ -87,12 +87,26 @@ async def _status(config: Config) -> int:
 
 async def _rotate(config: Config, batch_size: int) -> int:
     from gateway.executor.database import existing_database
-    from gateway.security.secret_box import open_secret_box
+    from gateway.security.secret_box import SecretBox
+    from gateway.security.secret_keys import load_keys
     from gateway.storage.secret_rotation import rotate_secrets
 
     if batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
-    box = open_secret_box(config.security)
+    # Never a generated key: the servers would not have it, and the rows sealed with it would
+    # be unreadable to them.
+    security = config.security
+    keys = load_keys(security.secret_keys, security.key_file, create_file=False)
+    if not keys.keys:
+        where = f"key_file {security.key_file!r} does not exist" if security.key_file else (
+            "key_file is empty"
+        )
+        raise ValueError(
+            f"no encryption key on this host (security.secret_keys is empty and {where}): "
+            "give this command the servers' keys (the same config, key file or "
+            "GATEWAY_SECURITY_SECRET_KEYS)"
+        )
+    box = SecretBox.from_key_set(keys)
     async with existing_database(config, start_embedded=True) as db:
         results = await rotate_secrets(db, box, batch_size=batch_size)
     code = 0

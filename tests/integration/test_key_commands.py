@@ -137,3 +137,20 @@ def _with_dsn(config: Config, dsn: str) -> Config:
     from dataclasses import replace
 
     return replace(config, database=replace(config.database, dsn=dsn))
+
+
+async def test_rotate_never_invents_a_key(db: Database, database_dsn: str, tmp_path: Path) -> None:
+    # No configured keys and no key file where the config points: generating one (as a server
+    # does on first start) would seal the secrets with a key no server has.
+    box_a = SecretBox.from_key_set(_key_set(new_key_line("a")))
+    ids = await seeded(db, [box_a.encrypt("x"), "legacy"])
+    missing = tmp_path / "keys" / "secret-keys"
+    path = tmp_path / "config.toml"
+    path.write_text(f'[security]\nsecret_keys = []\nkey_file = "{missing}"\n')
+    code, out, err = await run_cli(path, database_dsn, "rotate")
+    assert code == 2, (out, err)
+    assert err.startswith("gateway: no encryption key on this host (security.secret_keys is")
+    assert f"key_file '{missing}' does not exist" in err
+    assert not missing.exists()
+    rows: list[Any] = [await hooks.incoming_hook_with_secrets(db, i) for i in ids]
+    assert [key_id_of(r["secret"]) for r in rows] == ["a", None]
