@@ -41,9 +41,14 @@ def env_value(value: Any) -> str:
 
 
 def command_env(base: Mapping[str, str], run: Mapping[str, Any]) -> dict[str, str]:
-    """``base`` (the executor's environment, minus inherited HOOK_* values) plus the run's
-    variables as ``HOOK_VAR_<NAME>`` and ``HOOK_RUN_ID``, ``HOOK_PIPELINE_ID``, ``HOOK_ATTEMPT``."""
-    env = {k: v for k, v in base.items() if not k.startswith("HOOK_")}
+    """``base`` (the executor's environment, minus inherited HOOK_* values and the gateway's
+    own GATEWAY_* settings) plus the run's variables as ``HOOK_VAR_<NAME>`` and ``HOOK_RUN_ID``,
+    ``HOOK_PIPELINE_ID``, ``HOOK_ATTEMPT``.
+
+    GATEWAY_* goes because it carries the executor's credentials (GATEWAY_DATABASE_DSN with its
+    password, GATEWAY_SECURITY_SECRET_KEYS, GATEWAY_ADMIN_PASSWORD), which a command started by
+    a webhook has no business reading."""
+    env = {k: v for k, v in base.items() if not k.startswith(("HOOK_", "GATEWAY_"))}
     for name, value in (run["variables"] or {}).items():
         env[env_name(name)] = env_value(value).replace("\x00", "")
     env["HOOK_RUN_ID"] = str(run["id"])

@@ -22,10 +22,18 @@ def test_values_are_strings_as_is_and_json_otherwise() -> None:
     assert env_value({"a": [1, "b"]}) == '{"a":[1,"b"]}'
 
 
-def test_command_env_adds_run_values_and_drops_inherited_hook_values() -> None:
+def test_command_env_adds_run_values_and_drops_inherited_hook_and_gateway_values() -> None:
     run_id = uuid.uuid4()
     run = {"id": run_id, "pipeline_id": 7, "attempt": 2, "variables": {"source_ref": "main"}}
-    base = {"PATH": "/bin", "HOOK_VAR_STALE": "x", "HOOK_RUN_ID": "old"}
+    base = {
+        "PATH": "/bin",
+        "HOOK_VAR_STALE": "x",
+        "HOOK_RUN_ID": "old",
+        # The executor's own credentials never reach a command a webhook started.
+        "GATEWAY_DATABASE_DSN": "postgresql://app:s3cret@db/app",
+        "GATEWAY_SECURITY_SECRET_KEYS": "k:AAAA",
+        "GATEWAY_ADMIN_PASSWORD": "bootstrap",
+    }
 
     assert command_env(base, run) == {
         "PATH": "/bin",
