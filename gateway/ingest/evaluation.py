@@ -241,15 +241,33 @@ def _form_payload(body: bytes) -> str:
     return values[0]
 
 
-def _contains_nul(value: Any) -> bool:
-    # PostgreSQL text and jsonb cannot hold U+0000; one such value would fail a whole batch.
-    if isinstance(value, str):
-        return _NUL in value
-    if isinstance(value, dict):
-        return any(_NUL in k or _contains_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_contains_nul(v) for v in value)
-    return False
+# Deepest nesting of an object or array variable. orjson (storing the run, rendering outgoing
+# bodies that embed run.variables) stops at 255 levels, and Python's recursion sooner; no
+# webhook payload comes near this.
+MAX_VARIABLE_DEPTH = 64
+
+
+def _storage_problem(value: Any) -> str | None:
+    """Why a variable's value cannot be stored, or None. Iterative: a hostile payload may nest
+    deeper than Python's recursion limit."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if _NUL in item:  # PostgreSQL text and jsonb cannot hold U+0000
+                return "contains a NUL character (\\u0000), which cannot be stored"
+            continue
+        if not isinstance(item, dict | list):
+            continue
+        if depth >= MAX_VARIABLE_DEPTH:
+            return f"is nested more than {MAX_VARIABLE_DEPTH} levels deep, which cannot be stored"
+        if isinstance(item, dict):
+            if any(_NUL in key for key in item):
+                return "contains a NUL character (\\u0000), which cannot be stored"
+            stack.extend((child, depth + 1) for child in item.values())
+        else:
+            stack.extend((child, depth + 1) for child in item)
+    return None
 
 
 def _reject(status: int, message: str, reason: str, delivery_id: str | None) -> Evaluation:
@@ -355,17 +373,19 @@ def _decide(hook: CompiledHook, payload: Any, delivery_id: str | None) -> Evalua
             errors=exc.errors,
             reason="invalid_variables",
         )
-    bad = [name for name, value in variables.items() if _contains_nul(value)]
-    if bad:
+    problems = {
+        name: [problem]
+        for name, value in variables.items()
+        if (problem := _storage_problem(value)) is not None
+    }
+    if problems:
         return Evaluation(
             422,
             REJECTED,
-            "the payload does not provide valid variables: " + ", ".join(bad),
+            "the payload does not provide valid variables: " + ", ".join(problems),
             delivery_id=delivery_id,
             payload=tree,
-            errors={
-                name: ["contains a NUL character (\\u0000), which cannot be stored"] for name in bad
-            },
+            errors=problems,
             reason="invalid_variables",
         )
     return Evaluation(202, ACCEPTED, "Hook accepted: run queued", variables, delivery_id, tree)

@@ -97,7 +97,18 @@ class _Ingest:
 async def trigger_incoming_hook(request: web.Request) -> web.Response:
     """Verify, evaluate and durably enqueue one webhook delivery."""
     started = time.perf_counter()
-    response, outcome = await _trigger(request, started)
+    try:
+        response, outcome = await _trigger(request, started)
+    except Exception:
+        # A bug must still answer in the JSON shape, counted, with an id to find its log line
+        # (aiohttp's own 500 is bare text). Not a 2xx: the sender retries, and a delivery id
+        # makes that retry safe.
+        request_id = new_id().hex
+        log.exception(
+            "hook_request_failed", hook_id=request.match_info["hook_id"][:64], request_id=request_id
+        )
+        message = "the request could not be handled; see the gateway log"
+        response, outcome = _json(500, {"message": message, "errors": None}, request_id), FAILED
     metrics.record_ingest(outcome, response.status, time.perf_counter() - started)
     return response
 

@@ -23,7 +23,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import Config
-from tests.integration.ingest_helpers import fetch, github_headers, hook_path, seed_hook
+from tests.integration.ingest_helpers import (
+    JSON_HEADERS,
+    create_hook,
+    fetch,
+    github_headers,
+    hook_path,
+    new_pipeline,
+    seed_hook,
+)
 
 MAX_BODY = 4096
 EXAMPLES = 100
@@ -322,3 +330,63 @@ async def test_an_integer_variable_wider_than_64_bits_is_a_422(
     answer = await check_answer(response)
     assert response.status == 422, answer
     assert list(answer["errors"]) == ["pull_request_id"]
+
+
+async def unsigned_hook_reading_data(
+    client: Any, admin_headers: dict[str, str], kind: str
+) -> dict[str, Any]:
+    """A hook without a secret whose one variable, ``data``, is of type ``kind``."""
+    pipeline = await new_pipeline(client, admin_headers)
+    settings = {"variables": [{"name": "data", "type": kind}]}
+    return await create_hook(
+        client, admin_headers, pipeline, requires_secret=False, settings=settings
+    )
+
+
+@pytest.mark.parametrize(("container", "depth"), [("object", 65), ("object", 300), ("array", 1000)])
+async def test_a_variable_nested_too_deep_to_store_is_a_recorded_422(
+    client: Any, admin_headers: dict[str, str], database_dsn: str, container: str, depth: int
+) -> None:
+    # orjson parses 1,024 levels but stores 254, and a recursive walk died at ~500: a 500 and
+    # no history row, on every retry.
+    hook = await unsigned_hook_reading_data(client, admin_headers, container)
+    opening, closing = (b'{"a":', b"}") if container == "object" else (b"[", b"]")
+    body = b'{"data":' + opening * depth + b"1" + closing * depth + b"}"
+    response = await client.post(hook_path(hook), data=body, headers=JSON_HEADERS)
+    answer = await check_answer(response)
+    assert response.status == 422
+    assert answer["errors"] == {
+        "data": ["is nested more than 64 levels deep, which cannot be stored"]
+    }
+    rows = await fetch(
+        database_dsn,
+        "SELECT outcome, status_code FROM hook_requests WHERE hook_id = $1",
+        uuid.UUID(hook["id"]),
+    )
+    assert [(r["outcome"], r["status_code"]) for r in rows] == [("rejected", 422)]
+
+
+async def test_a_variable_nested_64_levels_is_stored(
+    client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    hook = await unsigned_hook_reading_data(client, admin_headers, "array")
+    body = b'{"data":' + b"[" * 64 + b"]" * 64 + b"}"
+    response = await client.post(hook_path(hook), data=body, headers=JSON_HEADERS)
+    assert response.status == 202, await response.text()
+
+
+async def test_an_unexpected_error_is_a_json_500_with_a_request_id(
+    client: Any, hook: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection: a bug in evaluation must not surface as aiohttp's bare-text 500.
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr("gateway.ingest.trigger.evaluate", broken)
+    response = await client.post(hook_path(hook), data=PAYLOAD, headers=signed(hook, PAYLOAD))
+    assert response.status == 500 and response.content_type == "application/json"
+    assert await response.json() == {
+        "message": "the request could not be handled; see the gateway log",
+        "errors": None,
+    }
+    assert len(response.headers["X-Request-Id"]) == 32
