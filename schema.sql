@@ -219,6 +219,17 @@ CREATE INDEX IF NOT EXISTS pipeline_runs_queued_key_idx
 CREATE INDEX IF NOT EXISTS pipeline_runs_finished_idx
     ON pipeline_runs (finished_at) WHERE finished_at IS NOT NULL;
 
+-- A run's concurrency key value: the variable named by the pipeline's concurrency_key, as text;
+-- over 256 bytes, its SHA-256 instead (still exact equality, and B-tree index entries cannot
+-- exceed ~2.7 KB: a long value would otherwise fail the insert, a 500 on every retry).
+CREATE OR REPLACE FUNCTION hookgate_concurrency_key(variables jsonb, key_name text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN octet_length(v) > 256
+                THEN 'sha256:' || encode(sha256(convert_to(v, 'UTF8')), 'hex')
+                ELSE v END
+    FROM (SELECT variables ->> key_name AS v) AS value
+$$;
+
 -- On enqueue (whoever inserts: the ingest batcher, replay, tests): record the run's key value,
 -- and under skip-if-running end a run at once when its key already has a run in progress.
 -- Read-only on other rows: cancel-in-progress is applied by claim and heartbeat instead, so the
@@ -236,7 +247,7 @@ BEGIN
         NEW.concurrency_key_value := NULL;
         RETURN NEW;
     END IF;
-    NEW.concurrency_key_value := NEW.variables ->> key_name;
+    NEW.concurrency_key_value := hookgate_concurrency_key(NEW.variables, key_name);
     IF policy = 'skip-if-running' AND NEW.status = 'queued'
             AND NEW.concurrency_key_value IS NOT NULL THEN
         SELECT r.id INTO running FROM pipeline_runs r

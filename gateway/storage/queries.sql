@@ -702,7 +702,8 @@ WITH p AS (
     WHERE id = $1
     RETURNING id, environment_id, concurrency_policy, concurrency_key, max_attempts
 ), rekeyed AS (
-    UPDATE pipeline_runs r SET concurrency_key_value = r.variables ->> p.concurrency_key
+    UPDATE pipeline_runs r
+    SET concurrency_key_value = hookgate_concurrency_key(r.variables, p.concurrency_key)
     FROM p
     WHERE r.pipeline_id = p.id AND r.status IN ('queued', 'in-progress')
     RETURNING r.id

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import secrets
 import random
 
 import pytest
@@ -171,3 +173,21 @@ async def test_changing_the_key_rekeys_queued_runs(db: Database) -> None:
     assert updated["rekeyed"] == 2
     assert (await run_row(db, second["id"]))["concurrency_key_value"] == "main"
     assert [r["id"] for r in await claim(db, pipeline["id"], limit=10)] == [first["id"]]
+
+
+async def test_a_key_value_too_long_for_an_index_is_keyed_by_its_digest(db: Database) -> None:
+    # 6,000 incompressible characters: stored as-is it exceeded the B-tree entry limit and
+    # failed the insert (an ingest 500 on every retry); its SHA-256 keys it exactly instead.
+    pipeline = await make_pipeline(db, policy="skip-if-running", key="source_ref")
+    long_ref, other_ref = secrets.token_hex(3000), secrets.token_hex(3000)
+    first = await enqueue(db, pipeline["id"], source_ref=long_ref)
+    digest = "sha256:" + hashlib.sha256(long_ref.encode()).hexdigest()
+    assert first["concurrency_key_value"] == digest
+    await claim(db, pipeline["id"])
+    assert (await enqueue(db, pipeline["id"], source_ref=long_ref))["status"] == "skipped"
+    assert (await enqueue(db, pipeline["id"], source_ref=other_ref))["status"] == "queued"
+    # 256 bytes and under are kept as they are; re-keying uses the same rule.
+    short = await enqueue(db, pipeline["id"], source_ref="r" * 256)
+    assert short["concurrency_key_value"] == "r" * 256
+    await runs.set_concurrency(db, pipeline["id"], "queue", "source_ref", 3)
+    assert (await run_row(db, first["id"]))["concurrency_key_value"] == digest
