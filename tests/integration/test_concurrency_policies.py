@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import secrets
 import random
+import secrets
 
 import pytest
 
