@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.http import ApiError, json_response
-from gateway.ingest.signatures import generate_secret, scheme_for_header
+from gateway.ingest.signatures import STANDARD_WEBHOOKS, generate_secret, scheme_for_header
 from gateway.logs import get_logger
 from gateway.management.bodies import Fields, read_json_object
 from gateway.management.framework import current_user, endpoint
@@ -114,15 +114,31 @@ def _forget_cached(request: web.Request, hook_id: Any) -> None:
 @endpoint()
 async def update_incoming_hook(request: web.Request) -> web.Response:
     """Change some or all fields of a hook (``hook:update``); the secret is changed only by
-    rotation. ``settings`` keys given replace the stored ones; others are kept."""
+    rotation, or by a switch to Standard Webhooks (``secret_header_name: webhook-signature``),
+    whose senders need a ``whsec_`` secret: a new one is issued, shown once in this response,
+    and the old one stops at once. ``settings`` keys given replace the stored ones; others are
+    kept."""
     hook = await incoming_hook_for(request, "hook:update")
     changes = parse_incoming_hook(await read_json_object(request), partial=True)
-    row = await hooks.update_incoming_hook(request.app[appkeys.DATABASE], hook["id"], changes)
+    db = request.app[appkeys.DATABASE]
+    row = await hooks.update_incoming_hook(db, hook["id"], changes)
     if row is None:
         raise ApiError(404, "hook not found")
+    secret = None
+    new_scheme = scheme_for_header(row["secret_header_name"])
+    if new_scheme == STANDARD_WEBHOOKS != scheme_for_header(hook["secret_header_name"]):
+        secret = generate_secret(new_scheme)
+        row = await hooks.rotate_incoming_secret(db, hook["id"], secret, 0)
+        if row is None:
+            raise ApiError(404, "hook not found")
     _forget_cached(request, row["id"])
-    log.info("incoming_hook_updated", hook_id=str(row["id"]), fields=sorted(changes))
-    return json_response(hook_json(row, _base_url(request)))
+    log.info(
+        "incoming_hook_updated",
+        hook_id=str(row["id"]),
+        fields=sorted(changes),
+        secret_reissued=secret is not None,
+    )
+    return json_response(hook_json(row, _base_url(request), secret=secret))
 
 
 @routes.delete("/hooks/incoming/{hook_id}")

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from standardwebhooks.webhooks import Webhook
 
 from gateway.config import Config
 from gateway.security.secret_box import SecretBox
@@ -235,6 +236,39 @@ async def test_standard_webhooks_hooks_get_a_whsec_secret(
     )
     assert response.status == 201
     assert (await response.json())["secret"].startswith("whsec_")
+
+
+async def test_switching_to_standard_webhooks_issues_a_whsec_secret_once(
+    client: Any, admin_headers: dict[str, str], pipeline: dict[str, Any]
+) -> None:
+    # The HMAC hook's plain secret is not one a Standard Webhooks sender can use (the reference
+    # library refuses it): the switch issues a whsec_ secret, and the old one stops at once.
+    hook = await make_seed_hook(client, admin_headers, pipeline["id"])
+    switched = await client.put(
+        f"/hooks/incoming/{hook['id']}",
+        json={"secret_header_name": "webhook-signature"},
+        headers=admin_headers,
+    )
+    assert switched.status == 200
+    answer = await switched.json()
+    assert answer["secret"].startswith("whsec_") and answer["secret"] != hook["secret"]
+    assert answer["previous_secret_expires_at"] is None
+    body = '{"pull_request": {"number": 1}}'
+    message_id, now = f"msg_{uuid.uuid4().hex}", datetime.now(UTC)
+    signature = Webhook(answer["secret"]).sign(message_id, now, body)
+    headers = {
+        "Content-Type": "application/json",
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": signature,
+    }
+    sent = await client.post(f"/hooks/incoming/{hook['id']}", data=body, headers=headers)
+    assert sent.status == 202, await sent.text()
+    # Shown once; any other change (or none of the scheme) shows the mask again.
+    again = await client.put(
+        f"/hooks/incoming/{hook['id']}", json={"name": "renamed"}, headers=admin_headers
+    )
+    assert (await again.json())["secret"] == "********"
 
 
 def _variables(*items: dict[str, Any]) -> dict[str, Any]:
