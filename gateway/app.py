@@ -31,6 +31,7 @@ from gateway.management import pipelines as pipelines_api
 from gateway.management import runs as runs_api
 from gateway.management import tokens as tokens_api
 from gateway.management import users as users_api
+from gateway.management.bodies import MAX_BODY_BYTES
 from gateway.openapi import routes as openapi_routes
 from gateway.reload import CONFIG_HOLDER, ConfigHolder
 from gateway.security.secret_service import secret_box_service
@@ -104,7 +105,8 @@ def create_apps(
     for context in SERVICE_CONTEXTS:
         ingest.cleanup_ctx.append(context)
     if config.server.management_port:
-        management = _base_app(config, db, services, 1024 * 1024)
+        # Views read their bodies with gateway.management.bodies.read_body and its limits.
+        management = _base_app(config, db, services, MAX_BODY_BYTES)
         for table in MANAGEMENT_ROUTES:
             management.add_routes(table)
         return ingest, management

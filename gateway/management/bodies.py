@@ -14,14 +14,16 @@ from gateway.http import ApiError, ValidationFailed
 MAX_PER_PAGE = 100
 
 
-async def read_json_object(
-    request: web.Request, *, nul_allowed: Iterable[str] = ()
-) -> dict[str, Any]:
-    """The body as a JSON object, or a 400 that says what is wrong with it.
+# Largest management request body by default: they are small JSON documents. A view may allow
+# more (an executor's status report carries process output, of which only the tail is kept).
+MAX_BODY_BYTES = 1024 * 1024
 
-    A string holding U+0000 anywhere in the body (keys included) is refused with 422 naming its
-    field: PostgreSQL text and jsonb cannot store it, so it would otherwise fail the write with
-    a 500. ``nul_allowed`` names top-level members whose view strips NULs itself.
+
+async def read_body(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
+    """The raw body as sent, or a 415 (compressed) or 413 naming the limit.
+
+    Read here rather than by ``request.read()``, whose limit is the application's (the ingest
+    one's max_body_bytes when the management API shares its listener) and whose 413 names none.
     """
     encoding = request.headers.get("Content-Encoding")
     if encoding is not None and encoding.strip().lower() not in ("", "identity"):
@@ -29,7 +31,31 @@ async def read_json_object(
         raise ApiError(
             415, f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed"
         )
-    raw = await request.read()
+    too_large = ApiError(413, f"request body is larger than {max_bytes} bytes, the most taken here")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise too_large
+    body = bytearray()
+    while chunk := await request.content.read(65536):
+        body += chunk
+        if len(body) > max_bytes:
+            raise too_large
+    return bytes(body)
+
+
+async def read_json_object(
+    request: web.Request, *, nul_allowed: Iterable[str] = (), max_bytes: int = MAX_BODY_BYTES
+) -> dict[str, Any]:
+    """The body as a JSON object (see :func:`parse_json_object`), read by :func:`read_body`."""
+    return parse_json_object(await read_body(request, max_bytes), nul_allowed=nul_allowed)
+
+
+def parse_json_object(raw: bytes, *, nul_allowed: Iterable[str] = ()) -> dict[str, Any]:
+    """``raw`` as a JSON object, or a 400 that says what is wrong with it.
+
+    A string holding U+0000 anywhere in the body (keys included) is refused with 422 naming its
+    field: PostgreSQL text and jsonb cannot store it, so it would otherwise fail the write with
+    a 500. ``nul_allowed`` names top-level members whose view strips NULs itself.
+    """
     if not raw.strip():
         raise ApiError(400, "request body is empty: expected a JSON object")
     try:

@@ -17,7 +17,7 @@ from aiohttp import web
 from gateway import appkeys, run_states
 from gateway.http import ApiError, json_response
 from gateway.logs import get_logger
-from gateway.management.bodies import Fields, read_json_object
+from gateway.management.bodies import Fields, parse_json_object, read_body, read_json_object
 from gateway.management.framework import current_user, endpoint
 from gateway.management.permissions import authorize
 from gateway.management.resources import authorize_orphanable, path_uuid, pipeline_for
@@ -33,10 +33,17 @@ _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INT32 = 2**31 - 1
 
 
+# A status report may carry a long process output, of which the last 64 KiB are kept
+# (run_states.bound_output): take far more than other management bodies rather than refuse the
+# report (the run would then stay in progress until its lease ran out, and run again).
+STATUS_BODY_BYTES = 16 * 1024 * 1024
+
+
 async def _body(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
-    if optional and not (await request.read()).strip():
+    raw = await read_body(request)
+    if optional and not raw.strip():
         return {}
-    return await read_json_object(request)
+    return parse_json_object(raw)
 
 
 def _lease_token(
@@ -109,7 +116,9 @@ async def report_status(request: web.Request) -> web.Response:
     in-progress one (with or without its lease); 409 when illegal."""
     row = await _run_for_executor(request)
     # Process output may hold NUL bytes; storage strips them (run_states.bound_output/message).
-    body = await read_json_object(request, nul_allowed=("message", "output"))
+    body = await read_json_object(
+        request, nul_allowed=("message", "output"), max_bytes=STATUS_BODY_BYTES
+    )
     fields = Fields(body, ("status", "lease_token", "message", "output", "exit_code"))
     status = fields.string("status", max_length=20, choices=run_states.STATUSES)
     # Cancelling needs no lease: a queued run has none, and whoever may execute the pipeline's

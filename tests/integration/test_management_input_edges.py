@@ -3,9 +3,11 @@ must now be a clear 4xx with the JSON error body."""
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway.app import create_apps
@@ -50,6 +52,18 @@ async def test_a_compressed_body_is_a_415_naming_the_encoding(
     assert response.status == 415
     assert (await _json(response))["message"] == (
         f"Content-Encoding {encoding!r} is not supported: send the body uncompressed"
+    )
+
+
+async def test_a_body_past_the_limit_is_a_413_naming_it(
+    client: Any, admin_headers: dict[str, str]
+) -> None:
+    body = orjson.dumps({"name": "env", "description": "x" * (1024 * 1024)})
+    headers = {**JSON_HEADERS, **admin_headers}
+    response = await client.post("/environments", data=io.BytesIO(body), headers=headers)
+    assert response.status == 413
+    assert (await _json(response))["message"] == (
+        "request body is larger than 1048576 bytes, the most taken here"
     )
 
 
