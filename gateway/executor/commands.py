@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import re
 import signal
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,10 @@ _AGE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
+# The oldest age prune takes: beyond it "now - age" leaves the calendar (an OverflowError).
+MAX_AGE = timedelta(days=36_500)
+
+
 def parse_age(text: str, option: str = "--older-than") -> timedelta:
     """``30d``, ``12h``, ``90m``, ``3600s`` → timedelta; ValueError saying what is accepted."""
     match = _AGE.match(text)
@@ -27,17 +32,26 @@ def parse_age(text: str, option: str = "--older-than") -> timedelta:
             f"{option}: {text!r} is not an age; use a positive whole number and a unit: "
             "30d, 12h, 90m or 3600s"
         )
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    number, unit = int(match.group(1)), _UNITS[match.group(2)]
+    if number > MAX_AGE / timedelta(**{unit: 1}):
+        raise ValueError(f"{option}: {text!r} is too large; at most {MAX_AGE.days}d")
+    return timedelta(**{unit: number})
 
 
-def _positive(kind: type) -> Any:
+def _positive(kind: type, maximum: float | None = None, *, zero: bool = False) -> Any:
+    """An argparse type: a finite number > 0 (>= 0 with ``zero``), at most ``maximum``."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        # nan passes any comparison, inf any minimum: both would fail later, mid-run.
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            bound = "at least 0" if zero else "greater than 0"
+            raise argparse.ArgumentTypeError(f"must be a number {bound}, got {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum:g}, got {text}")
         return value
 
     return parse
@@ -63,21 +77,21 @@ def add_commands(commands: Any) -> None:
     )
     executor.add_argument(
         "--lease-seconds",
-        type=_positive(float),
+        type=_positive(float, maximum=3600),  # as POST /runs/claim allows
         default=60.0,
         metavar="S",
         help="lease per run, renewed every S/3 (default 60)",
     )
     executor.add_argument(
         "--poll-interval",
-        type=_positive(float),
+        type=_positive(float, maximum=3600),
         default=5.0,
         metavar="S",
         help="claim at least this often without notifications (default 5)",
     )
     executor.add_argument(
         "--grace-seconds",
-        type=float,
+        type=_positive(float, zero=True),
         default=30.0,
         metavar="S",
         help="on SIGTERM, how long running commands may finish (default 30)",
@@ -143,7 +157,7 @@ async def _execute(config: Config, args: argparse.Namespace, command: list[str])
         concurrency=args.concurrency,
         lease_seconds=args.lease_seconds,
         poll_interval=args.poll_interval,
-        grace_seconds=max(args.grace_seconds, 0.0),
+        grace_seconds=args.grace_seconds,
     )
     # Claims, heartbeats and reports of every slot at once, plus one spare.
     async with existing_database(config, pool_size=args.concurrency * 2 + 1) as db:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 from datetime import timedelta
 
 import pytest
 
 from gateway.exceptions import Conflict
-from gateway.executor.commands import parse_age
+from gateway.executor.commands import add_commands, parse_age
 from gateway.run_states import STATUSES, bound_message, bound_output, check_transition
 
 LEGAL = {
@@ -69,3 +70,36 @@ def test_prune_ages(text: str, age: timedelta) -> None:
 def test_bad_prune_ages_say_what_is_accepted(text: str) -> None:
     with pytest.raises(ValueError, match="30d, 12h, 90m or 3600s"):
         parse_age(text)
+
+
+@pytest.mark.parametrize("text", ["36501d", "1000000d", "99999999999999999999s", "900000h"])
+def test_prune_ages_past_the_calendar_are_refused(text: str) -> None:
+    # They raised OverflowError (exit 1 and a traceback) instead of the documented exit 2.
+    with pytest.raises(ValueError, match="is too large; at most 36500d"):
+        parse_age(text)
+    assert parse_age("36500d") == timedelta(days=36_500)
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--lease-seconds", "nan"], "must be a number greater than 0, got nan"),
+        (["--lease-seconds", "inf"], "must be a number greater than 0, got inf"),
+        (["--lease-seconds", "1e300"], "must be at most 3600, got 1e300"),
+        (["--poll-interval", "0"], "must be a number greater than 0, got 0"),
+        (["--grace-seconds", "nan"], "must be a number at least 0, got nan"),
+        (["--grace-seconds", "-1"], "must be a number at least 0, got -1"),
+    ],
+)
+def test_executor_options_refuse_what_would_fail_mid_run(
+    args: list[str], problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A nan lease passed "<= 0" and killed the executor at its first claim.
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit) as caught:
+        parser.parse_args(["executor", "--pipeline", "1", *args, "--", "true"])
+    assert caught.value.code == 2
+    assert problem in capsys.readouterr().err
+    parsed = parser.parse_args(["executor", "--pipeline", "1", "--grace-seconds", "0", "--", "x"])
+    assert parsed.grace_seconds == 0.0
