@@ -10,6 +10,8 @@ Finished states are final. ``in-progress`` is entered only by claiming, never by
 
 from __future__ import annotations
 
+import re
+
 from gateway.exceptions import Conflict
 
 QUEUED = "queued"
@@ -44,16 +46,24 @@ def check_transition(current: str, new: str) -> None:
     raise Conflict(f"cannot move run from {current} to {new}")
 
 
+_TRUNCATED = re.compile(r"\[output truncated: first (\d{1,18}) bytes dropped\]\n")
+
+
 def bound_output(text: str, limit: int = OUTPUT_LIMIT_BYTES) -> str:
-    """The last ``limit`` bytes of ``text`` (UTF-8), NULs removed (PostgreSQL text has none)."""
+    """The last ``limit`` bytes of ``text`` (UTF-8), NULs removed (PostgreSQL text has none),
+    after one ``[output truncated: first N bytes dropped]`` line when anything was dropped. A
+    text already starting with that line (an executor's own tail, e.g. ``gateway executor``'s)
+    keeps one line counting both cuts."""
     text = text.replace("\x00", "")
+    earlier = 0
+    if note := _TRUNCATED.match(text):
+        earlier, text = int(note.group(1)), text[note.end() :]
     data = text.encode("utf-8", errors="replace")
-    if len(data) <= limit:
-        return text
-    # Cutting may split a multi-byte character at the start; drop the broken prefix.
-    tail = data[-limit:].decode("utf-8", errors="ignore")
-    dropped = len(data) - len(tail.encode("utf-8"))
-    return f"[output truncated: first {dropped} bytes dropped]\n{tail}"
+    if len(data) > limit:
+        # Cutting may split a multi-byte character at the start; drop the broken prefix.
+        text = data[-limit:].decode("utf-8", errors="ignore")
+        earlier += len(data) - len(text.encode("utf-8"))
+    return f"[output truncated: first {earlier} bytes dropped]\n{text}" if earlier else text
 
 
 def bound_message(text: str, limit: int = MESSAGE_LIMIT_CHARS) -> str:

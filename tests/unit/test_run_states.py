@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 
 from gateway.exceptions import Conflict
+from gateway.executor.command import OutputTail
 from gateway.executor.commands import add_commands, parse_age
 from gateway.run_states import STATUSES, bound_message, bound_output, check_transition
 
@@ -46,6 +47,21 @@ def test_long_output_keeps_its_tail() -> None:
     bounded = bound_output(text, limit=20)
     assert bounded.endswith("é" * 6 + "the end")
     assert bounded.startswith("[output truncated: first 108 bytes dropped]\n")
+
+
+def test_an_executors_own_truncation_note_is_counted_once() -> None:
+    # gateway executor keeps a tail and notes what it dropped; storage trims again to the
+    # same limit: one note, both cuts counted (it said "first 47 bytes" for 134,464).
+    tail = OutputTail(limit=64)
+    tail.add(b"0123456789" * 20 + b"the end")  # 207 bytes: 143 dropped here
+    bounded = bound_output(tail.text(), limit=64)
+    assert bounded == "[output truncated: first 143 bytes dropped]\n" + tail.text()[-64:]
+    assert bounded.count("output truncated") == 1
+    cut_again = bound_output(tail.text(), limit=10)
+    assert cut_again == "[output truncated: first 197 bytes dropped]\n789the end"
+    assert bound_output("[output truncated: first 5 bytes dropped]\nshort") == (
+        "[output truncated: first 5 bytes dropped]\nshort"
+    )
 
 
 def test_long_messages_are_cut() -> None:
