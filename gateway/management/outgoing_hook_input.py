@@ -124,7 +124,14 @@ def _headers(
         elif lowered in seen:
             fields.add(f"{where}.name", f"duplicates header {name!r} (names are case-insensitive)")
         seen.add(lowered)
-        if value == MASK and lowered in stored:
+        if value == MASK:
+            if lowered not in stored:  # a renamed header, or a create: nothing to keep
+                fields.add(
+                    f"{where}.value",
+                    f"{MASK!r} keeps the stored value of the same header, and {name!r} has "
+                    "none: send the real value",
+                )
+                continue
             value = stored[lowered]
         if not isinstance(value, str) or len(value) > MAX_HEADER_VALUE:
             fields.add(

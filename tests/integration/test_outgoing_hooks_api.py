@@ -214,6 +214,28 @@ async def test_update_replaces_fields_and_keeps_masked_header_values(
     assert stored["request_body"] == "text {{ run.status }}"
 
 
+async def test_the_mask_for_a_header_with_no_stored_value_is_a_422(
+    client: Any, admin_headers: dict[str, str], pipeline: dict[str, Any], db: Database
+) -> None:
+    # Renaming Authorization to X-Api-Key while sending the mask back: there is nothing to keep,
+    # and storing the mask literally would send '********' with every delivery.
+    created = await (await create(client, admin_headers, pipeline["id"], FULL_BODY)).json()
+    url = f"/hooks/outgoing/{created['id']}"
+    renamed = {**created["settings"], "request_headers": [{"name": "X-Api-Key", "value": MASK}]}
+    response = await client.put(url, json={"settings": renamed}, headers=admin_headers)
+    assert response.status == 422
+    assert (await response.json())["errors"] == {
+        "settings.request_headers.0.value": [
+            "'********' keeps the stored value of the same header, and 'X-Api-Key' has none: "
+            "send the real value"
+        ]
+    }
+    stored = await db.pool.fetchval(
+        "SELECT settings FROM outgoing_hooks WHERE id = $1::uuid", created["id"]
+    )
+    assert stored["request_headers"][0] == {"name": "Authorization", "value": "Bearer ghp_secret"}
+
+
 async def test_turning_the_secret_off_and_on_shows_a_new_one_once(
     client: Any, admin_headers: dict[str, str], pipeline: dict[str, Any]
 ) -> None:
