@@ -180,6 +180,15 @@ class Fields:
                 self.add(key, "is required")
             return default
         value = self.body[key]
+        if isinstance(value, float) and abs(value) >= 2**63 and value.is_integer():
+            # orjson reads integers beyond 64 bits as floats: an integer, just too large.
+            bounds = (
+                f"between {minimum} and {maximum}"
+                if minimum is not None and maximum is not None
+                else "that fits in 64 bits"
+            )
+            self.add(key, f"must be an integer {bounds}, got one too large")
+            return default
         if not isinstance(value, int) or isinstance(value, bool):
             self.add(key, f"must be an integer, got {_json_type(value)}")
             return default

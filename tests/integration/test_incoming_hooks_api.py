@@ -549,6 +549,14 @@ async def test_rotation_with_explicit_grace_period(
             {"grace_period_seconds": 365 * 86_400 + 1},
             {"grace_period_seconds": ["must be <= 31536000"]},
         ),
+        (  # read as a float by the JSON parser: still named an integer, with its bounds
+            {"grace_period_seconds": 99_999_999_999_999_999_999},
+            {
+                "grace_period_seconds": [
+                    "must be an integer between 0 and 31536000, got one too large"
+                ]
+            },
+        ),
         ({"secret": "x"}, None),
     ],
 )
