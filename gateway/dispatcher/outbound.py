@@ -52,19 +52,20 @@ class CompiledHook:
         ``box``; raises ValueError (TemplateError, or a secret that cannot be decrypted)."""
         settings = row["settings"] or {}
         secret = None
-        if row["requires_secret"] and row["secret"]:
-            try:
+        try:
+            if row["requires_secret"] and row["secret"]:
                 secret = box.decrypt(row["secret"])
-            except SecretBoxError as exc:
-                raise ValueError(str(exc)) from None
+            # Sensitive header values are stored sealed (storage.outgoing.sealed_settings).
+            headers = [
+                (h["name"], box.decrypt(h["value"])) for h in settings.get("request_headers") or ()
+            ]
+        except SecretBoxError as exc:
+            raise ValueError(str(exc)) from None
         trigger_when = {k: v for k, v in (row["trigger_when"] or {}).items() if k != "events"}
         timeout = settings.get("timeout")
         return cls(
             url=compile_url(row["target_url"]),
-            headers=tuple(
-                (h["name"], TextTemplate.compile(h["value"]))
-                for h in settings.get("request_headers") or ()
-            ),
+            headers=tuple((name, TextTemplate.compile(value)) for name, value in headers),
             body=compile_body(settings.get("request_body")),
             method=settings.get("method") or "POST",
             timeout=None if timeout is None else float(timeout),

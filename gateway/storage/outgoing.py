@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from gateway.dispatcher.signing import is_sensitive_header
+from gateway.security.secret_box import SecretBox
 from gateway.storage.database import Database, Record, Session
 from gateway.storage.paging import split_page
 
@@ -40,13 +42,30 @@ async def insert_hook(
         values["target_url"],
         values["events"],
         values["trigger_when"],
-        values["settings"],
+        sealed_settings(values["settings"], db.secret_box),
         values["requires_secret"],
         None if secret is None else db.secret_box.seal(secret),
         created_by,
     )
     assert row is not None
     return row
+
+
+def sealed_settings(settings: Mapping[str, Any], box: SecretBox) -> dict[str, Any]:
+    """``settings`` as stored: the values of sensitive request headers (Authorization, API
+    keys, tokens: dispatcher.signing.is_sensitive_header) sealed like hook secrets, so that a
+    database dump reveals none of them. A value already sealed (a masked value kept on update)
+    stays as it is; the dispatcher opens them (dispatcher.outbound)."""
+    headers = settings.get("request_headers")
+    if not headers:
+        return dict(settings)
+    return {
+        **settings,
+        "request_headers": [
+            {**h, "value": box.seal(h["value"])} if is_sensitive_header(h["name"]) else h
+            for h in headers
+        ],
+    }
 
 
 async def hook_by_id(db: Database, hook_id: uuid.UUID) -> Record | None:
@@ -77,7 +96,7 @@ async def update_hook(
         values["target_url"],
         values["events"],
         values["trigger_when"],
-        values["settings"],
+        sealed_settings(values["settings"], session.secret_box),
         values["requires_secret"],
         None if secret is None else session.secret_box.seal(secret),
     )

@@ -1028,19 +1028,26 @@ WHERE h.id = u.id
 RETURNING h.id;
 
 -- name: secrets_outgoing_page
--- Outgoing hooks after id $1 whose secret is not sealed under prefix $2; $3 at most.
-SELECT id, secret
+-- Outgoing hooks after id $1 whose secret is not sealed under prefix $2, or that have request
+-- headers (which of them are sensitive, and so sealed, is decided in Python); $3 at most.
+SELECT id, secret, settings
 FROM outgoing_hooks
-WHERE id > $1 AND secret <> '' AND NOT starts_with(secret, $2)
+WHERE id > $1
+  AND ((secret <> '' AND NOT starts_with(secret, $2))
+       OR jsonb_typeof(settings -> 'request_headers') = 'array'
+          AND jsonb_array_length(settings -> 'request_headers') > 0)
 ORDER BY id
 LIMIT $3;
 
 -- name: secrets_outgoing_update
--- Store re-encrypted secrets, each only if the row still holds what was read (else skipped).
+-- Store re-encrypted secrets and settings, each only if the row still holds what was read
+-- (else skipped).
 UPDATE outgoing_hooks h
-SET secret = u.secret
-FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(id, secret, old_secret)
+SET secret = u.secret, settings = u.settings
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[])
+    AS u(id, secret, old_secret, settings, old_settings)
 WHERE h.id = u.id AND h.secret IS NOT DISTINCT FROM u.old_secret
+  AND h.settings = u.old_settings
 RETURNING h.id;
 
 -- name: secrets_key_usage
@@ -1052,6 +1059,14 @@ FROM (
     SELECT 'incoming_hooks.previous_secret', previous_secret FROM incoming_hooks
     UNION ALL
     SELECT 'outgoing_hooks.secret', secret FROM outgoing_hooks
+    UNION ALL
+    -- Sealed values of sensitive request headers (plain ones are not secrets).
+    SELECT 'outgoing_hooks.settings.request_headers', e.header ->> 'value'
+    FROM outgoing_hooks o
+    CROSS JOIN LATERAL jsonb_array_elements(
+        CASE WHEN jsonb_typeof(o.settings -> 'request_headers') = 'array'
+             THEN o.settings -> 'request_headers' ELSE '[]'::jsonb END) AS e(header)
+    WHERE starts_with(e.header ->> 'value', 'enc:')
 ) s
 CROSS JOIN LATERAL (
     SELECT CASE WHEN starts_with(s.value, 'enc:v1:') THEN split_part(s.value, ':', 3)

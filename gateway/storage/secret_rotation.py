@@ -11,8 +11,9 @@ alone rather than overwritten with the older value, and counted as ``conflicts``
 command again picks it up. A row whose key is not configured is counted as ``unreadable`` and
 left as it is.
 
-Columns: ``incoming_hooks.secret``, ``incoming_hooks.previous_secret`` and
-``outgoing_hooks.secret``.
+Columns: ``incoming_hooks.secret``, ``incoming_hooks.previous_secret``,
+``outgoing_hooks.secret`` and the sensitive header values in ``outgoing_hooks.settings``
+(storage.outgoing.sealed_settings: plaintext ones written before they were sealed get sealed).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from gateway.security.secret_box import VERSION_PREFIX, SecretBox, SecretBoxError
+from gateway.dispatcher.signing import is_sensitive_header
+from gateway.security.secret_box import VERSION_PREFIX, SecretBox, SecretBoxError, is_encrypted
 from gateway.storage.database import Database, Record
 
 INCOMING, OUTGOING = "incoming_hooks", "outgoing_hooks"
@@ -80,22 +83,32 @@ async def reencrypt_rows(
 ) -> None:
     """Re-encrypt ``rows`` (as read from ``progress.table``) in one transaction, each row
     only if it still holds the values read; counts go into ``progress``."""
-    columns = ("secret", "previous_secret") if progress.table == INCOMING else ("secret",)
+    outgoing = progress.table == OUTGOING
+    columns = ("secret",) if outgoing else ("secret", "previous_secret")
     ids: list[uuid.UUID] = []
-    new: list[list[str | None]] = [[] for _ in columns]
-    old: list[list[str | None]] = [[] for _ in columns]
+    new: list[list[Any]] = [[] for _ in columns]
+    old: list[list[Any]] = [[] for _ in columns]
+    new_settings: list[Any] = []
+    old_settings: list[Any] = []
     for row in rows:
         try:
             values = [_reencrypted(box, row[c]) for c in columns]
+            settings = _resealed_settings(box, row["settings"]) if outgoing else None
         except SecretBoxError:
             progress.unreadable += 1
             if len(progress.unreadable_ids) < _MAX_UNREADABLE_IDS:
                 progress.unreadable_ids.append(row["id"])
             continue
+        old_values = [row[c] for c in columns]
+        if outgoing and values == old_values and settings == row["settings"]:
+            continue  # listed for its headers, none of which needs work
         ids.append(row["id"])
-        for i, column in enumerate(columns):
+        for i in range(len(columns)):
             new[i].append(values[i])
-            old[i].append(row[column])
+            old[i].append(old_values[i])
+        if outgoing:
+            new_settings.append(settings)
+            old_settings.append(row["settings"])
     if not ids:
         return
     name = _QUERIES[progress.table][1]
@@ -103,7 +116,7 @@ async def reencrypt_rows(
         if progress.table == INCOMING:
             updated = await session.fetch(name, ids, new[0], new[1], old[0], old[1])
         else:
-            updated = await session.fetch(name, ids, new[0], old[0])
+            updated = await session.fetch(name, ids, new[0], old[0], new_settings, old_settings)
     progress.reencrypted += len(updated)
     progress.conflicts += len(ids) - len(updated)
 
@@ -112,6 +125,22 @@ def _reencrypted(box: SecretBox, value: str | None) -> str | None:
     if value is None or not box.needs_reencrypt(value):
         return value
     return box.reencrypt(value)
+
+
+def _resealed_settings(box: SecretBox, settings: Any) -> Any:
+    """Outgoing settings with every sealed header value on the primary key, and sensitive
+    plaintext ones (written before they were sealed) sealed; the rest byte for byte."""
+    if not isinstance(settings, dict) or not settings.get("request_headers"):
+        return settings
+    headers = []
+    for header in settings["request_headers"]:
+        value = header["value"]
+        if is_encrypted(value):
+            value = _reencrypted(box, value)
+        elif is_sensitive_header(header["name"]):
+            value = box.seal(value)
+        headers.append({**header, "value": value})
+    return {**settings, "request_headers": headers}
 
 
 async def rotate_secrets(

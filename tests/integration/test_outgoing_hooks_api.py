@@ -210,7 +210,10 @@ async def test_update_replaces_fields_and_keeps_masked_header_values(
     stored = await db.pool.fetchval(
         "SELECT settings FROM outgoing_hooks WHERE id = $1::uuid", created["id"]
     )
-    assert stored["request_headers"][0] == {"name": "Authorization", "value": "Bearer ghp_secret"}
+    # Kept as stored: sealed (secrets at rest), opening to the value given at create.
+    kept = stored["request_headers"][0]
+    assert kept["name"] == "Authorization" and kept["value"].startswith("enc:v1:")
+    assert db.secret_box.decrypt(kept["value"]) == "Bearer ghp_secret"
     assert stored["request_body"] == "text {{ run.status }}"
 
 
@@ -233,7 +236,7 @@ async def test_the_mask_for_a_header_with_no_stored_value_is_a_422(
     stored = await db.pool.fetchval(
         "SELECT settings FROM outgoing_hooks WHERE id = $1::uuid", created["id"]
     )
-    assert stored["request_headers"][0] == {"name": "Authorization", "value": "Bearer ghp_secret"}
+    assert db.secret_box.decrypt(stored["request_headers"][0]["value"]) == "Bearer ghp_secret"
 
 
 async def test_turning_the_secret_off_and_on_shows_a_new_one_once(

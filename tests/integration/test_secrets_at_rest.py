@@ -8,12 +8,14 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
+import orjson
+
 from gateway.config import Config
 from gateway.dispatcher.outbound import CompiledHook as OutgoingHook
 from gateway.security.secret_box import SecretBox, key_id_of
 from gateway.security.secret_keys import load_keys, new_key_line
 from gateway.storage.database import Database
-from gateway.storage.secret_rotation import INCOMING, rotate_secrets
+from gateway.storage.secret_rotation import INCOMING, OUTGOING, key_usage, rotate_secrets
 from tests.conftest import TEST_SECRET_KEY
 from tests.integration.ingest_helpers import create_hook, fetch, new_pipeline
 from tests.integration.ops_helpers import call_hook, reload_to, with_section
@@ -90,6 +92,55 @@ async def test_outgoing_secrets_are_stored_encrypted_and_kept_on_update(
     # Written back as stored, not sealed twice: the dispatcher opens the same plaintext.
     compiled = OutgoingHook.from_row(row, db.secret_box)
     assert compiled.secret == secret and secret not in row["dump"]
+
+
+async def test_outgoing_credential_headers_are_sealed_and_follow_key_rotation(
+    client: Any, admin_headers: dict[str, str], db: Database, database_dsn: str
+) -> None:
+    # "A dump of the database alone reveals no secret": API tokens in request headers too.
+    pipeline_id = await new_pipeline(client, admin_headers)
+    headers = [
+        {"name": "Authorization", "value": "Bearer ghp_token123"},
+        {"name": "X-Api-Key", "value": "key-456"},
+        {"name": "X-Run", "value": "{{ run.id }}"},
+    ]
+    body = hook_body("https://example.com/h", settings={"request_headers": headers})
+    response = await client.post(
+        f"/pipelines/{pipeline_id}/hooks/outgoing", json=body, headers=admin_headers
+    )
+    assert response.status == 201, await response.text()
+    hook = await response.json()
+    row = await stored_rows(db, "outgoing_hooks", hook["id"])
+    assert "ghp_token123" not in row["dump"] and "key-456" not in row["dump"]
+    stored = row["settings"]["request_headers"]
+    assert [key_id_of(h["value"]) for h in stored] == [TEST_KEY_ID, TEST_KEY_ID, None]
+    assert stored[2]["value"] == "{{ run.id }}"  # not a credential: kept readable
+    compiled = OutgoingHook.from_row(row, db.secret_box)
+    assert [(name, t.source) for name, t in compiled.headers] == [
+        (h["name"], h["value"]) for h in headers
+    ]
+    # A plaintext credential written before sealing existed is sealed by the rotation, and
+    # sealed ones move to the new primary key.
+    legacy = {**row["settings"], "request_headers": [headers[1], stored[0]]}
+    await fetch(
+        database_dsn,
+        "UPDATE outgoing_hooks SET settings = $2::jsonb WHERE id = $1 RETURNING id",
+        uuid.UUID(hook["id"]),
+        orjson.dumps(legacy).decode(),
+    )
+    line_b = new_key_line("b")
+    results = await rotate_secrets(db, box_of(line_b, TEST_SECRET_KEY), batch_size=1)
+    outgoing = next(r for r in results if r.table == OUTGOING)
+    assert (outgoing.reencrypted, outgoing.conflicts, outgoing.unreadable) == (1, 0, 0)
+    row = await stored_rows(db, "outgoing_hooks", hook["id"])
+    assert [key_id_of(h["value"]) for h in row["settings"]["request_headers"]] == ["b", "b"]
+    opened = OutgoingHook.from_row(row, box_of(line_b))
+    assert [t.source for _, t in opened.headers] == ["key-456", "Bearer ghp_token123"]
+    # Nothing left to do: a second run rewrites nothing.
+    again = await rotate_secrets(db, box_of(line_b), batch_size=1)
+    assert next(r for r in again if r.table == OUTGOING).reencrypted == 0
+    usage = await key_usage(db)
+    assert ("outgoing_hooks.settings.request_headers", "b", 2) in usage
 
 
 async def test_a_secret_sealed_with_a_missing_key_fails_closed_until_the_key_is_added(
