@@ -206,7 +206,9 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
                 error=str(exc),
                 request_id=request_id,
             )
-            return _rejected(hook, evaluation, request_id, body is None), REJECTED
+            return _rejected(hook, evaluation, request_id, body is None), _rejected_outcome(
+                evaluation
+            )
         if isinstance(exc, RequestNotStored):
             return _json(500, {"message": str(exc), "errors": None}, request_id), FAILED
         if isinstance(exc, DatabaseUnavailable):
@@ -214,7 +216,7 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
         return _unavailable(ingest, request_id, str(exc))
 
     if evaluation.outcome == REJECTED:
-        return _rejected(hook, evaluation, request_id, body is None), REJECTED
+        return _rejected(hook, evaluation, request_id, body is None), _rejected_outcome(evaluation)
     if evaluation.outcome == SKIPPED:
         log.debug(
             "hook_request_skipped",
@@ -352,6 +354,13 @@ def _unavailable(ingest: _Ingest, request_id: str, message: str) -> tuple[web.Re
     return _json(
         503, {"message": message, "errors": None}, request_id, {"Retry-After": ingest.retry_after}
     ), UNAVAILABLE
+
+
+def _rejected_outcome(evaluation: Evaluation) -> str:
+    # The metric's outcome (README, Metrics): a 5xx is the gateway's error (a hook whose stored
+    # definition cannot be opened, e.g. a secret sealed with a key this host lacks), not the
+    # sender's mistake; the history still records it as rejected.
+    return FAILED if evaluation.status >= 500 else REJECTED
 
 
 def _json(

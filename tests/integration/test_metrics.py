@@ -13,9 +13,17 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import appkeys, metrics
+from gateway.ingest.hook_cache import HOOK_CACHE
 from gateway.ingest.metrics_route import metrics_service, routes
 from gateway.storage.database import Database
 from tests.conftest import ROOT
+from tests.integration.ingest_helpers import (
+    PR_OPENED,
+    execute,
+    github_headers,
+    hook_path,
+    seed_hook,
+)
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -137,3 +145,31 @@ def test_prepare_multiproc_dir_is_fresh_and_removes_stale_runs(tmp_path: Path) -
     assert path == mine and list(path.iterdir()) == []
     assert not stale.exists()
     assert (path.stat().st_mode & 0o777) == 0o700
+
+
+async def test_a_500_for_a_hook_that_cannot_be_opened_counts_as_an_error(
+    client: Any, admin_headers: dict[str, str], config: Any
+) -> None:
+    # README, Metrics: `error` is the 500. A secret sealed with a key this host lacks answers
+    # 500 until an operator adds the key; counted as `rejected`, no alert on errors saw it.
+    hook = await seed_hook(client, admin_headers)
+    sealed_elsewhere = "enc:v1:gone:" + "A" * 40
+    await execute(
+        config.database.dsn,
+        "UPDATE incoming_hooks SET secret = $2 WHERE id = $1::uuid",
+        hook["id"],
+        sealed_elsewhere,
+    )
+    client.app[appkeys.SERVICES][HOOK_CACHE].invalidate(hook["id"])
+    before = current()
+    headers = github_headers(hook["secret"], PR_OPENED)
+    response = await client.post(hook_path(hook), data=PR_OPENED, headers=headers)
+    assert response.status == 500
+    after = current()
+
+    def delta(outcome: str) -> float:
+        labels = {"outcome": outcome, "status": "500"}
+        name = "hookgate_ingest_requests_total"
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert (delta("error"), delta("rejected")) == (1, 0)
