@@ -62,6 +62,7 @@ def _trigger() -> Schema:
             {"oneOf": [ACCEPTED, SKIPPED]},
             "Committed: a run was queued (with X-Run-Id), or the trigger conditions did not "
             "match and the request was recorded as skipped.",
+            {"X-Run-Id": {**RUN_ID_HEADER["X-Run-Id"], "required": False}},  # not when skipped
         ),
         "400": error(400, "The body is empty or not JSON, or the form has no payload field."),
         "401": error(401, "The signature is missing, malformed, stale or does not match."),

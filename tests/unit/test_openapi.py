@@ -115,3 +115,24 @@ def test_authenticated_operations_document_401_and_public_ones_opt_out() -> None
                 assert "security" not in operation, operation["operationId"]
                 assert "401" in operation["responses"], operation["operationId"]
                 assert "503" in operation["responses"], operation["operationId"]
+
+
+def test_every_operation_with_a_body_lists_the_body_errors() -> None:
+    # Management views read bodies with management.bodies.read_body: 400 (not a JSON object),
+    # 413 (over the limit) and 415 (compressed) are possible on each of them.
+    document = openapi_document()
+    missing = [
+        (method.upper(), path, status)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if isinstance(operation, dict) and "requestBody" in operation
+        for status in ("400", "413", "415")
+        if status not in operation["responses"]
+    ]
+    assert missing == []
+
+
+def test_an_accepted_hook_request_declares_its_run_id_header() -> None:
+    trigger = openapi_document()["paths"]["/hooks/incoming/{hook_id}"]["post"]
+    for status in ("200", "202"):
+        assert "X-Run-Id" in trigger["responses"][status]["headers"], status
