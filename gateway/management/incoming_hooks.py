@@ -125,8 +125,9 @@ async def update_incoming_hook(request: web.Request) -> web.Response:
     if row is None:
         raise ApiError(404, "hook not found")
     secret = None
+    old_scheme = scheme_for_header(hook["secret_header_name"])
     new_scheme = scheme_for_header(row["secret_header_name"])
-    if new_scheme == STANDARD_WEBHOOKS != scheme_for_header(hook["secret_header_name"]):
+    if new_scheme == STANDARD_WEBHOOKS != old_scheme:
         secret = generate_secret(new_scheme)
         row = await hooks.rotate_incoming_secret(db, hook["id"], secret, 0)
         if row is None:
