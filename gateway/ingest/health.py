@@ -16,11 +16,18 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+# How long /readyz waits for the database, a free pool connection included: a probe must get
+# an answer (503) from a worker whose pool is exhausted, not hang until the prober times out.
+READY_TIMEOUT = 2.0
+
+
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """Ready to accept hooks: the database answers."""
-    if await request.app[appkeys.DATABASE].ping():
+    """Ready to accept hooks: the database answers within READY_TIMEOUT seconds."""
+    if await request.app[appkeys.DATABASE].ping(READY_TIMEOUT):
         return json_response({"status": "ready", "database": "ok"})
     return error_response(
-        503, "not ready: the database is unreachable", headers={"Retry-After": "1"}
+        503,
+        f"not ready: the database did not answer within {READY_TIMEOUT:g}s",
+        headers={"Retry-After": "1"},
     )

@@ -214,11 +214,13 @@ class Database(Session):
             with contextlib.suppress(*_UNAVAILABLE, asyncpg.PostgresError):
                 await self.pool.release(conn)
 
-    async def ping(self) -> bool:
-        """True when a query round-trips."""
+    async def ping(self, within: float | None = None) -> bool:
+        """True when a query round-trips within ``within`` seconds, waiting for a free pool
+        connection included (default: the connect timeout)."""
         try:
-            return await self.fetchval("ping") == 1
-        except DatabaseUnavailable:
+            async with asyncio.timeout(within or self.config.connect_timeout):
+                return await self.fetchval("ping") == 1
+        except (DatabaseUnavailable, TimeoutError):
             return False
 
     async def apply_schema(self, schema_path: Path = SCHEMA_PATH) -> int:
