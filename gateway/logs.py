@@ -8,9 +8,11 @@ a JSON log stays one JSON object per line whoever wrote it.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -18,20 +20,30 @@ import structlog
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("json", "console")
 
-# Keys whose values must never reach a log line, whatever a caller passes by mistake.
-_SECRET_KEYS = frozenset(
+# Keys whose values must never reach a log line, whatever a caller passes by mistake: a key
+# (lower-cased, '-' read as '_', so header names count too) with one of these words in it,
+# unless it ends with a suffix naming something about the secret rather than the secret itself
+# (signature_header, key_id, previous_secret_expires_in). Dicts (a headers mapping) are
+# looked into the same way.
+_SECRET_WORDS = frozenset(
     {
         "password",
+        "passwords",
         "secret",
+        "secrets",
         "token",
-        "access_token",
-        "refresh_token",
-        "authorization",
+        "tokens",
         "signature",
+        "signatures",
+        "authorization",
         "cookie",
+        "cookies",
+        "apikey",
+        "dsn",
     }
 )
-_SECRET_SUFFIXES = ("_password", "_secret", "_token", "_signature")
+_METADATA_SUFFIXES = ("_header", "_algorithm", "_id", "_ids", "_expires_at", "_expires_in")
+_WORD = re.compile(r"[a-z0-9]+")
 REDACTED = "[redacted]"
 
 # One list object for the whole process, updated in place: loggers cached on first use keep a
@@ -105,11 +117,30 @@ def _drop_below_level(_: Any, method: str, event_dict: MutableMapping[str, Any])
     return event_dict
 
 
+def _is_secret_key(key: str) -> bool:
+    name = key.lower().replace("-", "_")
+    if name.endswith(_METADATA_SUFFIXES):
+        return False
+    words = _WORD.findall(name)
+    pairs = {a + b for a, b in itertools.pairwise(words)}  # api_key, x-api-key
+    return not _SECRET_WORDS.isdisjoint(words) or "apikey" in pairs
+
+
+def _redacted(value: Any, depth: int = 0) -> Any:
+    if depth < 3 and isinstance(value, Mapping):
+        return {
+            k: REDACTED if isinstance(k, str) and _is_secret_key(k) else _redacted(v, depth + 1)
+            for k, v in value.items()
+        }
+    return value
+
+
 def _redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Any:
     for key in list(event_dict):
-        lowered = key.lower()
-        if lowered in _SECRET_KEYS or lowered.endswith(_SECRET_SUFFIXES):
+        if _is_secret_key(key):
             event_dict[key] = REDACTED
+        elif isinstance(event_dict[key], Mapping):
+            event_dict[key] = _redacted(event_dict[key])
     return event_dict
 
 

@@ -137,7 +137,7 @@ async def update_incoming_hook(request: web.Request) -> web.Response:
         "incoming_hook_updated",
         hook_id=str(row["id"]),
         fields=sorted(changes),
-        secret_reissued=secret is not None,
+        signing_reissued=secret is not None,
     )
     return json_response(hook_json(row, _base_url(request), secret=secret))
 

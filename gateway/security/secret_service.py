@@ -44,7 +44,7 @@ async def check_secret_keys(db: Database, config: Config) -> None:
         log.error(
             "secret_keys_missing",
             key_ids=sorted(missing),
-            secrets=sum(missing.values()),
+            sealed_values=sum(missing.values()),
             hint="add the keys to [security] secret_keys; `gateway keys status` lists them",
         )
 

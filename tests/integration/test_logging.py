@@ -278,3 +278,37 @@ async def test_access_log_lines_are_structured(config: Any, db: Any, json_lines:
     (line,) = [e for e in json_lines() if e["event"] == "http_request"]
     assert line["method"] == "GET" and line["path"] == "/healthz" and line["status"] == 200
     assert line["logger"] == "gateway.server" and line["duration_ms"] >= 0
+
+
+def test_header_style_plural_and_nested_secret_names_are_redacted(json_lines: Lines) -> None:
+    get_logger("tests.logging").info(
+        "careless_headers",
+        **{
+            "x-hub-signature-256": "sha256=abc",
+            "webhook-signature": "v1,abc",
+            "x-gitlab-token": "glt",
+            "X-Api-Key": "k1",
+            "api_key": "k2",
+            "secret_keys": ["k:AAAA"],
+            "passwords": ["p"],
+            "dsn": "postgresql://app:pw@db/app",
+        },
+        headers={"Authorization": "Bearer hga_x", "Accept": "*/*", "inner": {"Cookie": "c"}},
+        signature_header="x-hub-signature-256",
+        key_id="primary",
+        previous_secret_expires_in=30,
+    )
+    (line,) = json_lines()
+    for key in ("x-hub-signature-256", "webhook-signature", "x-gitlab-token", "X-Api-Key",
+                "api_key", "secret_keys", "passwords", "dsn"):  # fmt: skip
+        assert line[key] == REDACTED, key
+    assert line["headers"] == {
+        "Authorization": REDACTED,
+        "Accept": "*/*",
+        "inner": {"Cookie": REDACTED},
+    }
+    # Names about a secret, not the secret: kept.
+    assert line["signature_header"] == "x-hub-signature-256"
+    assert line["key_id"] == "primary" and line["previous_secret_expires_in"] == 30
+    for leaked in ("abc", "glt", "k1", "k2", "AAAA", "pw@", "hga_x"):
+        assert leaked not in json.dumps(line)
