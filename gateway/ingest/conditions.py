@@ -127,6 +127,18 @@ class ConditionSet:
         return conditions
 
 
+def condition_paths(trigger_when: Any) -> list[tuple[str, Any]]:
+    """(field, path) of every condition in a ``trigger_when`` object as sent."""
+    conditions = trigger_when.get("conditions") if isinstance(trigger_when, dict) else None
+    if not isinstance(conditions, list):
+        return []
+    return [
+        (f"trigger_when.conditions.{i}.path", item.get("path"))
+        for i, item in enumerate(conditions)
+        if isinstance(item, dict)
+    ]
+
+
 def _is_scalar(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)  # NaN would never match anything

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -34,7 +35,13 @@ from jsonpath_ng.ext.string import Sub
 
 from .lazy_json import LazyDocument
 
-__all__ = ["MAX_PATH_LENGTH", "CompiledPath", "PathSyntaxError", "compile_path"]
+__all__ = [
+    "MAX_PATH_LENGTH",
+    "CompiledPath",
+    "PathSyntaxError",
+    "compile_path",
+    "regular_expression_errors",
+]
 
 #: Longest accepted path; a guard against pathological input to the PLY parser.
 MAX_PATH_LENGTH = 1024
@@ -162,19 +169,36 @@ def _compile_jsonpath(path: str) -> CompiledPath:
             expression = _jsonpath_parse(path)
     except Exception as exc:  # jsonpath-ng raises lexer/parser errors and, rarely, others
         raise PathSyntaxError(f"invalid JSONPath {path!r}: {exc}") from exc
-    regex = _regular_expression_in(expression)
-    if regex is not None:
-        # Python's re backtracks: '(a+)+$' against a few dozen characters of a payload holds
-        # the worker's event loop for seconds, and a payload is whatever a sender posts.
-        raise PathSyntaxError(
-            f"invalid JSONPath {path!r}: {regex} is not supported (a regular expression can "
-            "take exponential time on a crafted payload); compare with ==, != or in-lists of "
-            "accepted_values instead"
-        )
     steps = _simple_steps(expression)
     if steps is not None:
         return CompiledPath(source=path, steps=steps)
     return CompiledPath(source=path, expression=expression)
+
+
+def regular_expression_errors(paths: Iterable[tuple[str, Any]]) -> dict[str, list[str]]:
+    """For API input: ``{field: [message]}`` for each ``(field, path)`` whose JSONPath runs a
+    regular expression on payload text, which new and updated hooks may not do.
+
+    Python's re backtracks: '(a+)+$' against a few dozen characters of a payload holds the
+    worker's event loop for seconds, and a payload is whatever a sender posts. Hooks stored
+    before the rule keep working (compile_path accepts them); an operator should change them.
+    """
+    errors: dict[str, list[str]] = {}
+    for field_name, path in paths:
+        if not isinstance(path, str) or not path.startswith("$"):
+            continue
+        try:
+            expression = compile_path(path).expression
+        except PathSyntaxError:
+            continue  # reported by the path's own validation
+        regex = None if expression is None else _regular_expression_in(expression)
+        if regex is not None:
+            errors[field_name] = [
+                f"invalid JSONPath {path!r}: {regex} is not supported (a regular expression "
+                "can take exponential time on a crafted payload); compare with "
+                "accepted_values instead"
+            ]
+    return errors
 
 
 def _regular_expression_in(expression: Any) -> str | None:

@@ -14,8 +14,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.ingest.conditions import parse_trigger_when
+from gateway.ingest.conditions import condition_paths, parse_trigger_when
 from gateway.ingest.limits import parse_limits_settings
+from gateway.ingest.paths import regular_expression_errors
 from gateway.ingest.signatures import SUPPORTED_ALGORITHMS
 from gateway.ingest.variables import parse_variable_specs
 from gateway.management.bodies import Fields
@@ -72,10 +73,25 @@ def parse_incoming_hook(body: Mapping[str, Any], *, partial: bool) -> dict[str, 
         values["trigger_when"] = conditions.to_json()
     if not partial or "settings" in body:
         values["settings"] = _settings(fields, body.get("settings"), partial=partial)
+    fields.merge(regular_expression_errors(_paths(body)))
     fields.check()
     if partial:
         values = {k: v for k, v in values.items() if k in body}
     return values
+
+
+def _paths(body: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """(field, path) of every condition and variable path in a create or update body."""
+    paths = condition_paths(body.get("trigger_when"))
+    settings = body.get("settings")
+    variables = settings.get("variables") if isinstance(settings, dict) else None
+    if isinstance(variables, list):
+        paths += [
+            (f"settings.variables.{i}.path", item.get("path"))
+            for i, item in enumerate(variables)
+            if isinstance(item, dict)
+        ]
+    return paths
 
 
 def _header_name(fields: Fields, key: str, default: str | None, *, nullable: bool) -> Any:

@@ -24,7 +24,8 @@ from gateway.dispatcher.templates import (
     compile_body,
     compile_url,
 )
-from gateway.ingest.conditions import parse_trigger_when
+from gateway.ingest.conditions import condition_paths, parse_trigger_when
+from gateway.ingest.paths import regular_expression_errors
 from gateway.ingest.signatures import SUPPORTED_ALGORITHMS
 from gateway.management.bodies import Fields
 
@@ -84,6 +85,7 @@ def _trigger_when(raw: Any, fields: Fields) -> tuple[list[str], dict[str, Any]]:
                 chosen.append(event)
     conditions, errors = parse_trigger_when(raw, extra_keys=("events",))
     fields.merge(errors)
+    fields.merge(regular_expression_errors(condition_paths(raw)))
     for i, condition in enumerate(conditions.conditions):
         source = condition.path.source
         if source.startswith("$"):

@@ -8,10 +8,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from gateway import appkeys
 from gateway.config import Config
+from gateway.ingest.hook_cache import HOOK_CACHE
 from gateway.security.secret_box import SecretBox
 from gateway.security.secret_keys import load_keys
 from gateway.storage.database import Database
@@ -25,6 +28,7 @@ from tests.integration.management_helpers import (
     make_pipeline,
     make_seed_hook,
 )
+from tests.integration.ops_helpers import call_hook
 
 # The smallest closed role that can run the seed's three steps (hook:create implies hook:read,
 # everything implies environment:read).
@@ -391,6 +395,37 @@ async def test_a_regular_expression_in_a_path_is_a_422_naming_the_field(
     errors = (await response.json())["errors"]
     assert sorted(errors) == ["settings.variables.0.path", "trigger_when.conditions.0.path"]
     assert all("'=~' is not supported" in messages[0] for messages in errors.values())
+
+
+async def test_a_hook_stored_with_a_regular_expression_before_the_rule_keeps_working(
+    client: Any, admin_headers: dict[str, str], pipeline: dict[str, Any], database_dsn: str
+) -> None:
+    # The rule applies to new and updated definitions; an upgrade must not turn a working hook
+    # into a 500 on every delivery.
+    hook = await make_seed_hook(client, admin_headers, pipeline["id"])
+    condition = {
+        "path": "$.pull_request.labels[?(@.name =~ '^b')].name",
+        "accepted_values": ["bug"],
+    }
+    trigger_when = {"conditions": [condition]}
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        await conn.execute(
+            "UPDATE incoming_hooks SET trigger_when = $2::jsonb WHERE id = $1::uuid",
+            hook["id"],
+            orjson.dumps(trigger_when).decode(),
+        )
+    finally:
+        await conn.close()
+    client.app[appkeys.SERVICES][HOOK_CACHE].invalidate(hook["id"])
+    answer = await call_hook(client, hook)  # the fixture's PR is labelled "bug": a match
+    assert answer.status == 202 and (await answer.json())["run_id"] is not None
+    # Changing the hook asks for the condition to be rewritten.
+    response = await client.put(
+        f"/hooks/incoming/{hook['id']}", json={"trigger_when": trigger_when}, headers=admin_headers
+    )
+    assert response.status == 422
+    assert list((await response.json())["errors"]) == ["trigger_when.conditions.0.path"]
 
 
 async def test_every_bad_field_is_reported_at_once(

@@ -157,6 +157,19 @@ async def test_without_secret_there_is_none(
             "run has no 'nope'",
         ),
         (
+            hook_body(
+                "https://x.example/",
+                trigger_when={
+                    "events": ["run.failed"],
+                    "conditions": [
+                        {"path": "$.run[?(@.message =~ '(a+)+$')].id", "accepted_values": [1]}
+                    ],
+                },
+            ),
+            "trigger_when.conditions.0.path",
+            "the regular-expression filter '=~' is not supported",
+        ),
+        (
             hook_body("https://x.example/", settings={"timeout": 600}),
             "settings.timeout",
             "at most 60",
