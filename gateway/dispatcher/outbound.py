@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.dispatcher.signing import signature_headers
+from gateway.dispatcher.signing import is_sensitive_header, signature_headers
 from gateway.dispatcher.templates import (
     BodyTemplate,
     JsonTemplate,
@@ -55,9 +55,14 @@ class CompiledHook:
         try:
             if row["requires_secret"] and row["secret"]:
                 secret = box.decrypt(row["secret"])
-            # Sensitive header values are stored sealed (storage.outgoing.sealed_settings).
+            # Sensitive header values are stored sealed (storage.outgoing.sealed_settings); the
+            # others as written, even one that happens to start like a sealed value.
             headers = [
-                (h["name"], box.decrypt(h["value"])) for h in settings.get("request_headers") or ()
+                (
+                    h["name"],
+                    box.decrypt(h["value"]) if is_sensitive_header(h["name"]) else h["value"],
+                )
+                for h in settings.get("request_headers") or ()
             ]
         except SecretBoxError as exc:
             raise ValueError(str(exc)) from None

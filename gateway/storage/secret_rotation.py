@@ -128,17 +128,15 @@ def _reencrypted(box: SecretBox, value: str | None) -> str | None:
 
 
 def _resealed_settings(box: SecretBox, settings: Any) -> Any:
-    """Outgoing settings with every sealed header value on the primary key, and sensitive
-    plaintext ones (written before they were sealed) sealed; the rest byte for byte."""
+    """Outgoing settings with every sensitive header value sealed with the primary key (those
+    written before they were sealed included); the rest byte for byte."""
     if not isinstance(settings, dict) or not settings.get("request_headers"):
         return settings
     headers = []
     for header in settings["request_headers"]:
         value = header["value"]
-        if is_encrypted(value):
-            value = _reencrypted(box, value)
-        elif is_sensitive_header(header["name"]):
-            value = box.seal(value)
+        if is_sensitive_header(header["name"]):  # the others are not secrets: left as written
+            value = _reencrypted(box, value) if is_encrypted(value) else box.seal(value)
         headers.append({**header, "value": value})
     return {**settings, "request_headers": headers}
 

@@ -103,6 +103,7 @@ async def test_outgoing_credential_headers_are_sealed_and_follow_key_rotation(
         {"name": "Authorization", "value": "Bearer ghp_token123"},
         {"name": "X-Api-Key", "value": "key-456"},
         {"name": "X-Run", "value": "{{ run.id }}"},
+        {"name": "X-Mode", "value": "enc:gzip"},  # not a credential, however it looks
     ]
     body = hook_body("https://example.com/h", settings={"request_headers": headers})
     response = await client.post(
@@ -113,15 +114,15 @@ async def test_outgoing_credential_headers_are_sealed_and_follow_key_rotation(
     row = await stored_rows(db, "outgoing_hooks", hook["id"])
     assert "ghp_token123" not in row["dump"] and "key-456" not in row["dump"]
     stored = row["settings"]["request_headers"]
-    assert [key_id_of(h["value"]) for h in stored] == [TEST_KEY_ID, TEST_KEY_ID, None]
-    assert stored[2]["value"] == "{{ run.id }}"  # not a credential: kept readable
+    assert [key_id_of(h["value"]) for h in stored[:3]] == [TEST_KEY_ID, TEST_KEY_ID, None]
+    assert stored[2:] == headers[2:]  # not credentials: kept as written
     compiled = OutgoingHook.from_row(row, db.secret_box)
     assert [(name, t.source) for name, t in compiled.headers] == [
         (h["name"], h["value"]) for h in headers
     ]
     # A plaintext credential written before sealing existed is sealed by the rotation, and
     # sealed ones move to the new primary key.
-    legacy = {**row["settings"], "request_headers": [headers[1], stored[0]]}
+    legacy = {**row["settings"], "request_headers": [headers[1], stored[0], headers[3]]}
     await fetch(
         database_dsn,
         "UPDATE outgoing_hooks SET settings = $2::jsonb WHERE id = $1 RETURNING id",
@@ -133,9 +134,11 @@ async def test_outgoing_credential_headers_are_sealed_and_follow_key_rotation(
     outgoing = next(r for r in results if r.table == OUTGOING)
     assert (outgoing.reencrypted, outgoing.conflicts, outgoing.unreadable) == (1, 0, 0)
     row = await stored_rows(db, "outgoing_hooks", hook["id"])
-    assert [key_id_of(h["value"]) for h in row["settings"]["request_headers"]] == ["b", "b"]
+    rotated = row["settings"]["request_headers"]
+    assert [key_id_of(h["value"]) for h in rotated[:2]] == ["b", "b"]
+    assert rotated[2] == headers[3]
     opened = OutgoingHook.from_row(row, box_of(line_b))
-    assert [t.source for _, t in opened.headers] == ["key-456", "Bearer ghp_token123"]
+    assert [t.source for _, t in opened.headers] == ["key-456", "Bearer ghp_token123", "enc:gzip"]
     # Nothing left to do: a second run rewrites nothing.
     again = await rotate_secrets(db, box_of(line_b), batch_size=1)
     assert next(r for r in again if r.table == OUTGOING).reencrypted == 0
