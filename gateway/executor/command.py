@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import re
 import signal
@@ -47,14 +48,37 @@ def command_env(base: Mapping[str, str], run: Mapping[str, Any]) -> dict[str, st
 
     GATEWAY_* goes because it carries the executor's credentials (GATEWAY_DATABASE_DSN with its
     password, GATEWAY_SECURITY_SECRET_KEYS, GATEWAY_ADMIN_PASSWORD), which a command started by
-    a webhook has no business reading."""
-    env = {k: v for k, v in base.items() if not k.startswith(("HOOK_", "GATEWAY_"))}
+    a webhook has no business reading; so do libpq's PGPASSWORD and PGPASSFILE (asyncpg reads
+    them for the executor's own connection). See also :func:`hide_environment`."""
+    env = {
+        k: v
+        for k, v in base.items()
+        if not k.startswith(("HOOK_", "GATEWAY_")) and k not in _EXECUTOR_CREDENTIALS
+    }
     for name, value in (run["variables"] or {}).items():
         env[env_name(name)] = env_value(value).replace("\x00", "")
     env["HOOK_RUN_ID"] = str(run["id"])
     env["HOOK_PIPELINE_ID"] = str(run["pipeline_id"])
     env["HOOK_ATTEMPT"] = str(run["attempt"])
     return env
+
+
+# libpq variables that carry the executor's database password (asyncpg honours them too).
+_EXECUTOR_CREDENTIALS = frozenset({"PGPASSWORD", "PGPASSFILE"})
+_PR_SET_DUMPABLE = 4
+
+
+def hide_environment() -> bool:
+    """Make this process non-dumpable (Linux): its /proc/<pid>/environ, holding the DSN and
+    keys, is then readable by root only, not by the commands it starts under the same user.
+    True when that worked. (A command still runs as the executor's user: files that user can
+    read, such as the config file, are readable to it; run commands as another user to keep
+    those out of reach too.)"""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)) == 0
+    except (OSError, AttributeError):  # not Linux
+        return False
 
 
 class OutputTail:

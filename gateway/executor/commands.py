@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.config import Config
+from gateway.executor.command import hide_environment
 from gateway.logs import get_logger
 
 log = get_logger(__name__)
@@ -123,6 +124,12 @@ def main(config: Config, args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise ValueError("executor: give the command to run after '--', e.g. -- ./deploy.sh")
+    if not hide_environment():
+        log.warning(
+            "executor_environment_readable",
+            hint="this platform cannot make the executor non-dumpable: a command running as "
+            "the same user can read its environment",
+        )
     return asyncio.run(_execute(config, args, command))
 
 

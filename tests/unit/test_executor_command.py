@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 
 from gateway.executor.command import CommandResult, OutputTail, command_env, env_name, env_value
+from tests.conftest import ROOT
 
 
 def test_variable_names_become_environment_names() -> None:
@@ -33,6 +36,8 @@ def test_command_env_adds_run_values_and_drops_inherited_hook_and_gateway_values
         "GATEWAY_DATABASE_DSN": "postgresql://app:s3cret@db/app",
         "GATEWAY_SECURITY_SECRET_KEYS": "k:AAAA",
         "GATEWAY_ADMIN_PASSWORD": "bootstrap",
+        "PGPASSWORD": "s3cret",
+        "PGPASSFILE": "/home/app/.pgpass",
     }
 
     assert command_env(base, run) == {
@@ -57,3 +62,17 @@ def test_output_tail_keeps_the_last_bytes() -> None:
 def test_results_describe_signals() -> None:
     assert CommandResult(-9, "").description == "killed by SIGKILL"
     assert CommandResult(3, "").description == "exit code 3"
+
+
+def test_the_executor_hides_its_environment_from_its_commands() -> None:
+    # Non-dumpable: /proc/<pid>/environ (the DSN, the keys) is then root's alone, so a command
+    # running as the executor's user cannot read it from its parent. Checked in a child
+    # process: the flag would stick to this test process.
+    probe = (
+        "import ctypes; from gateway.executor.command import hide_environment; "
+        "ok = hide_environment(); print(ok, ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert done.stdout.split() == ["True", "0"]  # PR_GET_DUMPABLE: 0
