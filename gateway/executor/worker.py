@@ -114,6 +114,11 @@ class Executor:
         except DatabaseUnavailable as exc:
             log.warning("claim_failed", error=str(exc))
             return []
+        except Exception:
+            # A bug, or an answer nobody expected: leaving the loop would abandon the commands
+            # running now (their runs redone once the leases expire). Log it, try again.
+            log.exception("claim_failed_unexpectedly", pipeline_id=self.settings.pipeline_id)
+            return []
 
     def _start(self, row: Record) -> None:
         task = asyncio.create_task(self._execute(row))
