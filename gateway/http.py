@@ -69,6 +69,19 @@ class ValidationFailed(ApiError):
         super().__init__(422, message or f"The given data was invalid: {fields}", errors)
 
 
+def compressed_body_problem(headers: Mapping[str, str]) -> str | None:
+    """The 415 message for a body sent with a ``Content-Encoding`` other than identity, or None.
+
+    The listeners read bodies as sent (gateway.app.HANDLER_OPTIONS): ingest because the
+    signature covers the bytes sent and a small compressed body can expand far past
+    max_body_bytes (webhook senders send bodies uncompressed), the management API likewise (it
+    would otherwise say "not JSON")."""
+    encoding = headers.get("Content-Encoding")
+    if encoding is None or encoding.strip().lower() in ("", "identity"):
+        return None
+    return f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed"
+
+
 @web.middleware
 async def routing_errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
     """Turn the router's own 404/405 into the JSON error shape (no work on matched routes)."""

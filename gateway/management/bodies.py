@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 from yarl import URL
 
-from gateway.http import ApiError, ValidationFailed
+from gateway.http import ApiError, ValidationFailed, compressed_body_problem
 
 MAX_PER_PAGE = 100
 
@@ -25,12 +25,9 @@ async def read_body(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> by
     Read here rather than by ``request.read()``, whose limit is the application's (the ingest
     one's max_body_bytes when the management API shares its listener) and whose 413 names none.
     """
-    encoding = request.headers.get("Content-Encoding")
-    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
-        # The listeners do not decompress (app.HANDLER_OPTIONS): say so rather than "not JSON".
-        raise ApiError(
-            415, f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed"
-        )
+    compressed = compressed_body_problem(request.headers)
+    if compressed is not None:
+        raise ApiError(415, compressed)
     too_large = ApiError(413, f"request body is larger than {max_bytes} bytes, the most taken here")
     if request.content_length is not None and request.content_length > max_bytes:
         raise too_large
