@@ -49,6 +49,12 @@ def check_transition(current: str, new: str) -> None:
 _TRUNCATED = re.compile(r"\[output truncated: first (\d{1,18}) bytes dropped\]\n")
 
 
+def with_truncation_note(dropped: int, text: str) -> str:
+    """``text`` after the line saying how many bytes before it were dropped (none: as is); the
+    one form of that line, which :func:`bound_output` also reads back (``_TRUNCATED``)."""
+    return f"[output truncated: first {dropped} bytes dropped]\n{text}" if dropped else text
+
+
 def bound_output(text: str, limit: int = OUTPUT_LIMIT_BYTES) -> str:
     """The last ``limit`` bytes of ``text`` (UTF-8), NULs removed (PostgreSQL text has none),
     after one ``[output truncated: first N bytes dropped]`` line when anything was dropped. A
@@ -63,7 +69,7 @@ def bound_output(text: str, limit: int = OUTPUT_LIMIT_BYTES) -> str:
         # Cutting may split a multi-byte character at the start; drop the broken prefix.
         text = data[-limit:].decode("utf-8", errors="ignore")
         earlier += len(data) - len(text.encode("utf-8"))
-    return f"[output truncated: first {earlier} bytes dropped]\n{text}" if earlier else text
+    return with_truncation_note(earlier, text)
 
 
 def bound_message(text: str, limit: int = MESSAGE_LIMIT_CHARS) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from gateway.run_states import OUTPUT_LIMIT_BYTES
+from gateway.run_states import OUTPUT_LIMIT_BYTES, with_truncation_note
 
 VAR_PREFIX = "HOOK_VAR_"
 _NOT_ENV_SAFE = re.compile(r"[^A-Za-z0-9_]")
@@ -98,10 +98,7 @@ class OutputTail:
 
     def text(self) -> str:
         """The tail as text (invalid UTF-8 replaced), noting how much was dropped."""
-        text = self._data.decode("utf-8", errors="replace")
-        if self.dropped:
-            return f"[output truncated: first {self.dropped} bytes dropped]\n{text}"
-        return text
+        return with_truncation_note(self.dropped, self._data.decode("utf-8", errors="replace"))
 
 
 @dataclass(frozen=True, slots=True)
