@@ -154,15 +154,15 @@ class Dispatcher:
             self._listener = None
             log.warning("dispatcher_listen_failed", error=str(exc) or type(exc).__name__)
 
-    def _busy_hooks(self) -> list[uuid.UUID]:
-        limit = self.settings.per_target_concurrency
-        return [h for h, origin in self._hook_origin.items() if self._load[origin] >= limit]
-
     def _hook_room(self) -> dict[uuid.UUID, int]:
         """Free slots of the target of each hook with deliveries in flight (a claim takes no
         more than that of the hook, so little is handed back)."""
         limit = self.settings.per_target_concurrency
         return {h: max(limit - self._load[origin], 0) for h, origin in self._hook_origin.items()}
+
+    def _busy_hooks(self) -> list[uuid.UUID]:
+        """Hooks whose target has no free slot."""
+        return [h for h, free in self._hook_room().items() if free == 0]
 
     async def _run(self) -> None:
         while not self._stopping:
