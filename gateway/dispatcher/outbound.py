@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.dispatcher.signing import is_sensitive_header, signature_headers
+from gateway.dispatcher.signing import signature_headers, with_sensitive_header_values
 from gateway.dispatcher.templates import (
     BodyTemplate,
     JsonTemplate,
@@ -57,20 +57,17 @@ class CompiledHook:
                 secret = box.decrypt(row["secret"])
             # Sensitive header values are stored sealed (storage.outgoing.sealed_settings); the
             # others as written, even one that happens to start like a sealed value.
-            headers = [
-                (
-                    h["name"],
-                    box.decrypt(h["value"]) if is_sensitive_header(h["name"]) else h["value"],
-                )
-                for h in settings.get("request_headers") or ()
-            ]
+            opened = with_sensitive_header_values(settings, box.decrypt)
         except SecretBoxError as exc:
             raise ValueError(str(exc)) from None
         trigger_when = {k: v for k, v in (row["trigger_when"] or {}).items() if k != "events"}
         timeout = settings.get("timeout")
         return cls(
             url=compile_url(row["target_url"]),
-            headers=tuple((name, TextTemplate.compile(value)) for name, value in headers),
+            headers=tuple(
+                (h["name"], TextTemplate.compile(h["value"]))
+                for h in opened.get("request_headers") or ()
+            ),
             body=compile_body(settings.get("request_body")),
             method=settings.get("method") or "POST",
             timeout=None if timeout is None else float(timeout),

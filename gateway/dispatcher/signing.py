@@ -12,7 +12,8 @@ GitHub-style ``<algorithm>=<hex>`` HMAC of the body, keyed with the secret strin
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from gateway.ingest.signatures import sign_hmac_hex, sign_standard_webhooks
 
@@ -51,6 +52,24 @@ def is_sensitive_header(name: str, extra: Iterable[str] = ()) -> bool:
         or lowered in {e.lower() for e in extra}
         or _SENSITIVE_PARTS.search(lowered) is not None
     )
+
+
+def with_sensitive_header_values(
+    settings: Mapping[str, Any], change: Callable[[str], str]
+) -> dict[str, Any]:
+    """An outgoing hook's ``settings`` with ``change`` applied to the value of each sensitive
+    request header, the others as they are: the one rule for which values are sealed at rest
+    (storage.outgoing), re-sealed by key rotation and opened to be sent (dispatcher.outbound)."""
+    headers = settings.get("request_headers")
+    if not headers:
+        return dict(settings)
+    return {
+        **settings,
+        "request_headers": [
+            {**h, "value": change(h["value"])} if is_sensitive_header(h["name"]) else h
+            for h in headers
+        ],
+    }
 
 
 def redact_headers(headers: Mapping[str, str], extra: Iterable[str] = ()) -> dict[str, str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from gateway.dispatcher.signing import is_sensitive_header
+from gateway.dispatcher.signing import with_sensitive_header_values
 from gateway.security.secret_box import SecretBox
 from gateway.storage.database import Database, Record, Session
 from gateway.storage.paging import split_page
@@ -56,16 +56,7 @@ def sealed_settings(settings: Mapping[str, Any], box: SecretBox) -> dict[str, An
     keys, tokens: dispatcher.signing.is_sensitive_header) sealed like hook secrets, so that a
     database dump reveals none of them. A value already sealed (a masked value kept on update)
     stays as it is; the dispatcher opens them (dispatcher.outbound)."""
-    headers = settings.get("request_headers")
-    if not headers:
-        return dict(settings)
-    return {
-        **settings,
-        "request_headers": [
-            {**h, "value": box.seal(h["value"])} if is_sensitive_header(h["name"]) else h
-            for h in headers
-        ],
-    }
+    return with_sensitive_header_values(settings, box.seal)
 
 
 async def hook_by_id(db: Database, hook_id: uuid.UUID) -> Record | None:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.dispatcher.signing import is_sensitive_header
+from gateway.dispatcher.signing import with_sensitive_header_values
 from gateway.security.secret_box import VERSION_PREFIX, SecretBox, SecretBoxError, is_encrypted
 from gateway.storage.database import Database, Record
 
@@ -130,15 +130,15 @@ def _reencrypted(box: SecretBox, value: str | None) -> str | None:
 def _resealed_settings(box: SecretBox, settings: Any) -> Any:
     """Outgoing settings with every sensitive header value sealed with the primary key (those
     written before they were sealed included); the rest byte for byte."""
-    if not isinstance(settings, dict) or not settings.get("request_headers"):
+    if not isinstance(settings, dict):
         return settings
-    headers = []
-    for header in settings["request_headers"]:
-        value = header["value"]
-        if is_sensitive_header(header["name"]):  # the others are not secrets: left as written
-            value = _reencrypted(box, value) if is_encrypted(value) else box.seal(value)
-        headers.append({**header, "value": value})
-    return {**settings, "request_headers": headers}
+
+    def resealed(value: str) -> str:
+        if not is_encrypted(value):
+            return box.seal(value)
+        return box.reencrypt(value) if box.needs_reencrypt(value) else value
+
+    return with_sensitive_header_values(settings, resealed)
 
 
 async def rotate_secrets(
