@@ -261,12 +261,10 @@ def _storage_problem(value: Any) -> str | None:
             continue
         if depth >= MAX_VARIABLE_DEPTH:
             return f"is nested more than {MAX_VARIABLE_DEPTH} levels deep, which cannot be stored"
-        if isinstance(item, dict):
-            if any(_NUL in key for key in item):
-                return "contains a NUL character (\\u0000), which cannot be stored"
-            stack.extend((child, depth + 1) for child in item.values())
-        else:
-            stack.extend((child, depth + 1) for child in item)
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children)
+        if isinstance(item, dict):  # its keys are strings: on top, so checked next
+            stack.extend((key, depth) for key in item)
     return None
 
 
