@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from gateway.config import AuthConfig
-from gateway.exceptions import InvalidCredentials, InvalidToken
+from gateway.exceptions import InvalidCredentials, InvalidToken, TooManyAttempts
 from gateway.logs import get_logger
 from gateway.models import TokenPair, User
 from gateway.security import passwords, tokens
+from gateway.security.login_throttle import LoginThrottle
 from gateway.storage import users
 from gateway.storage.database import Database, Session
 
@@ -30,7 +31,8 @@ async def create_user(
         raise ValueError("email: must be a valid email address")
     if len(password) < auth.password_min_length:
         raise ValueError(f"password: must be at least {auth.password_min_length} characters")
-    user = await users.insert_user(db, email, name, passwords.hash_password(password), is_admin)
+    password_hash = await passwords.hash_password_in_thread(password)
+    user = await users.insert_user(db, email, name, password_hash, is_admin)
     log.info("user_created", user_id=user.id, is_admin=is_admin)
     return user
 
@@ -46,15 +48,43 @@ async def ensure_first_admin(db: Database, auth: AuthConfig, email: str, passwor
     return True
 
 
-async def login(db: Database, auth: AuthConfig, email: str, password: str) -> TokenPair:
-    """Exchange credentials for tokens; unknown email and wrong password look identical."""
-    row = await users.user_for_login(db, email)
-    stored = row["password_hash"] if row else None
-    if not passwords.verify_password(stored, password) or row is None:
-        log.info("login_failed")
+async def login(
+    db: Database,
+    auth: AuthConfig,
+    email: str,
+    password: str,
+    *,
+    throttle: LoginThrottle | None = None,
+    address: str | None = None,
+) -> TokenPair:
+    """Exchange credentials for tokens; unknown email and wrong password look identical.
+
+    With a ``throttle``, a client (``address``) or account past its failed-login limit gets
+    TooManyAttempts before the password is checked.
+    """
+    if throttle is not None:
+        wait = throttle.begin(address, email, auth)
+        if wait:
+            log.info("login_throttled", client_ip=address, retry_after=wait)
+            raise TooManyAttempts(
+                f"too many failed logins; retry in {wait} seconds", retry_after=wait
+            )
+    try:
+        row = await users.user_for_login(db, email)
+        stored = row["password_hash"] if row else None
+        verified = await passwords.verify_password_in_thread(stored, password)
+    except BaseException:
+        if throttle is not None:  # not a failed guess: the check never finished
+            throttle.cancelled(address, email)
+        raise
+    if not verified or row is None:
+        log.info("login_failed", client_ip=address)
         raise InvalidCredentials()
+    if throttle is not None:
+        throttle.succeeded(address, email)
     if passwords.needs_rehash(row["password_hash"]):
-        await users.update_password_hash(db, row["id"], passwords.hash_password(password))
+        new_hash = await passwords.hash_password_in_thread(password)
+        await users.update_password_hash(db, row["id"], new_hash)
     log.info("login_succeeded", user_id=row["id"])
     return await _issue_pair(db, auth, row["id"])
 

@@ -34,6 +34,7 @@ from gateway.management import users as users_api
 from gateway.management.bodies import MAX_BODY_BYTES
 from gateway.openapi import routes as openapi_routes
 from gateway.reload import CONFIG_HOLDER, ConfigHolder
+from gateway.security.login_throttle import LOGIN_THROTTLE, LoginThrottle
 from gateway.security.secret_service import secret_box_service
 from gateway.storage.database import Database
 
@@ -97,7 +98,10 @@ def create_apps(
     ``holder`` carries the config in force after SIGHUP reloads (gateway.reload); services and
     views that follow reloads find it in ``app[appkeys.SERVICES]``.
     """
-    services: dict[str, Any] = {CONFIG_HOLDER: holder or ConfigHolder(config)}
+    services: dict[str, Any] = {
+        CONFIG_HOLDER: holder or ConfigHolder(config),
+        LOGIN_THROTTLE: LoginThrottle(),
+    }
     # Ingest bodies may be as large as max_body_bytes; management bodies are small JSON.
     ingest = _base_app(config, db, services, config.server.max_body_bytes)
     for table in INGEST_ROUTES:

@@ -65,6 +65,10 @@ class AuthConfig:
     access_token_ttl: int = 3600
     refresh_token_ttl: int = 2_592_000
     password_min_length: int = 8
+    # Failed-login throttling (gateway.security.login_throttle), per worker process.
+    login_failure_window: int = 900
+    login_failures_per_address: int = 20
+    login_failures_per_account: int = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +163,9 @@ _MINIMUMS: dict[tuple[str, str], float] = {
     ("auth", "access_token_ttl"): 60,
     ("auth", "refresh_token_ttl"): 60,
     ("auth", "password_min_length"): 1,
+    ("auth", "login_failure_window"): 1,
+    ("auth", "login_failures_per_address"): 0,
+    ("auth", "login_failures_per_account"): 0,
     ("hooks", "secret_grace_period"): 0,
     ("hooks", "timestamp_tolerance"): 1,
     ("hooks", "cache_ttl"): 0,
@@ -189,6 +196,9 @@ _MAXIMUMS: dict[tuple[str, str], float] = {
     # or scheduling a retry would fail at request time (an int32 of seconds, a timestamp range).
     ("auth", "access_token_ttl"): _YEAR,
     ("auth", "refresh_token_ttl"): _YEAR,
+    ("auth", "login_failure_window"): 86_400,
+    ("auth", "login_failures_per_address"): 1_000_000,
+    ("auth", "login_failures_per_account"): 1_000_000,
     ("hooks", "secret_grace_period"): _YEAR,
     ("outgoing", "retry_schedule"): _WEEK,  # each entry
     ("outgoing", "retry_after_max"): _WEEK,

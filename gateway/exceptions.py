@@ -47,5 +47,13 @@ class InvalidCredentials(GatewayError):
     """Invalid email or password."""
 
 
+class TooManyAttempts(GatewayError):
+    """Too many failed attempts; retry later."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class InvalidToken(GatewayError):
     """The token is missing, malformed, expired or revoked."""

@@ -22,6 +22,8 @@ from gateway.exceptions import (
     InvalidCredentials,
     InvalidToken,
     NotFound,
+    Overloaded,
+    TooManyAttempts,
 )
 from gateway.http import ApiError, error_response
 from gateway.logs import get_logger
@@ -68,10 +70,14 @@ def _translate(exc: Exception) -> web.Response:
         return error_response(404, str(exc))
     if isinstance(exc, AlreadyExists | Conflict):
         return error_response(409, str(exc))
+    if isinstance(exc, TooManyAttempts):
+        return error_response(429, str(exc), headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, DatabaseUnavailable):
         return error_response(
             503, "the database is unavailable; retry later", headers={"Retry-After": "1"}
         )
+    if isinstance(exc, Overloaded):
+        return error_response(503, str(exc), headers={"Retry-After": "1"})
     if isinstance(exc, web.HTTPException):
         return error_response(exc.status, exc.reason)
     log.exception("management_request_failed", error_type=type(exc).__name__)

@@ -6,9 +6,11 @@ from aiohttp import web
 
 from gateway import accounts, appkeys
 from gateway.http import ValidationFailed, json_response
+from gateway.ingest.client_ip import ClientAddressResolver
 from gateway.management.bodies import Fields, page_headers, pagination, read_json_object
 from gateway.management.framework import current_user, endpoint, require_admin
 from gateway.reload import live_config
+from gateway.security.login_throttle import LOGIN_THROTTLE
 from gateway.storage import users
 
 routes = web.RouteTableDef()
@@ -23,8 +25,18 @@ async def login(request: web.Request) -> web.Response:
     email = fields.string("email", max_length=254)
     password = fields.string("password", max_length=1024, strip=False)
     fields.check()
-    config = live_config(request.app)  # auth.* follow SIGHUP reloads
-    pair = await accounts.login(request.app[appkeys.DATABASE], config.auth, email, password)
+    config = live_config(request.app)  # auth.* and trusted_proxies follow SIGHUP reloads
+    address = ClientAddressResolver(config.server.trusted_proxies).resolve_headers(
+        request.remote, request.headers
+    )[0]
+    pair = await accounts.login(
+        request.app[appkeys.DATABASE],
+        config.auth,
+        email,
+        password,
+        throttle=request.app[appkeys.SERVICES][LOGIN_THROTTLE],
+        address=address,
+    )
     return json_response(pair.to_json())
 
 

@@ -136,7 +136,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     413: "The body is larger than the server accepts (the message names the limit).",
     415: "The body is compressed (a Content-Encoding other than identity): send it as is.",
     422: "The data is invalid; ``errors`` names every bad field.",
-    503: "The database is unavailable; retry later.",
+    503: "The database is unavailable, or the gateway is overloaded; retry later.",
 }
 
 

@@ -6,6 +6,7 @@ from gateway.openapi import inputs
 from gateway.openapi.common import (
     PAGE_PARAMETERS,
     Schema,
+    error,
     json_body,
     no_content,
     operation,
@@ -38,6 +39,16 @@ def _users() -> dict[str, Schema]:
                 {
                     200: json_body(ref("TokenPair"), "A new token pair."),
                     401: json_body(ref("Error"), "Wrong email or password."),
+                    429: error(
+                        429,
+                        "Too many failed logins from this client address or for this account "
+                        "([auth] login_failures_per_address, login_failures_per_account); the "
+                        "password was not checked. Retry after Retry-After seconds.",
+                    ),
+                    503: error(
+                        503,
+                        "Too many password checks in progress, or the database is unavailable.",
+                    ),
                 },
                 errors=(422,),
                 body=inputs.LOGIN,

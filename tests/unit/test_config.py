@@ -197,6 +197,16 @@ def test_every_shipped_key_is_commented() -> None:
             id="token-ttl-past-a-year",
         ),
         pytest.param(
+            {"auth": {"login_failure_window": 0}},
+            ["auth.login_failure_window = 0", "between 1 and 86400"],
+            id="login-window-zero",
+        ),
+        pytest.param(
+            {"auth": {"login_failures_per_account": -1}},
+            ["auth.login_failures_per_account = -1", "between 0 and 1000000"],
+            id="login-failures-negative",
+        ),
+        pytest.param(
             {"outgoing": {"retry_schedule": [10, 1e12]}},
             ["outgoing.retry_schedule = [10, 1000000000000.0]", "every entry must be <= 604800"],
             id="retry-delay-past-a-week",
