@@ -397,3 +397,11 @@ INSERT INTO schema_version (version) VALUES (3) ON CONFLICT DO NOTHING;
 ALTER TABLE hook_requests ALTER COLUMN body SET STORAGE EXTERNAL;
 ALTER TABLE hook_requests SET (toast_tuple_target = 8160);
 -- end Ingest performance -----------------------------------------------------------------------
+
+-- User lifecycle ---------------------------------------------------------------------------------
+-- A disabled user (PUT /users/{id} {"is_active": false}) can neither log in nor use any token;
+-- the row stays, so everything that names the user keeps its history.
+ALTER TABLE users ADD COLUMN IF NOT EXISTS disabled_at timestamptz;
+
+INSERT INTO schema_version (version) VALUES (4) ON CONFLICT DO NOTHING;
+-- end User lifecycle -----------------------------------------------------------------------------

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from gateway.config import AuthConfig
-from gateway.exceptions import InvalidCredentials, InvalidToken, TooManyAttempts
+from gateway.exceptions import Conflict, InvalidCredentials, InvalidToken, NotFound, TooManyAttempts
 from gateway.logs import get_logger
 from gateway.models import TokenPair, User
 from gateway.security import passwords, tokens
 from gateway.security.login_throttle import LoginThrottle
 from gateway.storage import users
-from gateway.storage.database import Database, Session
+from gateway.storage.database import Database, Record, Session
 
 log = get_logger(__name__)
 
 BEARER_KINDS = ("access", "personal")
+SESSION_KINDS = ("access", "refresh")  # what a login issues; a password change ends them
+TOKEN_KINDS = ("access", "refresh", "personal")
 
 
 async def create_user(
@@ -29,8 +31,7 @@ async def create_user(
     email = email.strip()
     if "@" not in email or len(email) > 254 or email.startswith("@") or email.endswith("@"):
         raise ValueError("email: must be a valid email address")
-    if len(password) < auth.password_min_length:
-        raise ValueError(f"password: must be at least {auth.password_min_length} characters")
+    _check_password_length(auth, "password", password)
     password_hash = await passwords.hash_password_in_thread(password)
     user = await users.insert_user(db, email, name, password_hash, is_admin)
     log.info("user_created", user_id=user.id, is_admin=is_admin)
@@ -62,13 +63,128 @@ async def login(
     With a ``throttle``, a client (``address``) or account past its failed-login limit gets
     TooManyAttempts before the password is checked.
     """
+    row = await _password_checked(
+        db, auth, email, password, throttle, address, "too many failed logins"
+    )
+    if row is None:
+        log.info("login_failed", client_ip=address)
+        raise InvalidCredentials()
+    if passwords.needs_rehash(row["password_hash"]):
+        new_hash = await passwords.hash_password_in_thread(password)
+        await users.update_password_hash(db, row["id"], new_hash)
+    log.info("login_succeeded", user_id=row["id"])
+    return await _issue_pair(db, auth, row["id"])
+
+
+async def change_own_password(
+    db: Database,
+    auth: AuthConfig,
+    user: User,
+    current_password: str,
+    new_password: str,
+    *,
+    throttle: LoginThrottle | None = None,
+    address: str | None = None,
+) -> int:
+    """Check ``current_password`` (counted like a login attempt: a stolen access token must
+    not become a way to guess the password), store the new one and end every session of the
+    user (access and refresh tokens; personal tokens stay). Return how many tokens ended.
+
+    ValueError names the bad field; TooManyAttempts past the failed-login limits.
+    """
+    _check_password_length(auth, "new_password", new_password)
+    row = await _password_checked(
+        db, auth, user.email, current_password, throttle, address, "too many failed password checks"
+    )
+    if row is None or row["id"] != user.id:
+        log.info("password_change_refused", user_id=user.id, client_ip=address)
+        raise ValueError("current_password: is not the account's password")
+    new_hash = await passwords.hash_password_in_thread(new_password)
+    async with db.transaction() as session:
+        await users.update_user(session, user.id, password_hash=new_hash)
+        ended = await users.revoke_user_tokens(session, user.id, SESSION_KINDS)
+    log.info("password_changed", user_id=user.id, sessions_ended=ended)
+    return ended
+
+
+async def update_user(
+    db: Database,
+    auth: AuthConfig,
+    acting: User,
+    user_id: int,
+    *,
+    name: str | None = None,
+    is_admin: bool | None = None,
+    is_active: bool | None = None,
+    password: str | None = None,
+) -> User:
+    """An administrator changes a user (None: unchanged).
+
+    Disabling ends every token of the user, personal ones included, and refuses their logins;
+    a new password ends their sessions (access and refresh tokens). Administrators cannot
+    disable or demote themselves (Conflict), so an installation keeps at least the one doing it,
+    nor set their own password here (that needs the current one: change_own_password).
+    ValueError names a bad field; NotFound when there is no such user.
+    """
+    if user_id == acting.id and (is_admin is False or is_active is False):
+        raise Conflict(
+            "administrators cannot disable or demote themselves; ask another administrator"
+        )
+    if user_id == acting.id and password is not None:
+        # A stolen access token must not be enough to take the account over.
+        raise Conflict("change your own password with PUT /users/me/password")
+    if password is not None:
+        _check_password_length(auth, "password", password)
+    password_hash = None if password is None else await passwords.hash_password_in_thread(password)
+    async with db.transaction() as session:
+        user = await users.update_user(
+            session,
+            user_id,
+            name=name,
+            is_admin=is_admin,
+            is_active=is_active,
+            password_hash=password_hash,
+        )
+        if user is None:
+            raise NotFound(f"user {user_id} not found")
+        ended = 0
+        if not user.is_active:
+            ended = await users.revoke_user_tokens(session, user_id, TOKEN_KINDS)
+        elif password_hash is not None:
+            ended = await users.revoke_user_tokens(session, user_id, SESSION_KINDS)
+    changed = [
+        field
+        for field, value in (
+            ("name", name),
+            ("is_admin", is_admin),
+            ("is_active", is_active),
+            ("password", password),
+        )
+        if value is not None
+    ]
+    log.info(
+        "user_updated", user_id=user_id, by_user_id=acting.id, fields=changed, tokens_ended=ended
+    )
+    return user
+
+
+async def _password_checked(
+    db: Database,
+    auth: AuthConfig,
+    email: str,
+    password: str,
+    throttle: LoginThrottle | None,
+    address: str | None,
+    throttled: str,
+) -> Record | None:
+    """The active user's row when ``password`` is theirs, else None (unknown email and wrong
+    password cost the same). With a ``throttle``: TooManyAttempts (message ``throttled``) past
+    the failed-login limits, before any check; a wrong password counts as a failure."""
     if throttle is not None:
         wait = throttle.begin(address, email, auth)
         if wait:
             log.info("login_throttled", client_ip=address, retry_after=wait)
-            raise TooManyAttempts(
-                f"too many failed logins; retry in {wait} seconds", retry_after=wait
-            )
+            raise TooManyAttempts(f"{throttled}; retry in {wait} seconds", retry_after=wait)
     try:
         row = await users.user_for_login(db, email)
         stored = row["password_hash"] if row else None
@@ -78,15 +194,15 @@ async def login(
             throttle.cancelled(address, email)
         raise
     if not verified or row is None:
-        log.info("login_failed", client_ip=address)
-        raise InvalidCredentials()
+        return None
     if throttle is not None:
         throttle.succeeded(address, email)
-    if passwords.needs_rehash(row["password_hash"]):
-        new_hash = await passwords.hash_password_in_thread(password)
-        await users.update_password_hash(db, row["id"], new_hash)
-    log.info("login_succeeded", user_id=row["id"])
-    return await _issue_pair(db, auth, row["id"])
+    return row
+
+
+def _check_password_length(auth: AuthConfig, field: str, password: str) -> None:
+    if len(password) < auth.password_min_length:
+        raise ValueError(f"{field}: must be at least {auth.password_min_length} characters")
 
 
 async def refresh(db: Database, auth: AuthConfig, refresh_token: str) -> TokenPair:

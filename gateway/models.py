@@ -14,10 +14,22 @@ class User:
     name: str
     is_admin: bool
     created_at: datetime
+    disabled_at: datetime | None = None  # set: the user can neither log in nor use a token
 
     @classmethod
     def from_row(cls, row: Any) -> User:
-        return cls(row["id"], row["email"], row["name"], row["is_admin"], row["created_at"])
+        return cls(
+            row["id"],
+            row["email"],
+            row["name"],
+            row["is_admin"],
+            row["created_at"],
+            row["disabled_at"],
+        )
+
+    @property
+    def is_active(self) -> bool:
+        return self.disabled_at is None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -25,6 +37,7 @@ class User:
             "email": self.email,
             "name": self.name,
             "is_admin": self.is_admin,
+            "is_active": self.is_active,
             "created_at": self.created_at.isoformat(),
         }
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway import accounts, appkeys
-from gateway.http import ValidationFailed, json_response
+from gateway.config import Config
+from gateway.http import ApiError, ValidationFailed, json_response
 from gateway.ingest.client_ip import ClientAddressResolver
+from gateway.management.access import path_id
 from gateway.management.bodies import Fields, page_headers, pagination, read_json_object
 from gateway.management.framework import current_user, endpoint, require_admin
 from gateway.reload import live_config
@@ -26,18 +28,21 @@ async def login(request: web.Request) -> web.Response:
     password = fields.string("password", max_length=1024, strip=False)
     fields.check()
     config = live_config(request.app)  # auth.* and trusted_proxies follow SIGHUP reloads
-    address = ClientAddressResolver(config.server.trusted_proxies).resolve_headers(
-        request.remote, request.headers
-    )[0]
     pair = await accounts.login(
         request.app[appkeys.DATABASE],
         config.auth,
         email,
         password,
         throttle=request.app[appkeys.SERVICES][LOGIN_THROTTLE],
-        address=address,
+        address=_client_address(request, config),
     )
     return json_response(pair.to_json())
+
+
+def _client_address(request: web.Request, config: Config) -> str | None:
+    """The client's address as ``[server] trusted_proxies`` resolves it (login throttling)."""
+    resolver = ClientAddressResolver(config.server.trusted_proxies)
+    return resolver.resolve_headers(request.remote, request.headers)[0]
 
 
 @routes.post("/users/refresh-token")
@@ -83,9 +88,83 @@ async def create_user(request: web.Request) -> web.Response:
             is_admin=is_admin,
         )
     except ValueError as exc:
-        field, _, message = str(exc).partition(": ")
-        raise ValidationFailed({field: [message]}) from exc
+        raise _field_error(exc) from exc
     return json_response(user.to_json(), status=201)
+
+
+@routes.put("/users/me/password")
+@endpoint()
+async def change_own_password(request: web.Request) -> web.Response:
+    """Change your password; every session of yours (access and refresh tokens) ends."""
+    user = current_user(request)
+    body = await read_json_object(request)
+    fields = Fields(body, ("current_password", "new_password"))
+    current = fields.string("current_password", max_length=1024, strip=False)
+    new = fields.string("new_password", max_length=1024, strip=False)
+    fields.check()
+    config = live_config(request.app)
+    try:
+        await accounts.change_own_password(
+            request.app[appkeys.DATABASE],
+            config.auth,
+            user,
+            current,
+            new,
+            throttle=request.app[appkeys.SERVICES][LOGIN_THROTTLE],
+            address=_client_address(request, config),
+        )
+    except ValueError as exc:
+        raise _field_error(exc) from exc
+    return web.Response(status=204)
+
+
+@routes.get("/users/{user_id}")
+@endpoint()
+async def get_user(request: web.Request) -> web.Response:
+    """One user (administrators only)."""
+    require_admin(request)
+    user_id = path_id(request, "user_id", "user")
+    user = await users.user_by_id(request.app[appkeys.DATABASE], user_id)
+    if user is None:
+        raise ApiError(404, f"user {user_id} not found")
+    return json_response(user.to_json())
+
+
+@routes.put("/users/{user_id}")
+@endpoint()
+async def update_user(request: web.Request) -> web.Response:
+    """Rename, promote or demote, disable or re-enable a user, or set their password
+    (administrators only)."""
+    acting = require_admin(request)
+    user_id = path_id(request, "user_id", "user")
+    body = await read_json_object(request)
+    fields = Fields(body, ("name", "is_admin", "is_active", "password"))
+    name = fields.string("name", required=False, min_length=0, max_length=120)
+    is_admin = fields.boolean("is_admin")
+    is_active = fields.boolean("is_active")
+    password = fields.string("password", required=False, max_length=1024, strip=False)
+    fields.check()
+    config = live_config(request.app)
+    try:
+        user = await accounts.update_user(
+            request.app[appkeys.DATABASE],
+            config.auth,
+            acting,
+            user_id,
+            name=name,
+            is_admin=is_admin,
+            is_active=is_active,
+            password=password,
+        )
+    except ValueError as exc:
+        raise _field_error(exc) from exc
+    return json_response(user.to_json())
+
+
+def _field_error(exc: ValueError) -> ValidationFailed:
+    """A 422 from an accounts ValueError ``"field: message"``."""
+    field, _, message = str(exc).partition(": ")
+    return ValidationFailed({field: [message]})
 
 
 @routes.get("/users")

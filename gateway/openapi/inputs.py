@@ -169,6 +169,16 @@ NEW_USER: Schema = obj(
     {"email": text(254), "password": text(1024)},
     {"name": nullable({"type": "string", "maxLength": 120}), "is_admin": BOOLEAN},
 )
+PASSWORD_CHANGE: Schema = obj({"current_password": text(1024), "new_password": text(1024)})
+USER_CHANGE: Schema = obj(
+    {},
+    {
+        "name": nullable({"type": "string", "maxLength": 120}),
+        "is_admin": BOOLEAN,
+        "is_active": BOOLEAN,
+        "password": text(1024),
+    },
+)
 ROLE: Schema = obj(
     {
         "name": text(100),

@@ -29,6 +29,9 @@ LOCATION = {
 }
 
 
+USER = path_id("user_id", "user")
+
+
 def _users() -> dict[str, Schema]:
     return {
         "/users/login": {
@@ -70,6 +73,47 @@ def _users() -> dict[str, Schema]:
             "get": operation(
                 "getMe", "The authenticated user", "users", {200: json_body(ref("User"), "You.")}
             )
+        },
+        "/users/me/password": {
+            "put": operation(
+                "changeMyPassword",
+                "Change your password; every session of yours (access and refresh tokens) ends, "
+                "personal access tokens stay",
+                "users",
+                {
+                    204: no_content("Changed; log in again with the new password."),
+                    429: error(
+                        429,
+                        "Too many failed password checks (counted with failed logins); "
+                        "retry after Retry-After seconds.",
+                    ),
+                },
+                errors=(422,),
+                body=inputs.PASSWORD_CHANGE,
+                example={"current_password": "old passphrase", "new_password": "a new one"},
+            )
+        },
+        "/users/{user_id}": {
+            "get": operation(
+                "getUser",
+                "One user (administrators)",
+                "users",
+                {200: json_body(ref("User"), "The user.")},
+                errors=(403, 404),
+                parameters=[USER],
+            ),
+            "put": operation(
+                "updateUser",
+                "Rename, promote or demote, disable or re-enable a user, or set their password "
+                "(administrators). Disabling ends all of the user's tokens, personal ones "
+                "included; a new password ends their sessions",
+                "users",
+                {200: json_body(ref("User"), "The user as changed.")},
+                errors=(403, 404, 409, 422),
+                parameters=[USER],
+                body=inputs.USER_CHANGE,
+                example={"is_active": False},
+            ),
         },
         "/users": {
             "post": operation(

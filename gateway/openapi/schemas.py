@@ -37,7 +37,17 @@ ERROR = obj(
 )
 
 USER = obj(
-    {"id": ID, "email": STRING, "name": STRING, "is_admin": BOOLEAN, "created_at": TIMESTAMP}
+    {
+        "id": ID,
+        "email": STRING,
+        "name": STRING,
+        "is_admin": BOOLEAN,
+        "is_active": {
+            "type": "boolean",
+            "description": "False: disabled; the user can neither log in nor use any token.",
+        },
+        "created_at": TIMESTAMP,
+    }
 )
 TOKEN_PAIR = obj(
     {

@@ -18,16 +18,16 @@ SELECT max(version) FROM schema_version;
 -- Create a user; the email is unique case-insensitively.
 INSERT INTO users (email, name, password_hash, is_admin)
 VALUES ($1, $2, $3, $4)
-RETURNING id, email, name, is_admin, created_at;
+RETURNING id, email, name, is_admin, created_at, disabled_at;
 
 -- name: user_by_email
--- Look up a user for login.
-SELECT id, email, name, password_hash, is_admin, created_at
-FROM users WHERE lower(email) = lower($1);
+-- Look up a user for login (a disabled user is not found).
+SELECT id, email, name, password_hash, is_admin, created_at, disabled_at
+FROM users WHERE lower(email) = lower($1) AND disabled_at IS NULL;
 
 -- name: user_by_id
 -- Look up a user by id.
-SELECT id, email, name, is_admin, created_at FROM users WHERE id = $1;
+SELECT id, email, name, is_admin, created_at, disabled_at FROM users WHERE id = $1;
 
 -- name: user_count
 -- How many users exist (first-admin bootstrap).
@@ -35,15 +35,37 @@ SELECT count(*) FROM users;
 
 -- name: user_list
 -- A page of users (the total comes even for a page past the end; storage/paging.py).
-SELECT t.total, u.id, u.email, u.name, u.is_admin, u.created_at
+SELECT t.total, u.id, u.email, u.name, u.is_admin, u.created_at, u.disabled_at
 FROM (SELECT count(*) AS total FROM users) t
 LEFT JOIN LATERAL (
-    SELECT id, email, name, is_admin, created_at FROM users ORDER BY id LIMIT $1 OFFSET $2
+    SELECT id, email, name, is_admin, created_at, disabled_at
+    FROM users ORDER BY id LIMIT $1 OFFSET $2
 ) u ON true;
 
 -- name: user_update_password_hash
 -- Replace a password hash (re-hash on login when parameters change).
 UPDATE users SET password_hash = $2 WHERE id = $1;
+
+-- name: user_update
+-- Change a user's name, administrator flag, active state and password hash (NULL: unchanged);
+-- disabling keeps the first disabled_at. NULL when there is no such user.
+UPDATE users SET name = coalesce($2, name),
+                 is_admin = coalesce($3, is_admin),
+                 disabled_at = CASE WHEN $4::boolean IS NULL THEN disabled_at
+                                    WHEN $4 THEN NULL
+                                    ELSE coalesce(disabled_at, now()) END,
+                 password_hash = coalesce($5, password_hash)
+WHERE id = $1
+RETURNING id, email, name, is_admin, created_at, disabled_at;
+
+-- name: token_revoke_for_user
+-- Revoke every live token of the given kinds of a user; returns how many.
+WITH revoked AS (
+    UPDATE auth_tokens SET revoked_at = now()
+    WHERE user_id = $1 AND kind = ANY($2::text[]) AND revoked_at IS NULL
+    RETURNING 1
+)
+SELECT count(*) FROM revoked;
 
 -- name: token_insert
 -- Store a new token's hash.
@@ -57,7 +79,9 @@ UPDATE auth_tokens t SET last_used_at = now()
 FROM users u
 WHERE t.token_hash = $1 AND t.kind = ANY($2::text[]) AND t.user_id = u.id
   AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())
-RETURNING t.id AS token_id, t.kind, u.id, u.email, u.name, u.is_admin, u.created_at;
+  AND u.disabled_at IS NULL
+RETURNING t.id AS token_id, t.kind, u.id, u.email, u.name, u.is_admin, u.created_at,
+          u.disabled_at;
 
 -- name: token_revoke_by_hash
 -- Revoke a live token by hash; returns its user id when one was revoked.
@@ -355,10 +379,10 @@ RETURNING team_id, user_id;
 
 -- name: team_member_list
 -- A page of a team's members with the total count (storage/paging.py).
-SELECT c.total, u.id, u.email, u.name, u.is_admin, u.created_at
+SELECT c.total, u.id, u.email, u.name, u.is_admin, u.created_at, u.disabled_at
 FROM (SELECT count(*) AS total FROM team_members WHERE team_id = $1) c
 LEFT JOIN LATERAL (
-    SELECT u.id, u.email, u.name, u.is_admin, u.created_at
+    SELECT u.id, u.email, u.name, u.is_admin, u.created_at, u.disabled_at
     FROM team_members m JOIN users u ON u.id = m.user_id
     WHERE m.team_id = $1 ORDER BY u.id LIMIT $2 OFFSET $3
 ) u ON true;

@@ -55,6 +55,26 @@ async def update_password_hash(db: Database, user_id: int, password_hash: str) -
     await db.execute("user_update_password_hash", user_id, password_hash)
 
 
+async def update_user(
+    db: Session,
+    user_id: int,
+    *,
+    name: str | None = None,
+    is_admin: bool | None = None,
+    is_active: bool | None = None,
+    password_hash: str | None = None,
+) -> User | None:
+    """Change the given fields (None: unchanged); None when there is no such user."""
+    row = await db.fetchrow("user_update", user_id, name, is_admin, is_active, password_hash)
+    return None if row is None else User.from_row(row)
+
+
+async def revoke_user_tokens(db: Session, user_id: int, kinds: tuple[str, ...]) -> int:
+    """Revoke every live token of ``kinds`` of a user; return how many."""
+    count: int = await db.fetchval("token_revoke_for_user", user_id, list(kinds))
+    return count
+
+
 async def insert_token(
     db: Session, user_id: int, kind: str, digest: bytes, name: str, ttl_seconds: int | None
 ) -> Record:

@@ -132,6 +132,10 @@ def _seed(live: LiveGateway, session: requests.Session) -> dict[str, Any]:
     role = call("POST", "/roles", {"name": "viewer", "permissions": ["environment:read"]}, 201)
     team = call("POST", "/teams", {"name": "ops"}, 201)
     call("POST", f"/teams/{team['id']}/members", {"user_id": me["id"]}, 201)
+    # The user that user_id paths name: another one, so that PUT /users/{user_id} reaches its
+    # success path (the admin cannot demote, disable or set the password of itself there).
+    other = call("POST", "/users", {"email": "other@example.com", "password": "x" * 12}, 201)
+    call("POST", f"/teams/{team['id']}/members", {"user_id": other["id"]}, 201)
     call("POST", f"/environments/{env['id']}/teams/{team['id']}/link", {"role_id": role["id"]}, 201)
     token = call("POST", "/users/me/tokens", {"name": "ci"}, 201)
     return {
@@ -143,7 +147,7 @@ def _seed(live: LiveGateway, session: requests.Session) -> dict[str, Any]:
         "request_id": requests_[0]["id"],
         "role_id": role["id"],
         "team_id": team["id"],
-        "user_id": me["id"],
+        "user_id": other["id"],
         "token_id": token["id"],
     }
 
