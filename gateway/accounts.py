@@ -107,6 +107,26 @@ async def change_own_password(
     return ended
 
 
+async def set_password(
+    db: Database, auth: AuthConfig, email: str, password: str
+) -> tuple[User, int]:
+    """Operator recovery (``gateway user set-password``): store a new password for the user
+    with this email, disabled or not, and end their sessions. Return (user, tokens ended).
+    ValueError for a short password; NotFound for an unknown email."""
+    _check_password_length(auth, "password", password)
+    found = await users.user_by_email(db, email)
+    if found is None:
+        raise NotFound(f"no user with email {email.strip()!r}")
+    password_hash = await passwords.hash_password_in_thread(password)
+    async with db.transaction() as session:
+        user = await users.update_user(session, found.id, password_hash=password_hash)
+        if user is None:
+            raise NotFound(f"no user with email {email.strip()!r}")
+        ended = await users.revoke_user_tokens(session, user.id, SESSION_KINDS)
+    log.info("password_set", user_id=user.id, sessions_ended=ended)
+    return user, ended
+
+
 async def update_user(
     db: Database,
     auth: AuthConfig,
@@ -203,6 +223,29 @@ async def _password_checked(
 def _check_password_length(auth: AuthConfig, field: str, password: str) -> None:
     if len(password) < auth.password_min_length:
         raise ValueError(f"{field}: must be at least {auth.password_min_length} characters")
+
+
+async def logout(
+    db: Database, user: User, bearer_token: str, refresh_token: str | None = None
+) -> None:
+    """End a session: revoke the access token used for this request and, when given, the
+    refresh token issued with it (ValueError unless it is a live refresh token of this user).
+    A personal token is not a session: Conflict (revoke it through its own endpoint)."""
+    async with db.transaction() as session:
+        if await users.revoke_token(session, tokens.token_hash(bearer_token), "access") is None:
+            raise Conflict(
+                "log out ends an access token from POST /users/login; revoke a personal token "
+                "with DELETE /users/me/tokens/{token_id}"
+            )
+        if refresh_token is not None:
+            owner = None
+            if tokens.looks_like_token(refresh_token):
+                owner = await users.revoke_token(
+                    session, tokens.token_hash(refresh_token), "refresh"
+                )
+            if owner != user.id:  # rolls the access token's revocation back too
+                raise ValueError("refresh_token: is not a live refresh token of yours")
+    log.info("logged_out", user_id=user.id, refresh_token_ended=refresh_token is not None)
 
 
 async def refresh(db: Database, auth: AuthConfig, refresh_token: str) -> TokenPair:

@@ -44,6 +44,16 @@ def _parser() -> argparse.ArgumentParser:
         metavar="VAR",
         help="read the password from this environment variable (default: stdin)",
     )
+    set_password = user_commands.add_parser(
+        "set-password",
+        help="set a user's password (recovery: no current password needed); their sessions end",
+    )
+    set_password.add_argument("--email", required=True)
+    set_password.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="read the password from this environment variable (default: stdin)",
+    )
     run_commands.add_commands(commands)  # executor, prune (issue 5)
     key_commands.add_commands(commands)  # keys generate|status (issue 8)
     return parser
@@ -90,6 +100,16 @@ async def _create_user(config: Config, email: str, name: str, admin: bool, passw
         print(f"created user {user.id} <{user.email}>{' (admin)' if admin else ''}")
 
 
+async def _set_password(config: Config, email: str, password: str) -> None:
+    from gateway import accounts
+    from gateway.server import database_for
+
+    async with database_for(config) as db:
+        await db.apply_schema()
+        user, ended = await accounts.set_password(db, config.auth, email, password)
+        print(f"password set for user {user.id} <{user.email}>; {ended} session token(s) ended")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``gateway`` command line (started through :mod:`gateway.launch`)."""
     args = _parser().parse_args(argv)
@@ -121,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sighup.remember()
         elif args.command == "migrate":
             asyncio.run(_migrate(config))
+        elif args.command == "user" and args.user_command == "set-password":
+            password = _read_password(args.password_env)
+            asyncio.run(_set_password(config, args.email, password))
         elif args.command == "user":
             password = _read_password(args.password_env)
             asyncio.run(_create_user(config, args.email, args.name, args.admin, password))

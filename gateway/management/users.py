@@ -92,6 +92,23 @@ async def create_user(request: web.Request) -> web.Response:
     return json_response(user.to_json(), status=201)
 
 
+@routes.post("/users/logout")
+@endpoint()
+async def logout(request: web.Request) -> web.Response:
+    """End the session of the access token used, and of ``refresh_token`` when given."""
+    user = current_user(request)
+    body = await read_json_object(request) if request.body_exists else {}
+    fields = Fields(body, ("refresh_token",))
+    refresh = fields.string("refresh_token", required=False, max_length=256)
+    fields.check()
+    bearer = request.headers["Authorization"].partition(" ")[2].strip()
+    try:
+        await accounts.logout(request.app[appkeys.DATABASE], user, bearer, refresh)
+    except ValueError as exc:
+        raise _field_error(exc) from exc
+    return web.Response(status=204)
+
+
 @routes.put("/users/me/password")
 @endpoint()
 async def change_own_password(request: web.Request) -> web.Response:

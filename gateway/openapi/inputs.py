@@ -169,6 +169,7 @@ NEW_USER: Schema = obj(
     {"email": text(254), "password": text(1024)},
     {"name": nullable({"type": "string", "maxLength": 120}), "is_admin": BOOLEAN},
 )
+LOGOUT: Schema = obj({}, {"refresh_token": text(256)})
 PASSWORD_CHANGE: Schema = obj({"current_password": text(1024), "new_password": text(1024)})
 USER_CHANGE: Schema = obj(
     {},

@@ -74,6 +74,18 @@ def _users() -> dict[str, Schema]:
                 "getMe", "The authenticated user", "users", {200: json_body(ref("User"), "You.")}
             )
         },
+        "/users/logout": {
+            "post": operation(
+                "logout",
+                "End the session of the access token used (and of refresh_token when given)",
+                "users",
+                {204: no_content("The access token (and the refresh token) no longer work.")},
+                errors=(409, 422),
+                body=inputs.LOGOUT,
+                body_required=False,
+                example={"refresh_token": "hgr_..."},
+            )
+        },
         "/users/me/password": {
             "put": operation(
                 "changeMyPassword",

@@ -25,6 +25,11 @@ RETURNING id, email, name, is_admin, created_at, disabled_at;
 SELECT id, email, name, password_hash, is_admin, created_at, disabled_at
 FROM users WHERE lower(email) = lower($1) AND disabled_at IS NULL;
 
+-- name: user_by_email_any
+-- Look up a user by email, disabled or not (operator commands).
+SELECT id, email, name, is_admin, created_at, disabled_at
+FROM users WHERE lower(email) = lower($1);
+
 -- name: user_by_id
 -- Look up a user by id.
 SELECT id, email, name, is_admin, created_at, disabled_at FROM users WHERE id = $1;

@@ -32,6 +32,12 @@ async def user_for_login(db: Database, email: str) -> Record | None:
     return await db.fetchrow("user_by_email", email)
 
 
+async def user_by_email(db: Database, email: str) -> User | None:
+    """The user with this email (case-insensitively), disabled or not, or None."""
+    row = await db.fetchrow("user_by_email_any", email.strip())
+    return None if row is None else User.from_row(row)
+
+
 async def user_by_id(db: Database, user_id: int) -> User | None:
     """The user, or None."""
     row = await db.fetchrow("user_by_id", user_id)

@@ -11,6 +11,7 @@ import pytest
 
 from gateway import accounts
 from gateway.config import AuthConfig
+from gateway.exceptions import InvalidToken
 from gateway.storage.database import Database
 from tests.acceptance.process_helpers import (
     ROOT,
@@ -200,6 +201,52 @@ def test_user_create_rejects_bad_input(
     result = run_gateway("--config", config, "user", "create", *args, env=env, input=stdin)
     assert result.returncode == code
     assert message in result.stderr
+
+
+async def test_user_set_password_recovers_an_account_and_ends_its_sessions(
+    tmp_path: Path, database_dsn: str, db: Database
+) -> None:
+    await accounts.create_user(db, AuthConfig(), "ops@example.com", "forgotten passphrase")
+    pair = await accounts.login(db, AuthConfig(), "ops@example.com", "forgotten passphrase")
+    config = str(_dsn_config(tmp_path, database_dsn))
+    new_password = "a brand new passphrase"
+    result = run_gateway(
+        "--config",
+        config,
+        "user",
+        "set-password",
+        "--email",
+        "OPS@example.com",
+        "--password-env",
+        "NEW_PASSWORD",
+        env={"NEW_PASSWORD": new_password},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "password set for user" in result.stdout and "2 session token(s) ended" in result.stdout
+    assert new_password not in result.stdout + result.stderr
+    assert await _can_log_in(db, "ops@example.com", new_password)
+    assert not await _can_log_in(db, "ops@example.com", "forgotten passphrase")
+    with pytest.raises(InvalidToken):
+        await accounts.authenticate_bearer(db, pair.access_token)
+
+    unknown = run_gateway(
+        "--config",
+        config,
+        "user",
+        "set-password",
+        "--email",
+        "x@example.com",
+        input="long enough\n",
+    )
+    assert (unknown.returncode, unknown.stderr.strip()) == (
+        1,
+        "gateway: no user with email 'x@example.com'",
+    )
+    short = run_gateway(
+        "--config", config, "user", "set-password", "--email", "ops@example.com", input="short\n"
+    )
+    assert short.returncode == 2 and "password: must be at least 8" in short.stderr
+    assert await _can_log_in(db, "ops@example.com", new_password)
 
 
 # --- migrate ------------------------------------------------------------------------------------

@@ -36,7 +36,15 @@ from schemathesis.specs.openapi.checks import (
 
 from gateway.openapi import openapi_document
 from tests.acceptance.lb_client import payload, signed_headers
-from tests.acceptance.live_gateway import LiveGateway, fresh_database, start_gateway, stop_gateway
+from tests.acceptance.lb_helpers import login_as
+from tests.acceptance.live_gateway import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    LiveGateway,
+    fresh_database,
+    start_gateway,
+    stop_gateway,
+)
 from tests.integration.management_helpers import SEED_CREATE_BODY
 
 MAX_EXAMPLES = 25  # per operation (schema-valid and schema-invalid together)
@@ -75,6 +83,15 @@ class World:
     live: LiveGateway
     ids: dict[str, Any]
     session: requests.Session
+
+    def auth_for(self, method: str, path: str) -> dict[str, str]:
+        """The admin's Authorization header; for logging out, a session of its own (a logout
+        ends the access token it is called with)."""
+        if (method, path) == ("POST", "/users/logout"):
+            return {
+                "Authorization": f"Bearer {login_as(self.live.port, ADMIN_EMAIL, ADMIN_PASSWORD)}"
+            }
+        return dict(self.live.auth)
 
     def known(self, path: str) -> dict[str, Any]:
         """Existing values for the path parameters of ``path``."""
@@ -158,7 +175,10 @@ def world(
 ) -> Iterator[World]:
     directory: Path = tmp_path_factory.mktemp("schemathesis")
     with fresh_database(server_dsn, template_database) as dsn:
-        live = start_gateway(directory, dsn)
+        # No failed-login throttling: the fuzzed logins fail by the dozen, and the admin must
+        # still log in for every logout case (tests/integration/test_login_protection.py).
+        no_throttle = {"login_failures_per_address": 0, "login_failures_per_account": 0}
+        live = start_gateway(directory, dsn, sections={"auth": no_throttle})
         session = requests.Session()
         try:
             served = session.get(f"{live.url}/openapi.json", timeout=10)
@@ -201,7 +221,7 @@ def test_operation_conforms_to_the_document(world: World, method: str, path: str
     @given(case=st.one_of(strategies))
     def run(case: Any) -> None:
         # As the admin everywhere (the trigger endpoint ignores the header).
-        headers = dict(world.live.auth)
+        headers = world.auth_for(method, path)
         response = case.call(
             base_url=world.live.url, session=world.session, headers=headers, timeout=10
         )

@@ -202,3 +202,56 @@ async def test_wrong_current_passwords_are_throttled_like_failed_logins(
     assert response.status == 429 and int(response.headers["Retry-After"]) > 0
     assert (await response.json())["message"].startswith("too many failed password checks")
     assert (await _login(client))[0] == 429  # the same account count
+
+
+async def test_logging_out_ends_the_access_token_and_the_given_refresh_token(
+    client: Any, db: Database
+) -> None:
+    _, admin = await make_user(db, "admin@example.com", is_admin=True)
+    _, creds = await _user_with_tokens(client, admin)
+    status, other_pair = await _login(client)  # a second session of the same user
+    assert status == 200
+
+    wrong = {"refresh_token": other_pair["access_token"]}  # not a refresh token
+    status, answer = await call(client, "POST", "/users/logout", creds["access"], wrong)
+    assert (status, answer["errors"]) == (
+        422,
+        {"refresh_token": ["is not a live refresh token of yours"]},
+    )
+    assert await _works(client, creds["access"])  # a refused logout ends nothing
+
+    mine = {"refresh_token": creds["refresh"]}
+    assert (await call(client, "POST", "/users/logout", creds["access"], mine))[0] == 204
+    assert not await _works(client, creds["access"])
+    assert not await _refreshes(client, creds["refresh"])
+    # The other session and the personal token are untouched.
+    assert await _works(client, bearer(other_pair["access_token"]))
+    assert await _works(client, creds["personal"])
+
+    # Without a body only the access token ends.
+    assert (await call(client, "POST", "/users/logout", bearer(other_pair["access_token"])))[
+        0
+    ] == 204
+    assert not await _works(client, bearer(other_pair["access_token"]))
+    assert await _refreshes(client, other_pair["refresh_token"])
+
+    status, answer = await call(client, "POST", "/users/logout", creds["personal"])
+    assert status == 409 and "DELETE /users/me/tokens/{token_id}" in answer["message"]
+    assert await _works(client, creds["personal"])
+
+
+async def test_another_users_refresh_token_cannot_be_ended_by_logging_out(
+    client: Any, db: Database
+) -> None:
+    _, admin = await make_user(db, "admin@example.com", is_admin=True)
+    _, creds = await _user_with_tokens(client, admin)
+    await ok(client, "POST", "/users", admin, {"email": "b@example.com", "password": PASSWORD})
+    status, theirs = await _login(client, "b@example.com")
+    assert status == 200
+    body = {"refresh_token": theirs["refresh_token"]}
+    status, answer = await call(client, "POST", "/users/logout", creds["access"], body)
+    assert status == 422 and answer["errors"] == {
+        "refresh_token": ["is not a live refresh token of yours"]
+    }
+    assert await _refreshes(client, theirs["refresh_token"])
+    assert await _works(client, creds["access"])
