@@ -81,6 +81,12 @@ OUTGOING_FAILURES = Counter(
     "Outgoing hook deliveries given up (retry schedule exhausted, refused or hook disabled).",
     registry=REGISTRY,
 )
+LOGINS = Counter(
+    "hookgate_logins",
+    "POST /users/login attempts, by outcome (succeeded, failed, throttled, busy).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 DB_POOL_SIZE = Gauge(
     "hookgate_db_pool_size",
     "Open database connections in the pools (all workers).",
@@ -131,6 +137,12 @@ def record_outgoing_attempt(outcome: str) -> None:
 def record_outgoing_failure() -> None:
     """One outgoing delivery given up for good."""
     OUTGOING_FAILURES.inc()
+
+
+def record_login(outcome: str) -> None:
+    """One login attempt: ``succeeded``, ``failed`` (wrong email or password), ``throttled``
+    (failed-login limits, 429) or ``busy`` (too many password checks queued, 503)."""
+    LOGINS.labels(outcome).inc()
 
 
 def set_pool(size: int, in_use: int) -> None:

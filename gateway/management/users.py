@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway import accounts, appkeys
+from gateway import accounts, appkeys, metrics
 from gateway.config import Config
+from gateway.exceptions import InvalidCredentials, Overloaded, TooManyAttempts
 from gateway.http import ApiError, ValidationFailed, json_response
 from gateway.ingest.client_ip import ClientAddressResolver
 from gateway.management.access import path_id
@@ -28,15 +29,27 @@ async def login(request: web.Request) -> web.Response:
     password = fields.string("password", max_length=1024, strip=False)
     fields.check()
     config = live_config(request.app)  # auth.* and trusted_proxies follow SIGHUP reloads
-    pair = await accounts.login(
-        request.app[appkeys.DATABASE],
-        config.auth,
-        email,
-        password,
-        throttle=request.app[appkeys.SERVICES][LOGIN_THROTTLE],
-        address=_client_address(request, config),
-    )
+    try:
+        pair = await accounts.login(
+            request.app[appkeys.DATABASE],
+            config.auth,
+            email,
+            password,
+            throttle=request.app[appkeys.SERVICES][LOGIN_THROTTLE],
+            address=_client_address(request, config),
+        )
+    except (InvalidCredentials, TooManyAttempts, Overloaded) as exc:
+        metrics.record_login(_LOGIN_OUTCOMES[type(exc)])
+        raise
+    metrics.record_login("succeeded")
     return json_response(pair.to_json())
+
+
+_LOGIN_OUTCOMES: dict[type[Exception], str] = {
+    InvalidCredentials: "failed",
+    TooManyAttempts: "throttled",
+    Overloaded: "busy",
+}
 
 
 def _client_address(request: web.Request, config: Config) -> str | None:

@@ -16,7 +16,7 @@ from gateway.security import passwords
 from gateway.storage import users
 from gateway.storage.database import Database
 from tests.conftest import client_for
-from tests.integration.ops_helpers import with_section
+from tests.integration.ops_helpers import sample, scrape, with_section
 
 PASSWORD = "correct horse battery staple"
 
@@ -144,3 +144,18 @@ async def test_password_checks_past_the_queue_bound_get_503(
     )
     # The refused attempt was not counted as a failed guess: the account can still log in.
     assert (await _login(client, "slow@example.com", PASSWORD)).status == 200
+
+
+async def test_login_outcomes_are_counted_in_metrics(
+    config: Config, db: Database, aiohttp_client: Any
+) -> None:
+    client = await _client_with_limits(config, db, aiohttp_client, 1, 0)
+    await accounts.create_user(db, config.auth, "a@example.com", PASSWORD)
+    before = await scrape(client)
+    assert (await _login(client, "a@example.com", PASSWORD)).status == 200
+    assert (await _login(client, "a@example.com", "wrong password")).status == 401
+    assert (await _login(client, "a@example.com", PASSWORD)).status == 429
+    after = await scrape(client)
+    for outcome in ("succeeded", "failed", "throttled"):
+        counted = sample(after, "hookgate_logins_total", outcome=outcome)
+        assert counted - sample(before, "hookgate_logins_total", outcome=outcome) == 1, outcome
