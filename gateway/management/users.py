@@ -148,7 +148,7 @@ async def change_own_password(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@routes.get("/users/{user_id}")
+@routes.get(r"/users/{user_id:\d+}")
 @endpoint()
 async def get_user(request: web.Request) -> web.Response:
     """One user (administrators only)."""
@@ -160,7 +160,7 @@ async def get_user(request: web.Request) -> web.Response:
     return json_response(user.to_json())
 
 
-@routes.put("/users/{user_id}")
+@routes.put(r"/users/{user_id:\d+}")
 @endpoint()
 async def update_user(request: web.Request) -> web.Response:
     """Rename, promote or demote, disable or re-enable a user, or set their password

@@ -88,6 +88,19 @@ TABLE: tuple[Row, ...] = (
     Row("GET", "/users/me", SELF, 200),
     Row("POST", "/users", ADMIN, 201, {"email": "new@example.com", "password": "long enough"}),
     Row("GET", "/users", ADMIN, 200),
+    Row("GET", "/users/{user}", ADMIN, 200),
+    Row("PUT", "/users/{user}", ADMIN, 200, {"name": "renamed"}),
+    # The actors hold personal tokens and no usable password: every caller with a token reaches
+    # these views, which answer 409 (a personal token is not a session to log out of) and 422
+    # (not the account's password); tests/integration/test_user_lifecycle.py has their 204s.
+    Row("POST", "/users/logout", SELF, 409),
+    Row(
+        "PUT",
+        "/users/me/password",
+        SELF,
+        422,
+        {"current_password": "not it", "new_password": "long enough"},
+    ),
     Row("POST", "/users/me/tokens", SELF, 201, {"name": "ci"}),
     Row("GET", "/users/me/tokens", SELF, 200),
     Row("DELETE", "/users/me/tokens/{token}", SELF, 204),

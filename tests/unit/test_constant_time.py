@@ -32,6 +32,9 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("gateway/ingest/signatures.py", "self.scheme == TOKEN"): (
         "compares the scheme name, not a token value"
     ),
+    ("gateway/cli.py", "args.user_command == 'set-password'"): (
+        "compares the name of a command-line subcommand"
+    ),
     ("gateway/storage/runs.py", "row['lease_token'] != lease_token"): (
         "a lease token is a fencing token (which claim is current), not a credential: the "
         "executor is already authenticated by its bearer token, the UPDATE matched the lease "
