@@ -3,9 +3,14 @@
 - Claims when it has a free slot and something may be claimable: woken by LISTEN
   ``hookgate_run_changed`` (a run of its pipeline queued or finished), with a poll every
   ``poll_interval`` as the fallback (expired leases and a lost listener make no notification).
-- Heartbeats each lease every ``lease_seconds / 3``; when a heartbeat is refused (the run was
-  cancelled, e.g. superseded under cancel-in-progress, or the lease was lost) it terminates the
-  command and reports nothing: the run belongs to someone else now.
+- Heartbeats each lease every ``lease_seconds / 3`` (and at once when a notification says the
+  run changed); when a heartbeat is refused (the run was cancelled, e.g. superseded under
+  cancel-in-progress, or the lease was lost) it terminates the command and reports nothing: the
+  run belongs to someone else now.
+- Keeps its own lease deadline (:class:`RunLease`): when the database cannot be reached long
+  enough that the lease may have expired there, it terminates the command *before* another
+  executor can claim the run, so one run never executes twice at once. A finished run's report
+  is retried, with the heartbeats going on, until that same deadline.
 - Stops on SIGTERM/SIGINT: no new claims; running commands get ``grace_seconds`` to finish and
   are reported as usual; the rest are terminated and *released* (back to queued, attempt not
   used up), so another executor starts them at once instead of after the lease expires.
@@ -36,8 +41,38 @@ from gateway.storage.database import Database, Record
 log = get_logger(__name__)
 
 CHANNEL = "hookgate_run_changed"
-_REPORT_TRIES = 5
 _LISTEN_TIMEOUT = 5.0
+_RETRY_AFTER_FAILURE = 1.0  # seconds before a failed heartbeat or report is tried again
+_MAX_MARGIN = 10.0  # seconds: the most the local deadline runs ahead of the database's
+_MAX_REPORT_PAUSE = 2.0  # seconds between tries of a report while the database is away
+_LAST_CHANCE = 0.02  # seconds left on the local deadline below which no heartbeat is tried
+
+
+class RunLease:
+    """This executor's view of one run's lease.
+
+    The database's lease ends ``lease_seconds`` after it granted or renewed it, which is no
+    earlier than when the claim or heartbeat was *sent*; so the lease is certainly still held
+    until ``sent + lease_seconds``. The local deadline comes ``margin`` (a third of the lease,
+    at most 10 s) before that: terminating the command then, with SIGKILL after half the
+    margin, ends it before the lease can expire and another executor claim the run.
+    """
+
+    def __init__(self, seconds: float, sent: float) -> None:
+        self.seconds = seconds
+        self.margin = min(seconds / 3, _MAX_MARGIN)
+        self.deadline = sent + seconds - self.margin
+        self.check_now = asyncio.Event()  # set when a notification says the run changed
+
+    def renewed(self, sent: float) -> None:
+        self.deadline = max(self.deadline, sent + self.seconds - self.margin)
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    @property
+    def kill_after(self) -> float:
+        return self.margin / 2
 
 
 def default_name() -> str:
@@ -67,6 +102,7 @@ class Executor:
         self._hurry = asyncio.Event()
         self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._commands: dict[uuid.UUID, RunningCommand] = {}
+        self._leases: dict[uuid.UUID, RunLease] = {}
         self._listener: Any = None
 
     def stop(self) -> None:
@@ -91,8 +127,9 @@ class Executor:
                 self._wake.clear()
                 free = s.concurrency - len(self._tasks)
                 if free > 0:
+                    sent = time.monotonic()
                     for row in await self._claim(free):
-                        self._start(row)
+                        self._start(row, RunLease(s.lease_seconds, sent))
                 try:
                     await asyncio.wait_for(self._wake.wait(), s.poll_interval)
                 except TimeoutError:
@@ -120,12 +157,14 @@ class Executor:
             log.exception("claim_failed_unexpectedly", pipeline_id=self.settings.pipeline_id)
             return []
 
-    def _start(self, row: Record) -> None:
-        task = asyncio.create_task(self._execute(row))
+    def _start(self, row: Record, lease: RunLease) -> None:
+        task = asyncio.create_task(self._execute(row, lease))
         self._tasks[row["id"]] = task
+        self._leases[row["id"]] = lease
 
         def finished(done: asyncio.Task[None]) -> None:
             self._tasks.pop(row["id"], None)
+            self._leases.pop(row["id"], None)
             self._wake.set()  # a slot is free
             if not done.cancelled() and done.exception() is not None:
                 log.error("run_task_crashed", run_id=str(row["id"]), exc_info=done.exception())
@@ -134,7 +173,7 @@ class Executor:
 
     # -- one run -------------------------------------------------------------------------------
 
-    async def _execute(self, row: Record) -> None:
+    async def _execute(self, row: Record, lease: RunLease) -> None:
         run_id, token = row["id"], row["lease_token"]
         context = {
             "run_id": str(run_id),
@@ -149,81 +188,117 @@ class Executor:
             )
         except OSError as exc:
             message = f"cannot start {self.settings.command[0]!r}: {exc.strerror or exc}"
-            await self._report(run_id, token, run_states.FAILED, message, None, 127, context)
-            self._log_outcome(context, run_states.FAILED, 127, started, message)
+            recorded = await self._report(
+                run_id, token, lease, run_states.FAILED, message, None, 127, context
+            )
+            self._log_outcome(context, run_states.FAILED, 127, started, message, recorded)
             return
         self._commands[run_id] = command
         lost: list[str] = []
-        beats = asyncio.create_task(self._heartbeats(run_id, token, command, lost))
+        beats = asyncio.create_task(self._heartbeats(run_id, token, lease, command, lost))
         try:
             result = await command.wait()
+            self._commands.pop(run_id, None)
+            if lost:
+                self._log_outcome(context, "abandoned", result.exit_code, started, lost[0])
+            elif command.terminated and result.exit_code != 0:  # stopped by us, at shutdown
+                await self._release(run_id, token, context)
+                self._log_outcome(context, run_states.QUEUED, result.exit_code, started, "released")
+            else:
+                # The heartbeats go on while the report is retried: the lease must outlive it.
+                status = run_states.COMPLETED if result.exit_code == 0 else run_states.FAILED
+                message = self._message(result)
+                recorded = await self._report(
+                    run_id, token, lease, status, message, result.output, result.exit_code, context
+                )
+                self._log_outcome(context, status, result.exit_code, started, message, recorded)
         finally:
             beats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beats
             self._commands.pop(run_id, None)
-        if lost:
-            self._log_outcome(context, "abandoned", result.exit_code, started, lost[0])
-        elif command.terminated and result.exit_code != 0:  # stopped by us, at shutdown
-            await self._release(run_id, token, context)
-            self._log_outcome(context, run_states.QUEUED, result.exit_code, started, "released")
-        else:
-            status = run_states.COMPLETED if result.exit_code == 0 else run_states.FAILED
-            message = self._message(result)
-            await self._report(
-                run_id, token, status, message, result.output, result.exit_code, context
-            )
-            self._log_outcome(context, status, result.exit_code, started, message)
 
     @staticmethod
     def _message(result: CommandResult) -> str:
         return "" if result.exit_code == 0 else f"command failed: {result.description}"
 
     async def _heartbeats(
-        self, run_id: uuid.UUID, token: uuid.UUID, command: RunningCommand, lost: list[str]
+        self,
+        run_id: uuid.UUID,
+        token: uuid.UUID,
+        lease: RunLease,
+        command: RunningCommand,
+        lost: list[str],
     ) -> None:
         interval = max(self.settings.lease_seconds / 3, 0.2)
+        wait = interval
         while True:
-            await asyncio.sleep(interval)
+            # Never sleep through the deadline: the next beat comes at half the time left at
+            # the latest, so a slow or failed beat still leaves room for another before it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lease.check_now.wait(), min(wait, lease.remaining() / 2))
+            lease.check_now.clear()
+            if lease.remaining() <= _LAST_CHANCE:
+                reason = "the lease may have expired: the database was unreachable for too long"
+                lost.append(reason)
+                log.warning("run_lease_expired_locally", run_id=str(run_id), reason=reason)
+                await command.terminate(kill_after=lease.kill_after)
+                return
+            sent = time.monotonic()
             try:
-                await runs.heartbeat(self.db, run_id, token, self.settings.lease_seconds)
+                async with asyncio.timeout(lease.remaining()):
+                    await runs.heartbeat(self.db, run_id, token, self.settings.lease_seconds)
             except (Conflict, NotFound) as exc:
                 lost.append(str(exc))
                 log.warning("run_lease_lost", run_id=str(run_id), reason=str(exc))
                 await command.terminate(kill_after=5.0)
                 return
-            except Exception as exc:  # keep trying (database down?): the lease may still hold
-                log.warning("heartbeat_failed", run_id=str(run_id), error=str(exc))
+            except Exception as exc:  # keep trying (database down?) until the local deadline
+                log.warning("heartbeat_failed", run_id=str(run_id), error=str(exc) or repr(exc))
+                wait = _RETRY_AFTER_FAILURE
+            else:
+                lease.renewed(sent)
+                wait = interval
 
     async def _report(
         self,
         run_id: uuid.UUID,
         token: uuid.UUID,
+        lease: RunLease,
         status: str,
         message: str,
         output: str | None,
         exit_code: int | None,
         context: dict[str, Any],
-    ) -> None:
-        for attempt in range(1, _REPORT_TRIES + 1):
+    ) -> bool:
+        """Record the outcome, retrying until the local lease deadline; True when recorded."""
+        attempt = 0
+        while lease.remaining() > 0:
+            attempt += 1
             try:
-                await runs.report_status(
-                    self.db,
-                    run_id,
-                    token,
-                    status,
-                    message=message,
-                    output=output,
-                    exit_code=exit_code,
-                )
-                return
+                async with asyncio.timeout(lease.remaining()):
+                    await runs.report_status(
+                        self.db,
+                        run_id,
+                        token,
+                        status,
+                        message=message,
+                        output=output,
+                        exit_code=exit_code,
+                    )
+                return True
             except Conflict as exc:  # cancelled or lease lost meanwhile: not ours to report
                 log.warning("run_report_refused", reason=str(exc), **context)
-                return
-            except DatabaseUnavailable as exc:
-                log.warning("run_report_failed", error=str(exc), retry=attempt, **context)
-                await asyncio.sleep(min(2**attempt * 0.25, 5))
-        log.error("run_report_gave_up", **context)  # the lease will expire and the run retry
+                return False
+            except (DatabaseUnavailable, TimeoutError) as exc:
+                log.warning(
+                    "run_report_failed", error=str(exc) or repr(exc), retry=attempt, **context
+                )
+                pause = min(2**attempt * 0.25, _MAX_REPORT_PAUSE, max(lease.remaining(), 0))
+                await asyncio.sleep(pause)
+        # The lease runs out in the database next, and the run is retried (at least once).
+        log.error("run_report_gave_up", **context)
+        return False
 
     async def _release(self, run_id: uuid.UUID, token: uuid.UUID, context: dict[str, Any]) -> None:
         try:
@@ -235,12 +310,20 @@ class Executor:
 
     @staticmethod
     def _log_outcome(
-        context: dict[str, Any], status: str, exit_code: int | None, started: float, message: str
+        context: dict[str, Any],
+        status: str,
+        exit_code: int | None,
+        started: float,
+        message: str,
+        recorded: bool = True,
     ) -> None:
+        """``run_finished``; ``recorded=False``: the outcome could not be written (the run's
+        status is then whatever the database says, see run_report_refused/gave_up)."""
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         log.info(
             "run_finished",
             status=status,
+            recorded=recorded,
             exit_code=exit_code,
             duration_ms=duration_ms,
             message=message,
@@ -274,6 +357,12 @@ class Executor:
             change = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return
+        # One of ours changed under us (cancelled, superseded, expired): heartbeat at once, so
+        # that its command stops now rather than at the next beat.
+        run_id = _run_id(change.get("run_id"))
+        lease = None if run_id is None else self._leases.get(run_id)
+        if lease is not None and change.get("status") != run_states.IN_PROGRESS:
+            lease.check_now.set()
         # A queued run may be claimable; a finished one may free its concurrency key.
         if (
             change.get("pipeline_id") == self.settings.pipeline_id
@@ -297,3 +386,10 @@ class Executor:
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.close()
+
+
+def _run_id(text: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text) if isinstance(text, str) else None
+    except ValueError:
+        return None

@@ -178,6 +178,8 @@ async def transition(
     row = await session.fetchrow("runs_lock_one", run_id)
     if row is None:
         raise NotFound("run not found")
+    if _repeats_recorded_outcome(row, lease_token, new_status, exit_code):
+        return row  # a retry of a report whose answer was lost: already done, nothing to do
     run_states.check_transition(row["status"], new_status)
     if row["status"] == run_states.IN_PROGRESS and lease_token is not None:
         _check_lease(row, lease_token)
@@ -248,6 +250,21 @@ async def heartbeat(
         raise Conflict(f"the run is {current['status']}, no longer in progress{detail}")
     _check_lease(current, lease_token)
     raise Conflict("the lease could not be extended")  # pragma: no cover - raced; retry
+
+
+def _repeats_recorded_outcome(
+    row: Record, lease_token: uuid.UUID | None, new_status: str, exit_code: int | None
+) -> bool:
+    """True when the lease holder reports the outcome its lease already recorded (the same
+    final status and exit code): an executor retrying after its first report committed but the
+    answer never arrived, which must not get a 409 for its own success."""
+    return (
+        lease_token is not None
+        and new_status in (run_states.COMPLETED, run_states.FAILED)
+        and row["status"] == new_status
+        and row["lease_token"] == lease_token
+        and row["exit_code"] == exit_code
+    )
 
 
 def _check_lease(row: Record, lease_token: uuid.UUID) -> None:

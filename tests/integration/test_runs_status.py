@@ -319,3 +319,32 @@ async def test_put_concurrency_sets_policy_and_checks_input(
     assert "pipeline:update" in (await response.json())["message"]
     response = await client.put(url, json={"policy": "queue"}, headers=admin_headers)
     assert (await response.json())["key"] is None
+
+
+async def test_the_lease_holder_repeating_its_recorded_report_gets_200_and_changes_nothing(
+    client: Any, db: Database, admin_headers: dict[str, str]
+) -> None:
+    """An executor whose report committed but whose answer was lost retries it: that must not
+    be a 409 (it would log its own success as refused), and must not record anything twice."""
+    _, pipeline = await _setup(client, admin_headers)
+    run = await enqueue(db, pipeline["id"], source_ref="main")
+    [claimed] = await _claim(client, admin_headers, pipeline_id=pipeline["id"], lease_seconds=30)
+    url, token = f"/runs/{run['id']}/status", claimed["lease_token"]
+    report = {"status": "failed", "lease_token": token, "exit_code": 3, "output": "boom\n"}
+    first = await client.post(url, json=report, headers=admin_headers)
+    assert first.status == 200, await first.text()
+    recorded = await run_row(db, run["id"])
+
+    again = await client.post(url, json=report, headers=admin_headers)
+    assert again.status == 200, await again.text()
+    assert (await again.json())["finished_at"] == (await first.json())["finished_at"]
+    assert await run_row(db, run["id"]) == recorded
+
+    for different in (
+        {**report, "exit_code": 4},
+        {**report, "status": "completed", "exit_code": 0},
+        {**report, "lease_token": "00000000-0000-4000-8000-000000000000"},
+    ):
+        refused = await client.post(url, json=different, headers=admin_headers)
+        assert refused.status == 409, different
+    assert await run_row(db, run["id"]) == recorded

@@ -35,6 +35,9 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("gateway/cli.py", "args.user_command == 'set-password'"): (
         "compares the name of a command-line subcommand"
     ),
+    ("gateway/storage/runs.py", "row['lease_token'] == lease_token"): (
+        "the same fencing token as below: recognising the lease holder's repeated report"
+    ),
     ("gateway/storage/runs.py", "row['lease_token'] != lease_token"): (
         "a lease token is a fencing token (which claim is current), not a credential: the "
         "executor is already authenticated by its bearer token, the UPDATE matched the lease "

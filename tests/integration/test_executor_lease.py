@@ -1,0 +1,159 @@
+"""The executor's own view of its leases (gateway.executor.worker.RunLease): cut off from the
+database it stops the command before the lease can expire there, so no other executor ever runs
+the same run at the same time; it retries a finished run's report for as long as the lease
+lasts; and a run cancelled under it stops at once, not at the next heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from gateway.config import Config
+from gateway.executor.worker import Executor, ExecutorSettings
+from gateway.storage import runs
+from gateway.storage.database import Database
+from tests.integration.pg_partition import CuttableProxy
+from tests.integration.runs_helpers import enqueue, make_pipeline, run_row
+
+WAIT = 30.0
+
+
+@pytest.fixture
+async def proxy(config: Config) -> AsyncIterator[CuttableProxy]:
+    cuttable = CuttableProxy(config.database.dsn)
+    yield cuttable
+    await cuttable.close()
+
+
+@pytest.fixture
+async def cut_off_db(config: Config, db: Database, proxy: CuttableProxy) -> AsyncIterator[Database]:
+    """A Database whose every connection goes through ``proxy`` (short timeouts: a cut shows
+    at once)."""
+    settings = replace(config.database, connect_timeout=0.5, command_timeout=0.5)
+    through = await Database.connect(await proxy.start(), settings)
+    through.secret_box = db.secret_box
+    yield through
+    await through.close()
+
+
+def _script(log: Path, name: str, seconds: float) -> list[str]:
+    """A command that logs its start, and its stop when terminated, with wall-clock times."""
+    return [
+        "sh",
+        "-c",
+        f"trap 'echo \"stop {name} $(date +%s.%N)\" >> {log}; exit 143' TERM; "
+        f'echo "start {name} $HOOK_ATTEMPT $(date +%s.%N)" >> {log}; sleep {seconds} & wait',
+    ]
+
+
+def _times(log: Path, event: str) -> list[float]:
+    if not log.exists():
+        return []
+    return [
+        float(line.split()[-1]) for line in log.read_text().splitlines() if line.startswith(event)
+    ]
+
+
+async def _until(condition: Callable[[], object], what: str, within: float = WAIT) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def _stop(executor: Executor, task: asyncio.Task[None]) -> None:
+    executor.stop()
+    executor.stop()
+    await asyncio.wait_for(task, WAIT)
+
+
+async def test_a_cut_off_executor_stops_its_command_before_another_can_claim_the_run(
+    db: Database, cut_off_db: Database, proxy: CuttableProxy, tmp_path: Path
+) -> None:
+    pipeline = await make_pipeline(db)
+    run = await enqueue(db, pipeline["id"], source_ref="main")
+    log = tmp_path / "log"
+    lease = 1.5
+    a = Executor(
+        cut_off_db,
+        ExecutorSettings(pipeline["id"], _script(log, "A", 20), lease_seconds=lease, name="A"),
+    )
+    b = Executor(
+        db,
+        ExecutorSettings(
+            pipeline["id"], _script(log, "B", 0), lease_seconds=lease, poll_interval=0.1, name="B"
+        ),
+    )
+    task_a = asyncio.create_task(a.run())
+    task_b: asyncio.Task[None] | None = None
+    try:
+        await _until(lambda: _times(log, "start A"), "A to start the command")
+        proxy.cut()  # A's host loses the database
+        task_b = asyncio.create_task(b.run())
+        await _until(lambda: _times(log, "start B"), "B to claim the run once its lease expired")
+        [a_stopped], [b_started] = _times(log, "stop A"), _times(log, "start B")
+        # Never both at once: A's command ended before B's began.
+        assert a_stopped < b_started, log.read_text()
+    finally:
+        proxy.heal()
+        await _stop(a, task_a)
+        if task_b is not None:
+            await _stop(b, task_b)
+    row = await run_row(db, run["id"])
+    assert row["attempt"] == 2 and row["claimed_by"] == "B"
+
+
+async def test_a_finished_runs_report_outlasts_a_long_database_outage(
+    db: Database, cut_off_db: Database, proxy: CuttableProxy, tmp_path: Path
+) -> None:
+    """14 s without the database, well inside a 30 s lease: the outcome is recorded once the
+    database is back, and the run is not executed again."""
+    pipeline = await make_pipeline(db)
+    run = await enqueue(db, pipeline["id"], source_ref="main")
+    log = tmp_path / "log"
+    executor = Executor(
+        cut_off_db,
+        ExecutorSettings(pipeline["id"], _script(log, "A", 0.3), lease_seconds=30, name="A"),
+    )
+    task = asyncio.create_task(executor.run())
+    try:
+        await _until(lambda: _times(log, "start A"), "the command to start")
+        proxy.cut()  # the command finishes during the outage
+        await asyncio.sleep(14)
+        proxy.heal()
+        deadline = time.monotonic() + 10
+        while (row := await run_row(db, run["id"]))["status"] == "in-progress":
+            assert time.monotonic() < deadline, "the report was never recorded"
+            await asyncio.sleep(0.1)
+    finally:
+        proxy.heal()
+        await _stop(executor, task)
+    assert row["status"] == "completed" and row["attempt"] == 1 and row["exit_code"] == 0
+    assert len(_times(log, "start")) == 1  # executed once
+
+
+async def test_a_run_cancelled_under_the_executor_stops_at_once_not_at_the_next_heartbeat(
+    db: Database, tmp_path: Path
+) -> None:
+    pipeline = await make_pipeline(db)
+    run = await enqueue(db, pipeline["id"], source_ref="main")
+    log = tmp_path / "log"
+    # Heartbeats every 20 s: only the notification can stop the command sooner.
+    executor = Executor(
+        db, ExecutorSettings(pipeline["id"], _script(log, "A", 60), lease_seconds=60, name="A")
+    )
+    task = asyncio.create_task(executor.run())
+    try:
+        await _until(lambda: _times(log, "start A"), "the command to start")
+        cancelled_at = time.time()
+        await runs.report_status(db, run["id"], None, "cancelled", message="called off")
+        await _until(lambda: _times(log, "stop A"), "the command to stop", within=10)
+        assert _times(log, "stop A")[0] - cancelled_at < 5
+    finally:
+        await _stop(executor, task)
+    assert (await run_row(db, run["id"]))["status"] == "cancelled"
