@@ -30,6 +30,10 @@ class DatabaseUnavailable(GatewayError):
     """The database is unavailable; retry later."""
 
 
+class PoolExhausted(DatabaseUnavailable):
+    """Every database connection of this process stayed busy; retry later."""
+
+
 class DatabaseRefused(GatewayError):
     """The database server refused the connection settings (not an outage: retrying will not
     help until the configuration changes)."""

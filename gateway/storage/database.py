@@ -21,6 +21,7 @@ from gateway.exceptions import (
     DatabaseUnavailable,
     NeedsTransaction,
     NotFound,
+    PoolExhausted,
 )
 from gateway.security.secret_box import PLAINTEXT_BOX, SecretBox
 from gateway.storage.queries import QUERIES
@@ -154,14 +155,73 @@ class Session:
             await self._executor.executemany(QUERIES[name], args)
 
 
+class _BoundedPool:
+    """The pool's query shortcuts, waiting at most ``wait`` seconds for a free connection
+    (asyncpg's own wait forever): past that, PoolExhausted, which every caller answers as a 503
+    with Retry-After instead of leaving the request hanging."""
+
+    def __init__(self, pool: asyncpg.Pool, wait: float) -> None:
+        self._pool = pool
+        self._wait = wait
+
+    async def fetch(self, query: str, *args: Any) -> Any:
+        async with self.acquired() as conn:
+            return await conn.fetch(query, *args)
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        async with self.acquired() as conn:
+            return await conn.fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        async with self.acquired() as conn:
+            return await conn.fetchval(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> Any:
+        async with self.acquired() as conn:
+            return await conn.execute(query, *args)
+
+    async def executemany(self, query: str, args: Any) -> Any:
+        async with self.acquired() as conn:
+            return await conn.executemany(query, args)
+
+    @asynccontextmanager
+    async def acquired(self) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            conn = await self._pool.acquire(timeout=self._wait)
+        except TimeoutError as exc:
+            raise PoolExhausted(
+                f"no database connection of this process became free within {self._wait:g}s "
+                "(database.pool_max_size); retry later"
+            ) from exc
+        try:
+            yield conn
+        finally:
+            # Once COMMIT has answered, the outcome is known: the reset on release failing
+            # (the server going away right then) must not turn it into an error; asyncpg
+            # terminates such a connection itself and the pool opens a new one.
+            with contextlib.suppress(*_UNAVAILABLE, asyncpg.PostgresError):
+                await self._pool.release(conn)
+
+
+def server_settings(config: DatabaseConfig) -> dict[str, str]:
+    """Settings of every pool and writer connection. The server gives up on a statement
+    (and rolls it back) a little before the client's ``command_timeout`` would: a client-side
+    timeout closes the connection without cancelling the statement, so a write waiting on a
+    lock would otherwise commit after its caller had been told that it failed."""
+    seconds = max(config.command_timeout * 0.8, config.command_timeout - 1.0)
+    return {"statement_timeout": str(max(1, round(seconds * 1000)))}
+
+
 class Database(Session):
     """A connection pool plus named queries; the rest of the gateway never sees asyncpg."""
 
     def __init__(self, pool: asyncpg.Pool, dsn: str, config: DatabaseConfig | None = None) -> None:
-        super().__init__(pool)
+        config = config or DatabaseConfig()
+        self._bounded = _BoundedPool(pool, config.connect_timeout)
+        super().__init__(self._bounded)
         self.pool = pool
         self.dsn = dsn
-        self.config = config or DatabaseConfig()
+        self.config = config
 
     @classmethod
     async def connect(cls, dsn: str, config: DatabaseConfig | None = None) -> Database:
@@ -185,6 +245,7 @@ class Database(Session):
                 max_size=config.pool_max_size,
                 timeout=config.connect_timeout,
                 command_timeout=config.command_timeout,
+                server_settings=server_settings(config),
                 init=_init_connection,
             )
 
@@ -205,14 +266,9 @@ class Database(Session):
         ingest 503 for a delivery that was in fact stored). asyncpg terminates such a connection
         itself; the pool opens a new one.
         """
-        async with translated():
-            conn = await self.pool.acquire()
-        try:
-            async with translated(), conn.transaction():
+        async with translated(), self._bounded.acquired() as conn:
+            async with conn.transaction():
                 yield Session(conn, self.secret_box)
-        finally:
-            with contextlib.suppress(*_UNAVAILABLE, asyncpg.PostgresError):
-                await self.pool.release(conn)
 
     async def ping(self, within: float | None = None) -> bool:
         """True when a query round-trips within ``within`` seconds, waiting for a free pool
@@ -242,7 +298,10 @@ class Database(Session):
         config = self.config
         async with translated():
             conn = await asyncpg.connect(
-                self.dsn, timeout=config.connect_timeout, command_timeout=config.command_timeout
+                self.dsn,
+                timeout=config.connect_timeout,
+                command_timeout=config.command_timeout,
+                server_settings=server_settings(config),
             )
             try:
                 await _init_connection(conn)
