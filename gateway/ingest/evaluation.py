@@ -211,8 +211,15 @@ def delivery_id_of(hook: CompiledHook, headers: Mapping[str, str]) -> str | None
 
 
 def storable_text(value: str) -> str:
-    """``value`` with lone surrogates (undecodable header bytes) replaced by U+FFFD."""
-    return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    """``value`` storable as text: undecodable header bytes (which arrive as lone surrogates)
+    written as ``\\xNN`` escapes. Lossless, so two delivery ids that differ only in such bytes
+    stay two deliveries (replacing each byte with U+FFFD made them one, and dropped the second
+    event as a duplicate)."""
+    try:
+        raw = value.encode("utf-8", "surrogateescape")  # the bytes as they were sent
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        raw = value.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def _body_kind(content_type: str | None) -> int | None:

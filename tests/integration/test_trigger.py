@@ -636,3 +636,41 @@ async def test_database_down_is_503_with_retry_after_and_never_a_2xx(
         "message": "the database is unavailable; retry later",
         "errors": None,
     }
+
+
+async def test_delivery_ids_differing_only_in_undecodable_bytes_are_two_deliveries(
+    client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    """Header bytes that are not UTF-8 are stored as \\xNN escapes: two such ids stay distinct
+    (both events queue a run) and a repeat of one is still recognised as a duplicate."""
+    hook = await seed_hook(client, admin_headers)
+    headers = github_headers(hook["secret"], PR_OPENED)
+    del headers["X-GitHub-Delivery"]
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode()
+
+    async def send(delivery: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+        try:
+            writer.write(
+                f"POST {hook_path(hook)} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n".encode()
+                + head
+                + f"Content-Length: {len(PR_OPENED)}\r\n".encode()
+                + b"X-GitHub-Delivery: "
+                + delivery
+                + b"\r\n\r\n"
+                + PR_OPENED
+            )
+            await writer.drain()
+            return await asyncio.wait_for(reader.read(), timeout=10)
+        finally:
+            writer.close()
+
+    first, second, again = (
+        await send(b"evt-\xe9"),
+        await send(b"evt-\xfa"),
+        await send(b"evt-\xe9"),
+    )
+    assert first.startswith(b"HTTP/1.1 202") and second.startswith(b"HTTP/1.1 202"), second
+    assert again.startswith(b"HTTP/1.1 200") and b'"duplicate":true' in again
+    runs = await fetch(database_dsn, "SELECT delivery_id FROM pipeline_runs ORDER BY queued_at")
+    assert [row["delivery_id"] for row in runs] == ["evt-\\xe9", "evt-\\xfa"]
