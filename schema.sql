@@ -243,6 +243,14 @@ DECLARE
 BEGIN
     SELECT p.concurrency_policy, p.concurrency_key INTO policy, key_name
     FROM pipelines p WHERE p.id = NEW.pipeline_id;
+    IF NOT FOUND AND NEW.status IN ('queued', 'in-progress') THEN
+        -- The pipeline was deleted while the request was on its way (a worker's hook cache
+        -- not yet told): nothing could ever claim the run, so it ends at once, saying why.
+        NEW.status := 'cancelled';
+        NEW.finished_at := now();
+        NEW.message := 'cancelled: the pipeline was deleted';
+        RETURN NEW;
+    END IF;
     IF key_name IS NULL THEN
         NEW.concurrency_key_value := NULL;
         RETURN NEW;

@@ -138,10 +138,14 @@ async def _prune(config: Config, cutoff: datetime, bodies: datetime | None) -> N
     from gateway.storage import history, outgoing, runs
 
     async with existing_database(config, start_embedded=True) as db:
+        orphaned = await runs.cancel_orphaned(db)
         removed = await runs.prune(db, cutoff)
         # Outgoing hooks (issue 6): finished deliveries of the outbox.
         removed["outgoing_deliveries"] = await outgoing.prune_deliveries(db, cutoff)
         cleared = None if bodies is None else await history.drop_bodies(db, bodies)
+    if orphaned:
+        log.warning("orphaned_runs_cancelled", runs=orphaned, reason="their pipeline was deleted")
+        print(f"pipeline_runs: cancelled {orphaned} unfinished runs whose pipeline was deleted")
     log.info("pruned", older_than=cutoff.isoformat(), bodies_cleared=cleared, **removed)
     for table, count in removed.items():
         print(f"{table}: removed {count} rows older than {cutoff.isoformat(timespec='seconds')}")

@@ -747,6 +747,19 @@ JOIN team_members tm ON tm.team_id = et.team_id AND tm.user_id = $1
 JOIN roles ro ON ro.id = et.role_id
 WHERE $2::text = ANY(ro.permissions);
 
+-- name: runs_cancel_orphaned
+-- Cancel unfinished runs whose pipeline is gone: written by a batch already in flight when the
+-- pipeline was deleted (its delete could not see them, the insert trigger saw the pipeline).
+WITH cancelled AS (
+    UPDATE pipeline_runs r
+    SET status = 'cancelled', finished_at = now(), lease_token = NULL, lease_expires_at = NULL,
+        message = 'cancelled: the pipeline was deleted', updated_at = now()
+    WHERE r.status IN ('queued', 'in-progress')
+      AND NOT EXISTS (SELECT 1 FROM pipelines p WHERE p.id = r.pipeline_id)
+    RETURNING 1
+)
+SELECT count(*) FROM cancelled;
+
 -- name: runs_prune_finished
 -- Delete up to $2 runs that finished (completed/failed/cancelled/skipped) before $1.
 WITH doomed AS (

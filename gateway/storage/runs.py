@@ -302,6 +302,12 @@ async def environments_with(db: Database, user_id: int, permission: str) -> list
     return [r["environment_id"] for r in rows]
 
 
+async def cancel_orphaned(db: Database) -> int:
+    """Cancel unfinished runs whose pipeline no longer exists; return how many."""
+    count: int = await db.fetchval("runs_cancel_orphaned")
+    return count
+
+
 async def prune(db: Database, cutoff: datetime, batch: int = PRUNE_BATCH) -> dict[str, int]:
     """Delete finished runs that ended before ``cutoff``, then request history received before
     it whose run is gone (or that never had one), ``batch`` rows per statement.

@@ -92,3 +92,37 @@ async def test_drop_bodies_clears_only_old_bodies_and_keeps_the_rows(db: Databas
     assert rows[new] == (b"x", "identity", 1)
     assert rows[no_body] == (None, None, 0)
     assert await history.drop_bodies(db, datetime.now(UTC) - timedelta(days=7), batch=2) == 0
+
+
+async def test_a_run_written_for_a_deleted_pipeline_is_cancelled_not_queued_forever(
+    db: Database,
+) -> None:
+    """A worker whose hook cache has not heard of the delete yet still writes runs: nothing
+    could claim them, so the insert ends them at once, saying why."""
+    pipeline = await make_pipeline(db)
+    await db.fetchval("pipeline_delete", pipeline["id"])
+    late = await enqueue(db, pipeline["id"], source_ref="main")
+    assert late["status"] == "cancelled" and late["finished_at"] is not None
+    assert late["message"] == "cancelled: the pipeline was deleted"
+
+
+async def test_prune_cancels_unfinished_runs_whose_pipeline_is_gone(db: Database) -> None:
+    """A batch in flight while its pipeline was deleted: the trigger saw the pipeline, the
+    delete did not see the run. The next prune ends it (and leaves other runs alone)."""
+    gone, kept = await make_pipeline(db), await make_pipeline(db)
+    orphan = await enqueue(db, gone["id"], source_ref="main")
+    alive = await enqueue(db, kept["id"], source_ref="main")
+    await db.pool.execute("DELETE FROM pipelines WHERE id = $1", gone["id"])  # as if unseen
+
+    assert await runs.cancel_orphaned(db) == 1
+    rows = {
+        r["id"]: r
+        for r in await db.pool.fetch(
+            "SELECT id, status, message FROM pipeline_runs WHERE id = ANY($1)",
+            [orphan["id"], alive["id"]],
+        )
+    }
+    assert rows[orphan["id"]]["status"] == "cancelled"
+    assert rows[orphan["id"]]["message"] == "cancelled: the pipeline was deleted"
+    assert rows[alive["id"]]["status"] == "queued"
+    assert await runs.cancel_orphaned(db) == 0
