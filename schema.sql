@@ -241,8 +241,13 @@ DECLARE
     key_name  text;
     running   uuid;
 BEGIN
+    -- FOR SHARE: a change of the pipeline (its concurrency settings, its deletion) waits for
+    -- the runs being written against the old row, and runs written after it wait for it, so
+    -- every run is keyed by the settings in force when it is committed (storage/runs.py
+    -- set_concurrency, storage/pipelines.py delete_pipeline).
     SELECT p.concurrency_policy, p.concurrency_key INTO policy, key_name
-    FROM pipelines p WHERE p.id = NEW.pipeline_id;
+    FROM pipelines p WHERE p.id = NEW.pipeline_id
+    FOR SHARE;
     IF NOT FOUND AND NEW.status IN ('queued', 'in-progress') THEN
         -- The pipeline was deleted while the request was on its way (a worker's hook cache
         -- not yet told): nothing could ever claim the run, so it ends at once, saying why.

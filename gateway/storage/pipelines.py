@@ -52,4 +52,8 @@ async def update_pipeline(
 async def delete_pipeline(db: Database, pipeline_id: int) -> bool:
     """Delete a pipeline and its hooks, cancelling its unfinished runs; False when it did not
     exist."""
-    return await db.fetchval("pipeline_delete", pipeline_id) is not None
+    async with db.transaction() as session:
+        if await session.fetchval("pipeline_delete", pipeline_id) is None:
+            return False
+        await session.execute("pipeline_cancel_runs", pipeline_id)
+    return True

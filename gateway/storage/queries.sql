@@ -182,16 +182,19 @@ RETURNING id, environment_id, name, resource_type, resource_id, action_type, cre
           updated_at;
 
 -- name: pipeline_delete
--- Delete a pipeline (its hooks go with it; runs and history stay). Its unfinished runs are
--- cancelled in the same statement: nothing could ever claim them, and prune only removes
--- finished runs. An executor holding one gets a 409 when it reports.
-WITH cancelled AS (
-    UPDATE pipeline_runs
-    SET status = 'cancelled', finished_at = now(), lease_token = NULL, lease_expires_at = NULL,
-        message = 'cancelled: the pipeline was deleted'
-    WHERE pipeline_id = $1 AND status IN ('queued', 'in-progress')
-)
+-- Delete a pipeline (its hooks go with it; runs and history stay). Waits for runs being
+-- inserted against it (the insert trigger holds its row FOR SHARE); runs inserted after it are
+-- cancelled by that trigger. Cancel the pipeline's unfinished runs next (pipeline_cancel_runs).
 DELETE FROM pipelines WHERE id = $1 RETURNING id;
+
+-- name: pipeline_cancel_runs
+-- Cancel a deleted pipeline's unfinished runs, in a statement after the delete (so that it sees
+-- the runs committed while the delete waited): nothing could ever claim them, and prune only
+-- removes finished runs. An executor holding one gets a 409 when it reports.
+UPDATE pipeline_runs
+SET status = 'cancelled', finished_at = now(), lease_token = NULL, lease_expires_at = NULL,
+    message = 'cancelled: the pipeline was deleted', updated_at = now()
+WHERE pipeline_id = $1 AND status IN ('queued', 'in-progress');
 
 -- name: incoming_hook_insert
 -- Create an incoming hook; returns the hook (with its secret, shown once) and its environment.
@@ -724,20 +727,23 @@ SELECT id, environment_id, concurrency_policy, concurrency_key, max_attempts
 FROM pipelines WHERE id = $1;
 
 -- name: runs_set_concurrency
--- Change a pipeline's concurrency settings and re-key its queued and in-progress runs.
-WITH p AS (
-    UPDATE pipelines SET
-        concurrency_policy = $2, concurrency_key = $3, max_attempts = $4, updated_at = now()
-    WHERE id = $1
-    RETURNING id, environment_id, concurrency_policy, concurrency_key, max_attempts
-), rekeyed AS (
+-- Change a pipeline's concurrency settings (waits for runs being inserted against the old row:
+-- the insert trigger holds it FOR SHARE). Re-key its runs next, in a statement of its own.
+UPDATE pipelines SET
+    concurrency_policy = $2, concurrency_key = $3, max_attempts = $4, updated_at = now()
+WHERE id = $1
+RETURNING id, environment_id, concurrency_policy, concurrency_key, max_attempts;
+
+-- name: runs_rekey_pipeline
+-- Re-key a pipeline's queued and in-progress runs by its current key; returns how many.
+WITH rekeyed AS (
     UPDATE pipeline_runs r
     SET concurrency_key_value = hookgate_concurrency_key(r.variables, p.concurrency_key)
-    FROM p
-    WHERE r.pipeline_id = p.id AND r.status IN ('queued', 'in-progress')
+    FROM pipelines p
+    WHERE p.id = $1 AND r.pipeline_id = p.id AND r.status IN ('queued', 'in-progress')
     RETURNING r.id
 )
-SELECT p.*, (SELECT count(*) FROM rekeyed) AS rekeyed FROM p;
+SELECT count(*) FROM rekeyed;
 
 -- name: runs_execute_environment_ids
 -- Environments where user $1 holds permission $2 through one of their teams.

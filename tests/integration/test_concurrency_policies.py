@@ -6,13 +6,15 @@ import asyncio
 import hashlib
 import random
 import secrets
+import uuid
 
+import asyncpg
 import pytest
 
 from gateway.config import Config
 from gateway.exceptions import Conflict
-from gateway.storage import runs
-from gateway.storage.database import Database
+from gateway.storage import pipelines, runs
+from gateway.storage.database import Database, _init_connection
 from tests.integration.runs_helpers import claim, enqueue, make_pipeline, run_row
 
 
@@ -191,3 +193,64 @@ async def test_a_key_value_too_long_for_an_index_is_keyed_by_its_digest(db: Data
     assert short["concurrency_key_value"] == "r" * 256
     await runs.set_concurrency(db, pipeline["id"], "queue", "source_ref", 3)
     assert (await run_row(db, first["id"]))["concurrency_key_value"] == digest
+
+
+async def _insert_in_flight(conn: asyncpg.Connection, pipeline_id: int) -> uuid.UUID:
+    """Insert a run inside ``conn``'s open transaction (an ingest batch not yet committed)."""
+    run_id = uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO pipeline_runs (id, pipeline_id, variables) VALUES ($1, $2, $3)",
+        run_id,
+        pipeline_id,
+        {"branch": "main"},
+    )
+    return run_id
+
+
+async def test_a_run_inserted_while_the_settings_change_is_keyed_by_the_new_settings(
+    db: Database, config: Config
+) -> None:
+    """The insert trigger holds the pipeline row FOR SHARE: turning on "one deploy per branch"
+    waits for the batch in flight, then re-keys its run too; before, that run kept no key and
+    was claimed beside the next run of the same branch."""
+    pipeline = await make_pipeline(db, policy="queue", key=None)
+    conn = await asyncpg.connect(config.database.dsn)
+    await _init_connection(conn)
+    try:
+        async with conn.transaction():
+            in_flight = await _insert_in_flight(conn, pipeline["id"])
+            change = asyncio.create_task(
+                runs.set_concurrency(db, pipeline["id"], "queue", "branch", 3)
+            )
+            await asyncio.sleep(0.3)
+            assert not change.done()  # waiting for the batch in flight
+        changed = await asyncio.wait_for(change, 10)
+    finally:
+        await conn.close()
+    assert changed["rekeyed"] == 1
+    later = await enqueue(db, pipeline["id"], branch="main")
+    keys = await db.pool.fetch("SELECT id, concurrency_key_value FROM pipeline_runs")
+    assert {r["id"]: r["concurrency_key_value"] for r in keys} == {
+        in_flight: "main",
+        later["id"]: "main",
+    }
+    assert len(await claim(db, pipeline["id"])) == 1  # one deploy of main at a time
+
+
+async def test_a_run_inserted_while_its_pipeline_is_deleted_is_cancelled_with_it(
+    db: Database, config: Config
+) -> None:
+    pipeline = await make_pipeline(db)
+    conn = await asyncpg.connect(config.database.dsn)
+    await _init_connection(conn)
+    try:
+        async with conn.transaction():
+            in_flight = await _insert_in_flight(conn, pipeline["id"])
+            delete = asyncio.create_task(pipelines.delete_pipeline(db, pipeline["id"]))
+            await asyncio.sleep(0.3)
+            assert not delete.done()
+        assert await asyncio.wait_for(delete, 10)
+    finally:
+        await conn.close()
+    row = await run_row(db, in_flight)
+    assert (row["status"], row["message"]) == ("cancelled", "cancelled: the pipeline was deleted")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from gateway.storage import history, runs
+from gateway.storage import history, pipelines, runs
 from gateway.storage.database import Database
 from tests.integration.runs_helpers import enqueue, make_pipeline
 
@@ -100,7 +100,7 @@ async def test_a_run_written_for_a_deleted_pipeline_is_cancelled_not_queued_fore
     """A worker whose hook cache has not heard of the delete yet still writes runs: nothing
     could claim them, so the insert ends them at once, saying why."""
     pipeline = await make_pipeline(db)
-    await db.fetchval("pipeline_delete", pipeline["id"])
+    assert await pipelines.delete_pipeline(db, pipeline["id"])
     late = await enqueue(db, pipeline["id"], source_ref="main")
     assert late["status"] == "cancelled" and late["finished_at"] is not None
     assert late["message"] == "cancelled: the pipeline was deleted"
