@@ -34,11 +34,11 @@ from gateway import metrics
 from gateway.config import Config
 from gateway.dispatcher.client import clean, new_session, send
 from gateway.dispatcher.outbound import CompiledHook, OutboundRequest, build_request, event_context
-from gateway.dispatcher.retry import FAILED, RETRY, SUCCEEDED, RetryPolicy
+from gateway.dispatcher.retry import FAILED, RETRY, SUCCEEDED, Decision, RetryPolicy
 from gateway.dispatcher.signing import redact_headers
 from gateway.dispatcher.ssrf import is_refusal
 from gateway.dispatcher.templates import RenderError
-from gateway.exceptions import DatabaseUnavailable
+from gateway.exceptions import AlreadyExists, DatabaseUnavailable
 from gateway.logs import get_logger
 from gateway.storage import outgoing as store
 from gateway.storage.database import Database, Record
@@ -46,6 +46,9 @@ from gateway.storage.database import Database, Record
 log = get_logger(__name__)
 
 LEASE_MARGIN = 10.0  # seconds beyond the request timeout to render, record and commit
+# Pauses between tries of recording an attempt while the database is away (7.75 s in all,
+# inside LEASE_MARGIN: the delivery is still this dispatcher's).
+_RECORD_PAUSES = (0.25, 0.5, 1.0, 2.0, 2.0, 2.0)
 CLAIM_BATCH = 100
 LISTEN_CONNECT_TIMEOUT = 5.0
 MIN_IDLE = 0.05  # never spin faster than this when work is due but none could be claimed
@@ -326,13 +329,10 @@ class Dispatcher:
             latency_ms=latency_ms,
         )
         next_status = {RETRY: "pending", SUCCEEDED: "succeeded"}.get(decision.action, "failed")
-        held, failures = await store.record_attempt(
-            self.db,
-            attempt,
-            next_status=next_status,
-            retry_in=decision.delay,
-            final=decision.action != RETRY,
-        )
+        recorded = await self._record(attempt, next_status, decision)
+        if recorded is None:
+            return  # the lease runs out and the delivery is sent again (logged)
+        held, _failures, disabled = recorded
         metrics.record_outgoing_attempt(outcome)
         if next_status == "failed":
             metrics.record_outgoing_failure()
@@ -348,14 +348,46 @@ class Dispatcher:
             retry_in=round(decision.delay, 3) if decision.action == RETRY else None,
             lease_lost=not held,
         )
-        await self._maybe_disable(row["hook_id"], decision.disable_hook, failures)
+        if disabled is not None:
+            log.warning("outgoing_hook_disabled", hook_id=str(row["hook_id"]), reason=disabled)
 
-    async def _maybe_disable(self, hook_id: uuid.UUID, gone: bool, failures: int | None) -> None:
-        if gone:
-            reason = "disabled: the target answered 410 Gone"
-        elif failures is not None and self.policy.should_disable(failures):
-            reason = f"disabled after {failures} consecutive failed deliveries"
-        else:
-            return
-        if await store.disable_hook(self.db, hook_id, reason):
-            log.warning("outgoing_hook_disabled", hook_id=str(hook_id), reason=reason)
+    async def _record(
+        self, attempt: store.Attempt, next_status: str, decision: Decision
+    ) -> tuple[bool, int | None, str | None] | None:
+        """Record an attempt whose answer is in hand, retrying while the database is away for
+        most of the delivery's lease (after that another dispatcher may hold it, and sends it
+        again). None when it could not be recorded."""
+        pauses = iter(_RECORD_PAUSES)
+        while True:
+            try:
+                return await store.record_attempt(
+                    self.db,
+                    attempt,
+                    next_status=next_status,
+                    retry_in=decision.delay,
+                    final=decision.action != RETRY,
+                    gone=decision.disable_hook,
+                    disable_after=self.policy.disable_after_failures,
+                )
+            except AlreadyExists as exc:
+                if "hook_requests_pkey" not in str(exc):
+                    raise
+                # The request row exists: an earlier try committed and only its answer was lost.
+                return True, None, None
+            except DatabaseUnavailable as exc:
+                pause = next(pauses, None)
+                if pause is None:
+                    log.error(
+                        "outgoing_attempt_not_recorded",
+                        delivery_id=str(attempt.delivery_id),
+                        attempt=attempt.attempt,
+                        error=str(exc),
+                    )
+                    return None
+                log.warning(
+                    "outgoing_attempt_record_failed",
+                    delivery_id=str(attempt.delivery_id),
+                    error=str(exc),
+                    retry_in=pause,
+                )
+                await asyncio.sleep(pause)

@@ -199,12 +199,18 @@ async def record_attempt(
     next_status: str,
     retry_in: float,
     final: bool,
-) -> tuple[bool, int | None]:
+    gone: bool = False,
+    disable_after: int = 0,
+) -> tuple[bool, int | None, str | None]:
     """Record an attempt and the delivery's new state in one transaction.
 
-    ``next_status`` is succeeded | failed | pending (retry in ``retry_in`` seconds). Returns
-    (whether this dispatcher still held the delivery, the hook's consecutive failure count
-    when the delivery just finished, else None).
+    ``next_status`` is succeeded | failed | pending (retry in ``retry_in`` seconds). A finished
+    delivery is counted against its hook, and the hook is disabled in the same transaction when
+    the target answered 410 (``gone``) or the failures in a row reach ``disable_after`` (0:
+    never): the count's row lock makes an owner's re-enabling (which resets the count) come
+    wholly before or after, never between. Returns (whether this dispatcher still held the
+    delivery, the hook's consecutive failure count when the delivery just finished, else None,
+    the reason the hook was disabled now, else None).
     """
     async with db.transaction() as session:
         await session.execute(
@@ -238,16 +244,22 @@ async def record_attempt(
             None if attempt.outcome == "succeeded" else attempt.message,
         )
         if held is None or not final:
-            return held is not None, None
+            return held is not None, None, None
         row = await session.fetchrow(
             "outgoing_hook_count_result", attempt.hook_id, attempt.outcome == "succeeded"
         )
-    return True, None if row is None else int(row["consecutive_failures"])
-
-
-async def disable_hook(db: Database, hook_id: uuid.UUID, reason: str) -> bool:
-    """Disable an active hook with a reason; False when it was already inactive."""
-    return await db.fetchval("outgoing_hook_disable", hook_id, reason) is not None
+        if row is None:  # the hook was deleted meanwhile
+            return True, None, None
+        failures = int(row["consecutive_failures"])
+        reason = None
+        if gone:
+            reason = "disabled: the target answered 410 Gone"
+        elif 0 < disable_after <= failures:
+            reason = f"disabled after {failures} consecutive failed deliveries"
+        if reason is not None:
+            if await session.fetchval("outgoing_hook_disable", attempt.hook_id, reason) is None:
+                reason = None  # already inactive
+    return True, failures, reason
 
 
 # --- history and redelivery ---------------------------------------------------------------
