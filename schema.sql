@@ -7,6 +7,15 @@ CREATE TABLE IF NOT EXISTS schema_version (
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- SHA-256 of every schema.sql applied here. Start-up skips a file already applied: its ALTER
+-- TABLE statements take ACCESS EXCLUSIVE locks even when they change nothing, and behind a long
+-- reader (a pg_dump) they would hold up every write of the running gateways. `gateway migrate`
+-- applies the file regardless.
+CREATE TABLE IF NOT EXISTS schema_digest (
+    sha256      text PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
 -- Users and authentication ---------------------------------------------------------------------
 
 CREATE TABLE IF NOT EXISTS users (

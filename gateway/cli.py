@@ -83,7 +83,7 @@ async def _migrate(config: Config) -> None:
     from gateway.server import database_for
 
     async with database_for(config) as db:
-        version = await db.apply_schema()
+        version = await db.apply_schema(force=True)
         log.info("schema_applied", version=version)
         print(f"schema applied: version {version}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -279,13 +280,24 @@ class Database(Session):
         except (DatabaseUnavailable, TimeoutError):
             return False
 
-    async def apply_schema(self, schema_path: Path = SCHEMA_PATH) -> int:
-        """Apply schema.sql (idempotent) under an advisory lock; return the schema version."""
+    async def apply_schema(self, schema_path: Path = SCHEMA_PATH, *, force: bool = False) -> int:
+        """Apply schema.sql (idempotent) under an advisory lock; return the schema version.
+
+        A file applied before (the same SHA-256) is skipped unless ``force``: its ALTER TABLE
+        statements would take ACCESS EXCLUSIVE locks on the busiest tables even when they change
+        nothing, and behind a long reader (a pg_dump) hold up every write meanwhile.
+        """
         sql = schema_path.read_text(encoding="utf-8")  # noqa: ASYNC240 - once, at start-up
+        digest = hashlib.sha256(sql.encode("utf-8")).hexdigest()
         async with self.transaction() as session:
             await session.execute("schema_lock")
-            async with translated():
-                await session._executor.execute(sql)
+            known = await session.fetchval("schema_digest_table_exists") and (
+                await session.fetchval("schema_digest_known", digest)
+            )
+            if force or not known:
+                async with translated():
+                    await session._executor.execute(sql)
+                await session.execute("schema_digest_record", digest)
             version: int = await session.fetchval("schema_version")
         return version
 

@@ -8,6 +8,18 @@ SELECT 1;
 -- Serialises schema application across processes starting at once.
 SELECT pg_advisory_xact_lock(7283917);
 
+-- name: schema_digest_table_exists
+-- Whether the schema_digest table exists yet (a database from before it, or an empty one).
+SELECT to_regclass('schema_digest') IS NOT NULL;
+
+-- name: schema_digest_known
+-- Whether this schema file (its SHA-256) was applied already.
+SELECT EXISTS (SELECT 1 FROM schema_digest WHERE sha256 = $1);
+
+-- name: schema_digest_record
+-- Remember that this schema file (its SHA-256) was applied.
+INSERT INTO schema_digest (sha256) VALUES ($1) ON CONFLICT DO NOTHING;
+
 -- name: schema_version
 -- The highest applied schema version.
 SELECT max(version) FROM schema_version;

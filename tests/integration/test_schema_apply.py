@@ -1,0 +1,47 @@
+"""Applying schema.sql: a file already applied is skipped at start-up, so a restarting gateway
+takes no table lock (its ALTER TABLE statements would wait behind a long reader such as a
+pg_dump, and every write of the running gateways behind them); a changed file, or `gateway
+migrate` (force), is applied."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from gateway.storage.database import SCHEMA_PATH, Database
+
+
+async def test_the_applied_schema_is_skipped_without_waiting_for_a_long_reader(
+    db: Database, database_dsn: str
+) -> None:
+    version = await db.apply_schema()  # the test database was made from the same file
+    reader = await asyncpg.connect(database_dsn)
+    try:
+        async with reader.transaction():
+            # A long reader (a pg_dump) holds ACCESS SHARE on the busiest tables.
+            await reader.fetchval("SELECT count(*) FROM pipeline_runs")
+            await reader.fetchval("SELECT count(*) FROM hook_requests")
+            assert await asyncio.wait_for(db.apply_schema(), 5) == version
+            # Applied regardless (gateway migrate), the file's ALTER TABLEs wait for the reader.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(db.apply_schema(force=True), 1.0)
+    finally:
+        await reader.close()
+
+
+async def test_a_changed_schema_file_is_applied(db: Database, tmp_path: Path) -> None:
+    changed = tmp_path / "schema.sql"
+    changed.write_text(
+        SCHEMA_PATH.read_text(encoding="utf-8")
+        + "\nCREATE TABLE IF NOT EXISTS schema_apply_probe (id int);\n",
+        encoding="utf-8",
+    )
+    before = await db.pool.fetchval("SELECT count(*) FROM schema_digest")
+    await db.apply_schema(changed)
+    assert await db.pool.fetchval("SELECT to_regclass('schema_apply_probe') IS NOT NULL")
+    assert await db.pool.fetchval("SELECT count(*) FROM schema_digest") == before + 1
+    await db.apply_schema(changed)  # the same file again: nothing new recorded
+    assert await db.pool.fetchval("SELECT count(*) FROM schema_digest") == before + 1
