@@ -238,6 +238,8 @@ class Executor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(lease.check_now.wait(), min(wait, lease.remaining() / 2))
             lease.check_now.clear()
+            if command.process.returncode is not None and lease.remaining() <= _LAST_CHANCE:
+                return  # the command is over; the report gives up at the same deadline
             if lease.remaining() <= _LAST_CHANCE:
                 reason = "the lease may have expired: the database was unreachable for too long"
                 lost.append(reason)
@@ -249,6 +251,10 @@ class Executor:
                 async with asyncio.timeout(lease.remaining()):
                     await runs.heartbeat(self.db, run_id, token, self.settings.lease_seconds)
             except (Conflict, NotFound) as exc:
+                if command.process.returncode is not None:
+                    # The command is over and its report is on its way (or just recorded: the
+                    # notification of our own report woke this beat): nothing to stop.
+                    return
                 lost.append(str(exc))
                 log.warning("run_lease_lost", run_id=str(run_id), reason=str(exc))
                 await command.terminate(kill_after=5.0)

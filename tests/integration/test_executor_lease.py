@@ -12,9 +12,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.config import Config
-from gateway.executor.worker import Executor, ExecutorSettings
+from gateway.executor.command import RunningCommand
+from gateway.executor.worker import Executor, ExecutorSettings, RunLease
 from gateway.storage import runs
 from gateway.storage.database import Database
 from tests.integration.pg_partition import CuttableProxy
@@ -157,3 +159,28 @@ async def test_a_run_cancelled_under_the_executor_stops_at_once_not_at_the_next_
     finally:
         await _stop(executor, task)
     assert (await run_row(db, run["id"]))["status"] == "cancelled"
+
+
+async def test_a_heartbeat_refused_after_the_command_ended_stops_nothing(db: Database) -> None:
+    """The notification of the executor's own report can wake one last heartbeat, which the
+    finished run refuses: that is no lost lease, and the exited command's process group (whose
+    id may be reused by then) must not be signalled."""
+    pipeline = await make_pipeline(db)
+    run = await enqueue(db, pipeline["id"], source_ref="main")
+    sent = time.monotonic()
+    [claimed] = await runs.claim(
+        db, pipeline_id=pipeline["id"], limit=1, lease_seconds=30, claimed_by="A"
+    )
+    command = await RunningCommand.start(["true"], {})
+    await command.wait()
+    await runs.report_status(db, run["id"], claimed["lease_token"], "completed", exit_code=0)
+    executor = Executor(db, ExecutorSettings(pipeline["id"], ["true"], lease_seconds=30))
+    lease = RunLease(30, sent)
+    lease.check_now.set()  # as the notification of the report would
+    lost: list[str] = []
+    with capture_logs() as logs:
+        await asyncio.wait_for(
+            executor._heartbeats(run["id"], claimed["lease_token"], lease, command, lost), 10
+        )
+    assert lost == [] and not command.terminated
+    assert [e for e in logs if e["event"] == "run_lease_lost"] == []
