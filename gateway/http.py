@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -82,15 +84,29 @@ def compressed_body_problem(headers: Mapping[str, str]) -> str | None:
     return f"Content-Encoding {encoding[:40]!r} is not supported: send the body uncompressed"
 
 
+# An X-Request-Id the gateway echoes (and logs) rather than replacing with its own.
+REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def request_id_for(request: web.Request) -> str:
+    """The caller's X-Request-Id when it is sane, else a fresh one."""
+    given = request.headers.get("X-Request-Id", "")
+    return given if REQUEST_ID_OK.fullmatch(given) else uuid.uuid4().hex
+
+
 @web.middleware
 async def routing_errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
     """Turn the router's own 404/405 into the JSON error shape (no work on matched routes)."""
     exc = request.match_info.http_exception
     if exc is None:
         return await handler(request)
-    headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+    headers = {"X-Request-Id": request_id_for(request)}
+    if "Allow" in exc.headers:
+        headers["Allow"] = exc.headers["Allow"]
     if exc.status == 405:
         return error_response(
             405, f"method {request.method} is not allowed on {request.path}", headers=headers
         )
-    return error_response(exc.status, f"no route for {request.method} {request.path}")
+    return error_response(
+        exc.status, f"no route for {request.method} {request.path}", headers=headers
+    )

@@ -27,6 +27,10 @@ from gateway.storage.embedded import EmbeddedPostgres
 log = get_logger(__name__)
 
 
+# Listen addresses that name no host a sender could reach (a warning when public_url is unset).
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - compared, not bound
+
+
 def install_event_loop_policy() -> None:
     """Use uvloop when it is installed: a faster loop for the same code."""
     try:
@@ -162,6 +166,13 @@ async def run_listeners(
     reloader.on_reload(AccessLog.apply_config)
     AccessLog.active = config.server.access_log
     ingest, management = create_apps(config, db, reloader.holder)
+    if not config.server.public_url and config.server.host in WILDCARD_HOSTS:
+        log.warning(
+            "public_url_not_set",
+            hook_urls=config.server.base_url,
+            hint="the hook URLs the API shows name a wildcard address no sender can use: set "
+            "[server] public_url (GATEWAY_SERVER_PUBLIC_URL) to the address senders reach",
+        )
     runners: list[web.AppRunner] = []
     try:
         for app, host, port in (

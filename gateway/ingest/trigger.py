@@ -15,7 +15,6 @@ counted once (gateway.metrics) and the client address is the one behind trusted 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from aiohttp import web
 from gateway import appkeys, metrics
 from gateway.config import Config
 from gateway.exceptions import DatabaseUnavailable, Overloaded
-from gateway.http import compressed_body_problem
+from gateway.http import REQUEST_ID_OK, compressed_body_problem
 from gateway.ingest.batcher import (
     DUPLICATE,
     RUN_BATCHER,
@@ -58,7 +57,6 @@ log = get_logger(__name__)
 routes = web.RouteTableDef()
 
 _INGEST = "ingest"  # key in app[appkeys.SERVICES]
-_REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 # hook_requests.body_size is an integer column. A body refused unread (413, inactive hook) is
 # recorded with the size its Content-Length claimed, which a client can set to anything: one
 # over 2**31 - 1 would fail the whole batch's statement (each request then retried alone).
@@ -119,7 +117,7 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
     ingest: _Ingest = request.app[appkeys.SERVICES][_INGEST]
     row_id = new_id()
     given = request.headers.get("X-Request-Id")
-    request_id = given if given and _REQUEST_ID_OK.fullmatch(given) else row_id.hex
+    request_id = given if given and REQUEST_ID_OK.fullmatch(given) else row_id.hex
     # request_id is passed to each log call instead of bound in a contextvar: most requests log
     # nothing, and binding costs every request (the management API binds it, see framework.py).
     raw_id = request.match_info["hook_id"]

@@ -10,6 +10,8 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.http import ApiError, ValidationFailed, compressed_body_problem
+from gateway.ingest.client_ip import ClientAddressResolver
+from gateway.reload import live_config
 
 MAX_PER_PAGE = 100
 
@@ -221,6 +223,13 @@ def page_headers(request: web.Request, page: int, per_page: int, total: int) -> 
     """RFC 8288 Link (first/prev/next/last) and X-Total-Count headers for a list response."""
     last = max(1, -(-total // per_page))
     url = URL(str(request.url))
+    # Behind a trusted TLS-terminating proxy, the scheme the client used (X-Forwarded-Proto).
+    trusted = live_config(request.app).server.trusted_proxies
+    scheme = ClientAddressResolver(trusted).resolve_headers(
+        request.remote, request.headers, url.scheme
+    )[1]
+    if scheme != url.scheme:
+        url = url.with_scheme(scheme)
 
     def link(p: int, rel: str) -> str:
         return f'<{url.update_query(page=p, per_page=per_page)}>; rel="{rel}"'

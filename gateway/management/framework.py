@@ -7,8 +7,6 @@ the same listener never pays for it.
 from __future__ import annotations
 
 import functools
-import re
-import uuid
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -25,7 +23,7 @@ from gateway.exceptions import (
     Overloaded,
     TooManyAttempts,
 )
-from gateway.http import ApiError, error_response
+from gateway.http import ApiError, error_response, request_id_for
 from gateway.logs import get_logger
 from gateway.models import User
 
@@ -34,14 +32,6 @@ log = get_logger(__name__)
 View = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 USER_KEY: web.RequestKey[User] = web.RequestKey("user", User)
-_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-
-
-def request_id_for(request: web.Request) -> str:
-    """The caller's X-Request-Id when it is sane, else a fresh one."""
-    given = request.headers.get("X-Request-Id", "")
-    return given if _REQUEST_ID_OK.match(given) else uuid.uuid4().hex
-
 
 def current_user(request: web.Request) -> User:
     """The authenticated user of a view that requires authentication."""

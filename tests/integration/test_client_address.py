@@ -62,3 +62,22 @@ async def test_trusted_proxies_follow_a_reload(
     assert await recorded_ip(client, admin_headers, **forwarded) == "203.0.113.7"
     reload_to(client, with_section(config, "server", trusted_proxies=("10.0.0.0/8",)))
     assert await recorded_ip(client, admin_headers, **forwarded) == "127.0.0.1"
+
+
+async def test_links_keep_the_scheme_a_trusted_proxy_forwards(
+    client: Any, admin_headers: dict[str, str]
+) -> None:
+    """Behind a TLS-terminating proxy the pagination links say https, as the client used."""
+    forwarded = {**admin_headers, "X-Forwarded-Proto": "https", "Host": "hooks.example.com"}
+    response = await client.get("/users?per_page=1", headers=forwarded)
+    assert response.status == 200
+    assert response.headers["Link"].startswith("<https://hooks.example.com/users?")
+
+
+@pytest.mark.parametrize("config", [()], indirect=True)
+async def test_links_ignore_a_forwarded_scheme_from_an_untrusted_peer(
+    client: Any, admin_headers: dict[str, str]
+) -> None:
+    forwarded = {**admin_headers, "X-Forwarded-Proto": "https", "Host": "hooks.example.com"}
+    response = await client.get("/users?per_page=1", headers=forwarded)
+    assert response.headers["Link"].startswith("<http://hooks.example.com/users?")

@@ -183,6 +183,7 @@ async def test_an_unsupported_method_on_a_route_is_a_json_405_with_allow(
     response = await http.request(method, path, headers=admin_headers)
     assert response.status == 405
     assert response.headers["Allow"] == allow
+    assert len(response.headers["X-Request-Id"]) == 32  # a fresh id, like every answer
     assert await _json(response) == {
         "message": f"method {method} is not allowed on {path}",
         "errors": None,
@@ -195,9 +196,11 @@ async def test_an_unknown_management_route_is_a_json_404(
 ) -> None:
     http = client if app == "shared listener" else management_client
     for method, path in [("GET", "/no-such-thing"), ("POST", "/environments/1/nothing")]:
-        response = await http.request(method, path, headers=admin_headers)
+        traced = {**admin_headers, "X-Request-Id": "trace-404"}
+        response = await http.request(method, path, headers=traced)
         assert response.status == 404
         assert "Allow" not in response.headers
+        assert response.headers["X-Request-Id"] == "trace-404"  # the caller's, echoed
         assert await _json(response) == {
             "message": f"no route for {method} {path}",
             "errors": None,
