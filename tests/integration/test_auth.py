@@ -125,6 +125,26 @@ async def test_expired_access_token_is_rejected(client: Any, admin_token: str, d
     assert response.status == 401
 
 
+async def test_an_expired_refresh_token_gets_no_new_pair(
+    client: Any, admin_token: str, db: Any
+) -> None:
+    login = await (
+        await client.post("/users/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+    ).json()
+    await db.pool.execute(
+        "UPDATE auth_tokens SET expires_at = now() - interval '1 second' WHERE kind = 'refresh'"
+    )
+    tokens_before = await db.pool.fetchval("SELECT count(*) FROM auth_tokens")
+    response = await client.post(
+        "/users/refresh-token", json={"refresh_token": login["refresh_token"]}
+    )
+    assert response.status == 401
+    assert (await response.json())["message"] == (
+        "the refresh token is invalid, expired or already used"
+    )
+    assert await db.pool.fetchval("SELECT count(*) FROM auth_tokens") == tokens_before
+
+
 async def test_refresh_token_is_not_a_bearer_token(client: Any, admin_token: str) -> None:
     login = await (
         await client.post("/users/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})

@@ -8,6 +8,8 @@ app), so it controls when dispatching starts and stops.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -130,7 +132,8 @@ async def test_a_completed_run_sends_one_signed_rendered_request(
     assert seen.headers["Authorization"] == "Bearer ghp_token"
     assert seen.headers["X-Run-Status"] == "completed"
     assert seen.headers["Content-Type"] == "application/json"
-    assert seen.headers["X-Hub-Signature-256"].startswith("sha256=")
+    expected = hmac.new(hook["secret"].encode(), seen.body, hashlib.sha256).hexdigest()
+    assert seen.headers["X-Hub-Signature-256"] == f"sha256={expected}"
 
     [attempt] = await attempts(db, hook["id"])
     assert (attempt["outcome"], attempt["status_code"], attempt["attempt"]) == ("succeeded", 200, 1)
@@ -744,3 +747,36 @@ async def test_a_reload_switching_the_guard_on_applies_to_the_next_request(
     await eventually(lambda: _statuses_are(db, hook["id"], ["succeeded", "failed"]))
     assert len(target.seen) == 1
     assert (await attempts(db, hook["id"]))[-1]["outcome"] == "refused"
+
+
+@pytest.mark.parametrize("algorithm", ["sha1", "sha384", "sha512"])
+async def test_a_custom_signature_header_uses_the_hooks_algorithm_and_is_never_stored(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    receiver: tuple[Receiver, str],
+    dispatcher: Dispatcher,
+    algorithm: str,
+) -> None:
+    """A header name the generic rules do not recognise as secret (``X-Sig``) is redacted in
+    the attempt history because it is the hook's signature header, and its HMAC uses the
+    configured algorithm over the exact body sent."""
+    target, base = receiver
+    settings = {"signature_header": "X-Sig", "signature_algorithm": algorithm}
+    hook = await create_hook(
+        client, admin_headers, pipeline["id"], hook_body(base + "/signed", settings=settings)
+    )
+    await complete_run(db, pipeline["id"])
+    await eventually(lambda: _statuses_are(db, hook["id"], ["succeeded"]))
+    [seen] = target.seen
+    digest = hmac.new(hook["secret"].encode(), seen.body, getattr(hashlib, algorithm)).hexdigest()
+    assert seen.headers["X-Sig"] == f"{algorithm}={digest}"
+
+    [attempt] = await attempts(db, hook["id"])
+    assert attempt["headers"]["X-Sig"] == "[redacted]"
+    assert digest not in repr(dict(attempt))
+    shown = await client.get(f"/hooks/outgoing/{hook['id']}/requests", headers=admin_headers)
+    assert shown.status == 200
+    text = await shown.text()
+    assert digest not in text and '"X-Sig":"[redacted]"' in text.replace(" ", "")

@@ -237,3 +237,34 @@ async def _eventually_status(probe: Any, expected: int, attempts: int = 200) -> 
             return True
         await asyncio.sleep(0.02)
     return False
+
+
+async def test_a_request_answered_500_for_an_unreadable_secret_is_never_replayed(
+    client: Any, admin_headers: dict[str, str], config: Config, database_dsn: str
+) -> None:
+    """Its signature was never checked (the secret could not be opened), yet its body was
+    stored: once the key is back, replaying it (which skips verification) must not turn a
+    forged request into a run."""
+    pipeline_id = await new_pipeline(client, admin_headers)
+    hook = await create_hook(client, admin_headers, pipeline_id)
+    other = new_key_line("other")
+    await fetch(
+        database_dsn,
+        "UPDATE incoming_hooks SET secret = $2 WHERE id = $1 RETURNING id",
+        uuid.UUID(hook["id"]),
+        box_of(other).encrypt(hook["secret"]),
+    )
+
+    async def forged() -> int:
+        return int((await call_hook(client, hook, secret="not the secret")).status)
+
+    assert await _eventually_status(forged, 500)
+    reload_to(client, with_section(config, "security", secret_keys=(TEST_SECRET_KEY, other)))
+    listed = await (
+        await client.get(f"/hooks/incoming/{hook['id']}/requests", headers=admin_headers)
+    ).json()
+    recorded = next(r for r in listed if r["status_code"] == 500)
+    replay = await client.post(f"/hook-requests/{recorded['id']}/replay", headers=admin_headers)
+    assert replay.status == 409, await replay.text()
+    assert "did not pass signature verification" in (await replay.json())["message"]
+    assert await fetch(database_dsn, "SELECT id FROM pipeline_runs") == []

@@ -19,8 +19,10 @@ import zstandard
 from standardwebhooks.webhooks import Webhook
 from structlog.testing import capture_logs
 
+from gateway import appkeys
 from gateway.app import create_app
 from gateway.config import Config
+from gateway.ingest.batcher import RUN_BATCHER
 from gateway.ingest.signatures import sign_hmac_hex
 from gateway.logs import configure_logging
 from gateway.storage.database import Database
@@ -674,3 +676,55 @@ async def test_delivery_ids_differing_only_in_undecodable_bytes_are_two_deliveri
     assert again.startswith(b"HTTP/1.1 200") and b'"duplicate":true' in again
     runs = await fetch(database_dsn, "SELECT delivery_id FROM pipeline_runs ORDER BY queued_at")
     assert [row["delivery_id"] for row in runs] == ["evt-\\xe9", "evt-\\xfa"]
+
+
+@pytest.fixture
+async def poisoned_history(database_dsn: str) -> AsyncIterator[str]:
+    """A history row with delivery id 'poison' is refused by the database (a CHECK): its
+    batch is retried one request per transaction, and that request alone fails."""
+    await execute(
+        database_dsn,
+        "ALTER TABLE hook_requests ADD CONSTRAINT no_poison CHECK (delivery_id <> 'poison')",
+    )
+    yield "poison"
+
+
+async def test_an_accepted_request_whose_row_the_database_refuses_is_a_json_500_without_a_run(
+    client: Any, admin_headers: dict[str, str], database_dsn: str, poisoned_history: str
+) -> None:
+    hook = await seed_hook(client, admin_headers)
+    headers = github_headers(hook["secret"], PR_OPENED, delivery=poisoned_history)
+    response = await client.post(hook_path(hook), data=PR_OPENED, headers=headers)
+    assert response.status == 500
+    assert (await response.json())["message"] == (
+        "The request could not be stored; see the gateway log."
+    )
+    assert response.headers["X-Request-Id"]
+    assert await runs_of(database_dsn, hook["id"]) == []
+    # The others of the batch are unaffected.
+    fine = github_headers(hook["secret"], PR_OPENED)
+    assert (await client.post(hook_path(hook), data=PR_OPENED, headers=fine)).status == 202
+
+
+async def test_a_rejection_keeps_its_4xx_when_its_history_row_cannot_be_written(
+    client: Any, admin_headers: dict[str, str], database_dsn: str, poisoned_history: str
+) -> None:
+    """The answer does not depend on the history row: a 401 must not become a 500 or a 503
+    that the sender would retry."""
+    hook = await seed_hook(client, admin_headers)
+    forged = github_headers("not the secret", PR_OPENED, delivery=poisoned_history)
+    response = await client.post(hook_path(hook), data=PR_OPENED, headers=forged)
+    assert response.status == 401
+    assert await requests_of(database_dsn, hook["id"]) == []
+
+
+async def test_a_stopping_batcher_answers_503_with_retry_after_and_stores_nothing(
+    client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    hook = await seed_hook(client, admin_headers)
+    await client.app[appkeys.SERVICES][RUN_BATCHER].close()  # as at shutdown
+    headers = github_headers(hook["secret"], PR_OPENED)
+    response = await client.post(hook_path(hook), data=PR_OPENED, headers=headers)
+    assert response.status == 503 and response.headers["Retry-After"] == "1"
+    assert (await response.json())["message"] == "the gateway is shutting down; retry later"
+    assert await runs_of(database_dsn, hook["id"]) == []

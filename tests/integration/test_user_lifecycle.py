@@ -255,3 +255,16 @@ async def test_another_users_refresh_token_cannot_be_ended_by_logging_out(
     }
     assert await _refreshes(client, theirs["refresh_token"])
     assert await _works(client, creds["access"])
+
+
+async def test_a_disabled_users_token_is_refused_even_if_it_was_not_revoked(
+    client: Any, db: Database
+) -> None:
+    """Disabling revokes the tokens, and authentication checks the user as well: a token whose
+    revocation is missing (restored from a backup, written by hand) still does not work."""
+    _, admin = await make_user(db, "admin@example.com", is_admin=True)
+    user_id, creds = await _user_with_tokens(client, admin)
+    await ok(client, "PUT", f"/users/{user_id}", admin, {"is_active": False}, 200)
+    await db.pool.execute("UPDATE auth_tokens SET revoked_at = NULL WHERE user_id = $1", user_id)
+    assert not await _works(client, creds["personal"])
+    assert not await _works(client, creds["access"])

@@ -35,6 +35,16 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("gateway/cli.py", "args.user_command == 'set-password'"): (
         "compares the name of a command-line subcommand"
     ),
+    ("gateway/executor/command.py", "k not in _EXECUTOR_CREDENTIALS"): (
+        "environment variable names (which ones a command must not inherit), not their values"
+    ),
+    ("gateway/logs.py", "'apikey' in pairs"): ("a log field name, not a value"),
+    ("gateway/management/outgoing_hook_input.py", "signature_header.lower() in reserved"): (
+        "a header name a hook configures (public), checked against the names the gateway sets"
+    ),
+    ("gateway/management/outgoing_hook_input.py", "'requires_secret' in body"): (
+        "whether a request body has a member of that name"
+    ),
     ("gateway/storage/runs.py", "row['lease_token'] == lease_token"): (
         "the same fencing token as below: recognising the lease holder's repeated report"
     ),
@@ -54,13 +64,14 @@ def _is_public_shape(node: ast.expr) -> bool:
 
 
 def equality_on_sensitive_values(path: Path) -> list[tuple[int, str]]:
-    """(line, comparison source) of every ``==``/``!=`` touching a sensitive-looking operand."""
+    """(line, comparison source) of every ``==``/``!=``/``in``/``not in`` touching a
+    sensitive-looking operand (membership compares with ``==`` too, element by element)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     found = []
     for node in ast.walk(tree):
         if not isinstance(node, ast.Compare):
             continue
-        if not any(isinstance(op, ast.Eq | ast.NotEq) for op in node.ops):
+        if not any(isinstance(op, ast.Eq | ast.NotEq | ast.In | ast.NotIn) for op in node.ops):
             continue
         operands = [node.left, *node.comparators]
         if any(_is_public_shape(o) for o in operands):
@@ -86,7 +97,7 @@ def test_no_secret_is_compared_with_equality() -> None:
         if (path, source) not in ALLOWED
     ]
     assert not offending, (
-        "secret-looking values compared with ==/!= (use hmac.compare_digest, or add the "
+        "secret-looking values compared with ==/!=/in (use hmac.compare_digest, or add the "
         "comparison to ALLOWED with the reason it is not a secret):\n  " + "\n  ".join(offending)
     )
 
@@ -108,5 +119,8 @@ def test_the_audit_catches_what_it_should(tmp_path: Path) -> None:
         "    if len(token) == 32: pass\n"
         "    if token == None: pass\n"
         "    if algorithm == 'sha256': pass\n"
+        "    if given not in self_keys_of(token): pass\n"
+        "    if token in allowed: pass\n"
+        "    if 'x' in algorithm: pass\n"
     )
-    assert [line for line, _ in equality_on_sensitive_values(sample)] == [2, 3, 4, 5]
+    assert [line for line, _ in equality_on_sensitive_values(sample)] == [2, 3, 4, 5, 9, 10]
