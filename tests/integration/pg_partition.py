@@ -16,8 +16,14 @@ from yarl import URL
 class CuttableProxy:
     def __init__(self, dsn: str) -> None:
         url = URL(dsn)
-        self._target = (url.host or "127.0.0.1", url.port or 5432)
-        self._url = url
+        # The embedded server listens on a Unix socket (?host=/socket/dir), the system one on TCP.
+        socket_dir = url.query.get("host", "")
+        port = int(url.query.get("port") or url.port or 5432)
+        self._unix = f"{socket_dir}/.s.PGSQL.{port}" if socket_dir.startswith("/") else None
+        self._target = (url.host or "127.0.0.1", port)
+        self._url = url.with_query(
+            {k: v for k, v in url.query.items() if k not in ("host", "port")}
+        )
         self._cut = False
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
@@ -49,7 +55,10 @@ class CuttableProxy:
             writer.transport.abort()
             return
         try:
-            server_reader, server_writer = await asyncio.open_connection(*self._target)
+            if self._unix is not None:
+                server_reader, server_writer = await asyncio.open_unix_connection(self._unix)
+            else:
+                server_reader, server_writer = await asyncio.open_connection(*self._target)
         except OSError:
             writer.transport.abort()
             return
