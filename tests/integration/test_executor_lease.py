@@ -101,13 +101,18 @@ async def test_a_cut_off_executor_stops_its_command_before_another_can_claim_the
         [a_stopped], [b_started] = _times(log, "stop A"), _times(log, "start B")
         # Never both at once: A's command ended before B's began.
         assert a_stopped < b_started, log.read_text()
+        # B's command ends at once; stopping B before its report would release the run.
+        deadline = time.monotonic() + WAIT
+        while (await run_row(db, run["id"]))["status"] != "completed":
+            assert time.monotonic() < deadline, "B never completed the run"
+            await asyncio.sleep(0.05)
     finally:
         proxy.heal()
         await _stop(a, task_a)
         if task_b is not None:
             await _stop(b, task_b)
     row = await run_row(db, run["id"])
-    assert row["attempt"] == 2 and row["claimed_by"] == "B"
+    assert (row["status"], row["attempt"], row["claimed_by"]) == ("completed", 2, "B")
 
 
 async def test_a_finished_runs_report_outlasts_a_long_database_outage(
