@@ -367,7 +367,7 @@ class Dispatcher:
                     retry_in=decision.delay,
                     final=decision.action != RETRY,
                     gone=decision.disable_hook,
-                    disable_after=self.policy.disable_after_failures,
+                    disables=self.policy.should_disable,
                 )
             except AlreadyExists as exc:
                 if "hook_requests_pkey" not in str(exc):

@@ -10,7 +10,7 @@ de-duplicate on ``webhook-id`` (the delivery id, the same on every retry).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -200,17 +200,17 @@ async def record_attempt(
     retry_in: float,
     final: bool,
     gone: bool = False,
-    disable_after: int = 0,
+    disables: Callable[[int], bool] = lambda _failures: False,
 ) -> tuple[bool, int | None, str | None]:
     """Record an attempt and the delivery's new state in one transaction.
 
     ``next_status`` is succeeded | failed | pending (retry in ``retry_in`` seconds). A finished
     delivery is counted against its hook, and the hook is disabled in the same transaction when
-    the target answered 410 (``gone``) or the failures in a row reach ``disable_after`` (0:
-    never): the count's row lock makes an owner's re-enabling (which resets the count) come
-    wholly before or after, never between. Returns (whether this dispatcher still held the
-    delivery, the hook's consecutive failure count when the delivery just finished, else None,
-    the reason the hook was disabled now, else None).
+    the target answered 410 (``gone``) or ``disables(failures in a row)`` says so
+    (RetryPolicy.should_disable): the count's row lock makes an owner's re-enabling (which
+    resets the count) come wholly before or after, never between. Returns (whether this
+    dispatcher still held the delivery, the hook's consecutive failure count when the delivery
+    just finished, else None, the reason the hook was disabled now, else None).
     """
     async with db.transaction() as session:
         await session.execute(
@@ -254,7 +254,7 @@ async def record_attempt(
         reason = None
         if gone:
             reason = "disabled: the target answered 410 Gone"
-        elif 0 < disable_after <= failures:
+        elif disables(failures):
             reason = f"disabled after {failures} consecutive failed deliveries"
         if reason is not None:
             if await session.fetchval("outgoing_hook_disable", attempt.hook_id, reason) is None:

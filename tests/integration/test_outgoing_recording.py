@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.dispatcher.dispatcher import Dispatcher
+from gateway.dispatcher.retry import RetryPolicy
 from gateway.storage import outgoing as store
 from gateway.storage.database import Database
 from tests.integration.management_helpers import make_environment, make_pipeline
@@ -30,6 +31,8 @@ from tests.integration.outgoing_helpers import (
     outgoing_config,
 )
 from tests.integration.pg_partition import CuttableProxy
+
+TWO_IN_A_ROW = RetryPolicy(disable_after_failures=2).should_disable
 
 
 @pytest.fixture
@@ -168,7 +171,7 @@ async def test_re_enabling_while_a_failure_is_counted_is_never_undone(
                     next_status="failed",
                     retry_in=0,
                     final=True,
-                    disable_after=2,
+                    disables=TWO_IN_A_ROW,
                 )
             )
             await asyncio.sleep(0.3)
@@ -181,7 +184,12 @@ async def test_re_enabling_while_a_failure_is_counted_is_never_undone(
 
     second = await _claimed_delivery(db, pipeline["id"])
     held, failures, disabled = await store.record_attempt(
-        db, _failed_attempt(second), next_status="failed", retry_in=0, final=True, disable_after=2
+        db,
+        _failed_attempt(second),
+        next_status="failed",
+        retry_in=0,
+        final=True,
+        disables=TWO_IN_A_ROW,
     )
     assert (held, failures, disabled) == (True, 2, "disabled after 2 consecutive failed deliveries")
     assert not await db.pool.fetchval("SELECT active FROM outgoing_hooks WHERE id = $1", hook_id)
