@@ -219,15 +219,20 @@ def pagination(request: web.Request) -> tuple[int, int]:
     return values["page"], values["per_page"]
 
 
+def forwarded_client(request: web.Request) -> tuple[str | None, str]:
+    """(client address, scheme) as ``[server] trusted_proxies`` resolve them (reloadable)."""
+    trusted = live_config(request.app).server.trusted_proxies
+    return ClientAddressResolver(trusted).resolve_headers(
+        request.remote, request.headers, request.url.scheme
+    )
+
+
 def page_headers(request: web.Request, page: int, per_page: int, total: int) -> dict[str, str]:
     """RFC 8288 Link (first/prev/next/last) and X-Total-Count headers for a list response."""
     last = max(1, -(-total // per_page))
     url = URL(str(request.url))
     # Behind a trusted TLS-terminating proxy, the scheme the client used (X-Forwarded-Proto).
-    trusted = live_config(request.app).server.trusted_proxies
-    scheme = ClientAddressResolver(trusted).resolve_headers(
-        request.remote, request.headers, url.scheme
-    )[1]
+    scheme = forwarded_client(request)[1]
     if scheme != url.scheme:
         url = url.with_scheme(scheme)
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway import accounts, appkeys, metrics
-from gateway.config import Config
 from gateway.exceptions import InvalidCredentials, Overloaded, TooManyAttempts
 from gateway.http import ApiError, ValidationFailed, json_response
-from gateway.ingest.client_ip import ClientAddressResolver
 from gateway.management.access import path_id
-from gateway.management.bodies import Fields, page_headers, pagination, read_json_object
+from gateway.management.bodies import (
+    Fields,
+    forwarded_client,
+    page_headers,
+    pagination,
+    read_json_object,
+)
 from gateway.management.framework import current_user, endpoint, require_admin
 from gateway.reload import live_config
 from gateway.security.login_throttle import LOGIN_THROTTLE
@@ -36,7 +40,7 @@ async def login(request: web.Request) -> web.Response:
             email,
             password,
             throttle=request.app[appkeys.SERVICES][LOGIN_THROTTLE],
-            address=_client_address(request, config),
+            address=forwarded_client(request)[0],
         )
     except (InvalidCredentials, TooManyAttempts, Overloaded) as exc:
         metrics.record_login(_LOGIN_OUTCOMES[type(exc)])
@@ -50,12 +54,6 @@ _LOGIN_OUTCOMES: dict[type[Exception], str] = {
     TooManyAttempts: "throttled",
     Overloaded: "busy",
 }
-
-
-def _client_address(request: web.Request, config: Config) -> str | None:
-    """The client's address as ``[server] trusted_proxies`` resolves it (login throttling)."""
-    resolver = ClientAddressResolver(config.server.trusted_proxies)
-    return resolver.resolve_headers(request.remote, request.headers)[0]
 
 
 @routes.post("/users/refresh-token")
@@ -141,7 +139,7 @@ async def change_own_password(request: web.Request) -> web.Response:
             current,
             new,
             throttle=request.app[appkeys.SERVICES][LOGIN_THROTTLE],
-            address=_client_address(request, config),
+            address=forwarded_client(request)[0],
         )
     except ValueError as exc:
         raise _field_error(exc) from exc
