@@ -99,10 +99,7 @@ async def change_own_password(
     if row is None or row["id"] != user.id:
         log.info("password_change_refused", user_id=user.id, client_ip=address)
         raise ValueError("current_password: is not the account's password")
-    new_hash = await passwords.hash_password_in_thread(new_password)
-    async with db.transaction() as session:
-        await users.update_user(session, user.id, password_hash=new_hash)
-        ended = await users.revoke_user_tokens(session, user.id, SESSION_KINDS)
+    _, ended = await _replace_password(db, user.id, new_password)
     log.info("password_changed", user_id=user.id, sessions_ended=ended)
     return ended
 
@@ -117,13 +114,22 @@ async def set_password(
     found = await users.user_by_email(db, email)
     if found is None:
         raise NotFound(f"no user with email {email.strip()!r}")
+    user, ended = await _replace_password(db, found.id, password)
+    if user is None:
+        raise NotFound(f"no user with email {email.strip()!r}")
+    log.info("password_set", user_id=user.id, sessions_ended=ended)
+    return user, ended
+
+
+async def _replace_password(db: Database, user_id: int, password: str) -> tuple[User | None, int]:
+    """Store a new password and end the user's sessions (access and refresh tokens) in one
+    transaction: (the user, None when gone, and how many tokens ended)."""
     password_hash = await passwords.hash_password_in_thread(password)
     async with db.transaction() as session:
-        user = await users.update_user(session, found.id, password_hash=password_hash)
+        user = await users.update_user(session, user_id, password_hash=password_hash)
         if user is None:
-            raise NotFound(f"no user with email {email.strip()!r}")
-        ended = await users.revoke_user_tokens(session, user.id, SESSION_KINDS)
-    log.info("password_set", user_id=user.id, sessions_ended=ended)
+            return None, 0
+        ended = await users.revoke_user_tokens(session, user_id, SESSION_KINDS)
     return user, ended
 
 
