@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 class GatewayError(Exception):
     """Something went wrong in the gateway."""
@@ -28,6 +30,15 @@ class Conflict(GatewayError):
 
 class DatabaseUnavailable(GatewayError):
     """The database is unavailable; retry later."""
+
+
+class WriteInDoubt(DatabaseUnavailable):
+    """The connection was lost while a commit may have been under way: the write may or may
+    not have committed. ``backend`` is the lost connection's server process (pid, start)."""
+
+    def __init__(self, message: str, backend: tuple[int, datetime]) -> None:
+        super().__init__(message)
+        self.backend = backend
 
 
 class PoolExhausted(DatabaseUnavailable):

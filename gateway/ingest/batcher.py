@@ -27,7 +27,9 @@ success or failure of a batch that was already in flight when a later one got it
 started before the database went away, or before it came back) changes nothing, and neither
 does a failure before the statement reached the database (a bug of the gateway's). A batch that
 fails for another reason (a row the database refuses) is retried one request per transaction,
-so one bad request cannot fail its neighbours.
+so one bad request cannot fail its neighbours. A batch whose connection was lost while it may
+have been committing is looked up on another connection (after its server process is ended)
+before its requests get a 503: those found stored are answered as such.
 """
 
 from __future__ import annotations
@@ -46,7 +48,13 @@ import zstandard
 
 from gateway import metrics
 from gateway.config import Config
-from gateway.exceptions import DatabaseUnavailable, GatewayError, NeedsTransaction, Overloaded
+from gateway.exceptions import (
+    DatabaseUnavailable,
+    GatewayError,
+    NeedsTransaction,
+    Overloaded,
+    WriteInDoubt,
+)
 from gateway.ingest.evaluation import REJECTED
 from gateway.logs import get_logger
 from gateway.storage import ingest as store
@@ -255,19 +263,24 @@ class RunBatcher:
             self._probe = probe = self._loop.create_future()  # this batch finds out
         started = self._loop.time()
         failure: Exception | None = None
+        lost: DatabaseUnavailable | None = None
         try:
             results = await self._write(batch)
         except DatabaseUnavailable as exc:
             self._mark_down(exc, len(batch), started)
-            _fail(batch, exc)
-            metrics.set_queue_depth(len(self._queue))
-            return
+            lost = exc
         except Exception as exc:
             failure = exc
         finally:
             if probe is not None:  # answered: the batches waiting for it go on
                 self._probe = None
                 probe.set_result(None)
+        if lost is not None:
+            if isinstance(lost, WriteInDoubt):
+                await self._settle_lost_write(batch, lost, started)
+            _fail(batch, lost)  # the requests not found committed
+            metrics.set_queue_depth(len(self._queue))
+            return
         if failure is None or reported_by_the_server(failure):
             self._database_answered(started)
         if failure is not None:
@@ -287,6 +300,37 @@ class RunBatcher:
             if item.future is not None and not item.future.done():
                 item.future.set_result(result)
         metrics.record_batch(len(batch), len(self._queue))
+
+    async def _settle_lost_write(
+        self, batch: list[PendingRequest], lost: WriteInDoubt, started: float
+    ) -> None:
+        """The writer connection was lost while the batch may have been committing: find out
+        on another connection, and resolve the requests that were in fact stored as such
+        (answering them 503 would have their senders deliver them again, and a retry without a
+        delivery id would queue a second run). Gives up after ``database.connect_timeout``
+        seconds; the requests not resolved are then failed as before."""
+        budget = self._db.config.connect_timeout
+        try:
+            async with asyncio.timeout(budget):
+                rows = await store.settle_lost_write(
+                    self._db, lost, [item.id for item in batch], wait=budget / 2
+                )
+        except (DatabaseUnavailable, TimeoutError) as exc:
+            log.warning("batch_outcome_unknown", size=len(batch), error=str(exc) or "timeout")
+            return
+        if rows is None:
+            log.warning("batch_outcome_unknown", size=len(batch), error="writer still running")
+            return
+        self._database_answered(started)
+        log.warning("batch_connection_lost_in_commit", size=len(batch), committed=bool(rows))
+        for item in batch:
+            row = rows.get(item.id)
+            if row is None or item.future is None or item.future.done():
+                continue
+            duplicate = row["outcome"] == DUPLICATE
+            item.future.set_result(Stored(row["run_id"] if duplicate else item.run_id, duplicate))
+        if rows:
+            metrics.record_batch(len(batch), len(self._queue))
 
     def _database_answered(self, started: float) -> None:
         """A batch that started at ``started`` reached the database: the back-off ends, unless

@@ -101,6 +101,18 @@ def reported_by_the_server(exc: BaseException) -> bool:
     )
 
 
+def lost_without_an_answer(exc: DatabaseUnavailable) -> bool:
+    """Whether a statement already sent may have run to the end (committed) although ``exc``
+    was raised: the connection was lost, a client-side timeout fired, or the server ended the
+    session (a FATAL error: an administrator's command, a shutdown), which can come right after
+    a commit. An ERROR the server answered with means the statement, and its transaction, did
+    not commit."""
+    cause = exc.__cause__
+    if isinstance(cause, asyncpg.PostgresError) and cause.severity is not None:
+        return (getattr(cause, "severity_en", None) or cause.severity) in ("FATAL", "PANIC")
+    return True
+
+
 @asynccontextmanager
 async def translated() -> AsyncIterator[None]:
     """Re-raise driver errors inside the block as gateway exceptions."""

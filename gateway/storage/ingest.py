@@ -10,8 +10,14 @@ from contextlib import asynccontextmanager, nullcontext
 from datetime import datetime
 from typing import Any
 
-from gateway.exceptions import DatabaseUnavailable
-from gateway.storage.database import Database, Record, Session, translated
+from gateway.exceptions import DatabaseUnavailable, WriteInDoubt
+from gateway.storage.database import (
+    Database,
+    Record,
+    Session,
+    lost_without_an_answer,
+    translated,
+)
 from gateway.storage.queries import QUERIES
 
 HOOK_CHANGED_CHANNEL = "hookgate_hook_changed"
@@ -76,12 +82,33 @@ class WriterConnections:
     batch. A connection that broke, or whose batch was cancelled mid-statement, is dropped and a
     new one opened for the next batch; opening fails with DatabaseUnavailable while the server
     is unreachable.
+
+    A connection lost while its commit may have been under way (during the single statement,
+    or during COMMIT) raises :class:`WriteInDoubt` naming the server process, which
+    :func:`settle_lost_write` can end before finding out whether the batch committed.
     """
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self._idle: list[Any] = []
+        self._backends: dict[Any, tuple[int, datetime]] = {}  # connection -> (pid, start)
         self._closed = False
+
+    async def _open(self) -> Any:
+        conn = await self._db.connection()
+        try:
+            async with translated():
+                row = await conn.fetchrow(QUERIES["ingest_writer_backend"])
+        except BaseException:
+            conn.terminate()
+            raise
+        if row is not None:  # None only through a proxy that hides the server's processes
+            self._backends[conn] = (row["pid"], row["backend_start"])
+        return conn
+
+    def _drop(self, conn: Any) -> None:
+        self._backends.pop(conn, None)
+        conn.terminate()
 
     @asynccontextmanager
     async def transaction(self, *, single_statement: bool = False) -> AsyncIterator[Session]:
@@ -96,14 +123,21 @@ class WriterConnections:
             if conn.is_closed():  # dropped while idle (a database restart): open a new one
                 conn = None
         if conn is None:
-            conn = await self._db.connection()
+            conn = await self._open()
         reusable = False
+        committing = single_statement  # the one statement carries its own commit
         try:
             async with translated(), nullcontext() if single_statement else conn.transaction():
                 yield Session(conn)
+                committing = True  # leaving the block sends COMMIT
             reusable = True
-        except (asyncio.CancelledError, DatabaseUnavailable):
-            raise  # the connection's state is unknown (or it is gone): not reused
+        except DatabaseUnavailable as exc:  # the connection's state is unknown: not reused
+            backend = self._backends.get(conn)
+            if committing and backend is not None and lost_without_an_answer(exc):
+                raise WriteInDoubt(str(exc), backend) from exc
+            raise
+        except asyncio.CancelledError:
+            raise
         except Exception:
             reusable = not conn.is_closed() and not conn.is_in_transaction()
             raise
@@ -111,17 +145,38 @@ class WriterConnections:
             if reusable and not self._closed:
                 self._idle.append(conn)
             else:
-                conn.terminate()
+                self._drop(conn)
 
     async def close(self) -> None:
         """Close the idle connections (call once no transaction is running)."""
         self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
+            self._backends.pop(conn, None)
             try:
                 await asyncio.wait_for(conn.close(), timeout=2)
             except Exception:  # already broken: nothing left to release gracefully
                 conn.terminate()
+
+
+async def settle_lost_write(
+    db: Database, lost: WriteInDoubt, request_ids: Sequence[uuid.UUID], wait: float
+) -> dict[uuid.UUID, Record] | None:
+    """Find out, on a pool connection, whether the batch whose writer connection was lost
+    committed: the history rows (id, run_id, outcome) found among ``request_ids`` (empty: it
+    did not commit), or None when that cannot be known yet.
+
+    The lost connection's server process is ended first (waiting up to ``wait`` seconds for it
+    to exit): until it is gone it may still commit, for instance once a lock it waits for is
+    released, and a look at the rows before then would answer "not stored" too early.
+    Raises DatabaseUnavailable when the database cannot be asked.
+    """
+    pid, started = lost.backend
+    ended = await db.fetchrow("ingest_end_lost_writer", pid, started, int(wait * 1000))
+    if ended is not None and not ended["ended"]:
+        return None
+    rows = await db.fetch("ingest_requests_stored", list(request_ids))
+    return {row["id"]: row for row in rows}
 
 
 class BatchResult:

@@ -517,6 +517,23 @@ SELECT coalesce(array_agg(i.id), '{}') AS inserted,
            count(*) = cardinality($1::uuid[]) AND NOT coalesce(bool_or(i.has_outgoing), false)
        ) END AS fits_one_statement
 FROM inserted i;
+-- name: ingest_writer_backend
+-- Who a new group-commit connection is on the server: its process id and start time (a process
+-- id alone may be reused by a later connection once this one is gone).
+SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid();
+
+-- name: ingest_end_lost_writer
+-- After a writer connection was lost with its commit possibly under way: end its server process,
+-- if it still exists, and wait up to $3 milliseconds for it to exit. No row: it had already
+-- gone; false: it is still there (the batch's outcome stays unknown). Once it has gone, its
+-- transaction either committed or never will.
+SELECT pg_terminate_backend(pid, $3::bigint) AS ended
+FROM pg_stat_activity WHERE pid = $1 AND backend_start = $2;
+
+-- name: ingest_requests_stored
+-- The history rows that exist among a batch's request ids (every request of a batch has one,
+-- written in the batch's transaction): any row means the batch committed.
+SELECT id, run_id, outcome FROM hook_requests WHERE id = ANY($1::uuid[]);
 -- end Ingest -----------------------------------------------------------------------------------
 
 -- Runs: claim, lease, status, concurrency, prune (gateway/storage/runs.py) --------------------

@@ -1,6 +1,11 @@
 """A TCP proxy between one test process's Database and PostgreSQL that can be cut, like a
 network partition of one host (open connections dropped, new ones refused), and healed.
 
+It can also lose the server's replies on the connections open now (``hold_replies``), at once
+or from the moment the client sends a given statement (``COMMIT``), and then drop those
+connections on the client's side only (``sever_held``): the client sees its connection lost
+while the server, which has not noticed, carries on with (or has finished) what it was sent.
+
 Adapted from the proxy the concurrency review (stop 17) used to reproduce executors running a
 run twice; the system PostgreSQL keeps serving everyone else throughout.
 """
@@ -26,6 +31,9 @@ class CuttableProxy:
         )
         self._cut = False
         self._writers: set[asyncio.StreamWriter] = set()
+        self._clients: set[asyncio.StreamWriter] = set()  # client sides of open connections
+        self._held: set[asyncio.StreamWriter] = set()  # clients whose replies are dropped
+        self._triggers: dict[asyncio.StreamWriter, bytes] = {}
         self._server: asyncio.Server | None = None
 
     async def start(self) -> str:
@@ -43,6 +51,21 @@ class CuttableProxy:
 
     def heal(self) -> None:
         self._cut = False
+
+    def hold_replies(self, after: bytes | None = None) -> None:
+        """Drop the server's replies on the connections open now: at once, or from the moment
+        the client sends a message containing ``after``. New connections are not affected."""
+        for client in self._clients:
+            if after is None:
+                self._held.add(client)
+            else:
+                self._triggers[client] = after
+
+    def sever_held(self) -> None:
+        """Close the held connections on the client's side; the server's side stays open."""
+        for client in list(self._held):
+            with contextlib.suppress(Exception):
+                client.transport.abort()
 
     async def close(self) -> None:
         self.cut()
@@ -63,19 +86,36 @@ class CuttableProxy:
             writer.transport.abort()
             return
         self._writers |= {writer, server_writer}
+        self._clients.add(writer)
         try:
             await asyncio.gather(
-                self._pipe(reader, server_writer), self._pipe(server_reader, writer)
+                self._pipe(reader, server_writer, sent_by=writer),
+                self._pipe(server_reader, writer, replies_to=writer),
             )
         finally:
             self._writers -= {writer, server_writer}
+            self._clients.discard(writer)
+            self._held.discard(writer)
+            self._triggers.pop(writer, None)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        sent_by: asyncio.StreamWriter | None = None,
+        replies_to: asyncio.StreamWriter | None = None,
+    ) -> None:
         with contextlib.suppress(Exception):
             while not self._cut:
                 data = await reader.read(65536)
                 if not data:
                     break
+                if replies_to is not None and replies_to in self._held:
+                    continue  # lost on the way back
+                trigger = self._triggers.get(sent_by) if sent_by is not None else None
+                if trigger is not None and trigger in data:
+                    self._held.add(sent_by)  # type: ignore[arg-type]  # before it is answered
                 writer.write(data)
                 await writer.drain()
         with contextlib.suppress(Exception):

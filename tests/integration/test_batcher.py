@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 import zstandard
@@ -28,6 +29,7 @@ from gateway.ingest.batcher import (
 from gateway.storage.database import Database
 from gateway.storage.queries import QUERIES
 from tests.integration.ingest_helpers import PR_OPENED, execute, fetch, wait_for
+from tests.integration.pg_partition import CuttableProxy
 
 Factory = Callable[..., RunBatcher]
 
@@ -314,6 +316,8 @@ async def test_a_batch_is_one_statement_unless_it_needs_a_transaction(
         await asyncio.sleep(0)  # query loggers are called with call_soon
         return list(statements)
 
+    # A new writer connection first asks who it is on the server (see test_a_write_still_...).
+    assert await sent_for(request(pipeline_id)) == ["ingest_writer_backend", "ingest_insert_batch"]
     assert await sent_for(request(pipeline_id)) == ["ingest_insert_batch"]
     await add_outgoing_hook(database_dsn, pipeline_id)
     in_transaction = ["BEGIN", "ingest_insert_batch", "outgoing_enqueue_run_events", "COMMIT"]
@@ -526,3 +530,106 @@ async def test_a_writer_connection_dropped_while_idle_is_replaced_not_a_503(
     await asyncio.sleep(0.2)  # the event loop sees the idle connection close
     second = request(pipeline_id)
     assert await batcher.submit(second) == Stored(second.run_id, False)
+
+
+@pytest.fixture
+async def through_proxy(config: Config, db: Database, database_dsn: str) -> AsyncIterator[Any]:
+    """A Database whose connections (pool and writers) go through a CuttableProxy."""
+    proxy = CuttableProxy(database_dsn)
+    database = await Database.connect(
+        await proxy.start(), replace(config.database, pool_min_size=1, connect_timeout=3.0)
+    )
+    database.secret_box = db.secret_box
+    try:
+        yield proxy, database
+    finally:
+        await database.close()
+        await proxy.close()
+
+
+async def test_a_batch_that_committed_as_its_connection_was_lost_is_answered_as_stored(
+    make_batcher: Factory, pipeline_id: int, database_dsn: str, through_proxy: Any
+) -> None:
+    """The single statement commits but its answer never arrives: the sender must get its 202
+    (a 503 has it deliver again, and without a delivery id that queues a second run)."""
+    proxy, database = through_proxy
+    batcher = make_batcher(database, max_wait_ms=0)
+    warm = request(pipeline_id)
+    assert await batcher.submit(warm) == Stored(warm.run_id, False)  # opens a writer
+    proxy.hold_replies()
+    item = request(pipeline_id)
+    pending = batcher.submit(item)
+    await wait_for(
+        lambda: fetch(database_dsn, "SELECT 1 FROM pipeline_runs WHERE id = $1", item.run_id),
+        bool,
+    )
+    proxy.sever_held()
+    assert await pending == Stored(item.run_id, False)
+    runs = await fetch(database_dsn, "SELECT id FROM pipeline_runs")
+    assert {row["id"] for row in runs} == {warm.run_id, item.run_id}
+
+
+async def test_a_transaction_lost_after_commit_resolves_duplicates_to_their_original_run(
+    make_batcher: Factory, pipeline_id: int, database_dsn: str, through_proxy: Any
+) -> None:
+    proxy, database = through_proxy
+    batcher = make_batcher(database, max_wait_ms=50.0)
+    hook_id = uuid.uuid4()
+    original = request(pipeline_id, hook_id=hook_id, delivery="d-1")
+    assert await batcher.submit(original) == Stored(original.run_id, False)
+    proxy.hold_replies(after=b"COMMIT")  # the repeat needs a transaction; its COMMIT is lost
+    repeat = request(pipeline_id, hook_id=hook_id, delivery="d-1")
+    fresh = request(pipeline_id, hook_id=hook_id, delivery="d-2")
+    pending = [batcher.submit(repeat), batcher.submit(fresh)]
+    await wait_for(
+        lambda: fetch(
+            database_dsn,
+            "SELECT 1 FROM hook_requests WHERE id = ANY($1::uuid[])",
+            [repeat.id, fresh.id],
+        ),
+        lambda rows: len(rows) == 2,
+    )
+    proxy.sever_held()
+    assert await asyncio.gather(*pending) == [
+        Stored(original.run_id, True),
+        Stored(fresh.run_id, False),
+    ]
+
+
+async def test_a_write_still_waiting_when_its_connection_is_lost_is_ended_not_left_to_commit(
+    make_batcher: Factory, pipeline_id: int, database_dsn: str, through_proxy: Any
+) -> None:
+    """The server has not noticed the loss and would commit once the lock it waits for is
+    released: looking at the rows before ending it would answer 503 for a run stored later."""
+    proxy, database = through_proxy
+    batcher = make_batcher(database, max_wait_ms=0)
+    warm = request(pipeline_id)
+    assert await batcher.submit(warm) == Stored(warm.run_id, False)
+    locker = await asyncpg.connect(database_dsn)
+    try:
+        transaction = locker.transaction()
+        await transaction.start()
+        await locker.execute("LOCK TABLE pipeline_runs IN ACCESS EXCLUSIVE MODE")
+        proxy.hold_replies()
+        item = request(pipeline_id)
+        pending = batcher.submit(item)
+        await wait_for(
+            lambda: fetch(
+                database_dsn,
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'",
+            ),
+            bool,
+        )
+        proxy.sever_held()
+        with pytest.raises(DatabaseUnavailable):
+            await pending
+        await transaction.rollback()
+    finally:
+        await locker.close()
+    await asyncio.sleep(0.3)  # a writer left running would commit now
+    assert await fetch(
+        database_dsn, "SELECT id FROM hook_requests WHERE id = $1", item.id
+    ) == []
+    runs = await fetch(database_dsn, "SELECT id FROM pipeline_runs")
+    assert {row["id"] for row in runs} == {warm.run_id}

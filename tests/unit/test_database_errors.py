@@ -7,7 +7,11 @@ import asyncpg
 import pytest
 
 from gateway.exceptions import AlreadyExists, DatabaseUnavailable, NeedsTransaction
-from gateway.storage.database import reported_by_the_server, translate_error
+from gateway.storage.database import (
+    lost_without_an_answer,
+    reported_by_the_server,
+    translate_error,
+)
 
 
 @pytest.mark.parametrize(
@@ -90,3 +94,32 @@ def translated_from(exc: BaseException) -> BaseException:
 )
 def test_which_errors_show_the_database_was_reachable(error: BaseException, reported: bool) -> None:
     assert reported_by_the_server(error) is reported
+
+
+def _unavailable_from(exc: BaseException) -> DatabaseUnavailable:
+    mapped = translated_from(exc)
+    assert isinstance(mapped, DatabaseUnavailable)
+    return mapped
+
+
+def _fatal(error: type[asyncpg.PostgresError]) -> asyncpg.PostgresError:
+    return error.new({"S": "FATAL", "V": "FATAL", "C": error.sqlstate, "M": "terminating"})
+
+
+@pytest.mark.parametrize(
+    ("error", "in_doubt"),
+    [
+        # The server answered the statement with an ERROR: it rolled back.
+        (server_error(asyncpg.exceptions.ReadOnlySQLTransactionError, "read-only"), False),
+        (server_error(asyncpg.exceptions.QueryCanceledError, "statement timeout"), False),
+        # The session ended: the commit may have happened just before.
+        (_fatal(asyncpg.exceptions.AdminShutdownError), True),
+        (_fatal(asyncpg.exceptions.CrashShutdownError), True),
+        # No answer at all.
+        (asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"), True),
+        (ConnectionResetError("reset by peer"), True),
+        (TimeoutError(), True),
+    ],
+)
+def test_which_failures_leave_a_sent_commit_in_doubt(error: BaseException, in_doubt: bool) -> None:
+    assert lost_without_an_answer(_unavailable_from(error)) is in_doubt
