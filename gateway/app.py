@@ -36,6 +36,7 @@ from gateway.openapi import routes as openapi_routes
 from gateway.reload import CONFIG_HOLDER, ConfigHolder
 from gateway.security.login_throttle import LOGIN_THROTTLE, LoginThrottle
 from gateway.security.secret_service import secret_box_service
+from gateway.shutdown import SHUTDOWN, Shutdown
 from gateway.storage.database import Database
 
 # Route tables in registration order. Later parts append to these lists.
@@ -101,6 +102,7 @@ def create_apps(
     services: dict[str, Any] = {
         CONFIG_HOLDER: holder or ConfigHolder(config),
         LOGIN_THROTTLE: LoginThrottle(),
+        SHUTDOWN: Shutdown(),
     }
     # Ingest bodies may be as large as max_body_bytes; management bodies are small JSON.
     ingest = _base_app(config, db, services, config.server.max_body_bytes)

@@ -14,13 +14,14 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from gateway import accounts
+from gateway import accounts, appkeys
 from gateway.app import HANDLER_OPTIONS, create_apps
 from gateway.config import Config
 from gateway.exceptions import GatewayError
 from gateway.logs import get_logger
 from gateway.reload import ConfigReloader, install_sighup, logging_callback
 from gateway.security.secret_service import check_secret_keys
+from gateway.shutdown import SHUTDOWN, Shutdown
 from gateway.storage.database import Database
 from gateway.storage.embedded import EmbeddedPostgres
 
@@ -219,7 +220,11 @@ async def run_listeners(
                 await site.stop()
         # Logged once the listeners are closed: from here on, connections are refused.
         log.info("shutting_down", shutdown_timeout=config.server.shutdown_timeout)
-        busy = await drain(runners, config.server.shutdown_timeout)
+        # One deadline for the drain and the services' own stopping (a dispatcher claims
+        # nothing more from now on and gets what the drain leaves of it).
+        shutdown: Shutdown = ingest[appkeys.SERVICES][SHUTDOWN]
+        shutdown.begin(config.server.shutdown_timeout)
+        busy = await drain(runners, shutdown.remaining(config.server.shutdown_timeout))
         if busy:
             log.warning("requests_cancelled", count=busy, after_s=config.server.shutdown_timeout)
         # Management first (no hot traffic), ingest last: its cleanup flushes the batcher.

@@ -115,10 +115,16 @@ class Dispatcher:
         self._loop_task = asyncio.create_task(self._run(), name="outgoing-dispatcher")
         log.info("dispatcher_started", concurrency=self.settings.concurrency)
 
-    async def stop(self, grace: float = 10.0) -> None:
-        """Stop claiming; give in-flight deliveries ``grace`` seconds, hand back the rest."""
+    def stop_claiming(self) -> None:
+        """Claim no more deliveries (the process is stopping); those in flight go on."""
+        if not self._stopping:
+            log.info("dispatcher_stopping", in_flight=len(self._tasks))
         self._stopping = True
         self._wake.set()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop claiming; give in-flight deliveries ``grace`` seconds, hand back the rest."""
+        self.stop_claiming()
         if self._loop_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task

@@ -17,6 +17,7 @@ from gateway.reload import (
     install_sighup,
     logging_callback,
 )
+from gateway.shutdown import SHUTDOWN, Shutdown
 from gateway.storage.database import Database
 
 DISPATCHER = "outgoing_dispatcher"  # key in app[appkeys.SERVICES]
@@ -33,6 +34,11 @@ async def dispatcher_service(app: web.Application) -> AsyncIterator[None]:
     await dispatcher.start()
     services = app[appkeys.SERVICES]
     services[DISPATCHER] = dispatcher
+    # When the process starts stopping, claim nothing more while requests drain; then get what
+    # is left of the shared shutdown deadline (gateway.shutdown).
+    shutdown: Shutdown | None = services.get(SHUTDOWN)
+    if shutdown is not None:
+        shutdown.on_begin(dispatcher.stop_claiming)
     # SIGHUP: follow live [outgoing] changes when a config holder runs (gateway.reload).
     holder = services.get(CONFIG_HOLDER)
     unsubscribe = holder.on_reload(dispatcher.apply_config) if holder is not None else None
@@ -42,7 +48,8 @@ async def dispatcher_service(app: web.Application) -> AsyncIterator[None]:
         if unsubscribe is not None:
             unsubscribe()
         services.pop(DISPATCHER, None)
-        await dispatcher.stop(config.server.shutdown_timeout)
+        grace = config.server.shutdown_timeout
+        await dispatcher.stop(shutdown.remaining(grace) if shutdown is not None else grace)
 
 
 async def run_dispatcher(
