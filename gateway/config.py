@@ -107,6 +107,8 @@ class OutgoingConfig:
     dispatcher_in_serve: bool = True  # run the dispatcher inside `gateway serve`
     poll_interval: float = 5.0  # seconds between checks when no notification arrives
     response_excerpt_bytes: int = 1024  # response body kept per attempt
+    dispatch_host: str = "127.0.0.1"  # `gateway dispatch`: probes and metrics listener ...
+    dispatch_port: int = 0  # ... on this port (0: none)
 
 
 # End of outgoing hooks -----------------------------------------------------------------------
@@ -153,6 +155,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 _MINIMUMS: dict[tuple[str, str], float] = {
     ("server", "port"): 1,
     ("server", "management_port"): 0,
+    ("outgoing", "dispatch_port"): 0,
     ("server", "workers"): 1,
     ("server", "max_body_bytes"): 1,
     ("server", "shutdown_timeout"): 0,
@@ -191,6 +194,7 @@ _YEAR, _WEEK = 31_536_000, 604_800
 _MAXIMUMS: dict[tuple[str, str], float] = {
     ("server", "port"): 65535,
     ("server", "management_port"): 65535,
+    ("outgoing", "dispatch_port"): 65535,
     ("server", "workers"): 256,
     # Durations the database turns into timestamps: past these, rotating a secret, logging in
     # or scheduling a retry would fail at request time (an int32 of seconds, a timestamp range).

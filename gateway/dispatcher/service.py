@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from aiohttp import web
 
 from gateway import appkeys
 from gateway.config import Config
 from gateway.dispatcher.dispatcher import Dispatcher
+from gateway.logs import get_logger
 from gateway.reload import (
     CONFIG_HOLDER,
     ConfigHolder,
@@ -19,6 +21,8 @@ from gateway.reload import (
 )
 from gateway.shutdown import SHUTDOWN, Shutdown
 from gateway.storage.database import Database
+
+log = get_logger(__name__)
 
 DISPATCHER = "outgoing_dispatcher"  # key in app[appkeys.SERVICES]
 
@@ -74,6 +78,39 @@ async def run_dispatcher(
         await dispatcher.stop(config.server.shutdown_timeout)
 
 
+@asynccontextmanager
+async def probe_listener(config: Config, db: Database) -> AsyncIterator[None]:
+    """``gateway dispatch``'s own small listener, when ``[outgoing] dispatch_port`` is set:
+    ``/healthz``, ``/readyz`` and ``/metrics`` (this process's outgoing metrics and pool), so
+    an orchestrator can probe it and Prometheus scrape it like ``gateway serve``."""
+    settings = config.outgoing
+    if not settings.dispatch_port:
+        yield
+        return
+    from gateway.ingest import health, metrics_route
+    from gateway.server import ListenError
+
+    app = web.Application()
+    app[appkeys.CONFIG] = config
+    app[appkeys.DATABASE] = db
+    app[appkeys.SERVICES] = {}
+    app.add_routes(health.routes)
+    app.add_routes(metrics_route.routes)
+    app.cleanup_ctx.append(metrics_route.metrics_service)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        host, port = settings.dispatch_host, settings.dispatch_port
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        log.info("listening", host=host, port=port, role="dispatch")
+        yield
+    finally:
+        await runner.cleanup()
+
+
 async def dispatch(config: Config) -> None:
     """``gateway dispatch``: database, schema, then deliver until SIGTERM/SIGINT; SIGHUP
     reloads the config file like ``gateway serve`` (``[outgoing]``, ``[security]``, ``[log]``)."""
@@ -87,5 +124,9 @@ async def dispatch(config: Config) -> None:
     async with database_for(config) as db:
         await prepare_database(db, config)  # installs the secret box (issue 8)
         follow_secret_keys(db, reloader.holder)
-        # SIGHUP is remembered until then (gateway.sighup): a reload reaches every subscriber.
-        await run_dispatcher(db, config, stop, reloader.holder, lambda: install_sighup(reloader))
+        async with probe_listener(config, db):
+            # SIGHUP is remembered until then (gateway.sighup): a reload reaches every
+            # subscriber.
+            await run_dispatcher(
+                db, config, stop, reloader.holder, lambda: install_sighup(reloader)
+            )

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from gateway.storage import outgoing
 from gateway.storage.database import Database
@@ -25,7 +28,7 @@ from tests.integration.runs_helpers import make_pipeline
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def _dispatch(dsn: str, cwd: Path) -> asyncio.subprocess.Process:
+async def _dispatch(dsn: str, cwd: Path, **extra_env: str) -> asyncio.subprocess.Process:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update(
         GATEWAY_DATABASE_DSN=dsn,
@@ -34,6 +37,7 @@ async def _dispatch(dsn: str, cwd: Path) -> asyncio.subprocess.Process:
         GATEWAY_OUTGOING_TIMEOUT="30",
         GATEWAY_OUTGOING_POLL_INTERVAL="0.2",
         PYTHONPATH=str(ROOT),
+        **extra_env,
     )
     return await asyncio.create_subprocess_exec(
         sys.executable,
@@ -51,28 +55,34 @@ async def _statuses(db: Database, hook_id: uuid.UUID) -> list[str]:
     return [d["status"] for d in await deliveries(db, hook_id)]
 
 
-async def test_a_killed_dispatcher_loses_its_delivery_to_the_next_one(
-    db: Database, database_dsn: str, tmp_path: Path, aiohttp_server: Any
-) -> None:
-    target = Receiver()
-    target.plan("/deploys", HANG, 200)
-    server = await aiohttp_server(target.app())
+async def _notify_hook(db: Database, target_url: str) -> tuple[int, uuid.UUID]:
+    """A pipeline with an outgoing hook to ``target_url`` on run.completed: (pipeline, hook)."""
     pipeline = await make_pipeline(db)
     hook_id = uuid.uuid4()
     values = {
         "name": "notify",
         "active": True,
-        "target_url": f"http://127.0.0.1:{server.port}/deploys",
+        "target_url": target_url,
         "events": ["run.completed"],
         "trigger_when": {"events": ["run.completed"], "conditions": []},
         "settings": {},
         "requires_secret": False,
     }
     await outgoing.insert_hook(db, hook_id, pipeline["id"], values, None, None)
+    return pipeline["id"], hook_id
+
+
+async def test_a_killed_dispatcher_loses_its_delivery_to_the_next_one(
+    db: Database, database_dsn: str, tmp_path: Path, aiohttp_server: Any
+) -> None:
+    target = Receiver()
+    target.plan("/deploys", HANG, 200)
+    server = await aiohttp_server(target.app())
+    pipeline_id, hook_id = await _notify_hook(db, f"http://127.0.0.1:{server.port}/deploys")
 
     first = await _dispatch(database_dsn, tmp_path)
     try:
-        await complete_run(db, pipeline["id"])
+        await complete_run(db, pipeline_id)
         await eventually(lambda: len(target.seen) == 1, limit=60)
     finally:
         first.kill()  # SIGKILL: no chance to hand the delivery back
@@ -100,3 +110,64 @@ async def test_a_killed_dispatcher_loses_its_delivery_to_the_next_one(
 
 async def _is_done(db: Database, hook_id: uuid.UUID) -> bool:
     return await _statuses(db, hook_id) == ["succeeded"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_dispatch_serves_probes_and_its_own_metrics_on_the_configured_port(
+    db: Database, database_dsn: str, tmp_path: Path, aiohttp_server: Any
+) -> None:
+    target = Receiver()
+    server = await aiohttp_server(target.app())
+    pipeline_id, hook_id = await _notify_hook(db, f"http://127.0.0.1:{server.port}/deploys")
+    port = _free_port()
+    process = await _dispatch(database_dsn, tmp_path, GATEWAY_OUTGOING_DISPATCH_PORT=str(port))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def answers(path: str) -> tuple[int, str]:
+                try:
+                    async with session.get(base + path) as response:
+                        return response.status, await response.text()
+                except aiohttp.ClientConnectionError:
+                    return 0, ""
+
+            await eventually(lambda: _status_is(answers("/healthz"), 200), limit=60)
+            assert (await answers("/readyz"))[0] == 200
+            await complete_run(db, pipeline_id)
+            await eventually(lambda: _is_done(db, hook_id), limit=60)
+            status, text = await answers("/metrics")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 0, stderr.decode()
+    assert status == 200
+    assert 'hookgate_outgoing_attempts_total{outcome="succeeded"} 1.0' in text
+    assert "hookgate_db_pool_size" in text
+
+
+async def _status_is(answer: Any, status: int) -> bool:
+    return bool((await answer)[0] == status)
+
+
+async def test_dispatch_stops_with_a_clear_message_when_its_port_is_taken(
+    database_dsn: str, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = await _dispatch(database_dsn, tmp_path, GATEWAY_OUTGOING_DISPATCH_PORT=str(port))
+        try:
+            _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+        finally:
+            if process.returncode is None:  # still running: the test fails, leaving nothing
+                process.kill()
+                await process.wait()
+    assert process.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in stderr.decode()
