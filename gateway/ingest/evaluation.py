@@ -22,7 +22,12 @@ from gateway.config import Config
 from gateway.ingest import lazy_json
 from gateway.ingest.conditions import ConditionSet, parse_trigger_when
 from gateway.ingest.limits import IpAllowlist, parse_limits_settings
-from gateway.ingest.signatures import SignatureError, SignatureVerifier
+from gateway.ingest.signatures import (
+    STANDARD_WEBHOOKS,
+    SignatureError,
+    SignatureVerifier,
+    scheme_for_header,
+)
 from gateway.ingest.variables import (
     VariableExtractionError,
     VariableExtractor,
@@ -57,6 +62,39 @@ ALWAYS_REDACTED: frozenset[str] = frozenset(
         "webhook-signature",
     }
 )
+# The one delivery-id header of a Standard Webhooks hook: the only one its signature covers.
+SIGNED_DELIVERY_ID_HEADER = "webhook-id"
+
+
+def delivery_id_header_problem(
+    header: str | None, *, requires_secret: bool, secret_header_name: str
+) -> str | None:
+    """Why ``settings.delivery_id_header`` cannot be ``header`` for a hook with these signature
+    settings, or None.
+
+    A header that carries the secret or a signature would have its value stored, logged and
+    shown as the delivery id (the history redacts it only as a header). On a Standard Webhooks
+    hook, any header but the signed ``webhook-id`` would let a captured delivery be replayed as
+    a new one within the timestamp tolerance, by adding a fresh value of that header.
+    """
+    if not header:
+        return None
+    header = header.strip().lower()
+    scheme_header = secret_header_name.strip().lower()  # a header name, not a secret
+    if header in ALWAYS_REDACTED or header == scheme_header:
+        return (
+            f"must not be a header that carries the secret or a signature ({header!r}): its "
+            "value would be stored and shown as the delivery id"
+        )
+    signed = requires_secret and scheme_for_header(scheme_header) == STANDARD_WEBHOOKS
+    if signed and header != SIGNED_DELIVERY_ID_HEADER:
+        return (
+            f"must be {SIGNED_DELIVERY_ID_HEADER!r} (or null) on a Standard Webhooks hook: only "
+            "webhook-id is signed, so another header would let a captured delivery be sent "
+            "again as a new one"
+        )
+    return None
+
 
 _JSON, _FORM = 1, 2
 _FORM_TYPE = "application/x-www-form-urlencoded"
@@ -116,7 +154,6 @@ class CompiledHook:
             if isinstance(header, str) and header.strip()
             else DEFAULT_DELIVERY_ID_HEADERS
         )
-
         header_name = (row["secret_header_name"] or "").strip().lower()
         redacted = ALWAYS_REDACTED | ({header_name} if header_name else frozenset())
         verifier, previous_secret_expires_in = None, None
@@ -142,6 +179,11 @@ class CompiledHook:
                 redacted |= verifier.signature_headers
             except ValueError as exc:
                 problems.append(f"signature settings: {exc}")
+        if verifier is not None and verifier.scheme == STANDARD_WEBHOOKS:
+            delivery_headers = (SIGNED_DELIVERY_ID_HEADER,)  # the one its signature covers
+        # Never a header that carries the secret or a signature (a definition stored before
+        # the API refused them): its value would become the stored and logged delivery id.
+        delivery_headers = tuple(h for h in delivery_headers if h not in redacted)
 
         return cls(
             id=row["id"],

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.ingest.conditions import condition_paths, parse_trigger_when
+from gateway.ingest.evaluation import delivery_id_header_problem
 from gateway.ingest.limits import parse_limits_settings
 from gateway.ingest.paths import regular_expression_errors
 from gateway.ingest.signatures import SUPPORTED_ALGORITHMS
@@ -74,10 +75,35 @@ def parse_incoming_hook(body: Mapping[str, Any], *, partial: bool) -> dict[str, 
     if not partial or "settings" in body:
         values["settings"] = _settings(fields, body.get("settings"), partial=partial)
     fields.merge(regular_expression_errors(_paths(body)))
+    if not partial:
+        check_delivery_id_header(fields, values)
     fields.check()
     if partial:
         values = {k: v for k, v in values.items() if k in body}
     return values
+
+
+def check_delivery_id_header(fields: Fields, hook: Mapping[str, Any]) -> None:
+    """Add the error of ``settings.delivery_id_header`` for the hook as it will be stored
+    (``hook``: a create's values, or a stored hook with an update's changes merged in)."""
+    settings = hook.get("settings")
+    header = settings.get("delivery_id_header") if isinstance(settings, dict) else None
+    problem = delivery_id_header_problem(
+        header if isinstance(header, str) else None,
+        requires_secret=bool(hook.get("requires_secret")),
+        secret_header_name=str(hook.get("secret_header_name") or ""),
+    )
+    if problem is not None:
+        fields.add("settings.delivery_id_header", problem)
+
+
+def merged_hook(stored: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The hook as an update would leave it: ``changes`` over ``stored``, ``settings`` keys
+    merged (as the update query does)."""
+    merged = {**stored, **changes}
+    if "settings" in changes:
+        merged["settings"] = {**(stored.get("settings") or {}), **changes["settings"]}
+    return merged
 
 
 def _paths(body: Mapping[str, Any]) -> list[tuple[str, Any]]:

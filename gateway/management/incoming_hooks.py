@@ -17,7 +17,11 @@ from gateway.ingest.signatures import STANDARD_WEBHOOKS, generate_secret, scheme
 from gateway.logs import get_logger
 from gateway.management.bodies import Fields, read_json_object
 from gateway.management.framework import current_user, endpoint
-from gateway.management.incoming_hook_input import parse_incoming_hook
+from gateway.management.incoming_hook_input import (
+    check_delivery_id_header,
+    merged_hook,
+    parse_incoming_hook,
+)
 from gateway.management.resources import incoming_hook_for, pipeline_for
 from gateway.reload import live_config
 from gateway.storage import hooks
@@ -120,6 +124,9 @@ async def update_incoming_hook(request: web.Request) -> web.Response:
     kept."""
     hook = await incoming_hook_for(request, "hook:update")
     changes = parse_incoming_hook(await read_json_object(request), partial=True)
+    fields = Fields({}, ())
+    check_delivery_id_header(fields, merged_hook(dict(hook), changes))
+    fields.check()
     db = request.app[appkeys.DATABASE]
     row = await hooks.update_incoming_hook(db, hook["id"], changes)
     if row is None:

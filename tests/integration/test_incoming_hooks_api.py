@@ -314,6 +314,24 @@ def _variables(*items: dict[str, Any]) -> dict[str, Any]:
         ),
         ({"settings": {"variables": {}}}, "settings.variables", "must be a list"),
         (
+            {
+                "secret_header_name": "x-gitlab-token",
+                "settings": {"delivery_id_header": "X-Gitlab-Token"},
+            },
+            "settings.delivery_id_header",
+            "must not be a header that carries the secret or a signature ('x-gitlab-token'): "
+            "its value would be stored and shown as the delivery id",
+        ),
+        (
+            {
+                "secret_header_name": "webhook-signature",
+                "settings": {"delivery_id_header": "x-github-delivery"},
+            },
+            "settings.delivery_id_header",
+            "must be 'webhook-id' (or null) on a Standard Webhooks hook: only webhook-id is "
+            "signed, so another header would let a captured delivery be sent again as a new one",
+        ),
+        (
             _variables({"name": "ref", "type": "float"}),
             "settings.variables.0.type",
             "must be one of: array, boolean, integer, number, object, string",
@@ -692,6 +710,38 @@ async def test_update_validation(
     ]
     response = await client.get(f"/hooks/incoming/{created['id']}", headers=admin_headers)
     assert (await response.json())["name"] == "Deploy `main` branch"
+
+
+async def test_an_update_may_not_make_the_delivery_id_a_secret_or_an_unsigned_header(
+    client: Any, admin_headers: dict[str, str], pipeline: dict[str, Any]
+) -> None:
+    """Checked against the hook as the update would leave it: the header in the body with the
+    stored scheme, and a scheme change with the stored header."""
+    created = await make_seed_hook(client, admin_headers, pipeline["id"])  # x-hub-signature-256
+    path = f"/hooks/incoming/{created['id']}"
+
+    async def refused(body: dict[str, Any]) -> list[str]:
+        response = await client.put(path, json=body, headers=admin_headers)
+        assert response.status == 422, await response.text()
+        errors: dict[str, list[str]] = (await response.json())["errors"]
+        assert list(errors) == ["settings.delivery_id_header"]
+        return errors["settings.delivery_id_header"]
+
+    [message] = await refused({"settings": {"delivery_id_header": "X-Hub-Signature-256"}})
+    assert message.startswith("must not be a header that carries the secret or a signature")
+    ok = await client.put(
+        path, json={"settings": {"delivery_id_header": "x-github-delivery"}}, headers=admin_headers
+    )
+    assert ok.status == 200
+    # Switching this hook to Standard Webhooks would leave the delivery id unsigned.
+    [message] = await refused({"secret_header_name": "webhook-signature"})
+    assert message.startswith("must be 'webhook-id' (or null) on a Standard Webhooks hook")
+    [message] = await refused({"secret_header_name": "x-github-delivery"})
+    assert message.startswith("must not be a header that carries the secret")
+    response = await client.get(path, headers=admin_headers)
+    stored = await response.json()
+    assert stored["secret_header_name"] == "x-hub-signature-256"
+    assert stored["settings"]["delivery_id_header"] == "x-github-delivery"
 
 
 async def test_delete(client: Any, admin_headers: dict[str, str], pipeline: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from gateway.ingest.evaluation import (
     REJECTED,
     SKIPPED,
     CompiledHook,
+    delivery_id_header_problem,
     evaluate,
 )
 from gateway.ingest.signatures import sign_hmac_hex
@@ -350,6 +351,71 @@ def test_standard_webhooks_signed_by_the_reference_library() -> None:
         401,
         "invalid signature: webhook-timestamp is outside the allowed tolerance",
     )
+
+
+def test_a_standard_webhooks_hook_takes_its_delivery_id_from_the_signed_webhook_id_only() -> None:
+    """An unsigned X-GitHub-Delivery added to a captured delivery must not make it new."""
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    msg_id, now = "msg_2KWPBgLlAfxdpx2AI54pPJ85f1W", datetime.now(UTC)
+    headers = {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, now, PR_OPENED.decode()),
+        "X-GitHub-Delivery": "fresh-unsigned-value",
+        "content-type": "application/json",
+    }
+    for settings in ({"variables": []}, {"delivery_id_header": "x-github-delivery"}):
+        hook = make_hook(secret=secret, secret_header_name="webhook-signature", settings=settings)
+        assert hook.delivery_id_headers == ("webhook-id",)
+        result = evaluate(hook, headers, PR_OPENED)
+        assert result.status == 202 and result.delivery_id == msg_id
+
+
+@pytest.mark.parametrize(
+    ("settings_header", "secret_header"),
+    [
+        ("x-gitlab-token", "x-gitlab-token"),
+        ("X-Hub-Signature-256", "x-hub-signature-256"),
+        ("authorization", "x-hub-signature-256"),
+        ("x-my-token", "x-my-token"),  # a custom token header: its value is the secret
+    ],
+)
+def test_a_stored_delivery_id_header_that_carries_a_secret_is_never_read(
+    settings_header: str, secret_header: str
+) -> None:
+    """Definitions stored before the API refused them: no delivery id rather than the secret."""
+    hook = make_hook(
+        secret_header_name=secret_header, settings={"delivery_id_header": settings_header}
+    )
+    assert hook.delivery_id_headers == ()
+    headers = {settings_header: SECRET, "X-GitHub-Delivery": "gh"}
+    assert evaluate(hook, headers, b"{}").delivery_id is None
+
+
+@pytest.mark.parametrize(
+    ("header", "requires_secret", "secret_header", "refused"),
+    [
+        (None, True, "webhook-signature", False),
+        ("webhook-id", True, "webhook-signature", False),
+        ("X-GitHub-Delivery", True, "webhook-signature", True),  # unsigned on a signed scheme
+        ("x-github-delivery", False, "webhook-signature", False),  # nothing is signed anyway
+        ("x-github-delivery", True, "x-hub-signature-256", False),
+        ("x-hub-signature-256", True, "x-hub-signature-256", True),
+        ("x-hub-signature", True, "x-hub-signature-256", True),
+        ("X-Gitlab-Token", True, "x-gitlab-token", True),
+        ("x-my-token", False, "x-my-token", True),  # redacted in the history all the same
+        ("cookie", False, "x-hub-signature-256", True),
+        ("authorization", True, "x-hub-signature-256", True),
+        ("x-request-id", True, "x-gitlab-token", False),
+    ],
+)
+def test_which_delivery_id_headers_are_refused(
+    header: str | None, requires_secret: bool, secret_header: str, refused: bool
+) -> None:
+    problem = delivery_id_header_problem(
+        header, requires_secret=requires_secret, secret_header_name=secret_header
+    )
+    assert (problem is not None) is refused, problem
 
 
 def test_bitbucket_sha256_in_the_legacy_header() -> None:
