@@ -35,7 +35,7 @@ from gateway.config import Config
 from gateway.dispatcher.client import clean, new_session, send
 from gateway.dispatcher.outbound import CompiledHook, OutboundRequest, build_request, event_context
 from gateway.dispatcher.retry import FAILED, RETRY, SUCCEEDED, Decision, RetryPolicy
-from gateway.dispatcher.signing import redact_headers
+from gateway.dispatcher.signing import redact_headers, scrub_sent_secrets
 from gateway.dispatcher.ssrf import is_refusal
 from gateway.dispatcher.templates import RenderError
 from gateway.exceptions import AlreadyExists, DatabaseUnavailable
@@ -315,6 +315,7 @@ class Dispatcher:
         keep_body = self.store_bodies == "all" or (
             self.store_bodies == "failures" and outcome != SUCCEEDED
         )
+        signed_with = [hook.signature_header or "webhook-signature"]
         attempt = store.Attempt(
             request_id=uuid.uuid4(),
             hook_id=row["hook_id"],
@@ -325,13 +326,13 @@ class Dispatcher:
             sent_at=sent_at,
             method=request.method,
             target_url=request.url,
-            headers=redact_headers(request.headers, [hook.signature_header or "webhook-signature"]),
+            headers=redact_headers(request.headers, signed_with),
             body=request.body if keep_body else None,
             body_size=len(request.body),
             outcome=outcome,
             status_code=status or 0,
             message=clean(message)[:MESSAGE_LIMIT],
-            response_excerpt=excerpt,
+            response_excerpt=scrub_sent_secrets(excerpt, request.headers, signed_with),
             latency_ms=latency_ms,
         )
         next_status = {RETRY: "pending", SUCCEEDED: "succeeded"}.get(decision.action, "failed")

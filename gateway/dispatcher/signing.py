@@ -79,3 +79,35 @@ def redact_headers(headers: Mapping[str, str], extra: Iterable[str] = ()) -> dic
         name: REDACTED if is_sensitive_header(name, extra) else value
         for name, value in headers.items()
     }
+
+
+# Shorter pieces of a sensitive value are not scrubbed from a target's answer: they could be
+# ordinary words of it.
+_MIN_SCRUBBED = 8
+
+
+def scrub_sent_secrets(
+    text: str | None, headers: Mapping[str, str], extra: Iterable[str] = ()
+) -> str | None:
+    """``text`` (the excerpt of a target's answer) with the values of the secret-bearing
+    headers sent to it replaced by ``[redacted]``: a target that echoes the request (a
+    debugging endpoint, a misdirected hook) must not put a credential or a signature into the
+    request history. Each value is also scrubbed without its scheme (``Bearer``, ``sha256=``,
+    ``v1,``), the form an echo may quote it in."""
+    if not text:
+        return text
+    extra = tuple(extra)
+    pieces: set[str] = set()
+    for name, value in headers.items():
+        if not is_sensitive_header(name, extra):
+            continue
+        value = value.strip()
+        pieces.add(value)
+        for separator in (" ", "=", ","):
+            _, found, rest = value.partition(separator)
+            if found:
+                pieces.add(rest.strip())
+    for piece in sorted(pieces, key=len, reverse=True):  # a whole value before its parts
+        if len(piece) >= _MIN_SCRUBBED:
+            text = text.replace(piece, REDACTED)
+    return text

@@ -9,14 +9,19 @@ signature_header: header name | null, signature_algorithm: sha1|sha256|sha384|sh
 An update (PUT) may send any subset of the top-level fields; each one sent replaces the stored
 one as a whole (``settings`` too). A request header value equal to the mask ``********`` keeps
 the stored value of the header of the same name, so a read-modify-write round trip of a hook
-whose credentials are masked in responses does not erase them.
+whose credentials are masked in responses does not erase them. Not when the update moves the
+hook to another origin (scheme, host or port): a credential the API never shows would be sent
+to the new target, which could echo it back into the request history. The value of each
+sensitive header must then be sent again (or the header dropped).
 """
 
 from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
+from gateway.dispatcher.signing import is_sensitive_header
 from gateway.dispatcher.templates import (
     TemplateError,
     TextTemplate,
@@ -100,7 +105,11 @@ def _trigger_when(raw: Any, fields: Fields) -> tuple[list[str], dict[str, Any]]:
 
 
 def _headers(
-    raw: Any, fields: Fields, current: list[dict[str, str]], reserved: set[str]
+    raw: Any,
+    fields: Fields,
+    current: list[dict[str, str]],
+    reserved: set[str],
+    kept: set[str],
 ) -> list[dict[str, str]]:
     key = "request_headers"  # fields carries the "settings." prefix
     if raw is None:
@@ -136,6 +145,7 @@ def _headers(
                 continue
             # Kept as stored (sealed, so longer than the value): checked when it was written.
             result.append({"name": name, "value": stored[lowered]})
+            kept.add(lowered)
             continue
         if not isinstance(value, str) or len(value) > MAX_HEADER_VALUE:
             fields.add(
@@ -148,7 +158,7 @@ def _headers(
 
 
 def _settings(
-    raw: Any, fields: Fields, current: dict[str, Any], requires_secret: bool
+    raw: Any, fields: Fields, current: dict[str, Any], requires_secret: bool, kept: set[str]
 ) -> dict[str, Any]:
     if raw is None:
         raw = {}
@@ -184,7 +194,7 @@ def _settings(
         )
         timeout = None
     headers = _headers(
-        raw.get("request_headers"), sub, current.get("request_headers", []), reserved
+        raw.get("request_headers"), sub, current.get("request_headers", []), reserved, kept
     )
     body = raw.get("request_body")
     _template_errors(sub, "request_body", compile_body, body)
@@ -229,10 +239,56 @@ def parse_outgoing_hook(
         )
     if present("trigger_when"):
         values["events"], values["trigger_when"] = _trigger_when(body.get("trigger_when"), fields)
-    if present("settings") or (partial and "requires_secret" in body):
-        raw_settings = body["settings"] if "settings" in body else base.get("settings")
+    stored_headers = (base.get("settings") or {}).get("request_headers", [])
+    if "settings" in body or not partial:
+        kept: set[str] = set()  # header names whose stored value a mask keeps
         values["settings"] = _settings(
-            raw_settings, fields, base.get("settings", {}), bool(values.get("requires_secret"))
+            body.get("settings"),
+            fields,
+            base.get("settings", {}),
+            bool(values.get("requires_secret")),
+            kept,
         )
+    else:  # settings not sent: every stored value stays
+        kept = {h["name"].lower() for h in stored_headers}
+        if "requires_secret" in body:
+            values["settings"] = _settings(
+                base.get("settings"),
+                fields,
+                base.get("settings", {}),
+                bool(values.get("requires_secret")),
+                set(),
+            )
+    if partial and "target_url" in body and isinstance(values.get("target_url"), str):
+        _check_kept_credentials(fields, base.get("target_url"), values, kept)
     fields.check()
     return values
+
+
+def _origin(url: Any) -> tuple[str, str, int | None] | str:
+    """(scheme, host, port) of a target URL; the URL itself when it has no parsable origin (a
+    template in its host part)."""
+    if not isinstance(url, str):
+        return ""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+        return (parts.scheme.lower(), (parts.hostname or "").lower(), port)
+    except ValueError:
+        return url
+
+
+def _check_kept_credentials(
+    fields: Fields, old_url: Any, values: dict[str, Any], kept: set[str]
+) -> None:
+    """A stored sensitive header value may not follow the hook to another origin."""
+    if _origin(old_url) == _origin(values["target_url"]):
+        return
+    for i, header in enumerate((values.get("settings") or {}).get("request_headers", [])):
+        name = header["name"]
+        if name.lower() in kept and is_sensitive_header(name):
+            fields.add(
+                f"settings.request_headers.{i}.value",
+                f"target_url moves to another origin: send the value of {name!r} again (or "
+                "drop the header); a stored credential is not sent to a new target",
+            )

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 from standardwebhooks import Webhook
 
 from gateway.config import Config
@@ -780,3 +781,47 @@ async def test_a_custom_signature_header_uses_the_hooks_algorithm_and_is_never_s
     assert shown.status == 200
     text = await shown.text()
     assert digest not in text and '"X-Sig":"[redacted]"' in text.replace(" ", "")
+
+
+async def test_a_target_that_echoes_the_request_does_not_put_its_credentials_in_the_history(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    dispatcher: Dispatcher,
+    aiohttp_server: Any,
+) -> None:
+    """The excerpt of the answer is shown to everyone with hook:read; the credential and the
+    signatures sent are not (an echo service, a misdirected hook)."""
+    sent: list[dict[str, str]] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        sent.append(dict(request.headers))
+        return web.json_response({"you_sent": dict(request.headers)})
+
+    target = web.Application()
+    target.router.add_post("/echo", echo)
+    server = await aiohttp_server(target)
+    hook = await create_hook(
+        client,
+        admin_headers,
+        pipeline["id"],
+        hook_body(
+            f"http://127.0.0.1:{server.port}/echo",
+            settings={
+                "request_headers": [{"name": "Authorization", "value": "Bearer ghp_echoed_token"}],
+                "signature_header": "X-Sig",
+            },
+        ),
+    )
+    await complete_run(db, pipeline["id"])
+    await eventually(lambda: _statuses_are(db, hook["id"], ["succeeded"]))
+    [attempt] = await attempts(db, hook["id"])
+    [headers] = sent
+    excerpt = orjson.loads(attempt["response_excerpt"])["you_sent"]
+    assert excerpt["Authorization"] == "[redacted]"
+    assert excerpt["webhook-signature"] == "[redacted]"
+    assert excerpt["X-Sig"] == "[redacted]"
+    assert excerpt["webhook-id"] == headers["webhook-id"]  # the rest as the target answered
+    for secret in ("ghp_echoed_token", headers["webhook-signature"], headers["X-Sig"]):
+        assert secret not in attempt["response_excerpt"]

@@ -270,6 +270,61 @@ async def test_the_mask_for_a_header_with_no_stored_value_is_a_422(
     assert db.secret_box.decrypt(stored["request_headers"][0]["value"]) == "Bearer ghp_secret"
 
 
+async def test_a_stored_credential_does_not_follow_the_hook_to_another_origin(
+    client: Any, admin_headers: dict[str, str], pipeline: dict[str, Any], db: Database
+) -> None:
+    """Moved to a target that echoes headers, a kept Authorization value would come back in
+    the request history (response_excerpt) to everyone with hook:read."""
+    created = await (await create(client, admin_headers, pipeline["id"], FULL_BODY)).json()
+    url = f"/hooks/outgoing/{created['id']}"
+    refusal = {
+        "settings.request_headers.0.value": [
+            "target_url moves to another origin: send the value of 'Authorization' again (or "
+            "drop the header); a stored credential is not sent to a new target"
+        ]
+    }
+    for body in (
+        {"target_url": "https://echo.example/anything"},  # settings not sent: all kept
+        {"target_url": "https://echo.example/anything", "settings": created["settings"]},
+        {"target_url": "http://api.github.example/repos/o/r"},  # another scheme
+        {"target_url": "https://api.github.example:8443/repos/o/r"},  # another port
+    ):
+        response = await client.put(url, json=body, headers=admin_headers)
+        assert response.status == 422, body
+        assert (await response.json())["errors"] == refusal
+    stored = await db.pool.fetchrow(
+        "SELECT target_url, settings FROM outgoing_hooks WHERE id = $1::uuid", created["id"]
+    )
+    assert stored["target_url"] == FULL_BODY["target_url"]
+
+    # The same origin (another path, the default port spelled out) keeps it.
+    same = {"target_url": "https://API.github.example:443/repos/o/r/statuses"}
+    assert (await client.put(url, json=same, headers=admin_headers)).status == 200
+    # Sent again, or dropped, it may move.
+    moved = {
+        **created["settings"],
+        "request_headers": [{"name": "Authorization", "value": "Bearer for-the-new-one"}],
+    }
+    response = await client.put(
+        url,
+        json={"target_url": "https://hooks.other.example/in", "settings": moved},
+        headers=admin_headers,
+    )
+    assert response.status == 200, await response.text()
+    stored = await db.pool.fetchval(
+        "SELECT settings FROM outgoing_hooks WHERE id = $1::uuid", created["id"]
+    )
+    value = stored["request_headers"][0]["value"]
+    assert db.secret_box.decrypt(value) == "Bearer for-the-new-one"
+    dropped = {**created["settings"], "request_headers": []}
+    response = await client.put(
+        url,
+        json={"target_url": "https://third.example/in", "settings": dropped},
+        headers=admin_headers,
+    )
+    assert response.status == 200, await response.text()
+
+
 async def test_turning_the_secret_off_and_on_shows_a_new_one_once(
     client: Any, admin_headers: dict[str, str], pipeline: dict[str, Any]
 ) -> None:

@@ -10,7 +10,12 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from gateway.dispatcher.signing import REDACTED, redact_headers, signature_headers
+from gateway.dispatcher.signing import (
+    REDACTED,
+    redact_headers,
+    scrub_sent_secrets,
+    signature_headers,
+)
 from gateway.ingest.signatures import STANDARD_WEBHOOKS, generate_secret
 
 BODY = b'{"event":"run.completed","run":{"id":"r1"}}'
@@ -74,3 +79,27 @@ def test_redaction_covers_signatures_and_credentials() -> None:
         "Content-Type": "application/json",
         "webhook-id": "d",
     }
+
+
+def test_an_echo_of_the_sent_credentials_and_signatures_is_scrubbed_from_the_answer() -> None:
+    sent = {
+        "Authorization": "Bearer ghp_0123456789abcdef",
+        "webhook-signature": "v1,b/+IXRhrPSxrUmiAGAiVXnjEc701OvUx8HUcmGFPcuA=",
+        "X-Sig": "sha256=9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "X-Api-Key": "short",  # too short to scrub safely: it could be any word
+        "X-Run": "run-1234567890",  # not a secret
+    }
+    echo = (
+        '{"headers": {"Authorization": "Bearer ghp_0123456789abcdef", '
+        '"webhook-signature": "v1,b/+IXRhrPSxrUmiAGAiVXnjEc701OvUx8HUcmGFPcuA=", '
+        '"X-Sig": "sha256=9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", '
+        '"X-Run": "run-1234567890"}, "token": "ghp_0123456789abcdef", "short": "short"}'
+    )
+    scrubbed = scrub_sent_secrets(echo, sent, ["X-Sig"])
+    assert scrubbed == (
+        '{"headers": {"Authorization": "[redacted]", "webhook-signature": "[redacted]", '
+        '"X-Sig": "[redacted]", "X-Run": "run-1234567890"}, "token": "[redacted]", '
+        '"short": "short"}'
+    )
+    assert scrub_sent_secrets(None, sent) is None
+    assert scrub_sent_secrets("ok", sent) == "ok"
