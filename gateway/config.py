@@ -7,6 +7,7 @@ bad edit is rejected before a port is bound (or, on SIGHUP, before the running c
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import os
@@ -301,20 +302,55 @@ def _build_section(
 _INVALID = object()
 
 
+# GATEWAY_* variables that are not configuration overrides.
+OTHER_ENV_NAMES = frozenset({ENV_CONFIG_PATH, "GATEWAY_ADMIN_EMAIL", "GATEWAY_ADMIN_PASSWORD"})
+# Overrides whose empty value would silently select a fallback meant for a laptop (a private
+# embedded PostgreSQL, a freshly generated key file) rather than the shared one meant: set but
+# blank, they are refused (a secret mount that failed, a forgotten value).
+_NOT_BLANK_ENV = {
+    "GATEWAY_DATABASE_DSN": "the embedded PostgreSQL would start instead of the shared database",
+    "GATEWAY_SECURITY_SECRET_KEYS": "a generated key file would be used instead of your keys",
+}
+
+
 def _check_env_names(
     sections: Mapping[str, Any], env: Mapping[str, str], problems: list[str]
 ) -> None:
-    # A typo in an override must not be ignored silently any more than one in the file.
+    # A typo in an override must not be ignored silently any more than one in the file: in
+    # the key (GATEWAY_SERVER_PROT), the section (GATEWAY_DATABSE_DSN) or the case.
     hints = get_type_hints(Config)
-    for env_key in env:
-        for section in sections:
+    overrides = {
+        f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}"
+        for section in sections
+        for f in fields(hints[section])
+    }
+    for env_key in sorted(env):
+        if not env_key.upper().startswith(ENV_PREFIX):
+            continue
+        if env_key in overrides or env_key in OTHER_ENV_NAMES:
+            if env_key in _NOT_BLANK_ENV and not env[env_key].strip():
+                problems.append(
+                    f"{env_key} is set but empty: {_NOT_BLANK_ENV[env_key]}; give it a value, "
+                    "or unset it to use the fallback on purpose"
+                )
+            continue
+        section = next(
+            (s for s in sections if env_key.startswith(f"{ENV_PREFIX}{s.upper()}_")), None
+        )
+        if section is not None:
             prefix = f"{ENV_PREFIX}{section.upper()}_"
-            if not env_key.startswith(prefix):
-                continue
-            keys = [f.name for f in fields(hints[section])]
-            if env_key[len(prefix) :].lower() not in keys:
-                allowed = ", ".join(prefix + k.upper() for k in keys)
-                problems.append(f"unknown environment override {env_key}; allowed: {allowed}")
+            candidates = sorted(o for o in overrides if o.startswith(prefix))
+        else:
+            candidates = sorted(overrides | OTHER_ENV_NAMES)
+        close = difflib.get_close_matches(env_key.upper(), candidates, n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        allowed = (
+            f"allowed: {', '.join(candidates)}"
+            if section is not None
+            else f"GATEWAY_* variables are overrides named GATEWAY_<SECTION>_<KEY> (sections: "
+            f"{', '.join(s.upper() for s in sections)}) or {', '.join(sorted(OTHER_ENV_NAMES))}"
+        )
+        problems.append(f"unknown environment override {env_key}{hint} ({allowed})")
 
 
 def _from_env(text: str, kind: Any) -> Any:
@@ -466,11 +502,21 @@ def _check_dsn(dsn: str, problems: list[str]) -> None:
         return
     try:
         parts = urlsplit(dsn)
-        parts.port  # noqa: B018 - parsing the port is the check
+        # Several hosts (h1:5432,h2:5432, with target_session_attrs): each port on its own.
+        userinfo, at, hosts = parts.netloc.rpartition("@")
+        for host in hosts.split(","):
+            urlsplit(f"{scheme}://{userinfo}{at}{host}/").port  # noqa: B018 - the check
     except ValueError:
+        rest = dsn.partition("://")[2]
+        credentials = rest.rpartition("@")[0]
+        encode = (
+            "; a '/', '#' or '?' in the password must be percent-encoded"
+            if any(c in credentials for c in "/#?")
+            else ""
+        )
         problems.append(
-            "database.dsn is invalid (the port is not a number from 0 to 65535; a '/', '#' or "
-            f"'?' in the password must be percent-encoded): {allowed}"
+            f"database.dsn is invalid (a port is not a number from 0 to 65535{encode}): "
+            f"{allowed}"
         )
         return
     for name in sorted({key for key, _ in parse_qsl(parts.query)} & _LIBPQ_ONLY_PARAMETERS.keys()):

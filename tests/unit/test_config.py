@@ -183,7 +183,7 @@ def test_every_shipped_key_is_commented() -> None:
         ),
         pytest.param(
             {"database": {"dsn": "postgresql://app@db:port/app"}},
-            ["database.dsn is invalid (the port is not a number", "percent-encoded"],
+            ["database.dsn is invalid (a port is not a number from 0 to 65535): must be a URL"],
             id="dsn-bad-port",
         ),
         pytest.param(
@@ -284,6 +284,26 @@ def test_dsn_password_never_appears_in_a_problem(dsn: str) -> None:
     problems = _problems({"database": {"dsn": dsn}})
     assert len(problems) == 1 and problems[0].startswith("database.dsn is invalid")
     assert "hunter2" not in problems[0] and "hun" not in problems[0]
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://app@db1:5432,db2:5432/app?target_session_attrs=read-write",
+        "postgresql://app:pw@db1,db2:6432/app",
+        "postgresql://app@[::1]:5432,db2/app",
+    ],
+)
+def test_a_dsn_with_several_hosts_is_valid(dsn: str) -> None:
+    assert build_config({"database": {"dsn": dsn}}, {}).database.dsn == dsn
+
+
+def test_a_bad_port_among_several_hosts_is_named_without_blaming_the_password() -> None:
+    [problem] = _problems({"database": {"dsn": "postgresql://app@db1:5432,db2:54x/app"}})
+    assert problem == (
+        "database.dsn is invalid (a port is not a number from 0 to 65535): must be a URL like "
+        "postgresql://user:password@host:5432/database"
+    )
 
 
 def test_a_dsn_of_the_wrong_type_is_not_echoed() -> None:
@@ -411,6 +431,27 @@ def test_an_empty_list_override_clears_the_list() -> None:
         (
             {"GATEWAY_SERVER_PROT": "9000"},
             ["unknown environment override GATEWAY_SERVER_PROT", "GATEWAY_SERVER_PORT"],
+        ),
+        # A typo in the section, or the wrong case, is no more ignored than one in the key.
+        (
+            {"GATEWAY_DATABSE_DSN": "postgresql://db/app"},
+            [
+                "unknown environment override GATEWAY_DATABSE_DSN; did you mean GATEWAY_DATABASE_DSN?"
+            ],
+        ),
+        (
+            {"GATEWAY_server_port": "9000"},
+            ["unknown environment override GATEWAY_server_port; did you mean GATEWAY_SERVER_PORT?"],
+        ),
+        ({"GATEWAY_TOKEN": "x"}, ["unknown environment override GATEWAY_TOKEN", "GATEWAY_CONFIG"]),
+        # Blank, these would select a laptop's fallback in place of the shared database or keys.
+        (
+            {"GATEWAY_DATABASE_DSN": " "},
+            ["GATEWAY_DATABASE_DSN is set but empty: the embedded PostgreSQL would start"],
+        ),
+        (
+            {"GATEWAY_SECURITY_SECRET_KEYS": ""},
+            ["GATEWAY_SECURITY_SECRET_KEYS is set but empty: a generated key file would be used"],
         ),
     ],
 )
