@@ -8,9 +8,10 @@ import getpass
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from gateway import sighup
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import ENV_PREFIX, OTHER_ENV_NAMES, Config, ConfigError, load_config
 from gateway.executor import commands as run_commands
 from gateway.logs import configure_logging, get_logger
 from gateway.security import key_commands
@@ -117,12 +118,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         sighup.remember()
     if args.command == "check-config":
         config = _load(args.path or args.config)
-        print(f"{config.source}: OK")
+        if Path(config.source).is_file():
+            print(f"{config.source}: OK")
+        else:  # only the default path may be missing (a named file must exist)
+            print(
+                f"no config file found (looked for {config.source}): the built-in defaults "
+                f"and the GATEWAY_* overrides are valid"
+            )
         return 0
     if args.command == key_commands.COMMAND:  # issue 8; `keys generate` needs no config
         return key_commands.main(args, _load)
     config = _load(args.config)
     configure_logging(config.log.level, config.log.format)
+    if args.command in ("serve", "dispatch", "executor") and not getattr(args, "worker", False):
+        # Which file (or none) and which overrides this process runs with: the first thing
+        # to know when it does not behave as the file says.
+        log.info(
+            "config_loaded",
+            path=config.source,
+            file_found=Path(config.source).is_file(),
+            overrides=sorted(
+                k for k in os.environ if k.startswith(ENV_PREFIX) and k not in OTHER_ENV_NAMES
+            ),
+        )
     from gateway.server import install_event_loop_policy
 
     install_event_loop_policy()

@@ -50,6 +50,10 @@ class DatabaseRefused(GatewayError):
     help until the configuration changes)."""
 
 
+class SchemaNotApplied(GatewayError):
+    """The database refused schema.sql (a role without the privileges it needs, ...)."""
+
+
 class Overloaded(GatewayError):
     """The gateway is overloaded; retry later."""
 

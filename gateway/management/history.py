@@ -215,8 +215,12 @@ async def _store(request: web.Request, item: PendingRequest) -> uuid.UUID | None
         )
     try:
         stored = await batcher.submit(item)
-    except (Overloaded, DatabaseUnavailable) as exc:
+    except Overloaded as exc:
         raise ApiError(503, str(exc), headers={"Retry-After": retry_after}) from exc
+    except DatabaseUnavailable as exc:  # its text is for the log, not for API clients
+        raise ApiError(
+            503, "the database is unavailable; retry later", headers={"Retry-After": retry_after}
+        ) from exc
     except RequestNotStored as exc:
         raise ApiError(500, str(exc)) from exc
     return stored.run_id

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 import orjson
@@ -23,6 +24,7 @@ from gateway.exceptions import (
     NeedsTransaction,
     NotFound,
     PoolExhausted,
+    SchemaNotApplied,
 )
 from gateway.security.secret_box import PLAINTEXT_BOX, SecretBox
 from gateway.storage.queries import QUERIES
@@ -83,8 +85,27 @@ def translate_error(exc: BaseException) -> BaseException:
         isinstance(state, str)
         and (state[:2] in _UNAVAILABLE_CLASSES or state in _UNAVAILABLE_CODES)
     ):
-        return DatabaseUnavailable(f"database unavailable: {type(exc).__name__}")
+        return DatabaseUnavailable(f"database unavailable: {_described(exc)}")
     return exc
+
+
+def dsn_target(dsn: str) -> str:
+    """Where a DSN points, for messages: host(s), port and database, never the user's
+    password (nor any query parameter but the socket directory)."""
+    try:
+        parts = urlsplit(dsn)
+        hosts = parts.netloc.rpartition("@")[2] or dict(parse_qsl(parts.query)).get("host", "")
+        return f"{hosts or 'localhost'}{parts.path or '/'}"
+    except ValueError:
+        return "the configured database"
+
+
+def _described(exc: BaseException) -> str:
+    """The error's class and its first line (the server's or the OS's words: "role \"app\"
+    does not exist", "Connect call failed ('10.0.0.5', 5432)"); neither the driver nor the
+    server puts a password in one."""
+    detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
 def reported_by_the_server(exc: BaseException) -> bool:
@@ -242,6 +263,8 @@ class Database(Session):
         config = config or DatabaseConfig()
         try:
             pool = await cls._open_pool(dsn, config)
+        except DatabaseUnavailable as exc:
+            raise DatabaseUnavailable(f"{exc} (connecting to {dsn_target(dsn)})") from exc
         except asyncpg.PostgresError as exc:  # not an outage: e.g. an unknown DSN parameter
             raise DatabaseRefused(
                 f"the database refused the connection: {exc} (query parameters in database.dsn "
@@ -301,16 +324,25 @@ class Database(Session):
         """
         sql = schema_path.read_text(encoding="utf-8")  # noqa: ASYNC240 - once, at start-up
         digest = hashlib.sha256(sql.encode("utf-8")).hexdigest()
-        async with self.transaction() as session:
-            await session.execute("schema_lock")
-            known = await session.fetchval("schema_digest_table_exists") and (
-                await session.fetchval("schema_digest_known", digest)
+        try:
+            async with self.transaction() as session:
+                await session.execute("schema_lock")
+                known = await session.fetchval("schema_digest_table_exists") and (
+                    await session.fetchval("schema_digest_known", digest)
+                )
+                if force or not known:
+                    async with translated():
+                        await session._executor.execute(sql)
+                    await session.execute("schema_digest_record", digest)
+                version: int = await session.fetchval("schema_version")
+        except asyncpg.PostgresError as exc:  # refused by the server, not an outage
+            hint = (
+                ": run `gateway migrate` as a role that may create tables (the owner of the "
+                "database), or grant this role CREATE on the schema"
+                if exc.sqlstate == "42501"
+                else ""
             )
-            if force or not known:
-                async with translated():
-                    await session._executor.execute(sql)
-                await session.execute("schema_digest_record", digest)
-            version: int = await session.fetchval("schema_version")
+            raise SchemaNotApplied(f"cannot apply {schema_path.name}: {exc}{hint}") from exc
         return version
 
     async def connection(self) -> asyncpg.Connection:

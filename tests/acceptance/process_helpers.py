@@ -38,12 +38,15 @@ def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def run_gateway(
-    *args: str, env: Mapping[str, str] | None = None, input: str | None = None
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    input: str | None = None,
+    cwd: Path = ROOT,
 ) -> subprocess.CompletedProcess[str]:
     """``python -m gateway ARGS`` to completion (stdout/stderr captured as text)."""
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args],
-        cwd=ROOT,
+        cwd=cwd,
         env=clean_environment(env),
         input=input,
         capture_output=True,

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from yarl import URL
 
 from gateway import accounts
 from gateway.config import AuthConfig
 from gateway.exceptions import InvalidToken
-from gateway.storage.database import Database
+from gateway.storage.database import Database, dsn_target
 from tests.acceptance.process_helpers import (
     ROOT,
     free_port,
@@ -64,6 +65,16 @@ def test_gateway_config_variable_picks_the_file(tmp_path: Path) -> None:
     result = run_gateway("check-config", env={"GATEWAY_CONFIG": str(path)})
     assert result.returncode == 2
     assert str(path) in result.stderr and "server.workers = 0" in result.stderr
+
+
+def test_check_config_without_a_file_says_so(tmp_path: Path) -> None:
+    """Run from the wrong directory, it must not look as if a file had been checked."""
+    result = run_gateway("check-config", cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "no config file found (looked for config.toml): the built-in defaults and the "
+        "GATEWAY_* overrides are valid"
+    )
 
 
 def test_a_missing_config_file_is_an_error(tmp_path: Path) -> None:
@@ -299,8 +310,46 @@ def test_migrate_reports_an_unreachable_database(tmp_path: Path) -> None:
     )
     result = run_gateway("--config", str(config), "migrate")
     assert result.returncode == 1
-    assert "gateway: database unavailable" in result.stderr
+    # What failed, in the OS's words, and where: not only an exception's name.
+    assert result.stderr.strip() == (
+        "gateway: database unavailable: ConnectionRefusedError: [Errno 111] Connection refused "
+        f"(connecting to 127.0.0.1:{port}/app)"
+    )
     assert "s3cret" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_migrate_reports_what_the_server_said(tmp_path: Path, server_dsn: str) -> None:
+    name = f"hookgate_absent_{uuid.uuid4().hex[:10]}"
+    config = _dsn_config(tmp_path, _dsn_with_database(server_dsn, name))
+    result = run_gateway("--config", str(config), "migrate")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f'gateway: database unavailable: InvalidCatalogNameError: database "{name}" does not '
+        f"exist (connecting to {dsn_target(_dsn_with_database(server_dsn, name))})"
+    )
+
+
+async def test_a_role_that_may_not_create_tables_gets_one_line_not_a_traceback(
+    tmp_path: Path, empty_database: str
+) -> None:
+    role = f"hookgate_reader_{uuid.uuid4().hex[:8]}"
+    owner = await asyncpg.connect(empty_database)
+    try:
+        await owner.execute(f'CREATE ROLE "{role}" LOGIN')
+        # PostgreSQL 15's default for roles that do not own the database, on any version.
+        await owner.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        dsn = str(URL(empty_database).with_user(role))
+        result = run_gateway("--config", str(_dsn_config(tmp_path, dsn)), "migrate")
+    finally:
+        await owner.execute(f'DROP ROLE IF EXISTS "{role}"')  # it owns nothing
+        await owner.close()
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "gateway: cannot apply schema.sql: permission denied for schema public: run `gateway "
+        "migrate` as a role that may create tables (the owner of the database), or grant this "
+        "role CREATE on the schema"
+    )
 
 
 def test_migrate_reports_a_dsn_parameter_the_server_refuses(

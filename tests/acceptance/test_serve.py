@@ -154,6 +154,15 @@ def test_the_first_admin_comes_from_the_environment(first_run: Run) -> None:
     assert ADMIN_PASSWORD not in first_run.gateway.output
 
 
+def test_start_up_names_the_config_file_and_the_overrides_but_no_value(first_run: Run) -> None:
+    [loaded] = first_run.gateway.named("config_loaded")
+    assert loaded["path"].endswith("config.toml") and loaded["file_found"] is True
+    overrides = loaded["overrides"]
+    assert {"GATEWAY_ADMIN_EMAIL", "GATEWAY_ADMIN_PASSWORD"}.isdisjoint(overrides)
+    assert all(name.startswith("GATEWAY_") for name in overrides)
+    assert ADMIN_EMAIL not in str(loaded)
+
+
 def test_wrong_credentials_are_refused(first_run: Run) -> None:
     status, body = _login(first_run.port, password="not the passphrase")
     assert status == 401 and body == {"message": "Invalid email or password.", "errors": None}

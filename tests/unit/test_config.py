@@ -436,7 +436,8 @@ def test_an_empty_list_override_clears_the_list() -> None:
         (
             {"GATEWAY_DATABSE_DSN": "postgresql://db/app"},
             [
-                "unknown environment override GATEWAY_DATABSE_DSN; did you mean GATEWAY_DATABASE_DSN?"
+                "unknown environment override GATEWAY_DATABSE_DSN;"
+                " did you mean GATEWAY_DATABASE_DSN?"
             ],
         ),
         (
