@@ -15,6 +15,7 @@ from gateway.config import ENV_PREFIX, OTHER_ENV_NAMES, Config, ConfigError, loa
 from gateway.executor import commands as run_commands
 from gateway.logs import configure_logging, get_logger
 from gateway.security import key_commands
+from gateway.supervisor import WORKER_CONFIG_ENV
 
 log = get_logger(__name__)
 
@@ -67,6 +68,16 @@ def _load(path: str | None) -> Config:
         print(f"gateway: invalid configuration in {exc.source}:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def _worker_config(snapshot: str) -> Config:
+    from gateway.supervisor import config_from_snapshot
+
+    try:
+        return config_from_snapshot(snapshot)
+    except ConfigError as exc:
+        print(f"gateway: invalid configuration from the supervisor: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
 
 
@@ -128,7 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == key_commands.COMMAND:  # issue 8; `keys generate` needs no config
         return key_commands.main(args, _load)
-    config = _load(args.config)
+    if getattr(args, "worker", False) and WORKER_CONFIG_ENV in os.environ:
+        # A worker runs the configuration in force in its supervisor, not the file as it is
+        # now (an edit waiting for a restart must not reach a replacement worker).
+        config = _worker_config(os.environ[WORKER_CONFIG_ENV])
+    else:
+        config = _load(args.config)
     configure_logging(config.log.level, config.log.format)
     if args.command in ("serve", "dispatch", "executor") and not getattr(args, "worker", False):
         # Which file (or none) and which overrides this process runs with: the first thing

@@ -4,9 +4,14 @@
 embedded PostgreSQL when no DSN is configured (once, here, never in a worker), applies the schema
 and bootstraps the first admin, then starts N workers. Each worker is a fresh interpreter running
 ``python -m gateway [--config PATH] serve --worker`` (with the embedded server's DSN in
-``GATEWAY_DATABASE_DSN``; a configured DSN it reads as the parent did, so that a SIGHUP after
-editing it reports that a restart is needed); it opens its own pool and binds the listeners
-with SO_REUSEPORT, so the kernel spreads connections across the workers.
+``GATEWAY_DATABASE_DSN``); it opens its own pool and binds the listeners with SO_REUSEPORT, so
+the kernel spreads connections across the workers. A worker starts with the configuration in
+force in the parent (``HOOKGATE_WORKER_CONFIG``: the file as the parent read it, with the live
+keys of every SIGHUP since applied), not the file as it is now: a replacement for a crashed
+worker must not bind a port or open a database that an edit named but that needs a restart
+(the workers report that on SIGHUP; the parent's copy takes only the live changes). Before the
+first worker starts, the parent checks that nothing listens on the address: SO_REUSEPORT would
+otherwise let the workers share a port with another gateway still running there.
 
 Why ``subprocess`` rather than ``multiprocessing``: a worker is then exactly the program an
 operator could start by hand (same CLI, same config loading, same env overrides), nothing has to
@@ -26,19 +31,22 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+import orjson
 import structlog
 
 from gateway import metrics, sighup
-from gateway.config import Config
+from gateway.config import Config, build_config
 from gateway.logs import get_logger
+from gateway.reload import ConfigReloader
 from gateway.storage.database import Database
 from gateway.storage.embedded import EmbeddedPostgres
 
@@ -57,6 +65,8 @@ HEALTHY_AFTER = 10.0
 SIGHUP_AFTER = 1.0
 # Extra seconds a worker gets beyond shutdown_timeout (pool close, batcher flush) before SIGKILL.
 KILL_GRACE = 5.0
+# The configuration in force in the parent, handed to each worker it starts (JSON).
+WORKER_CONFIG_ENV = "HOOKGATE_WORKER_CONFIG"
 # Environment variables a worker must not inherit (the parent already used them).
 _PARENT_ONLY_ENV = ("GATEWAY_ADMIN_EMAIL", "GATEWAY_ADMIN_PASSWORD")
 
@@ -84,13 +94,20 @@ def worker_command(config: Config) -> list[str]:
 
 
 def worker_environment(
-    embedded_dsn: str | None, index: int, metrics_dir: Path | None = None
+    embedded_dsn: str | None,
+    index: int,
+    metrics_dir: Path | None = None,
+    config: Config | None = None,
 ) -> dict[str, str]:
     """The parent's environment plus the embedded server's DSN if it runs one (and the shared
-    metrics directory), minus the bootstrap credentials."""
+    metrics directory, and the configuration in force), minus the bootstrap credentials."""
     env = {k: v for k, v in os.environ.items() if k not in _PARENT_ONLY_ENV}
     if embedded_dsn is not None:
         env["GATEWAY_DATABASE_DSN"] = embedded_dsn
+    if config is not None:
+        if embedded_dsn is not None:
+            config = replace(config, database=replace(config.database, dsn=embedded_dsn))
+        env[WORKER_CONFIG_ENV] = config_snapshot(config)
     env["HOOKGATE_WORKER_INDEX"] = str(index)
     if metrics_dir is not None:
         env[metrics.MULTIPROC_ENV] = str(metrics_dir)
@@ -130,6 +147,9 @@ class Supervisor:
 
     def __init__(self, config: Config, dsn: str, metrics_dir: Path | None = None) -> None:
         self.config = config
+        # The configuration in force: the start-up one plus the live keys of each SIGHUP (the
+        # workers log the reload; this copy is what a replacement worker starts with).
+        self.reloader = ConfigReloader.for_config(config)
         self.dsn = dsn
         self.metrics_dir = metrics_dir  # PROMETHEUS_MULTIPROC_DIR of the workers (issue 8)
         self.stopping = asyncio.Event()
@@ -147,8 +167,9 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
-        if sighup.take_pending():  # during the bootstrap: the workers read the file as they start
-            log.info("sighup_during_start_up", workers="read the configuration as they start")
+        if sighup.take_pending():  # during the bootstrap: the workers start with its outcome
+            result = self.reloader.reload_and_log()
+            log.info("sighup_during_start_up", applied=result.applied)
         try:
             await asyncio.gather(*(self._keep_running(slot) for slot in self._slots))
         finally:
@@ -166,6 +187,8 @@ class Supervisor:
     def _forward(self, sig: signal.Signals) -> None:
         if sig == signal.SIGHUP and self.stopping.is_set():
             return  # the workers are stopping: a reload is moot, and one past its loop would die
+        if sig == signal.SIGHUP:
+            self.reloader.reload()  # quietly: each worker logs its own outcome
         loop = asyncio.get_running_loop()
         for slot in self._slots:
             process = slot.process
@@ -190,7 +213,10 @@ class Supervisor:
         process = await asyncio.create_subprocess_exec(
             *worker_command(self.config),
             env=worker_environment(
-                None if self.config.database.dsn else self.dsn, slot.index, self.metrics_dir
+                None if self.config.database.dsn else self.dsn,
+                slot.index,
+                self.metrics_dir,
+                self.reloader.current,
             ),
             stdin=asyncio.subprocess.DEVNULL,
         )
@@ -279,9 +305,46 @@ def _signal_name(number: int) -> str:
         return str(number)
 
 
+def config_snapshot(config: Config) -> str:
+    """``config`` as JSON, for :func:`config_from_snapshot` in a worker."""
+    values = {f.name: asdict(getattr(config, f.name)) for f in fields(config) if f.name != "source"}
+    return orjson.dumps({"source": config.source, "values": values}).decode()
+
+
+def config_from_snapshot(text: str) -> Config:
+    """The configuration a supervisor handed its worker (validated again, no overrides: they
+    are in it already)."""
+    snapshot = orjson.loads(text)
+    return build_config(snapshot["values"], {}, source=snapshot["source"])
+
+
+def check_addresses_free(config: Config) -> None:
+    """Raise ListenError when something listens on the ingest or management address already.
+
+    The workers bind with SO_REUSEPORT, which would let them share the port with another
+    gateway left running there (an old release, a second unit): a plain bind (SO_REUSEADDR
+    only, as a single process binds) fails instead while anything listens on it."""
+    from gateway.server import ListenError
+
+    server = config.server
+    addresses = [(server.host, server.port)]
+    if server.management_port:
+        addresses.append((server.management_host or server.host, server.management_port))
+    for host, port in addresses:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(address)
+                except OSError as exc:
+                    raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+
+
 async def supervise(config: Config) -> int:
     """``gateway serve`` with workers > 1: bootstrap once, then run and supervise N workers."""
-    from gateway.server import prepare_database, stop_on_signals
+    from gateway.server import ListenError, prepare_database, stop_on_signals
 
     # SIGTERM/SIGINT during the bootstrap (the embedded server starting, the schema): stop
     # there and stop the embedded server too, instead of dying and leaving it running.
@@ -298,6 +361,12 @@ async def supervise(config: Config) -> int:
         if stop.is_set():
             log.info("stopped_while_starting")
             return 0
+        try:
+            check_addresses_free(config)
+        except ListenError as exc:
+            log.error("cannot_listen", error=str(exc))
+            print(f"gateway: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         # One scrape, answered by any worker, sums every worker's metric files (issue 8).
         metrics_dir = prepare_metrics_dir(config)
         supervisor = Supervisor(config, dsn, metrics_dir)

@@ -18,6 +18,7 @@ import signal
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,9 +28,11 @@ from tests.acceptance.lb_load import is_2xx, runs_by_delivery
 from tests.acceptance.live_gateway import fresh_database, start_gateway, stop_gateway
 from tests.acceptance.process_helpers import (
     GatewayProcess,
+    free_port,
     http_status,
     occupied_port,
     parent_of,
+    port_is_free,
     process_alive,
     write_config,
 )
@@ -134,13 +137,28 @@ async def test_kill_9_of_a_worker_under_load(
     assert set(runs) == deliveries and set(runs.values()) == {1}
 
 
+def _kill_and_replace(gateway: GatewayProcess, pid: int) -> dict[str, Any]:
+    """SIGKILL worker 0 (``pid``); its replacement's ``listening`` event."""
+    os.kill(pid, signal.SIGKILL)
+    restarted = gateway.wait_event("worker_restarted", RESTART_LIMIT, worker=0)
+    return gateway.wait_for(
+        lambda e: (
+            e.get("event") == "listening"
+            and e.get("worker") == 0
+            and gateway.events.index(e) > gateway.events.index(restarted)
+        ),
+        "worker 0 listening again",
+        RESTART_LIMIT,
+    )
+
+
 @pytest.mark.timeout(180)
 def test_a_worker_crash_while_the_config_file_is_broken_is_not_an_outage(
     dsn: str, tmp_path: Path
 ) -> None:
     """An operator's edit that a SIGHUP rejected (or not yet reloaded) stays on disk; a worker
-    that crashes then is replaced by one that reads the broken file. That replacement is retried
-    with back-off while the other worker serves, and comes up once the file is fixed."""
+    that crashes then is replaced by one running the configuration in force, which its
+    supervisor hands it: it serves at once instead of failing on the broken file."""
     live = start_gateway(tmp_path, dsn, server={"workers": 2}, listening=2)
     gateway = live.gateway
     config = tmp_path / "config.toml"
@@ -148,27 +166,101 @@ def test_a_worker_crash_while_the_config_file_is_broken_is_not_an_outage(
     try:
         workers = {e["worker"]: e["pid"] for e in gateway.named("worker_started")}
         config.write_text(good.replace("[server]\n", '[server]\nmax_body_bytes = "big"\n', 1))
-        os.kill(workers[0], signal.SIGKILL)
-        failed = gateway.wait_event("worker_config_error", RESTART_LIMIT, worker=0)
-        assert gateway.process.poll() is None  # the supervisor stays up
-        assert http_status(f"{live.url}/healthz") == 200  # worker 1 serves (alone) meanwhile
-        assert "max_body_bytes" in gateway.output  # the replacement said what is wrong
-
-        config.write_text(good)
-        gateway.wait_for(
-            lambda e: (
-                e.get("event") == "listening"
-                and e.get("worker") == 0
-                and gateway.events.index(e) > gateway.events.index(failed)
-            ),
-            "worker 0 listening again",
-            RESTART_LIMIT,
-        )
-        assert not gateway.named("worker_usage_error")
+        _kill_and_replace(gateway, workers[0])
+        assert not gateway.named("worker_config_error")
         assert http_status(f"{live.url}/healthz") == 200
+        # The broken file is still refused by a reload, in both workers, the new one included.
+        os.kill(gateway.process.pid, signal.SIGHUP)
+        gateway.wait_for(
+            lambda _: {e.get("worker") for e in gateway.named("config_reload_rejected")} == {0, 1},
+            "config_reload_rejected in both workers",
+            30,
+        )
     finally:
+        config.write_text(good)
         code = stop_gateway(live)
     assert code == 0
+
+
+@pytest.mark.timeout(180)
+def test_a_replacement_worker_keeps_the_port_and_database_in_force(
+    dsn: str, tmp_path: Path
+) -> None:
+    """An edit of a restart-only key (the port, the DSN) waits for a restart: a worker that
+    crashes meanwhile must not come back on the new port or the new database while its
+    sibling keeps the old ones. A live key the SIGHUP applied does reach it."""
+    live = start_gateway(tmp_path, dsn, server={"workers": 2}, listening=2)
+    gateway = live.gateway
+    config = tmp_path / "config.toml"
+    good = config.read_text()
+    new_port = free_port()
+    try:
+        workers = {e["worker"]: e["pid"] for e in gateway.named("worker_started")}
+        edited = good.replace(f"port = {live.port}\n", f"port = {new_port}\n", 1)
+        assert edited != good
+        config.write_text(edited + '\n[hooks]\nstore_bodies = "none"\n')
+        os.kill(gateway.process.pid, signal.SIGHUP)
+        gateway.wait_for(
+            lambda _: {e.get("worker") for e in gateway.named("config_reload_needs_restart")}
+            == {0, 1},
+            "config_reload_needs_restart in both workers",
+            30,
+        )
+        assert all(
+            e["keys"] == ["server.port"] for e in gateway.named("config_reload_needs_restart")
+        )
+        listening = _kill_and_replace(gateway, workers[0])
+        assert listening["port"] == live.port
+        assert port_is_free(new_port)
+        # Its configuration is the one in force: a reload finds the port edit still pending
+        # and the live change already applied.
+        os.kill(gateway.process.pid, signal.SIGHUP)
+        again = gateway.wait_for(
+            lambda e: (
+                e.get("event") == "config_reload_needs_restart"
+                and e.get("worker") == 0
+                and gateway.events.index(e) > gateway.events.index(listening)
+            ),
+            "the replacement's reload",
+            30,
+        )
+        assert again["keys"] == ["server.port"]
+        assert not [
+            e
+            for e in gateway.named("config_reloaded")
+            if e.get("worker") == 0 and gateway.events.index(e) > gateway.events.index(listening)
+        ]
+    finally:
+        config.write_text(good)
+        code = stop_gateway(live)
+    assert code == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_second_gateway_on_the_port_of_a_running_one_is_refused(
+    dsn: str, tmp_path: Path
+) -> None:
+    """SO_REUSEPORT would let the workers of a second gateway (an old release still running,
+    a second unit) quietly share the port and its traffic: the supervisor checks first."""
+    (tmp_path / "first").mkdir()
+    live = start_gateway(tmp_path / "first", dsn, server={"workers": 2}, listening=2)
+    try:
+        config = write_config(
+            tmp_path / "config.toml",
+            {"server": {"port": live.port, "workers": 2}, "log": {"format": "json"}},
+        )
+        second = GatewayProcess(config, env={"GATEWAY_DATABASE_DSN": dsn})
+        try:
+            assert second.finish(timeout=90) == 2, second.output
+        finally:
+            second.kill()
+        assert f"gateway: cannot listen on 127.0.0.1:{live.port}: Address already in use" in (
+            second.output
+        )
+        assert not second.named("worker_started")
+        assert http_status(f"{live.url}/healthz") == 200
+    finally:
+        assert stop_gateway(live) == 0
 
 
 @pytest.mark.timeout(120)
@@ -186,7 +278,7 @@ def test_workers_that_cannot_bind_the_port_stop_the_gateway(dsn: str, tmp_path: 
             assert gateway.finish(timeout=90) == 2, gateway.output
         finally:
             gateway.kill()
-    cannot = gateway.named("worker_cannot_listen")
+    # Found before any worker starts (the supervisor tries the address itself).
+    cannot = gateway.named("cannot_listen")
     assert cannot and "address already in use" in cannot[0]["error"].lower(), gateway.output
-    assert gateway.named("worker_usage_error")
-    assert not gateway.named("worker_restarted")
+    assert not gateway.named("worker_started")
