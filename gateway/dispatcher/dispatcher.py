@@ -343,13 +343,16 @@ class Dispatcher:
         metrics.record_outgoing_attempt(outcome)
         if next_status == "failed":
             metrics.record_outgoing_failure()
-        log.info(
+        # Why it failed is what an operator reading the log needs (DNS, refused connection,
+        # the SSRF guard with its hint); a delivery given up is a warning.
+        (log.warning if next_status == "failed" else log.info)(
             "outgoing_delivery_attempt",
             delivery_id=str(row["id"]),
             hook_id=str(row["hook_id"]),
             attempt=row["attempt"],
             outcome=outcome,
             status_code=status,
+            error=None if outcome == SUCCEEDED else attempt.message,
             latency_ms=round(latency_ms, 1),
             next=next_status,
             retry_in=round(decision.delay, 3) if decision.action == RETRY else None,

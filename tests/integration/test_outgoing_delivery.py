@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -22,6 +23,7 @@ from standardwebhooks import Webhook
 
 from gateway.config import Config
 from gateway.dispatcher.dispatcher import Dispatcher
+from gateway.logs import configure_logging
 from gateway.storage import outgoing as store
 from gateway.storage import runs
 from gateway.storage.database import Database
@@ -602,10 +604,13 @@ async def test_the_ssrf_guard_refuses_loopback_targets_and_records_why(
     database_dsn: str,
     receiver: tuple[Receiver, str],
     host: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     target, base = receiver
     port = base.rsplit(":", 1)[1]
     config = outgoing_config(database_dsn, allow_private_targets=False)
+    configure_logging("info", "json")
+    capsys.readouterr()
     hook = await create_hook(
         client, admin_headers, pipeline["id"], hook_body(f"http://{host}:{port}/internal")
     )
@@ -626,6 +631,11 @@ async def test_the_ssrf_guard_refuses_loopback_targets_and_records_why(
             "target resolves to 127.0.0.1 (loopback), refused: set "
             "outgoing.allow_private_targets to allow"
         )
+    # The operator reading the log learns why too, at warning level (the delivery is given up).
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
+    [logged] = [line for line in lines if line["event"] == "outgoing_delivery_attempt"]
+    assert (logged["level"], logged["outcome"], logged["next"]) == ("warning", "refused", "failed")
+    assert logged["error"] == attempt["message"]
 
 
 async def test_a_slow_target_does_not_hold_up_a_fast_one(
