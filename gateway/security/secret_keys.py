@@ -133,8 +133,13 @@ def new_key_line(key_id: str | None = None) -> str:
 
 
 def read_key_file(path: Path) -> tuple[SecretKey, ...]:
-    """The keys in a key file; ValueError when it holds none or a bad line."""
-    keys = parse_key_lines(path.read_text(encoding="utf-8").splitlines(), str(path))
+    """The keys in a key file; ValueError when it holds none or a bad line, or cannot be read."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ValueError(f"security.key_file {str(path)!r} cannot be read: {reason}") from exc
+    keys = parse_key_lines(text.splitlines(), str(path))
     if not keys:
         raise ValueError(f"{path}: holds no key")
     return keys
@@ -149,9 +154,15 @@ def ensure_key_file(path: Path) -> tuple[tuple[SecretKey, ...], bool]:
     """
     if path.exists():
         return read_key_file(path), False
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:  # a read-only directory, a parent that is a file ...
+        raise ValueError(
+            f"security.key_file {str(path)!r} cannot be created: {exc.strerror} (make its "
+            "directory writable, point key_file elsewhere, or set security.secret_keys)"
+        ) from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(_FILE_HEADER + new_key_line() + "\n")

@@ -9,6 +9,7 @@ reload (gateway.ingest.trigger), and the dispatcher its compiled templates.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.config import Config
+from gateway.exceptions import DatabaseUnavailable
 from gateway.logs import get_logger
 from gateway.reload import CONFIG_HOLDER, ConfigHolder, live_config, touches
 from gateway.security.secret_box import SecretBox, open_secret_box
@@ -39,13 +41,21 @@ async def check_secret_keys(db: Database, config: Config) -> None:
     creating the key file if needed, and log an error when stored secrets were sealed with keys
     this host does not have (their hooks answer 500 until the key is configured)."""
     install_secret_box(db, config)
-    missing = await missing_key_ids(db, db.secret_box)
+    await report_missing_keys(db, db.secret_box)
+
+
+async def report_missing_keys(db: Database, box: SecretBox, *, after_reload: bool = False) -> None:
+    """Log an error when stored secrets were sealed with keys ``box`` does not have (their
+    hooks answer 500 until the key is configured again)."""
+    missing = await missing_key_ids(db, box)
     if missing:
         log.error(
             "secret_keys_missing",
             key_ids=sorted(missing),
             sealed_values=sum(missing.values()),
-            hint="add the keys to [security] secret_keys; `gateway keys status` lists them",
+            after_reload=after_reload,
+            hint="add the keys to [security] secret_keys (and reload); `gateway keys status` "
+            "lists them",
         )
 
 
@@ -74,6 +84,7 @@ def follow_secret_keys(db: Database, holder: ConfigHolder) -> Callable[[], None]
     never checked (nor generate a new key file).
     """
     checked: list[tuple[Config, SecretBox]] = []  # the config the check accepted, its box
+    reports: set[asyncio.Task[None]] = set()  # post-reload checks in flight (kept referenced)
 
     def check_keys(old: Config, new: Config, changed: frozenset[str]) -> None:
         checked.clear()
@@ -87,6 +98,11 @@ def follow_secret_keys(db: Database, holder: ConfigHolder) -> Callable[[], None]
         checked.clear()
         box = db.secret_box = opened[0] if opened else open_reloaded_keys(new)
         log.info("secret_keys_reloaded", primary_key_id=box.primary_key_id, key_ids=box.key_ids)
+        # A key dropped too early (before `gateway keys rotate` finished) or mistyped: said now,
+        # not at the first request of each hook it leaves unreadable.
+        task = asyncio.get_running_loop().create_task(_report_after_reload(db, box))
+        reports.add(task)
+        task.add_done_callback(reports.discard)
 
     remove_check = holder.add_check(check_keys)
     unsubscribe = holder.on_reload(reload_keys)
@@ -96,6 +112,13 @@ def follow_secret_keys(db: Database, holder: ConfigHolder) -> Callable[[], None]
         unsubscribe()
 
     return stop
+
+
+async def _report_after_reload(db: Database, box: SecretBox) -> None:
+    try:
+        await report_missing_keys(db, box, after_reload=True)
+    except DatabaseUnavailable as exc:  # the database is away: the check is only advice
+        log.warning("secret_keys_check_failed", error=str(exc))
 
 
 async def secret_box_service(app: web.Application) -> AsyncIterator[None]:

@@ -9,9 +9,11 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
+import pytest
 
 from gateway.config import Config
 from gateway.dispatcher.outbound import CompiledHook as OutgoingHook
+from gateway.logs import configure_logging
 from gateway.security.secret_box import SecretBox, key_id_of
 from gateway.security.secret_keys import load_keys, new_key_line
 from gateway.storage.database import Database
@@ -268,3 +270,36 @@ async def test_a_request_answered_500_for_an_unreadable_secret_is_never_replayed
     assert replay.status == 409, await replay.text()
     assert "did not pass signature verification" in (await replay.json())["message"]
     assert await fetch(database_dsn, "SELECT id FROM pipeline_runs") == []
+
+
+async def test_a_reload_that_drops_a_key_still_in_use_says_so_at_once(
+    client: Any,
+    admin_headers: dict[str, str],
+    config: Config,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Removing the old key before `gateway keys rotate` has re-sealed everything (or a typo in
+    the list): the reload is valid, but every hook sealed with that key will answer 500. The
+    operator learns it from the reload, not from the first failing request of each hook."""
+    pipeline_id = await new_pipeline(client, admin_headers)
+    await create_hook(client, admin_headers, pipeline_id)  # sealed with the test key
+    configure_logging("info", "json")
+    capsys.readouterr()
+    reload_to(client, with_section(config, "security", secret_keys=(new_key_line("b"),)))
+
+    async def reported() -> list[dict[str, Any]]:
+        await asyncio.sleep(0.05)
+        return [
+            line
+            for line in map(orjson.loads, capsys.readouterr().err.splitlines())
+            if line["event"] == "secret_keys_missing"
+        ]
+
+    found: list[dict[str, Any]] = []
+    for _ in range(100):
+        found += await reported()
+        if found:
+            break
+    [line] = found
+    assert line["level"] == "error" and line["after_reload"] is True
+    assert line["key_ids"] == [TEST_KEY_ID] and line["sealed_values"] == 1

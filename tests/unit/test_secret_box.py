@@ -153,6 +153,25 @@ def test_key_file_with_bad_content_is_an_error(tmp_path: Path) -> None:
         load_keys((), str(path))
 
 
+def test_a_key_file_that_cannot_be_read_or_created_is_a_one_line_error(tmp_path: Path) -> None:
+    """A path that is a directory, or under a file: a configuration error naming it, which the
+    command line reports in one line (status 2), not an OSError's traceback."""
+    directory = tmp_path / "keys"
+    directory.mkdir()
+    with pytest.raises(ValueError) as caught:
+        load_keys((), str(directory))
+    assert (
+        str(caught.value) == f"security.key_file {str(directory)!r} cannot be read: Is a directory"
+    )
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("x")
+    with pytest.raises(ValueError) as caught:
+        load_keys((), str(not_a_directory / "secret-keys"))
+    assert str(caught.value).startswith(
+        f"security.key_file {str(not_a_directory / 'secret-keys')!r} cannot be created: "
+    )
+
+
 def test_open_secret_box_from_config(tmp_path: Path) -> None:
     opened = open_secret_box(SecurityConfig(secret_keys=(LINE_A, LINE_B), key_file=""))
     assert opened.primary_key_id == "a" and opened.key_ids == ("a", "b")
