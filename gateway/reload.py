@@ -17,6 +17,7 @@ any lookup at all.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -26,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import appkeys, sighup
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import ENV_PREFIX, Config, ConfigError, load_config
 from gateway.logs import get_logger
 
 log = get_logger(__name__)
@@ -176,6 +177,7 @@ class ReloadResult:
     config: Config
     problems: list[str] = field(default_factory=list)
     failed_callbacks: list[str] = field(default_factory=list)
+    shadowed: list[str] = field(default_factory=list)  # edited, but an env variable wins
 
 
 class ConfigReloader:
@@ -192,6 +194,7 @@ class ConfigReloader:
         self.holder = current if isinstance(current, ConfigHolder) else ConfigHolder(current)
         self.on_reload = self.holder.on_reload
         self._env = env
+        self._file_only = self._read_file_only()
 
     @classmethod
     def for_config(cls, config: Config) -> ConfigReloader:
@@ -204,6 +207,27 @@ class ConfigReloader:
         """The config in force."""
         return self.holder.current
 
+    def _read_file_only(self) -> Config | None:
+        """The file without the environment's overrides (None when it does not load alone)."""
+        try:
+            return load_config(self.path, {})
+        except ConfigError:
+            return None
+
+    def _shadowed(self) -> list[str]:
+        """Keys whose value changed in the file since the last read but which a ``GATEWAY_*``
+        variable overrides: the edit has no effect (restart without the variable to use it)."""
+        before, after = self._file_only, self._read_file_only()
+        self._file_only = after
+        if before is None or after is None:
+            return []
+        env = os.environ if self._env is None else self._env
+        return [
+            key
+            for key in changed_keys(before, after)
+            if f"{ENV_PREFIX}{key.replace('.', '_').upper()}" in env
+        ]
+
     def reload(self) -> ReloadResult:
         """Re-read the file; apply the live changes (see module docstring)."""
         old = self.holder.current
@@ -211,6 +235,7 @@ class ConfigReloader:
             new = load_config(self.path, self._env)
         except ConfigError as exc:
             return ReloadResult([], [], str(exc), old, problems=list(exc.problems))
+        shadowed = self._shadowed()
         changed = changed_keys(old, new)
         live = [k for k in changed if k in LIVE_KEYS]
         restart = [k for k in changed if k not in LIVE_KEYS]
@@ -223,7 +248,9 @@ class ConfigReloader:
             failed = self.holder.apply(effective, frozenset(live))
         else:
             effective = old
-        return ReloadResult(live, restart, None, effective, failed_callbacks=failed)
+        return ReloadResult(
+            live, restart, None, effective, failed_callbacks=failed, shadowed=shadowed
+        )
 
     def reload_and_log(self) -> ReloadResult:
         """:meth:`reload`, then one log line per outcome (key names only, never values)."""
@@ -241,6 +268,14 @@ class ConfigReloader:
             log.info("config_reloaded", path=source, applied=result.applied)
         if result.needs_restart:
             log.warning("config_reload_needs_restart", path=source, keys=result.needs_restart)
+        if result.shadowed:
+            log.warning(
+                "config_reload_shadowed_by_environment",
+                path=source,
+                keys=result.shadowed,
+                variables=[f"{ENV_PREFIX}{k.replace('.', '_').upper()}" for k in result.shadowed],
+                hint="these keys changed in the file, but a GATEWAY_* variable sets them",
+            )
         if not result.applied and not result.needs_restart:
             log.info("config_reload_unchanged", path=source)
         return result

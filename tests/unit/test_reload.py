@@ -88,6 +88,45 @@ def test_restart_only_edit_is_reported_and_not_applied(config_file: Path) -> Non
     assert r.reload().needs_restart == ["server.port", "server.workers"]
 
 
+def test_an_edit_that_an_environment_variable_overrides_is_reported(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The operator edits the file and reloads; GATEWAY_HOOKS_CACHE_TTL still wins: the log
+    must say why nothing changed, instead of only "unchanged"."""
+    env = {"GATEWAY_HOOKS_CACHE_TTL": "30"}
+    r = ConfigReloader(config_file, load_config(config_file, env=env), env=env)
+    write(
+        config_file,
+        BASE.replace("cache_ttl = 60.0", "cache_ttl = 5.0").replace(
+            "default_rate_per_second = 0", "default_rate_per_second = 20"
+        ),
+    )
+    configure_logging("info", "json")
+    capsys.readouterr()
+    result = r.reload_and_log()
+    assert result.applied == ["limits.default_rate_per_second"]
+    assert result.shadowed == ["hooks.cache_ttl"] and r.current.hooks.cache_ttl == 30.0
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    [shadowed] = [
+        line for line in lines if line["event"] == "config_reload_shadowed_by_environment"
+    ]
+    assert shadowed["keys"] == ["hooks.cache_ttl"]
+    assert shadowed["variables"] == ["GATEWAY_HOOKS_CACHE_TTL"]
+    # Names only, never values (a shadowed key may be a secret).
+    assert set(shadowed) == {
+        "event",
+        "path",
+        "keys",
+        "variables",
+        "hint",
+        "level",
+        "logger",
+        "timestamp",
+    }
+    # Said once per edit: the next reload of the same file has nothing new to report.
+    assert r.reload().shadowed == []
+
+
 def test_mixed_edit_applies_only_the_live_part(config_file: Path) -> None:
     r = reloader(config_file)
     write(
