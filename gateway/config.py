@@ -507,11 +507,10 @@ def _check_dsn(dsn: str, problems: list[str]) -> None:
         for host in hosts.split(","):
             urlsplit(f"{scheme}://{userinfo}{at}{host}/").port  # noqa: B018 - the check
     except ValueError:
-        rest = dsn.partition("://")[2]
-        credentials = rest.rpartition("@")[0]
+        userinfo = dsn.partition("://")[2].rpartition("@")[0]  # user:password, if any
         encode = (
             "; a '/', '#' or '?' in the password must be percent-encoded"
-            if any(c in credentials for c in "/#?")
+            if any(c in userinfo for c in "/#?")
             else ""
         )
         problems.append(

@@ -26,8 +26,11 @@ from gateway.exceptions import (
     PoolExhausted,
     SchemaNotApplied,
 )
+from gateway.logs import get_logger
 from gateway.security.secret_box import PLAINTEXT_BOX, SecretBox
 from gateway.storage.queries import QUERIES
+
+log = get_logger(__name__)
 
 
 def _find_schema() -> Path:
@@ -87,6 +90,16 @@ def translate_error(exc: BaseException) -> BaseException:
     ):
         return DatabaseUnavailable(f"database unavailable: {_described(exc)}")
     return exc
+
+
+def _commit_in_doubt(exc: BaseException) -> bool:
+    """Whether ``exc``, raised while COMMIT was sent, leaves its outcome unknown (see
+    :func:`lost_without_an_answer`)."""
+    mapped = translate_error(exc)
+    if not isinstance(mapped, DatabaseUnavailable):
+        return False
+    mapped.__cause__ = exc
+    return lost_without_an_answer(mapped)
 
 
 def dsn_target(dsn: str) -> str:
@@ -303,8 +316,36 @@ class Database(Session):
         itself; the pool opens a new one.
         """
         async with translated(), self._bounded.acquired() as conn:
-            async with conn.transaction():
-                yield Session(conn, self.secret_box)
+            xid: int | None = None  # set once the body is done: COMMIT is sent next
+            pid = conn.get_server_pid()  # known locally; gone with the connection
+            try:
+                async with conn.transaction():
+                    yield Session(conn, self.secret_box)
+                    xid = await conn.fetchval(QUERIES["transaction_id"])
+            except (asyncpg.PostgresError, *_UNAVAILABLE) as exc:
+                if xid is None or not _commit_in_doubt(exc):
+                    raise  # failed before COMMIT, or the server answered it with an error
+                if not await self._committed(xid, pid):
+                    raise
+                # The commit happened; only its answer was lost: the caller's write stands.
+                log.warning("commit_answer_lost", committed=True, error=_described(exc))
+
+    async def _committed(self, xid: int, pid: int) -> bool:
+        """Whether transaction ``xid``, whose COMMIT answer was lost with its connection,
+        committed: asked on another connection, after ending the server process ``pid`` if it
+        still runs that transaction (until it is gone it may still commit, or still roll
+        back). False when the outcome cannot be known within ``connect_timeout``."""
+        wait = self.config.connect_timeout
+        try:
+            async with asyncio.timeout(wait):
+                status = await self.fetchval("transaction_status", xid)
+                if status == "in progress":
+                    await self.fetchval("transaction_end_backend", xid, pid, int(wait * 500))
+                    status = await self.fetchval("transaction_status", xid)
+        except (DatabaseUnavailable, TimeoutError) as exc:
+            log.warning("commit_outcome_unknown", error=str(exc) or "timeout")
+            return False
+        return bool(status == "committed")
 
     async def ping(self, within: float | None = None) -> bool:
         """True when a query round-trips within ``within`` seconds, waiting for a free pool

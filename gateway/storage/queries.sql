@@ -4,6 +4,21 @@
 -- Readiness probe.
 SELECT 1;
 
+-- name: transaction_id
+-- The id of the current transaction if it wrote anything (NULL for a read-only one), read just
+-- before COMMIT: if the connection is lost during COMMIT, transaction_status tells the outcome.
+SELECT pg_current_xact_id_if_assigned();
+
+-- name: transaction_status
+-- committed, aborted or in progress (NULL: too old to know).
+SELECT pg_xact_status($1::xid8);
+
+-- name: transaction_end_backend
+-- End the server process $2 if it still runs transaction $1 (its connection was lost during
+-- COMMIT), waiting up to $3 milliseconds for it to exit; afterwards the outcome is final.
+SELECT pg_terminate_backend(pid, $3::bigint)
+FROM pg_stat_activity WHERE pid = $2 AND backend_xid = $1::xid8::xid;
+
 -- name: schema_lock
 -- Serialises schema application across processes starting at once.
 SELECT pg_advisory_xact_lock(7283917);
