@@ -14,8 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from yarl import URL
+
+from gateway.config import Config
+from gateway.storage.database import Database
 
 
 class CuttableProxy:
@@ -120,3 +125,21 @@ class CuttableProxy:
                 await writer.drain()
         with contextlib.suppress(Exception):
             writer.transport.abort()
+
+
+@contextlib.asynccontextmanager
+async def database_through_proxy(
+    config: Config, db: Database, dsn: str
+) -> AsyncIterator[tuple[CuttableProxy, Database]]:
+    """A Database (pool of one at first, 3 s to connect) whose connections, pool and
+    dedicated ones alike, go through a CuttableProxy to ``dsn``; ``db``'s secret box."""
+    proxy = CuttableProxy(dsn)
+    database = await Database.connect(
+        await proxy.start(), replace(config.database, pool_min_size=1, connect_timeout=3.0)
+    )
+    database.secret_box = db.secret_box
+    try:
+        yield proxy, database
+    finally:
+        await database.close()
+        await proxy.close()

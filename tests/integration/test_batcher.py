@@ -29,7 +29,7 @@ from gateway.ingest.batcher import (
 from gateway.storage.database import Database
 from gateway.storage.queries import QUERIES
 from tests.integration.ingest_helpers import PR_OPENED, execute, fetch, wait_for
-from tests.integration.pg_partition import CuttableProxy
+from tests.integration.pg_partition import database_through_proxy
 
 Factory = Callable[..., RunBatcher]
 
@@ -535,16 +535,8 @@ async def test_a_writer_connection_dropped_while_idle_is_replaced_not_a_503(
 @pytest.fixture
 async def through_proxy(config: Config, db: Database, database_dsn: str) -> AsyncIterator[Any]:
     """A Database whose connections (pool and writers) go through a CuttableProxy."""
-    proxy = CuttableProxy(database_dsn)
-    database = await Database.connect(
-        await proxy.start(), replace(config.database, pool_min_size=1, connect_timeout=3.0)
-    )
-    database.secret_box = db.secret_box
-    try:
-        yield proxy, database
-    finally:
-        await database.close()
-        await proxy.close()
+    async with database_through_proxy(config, db, database_dsn) as pair:
+        yield pair
 
 
 async def test_a_batch_that_committed_as_its_connection_was_lost_is_answered_as_stored(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,22 +15,14 @@ from gateway.config import Config
 from gateway.exceptions import DatabaseUnavailable
 from gateway.storage.database import Database
 from tests.integration.ingest_helpers import fetch, wait_for
-from tests.integration.pg_partition import CuttableProxy
+from tests.integration.pg_partition import database_through_proxy
 from tests.integration.runs_helpers import claim, enqueue, make_pipeline
 
 
 @pytest.fixture
 async def proxied(config: Config, db: Database, database_dsn: str) -> AsyncIterator[Any]:
-    proxy = CuttableProxy(database_dsn)
-    through = await Database.connect(
-        await proxy.start(), replace(config.database, pool_min_size=1, connect_timeout=3.0)
-    )
-    through.secret_box = db.secret_box
-    try:
-        yield proxy, through
-    finally:
-        await through.close()
-        await proxy.close()
+    async with database_through_proxy(config, db, database_dsn) as pair:
+        yield pair
 
 
 async def test_a_claim_whose_commit_answer_is_lost_is_still_the_claimers(
