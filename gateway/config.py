@@ -59,6 +59,7 @@ class DatabaseConfig:
     pool_max_size: int = 10
     connect_timeout: float = 5.0
     command_timeout: float = 10.0
+    embedded: bool = True  # false: an empty dsn is an error, never a private embedded server
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,8 @@ class SecurityConfig:
     secret_keys: tuple[str, ...] = field(default=(), repr=False)
     # Used when secret_keys is empty: read, or created on first start; "" disables encryption.
     key_file: str = "var/secret-keys"
+    # False: a missing key_file (with no secret_keys) stops start-up instead of a new key.
+    create_key_file: bool = True
 
 
 # End of operations ---------------------------------------------------------------------------
@@ -474,6 +477,11 @@ def _check_cross_field(sections: dict[str, Any], problems: list[str]) -> None:
             )
     if database.dsn:
         _check_dsn(database.dsn, problems)
+    elif not database.embedded:
+        problems.append(
+            "database.dsn is empty and database.embedded = false: set database.dsn "
+            "(GATEWAY_DATABASE_DSN) to the database this gateway must use"
+        )
     elif not database.data_dir.strip():
         problems.append(
             "database.data_dir = '' is invalid: must be a directory path when database.dsn is "

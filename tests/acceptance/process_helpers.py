@@ -28,18 +28,22 @@ Event = dict[str, Any]
 CONSOLE_SCRIPT = str(Path(sys.executable).parent / "gateway")
 
 
-def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def clean_environment(extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
     """This process's environment without any GATEWAY_* variable, plus the tests' secret key
-    (so that no run creates var/secret-keys in the checkout) and ``extra``."""
+    (so that no run creates var/secret-keys in the checkout) and ``extra`` (None: unset)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env["GATEWAY_SECURITY_SECRET_KEYS"] = TEST_SECRET_KEY
-    env.update(extra or {})
+    for key, value in (extra or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     return env
 
 
 def run_gateway(
     *args: str,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | None] | None = None,
     input: str | None = None,
     cwd: Path = ROOT,
 ) -> subprocess.CompletedProcess[str]:

@@ -364,3 +364,36 @@ def test_migrate_reports_a_dsn_parameter_the_server_refuses(
     assert result.stderr.startswith("gateway: the database refused the connection: ")
     assert '"statement_timeot"' in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- the load-balancer instance configuration fails closed ----------------------------------
+
+
+def test_an_instance_without_its_dsn_refuses_to_start(tmp_path: Path) -> None:
+    instance = ROOT / "deploy" / "config.instance.toml"
+    result = run_gateway("--config", str(instance), "serve", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "database.dsn is empty and database.embedded = false" in result.stderr
+    assert not (tmp_path / "var").exists()  # no embedded server, no key file
+
+
+def test_an_instance_without_its_keys_refuses_to_start(tmp_path: Path, database_dsn: str) -> None:
+    instance = ROOT / "deploy" / "config.instance.toml"
+    result = run_gateway(
+        "--config",
+        str(instance),
+        "serve",
+        cwd=tmp_path,
+        env={
+            "GATEWAY_DATABASE_DSN": database_dsn,
+            "GATEWAY_SERVER_PORT": str(free_port()),
+            "GATEWAY_SECURITY_SECRET_KEYS": None,  # the variable forgotten
+        },
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().endswith(
+        "gateway: security.key_file 'var/secret-keys' does not exist and "
+        "security.create_key_file = false: set security.secret_keys "
+        "(GATEWAY_SECURITY_SECRET_KEYS) or put the shared key file there"
+    )
+    assert not (tmp_path / "var" / "secret-keys").exists()

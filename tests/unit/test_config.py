@@ -306,6 +306,17 @@ def test_a_bad_port_among_several_hosts_is_named_without_blaming_the_password() 
     )
 
 
+def test_an_empty_dsn_without_the_embedded_fallback_is_refused() -> None:
+    """Instances behind a load balancer set embedded = false: a DSN variable forgotten in one
+    unit must stop that instance, not start a database of its own."""
+    assert _problems({"database": {"embedded": False}}) == [
+        "database.dsn is empty and database.embedded = false: set database.dsn "
+        "(GATEWAY_DATABASE_DSN) to the database this gateway must use"
+    ]
+    config = build_config({"database": {"embedded": False, "dsn": "postgresql://db/app"}}, {})
+    assert config.database.dsn == "postgresql://db/app"
+
+
 def test_a_dsn_of_the_wrong_type_is_not_echoed() -> None:
     problems = _problems({"database": {"dsn": 42}})
     assert problems == ["database.dsn = '***' is invalid: must be a string"]

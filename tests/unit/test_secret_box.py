@@ -6,6 +6,7 @@ import base64
 import os
 import stat
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,24 @@ def test_a_key_file_that_cannot_be_read_or_created_is_a_one_line_error(tmp_path:
     assert str(caught.value).startswith(
         f"security.key_file {str(not_a_directory / 'secret-keys')!r} cannot be created: "
     )
+
+
+def test_a_missing_key_file_is_an_error_where_keys_must_not_be_created(tmp_path: Path) -> None:
+    """Instances sharing a database set create_key_file = false: a host missing the shared keys
+    stops instead of sealing new secrets with a key no other host has."""
+    path = tmp_path / "secret-keys"
+    security = SecurityConfig(key_file=str(path), create_key_file=False)
+    with pytest.raises(ValueError) as caught:
+        open_secret_box(security)
+    assert str(caught.value) == (
+        f"security.key_file {str(path)!r} does not exist and security.create_key_file = false: "
+        "set security.secret_keys (GATEWAY_SECURITY_SECRET_KEYS) or put the shared key file there"
+    )
+    assert not path.exists()
+    path.write_text(new_key_line("shared") + "\n")
+    assert open_secret_box(security).key_ids == ("shared",)
+    keys = SecurityConfig(secret_keys=(new_key_line("given"),), key_file=str(tmp_path / "none"))
+    assert open_secret_box(replace(keys, create_key_file=False)).key_ids == ("given",)
 
 
 def test_open_secret_box_from_config(tmp_path: Path) -> None:
