@@ -4,7 +4,7 @@
 embedded PostgreSQL when no DSN is configured (once, here, never in a worker), applies the schema
 and bootstraps the first admin, then starts N workers. Each worker is a fresh interpreter running
 ``python -m gateway [--config PATH] serve --worker`` (with the embedded server's DSN in
-``GATEWAY_DATABASE_DSN``); it opens its own pool and binds the listeners with SO_REUSEPORT, so
+``HOOKGATE_EMBEDDED_DSN``); it opens its own pool and binds the listeners with SO_REUSEPORT, so
 the kernel spreads connections across the workers. A worker starts with the configuration in
 force in the parent (``HOOKGATE_WORKER_CONFIG``: the file as the parent read it, with the live
 keys of every SIGHUP since applied), not the file as it is now: a replacement for a crashed
@@ -47,6 +47,7 @@ from gateway import metrics, sighup
 from gateway.config import Config, build_config
 from gateway.logs import get_logger
 from gateway.reload import ConfigReloader
+from gateway.security.secret_service import check_reloaded_keys
 from gateway.storage.database import Database
 from gateway.storage.embedded import EmbeddedPostgres
 
@@ -67,6 +68,8 @@ SIGHUP_AFTER = 1.0
 KILL_GRACE = 5.0
 # The configuration in force in the parent, handed to each worker it starts (JSON).
 WORKER_CONFIG_ENV = "HOOKGATE_WORKER_CONFIG"
+# The DSN of the embedded server the parent started (when database.dsn is empty).
+EMBEDDED_DSN_ENV = "HOOKGATE_EMBEDDED_DSN"
 # Environment variables a worker must not inherit (the parent already used them).
 _PARENT_ONLY_ENV = ("GATEWAY_ADMIN_EMAIL", "GATEWAY_ADMIN_PASSWORD")
 
@@ -103,10 +106,10 @@ def worker_environment(
     metrics directory, and the configuration in force), minus the bootstrap credentials."""
     env = {k: v for k, v in os.environ.items() if k not in _PARENT_ONLY_ENV}
     if embedded_dsn is not None:
-        env["GATEWAY_DATABASE_DSN"] = embedded_dsn
+        # Not as GATEWAY_DATABASE_DSN: the configuration still says "embedded" (an empty dsn),
+        # so that a worker's reload compares the file with what the operator wrote.
+        env[EMBEDDED_DSN_ENV] = embedded_dsn
     if config is not None:
-        if embedded_dsn is not None:
-            config = replace(config, database=replace(config.database, dsn=embedded_dsn))
         env[WORKER_CONFIG_ENV] = config_snapshot(config)
     env["HOOKGATE_WORKER_INDEX"] = str(index)
     if metrics_dir is not None:
@@ -150,6 +153,8 @@ class Supervisor:
         # The configuration in force: the start-up one plus the live keys of each SIGHUP (the
         # workers log the reload; this copy is what a replacement worker starts with).
         self.reloader = ConfigReloader.for_config(config)
+        # The checks the workers run too: a reload they reject must not reach a replacement.
+        self.reloader.holder.add_check(check_reloaded_keys)
         self.dsn = dsn
         self.metrics_dir = metrics_dir  # PROMETHEUS_MULTIPROC_DIR of the workers (issue 8)
         self.stopping = asyncio.Event()
@@ -394,7 +399,8 @@ async def serve_worker(config: Config) -> int:
     """``gateway serve --worker``: one worker's listeners on the shared port with its own pool."""
     from gateway.server import ListenError, run_listeners, stop_on_signals
 
-    if not config.database.dsn:
+    dsn = config.database.dsn or os.environ.get(EMBEDDED_DSN_ENV, "")
+    if not dsn:
         log.error("worker_without_dsn", hint="workers are started by `gateway serve`")
         return EXIT_USAGE
     index = os.environ.get("HOOKGATE_WORKER_INDEX", "")
@@ -406,7 +412,7 @@ async def serve_worker(config: Config) -> int:
     loop.add_signal_handler(signal.SIGHUP, sighup.note)
     watchdog = asyncio.create_task(_exit_when_orphaned(stop, os.getppid()))
     try:
-        db = await Database.connect(config.database.dsn, config.database)
+        db = await Database.connect(dsn, config.database)
         try:
             await run_listeners(config, db, stop, reuse_port=True)
         finally:

@@ -75,6 +75,14 @@ def open_reloaded_keys(new: Config) -> SecretBox:
     )
 
 
+def check_reloaded_keys(old: Config, new: Config, changed: frozenset[str]) -> None:
+    """A reload check (ConfigHolder.add_check) for a process that holds no box itself, such as
+    the supervisor of workers: it must reject the reloads its workers reject, or a replacement
+    worker would start with keys the others refused (a key file it would then generate)."""
+    if touches(changed, "security"):
+        open_reloaded_keys(new)
+
+
 def follow_secret_keys(db: Database, holder: ConfigHolder) -> Callable[[], None]:
     """Install a new box on ``db`` whenever a reload changes ``[security]``; returns the
     function that stops following.

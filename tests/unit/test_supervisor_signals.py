@@ -14,6 +14,7 @@ import pytest
 
 from gateway.config import Config, DatabaseConfig
 from gateway.supervisor import (
+    EMBEDDED_DSN_ENV,
     SIGHUP_AFTER,
     Supervisor,
     _Slot,
@@ -91,13 +92,14 @@ def test_the_metrics_directory_falls_back_to_a_private_temporary_one(tmp_path: P
 
 
 def test_workers_get_the_dsn_only_of_an_embedded_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A configured DSN is read by each worker as the parent read it: forcing it into the
-    # environment would hide an edit of the file from SIGHUP's "needs a restart" report.
+    # Never as an override: forcing a DSN into GATEWAY_DATABASE_DSN would hide an edit of the
+    # file from SIGHUP's "needs a restart" report (and report it as shadowed instead).
     monkeypatch.delenv("GATEWAY_DATABASE_DSN", raising=False)
     monkeypatch.setenv("GATEWAY_ADMIN_PASSWORD", "bootstrap only")
     embedded = worker_environment("postgresql://postgres@/postgres?host=/run/pg", 1)
-    assert embedded["GATEWAY_DATABASE_DSN"] == "postgresql://postgres@/postgres?host=/run/pg"
+    assert embedded[EMBEDDED_DSN_ENV] == "postgresql://postgres@/postgres?host=/run/pg"
+    assert "GATEWAY_DATABASE_DSN" not in embedded
     configured = worker_environment(None, 1)
-    assert "GATEWAY_DATABASE_DSN" not in configured
+    assert EMBEDDED_DSN_ENV not in configured and "GATEWAY_DATABASE_DSN" not in configured
     assert configured["HOOKGATE_WORKER_INDEX"] == "1"
     assert "GATEWAY_ADMIN_PASSWORD" not in configured

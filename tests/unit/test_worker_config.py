@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from gateway.config import build_config
+from pathlib import Path
+
+from gateway.config import build_config, load_config
+from gateway.security.secret_keys import new_key_line
 from gateway.supervisor import (
+    EMBEDDED_DSN_ENV,
     WORKER_CONFIG_ENV,
+    Supervisor,
     config_from_snapshot,
     config_snapshot,
     worker_environment,
@@ -22,9 +27,26 @@ def test_a_snapshot_gives_back_the_same_configuration_overrides_included() -> No
     assert config_from_snapshot(config_snapshot(config)) == config
 
 
-def test_a_worker_of_an_embedded_server_gets_its_dsn_in_the_snapshot() -> None:
+def test_a_worker_of_an_embedded_server_gets_its_dsn_beside_the_configuration() -> None:
+    """Not as an override: the configuration a worker reloads against still says "embedded"
+    (an empty dsn), as the operator wrote it."""
     config = build_config({}, {}, source="config.toml")
     env = worker_environment("postgresql://postgres@/postgres?host=/tmp/s", 0, None, config)
-    handed = config_from_snapshot(env[WORKER_CONFIG_ENV])
-    assert handed.database.dsn == "postgresql://postgres@/postgres?host=/tmp/s"
-    assert handed.server == config.server
+    assert env[EMBEDDED_DSN_ENV] == "postgresql://postgres@/postgres?host=/tmp/s"
+    assert "GATEWAY_DATABASE_DSN" not in env
+    assert config_from_snapshot(env[WORKER_CONFIG_ENV]) == config
+
+
+def test_the_supervisor_rejects_the_key_reloads_its_workers_reject(tmp_path: Path) -> None:
+    """Its copy is what a replacement worker starts with: a key_file that does not exist,
+    refused by every worker, must not reach a replacement (which would generate a new key)."""
+    keys = tmp_path / "keys"
+    keys.write_text(new_key_line("a") + "\n")
+    path = tmp_path / "config.toml"
+    path.write_text(f'[server]\nworkers = 2\n[security]\nkey_file = "{keys}"\n')
+    supervisor = Supervisor(load_config(path, {}), "postgresql://db/app")
+    path.write_text(f'[server]\nworkers = 2\n[security]\nkey_file = "{tmp_path / "other"}"\n')
+    result = supervisor.reloader.reload()
+    assert result.error is not None and "does not exist" in result.error
+    assert supervisor.reloader.current.security.key_file == str(keys)
+    assert not (tmp_path / "other").exists()
