@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import sighup
-from gateway.config import ENV_PREFIX, OTHER_ENV_NAMES, Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, load_config, override_names
 from gateway.executor import commands as run_commands
 from gateway.logs import configure_logging, get_logger
 from gateway.security import key_commands
@@ -153,9 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "config_loaded",
             path=config.source,
             file_found=Path(config.source).is_file(),
-            overrides=sorted(
-                k for k in os.environ if k.startswith(ENV_PREFIX) and k not in OTHER_ENV_NAMES
-            ),
+            overrides=sorted(override_names() & os.environ.keys()),
         )
     from gateway.server import install_event_loop_policy
 

@@ -316,17 +316,30 @@ _NOT_BLANK_ENV = {
 }
 
 
+def override_names() -> frozenset[str]:
+    """Every ``GATEWAY_<SECTION>_<KEY>`` override the configuration reads."""
+    hints = get_type_hints(Config)
+    return frozenset(
+        f"{ENV_PREFIX}{section.name.upper()}_{f.name.upper()}"
+        for section in fields(Config)
+        if section.name != "source"
+        for f in fields(hints[section.name])
+    )
+
+
+# Set by others, not typos: a Kubernetes Service named "gateway" gives every pod in its
+# namespace GATEWAY_SERVICE_HOST, GATEWAY_PORT, GATEWAY_PORT_8080_TCP_ADDR ...; Docker links
+# add GATEWAY_NAME and GATEWAY_ENV_*.
+_NOT_OURS = re.compile(r"GATEWAY_(SERVICE_.*|PORT|PORT_.*|NAME|ENV_.*)")
+
+
 def _check_env_names(
     sections: Mapping[str, Any], env: Mapping[str, str], problems: list[str]
 ) -> None:
     # A typo in an override must not be ignored silently any more than one in the file: in
-    # the key (GATEWAY_SERVER_PROT), the section (GATEWAY_DATABSE_DSN) or the case.
-    hints = get_type_hints(Config)
-    overrides = {
-        f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}"
-        for section in sections
-        for f in fields(hints[section])
-    }
+    # the key (GATEWAY_SERVER_PROT), the section (GATEWAY_DATABSE_DSN) or the case. Other
+    # GATEWAY_ variables (a Kubernetes Service named gateway, another program's) are not ours.
+    overrides = override_names()
     for env_key in sorted(env):
         if not env_key.upper().startswith(ENV_PREFIX):
             continue
@@ -337,23 +350,23 @@ def _check_env_names(
                     "or unset it to use the fallback on purpose"
                 )
             continue
-        section = next(
-            (s for s in sections if env_key.startswith(f"{ENV_PREFIX}{s.upper()}_")), None
-        )
-        if section is not None:
-            prefix = f"{ENV_PREFIX}{section.upper()}_"
+        if _NOT_OURS.fullmatch(env_key):
+            continue
+        head = env_key[len(ENV_PREFIX) :].split("_", 1)[0].upper()
+        names = [s.upper() for s in sections]
+        if head in names:  # a known section: the key is wrong
+            prefix = f"{ENV_PREFIX}{head}_"
             candidates = sorted(o for o in overrides if o.startswith(prefix))
+            allowed = f" (allowed: {', '.join(candidates)})"
+        elif env_key.upper() in overrides or difflib.get_close_matches(head, names, 1, 0.8):
+            candidates, allowed = sorted(overrides), ""  # the wrong case, or a misspelt section
+        elif difflib.get_close_matches(env_key, sorted(OTHER_ENV_NAMES), 1, 0.85):
+            candidates, allowed = sorted(OTHER_ENV_NAMES), ""
         else:
-            candidates = sorted(overrides | OTHER_ENV_NAMES)
+            continue  # not ours
         close = difflib.get_close_matches(env_key.upper(), candidates, n=1, cutoff=0.75)
         hint = f"; did you mean {close[0]}?" if close else ""
-        allowed = (
-            f"allowed: {', '.join(candidates)}"
-            if section is not None
-            else f"GATEWAY_* variables are overrides named GATEWAY_<SECTION>_<KEY> (sections: "
-            f"{', '.join(s.upper() for s in sections)}) or {', '.join(sorted(OTHER_ENV_NAMES))}"
-        )
-        problems.append(f"unknown environment override {env_key}{hint} ({allowed})")
+        problems.append(f"unknown environment override {env_key}{hint}{allowed}")
 
 
 def _from_env(text: str, kind: Any) -> Any:

@@ -455,7 +455,10 @@ def test_an_empty_list_override_clears_the_list() -> None:
             {"GATEWAY_server_port": "9000"},
             ["unknown environment override GATEWAY_server_port; did you mean GATEWAY_SERVER_PORT?"],
         ),
-        ({"GATEWAY_TOKEN": "x"}, ["unknown environment override GATEWAY_TOKEN", "GATEWAY_CONFIG"]),
+        (
+            {"GATEWAY_ADMIN_PASWORD": "x"},
+            ["unknown environment override GATEWAY_ADMIN_PASWORD; did you mean GATEWAY_ADMIN_"],
+        ),
         # Blank, these would select a laptop's fallback in place of the shared database or keys.
         (
             {"GATEWAY_DATABASE_DSN": " "},
@@ -479,6 +482,16 @@ def test_unrelated_gateway_variables_are_not_overrides() -> None:
         "GATEWAY_ADMIN_EMAIL": "admin@example.com",
         "GATEWAY_ADMIN_PASSWORD": "x" * 12,
         "GATEWAY_CONFIG": "/nowhere.toml",
+        # What Kubernetes gives every pod beside a Service named "gateway", and Docker links.
+        "GATEWAY_SERVICE_HOST": "10.96.0.12",
+        "GATEWAY_SERVICE_PORT": "8080",
+        "GATEWAY_SERVICE_PORT_HTTP": "8080",
+        "GATEWAY_PORT": "tcp://10.96.0.12:8080",
+        "GATEWAY_PORT_8080_TCP": "tcp://10.96.0.12:8080",
+        "GATEWAY_PORT_8080_TCP_ADDR": "10.96.0.12",
+        "GATEWAY_NAME": "/web/gateway",
+        # Another program's variable, in no section's likeness.
+        "GATEWAY_TOKEN": "not ours",
     }
     assert build_config({}, env) == build_config({}, {})
 
