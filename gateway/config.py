@@ -504,6 +504,10 @@ def _check_cross_field(sections: dict[str, Any], problems: list[str]) -> None:
         problems.append(
             "server.host = '' is invalid: must be an address, e.g. 127.0.0.1 or 0.0.0.0"
         )
+    if not sections["outgoing"].dispatch_host.strip():  # "" would bind every interface
+        problems.append(
+            "outgoing.dispatch_host = '' is invalid: must be an address, e.g. 127.0.0.1"
+        )
     # Operations (issue 8): key lines are checked here so that check-config and a SIGHUP
     # reload reject them (messages never echo key material).
     from gateway.security.secret_keys import key_line_problems

@@ -336,15 +336,19 @@ def check_addresses_free(config: Config) -> None:
     if server.management_port:
         addresses.append((server.management_host or server.host, server.management_port))
     for host, port in addresses:
-        for family, kind, proto, _, address in socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        ):
-            with socket.socket(family, kind, proto) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
+        try:
+            for family, kind, proto, _, address in socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            ):
+                with socket.socket(family, kind, proto) as probe:
+                    # As asyncio binds the workers' sockets: an IPv6 one for IPv6 only.
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if family == socket.AF_INET6:
+                        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                     probe.bind(address)
-                except OSError as exc:
-                    raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        except OSError as exc:  # in use, not an address of this host, a name that won't resolve
+            reason = exc.strerror or str(exc)
+            raise ListenError(f"cannot listen on {host}:{port}: {reason}") from exc
 
 
 async def supervise(config: Config) -> int:

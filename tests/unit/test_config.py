@@ -306,6 +306,13 @@ def test_a_bad_port_among_several_hosts_is_named_without_blaming_the_password() 
     )
 
 
+def test_an_empty_dispatch_host_is_refused() -> None:
+    """It would bind every interface, exposing /metrics and /readyz."""
+    assert _problems({"outgoing": {"dispatch_host": " "}}) == [
+        "outgoing.dispatch_host = '' is invalid: must be an address, e.g. 127.0.0.1"
+    ]
+
+
 def test_an_empty_dsn_without_the_embedded_fallback_is_refused() -> None:
     """Instances behind a load balancer set embedded = false: a DSN variable forgotten in one
     unit must stop that instance, not start a database of its own."""

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
-from gateway.config import build_config, load_config
+import pytest
+
+from gateway.config import Config, build_config, load_config
 from gateway.security.secret_keys import new_key_line
+from gateway.server import ListenError
 from gateway.supervisor import (
     EMBEDDED_DSN_ENV,
     WORKER_CONFIG_ENV,
     Supervisor,
+    check_addresses_free,
     config_from_snapshot,
     config_snapshot,
     worker_environment,
@@ -50,3 +55,38 @@ def test_the_supervisor_rejects_the_key_reloads_its_workers_reject(tmp_path: Pat
     assert result.error is not None and "does not exist" in result.error
     assert supervisor.reloader.current.security.key_file == str(keys)
     assert not (tmp_path / "other").exists()
+
+
+def _listening(family: socket.AddressFamily, host: str) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((host, 0))
+    sock.listen()
+    return sock
+
+
+def _server_on(host: str, port: int) -> Config:
+    return build_config({"server": {"host": host, "port": port, "workers": 2}}, {})
+
+
+def test_the_address_check_refuses_a_port_in_use_and_names_unresolvable_hosts() -> None:
+    with _listening(socket.AF_INET, "127.0.0.1") as busy:
+        port = busy.getsockname()[1]
+        with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{port}: Address"):
+            check_addresses_free(_server_on("127.0.0.1", port))
+    check_addresses_free(_server_on("127.0.0.1", port))  # free again
+    with pytest.raises(ListenError, match=r"cannot listen on nohost\.invalid:8080: "):
+        check_addresses_free(_server_on("nohost.invalid", 8080))
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="this Python has no IPv6 support")
+def test_an_ipv6_wildcard_is_checked_as_the_workers_bind_it_ipv6_only() -> None:
+    """An IPv4 program on the port does not stop workers bound to "::" (asyncio sets
+    IPV6_V6ONLY), so it must not stop the check either; an IPv6 one does."""
+    with _listening(socket.AF_INET, "0.0.0.0") as ipv4:
+        check_addresses_free(_server_on("::", ipv4.getsockname()[1]))
+    with _listening(socket.AF_INET6, "::") as ipv6:
+        port = ipv6.getsockname()[1]
+        with pytest.raises(ListenError, match=f"cannot listen on :::{port}: Address"):
+            check_addresses_free(_server_on("::", port))
