@@ -527,6 +527,12 @@ def _check_dsn(dsn: str, problems: list[str]) -> None:
         return
     try:
         parts = urlsplit(dsn)
+        if parts.netloc.count("@") > 1:  # the driver splits at the first '@', URLs at the last
+            problems.append(
+                "database.dsn is invalid (an '@' in the user name or password must be "
+                f"percent-encoded as %40): {allowed}"
+            )
+            return
         # Several hosts (h1:5432,h2:5432, with target_session_attrs): each port on its own.
         userinfo, at, hosts = parts.netloc.rpartition("@")
         for host in hosts.split(","):

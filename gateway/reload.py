@@ -276,7 +276,7 @@ class ConfigReloader:
                 variables=[f"{ENV_PREFIX}{k.replace('.', '_').upper()}" for k in result.shadowed],
                 hint="these keys changed in the file, but a GATEWAY_* variable sets them",
             )
-        if not result.applied and not result.needs_restart:
+        if not result.applied and not result.needs_restart and not result.shadowed:
             log.info("config_reload_unchanged", path=source)
         return result
 

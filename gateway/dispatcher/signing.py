@@ -84,6 +84,7 @@ def redact_headers(headers: Mapping[str, str], extra: Iterable[str] = ()) -> dic
 # Shorter pieces of a sensitive value are not scrubbed from a target's answer: they could be
 # ordinary words of it.
 _MIN_SCRUBBED = 8
+_SEPARATORS = re.compile(r"[\s=,;]+")
 
 
 def scrub_sent_secrets(
@@ -92,22 +93,24 @@ def scrub_sent_secrets(
     """``text`` (the excerpt of a target's answer) with the values of the secret-bearing
     headers sent to it replaced by ``[redacted]``: a target that echoes the request (a
     debugging endpoint, a misdirected hook) must not put a credential or a signature into the
-    request history. Each value is also scrubbed without its scheme (``Bearer``, ``sha256=``,
-    ``v1,``), the form an echo may quote it in."""
+    request history. Each value is scrubbed whole and in its parts (``Bearer`` and the token,
+    ``v1,`` and the signature, each cookie of a ``Cookie`` header), and a value cut off at the
+    end of the excerpt is scrubbed too."""
     if not text:
         return text
     extra = tuple(extra)
     pieces: set[str] = set()
     for name, value in headers.items():
-        if not is_sensitive_header(name, extra):
-            continue
-        value = value.strip()
-        pieces.add(value)
-        for separator in (" ", "=", ","):
-            _, found, rest = value.partition(separator)
-            if found:
-                pieces.add(rest.strip())
-    for piece in sorted(pieces, key=len, reverse=True):  # a whole value before its parts
-        if len(piece) >= _MIN_SCRUBBED:
-            text = text.replace(piece, REDACTED)
+        if is_sensitive_header(name, extra):
+            pieces.add(value.strip())
+            pieces.update(_SEPARATORS.split(value))
+    ordered = sorted((p for p in pieces if len(p) >= _MIN_SCRUBBED), key=len, reverse=True)
+    for piece in ordered:  # a whole value before its parts
+        text = text.replace(piece, REDACTED)
+    for piece in ordered:  # the excerpt's end cuts a value short: the longest such start
+        start = text.find(piece[0], max(0, len(text) - len(piece) + 1))
+        while start != -1 and len(text) - start >= _MIN_SCRUBBED:
+            if piece.startswith(text[start:]):
+                return text[:start] + REDACTED
+            start = text.find(piece[0], start + 1)
     return text

@@ -378,9 +378,9 @@ class Database(Session):
                 version: int = await session.fetchval("schema_version")
         except asyncpg.PostgresError as exc:  # refused by the server, not an outage
             hint = (
-                ": run `gateway migrate` as a role that may create tables (the owner of the "
-                "database), or grant this role CREATE on the schema"
-                if exc.sqlstate == "42501"
+                ": run `gateway migrate` as a role that may create and alter the tables (the "
+                "owner of the database and of its tables), then start the gateway again"
+                if exc.sqlstate == "42501"  # no CREATE on the schema, not the tables' owner ...
                 else ""
             )
             raise SchemaNotApplied(f"cannot apply {schema_path.name}: {exc}{hint}") from exc

@@ -347,8 +347,8 @@ async def test_a_role_that_may_not_create_tables_gets_one_line_not_a_traceback(
     assert "Traceback" not in result.stderr
     assert result.stderr.strip() == (
         "gateway: cannot apply schema.sql: permission denied for schema public: run `gateway "
-        "migrate` as a role that may create tables (the owner of the database), or grant this "
-        "role CREATE on the schema"
+        "migrate` as a role that may create and alter the tables (the owner of the database "
+        "and of its tables), then start the gateway again"
     )
 
 

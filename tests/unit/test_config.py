@@ -278,6 +278,8 @@ def test_every_problem_is_reported_at_once() -> None:
         pytest.param("postgresql://app:hun/ter2@db/app", id="slash-in-password"),
         pytest.param("postgresql://app:hunter2#x@db:54x/app", id="hash-in-password"),
         pytest.param("postgresql://app:hun?ter2@db:port/app", id="question-mark-in-password"),
+        pytest.param("postgresql://app:hun@ter2@db:5432/app", id="at-sign-in-password"),
+        pytest.param("postgresql://app:hun@ter2:x@db:5432/app", id="at-sign-and-colon"),
     ],
 )
 def test_dsn_password_never_appears_in_a_problem(dsn: str) -> None:
@@ -295,6 +297,15 @@ def test_dsn_password_never_appears_in_a_problem(dsn: str) -> None:
     ],
 )
 def test_a_dsn_with_several_hosts_is_valid(dsn: str) -> None:
+    assert build_config({"database": {"dsn": dsn}}, {}).database.dsn == dsn
+
+
+def test_an_unencoded_at_sign_in_the_password_is_named() -> None:
+    [problem] = _problems({"database": {"dsn": "postgresql://app:p@ss@db:5432/app"}})
+    assert problem.startswith(
+        "database.dsn is invalid (an '@' in the user name or password must be percent-encoded"
+    )
+    dsn = "postgresql://app:p%40ss@db:5432/app"
     assert build_config({"database": {"dsn": dsn}}, {}).database.dsn == dsn
 
 

@@ -103,3 +103,18 @@ def test_an_echo_of_the_sent_credentials_and_signatures_is_scrubbed_from_the_ans
     )
     assert scrub_sent_secrets(None, sent) is None
     assert scrub_sent_secrets("ok", sent) == "ok"
+
+
+def test_a_secret_cut_off_by_the_excerpt_and_the_parts_of_a_header_are_scrubbed() -> None:
+    sent = {
+        "Authorization": "Bearer ghp_0123456789abcdef",
+        "Cookie": "theme=dark; session=s3ss10n-0123456789; csrf=c5rf-0123456789",
+    }
+    # The excerpt ends inside the token: its start is a secret too.
+    assert scrub_sent_secrets('{"auth": "Bearer ghp_0123456', sent) == '{"auth": "[redacted]'
+    assert scrub_sent_secrets('{"auth": "ghp_0123', sent) == '{"auth": "[redacted]'
+    # Shorter than 8 characters at the end: could be any text.
+    assert scrub_sent_secrets('{"auth": "ghp_01', sent) == '{"auth": "ghp_01'
+    # One cookie echoed alone, not the whole header.
+    echoed = '{"session": "s3ss10n-0123456789", "theme": "dark"}'
+    assert scrub_sent_secrets(echoed, sent) == '{"session": "[redacted]", "theme": "dark"}'

@@ -125,6 +125,12 @@ def test_an_edit_that_an_environment_variable_overrides_is_reported(
     }
     # Said once per edit: the next reload of the same file has nothing new to report.
     assert r.reload().shadowed == []
+    # An edit of only that key: said so, not "unchanged" as well.
+    write(config_file, config_file.read_text().replace("cache_ttl = 5.0", "cache_ttl = 7.0"))
+    capsys.readouterr()
+    r.reload_and_log()
+    events = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
+    assert events == ["config_reload_shadowed_by_environment"]
 
 
 def test_mixed_edit_applies_only_the_live_part(config_file: Path) -> None:
