@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import appkeys, sighup
-from gateway.config import ENV_PREFIX, Config, ConfigError, load_config
+from gateway.config import ENV_PREFIX, Config, ConfigError, load_config, resolve_path
 from gateway.logs import get_logger
 
 log = get_logger(__name__)
@@ -207,12 +208,21 @@ class ConfigReloader:
         """The config in force."""
         return self.holder.current
 
-    def _read_file_only(self) -> Config | None:
-        """The file without the environment's overrides (None when it does not load alone)."""
+    def _read_file_only(self) -> dict[str, Any] | None:
+        """The file's own values, as written, by ``section.key`` (None when it cannot be read).
+        Not validated: a file meant to be completed by the environment (a DSN left to
+        GATEWAY_DATABASE_DSN) need not be valid alone."""
+        path = resolve_path(str(self.path) if self.path else None, self._env)
         try:
-            return load_config(self.path, {})
-        except ConfigError:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
             return None
+        return {
+            f"{section}.{key}": value
+            for section, table in raw.items()
+            if isinstance(table, dict)
+            for key, value in table.items()
+        }
 
     def _shadowed(self) -> list[str]:
         """Keys whose value changed in the file since the last read but which a ``GATEWAY_*``
@@ -222,11 +232,8 @@ class ConfigReloader:
         if before is None or after is None:
             return []
         env = os.environ if self._env is None else self._env
-        return [
-            key
-            for key in changed_keys(before, after)
-            if f"{ENV_PREFIX}{key.replace('.', '_').upper()}" in env
-        ]
+        changed = [k for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
+        return [k for k in changed if f"{ENV_PREFIX}{k.replace('.', '_').upper()}" in env]
 
     def reload(self) -> ReloadResult:
         """Re-read the file; apply the live changes (see module docstring)."""

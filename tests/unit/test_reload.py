@@ -133,6 +133,19 @@ def test_an_edit_that_an_environment_variable_overrides_is_reported(
     assert events == ["config_reload_shadowed_by_environment"]
 
 
+def test_a_shadowed_edit_is_reported_in_a_file_the_environment_completes(
+    config_file: Path,
+) -> None:
+    """The load-balancer instance file is not valid alone (embedded = false, its DSN comes from
+    GATEWAY_DATABASE_DSN): the report must not depend on that."""
+    text = BASE + "[database]\nembedded = false\n"
+    write(config_file, text)
+    env = {"GATEWAY_DATABASE_DSN": "postgresql://db/app", "GATEWAY_HOOKS_CACHE_TTL": "30"}
+    r = ConfigReloader(config_file, load_config(config_file, env=env), env=env)
+    write(config_file, text.replace("cache_ttl = 60.0", "cache_ttl = 5.0"))
+    assert r.reload().shadowed == ["hooks.cache_ttl"]
+
+
 def test_mixed_edit_applies_only_the_live_part(config_file: Path) -> None:
     r = reloader(config_file)
     write(
