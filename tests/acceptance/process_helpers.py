@@ -46,6 +46,7 @@ def run_gateway(
     env: Mapping[str, str | None] | None = None,
     input: str | None = None,
     cwd: Path = ROOT,
+    timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """``python -m gateway ARGS`` to completion (stdout/stderr captured as text)."""
     return subprocess.run(
@@ -55,7 +56,7 @@ def run_gateway(
         input=input,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
 
 

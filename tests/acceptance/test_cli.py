@@ -310,11 +310,11 @@ def test_migrate_reports_an_unreachable_database(tmp_path: Path) -> None:
     )
     result = run_gateway("--config", str(config), "migrate")
     assert result.returncode == 1
-    # What failed, in the OS's words, and where: not only an exception's name.
-    assert result.stderr.strip() == (
-        "gateway: database unavailable: ConnectionRefusedError: [Errno 111] Connection refused "
-        f"(connecting to 127.0.0.1:{port}/app)"
-    )
+    # What failed, in the OS's words (uvloop's or asyncio's), and where: one line.
+    line = result.stderr.strip()
+    assert "\n" not in line
+    assert line.startswith("gateway: database unavailable: ConnectionRefusedError: ")
+    assert line.endswith(f"(connecting to 127.0.0.1:{port}/app)")
     assert "s3cret" not in result.stderr and "Traceback" not in result.stderr
 
 
@@ -369,12 +369,27 @@ def test_migrate_reports_a_dsn_parameter_the_server_refuses(
 # --- the load-balancer instance configuration fails closed ----------------------------------
 
 
+def _instance_env(tmp_path: Path, **extra: str | None) -> dict[str, str | None]:
+    """Free ports, and a data directory that cannot be created: a regression that started the
+    instance anyway fails at once instead of serving (or leaving an embedded server behind)."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    return {
+        "GATEWAY_SERVER_PORT": str(free_port()),
+        "GATEWAY_SERVER_MANAGEMENT_PORT": str(free_port()),
+        "GATEWAY_DATABASE_DATA_DIR": str(blocker / "pgdata"),
+        **extra,
+    }
+
+
 def test_an_instance_without_its_dsn_refuses_to_start(tmp_path: Path) -> None:
     instance = ROOT / "deploy" / "config.instance.toml"
-    result = run_gateway("--config", str(instance), "serve", cwd=tmp_path)
+    result = run_gateway(
+        "--config", str(instance), "serve", cwd=tmp_path, env=_instance_env(tmp_path), timeout=30
+    )
     assert result.returncode == 2
     assert "database.dsn is empty and database.embedded = false" in result.stderr
-    assert not (tmp_path / "var").exists()  # no embedded server, no key file
+    assert not (tmp_path / "var").exists()  # no key file either
 
 
 def test_an_instance_without_its_keys_refuses_to_start(tmp_path: Path, database_dsn: str) -> None:
@@ -384,11 +399,12 @@ def test_an_instance_without_its_keys_refuses_to_start(tmp_path: Path, database_
         str(instance),
         "serve",
         cwd=tmp_path,
-        env={
-            "GATEWAY_DATABASE_DSN": database_dsn,
-            "GATEWAY_SERVER_PORT": str(free_port()),
-            "GATEWAY_SECURITY_SECRET_KEYS": None,  # the variable forgotten
-        },
+        env=_instance_env(
+            tmp_path,
+            GATEWAY_DATABASE_DSN=database_dsn,
+            GATEWAY_SECURITY_SECRET_KEYS=None,  # the variable forgotten
+        ),
+        timeout=30,
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().endswith(

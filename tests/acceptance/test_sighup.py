@@ -249,6 +249,9 @@ async def test_a_sighup_while_starting_is_remembered_not_fatal(
         write_config(path, {**_sections(tmp_path, server), "hooks": {"store_bodies": "none"}})
         os.kill(gateway.process.pid, signal.SIGHUP)
         await serves_with_the_edit(gateway, port, workers, reloaded=first == "worker_started")
+        if first == "config_loaded":  # it came while the supervisor was bootstrapping
+            [during] = gateway.named("sighup_during_start_up")
+            assert during["applied"] == ["hooks.store_bodies"]
     finally:
         gateway.kill()
 

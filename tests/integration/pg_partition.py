@@ -38,6 +38,7 @@ class CuttableProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._clients: set[asyncio.StreamWriter] = set()  # client sides of open connections
         self._held: set[asyncio.StreamWriter] = set()  # clients whose replies are dropped
+        self._active: set[asyncio.StreamWriter] = set()  # ... that sent something since
         self._triggers: dict[asyncio.StreamWriter, bytes] = {}
         self._server: asyncio.Server | None = None
 
@@ -66,11 +67,15 @@ class CuttableProxy:
             else:
                 self._triggers[client] = after
 
-    def sever_held(self) -> None:
-        """Close the held connections on the client's side; the server's side stays open."""
+    def sever_held(self) -> int:
+        """Close the held connections on the client's side; the server's side stays open.
+        Returns how many of them sent something since they were held (the tests' proof that
+        the connection under test was the one cut, not an idle one)."""
+        dropped = len(self._held & self._active)
         for client in list(self._held):
             with contextlib.suppress(Exception):
                 client.transport.abort()
+        return dropped
 
     async def close(self) -> None:
         self.cut()
@@ -101,6 +106,7 @@ class CuttableProxy:
             self._writers -= {writer, server_writer}
             self._clients.discard(writer)
             self._held.discard(writer)
+            self._active.discard(writer)
             self._triggers.pop(writer, None)
 
     async def _pipe(
@@ -121,6 +127,8 @@ class CuttableProxy:
                 trigger = self._triggers.get(sent_by) if sent_by is not None else None
                 if trigger is not None and trigger in data:
                     self._held.add(sent_by)  # type: ignore[arg-type]  # before it is answered
+                if sent_by is not None and sent_by in self._held:
+                    self._active.add(sent_by)
                 writer.write(data)
                 await writer.drain()
         with contextlib.suppress(Exception):

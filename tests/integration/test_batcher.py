@@ -555,7 +555,7 @@ async def test_a_batch_that_committed_as_its_connection_was_lost_is_answered_as_
         lambda: fetch(database_dsn, "SELECT 1 FROM pipeline_runs WHERE id = $1", item.run_id),
         bool,
     )
-    proxy.sever_held()
+    assert proxy.sever_held() == 1  # the writer's answer was the one lost
     assert await pending == Stored(item.run_id, False)
     runs = await fetch(database_dsn, "SELECT id FROM pipeline_runs")
     assert {row["id"] for row in runs} == {warm.run_id, item.run_id}
@@ -581,7 +581,7 @@ async def test_a_transaction_lost_after_commit_resolves_duplicates_to_their_orig
         ),
         lambda rows: len(rows) == 2,
     )
-    proxy.sever_held()
+    assert proxy.sever_held() == 1  # the writer's answer was the one lost
     assert await asyncio.gather(*pending) == [
         Stored(original.run_id, True),
         Stored(fresh.run_id, False),
@@ -613,13 +613,22 @@ async def test_a_write_still_waiting_when_its_connection_is_lost_is_ended_not_le
             ),
             bool,
         )
-        proxy.sever_held()
+        assert proxy.sever_held() == 1  # the writer's statement was the one cut off
         with pytest.raises(DatabaseUnavailable):
             await pending
         await transaction.rollback()
     finally:
         await locker.close()
-    await asyncio.sleep(0.3)  # a writer left running would commit now
+    # A writer left running would commit now that the lock is gone: give it the time to.
+    await wait_for(
+        lambda: fetch(
+            database_dsn,
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+            " AND query LIKE 'WITH runs AS%'",
+        ),
+        lambda rows: not rows,
+    )
+    await asyncio.sleep(0.2)
     assert await fetch(
         database_dsn, "SELECT id FROM hook_requests WHERE id = $1", item.id
     ) == []

@@ -736,6 +736,11 @@ async def test_an_update_may_not_make_the_delivery_id_a_secret_or_an_unsigned_he
     # Switching this hook to Standard Webhooks would leave the delivery id unsigned.
     [message] = await refused({"secret_header_name": "webhook-signature"})
     assert message.startswith("must be 'webhook-id' (or null) on a Standard Webhooks hook")
+    # The same, sending another setting: the stored delivery_id_header stays in the merge.
+    [message] = await refused(
+        {"secret_header_name": "webhook-signature", "settings": {"variables": []}}
+    )
+    assert message.startswith("must be 'webhook-id' (or null) on a Standard Webhooks hook")
     [message] = await refused({"secret_header_name": "x-github-delivery"})
     assert message.startswith("must not be a header that carries the secret")
     response = await client.get(path, headers=admin_headers)

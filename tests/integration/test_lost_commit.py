@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 
 from gateway.config import Config
@@ -38,7 +39,7 @@ async def test_a_claim_whose_commit_answer_is_lost_is_still_the_claimers(
         lambda: fetch(database_dsn, "SELECT status FROM pipeline_runs WHERE id = $1", run["id"]),
         lambda rows: rows[0]["status"] == "in-progress",
     )
-    proxy.sever_held()
+    assert proxy.sever_held() == 1  # the claim's COMMIT answer was the one lost
     [claimed] = await claiming
     assert claimed["id"] == run["id"] and claimed["status"] == "in-progress"
     [row] = await fetch(
@@ -47,7 +48,7 @@ async def test_a_claim_whose_commit_answer_is_lost_is_still_the_claimers(
     assert row["lease_token"] == claimed["lease_token"]  # the lease the claimer holds
 
 
-async def test_a_transaction_lost_before_its_commit_still_fails_and_changes_nothing(
+async def test_a_transaction_lost_before_its_commit_fails(
     db: Database, database_dsn: str, proxied: Any
 ) -> None:
     proxy, through = proxied
@@ -57,9 +58,33 @@ async def test_a_transaction_lost_before_its_commit_still_fails_and_changes_noth
     proxy.hold_replies()  # the claim's first statement is never answered
     claiming = asyncio.create_task(claim(through, pipeline["id"]))
     await asyncio.sleep(0.3)
-    proxy.sever_held()
+    assert proxy.sever_held() == 1  # its first statement's answer was the one lost
     with pytest.raises(DatabaseUnavailable):
         await claiming
-    # Nothing committed: the transaction waits, open, for a client that is gone.
+    rows = await fetch(database_dsn, "SELECT status FROM pipeline_runs WHERE id = $1", run["id"])
+    assert rows[0]["status"] == "queued"
+
+
+async def test_an_outcome_still_in_progress_is_settled_by_ending_its_server_process(
+    db: Database, database_dsn: str
+) -> None:
+    """The lost connection's server process still holds its transaction open (it has not
+    noticed the loss): looking at the status alone would say "in progress", and it could
+    still commit later. It is ended first; its transaction then never commits."""
+    pipeline = await make_pipeline(db)
+    run = await enqueue(db, pipeline["id"])
+    other = await asyncpg.connect(database_dsn)
+    try:
+        await other.execute("BEGIN")
+        await other.execute(
+            "UPDATE pipeline_runs SET status = 'cancelled' WHERE id = $1", run["id"]
+        )
+        xid = await other.fetchval("SELECT pg_current_xact_id()")
+        pid = other.get_server_pid()
+        assert await db._committed(xid, pid) is False
+        alive = await fetch(database_dsn, "SELECT 1 FROM pg_stat_activity WHERE pid = $1", pid)
+        assert alive == []
+    finally:
+        other.terminate()
     rows = await fetch(database_dsn, "SELECT status FROM pipeline_runs WHERE id = $1", run["id"])
     assert rows[0]["status"] == "queued"

@@ -287,6 +287,7 @@ async def test_a_stored_credential_does_not_follow_the_hook_to_another_origin(
         {"target_url": "https://echo.example/anything"},  # settings not sent: all kept
         {"target_url": "https://echo.example/anything", "settings": created["settings"]},
         {"target_url": "http://api.github.example/repos/o/r"},  # another scheme
+        {"target_url": "http://api.github.example:443/repos/o/r"},  # the scheme alone
         {"target_url": "https://api.github.example:8443/repos/o/r"},  # another port
     ):
         response = await client.put(url, json=body, headers=admin_headers)

@@ -112,7 +112,8 @@ async def test_stopping_shares_one_deadline_and_claims_nothing_while_draining(
         if not serving.done():
             serving.cancel()
     # The drain used the whole timeout; the dispatcher got what was left of it, not another.
-    assert SHUTDOWN_TIMEOUT <= took < SHUTDOWN_TIMEOUT + 1.5, took
+    # (Two full timeouts, drain then dispatcher, took about 7 s: the bound sits between.)
+    assert SHUTDOWN_TIMEOUT <= took < 2 * SHUTDOWN_TIMEOUT, took
     # The delivery cut off is handed back (sent again after its lease); the one that became
     # due while draining was never claimed.
     rows = await db.pool.fetch(
