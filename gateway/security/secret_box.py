@@ -182,15 +182,15 @@ def open_secret_box(security: SecurityConfig) -> SecretBox:
     the key file are invalid.
     """
     global _announced
-    path = Path(security.key_file).expanduser() if security.key_file.strip() else None
-    if not security.secret_keys and path is not None and not security.create_key_file:
-        if not path.exists():
-            raise ValueError(
-                f"security.key_file {security.key_file!r} does not exist and "
-                "security.create_key_file = false: set security.secret_keys "
-                "(GATEWAY_SECURITY_SECRET_KEYS) or put the shared key file there"
-            )
-    key_set = load_keys(security.secret_keys, security.key_file)
+    key_set = load_keys(
+        security.secret_keys,
+        security.key_file,
+        missing_file_error=None
+        if security.create_key_file
+        else f"security.key_file {security.key_file!r} does not exist and "
+        "security.create_key_file = false: set security.secret_keys "
+        "(GATEWAY_SECURITY_SECRET_KEYS) or put the shared key file there",
+    )
     box = SecretBox.from_key_set(key_set)
     if not _announced:
         _announced = True

@@ -179,10 +179,18 @@ def ensure_key_file(path: Path) -> tuple[tuple[SecretKey, ...], bool]:
     return read_key_file(path), created
 
 
-def load_keys(secret_keys: Sequence[str], key_file: str, *, create_file: bool = True) -> KeySet:
+def load_keys(
+    secret_keys: Sequence[str],
+    key_file: str,
+    *,
+    create_file: bool = True,
+    missing_file_error: str | None = None,
+) -> KeySet:
     """The keys in force for ``[security]`` (see the module docstring); ValueError on bad input.
 
     ``create_file=False`` (inspection commands) never creates the key file.
+    ``missing_file_error``: when the key file is needed (no ``secret_keys``) but does not
+    exist, raise ValueError with this message instead of creating it (or running without).
     """
     path = Path(key_file).expanduser() if key_file.strip() else None
     if secret_keys:
@@ -191,6 +199,8 @@ def load_keys(secret_keys: Sequence[str], key_file: str, *, create_file: bool = 
             known = {key.key_id for key in keys}
             keys += tuple(k for k in read_key_file(path) if k.key_id not in known)
         return KeySet(keys, "config")
+    if path is not None and missing_file_error is not None and not path.exists():
+        raise ValueError(missing_file_error)
     if path is None or (not create_file and not path.exists()):
         return KeySet((), "none")
     keys, created = ensure_key_file(path)

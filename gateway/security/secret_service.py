@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 from aiohttp import web
 
@@ -64,14 +63,15 @@ def open_reloaded_keys(new: Config) -> SecretBox:
     (a reload never generates one: a new key would make every stored secret unreadable).
     ValueError otherwise, which rejects the reload, so the keys in force stay as they are."""
     security = new.security
-    path = Path(security.key_file).expanduser() if security.key_file.strip() else None
-    if not security.secret_keys and path is not None and not path.exists():
-        raise ValueError(
-            f"security.key_file: {security.key_file!r} does not exist; a reload does not create "
-            "key files (restore the file, or restart to generate a new key)"
-        )
     return SecretBox.from_key_set(
-        load_keys(security.secret_keys, security.key_file, create_file=False)
+        load_keys(
+            security.secret_keys,
+            security.key_file,
+            create_file=False,
+            missing_file_error=f"security.key_file: {security.key_file!r} does not exist; a "
+            "reload does not create key files (restore the file, or restart to generate a new "
+            "key)",
+        )
     )
 
 
