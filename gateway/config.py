@@ -285,7 +285,7 @@ def _build_section(
             )
     values: dict[str, Any] = {}
     for f in fields(cls):
-        env_key = f"{ENV_PREFIX}{name.upper()}_{f.name.upper()}"
+        env_key = env_name(name, f.name)
         if env_key in env:
             value: Any = _from_env(env[env_key], hints[f.name])
             where = f"{env_key}"
@@ -316,11 +316,16 @@ _NOT_BLANK_ENV = {
 }
 
 
+def env_name(section: str, key: str) -> str:
+    """The environment variable that overrides ``[section] key``: GATEWAY_SECTION_KEY."""
+    return f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+
+
 def override_names() -> frozenset[str]:
     """Every ``GATEWAY_<SECTION>_<KEY>`` override the configuration reads."""
     hints = get_type_hints(Config)
     return frozenset(
-        f"{ENV_PREFIX}{section.name.upper()}_{f.name.upper()}"
+        env_name(section.name, f.name)
         for section in fields(Config)
         if section.name != "source"
         for f in fields(hints[section.name])

@@ -28,7 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import appkeys, sighup
-from gateway.config import ENV_PREFIX, Config, ConfigError, load_config, resolve_path
+from gateway.config import Config, ConfigError, env_name, load_config, resolve_path
 from gateway.logs import get_logger
 
 log = get_logger(__name__)
@@ -233,7 +233,7 @@ class ConfigReloader:
             return []
         env = os.environ if self._env is None else self._env
         changed = [k for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
-        return [k for k in changed if f"{ENV_PREFIX}{k.replace('.', '_').upper()}" in env]
+        return [k for k in changed if env_name(*k.split(".", 1)) in env]
 
     def reload(self) -> ReloadResult:
         """Re-read the file; apply the live changes (see module docstring)."""
@@ -280,7 +280,7 @@ class ConfigReloader:
                 "config_reload_shadowed_by_environment",
                 path=source,
                 keys=result.shadowed,
-                variables=[f"{ENV_PREFIX}{k.replace('.', '_').upper()}" for k in result.shadowed],
+                variables=[env_name(*k.split(".", 1)) for k in result.shadowed],
                 hint="these keys changed in the file, but a GATEWAY_* variable sets them",
             )
         if not result.applied and not result.needs_restart and not result.shadowed:

@@ -122,6 +122,11 @@ def _is_idle(handler: Any) -> bool:
 class ListenError(GatewayError):
     """A listener could not be bound (address in use, permission denied ...)."""
 
+    @classmethod
+    def binding(cls, host: str, port: int, exc: OSError) -> ListenError:
+        """The one wording of a failed bind, whoever tried it."""
+        return cls(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
 
 class AccessLog(AbstractAccessLogger):
     """One structured ``http_request`` line per request (``[server] access_log = true``)."""
@@ -202,7 +207,7 @@ async def run_listeners(
                     runner, host, port, reuse_port=reuse_port or None, backlog=1024
                 ).start()
             except OSError as exc:
-                raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+                raise ListenError.binding(host, port, exc) from exc
             log.info(
                 "listening", host=host, port=port, role="ingest" if app is ingest else "management"
             )

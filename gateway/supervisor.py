@@ -347,8 +347,7 @@ def check_addresses_free(config: Config) -> None:
                         probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                     probe.bind(address)
         except OSError as exc:  # in use, not an address of this host, a name that won't resolve
-            reason = exc.strerror or str(exc)
-            raise ListenError(f"cannot listen on {host}:{port}: {reason}") from exc
+            raise ListenError.binding(host, port, exc) from exc
 
 
 async def supervise(config: Config) -> int:

@@ -104,7 +104,7 @@ async def probe_listener(config: Config, db: Database) -> AsyncIterator[None]:
         try:
             await web.TCPSite(runner, host, port).start()
         except OSError as exc:
-            raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+            raise ListenError.binding(host, port, exc) from exc
         log.info("listening", host=host, port=port, role="dispatch")
         yield
     finally:
