@@ -30,6 +30,23 @@ def box_of(*lines: str) -> SecretBox:
     return SecretBox.from_key_set(load_keys(lines, ""))
 
 
+async def hook_sealed_with_another_key(
+    client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> tuple[dict[str, Any], str]:
+    """A new incoming hook whose stored secret is sealed with a key this gateway lacks, and
+    that key's line."""
+    pipeline_id = await new_pipeline(client, admin_headers)
+    hook = await create_hook(client, admin_headers, pipeline_id)
+    other = new_key_line("other")
+    await fetch(
+        database_dsn,
+        "UPDATE incoming_hooks SET secret = $2 WHERE id = $1 RETURNING id",
+        uuid.UUID(hook["id"]),
+        box_of(other).encrypt(hook["secret"]),
+    )
+    return hook, other
+
+
 async def stored_rows(db: Database, table: str, hook_id: str) -> dict[str, Any]:
     """The row as stored, plus ``dump``: all of it as text, as a database dump would show it."""
     row = await db.pool.fetchrow(
@@ -151,15 +168,7 @@ async def test_outgoing_credential_headers_are_sealed_and_follow_key_rotation(
 async def test_a_secret_sealed_with_a_missing_key_fails_closed_until_the_key_is_added(
     client: Any, admin_headers: dict[str, str], config: Config, database_dsn: str
 ) -> None:
-    pipeline_id = await new_pipeline(client, admin_headers)
-    hook = await create_hook(client, admin_headers, pipeline_id)
-    other = new_key_line("other")
-    await fetch(
-        database_dsn,
-        "UPDATE incoming_hooks SET secret = $2 WHERE id = $1 RETURNING id",
-        uuid.UUID(hook["id"]),
-        box_of(other).encrypt(hook["secret"]),
-    )
+    hook, other = await hook_sealed_with_another_key(client, admin_headers, database_dsn)
 
     async def status() -> int:
         return int((await call_hook(client, hook)).status)
@@ -247,15 +256,7 @@ async def test_a_request_answered_500_for_an_unreadable_secret_is_never_replayed
     """Its signature was never checked (the secret could not be opened), yet its body was
     stored: once the key is back, replaying it (which skips verification) must not turn a
     forged request into a run."""
-    pipeline_id = await new_pipeline(client, admin_headers)
-    hook = await create_hook(client, admin_headers, pipeline_id)
-    other = new_key_line("other")
-    await fetch(
-        database_dsn,
-        "UPDATE incoming_hooks SET secret = $2 WHERE id = $1 RETURNING id",
-        uuid.UUID(hook["id"]),
-        box_of(other).encrypt(hook["secret"]),
-    )
+    hook, other = await hook_sealed_with_another_key(client, admin_headers, database_dsn)
 
     async def forged() -> int:
         return int((await call_hook(client, hook, secret="not the secret")).status)
