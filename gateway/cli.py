@@ -187,8 +187,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        from gateway.exceptions import GatewayError
+        from gateway.exceptions import DatabaseMisconfigured, GatewayError
 
+        if isinstance(exc, DatabaseMisconfigured):  # a configuration error: retrying won't help
+            print(f"gateway: {exc}", file=sys.stderr)
+            return 2
         if isinstance(exc, GatewayError):
             print(f"gateway: {exc}", file=sys.stderr)
             return 1

@@ -554,13 +554,37 @@ def _check_dsn(dsn: str, problems: list[str]) -> None:
             f"{allowed}"
         )
         return
-    for name in sorted({key for key, _ in parse_qsl(parts.query)} & _LIBPQ_ONLY_PARAMETERS.keys()):
+    query = parse_qsl(parts.query)
+    for name, value in query:
+        choices = _DSN_CHOICES.get(name)
+        if choices is not None and value not in choices:  # the value is not echoed: a typo
+            problems.append(  # like sslmode=require?password=... would hold the password
+                f"database.dsn parameter {name!r} is invalid: must be one of "
+                f"{', '.join(choices)}"
+            )
+    for name in sorted({key for key, _ in query} & _LIBPQ_ONLY_PARAMETERS.keys()):
         instead = _LIBPQ_ONLY_PARAMETERS[name]
         problems.append(
             f"database.dsn parameter {name!r} is invalid: a libpq option the driver (asyncpg) "
             f"does not take; it would reach the server as an unknown setting{instead}"
         )
 
+
+# DSN parameters with a fixed set of values (asyncpg's; tests/unit pins them against it). The
+# driver would refuse any other only when connecting, with a message of its own.
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")  # weakest first
+_DSN_CHOICES: dict[str, tuple[str, ...]] = {
+    "sslmode": SSL_MODES,
+    "target_session_attrs": (
+        "any",
+        "primary",
+        "standby",
+        "read-write",
+        "read-only",
+        "prefer-standby",
+    ),
+    "sslnegotiation": ("postgres", "direct"),
+}
 
 # libpq connection options asyncpg does not take: it passes unknown DSN parameters to the
 # server as settings, which refuses the connection ("unrecognized configuration parameter").

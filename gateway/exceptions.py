@@ -45,9 +45,13 @@ class PoolExhausted(DatabaseUnavailable):
     """Every database connection of this process stayed busy; retry later."""
 
 
-class DatabaseRefused(GatewayError):
-    """The database server refused the connection settings (not an outage: retrying will not
-    help until the configuration changes)."""
+class DatabaseMisconfigured(GatewayError):
+    """database.dsn cannot be used as written (not an outage: retrying will not help until the
+    configuration changes). The command line exits with 2, as for any configuration error."""
+
+
+class DatabaseRefused(DatabaseMisconfigured):
+    """The database server refused the connection settings (a parameter it does not know)."""
 
 
 class SchemaNotApplied(GatewayError):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
+import ssl
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -15,10 +17,11 @@ from urllib.parse import parse_qsl, urlsplit
 import asyncpg
 import orjson
 
-from gateway.config import DatabaseConfig
+from gateway.config import SSL_MODES, DatabaseConfig
 from gateway.exceptions import (
     AlreadyExists,
     Conflict,
+    DatabaseMisconfigured,
     DatabaseRefused,
     DatabaseUnavailable,
     NeedsTransaction,
@@ -111,6 +114,47 @@ def dsn_target(dsn: str) -> str:
         return f"{hosts or 'localhost'}{parts.path or '/'}"
     except ValueError:
         return "the configured database"
+
+
+# DSN parameters that name a file the driver reads before it connects, and the sslmode from
+# which it reads them (asyncpg's default mode is prefer). A missing one surfaces from the
+# driver as a bare "[Errno 2] No such file or directory", an outage to every caller.
+_DSN_FILE_PARAMETERS = {
+    "sslcert": "allow",
+    "sslkey": "allow",
+    "sslrootcert": "require",
+    "sslcrl": "require",
+}
+
+
+def unreadable_dsn_files(dsn: str) -> str | None:
+    """The first file named by the DSN that the driver will read and this process cannot, as
+    a message; None when they all can be (or none is named)."""
+    try:
+        named = dict(parse_qsl(urlsplit(dsn).query))
+    except ValueError:
+        return None  # config validation words a DSN that is not a URL
+    mode = named.get("sslmode", "prefer")
+    if mode not in SSL_MODES:
+        return None  # config validation words it
+    for parameter, from_mode in _DSN_FILE_PARAMETERS.items():
+        path = named.get(parameter)
+        if not path or SSL_MODES.index(mode) < SSL_MODES.index(from_mode):
+            continue
+        try:
+            with open(os.path.expanduser(path), "rb"):
+                pass
+            if parameter in ("sslrootcert", "sslcrl"):  # read as the driver will, without a key
+                ssl.create_default_context().load_verify_locations(os.path.expanduser(path))
+        except ssl.SSLError as exc:
+            return (
+                f"database.dsn parameter {parameter!r} names {path!r}, which holds no PEM "
+                f"certificate or revocation list ({exc.reason or exc})"
+            )
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            return f"database.dsn parameter {parameter!r} names {path!r}: {reason.lower()}"
+    return None
 
 
 def _described(exc: BaseException) -> str:
@@ -274,10 +318,20 @@ class Database(Session):
     async def connect(cls, dsn: str, config: DatabaseConfig | None = None) -> Database:
         """Open a pool; raise DatabaseUnavailable when the server cannot be reached."""
         config = config or DatabaseConfig()
+        unreadable = unreadable_dsn_files(dsn)
+        if unreadable:
+            raise DatabaseMisconfigured(f"{unreadable} (connecting to {dsn_target(dsn)})")
         try:
             pool = await cls._open_pool(dsn, config)
         except DatabaseUnavailable as exc:
-            raise DatabaseUnavailable(f"{exc} (connecting to {dsn_target(dsn)})") from exc
+            target = f"(connecting to {dsn_target(dsn)})"
+            # The driver's own words on the DSN, before any packet: not an outage. (Later, on a
+            # running pool, the same error stays DatabaseUnavailable: a 503, never a crash.)
+            if isinstance(exc.__cause__, asyncpg.ClientConfigurationError):
+                raise DatabaseMisconfigured(
+                    f"database.dsn cannot be used: {_described(exc.__cause__)} {target}"
+                ) from exc
+            raise DatabaseUnavailable(f"{exc} {target}") from exc
         except asyncpg.PostgresError as exc:  # not an outage: e.g. an unknown DSN parameter
             raise DatabaseRefused(
                 f"the database refused the connection: {exc} (query parameters in database.dsn "

@@ -360,10 +360,28 @@ def test_migrate_reports_a_dsn_parameter_the_server_refuses(
     dsn = database_dsn + ("&" if "?" in database_dsn else "?") + "statement_timeot=5"
     config = write_config(tmp_path / "config.toml", {"database": {"dsn": dsn}})
     result = run_gateway("--config", str(config), "migrate")
-    assert result.returncode == 1
+    assert result.returncode == 2  # a configuration error: restarting will not help
     assert result.stderr.startswith("gateway: the database refused the connection: ")
     assert '"statement_timeot"' in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_missing_certificate_file_in_the_dsn_is_a_configuration_error(
+    tmp_path: Path, database_dsn: str
+) -> None:
+    # The driver reads sslrootcert before it connects and reported a bare "[Errno 2] No such
+    # file or directory", which the gateway called an outage (exit 1, retried for ever).
+    missing = tmp_path / "certs" / "root.crt"
+    dsn = database_dsn + ("&" if "?" in database_dsn else "?") + (
+        f"sslmode=verify-full&sslrootcert={missing}"
+    )
+    config = write_config(tmp_path / "config.toml", {"database": {"dsn": dsn}})
+    result = run_gateway("--config", str(config), "migrate")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().endswith(
+        f"gateway: database.dsn parameter 'sslrootcert' names '{missing}': no such file or "
+        f"directory (connecting to {dsn_target(database_dsn)})"
+    )
 
 
 # --- the load-balancer instance configuration fails closed ----------------------------------

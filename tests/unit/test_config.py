@@ -534,3 +534,49 @@ def test_every_number_key_refuses_nan_and_infinity(section: str, key: str, value
         f"{section}.{key}{problem}"
     ]
     assert _problems({}, {env_key: value}) == [env_key + problem]
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        pytest.param("sslmode=bogus", "'sslmode'", id="sslmode"),
+        pytest.param("sslmode=require?password=hunter2", "'sslmode'", id="second-question-mark"),
+        pytest.param("sslmode=Require", "'sslmode'", id="case"),
+        pytest.param("target_session_attrs=master", "'target_session_attrs'", id="session-attrs"),
+        pytest.param("sslnegotiation=tls", "'sslnegotiation'", id="sslnegotiation"),
+    ],
+)
+def test_a_dsn_parameter_with_fixed_values_is_checked_before_connecting(
+    query: str, named: str
+) -> None:
+    """The driver would refuse them only when connecting, as an outage (exit 1, retried by an
+    orchestrator for ever); the value is not echoed, since a typo can run into the password."""
+    [problem] = _problems({"database": {"dsn": f"postgresql://app:hunter2@db/app?{query}"}})
+    assert problem.startswith(f"database.dsn parameter {named} is invalid: must be one of ")
+    assert "hunter2" not in problem
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["sslmode=verify-full", "sslmode=disable", "target_session_attrs=prefer-standby", ""],
+)
+def test_valid_values_of_those_parameters_pass(query: str) -> None:
+    dsn = f"postgresql://app@db/app?{query}"
+    assert build_config({"database": {"dsn": dsn}}, {}).database.dsn == dsn
+
+
+def test_the_fixed_values_are_the_drivers() -> None:
+    """If an asyncpg upgrade adds or drops a value, the check must follow it."""
+    from asyncpg import connect_utils
+
+    from gateway.config import _DSN_CHOICES
+
+    assert set(_DSN_CHOICES["sslmode"]) == {
+        mode.name.replace("_", "-") for mode in connect_utils.SSLMode
+    }
+    assert set(_DSN_CHOICES["target_session_attrs"]) == {
+        attribute.value for attribute in connect_utils.SessionAttribute
+    }
+    assert set(_DSN_CHOICES["sslnegotiation"]) == {
+        negotiation.name for negotiation in connect_utils.SSLNegotiation
+    }
