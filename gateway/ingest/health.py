@@ -28,6 +28,6 @@ async def readyz(request: web.Request) -> web.Response:
         return json_response({"status": "ready", "database": "ok"})
     return error_response(
         503,
-        f"not ready: the database did not answer within {READY_TIMEOUT:g}s",
+        f"not ready: the database is unavailable or did not answer within {READY_TIMEOUT:g}s",
         headers={"Retry-After": "1"},
     )

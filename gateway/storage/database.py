@@ -69,8 +69,9 @@ _UNAVAILABLE = (
 # system (I/O) errors.
 _UNAVAILABLE_CLASSES = frozenset({"08", "28", "53", "57", "58"})
 # ... and single codes: a read-only server (a failover still promoting, a standby), a missing
-# database (dropped, or not created yet).
-_UNAVAILABLE_CODES = frozenset({"25006", "3D000"})
+# database (dropped, or not created yet), a database not accepting connections (55000, after
+# an operator's ALTER DATABASE ... ALLOW_CONNECTIONS false for maintenance).
+_UNAVAILABLE_CODES = frozenset({"25006", "3D000", "55000"})
 
 # Raised by schema.sql's hookgate_batch_fits_one_statement().
 _NEEDS_TRANSACTION_SQLSTATE = "HGB01"
@@ -408,6 +409,9 @@ class Database(Session):
             async with asyncio.timeout(within or self.config.connect_timeout):
                 return await self.fetchval("ping") == 1
         except (DatabaseUnavailable, TimeoutError):
+            return False
+        except Exception as exc:  # a probe fails closed: "not ready", never an error page
+            log.warning("database_ping_failed", error=_described(exc))
             return False
 
     async def apply_schema(self, schema_path: Path = SCHEMA_PATH, *, force: bool = False) -> int:
