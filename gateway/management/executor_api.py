@@ -97,6 +97,8 @@ async def claim_runs(request: web.Request) -> web.Response:
         await authorize(request, pipeline["environment_id"], EXECUTE, resource="pipeline")
     elif not user.is_admin:
         environment_ids = await runs.environments_with(db, user.id, EXECUTE)
+        if not environment_ids:  # else a token without it would poll [] for ever, unwarned
+            raise ApiError(403, f"missing permission {EXECUTE!r} in every environment")
     claimed = await runs.claim(
         db,
         pipeline_id=pipeline_id,

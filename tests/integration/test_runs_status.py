@@ -224,8 +224,14 @@ async def test_executor_endpoints_need_a_token_and_run_execute(
     assert response.status == 403
     response = await client.post(f"/runs/{run['id']}/status", json=status_body, headers=stranger)
     assert response.status == 404
-    assert await _claim(client, stranger) == []  # no environment where they may execute
-    assert await _claim(client, reader) == []
+    # No environment where they may execute: 403, not [] for ever (an executor given the
+    # wrong token would poll without a sign that it never can claim anything).
+    for caller in (stranger, reader):
+        response = await client.post("/runs/claim", headers=caller)
+        assert response.status == 403
+        assert (await response.json())["message"] == (
+            "missing permission 'run:execute' in every environment"
+        )
     assert (await run_row(db, run["id"]))["status"] == "queued"
     response = await client.post(
         f"/runs/{run['id']}/status", json=status_body, headers=admin_headers
