@@ -371,6 +371,7 @@ class RunBatcher:
             [r.id for r in runs],
             [r.delivery_id for r in runs],
             [r.variables or {} for r in runs],
+            [r.received_at for r in runs],  # queued_at: runs are ordered by arrival
         )
         if self._fits_one_statement(batch, runs):
             try:

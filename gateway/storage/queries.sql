@@ -493,18 +493,21 @@ SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[]::inet
                      $11::text[], $12::uuid[], $13::text[], $14::real[], $15::uuid[]);
 
 -- name: ingest_insert_batch
--- Group commit in one statement: queue the runs ($1-$6; repeats of a (hook, delivery id) are
--- skipped) and write the history rows ($7-$21, client ip as text) of every request whose run was
--- inserted or that has no run. Returns one row: the runs inserted, and those of them whose
--- pipeline has an active outgoing hook (the caller then writes the outbox rows in the same
--- transaction). Duplicates get their history row from the caller once their original run is
--- known. With $22 true the statement is run as its own transaction (no BEGIN/COMMIT round
+-- Group commit in one statement: queue the runs ($1-$7; repeats of a (hook, delivery id) are
+-- skipped) and write the history rows ($8-$22, client ip as text) of every request whose run was
+-- inserted or that has no run. A run's queued_at is its request's received_at, so that runs
+-- are ordered by arrival (within a batch, and across batches written in parallel) rather than
+-- by the start of the transaction that wrote them. Returns one row: the runs inserted, and
+-- those of them whose pipeline has an active outgoing hook (the caller then writes the outbox
+-- rows in the same transaction). Duplicates get their history row from the caller once their original run is
+-- known. With $23 true the statement is run as its own transaction (no BEGIN/COMMIT round
 -- trips), and it aborts, writing nothing, when the batch needs more statements: a run not
 -- inserted (a repeated delivery) or an outgoing hook to notify.
 WITH runs AS (
-    INSERT INTO pipeline_runs (id, pipeline_id, hook_id, request_id, delivery_id, variables)
+    INSERT INTO pipeline_runs (id, pipeline_id, hook_id, request_id, delivery_id, variables,
+                               queued_at)
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::text[],
-                         $6::jsonb[])
+                         $6::jsonb[], $7::timestamptz[])
     ON CONFLICT (hook_id, delivery_id) WHERE delivery_id IS NOT NULL DO NOTHING
     RETURNING id, pipeline_id
 ), requests AS (
@@ -514,9 +517,9 @@ WITH runs AS (
     SELECT q.id, q.hook_id, q.received_at, q.client_ip::inet, q.headers, q.body,
            q.body_encoding, q.body_size, q.outcome, q.status_code, q.message, q.run_id,
            q.delivery_id, q.latency_ms, q.retry_of
-    FROM unnest($7::uuid[], $8::uuid[], $9::timestamptz[], $10::text[], $11::jsonb[],
-                $12::bytea[], $13::text[], $14::integer[], $15::text[], $16::smallint[],
-                $17::text[], $18::uuid[], $19::text[], $20::real[], $21::uuid[])
+    FROM unnest($8::uuid[], $9::uuid[], $10::timestamptz[], $11::text[], $12::jsonb[],
+                $13::bytea[], $14::text[], $15::integer[], $16::text[], $17::smallint[],
+                $18::text[], $19::uuid[], $20::text[], $21::real[], $22::uuid[])
          AS q (id, hook_id, received_at, client_ip, headers, body, body_encoding, body_size,
                outcome, status_code, message, run_id, delivery_id, latency_ms, retry_of)
     WHERE q.run_id IS NULL OR q.run_id IN (SELECT id FROM runs)
@@ -528,7 +531,7 @@ WITH runs AS (
 -- An aggregate: exactly one row, so the check below runs even when no run was inserted.
 SELECT coalesce(array_agg(i.id), '{}') AS inserted,
        coalesce(array_agg(i.id) FILTER (WHERE i.has_outgoing), '{}') AS with_outgoing,
-       CASE WHEN $22::boolean THEN hookgate_batch_fits_one_statement(
+       CASE WHEN $23::boolean THEN hookgate_batch_fits_one_statement(
            count(*) = cardinality($1::uuid[]) AND NOT coalesce(bool_or(i.has_outgoing), false)
        ) END AS fits_one_statement
 FROM inserted i;

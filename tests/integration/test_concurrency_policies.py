@@ -7,6 +7,7 @@ import hashlib
 import random
 import secrets
 import uuid
+from typing import Any
 
 import asyncpg
 import pytest
@@ -15,6 +16,7 @@ from gateway.config import Config
 from gateway.exceptions import Conflict
 from gateway.storage import pipelines, runs
 from gateway.storage.database import Database, _init_connection
+from tests.integration.ingest_helpers import create_hook, new_pipeline
 from tests.integration.runs_helpers import claim, enqueue, make_pipeline, run_row
 
 
@@ -254,3 +256,73 @@ async def test_a_run_inserted_while_its_pipeline_is_deleted_is_cancelled_with_it
         await conn.close()
     row = await run_row(db, in_flight)
     assert (row["status"], row["message"]) == ("cancelled", "cancelled: the pipeline was deleted")
+
+
+# --- the order of runs written by the ingest batcher ------------------------------------------
+
+
+async def _push_concurrently(
+    client: Any, admin_headers: dict[str, str], db: Database, policy: str, pushes: int
+) -> tuple[int, list[int]]:
+    """``pushes`` concurrent calls of one hook (branch main, push n); the pipeline id and the
+    pushes in the order the gateway received them (hook_requests.received_at)."""
+    pipeline_id = await new_pipeline(client, admin_headers)
+    await runs.set_concurrency(db, pipeline_id, policy, "branch", 3)
+    hook = await create_hook(
+        client,
+        admin_headers,
+        pipeline_id,
+        requires_secret=False,
+        settings={
+            "variables": [
+                {"name": "branch", "type": "string"},
+                {"name": "push", "type": "integer"},
+            ]
+        },
+    )
+    path = f"/hooks/incoming/{hook['id']}"
+    answers = await asyncio.gather(
+        *(client.post(path, json={"branch": "main", "push": n}) for n in range(1, pushes + 1))
+    )
+    assert [a.status for a in answers] == [202] * pushes
+    rows = await db.pool.fetch(
+        "SELECT (r.variables->>'push')::int AS push, r.queued_at, q.received_at "
+        "FROM pipeline_runs r JOIN hook_requests q ON q.id = r.request_id "
+        "WHERE r.pipeline_id = $1 ORDER BY q.received_at, q.id",
+        pipeline_id,
+    )
+    assert len(rows) == pushes
+    # A run is queued when its request was received, not when its batch's transaction began
+    # (one value for a whole batch, and batches are written in parallel, out of order).
+    assert [r["queued_at"] for r in rows] == [r["received_at"] for r in rows]
+    assert len({r["queued_at"] for r in rows}) == pushes
+    return pipeline_id, [r["push"] for r in rows]
+
+
+async def test_cancel_in_progress_starts_the_push_received_last(
+    client: Any, admin_headers: dict[str, str], db: Database
+) -> None:
+    # Before: the claim took whichever push of the last-*written* batch had the greatest
+    # random id, and cancelled the newest push as "superseded".
+    pipeline_id, arrival = await _push_concurrently(
+        client, admin_headers, db, "cancel-in-progress", 40
+    )
+    [started] = await claim(db, pipeline_id, limit=10)
+    assert started["variables"]["push"] == arrival[-1]
+    cancelled = await db.pool.fetchval(
+        "SELECT count(*) FROM pipeline_runs WHERE pipeline_id = $1 AND status = 'cancelled'",
+        pipeline_id,
+    )
+    assert cancelled == 39
+
+
+async def test_queue_starts_the_pushes_in_the_order_they_were_received(
+    client: Any, admin_headers: dict[str, str], db: Database
+) -> None:
+    pipeline_id, arrival = await _push_concurrently(client, admin_headers, db, "queue", 12)
+    started = []
+    for _ in arrival:
+        [run] = await claim(db, pipeline_id, limit=10)  # one at a time: the key is busy
+        started.append(run["variables"]["push"])
+        await runs.report_status(db, run["id"], run["lease_token"], "completed")
+    assert started == arrival
