@@ -205,8 +205,9 @@ async def insert_batch(
 
     ``runs``: seven columns (ids, pipeline ids, hook ids, request ids, delivery ids,
     variables, queued_at: the requests' received_at, which orders runs by arrival).
-    ``requests``: the fifteen columns of ``ingest_insert_requests`` (client ips as text). History rows of requests whose run was
-    not inserted (duplicates) are left out; write them with :func:`insert_requests`.
+    ``requests``: the fifteen columns of ``ingest_insert_requests`` (client ips as text).
+    History rows of requests whose run was not inserted (duplicates) are left out; write them
+    with :func:`insert_requests`.
 
     ``single_statement`` (on a session without a transaction, see
     :meth:`WriterConnections.transaction`): raise ``NeedsTransaction``, with nothing
