@@ -70,8 +70,10 @@ _UNAVAILABLE = (
 _UNAVAILABLE_CLASSES = frozenset({"08", "28", "53", "57", "58"})
 # ... and single codes: a read-only server (a failover still promoting, a standby), a missing
 # database (dropped, or not created yet), a database not accepting connections (55000, after
-# an operator's ALTER DATABASE ... ALLOW_CONNECTIONS false for maintenance).
-_UNAVAILABLE_CODES = frozenset({"25006", "3D000", "55000"})
+# an operator's ALTER DATABASE ... ALLOW_CONNECTIONS false for maintenance), and a transaction
+# the server aborted to break a deadlock or a serialization conflict (40P01, 40001): nothing
+# of it was written and the same request succeeds again, so 503 + Retry-After, never a 500.
+_UNAVAILABLE_CODES = frozenset({"25006", "3D000", "55000", "40P01", "40001"})
 
 # Raised by schema.sql's hookgate_batch_fits_one_statement().
 _NEEDS_TRANSACTION_SQLSTATE = "HGB01"

@@ -53,6 +53,10 @@ async def delete_pipeline(db: Database, pipeline_id: int) -> bool:
     """Delete a pipeline and its hooks, cancelling its unfinished runs; False when it did not
     exist."""
     async with db.transaction() as session:
+        # Runs first, as a status change takes them (the run, then its outbox rows, whose
+        # foreign key share-locks the outgoing hook the delete removes): the other way round
+        # the two deadlocked. Cancelled again after the delete for runs committed meanwhile.
+        await session.execute("pipeline_cancel_runs", pipeline_id)
         if await session.fetchval("pipeline_delete", pipeline_id) is None:
             return False
         await session.execute("pipeline_cancel_runs", pipeline_id)

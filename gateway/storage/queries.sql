@@ -215,9 +215,10 @@ RETURNING id, environment_id, name, resource_type, resource_id, action_type, cre
 DELETE FROM pipelines WHERE id = $1 RETURNING id;
 
 -- name: pipeline_cancel_runs
--- Cancel a deleted pipeline's unfinished runs, in a statement after the delete (so that it sees
--- the runs committed while the delete waited): nothing could ever claim them, and prune only
--- removes finished runs. An executor holding one gets a 409 when it reports.
+-- Cancel a pipeline's unfinished runs, before it is deleted (locking the runs first, as status
+-- changes do) and again after (runs committed while the delete waited): nothing could ever
+-- claim them, and prune only removes finished runs. An executor holding one gets a 409 when it
+-- reports.
 UPDATE pipeline_runs
 SET status = 'cancelled', finished_at = now(), lease_token = NULL, lease_expires_at = NULL,
     message = 'cancelled: the pipeline was deleted', updated_at = now()

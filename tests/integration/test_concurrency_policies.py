@@ -258,6 +258,39 @@ async def test_a_run_inserted_while_its_pipeline_is_deleted_is_cancelled_with_it
     assert (row["status"], row["message"]) == ("cancelled", "cancelled: the pipeline was deleted")
 
 
+async def test_deleting_a_pipeline_while_a_run_reports_does_not_deadlock(db: Database) -> None:
+    """A status change locks its run, then share-locks the outgoing hook (the outbox row's
+    foreign key); the delete locked the hook first (cascade), then waited for the run. The
+    server aborted one of them: a 500 for the administrator or a lost report."""
+    pipeline = await make_pipeline(db)
+    await db.pool.execute(
+        "INSERT INTO outgoing_hooks (id, pipeline_id, name, target_url, events) "
+        "VALUES ($1, $2, 'notify', 'http://127.0.0.1:9/x', ARRAY['run.completed'])",
+        uuid.uuid4(),
+        pipeline["id"],
+    )
+    run = await enqueue(db, pipeline["id"])
+    [held] = await claim(db, pipeline["id"])
+    run_locked = asyncio.Event()
+    deleting: asyncio.Task[bool] | None = None
+
+    async def report() -> None:
+        async with db.transaction() as session:
+            await session.fetchrow("runs_lock_one", run["id"])  # runs.transition's first step
+            run_locked.set()
+            await asyncio.sleep(0.5)  # the delete starts meanwhile
+            assert deleting is not None and not deleting.done()  # it waits for the run
+            await runs.transition(session, run["id"], held["lease_token"], "completed")
+
+    reporting = asyncio.create_task(report())
+    await run_locked.wait()
+    deleting = asyncio.create_task(pipelines.delete_pipeline(db, pipeline["id"]))
+    await asyncio.wait_for(reporting, 10)
+    assert await asyncio.wait_for(deleting, 10) is True
+    row = await run_row(db, run["id"])
+    assert row["status"] == "completed"  # the report came first and stands
+
+
 # --- the order of runs written by the ingest batcher ------------------------------------------
 
 

@@ -30,6 +30,9 @@ from gateway.storage.database import (
         asyncpg.exceptions.PostgresIOError,  # 58030
         asyncpg.exceptions.InvalidCatalogNameError,  # 3D000: the database is gone
         asyncpg.exceptions.ConnectionFailureError,  # 08006
+        asyncpg.exceptions.ObjectNotInPrerequisiteStateError,  # 55000: ALLOW_CONNECTIONS false
+        asyncpg.exceptions.DeadlockDetectedError,  # 40P01: rolled back, a retry succeeds
+        asyncpg.exceptions.SerializationError,  # 40001: likewise
     ],
 )
 def test_errors_that_hold_for_every_statement_mean_unavailable(
