@@ -584,6 +584,9 @@ UPDATE pipeline_runs r SET
                                CASE WHEN r.attempt = 1 THEN '' ELSE 's' END)
                    ELSE format('lease expired on attempt %s; queued again', r.attempt) END,
     finished_at = CASE WHEN r.attempt >= e.max_attempts THEN now() END,
+    -- No token survives: a late report of the executor that lost the lease must get its 409,
+    -- not pass for a repeat of an outcome it recorded (see runs.report_status).
+    lease_token = NULL,
     lease_expires_at = NULL,
     claimed_by = NULL,
     updated_at = now()

@@ -127,6 +127,22 @@ async def test_lease_expiring_at_max_attempts_fails_the_run(db: Database) -> Non
     assert row["finished_at"] is not None
 
 
+async def test_a_late_report_after_the_sweep_failed_the_run_is_refused(db: Database) -> None:
+    # The sweep kept the lease token on the run it failed, so a late "failed" report (without
+    # exit_code, as HTTP executors may send it) passed for a repeat of a recorded outcome: 200.
+    pipeline = await make_pipeline(db, max_attempts=1)
+    run = await enqueue(db, pipeline["id"])
+    [claimed] = await claim(db, pipeline["id"])
+    await expire_lease(db, run["id"])
+    assert await claim(db, pipeline["id"]) == []  # the sweep fails it: no attempt left
+
+    for status in ("failed", "completed"):
+        with pytest.raises(Conflict):
+            await runs.report_status(db, run["id"], claimed["lease_token"], status)
+    row = await run_row(db, run["id"])
+    assert (row["status"], row["message"]) == ("failed", "lease expired after 1 attempt")
+
+
 async def test_expired_lease_is_refused_before_it_is_reclaimed(db: Database) -> None:
     pipeline = await make_pipeline(db)
     run = await enqueue(db, pipeline["id"])
