@@ -144,7 +144,13 @@ def lookup(context: Mapping[str, Any], path: Path) -> Any:
     for segment in path:
         if isinstance(value, Mapping):
             value = value.get(segment, _MISSING)
-        elif isinstance(value, list) and segment.isdigit() and int(segment) < len(value):
+        elif (
+            isinstance(value, list)
+            and len(segment) <= 18  # int() refuses 4,300 digits and more (a ValueError)
+            and segment.isascii()
+            and segment.isdigit()
+            and int(segment) < len(value)
+        ):
             value = value[int(segment)]
         else:
             return _MISSING

@@ -13,7 +13,13 @@ from aiohttp import web
 from gateway import appkeys, permissions_catalog
 from gateway.http import ApiError, ValidationFailed, json_response
 from gateway.logs import get_logger
-from gateway.management.bodies import Fields, page_headers, pagination, read_json_object
+from gateway.management.bodies import (
+    Fields,
+    decimal_in_range,
+    page_headers,
+    pagination,
+    read_json_object,
+)
 from gateway.management.framework import endpoint, require_admin
 from gateway.models import User
 from gateway.storage import access, users
@@ -27,10 +33,10 @@ _MAX_ID = 2**63 - 1
 def path_id(request: web.Request, key: str, what: str) -> int:
     """A bigint id from the path; 404 naming ``what`` when it cannot be one."""
     text = request.match_info[key]
-    # isascii: str.isdigit() also accepts digits like "²" that int() refuses.
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= _MAX_ID:
-        raise ApiError(404, f"{what} {text} not found")
-    return int(text)
+    value = decimal_in_range(text, 1, _MAX_ID)
+    if value is None:
+        raise ApiError(404, f"{what} {text[:40]} not found")
+    return value
 
 
 def role_json(row: dict[str, Any]) -> dict[str, Any]:

@@ -203,17 +203,27 @@ class Fields:
             raise ValidationFailed(self.errors)
 
 
+def decimal_in_range(text: str, low: int, high: int) -> int | None:
+    """``text`` as an integer when it is plain ASCII decimal digits within [low, high]; None
+    otherwise. The length is checked first: int() refuses texts over 4,300 digits with a
+    ValueError (a 500), and any longer than ``high`` are out of range anyway."""
+    # isascii: str.isdigit() also accepts digits like "²" that int() refuses.
+    if not (0 < len(text) <= len(str(high)) + 4 and text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if low <= value <= high else None
+
+
 def pagination(request: web.Request) -> tuple[int, int]:
     """(page, per_page) from the query string; 422 when they are not positive integers."""
     errors: dict[str, list[str]] = {}
     values = {}
     for key, default, maximum in (("page", 1, 1_000_000), ("per_page", 20, MAX_PER_PAGE)):
-        text = request.query.get(key, str(default))
-        # isascii: str.isdigit() also accepts digits like "²" that int() refuses.
-        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= maximum:
+        value = decimal_in_range(request.query.get(key, str(default)), 1, maximum)
+        if value is None:
             errors[key] = [f"must be an integer between 1 and {maximum}"]
         else:
-            values[key] = int(text)
+            values[key] = value
     if errors:
         raise ValidationFailed(errors)
     return values["page"], values["per_page"]

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.http import ApiError
+from gateway.management.bodies import decimal_in_range
 from gateway.management.framework import current_user
 from gateway.management.permissions import authorize
 from gateway.storage import environments, hooks, pipelines
@@ -23,10 +24,10 @@ _MAX_BIGINT = 2**63 - 1
 
 def path_int(request: web.Request, key: str, resource: str) -> int:
     """An integer id from the path; 404 (not 400) when it cannot name anything."""
-    text = request.match_info[key]
-    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= _MAX_BIGINT:
+    value = decimal_in_range(request.match_info[key], 1, _MAX_BIGINT)
+    if value is None:
         raise ApiError(404, f"{resource} not found")
-    return int(text)
+    return value
 
 
 def path_uuid(request: web.Request, key: str, resource: str) -> uuid.UUID:

@@ -100,7 +100,13 @@ async def test_nul_in_an_executor_report_is_still_stripped_not_refused(
     assert response.status == 404, await response.text()
 
 
-@pytest.mark.parametrize("value", ["²", "\u0661", "0", "-1", "1.0", "abc", "1000001"])
+# Python's int() refuses decimal texts over 4,300 digits with a ValueError: these were 500s.
+HUGE = "9" * 4301
+
+
+@pytest.mark.parametrize(
+    "value", ["²", "\u0661", "0", "-1", "1.0", "abc", "1000001", HUGE, "0" * 30 + "1"]
+)
 async def test_a_page_that_is_not_an_ascii_number_is_a_422(
     client: Any, admin_headers: dict[str, str], value: str
 ) -> None:
@@ -111,7 +117,18 @@ async def test_a_page_that_is_not_an_ascii_number_is_a_422(
     }
 
 
-@pytest.mark.parametrize("path", ["/roles/²", "/teams/\u0663", "/users/me/tokens/²"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/roles/²",
+        "/teams/\u0663",
+        "/users/me/tokens/²",
+        f"/users/{HUGE}",  # path_id
+        f"/environments/{HUGE}",
+        f"/pipelines/{HUGE}/runs",  # path_int
+        f"/users/me/tokens/{HUGE}",
+    ],
+)
 async def test_an_id_that_is_not_an_ascii_number_is_a_404(
     client: Any, admin_headers: dict[str, str], path: str
 ) -> None:

@@ -332,3 +332,11 @@ def test_url_values_never_add_path_or_query_structure(source: str, context: Any)
 
 def _reject_constant(name: str) -> Any:
     raise AssertionError(f"invalid JSON constant {name}")
+
+
+@pytest.mark.parametrize("index", ["9" * 4301, "²", "0" * 19 + "1"])
+def test_an_index_no_array_can_have_is_missing_not_an_error(index: str) -> None:
+    # int() refuses 4,300 digits and more, and "²" (isdigit() but not a decimal): a ValueError
+    # from a hook's template, raised while rendering every delivery of the hook.
+    path = ("run", "variables", "items", index)
+    assert lookup({"run": {"variables": {"items": [1, 2]}}}, path) is lookup({}, ("x",))
