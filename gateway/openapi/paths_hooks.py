@@ -142,7 +142,7 @@ def _incoming() -> dict[str, Schema]:
                         "required": False,
                         "description": "Only requests with this outcome (accepted, skipped, "
                         "rejected, duplicate).",
-                        "schema": {"type": "string", "pattern": "^[a-z][a-z_-]{0,31}$"},
+                        "schema": {"enum": ["accepted", "skipped", "rejected", "duplicate"]},
                     },
                 ],
             )

@@ -177,10 +177,16 @@ async def test_history_lists_newest_first_with_outcome_filter_and_links(
     assert links["next"] == {"per_page": "3", "page": "2"}
     assert links["last"] == {"per_page": "3", "page": "2"}
 
-    response = await client.get(
-        f"/hooks/incoming/{hook['id']}/requests?outcome=DROP%20TABLE", headers=admin_headers
-    )
-    assert response.status == 422
+    for typo in ("DROP%20TABLE", "acepted"):  # a typo was a 200 with an empty list
+        response = await client.get(
+            f"/hooks/incoming/{hook['id']}/requests?outcome={typo}", headers=admin_headers
+        )
+        assert response.status == 422
+        assert (await response.json())["errors"] == {
+            "outcome": ["must be one of: accepted, skipped, rejected, duplicate"]
+        }
+    duplicates = await _history(client, hook, admin_headers, "?outcome=duplicate")
+    assert duplicates == []
 
 
 async def test_form_mode_body_is_shown_as_text(
