@@ -42,6 +42,31 @@ ALGORITHMS = tuple(sorted(SUPPORTED_ALGORITHMS))
 # RFC 9110 token characters (the name is lower-cased first).
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 _HEADER_NAME_MESSAGE = "must be a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"
+# Headers that HTTP, the gateway or a proxy in front of it own: a signature there could never
+# arrive intact (a Content-Type of "sha256=..." is refused with 415, and the message would
+# carry it), would be rewritten on the way, or echoed back (X-Request-Id).
+RESERVED_SECRET_HEADERS = frozenset(
+    {
+        "host",
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "proxy-authorization",
+        "x-request-id",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-real-ip",
+    }
+)
 # Keys whose JSON null means "reset to the default" rather than "missing".
 _NULLABLE = frozenset({"trigger_when", "settings"})
 
@@ -63,9 +88,7 @@ def parse_incoming_hook(body: Mapping[str, Any], *, partial: bool) -> dict[str, 
         "secret_algorithm": fields.string(
             "secret_algorithm", required=False, default=DEFAULT_ALGORITHM, choices=ALGORITHMS
         ),
-        "secret_header_name": _header_name(
-            fields, "secret_header_name", DEFAULT_HEADER_NAME, nullable=False
-        ),
+        "secret_header_name": _secret_header_name(fields),
         "action_type": fields.string("action_type", required=required, max_length=60),
     }
     if not partial or "trigger_when" in body:
@@ -130,6 +153,17 @@ def _header_name(fields: Fields, key: str, default: str | None, *, nullable: boo
     value = value.lower()
     if value and not _HEADER_NAME.fullmatch(value):
         fields.add(key, _HEADER_NAME_MESSAGE)
+    return value
+
+
+def _secret_header_name(fields: Fields) -> Any:
+    value = _header_name(fields, "secret_header_name", DEFAULT_HEADER_NAME, nullable=False)
+    if value in RESERVED_SECRET_HEADERS:
+        fields.add(
+            "secret_header_name",
+            f"must not be {value!r}: HTTP or a proxy owns that header; choose a header of "
+            "your own, e.g. x-hub-signature-256",
+        )
     return value
 
 

@@ -303,6 +303,20 @@ def _variables(*items: dict[str, Any]) -> dict[str, Any]:
             "secret_header_name",
             "must be a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~)",
         ),
+        (
+            # A signature sent as the Content-Type was refused with 415, its message (stored in
+            # the history) holding the signature; a hook so made could never accept a call.
+            {"secret_header_name": "Content-Type"},
+            "secret_header_name",
+            "must not be 'content-type': HTTP or a proxy owns that header; choose a header of "
+            "your own, e.g. x-hub-signature-256",
+        ),
+        (
+            {"secret_header_name": "x-request-id"},  # echoed back in every response
+            "secret_header_name",
+            "must not be 'x-request-id': HTTP or a proxy owns that header; choose a header of "
+            "your own, e.g. x-hub-signature-256",
+        ),
         ({"colour": "red"}, "colour", None),
         ({"secret": "mine"}, "secret", None),
         ({"settings": []}, "settings", "must be an object"),
