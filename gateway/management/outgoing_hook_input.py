@@ -52,6 +52,8 @@ _SETTINGS = (
     "signature_algorithm",
 )
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
+# C0 controls but the tab (allowed in a field value, RFC 9110 §5.5), and DEL.
+_CONTROL_IN_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # Set by the dispatcher itself; a hook may not override them.
 RESERVED_HEADERS = frozenset(
     {
@@ -150,6 +152,15 @@ def _headers(
         if not isinstance(value, str) or len(value) > MAX_HEADER_VALUE:
             fields.add(
                 f"{where}.value", f"must be a string of at most {MAX_HEADER_VALUE} characters"
+            )
+            continue
+        if _CONTROL_IN_VALUE.search(value):
+            # The dispatcher would send them as spaces: what is stored and shown would not be
+            # what goes out. (Placeholders' values are made safe when rendered.)
+            fields.add(
+                f"{where}.value",
+                "must not contain control characters (line breaks, NUL); a header value is "
+                "one line",
             )
             continue
         _template_errors(fields, f"{where}.value", TextTemplate.compile, value)

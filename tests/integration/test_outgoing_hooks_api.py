@@ -127,6 +127,15 @@ async def test_without_secret_there_is_none(
             "hook has no 'secret'",
         ),
         (
+            # Stored as given and sent with spaces for the line breaks: not what was shown.
+            hook_body(
+                "https://x.example/",
+                settings={"request_headers": [{"name": "X-A", "value": "a\r\nInjected: 1"}]},
+            ),
+            "settings.request_headers.0.value",
+            "must not contain control characters",
+        ),
+        (
             hook_body(
                 "https://x.example/",
                 settings={"request_headers": [{"name": "webhook-signature", "value": "x"}]},
