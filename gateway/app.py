@@ -81,10 +81,16 @@ INGEST_ROUTES.append(metrics_route.routes)
 SERVICE_CONTEXTS.append(metrics_route.metrics_service)
 
 
+async def _name_the_server(request: web.Request, response: web.StreamResponse) -> None:
+    # Instead of aiohttp's "Python/3.x aiohttp/3.y.z": versions are no one else's business.
+    response.headers["Server"] = "hookgate"
+
+
 def _base_app(
     config: Config, db: Database, services: dict[str, Any], max_body: int
 ) -> web.Application:
     app = web.Application(client_max_size=max_body, middlewares=[routing_errors_as_json])
+    app.on_response_prepare.append(_name_the_server)
     app[appkeys.CONFIG] = config
     app[appkeys.DATABASE] = db
     app[appkeys.SERVICES] = services

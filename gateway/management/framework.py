@@ -92,6 +92,9 @@ def endpoint(*, auth: bool = True) -> Callable[[View], View]:
             except Exception as exc:
                 response = _translate(exc)
             response.headers["X-Request-Id"] = request_id
+            # Tokens, secrets shown once, user data: no cache on the way may keep any of it
+            # (RFC 6749 §5.1 asks it of token responses).
+            response.headers.setdefault("Cache-Control", "no-store")
             return response
 
         return handler

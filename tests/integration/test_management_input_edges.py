@@ -222,3 +222,25 @@ async def test_an_unknown_management_route_is_a_json_404(
             "message": f"no route for {method} {path}",
             "errors": None,
         }
+
+
+async def test_management_answers_are_not_cached_and_name_no_versions(
+    client: Any, admin_headers: dict[str, str]
+) -> None:
+    """Token and secret responses carried no Cache-Control (RFC 6749 §5.1 asks no-store), and
+    every answer named the exact Python and aiohttp versions in Server."""
+    environment = await make_environment(client, admin_headers)
+    pipeline = await make_pipeline(client, admin_headers, environment["id"])
+    created = await client.post(
+        f"/pipelines/{pipeline['id']}/hooks/incoming",
+        json={"name": "h", "action_type": "deploy"},
+        headers={**JSON_HEADERS, **admin_headers},
+    )
+    assert created.status == 201 and (await created.json())["secret"]
+    refused = await client.get("/users/me")  # an error answer too
+    for response in (created, refused, await client.get("/users/me", headers=admin_headers)):
+        assert response.headers["Cache-Control"] == "no-store"
+        assert response.headers["Server"] == "hookgate"
+    probe = await client.get("/healthz")
+    assert probe.headers["Server"] == "hookgate"
+    assert "Cache-Control" not in probe.headers  # ingest answers hold nothing to protect
