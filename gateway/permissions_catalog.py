@@ -81,6 +81,11 @@ def closure(permissions: Iterable[str]) -> list[str]:
     return sort_permissions(given)
 
 
+# Duplicates are tolerated (and removed), so a role may list a few more items than there are
+# permissions, but not without bound.
+MAX_ROLE_ITEMS = 100
+
+
 def validate_role_permissions(raw: object) -> tuple[list[str], list[str]]:
     """(normalised permissions, error messages) for a role's ``permissions`` field.
 
@@ -89,6 +94,10 @@ def validate_role_permissions(raw: object) -> tuple[list[str], list[str]]:
     """
     if not isinstance(raw, list):
         return [], ["must be an array of permission strings"]
+    if len(raw) > MAX_ROLE_ITEMS:  # else one message per item: megabytes of 422
+        return [], [
+            f"must have at most {MAX_ROLE_ITEMS} items (there are {len(PERMISSIONS)} permissions)"
+        ]
     errors: list[str] = []
     if not raw:
         errors.append(f"must name at least one permission (e.g. {ENVIRONMENT_READ!r})")
@@ -97,8 +106,13 @@ def validate_role_permissions(raw: object) -> tuple[list[str], list[str]]:
         errors.append("every permission must be a string")
     strings = [item for item in raw if isinstance(item, str)]
     unknown = [p for p in dict.fromkeys(strings) if p not in _ORDER]
-    for permission in unknown:
-        errors.append(f"unknown permission {permission!r}; allowed: {', '.join(PERMISSIONS)}")
+    if unknown:  # one message, the allowed ones once
+        named = ", ".join(repr(p[:100]) for p in unknown[:10])
+        more = f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else ""
+        plural = "s" if len(unknown) > 1 else ""
+        errors.append(
+            f"unknown permission{plural} {named}{more}; allowed: {', '.join(PERMISSIONS)}"
+        )
     known = sort_permissions(p for p in strings if p in _ORDER)
     held = set(known)
     for permission in known:

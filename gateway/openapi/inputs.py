@@ -183,7 +183,10 @@ USER_CHANGE: Schema = obj(
 ROLE: Schema = obj(
     {
         "name": text(100),
-        "permissions": array({"enum": list(permissions_catalog.PERMISSIONS)}),
+        "permissions": array(
+            {"enum": list(permissions_catalog.PERMISSIONS)},
+            maxItems=permissions_catalog.MAX_ROLE_ITEMS,
+        ),
     }
 )
 TEAM: Schema = obj({"name": text(100)})
