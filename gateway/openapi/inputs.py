@@ -163,21 +163,23 @@ def pipeline(*, partial: bool) -> Schema:
 ENVIRONMENT: Schema = obj(
     {"name": text(100)}, {"description": nullable({"type": "string", "maxLength": 1000})}
 )
-LOGIN: Schema = obj({"email": text(254), "password": text(1024)})
+# Passwords are taken exactly as given, spaces included (management.users): no "\S" pattern.
+PASSWORD: Schema = {"type": "string", "minLength": 1, "maxLength": 1024}
+LOGIN: Schema = obj({"email": text(254), "password": PASSWORD})
 REFRESH: Schema = obj({"refresh_token": text(256)})
 NEW_USER: Schema = obj(
-    {"email": text(254), "password": text(1024)},
+    {"email": text(254), "password": PASSWORD},
     {"name": nullable({"type": "string", "maxLength": 120}), "is_admin": BOOLEAN},
 )
-LOGOUT: Schema = obj({}, {"refresh_token": text(256)})
-PASSWORD_CHANGE: Schema = obj({"current_password": text(1024), "new_password": text(1024)})
+LOGOUT: Schema = obj({}, {"refresh_token": nullable(text(256))})  # null: as if absent
+PASSWORD_CHANGE: Schema = obj({"current_password": PASSWORD, "new_password": PASSWORD})
 USER_CHANGE: Schema = obj(
     {},
     {
         "name": nullable({"type": "string", "maxLength": 120}),
         "is_admin": BOOLEAN,
         "is_active": BOOLEAN,
-        "password": text(1024),
+        "password": nullable(PASSWORD),  # null: unchanged
     },
 )
 ROLE: Schema = obj(

@@ -136,3 +136,25 @@ def test_an_accepted_hook_request_declares_its_run_id_header() -> None:
     trigger = openapi_document()["paths"]["/hooks/incoming/{hook_id}"]["post"]
     for status in ("200", "202"):
         assert "X-Run-Id" in trigger["responses"][status]["headers"], status
+
+
+@pytest.mark.parametrize(
+    ("schema_name", "body"),
+    [
+        # Passwords are taken exactly as given, spaces included: the document called an
+        # all-spaces password invalid while the server accepted it.
+        ("NEW_USER", {"email": "carol@example.com", "password": " " * 16}),
+        ("LOGIN", {"email": "carol@example.com", "password": " " * 16}),
+        ("PASSWORD_CHANGE", {"current_password": " " * 16, "new_password": "  x  " * 4}),
+        ("USER_CHANGE", {"password": None}),  # null: the password is left as it is
+        ("LOGOUT", {"refresh_token": None}),  # null: as if absent
+    ],
+)
+def test_bodies_the_server_accepts_are_valid_in_the_document(
+    schema_name: str, body: dict[str, Any]
+) -> None:
+    from jsonschema import Draft202012Validator
+
+    from gateway.openapi import inputs
+
+    Draft202012Validator(getattr(inputs, schema_name)).validate(body)
