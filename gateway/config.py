@@ -45,6 +45,8 @@ class ServerConfig:
     trusted_proxies: tuple[str, ...] = ()
     shutdown_timeout: float = 15.0
     access_log: bool = False
+    body_timeout: float = 30.0  # a request's body must arrive within this, else 408
+    keepalive_timeout: float = 75.0  # idle connections, and requests whose headers never end
 
     @property
     def base_url(self) -> str:
@@ -163,6 +165,8 @@ _MINIMUMS: dict[tuple[str, str], float] = {
     ("server", "workers"): 1,
     ("server", "max_body_bytes"): 1,
     ("server", "shutdown_timeout"): 0,
+    ("server", "body_timeout"): 0.1,
+    ("server", "keepalive_timeout"): 0.1,
     ("database", "pool_min_size"): 1,
     ("database", "pool_max_size"): 1,
     ("database", "connect_timeout"): 0.1,

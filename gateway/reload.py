@@ -59,6 +59,7 @@ LIVE_KEYS: frozenset[str] = frozenset(
         "server.max_body_bytes",
         "server.trusted_proxies",
         "server.access_log",
+        "server.body_timeout",
         "server.public_url",
         "outgoing.allow_private_targets",
         "outgoing.timeout",

@@ -198,6 +198,9 @@ async def run_listeners(
                 access_log=logging.getLogger("access"),  # AccessLog.enabled decides
                 # drain() has already waited shutdown_timeout: this only bounds the cancellation.
                 shutdown_timeout=CANCEL_GRACE,
+                # aiohttp's own default is an hour, for a connection that never finishes its
+                # request headers too.
+                keepalive_timeout=config.server.keepalive_timeout,
                 **HANDLER_OPTIONS,
             )
             await runner.setup()

@@ -77,6 +77,7 @@ class _Ingest:
     resolver: ClientAddressResolver
     max_body: int
     retry_after: str
+    body_timeout: float
 
     @classmethod
     def build(
@@ -89,6 +90,7 @@ class _Ingest:
             ClientAddressResolver(config.server.trusted_proxies),
             config.server.max_body_bytes,
             str(config.batch.retry_after),
+            config.server.body_timeout,
         )
 
 
@@ -161,10 +163,18 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
         evaluation = Evaluation(415, REJECTED, compressed, reason="content_encoding")
     else:
         try:
-            body = await _read_body(request, length, ingest.max_body)
+            body = await _read_body(request, length, ingest.max_body, ingest.body_timeout)
         except asyncio.IncompleteReadError:
             evaluation = Evaluation(
                 400, REJECTED, "request body ended before Content-Length bytes", reason="short_body"
+            )
+        except TimeoutError:
+            request.protocol.close()  # after this answer: the rest may still be trickling in
+            evaluation = Evaluation(
+                408,
+                REJECTED,
+                f"request body not received within {ingest.body_timeout:g} s",
+                reason="body_timeout",
             )
         else:
             if body is None:
@@ -252,8 +262,18 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
     ), ACCEPTED
 
 
-async def _read_body(request: web.Request, length: int | None, limit: int) -> bytes | None:
-    """The raw body, read once; None when it turns out larger than ``limit``."""
+async def _read_body(
+    request: web.Request, length: int | None, limit: int, within: float
+) -> bytes | None:
+    """The raw body, read once; None when it turns out larger than ``limit``. TimeoutError
+    when it has not all arrived ``within`` seconds."""
+    if not request.content.is_eof():  # not all here yet (the common case skips the timer)
+        async with asyncio.timeout(within):
+            return await _read_body_now(request, length, limit)
+    return await _read_body_now(request, length, limit)
+
+
+async def _read_body_now(request: web.Request, length: int | None, limit: int) -> bytes | None:
     if length is not None:
         return await request.content.readexactly(length) if length else b""
     chunks: list[bytes] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -33,11 +34,17 @@ async def read_body(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> by
     too_large = ApiError(413, f"request body is larger than {max_bytes} bytes, the most taken here")
     if request.content_length is not None and request.content_length > max_bytes:
         raise too_large
+    timeout = live_config(request.app).server.body_timeout
     body = bytearray()
-    while chunk := await request.content.read(65536):
-        body += chunk
-        if len(body) > max_bytes:
-            raise too_large
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await request.content.read(65536):
+                body += chunk
+                if len(body) > max_bytes:
+                    raise too_large
+    except TimeoutError:
+        request.protocol.close()  # after this answer: the rest may still be trickling in
+        raise ApiError(408, f"request body not received within {timeout:g} s") from None
     return bytes(body)
 
 

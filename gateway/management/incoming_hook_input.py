@@ -45,7 +45,7 @@ _HEADER_NAME_MESSAGE = "must be a valid HTTP header name (letters, digits and !#
 # Headers that HTTP, the gateway or a proxy in front of it own: a signature there could never
 # arrive intact (a Content-Type of "sha256=..." is refused with 415, and the message would
 # carry it), would be rewritten on the way, or echoed back (X-Request-Id).
-RESERVED_SECRET_HEADERS = frozenset(
+HTTP_OWNED_HEADERS = frozenset(
     {
         "host",
         "content-type",
@@ -158,7 +158,7 @@ def _header_name(fields: Fields, key: str, default: str | None, *, nullable: boo
 
 def _secret_header_name(fields: Fields) -> Any:
     value = _header_name(fields, "secret_header_name", DEFAULT_HEADER_NAME, nullable=False)
-    if value in RESERVED_SECRET_HEADERS:
+    if value in HTTP_OWNED_HEADERS:
         fields.add(
             "secret_header_name",
             f"must not be {value!r}: HTTP or a proxy owns that header; choose a header of "

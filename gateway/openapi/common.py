@@ -132,6 +132,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     401: "Missing, malformed, invalid, expired or revoked bearer token.",
     403: "The caller lacks the permission (named in the message) or is not an administrator.",
     404: "No such resource, or it is in an environment the caller cannot see.",
+    408: "The body did not arrive within server.body_timeout; the connection is closed.",
     409: "The request conflicts with the resource's current state.",
     413: "The body is larger than the server accepts (the message names the limit).",
     415: "The body is compressed (a Content-Encoding other than identity): send it as is.",
@@ -184,13 +185,13 @@ def operation(
     auth: bool = True,
 ) -> Schema:
     """One management operation: its own responses plus error responses for ``errors``, 401
-    (when authenticated) and 503; 400, 413 and 415 whenever it reads a JSON body
+    (when authenticated) and 503; 400, 408, 413 and 415 whenever it reads a JSON body
     (``example``: a valid one)."""
     statuses = set(errors) | {503}
     if auth:
         statuses.add(401)
     if body is not None:
-        statuses.update((400, 413, 415))
+        statuses.update((400, 408, 413, 415))
     all_responses = {str(k): v for k, v in sorted(responses.items())}
     for status in sorted(statuses):
         all_responses.setdefault(str(status), error(status))

@@ -68,6 +68,7 @@ def _trigger() -> Schema:
         "401": error(401, "The signature is missing, malformed, stale or does not match."),
         "403": error(403, "The hook is inactive, or the client address is not allowed."),
         "404": error(404, "No such incoming hook."),
+        "408": error(408, "The body did not arrive within server.body_timeout (recorded)."),
         "413": error(413, "The body is larger than server.max_body_bytes."),
         "415": error(415, "Neither JSON nor a form with a payload field."),
         "422": error(422, "The payload does not provide valid variables."),

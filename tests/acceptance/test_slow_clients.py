@@ -1,0 +1,120 @@
+"""Clients that send slowly or never finish cannot hold connections for ever: a body that does
+not arrive within ``[server] body_timeout`` is answered 408 (and recorded, on the ingest route),
+and a connection that never completes its request headers is closed after
+``[server] keepalive_timeout``. Before, neither had any bound (aiohttp's own default keeps such
+a connection an hour), so one client could use up a worker's file descriptors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.acceptance.lb_client import Api, client_from
+from tests.acceptance.live_gateway import LiveGateway, fresh_database, start_gateway, stop_gateway
+
+BODY_TIMEOUT = 1.0
+KEEPALIVE_TIMEOUT = 1.5
+# After answering a request whose body it did not read in full, aiohttp reads and drops what
+# still comes for up to this long (so that a client still sending gets the answer rather than
+# a reset), then closes the connection.
+LINGERING = 10.0
+
+
+@pytest.fixture
+def live(server_dsn: str, template_database: str, tmp_path: Path) -> Iterator[LiveGateway]:
+    with fresh_database(server_dsn, template_database) as dsn:
+        gateway = start_gateway(
+            tmp_path,
+            dsn,
+            server={"body_timeout": BODY_TIMEOUT, "keepalive_timeout": KEEPALIVE_TIMEOUT},
+        )
+        try:
+            yield gateway
+        finally:
+            stop_gateway(gateway)
+
+
+async def _send_part(port: int, head: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    await writer.drain()
+    return reader, writer
+
+
+async def _answer_and_close(reader: asyncio.StreamReader) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took."""
+    started = time.monotonic()
+    data = await asyncio.wait_for(reader.read(), timeout=15)  # read() returns at EOF
+    return data, time.monotonic() - started
+
+
+def _status_and_json(data: bytes) -> tuple[int, dict[str, object]]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), orjson.loads(body)
+
+
+async def test_an_ingest_body_that_stops_arriving_gets_408_and_is_recorded(
+    live: LiveGateway,
+) -> None:
+    async with client_from("127.0.0.1") as session:
+        api = Api(session, live.url, live.token)
+        _, hook = await api.seed_hook()
+        head = (
+            f"POST /hooks/incoming/{hook['id']} HTTP/1.1\r\nHost: x\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+            '{"action":'
+        ).encode()
+        reader, writer = await _send_part(live.port, head)
+        try:
+            data, waited = await _answer_and_close(reader)
+        finally:
+            writer.close()
+        status, body = _status_and_json(data)
+        assert (status, body["message"]) == (408, "request body not received within 1 s")
+        assert BODY_TIMEOUT <= waited < BODY_TIMEOUT + LINGERING + 5  # answered, then closed
+        _, history = await api.call(
+            "GET", f"/hooks/incoming/{hook['id']}/requests?outcome=rejected", expect=200
+        )
+        assert [(h["status_code"], h["message"]) for h in history] == [
+            (408, "request body not received within 1 s")
+        ]
+
+
+async def test_a_management_body_that_stops_arriving_gets_408(live: LiveGateway) -> None:
+    head = (
+        b"POST /users/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 80\r\n\r\n{"email":'
+    )
+    reader, writer = await _send_part(live.port, head)
+    try:
+        data, waited = await _answer_and_close(reader)
+    finally:
+        writer.close()
+    status, body = _status_and_json(data)
+    assert (status, body["message"]) == (408, "request body not received within 1 s")
+    assert BODY_TIMEOUT <= waited < BODY_TIMEOUT + LINGERING + 5
+
+
+async def test_headers_that_never_end_are_cut_off_after_the_keepalive_timeout(
+    live: LiveGateway,
+) -> None:
+    reader, writer = await _send_part(live.port, b"POST /hooks/incoming/x HTTP/1.1\r\nHost: x\r\n")
+    try:
+        data, waited = await _answer_and_close(reader)
+    finally:
+        writer.close()
+    assert data == b""  # nothing to answer: no request was ever complete
+    assert KEEPALIVE_TIMEOUT - 0.5 <= waited < KEEPALIVE_TIMEOUT + 5
+
+
+async def test_a_body_already_sent_in_full_is_not_timed(live: LiveGateway) -> None:
+    """The common case takes no timer; a complete request still gets its normal answer."""
+    async with client_from("127.0.0.1") as session:
+        api = Api(session, live.url, live.token)
+        status, _ = await api.call("GET", "/users/me", expect=200)
+        assert status == 200
