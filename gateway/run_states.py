@@ -24,6 +24,10 @@ SKIPPED = "skipped"
 STATUSES = (QUEUED, IN_PROGRESS, COMPLETED, FAILED, SKIPPED, CANCELLED)
 FINISHED = frozenset({COMPLETED, FAILED, CANCELLED, SKIPPED})
 POLICIES = ("queue", "skip-if-running", "cancel-in-progress")
+# Outgoing-hook events (queries.sql outgoing_enqueue_run_events maps statuses to them); a hook
+# subscribed to STATUS_CHANGED_EVENT gets every change, cancelled and skipped included.
+STATUS_CHANGED_EVENT = "run.status_changed"
+EVENTS = ("run.queued", "run.started", "run.completed", "run.failed", STATUS_CHANGED_EVENT)
 
 # Transitions a status call may make (claiming and the concurrency sweeps make the others).
 _ALLOWED: dict[str, frozenset[str]] = {

@@ -30,7 +30,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway import metrics
+from gateway import metrics, run_states
 from gateway.config import Config
 from gateway.dispatcher.client import clean, new_session, send
 from gateway.dispatcher.outbound import CompiledHook, OutboundRequest, build_request, event_context
@@ -260,6 +260,13 @@ class Dispatcher:
         delivery_id, attempt = row["id"], row["attempt"]
         if not row["hook_active"]:
             await store.skip_delivery(self.db, delivery_id, attempt, "the hook is inactive")
+            return None
+        events = row["hook_events"]
+        if row["event"] not in events and run_states.STATUS_CHANGED_EVENT not in events:
+            # Like `active` and the conditions, the hook's current subscription decides: an
+            # edit that drops an event also stops deliveries of it still pending or retried.
+            unsubscribed = f"the hook no longer subscribes to {row['event']}"
+            await store.skip_delivery(self.db, delivery_id, attempt, unsubscribed)
             return None
         hook = self._compile(row)
         if isinstance(hook, str):

@@ -21,6 +21,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway import run_states
 from gateway.dispatcher.signing import is_sensitive_header
 from gateway.dispatcher.templates import (
     TemplateError,
@@ -35,7 +36,7 @@ from gateway.ingest.signatures import SUPPORTED_ALGORITHMS
 from gateway.management.bodies import Fields
 
 MASK = "********"
-EVENTS = ("run.queued", "run.started", "run.completed", "run.failed", "run.status_changed")
+EVENTS = run_states.EVENTS
 METHODS = ("POST", "PUT", "PATCH")
 MAX_NAME = 60
 MAX_URL = 2048

@@ -989,7 +989,8 @@ FROM due, outgoing_hooks h
 WHERE d.id = due.id AND h.id = d.hook_id
 RETURNING d.id, d.hook_id, d.run_id, d.event, d.payload, d.attempt, d.retry_of,
           h.active AS hook_active, h.name AS hook_name, h.target_url, h.trigger_when,
-          h.settings, h.requires_secret, h.secret, h.updated_at AS hook_updated_at;
+          h.events AS hook_events, h.settings, h.requires_secret, h.secret,
+          h.updated_at AS hook_updated_at;
 
 -- name: outgoing_release
 -- Give claimed deliveries back without using up an attempt ($1 ids, $2 their claimed attempt).

@@ -424,6 +424,38 @@ async def test_unmatched_conditions_skip_the_delivery(
     assert "value at 'run.variables.source_ref' is \"feature\"" in skipped[0]["last_error"]
 
 
+async def test_an_event_the_hook_stopped_subscribing_to_is_not_sent(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    config: Config,
+    receiver: tuple[Receiver, str],
+) -> None:
+    # Like `active` and the conditions, the hook's subscription is read again when a pending
+    # delivery is sent: before, an edit dropping run.queued still let its backlog go out.
+    target, base = receiver
+    hook = await create_hook(
+        client, admin_headers, pipeline["id"], hook_body(base, "run.queued", "run.completed")
+    )
+    await complete_run(db, pipeline["id"])  # queued, started, completed: 2 deliveries wait
+    response = await client.put(
+        f"/hooks/outgoing/{hook['id']}",
+        json={"trigger_when": {"events": ["run.completed"]}},
+        headers=admin_headers,
+    )
+    assert response.status == 200, await response.text()
+    running = Dispatcher(db, config)
+    await running.start()
+    try:
+        await eventually(lambda: _sorted_statuses_are(db, hook["id"], ["skipped", "succeeded"]))
+    finally:
+        await running.stop(0)
+    assert [orjson.loads(r.body)["type"] for r in target.seen] == ["run.completed"]
+    [skipped] = [d for d in await deliveries(db, hook["id"]) if d["status"] == "skipped"]
+    assert skipped["last_error"] == "the hook no longer subscribes to run.queued"
+
+
 async def test_a_dot_segment_value_in_the_url_path_skips_the_delivery(
     client: Any,
     admin_headers: dict[str, str],
