@@ -139,8 +139,13 @@ async def claim(
     """
     scope = (pipeline_id, None if environment_ids is None else list(environment_ids))
     async with db.transaction() as session:
-        changed = await session.fetch("runs_expire_leases", *scope, SWEEP_LIMIT)
-        changed += await session.fetch("runs_cancel_superseded", *scope, SWEEP_LIMIT, None)
+        # Each statement's changes pass on_status_change before the next statement: a run the
+        # sweep requeues may be claimed again below, and its run.queued snapshot must show the
+        # run as the sweep left it (attempt, message), not as the claim did.
+        expired = await session.fetch("runs_expire_leases", *scope, SWEEP_LIMIT)
+        await on_status_change(session, _changes(expired))
+        superseded = await session.fetch("runs_cancel_superseded", *scope, SWEEP_LIMIT, None)
+        await on_status_change(session, _changes(superseded))
         keys = await session.fetch("runs_lock_keys", *scope, max(limit * 4, 16))
         claimed = await session.fetch(
             "runs_claim",
@@ -151,9 +156,9 @@ async def claim(
             [k["key"] for k in keys],
             claimed_by,
         )
-        changed += claimed
-        changed += await session.fetch("runs_skip_running", *scope, SWEEP_LIMIT)
-        await on_status_change(session, _changes(changed))
+        await on_status_change(session, _changes(claimed))
+        skipped = await session.fetch("runs_skip_running", *scope, SWEEP_LIMIT)
+        await on_status_change(session, _changes(skipped))
     return claimed
 
 

@@ -143,6 +143,48 @@ async def test_a_late_report_after_the_sweep_failed_the_run_is_refused(db: Datab
     assert (row["status"], row["message"]) == ("failed", "lease expired after 1 attempt")
 
 
+async def test_a_run_requeued_and_claimed_again_in_one_claim_is_announced_as_each_was(
+    db: Database,
+) -> None:
+    """The outbox snapshots were all taken at the end of the claim's transaction: the
+    run.queued of the lease expiry showed attempt 2, the new started_at and no message."""
+    pipeline = await make_pipeline(db, max_attempts=3)
+    hook_id = uuid.uuid4()
+    await db.pool.execute(
+        "INSERT INTO outgoing_hooks (id, pipeline_id, name, target_url, events) "
+        "VALUES ($1, $2, 'all', 'http://127.0.0.1:9/x', ARRAY['run.status_changed'])",
+        hook_id,
+        pipeline["id"],
+    )
+    run = await enqueue(db, pipeline["id"])
+    [first] = await claim(db, pipeline["id"])
+    await expire_lease(db, run["id"])
+    [second] = await claim(db, pipeline["id"])  # the sweep requeues it, the claim takes it
+    rows = await db.pool.fetch(
+        "SELECT event, payload->'run' AS run FROM outgoing_deliveries "
+        "WHERE hook_id = $1 AND run_id = $2",
+        hook_id,
+        run["id"],
+    )
+    snapshots = [orjson.loads(r["run"]) if isinstance(r["run"], str) else r["run"] for r in rows]
+    [requeued] = [
+        s
+        for s in snapshots
+        if (s["previous_status"], s["status"])
+        == (
+            "in-progress",
+            "queued",
+        )
+    ]
+    assert (requeued["attempt"], requeued["message"]) == (
+        1,
+        "lease expired on attempt 1; queued again",
+    )
+    started = [s for s in snapshots if s["status"] == "in-progress"]
+    assert sorted(s["attempt"] for s in started) == [1, 2]
+    assert first["attempt"] == 1 and second["attempt"] == 2
+
+
 async def test_expired_lease_is_refused_before_it_is_reclaimed(db: Database) -> None:
     pipeline = await make_pipeline(db)
     run = await enqueue(db, pipeline["id"])
