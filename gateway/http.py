@@ -71,6 +71,13 @@ class ValidationFailed(ApiError):
         super().__init__(422, message or f"The given data was invalid: {fields}", errors)
 
 
+def is_json_media_type(content_type: str) -> bool:
+    """Whether a Content-Type value names JSON: application/json or any +json type (with
+    parameters, any case), or is blank."""
+    mime = content_type.partition(";")[0].strip().lower()
+    return not mime or mime == "application/json" or mime.endswith("+json")
+
+
 def compressed_body_problem(headers: Mapping[str, str]) -> str | None:
     """The 415 message for a body sent with a ``Content-Encoding`` other than identity, or None.
 

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from gateway.config import Config
+from gateway.http import is_json_media_type
 from gateway.ingest import lazy_json
 from gateway.ingest.conditions import ConditionSet, parse_trigger_when
 from gateway.ingest.limits import IpAllowlist, parse_limits_settings
@@ -265,12 +266,12 @@ def storable_text(value: str) -> str:
 
 
 def _body_kind(content_type: str | None) -> int | None:
+    # The exact common value first: no parsing on the hot path.
     if content_type is None or content_type == "application/json":
         return _JSON
-    mime = content_type.partition(";")[0].strip().lower()
-    if not mime or mime == "application/json" or mime.endswith("+json"):
+    if is_json_media_type(content_type):
         return _JSON
-    return _FORM if mime == _FORM_TYPE else None
+    return _FORM if content_type.partition(";")[0].strip().lower() == _FORM_TYPE else None
 
 
 def _form_payload(body: bytes) -> str:

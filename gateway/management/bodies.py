@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 from yarl import URL
 
-from gateway.http import ApiError, ValidationFailed, compressed_body_problem
+from gateway.http import ApiError, ValidationFailed, compressed_body_problem, is_json_media_type
 from gateway.ingest.client_ip import ClientAddressResolver
 from gateway.reload import live_config
 
@@ -23,7 +23,8 @@ MAX_BODY_BYTES = 1024 * 1024
 
 
 async def read_body(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
-    """The raw body as sent, or a 415 (compressed) or 413 naming the limit.
+    """The raw body as sent, or a 415 (compressed, or a declared type that is not JSON) or 413
+    naming the limit.
 
     Read here rather than by ``request.read()``, whose limit is the application's (the ingest
     one's max_body_bytes when the management API shares its listener) and whose 413 names none.
@@ -31,6 +32,11 @@ async def read_body(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> by
     compressed = compressed_body_problem(request.headers)
     if compressed is not None:
         raise ApiError(415, compressed)
+    declared = request.headers.get("Content-Type")
+    if declared is not None and not _json_or_undeclared(declared):
+        # A JSON type, none, or octet-stream (what HTTP libraries send for raw bytes when not
+        # told otherwise) is read as JSON; anything else is a client mistake worth naming.
+        raise ApiError(415, f"unsupported content type {declared[:100]!r}: send application/json")
     too_large = ApiError(413, f"request body is larger than {max_bytes} bytes, the most taken here")
     if request.content_length is not None and request.content_length > max_bytes:
         raise too_large
@@ -46,6 +52,12 @@ async def read_body(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> by
         request.protocol.close()  # after this answer: the rest may still be trickling in
         raise ApiError(408, f"request body not received within {timeout:g} s") from None
     return bytes(body)
+
+
+def _json_or_undeclared(content_type: str) -> bool:
+    return is_json_media_type(content_type) or (
+        content_type.partition(";")[0].strip().lower() == "application/octet-stream"
+    )
 
 
 async def read_json_object(

@@ -135,7 +135,8 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     408: "The body did not arrive within server.body_timeout; the connection is closed.",
     409: "The request conflicts with the resource's current state.",
     413: "The body is larger than the server accepts (the message names the limit).",
-    415: "The body is compressed (a Content-Encoding other than identity): send it as is.",
+    415: "The body is compressed (a Content-Encoding other than identity), or declared as "
+    "something other than JSON: send it as is, as application/json.",
     422: "The data is invalid; ``errors`` names every bad field.",
     503: "The database is unavailable, or the gateway is overloaded; retry later.",
 }

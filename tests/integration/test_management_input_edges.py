@@ -244,3 +244,41 @@ async def test_management_answers_are_not_cached_and_name_no_versions(
     probe = await client.get("/healthz")
     assert probe.headers["Server"] == "hookgate"
     assert "Cache-Control" not in probe.headers  # ingest answers hold nothing to protect
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
+async def test_a_declared_body_type_other_than_json_is_a_415_naming_it(
+    client: Any, content_type: str
+) -> None:
+    # Before, any declared type was parsed as JSON: a wrong client went unnoticed.
+    response = await client.post(
+        "/users/login",
+        data=b'{"email": "a@example.com", "password": "x"}',
+        headers={"Content-Type": content_type},
+    )
+    assert response.status == 415
+    assert (await _json(response))["message"] == (
+        f"unsupported content type {content_type!r}: send application/json"
+    )
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "application/json; charset=utf-8",
+        "APPLICATION/JSON",
+        "x/y+json",
+        "application/octet-stream",  # HTTP libraries' default for raw bytes
+    ],
+)
+async def test_json_types_and_none_are_read_as_json(client: Any, content_type: str | None) -> None:
+    response = await client.post(
+        "/users/login",
+        data=b'{"email": "nobody@example.com", "password": "wrong password"}',
+        headers={} if content_type is None else {"Content-Type": content_type},
+        skip_auto_headers=["Content-Type"],
+    )
+    assert response.status == 401  # read and checked: the credentials are wrong
