@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 from gateway.config import AuthConfig
 from gateway.exceptions import Conflict, InvalidCredentials, InvalidToken, NotFound, TooManyAttempts
 from gateway.logs import get_logger
@@ -29,7 +31,7 @@ async def create_user(
 ) -> User:
     """Validate and create a user (raises ValueError naming the bad field, or EmailTaken)."""
     email = email.strip()
-    if "@" not in email or len(email) > 254 or email.startswith("@") or email.endswith("@"):
+    if not plausible_email(email):
         raise ValueError("email: must be a valid email address")
     _check_password_length(auth, "password", password)
     password_hash = await passwords.hash_password_in_thread(password)
@@ -224,6 +226,21 @@ async def _password_checked(
     if throttle is not None:
         throttle.succeeded(address, email)
     return row
+
+
+def plausible_email(email: str) -> bool:
+    """One '@' between a non-empty local part and a non-empty domain, at most 254 characters,
+    no whitespace, control or invisible characters. (Deliverability is not checked: the
+    gateway sends no mail; the address is a login name that people read.)"""
+    local, at, domain = email.partition("@")
+    return (
+        bool(at)
+        and len(email) <= 254
+        and bool(local)
+        and bool(domain)
+        and "@" not in domain
+        and not any(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in email)
+    )
 
 
 def _check_password_length(auth: AuthConfig, field: str, password: str) -> None:

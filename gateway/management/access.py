@@ -79,7 +79,7 @@ async def list_permissions(request: web.Request) -> web.Response:
 async def _role_fields(request: web.Request) -> tuple[str, list[str]]:
     body = await read_json_object(request)
     fields = Fields(body, ("name", "permissions"))
-    name = fields.string("name", max_length=100)
+    name = fields.name("name", max_length=100)
     permissions: list[str] = []
     if "permissions" not in body:
         fields.add("permissions", "is required")
@@ -163,7 +163,7 @@ async def create_team(request: web.Request) -> web.Response:
     require_admin(request)
     body = await read_json_object(request)
     fields = Fields(body, ("name",))
-    name = fields.string("name", max_length=100)
+    name = fields.name("name", max_length=100)
     fields.check()
     team = await access.insert_team(request.app[appkeys.DATABASE], name)
     log.info("team_created", team_id=team["id"])

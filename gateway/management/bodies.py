@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -171,6 +172,20 @@ class Fields:
         allowed = tuple(choices) if choices is not None else None
         if allowed is not None and value not in allowed:
             self.add(key, f"must be one of: {', '.join(allowed)}")
+        return value
+
+    def name(self, key: str = "name", **options: Any) -> Any:
+        """A name shown in lists and chosen from by people (:meth:`string` otherwise): no
+        control characters (a tab, a line break) nor invisible format ones (a zero-width space,
+        a bidi override), by which two names that look the same would differ."""
+        value = self.string(key, **options)
+        if isinstance(value, str):
+            hidden = next((c for c in value if unicodedata.category(c) in ("Cc", "Cf")), None)
+            if hidden is not None:
+                self.add(
+                    key,
+                    f"must not contain control or invisible characters (U+{ord(hidden):04X})",
+                )
         return value
 
     def boolean(self, key: str, *, default: bool | None = None, required: bool = False) -> Any:

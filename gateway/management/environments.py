@@ -37,7 +37,7 @@ async def create_environment(request: web.Request) -> web.Response:
     require_admin(request)
     body = await read_json_object(request)
     fields = Fields(body, ("name", "description"))
-    name = fields.string("name", max_length=100)
+    name = fields.name("name", max_length=100)
     description = fields.string(
         "description", required=False, default="", min_length=0, max_length=1000
     )

@@ -82,7 +82,7 @@ def parse_incoming_hook(body: Mapping[str, Any], *, partial: bool) -> dict[str, 
                 fields.add(key, "must not be null")
     required = not partial
     values: dict[str, Any] = {
-        "name": fields.string("name", required=required, max_length=MAX_NAME_LENGTH),
+        "name": fields.name("name", required=required, max_length=MAX_NAME_LENGTH),
         "active": fields.boolean("active", default=True),
         "requires_secret": fields.boolean("requires_secret", default=True),
         "secret_algorithm": fields.string(

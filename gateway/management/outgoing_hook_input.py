@@ -238,7 +238,7 @@ def parse_outgoing_hook(
 
     values: dict[str, Any] = dict(base)
     if present("name"):
-        values["name"] = fields.string("name", max_length=MAX_NAME)
+        values["name"] = fields.name("name", max_length=MAX_NAME)
     if present("target_url"):
         values["target_url"] = url = fields.string("target_url", max_length=MAX_URL)
         if isinstance(url, str) and "target_url" not in fields.errors:

@@ -48,7 +48,7 @@ def _parse_pipeline(body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
                 fields.add(key, "must not be null")
     required = not partial
     values = {
-        "name": fields.string("name", required=required, max_length=100),
+        "name": fields.name("name", required=required, max_length=100),
         "resource_type": fields.string("resource_type", required=required, max_length=60),
         "resource_id": fields.integer(
             "resource_id", required=required, minimum=1, maximum=2**63 - 1

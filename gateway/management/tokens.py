@@ -50,7 +50,7 @@ async def create_token(request: web.Request) -> web.Response:
     user = current_user(request)
     body = await read_json_object(request)
     fields = Fields(body, ("name", "expires_in_days"))
-    name = fields.string("name", max_length=100)
+    name = fields.name("name", max_length=100)
     days = fields.integer("expires_in_days", required=False, minimum=1, maximum=MAX_EXPIRY_DAYS)
     fields.check()
     token = tokens.new_token("personal")

@@ -282,3 +282,24 @@ async def test_json_types_and_none_are_read_as_json(client: Any, content_type: s
         skip_auto_headers=["Content-Type"],
     )
     assert response.status == 401  # read and checked: the credentials are wrong
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/environments", {"name": "prod\u200buction"}, "name"),
+        ("/teams", {"name": "ops\t"}, None),  # trailing whitespace is stripped: fine
+        ("/roles", {"name": "de\u202ev", "permissions": ["environment:read"]}, "name"),
+        ("/users", {"email": "a b@example.com", "password": "long enough pw"}, "email"),
+        ("/users", {"email": "a@b@c", "password": "long enough pw"}, "email"),
+    ],
+)
+async def test_names_and_emails_with_hidden_or_stray_characters_are_refused(
+    client: Any, admin_headers: dict[str, str], path: str, body: dict[str, Any], field: str | None
+) -> None:
+    response = await client.post(path, json=body, headers={**JSON_HEADERS, **admin_headers})
+    if field is None:
+        assert response.status == 201, await response.text()
+        return
+    assert response.status == 422, await response.text()
+    assert list((await _json(response))["errors"]) == [field]
