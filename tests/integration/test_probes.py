@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.ingest.health import READY_TIMEOUT
 from gateway.storage.database import Database
@@ -50,7 +51,7 @@ async def test_a_database_closed_to_connections_is_unavailable_not_an_error(
     500, where an outage gets 503."""
     hook = await seed_hook(client, admin_headers)
     body = b'{"action": "opened"}'
-    name = database_dsn.rpartition("/")[2].partition("?")[0]
+    name = urlsplit(database_dsn).path.lstrip("/")  # the embedded DSN has ?host=/socket/dir
     await execute(server_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
     try:
         await db.pool.expire_connections()  # new ones are refused from now on
