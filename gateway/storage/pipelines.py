@@ -53,9 +53,12 @@ async def delete_pipeline(db: Database, pipeline_id: int) -> bool:
     """Delete a pipeline and its hooks, cancelling its unfinished runs; False when it did not
     exist."""
     async with db.transaction() as session:
-        # Runs first, as a status change takes them (the run, then its outbox rows, whose
-        # foreign key share-locks the outgoing hook the delete removes): the other way round
-        # the two deadlocked. Cancelled again after the delete for runs committed meanwhile.
+        # One lock order for everyone: the pipeline (as set_concurrency and the run insert
+        # trigger lock it before runs), its runs (as a status change locks its run before the
+        # outgoing hook that its outbox row refers to), then its hooks (the delete's cascade).
+        # The runs are cancelled again after the delete for runs committed meanwhile.
+        if await session.fetchval("pipeline_lock_for_delete", pipeline_id) is None:
+            return False
         await session.execute("pipeline_cancel_runs", pipeline_id)
         if await session.fetchval("pipeline_delete", pipeline_id) is None:
             return False

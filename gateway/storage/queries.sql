@@ -208,6 +208,12 @@ WHERE id = $1
 RETURNING id, environment_id, name, resource_type, resource_id, action_type, created_at,
           updated_at;
 
+-- name: pipeline_lock_for_delete
+-- The pipeline row, locked before its runs (as set_concurrency and the run insert trigger
+-- take them: pipeline, then runs), then its runs, then (by the delete's cascade) its hooks
+-- (as a status change takes them: run, then hook). NULL when there is no such pipeline.
+SELECT id FROM pipelines WHERE id = $1 FOR UPDATE;
+
 -- name: pipeline_delete
 -- Delete a pipeline (its hooks go with it; runs and history stay). Waits for runs being
 -- inserted against it (the insert trigger holds its row FOR SHARE); runs inserted after it are

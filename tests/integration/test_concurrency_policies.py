@@ -15,7 +15,8 @@ import pytest
 from gateway.config import Config
 from gateway.exceptions import Conflict
 from gateway.storage import pipelines, runs
-from gateway.storage.database import Database, _init_connection
+from gateway.storage.database import Database, Session, _init_connection
+from gateway.storage.queries import QUERIES
 from tests.integration.ingest_helpers import create_hook, new_pipeline
 from tests.integration.runs_helpers import claim, enqueue, make_pipeline, run_row
 
@@ -289,6 +290,58 @@ async def test_deleting_a_pipeline_while_a_run_reports_does_not_deadlock(db: Dat
     assert await asyncio.wait_for(deleting, 10) is True
     row = await run_row(db, run["id"])
     assert row["status"] == "completed"  # the report came first and stands
+
+
+async def test_deleting_a_pipeline_while_its_concurrency_changes_does_not_deadlock(
+    db: Database,
+) -> None:
+    """set_concurrency locks the pipeline, then re-keys its runs; the delete must take the
+    pipeline before the runs too (it once cancelled the runs first: a deadlock)."""
+    pipeline = await make_pipeline(db, policy="queue", key="ref")
+    await enqueue(db, pipeline["id"], ref="main")
+    async with db.pool.acquire() as other:
+        async with other.transaction():
+            # runs.set_concurrency, statement by statement, with the delete started between
+            await other.fetchrow(QUERIES["runs_set_concurrency"], pipeline["id"], "queue", "ref", 3)
+            deleting = asyncio.create_task(pipelines.delete_pipeline(db, pipeline["id"]))
+            await asyncio.sleep(0.5)
+            assert not deleting.done()  # it waits for the pipeline row
+            await other.fetchval(QUERIES["runs_rekey_pipeline"], pipeline["id"])
+    assert await asyncio.wait_for(deleting, 10) is True
+
+
+async def test_a_repeated_delivery_while_its_pipeline_is_deleted_is_not_a_deadlock(
+    client: Any, admin_headers: dict[str, str], db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run insert trigger share-locks the pipeline, and a repeated delivery then waits for
+    its original run: with the delete holding that run before the pipeline, the server broke
+    the deadlock and the repeat got 503 (with the batcher backing off)."""
+    pipeline_id = await new_pipeline(client, admin_headers)
+    hook = await create_hook(client, admin_headers, pipeline_id, requires_secret=False)
+    path = f"/hooks/incoming/{hook['id']}"
+    delivery = {"X-GitHub-Delivery": "d-1"}
+    first = await client.post(path, json={"a": 1}, headers=delivery)
+    assert first.status == 202, await first.text()
+
+    cancelled, go_on = asyncio.Event(), asyncio.Event()
+    real_execute = Session.execute
+
+    async def pausing_execute(self: Session, name: str, *args: Any) -> Any:
+        result = await real_execute(self, name, *args)
+        if name == "pipeline_cancel_runs" and not cancelled.is_set():
+            cancelled.set()  # the delete holds the pipeline and the run of d-1 now
+            await go_on.wait()
+        return result
+
+    monkeypatch.setattr(Session, "execute", pausing_execute)
+    deleting = asyncio.create_task(pipelines.delete_pipeline(db, pipeline_id))
+    await cancelled.wait()
+    repeat = asyncio.create_task(client.post(path, json={"a": 1}, headers=delivery))
+    await asyncio.sleep(0.3)  # its batch waits for the delete's locks
+    go_on.set()
+    answer = await asyncio.wait_for(repeat, 10)
+    assert await asyncio.wait_for(deleting, 10) is True
+    assert answer.status in (200, 404), await answer.text()  # a duplicate, or the hook is gone
 
 
 # --- the order of runs written by the ingest batcher ------------------------------------------
