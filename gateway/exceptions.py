@@ -32,6 +32,13 @@ class DatabaseUnavailable(GatewayError):
     """The database is unavailable; retry later."""
 
 
+class TransientConflict(DatabaseUnavailable):
+    """The server rolled the transaction back to break a deadlock or a serialization conflict
+    with a concurrent one: nothing was written, and the same request succeeds again. A 503 to
+    clients, retried like an outage by executors and dispatchers, but the database answered:
+    the ingest batcher retries the batch rather than backing off."""
+
+
 class WriteInDoubt(DatabaseUnavailable):
     """The connection was lost while a commit may have been under way: the write may or may
     not have committed. ``backend`` is the lost connection's server process (pid, start)."""

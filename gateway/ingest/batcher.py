@@ -53,6 +53,7 @@ from gateway.exceptions import (
     GatewayError,
     NeedsTransaction,
     Overloaded,
+    TransientConflict,
     WriteInDoubt,
 )
 from gateway.ingest.evaluation import REJECTED
@@ -266,6 +267,8 @@ class RunBatcher:
         lost: DatabaseUnavailable | None = None
         try:
             results = await self._write(batch)
+        except TransientConflict as exc:  # the database answered: not down
+            failure = exc
         except DatabaseUnavailable as exc:
             self._mark_down(exc, len(batch), started)
             lost = exc
@@ -284,6 +287,9 @@ class RunBatcher:
         if failure is None or reported_by_the_server(failure):
             self._database_answered(started)
         if failure is not None:
+            if len(batch) == 1 and isinstance(failure, TransientConflict):
+                _fail(batch, failure)  # rolled back: a 503, and the sender's retry succeeds
+                return
             if len(batch) == 1:
                 log.error(
                     "hook_request_not_stored",

@@ -22,6 +22,7 @@ from gateway.exceptions import (
     NotFound,
     Overloaded,
     TooManyAttempts,
+    TransientConflict,
 )
 from gateway.http import ApiError, error_response, request_id_for
 from gateway.logs import get_logger
@@ -32,6 +33,7 @@ log = get_logger(__name__)
 View = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 USER_KEY: web.RequestKey[User] = web.RequestKey("user", User)
+
 
 def current_user(request: web.Request) -> User:
     """The authenticated user of a view that requires authentication."""
@@ -62,6 +64,10 @@ def _translate(exc: Exception) -> web.Response:
         return error_response(409, str(exc))
     if isinstance(exc, TooManyAttempts):
         return error_response(429, str(exc), headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, TransientConflict):  # rolled back, nothing written
+        return error_response(
+            503, "a concurrent change conflicted with this one; retry", headers={"Retry-After": "1"}
+        )
     if isinstance(exc, DatabaseUnavailable):
         return error_response(
             503, "the database is unavailable; retry later", headers={"Retry-After": "1"}

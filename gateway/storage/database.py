@@ -28,6 +28,7 @@ from gateway.exceptions import (
     NotFound,
     PoolExhausted,
     SchemaNotApplied,
+    TransientConflict,
 )
 from gateway.logs import get_logger
 from gateway.security.secret_box import PLAINTEXT_BOX, SecretBox
@@ -69,11 +70,15 @@ _UNAVAILABLE = (
 # system (I/O) errors.
 _UNAVAILABLE_CLASSES = frozenset({"08", "28", "53", "57", "58"})
 # ... and single codes: a read-only server (a failover still promoting, a standby), a missing
-# database (dropped, or not created yet), a database not accepting connections (55000, after
-# an operator's ALTER DATABASE ... ALLOW_CONNECTIONS false for maintenance), and a transaction
-# the server aborted to break a deadlock or a serialization conflict (40P01, 40001): nothing
-# of it was written and the same request succeeds again, so 503 + Retry-After, never a 500.
-_UNAVAILABLE_CODES = frozenset({"25006", "3D000", "55000", "40P01", "40001"})
+# database (dropped, or not created yet).
+_UNAVAILABLE_CODES = frozenset({"25006", "3D000"})
+# 55000 (object not in prerequisite state) is an outage only as the FATAL refusal of a new
+# connection ("database ... is not currently accepting connections", after an operator's ALTER
+# DATABASE ... ALLOW_CONNECTIONS false); as an ERROR of a statement it is that statement's.
+_UNAVAILABLE_WHEN_FATAL = frozenset({"55000"})
+# A transaction the server aborted to break a deadlock or a serialization conflict: nothing of
+# it was written and the same request succeeds again (TransientConflict).
+_CONFLICT_CODES = frozenset({"40P01", "40001"})
 
 # Raised by schema.sql's hookgate_batch_fits_one_statement().
 _NEEDS_TRANSACTION_SQLSTATE = "HGB01"
@@ -90,12 +95,23 @@ def translate_error(exc: BaseException) -> BaseException:
     if isinstance(exc, asyncpg.CheckViolationError | asyncpg.RestrictViolationError):
         return Conflict(f"the change violates a rule ({exc.constraint_name})")
     state = getattr(exc, "sqlstate", None)
+    if state in _CONFLICT_CODES:
+        return TransientConflict(f"a concurrent write conflicted: {_described(exc)}")
     if isinstance(exc, _UNAVAILABLE) or (
         isinstance(state, str)
-        and (state[:2] in _UNAVAILABLE_CLASSES or state in _UNAVAILABLE_CODES)
+        and (
+            state[:2] in _UNAVAILABLE_CLASSES
+            or state in _UNAVAILABLE_CODES
+            or (state in _UNAVAILABLE_WHEN_FATAL and _severity(exc) == "FATAL")
+        )
     ):
         return DatabaseUnavailable(f"database unavailable: {_described(exc)}")
     return exc
+
+
+def _severity(exc: BaseException) -> str | None:
+    """The server's severity of an error it reported (FATAL, ERROR ...), untranslated."""
+    return getattr(exc, "severity_en", None) or getattr(exc, "severity", None)
 
 
 def _commit_in_doubt(exc: BaseException) -> bool:
@@ -174,7 +190,7 @@ def reported_by_the_server(exc: BaseException) -> bool:
     DatabaseUnavailable, and for errors raised before a statement reached the server: asyncpg
     raises some of its PostgresError classes itself (DataError for an argument it cannot
     encode), but only the server's carry a severity."""
-    if isinstance(exc, DatabaseUnavailable):
+    if isinstance(exc, DatabaseUnavailable) and not isinstance(exc, TransientConflict):
         return False
     return any(
         isinstance(error, asyncpg.PostgresError) and error.severity is not None
@@ -190,7 +206,7 @@ def lost_without_an_answer(exc: DatabaseUnavailable) -> bool:
     not commit."""
     cause = exc.__cause__
     if isinstance(cause, asyncpg.PostgresError) and cause.severity is not None:
-        return (getattr(cause, "severity_en", None) or cause.severity) in ("FATAL", "PANIC")
+        return _severity(cause) in ("FATAL", "PANIC")
     return True
 
 

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager, nullcontext
 from datetime import datetime
 from typing import Any
 
-from gateway.exceptions import DatabaseUnavailable, WriteInDoubt
+from gateway.exceptions import DatabaseUnavailable, TransientConflict, WriteInDoubt
 from gateway.storage.database import (
     Database,
     Record,
@@ -131,6 +131,9 @@ class WriterConnections:
                 yield Session(conn)
                 committing = True  # leaving the block sends COMMIT
             reusable = True
+        except TransientConflict:  # rolled back by the server: the connection is fine
+            reusable = not conn.is_closed() and not conn.is_in_transaction()
+            raise
         except DatabaseUnavailable as exc:  # the connection's state is unknown: not reused
             backend = self._backends.get(conn)
             if committing and backend is not None and lost_without_an_answer(exc):

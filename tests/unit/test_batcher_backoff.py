@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 
 from gateway.config import build_config
-from gateway.exceptions import DatabaseUnavailable
+from gateway.exceptions import DatabaseUnavailable, TransientConflict
 from gateway.ingest import batcher as batcher_module
 from gateway.ingest.batcher import PendingRequest, RequestNotStored, RunBatcher, Stored
 from gateway.storage.database import Database
@@ -208,3 +208,18 @@ async def test_a_probe_that_fails_before_reaching_the_database_does_not_end_the_
             await answered
         assert batcher._down_until == 0  # the database answered: the back-off is over
         await store_one(batcher)
+
+
+async def test_a_deadlock_is_a_503_for_its_request_but_no_back_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The server rolled the batch back to break a deadlock: it answered, so it is not down.
+    conflict = TransientConflict("a concurrent write conflicted: DeadlockDetectedError")
+    conflict.__cause__ = server_error(asyncpg.exceptions.DeadlockDetectedError, "deadlock")
+    async with running(monkeypatch, 30.0) as batcher:
+        failing = batcher.submit(request())
+        await batcher.writes_started(1)
+        batcher.writes[-1].set_result(conflict)
+        with pytest.raises(TransientConflict):  # the trigger answers it 503 + Retry-After
+            await failing
+        await store_one(batcher)  # no back-off: the next request is written at once

@@ -6,7 +6,12 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from gateway.exceptions import AlreadyExists, DatabaseUnavailable, NeedsTransaction
+from gateway.exceptions import (
+    AlreadyExists,
+    DatabaseUnavailable,
+    NeedsTransaction,
+    TransientConflict,
+)
 from gateway.storage.database import (
     lost_without_an_answer,
     reported_by_the_server,
@@ -30,9 +35,6 @@ from gateway.storage.database import (
         asyncpg.exceptions.PostgresIOError,  # 58030
         asyncpg.exceptions.InvalidCatalogNameError,  # 3D000: the database is gone
         asyncpg.exceptions.ConnectionFailureError,  # 08006
-        asyncpg.exceptions.ObjectNotInPrerequisiteStateError,  # 55000: ALLOW_CONNECTIONS false
-        asyncpg.exceptions.DeadlockDetectedError,  # 40P01: rolled back, a retry succeeds
-        asyncpg.exceptions.SerializationError,  # 40001: likewise
     ],
 )
 def test_errors_that_hold_for_every_statement_mean_unavailable(
@@ -126,3 +128,28 @@ def _fatal(error: type[asyncpg.PostgresError]) -> asyncpg.PostgresError:
 )
 def test_which_failures_leave_a_sent_commit_in_doubt(error: BaseException, in_doubt: bool) -> None:
     assert lost_without_an_answer(_unavailable_from(error)) is in_doubt
+
+
+@pytest.mark.parametrize(
+    "error", [asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError]
+)
+def test_a_transaction_the_server_rolled_back_for_a_conflict_is_transient(
+    error: type[asyncpg.PostgresError],
+) -> None:
+    """A 503 for clients (a retry succeeds), but the database answered: not an outage for the
+    batcher, which retries instead of backing off."""
+    translated = translated_from(server_error(error, "deadlock detected"))
+    assert isinstance(translated, TransientConflict)
+    assert isinstance(translated, DatabaseUnavailable)
+    assert reported_by_the_server(translated)
+    assert not lost_without_an_answer(translated)
+
+
+def test_55000_is_an_outage_only_as_the_refusal_of_a_connection() -> None:
+    error = asyncpg.exceptions.ObjectNotInPrerequisiteStateError
+    refused = error.new(
+        {"S": "FATAL", "V": "FATAL", "C": "55000", "M": 'database "x" is not currently accepting'}
+    )
+    assert isinstance(translate_error(refused), DatabaseUnavailable)
+    statement = server_error(error, 'currval of sequence "s" is not yet defined in this session')
+    assert translate_error(statement) is statement  # that statement's own error: a 500
