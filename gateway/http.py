@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -69,6 +70,14 @@ class ValidationFailed(ApiError):
     def __init__(self, errors: Mapping[str, Sequence[str]], message: str | None = None) -> None:
         fields = ", ".join(errors)
         super().__init__(422, message or f"The given data was invalid: {fields}", errors)
+
+
+def body_deadline(seconds_per_mib: float, length: int | None, limit: int) -> float:
+    """Seconds a request body may take to arrive: ``[server] body_timeout`` for each MiB it
+    declares (its Content-Length, else the largest allowed), at least once: a slow client on a
+    large legitimate body is not cut off, one trickling a small body is."""
+    size = limit if length is None else length
+    return seconds_per_mib * max(1, math.ceil(size / 1_048_576))
 
 
 def is_json_media_type(content_type: str) -> bool:

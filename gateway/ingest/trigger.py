@@ -27,7 +27,7 @@ from aiohttp import web
 from gateway import appkeys, metrics
 from gateway.config import Config
 from gateway.exceptions import DatabaseUnavailable, Overloaded
-from gateway.http import REQUEST_ID_OK, compressed_body_problem
+from gateway.http import REQUEST_ID_OK, body_deadline, compressed_body_problem
 from gateway.ingest.batcher import (
     DUPLICATE,
     RUN_BATCHER,
@@ -162,18 +162,18 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
     elif compressed is not None:
         evaluation = Evaluation(415, REJECTED, compressed, reason="content_encoding")
     else:
+        deadline = body_deadline(ingest.body_timeout, length, ingest.max_body)
         try:
-            body = await _read_body(request, length, ingest.max_body, ingest.body_timeout)
+            body = await _read_body(request, length, ingest.max_body, deadline)
         except asyncio.IncompleteReadError:
             evaluation = Evaluation(
                 400, REJECTED, "request body ended before Content-Length bytes", reason="short_body"
             )
-        except TimeoutError:
-            request.protocol.close()  # after this answer: the rest may still be trickling in
+        except TimeoutError:  # answered with Connection: close (see _rejected)
             evaluation = Evaluation(
                 408,
                 REJECTED,
-                f"request body not received within {ingest.body_timeout:g} s",
+                f"request body not received within {deadline:g} s",
                 reason="body_timeout",
             )
         else:
@@ -321,8 +321,8 @@ def _rejected(
         {"message": evaluation.message, "errors": evaluation.errors},
         request_id,
     )
-    if body_unread and evaluation.status == 413:
-        response.force_close()  # don't drain a body we refused to read
+    if (body_unread and evaluation.status == 413) or evaluation.status == 408:
+        response.force_close()  # don't drain a body we refused to read, or one still arriving
     return response
 
 

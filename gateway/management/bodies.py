@@ -11,7 +11,13 @@ import orjson
 from aiohttp import web
 from yarl import URL
 
-from gateway.http import ApiError, ValidationFailed, compressed_body_problem, is_json_media_type
+from gateway.http import (
+    ApiError,
+    ValidationFailed,
+    body_deadline,
+    compressed_body_problem,
+    is_json_media_type,
+)
 from gateway.ingest.client_ip import ClientAddressResolver
 from gateway.reload import live_config
 
@@ -24,8 +30,8 @@ MAX_BODY_BYTES = 1024 * 1024
 
 
 async def read_body(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
-    """The raw body as sent, or a 415 (compressed, or a declared type that is not JSON) or 413
-    naming the limit.
+    """The raw body as sent, or a 415 (compressed, or declared as a type that cannot hold JSON
+    text), 413 naming the limit or 408 (not arrived in time, see :func:`body_deadline`).
 
     Read here rather than by ``request.read()``, whose limit is the application's (the ingest
     one's max_body_bytes when the management API shares its listener) and whose 413 names none.
@@ -33,31 +39,33 @@ async def read_body(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> by
     compressed = compressed_body_problem(request.headers)
     if compressed is not None:
         raise ApiError(415, compressed)
-    declared = request.headers.get("Content-Type")
-    if declared is not None and not _json_or_undeclared(declared):
-        # A JSON type, none, or octet-stream (what HTTP libraries send for raw bytes when not
-        # told otherwise) is read as JSON; anything else is a client mistake worth naming.
-        raise ApiError(415, f"unsupported content type {declared[:100]!r}: send application/json")
     too_large = ApiError(413, f"request body is larger than {max_bytes} bytes, the most taken here")
-    if request.content_length is not None and request.content_length > max_bytes:
+    length = request.content_length
+    if length is not None and length > max_bytes:
         raise too_large
-    timeout = live_config(request.app).server.body_timeout
+    seconds = body_deadline(live_config(request.app).server.body_timeout, length, max_bytes)
     body = bytearray()
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds):
             while chunk := await request.content.read(65536):
                 body += chunk
                 if len(body) > max_bytes:
                     raise too_large
     except TimeoutError:
-        request.protocol.close()  # after this answer: the rest may still be trickling in
-        raise ApiError(408, f"request body not received within {timeout:g} s") from None
+        raise ApiError(408, f"request body not received within {seconds:g} s") from None
+    declared = request.headers.get("Content-Type")
+    if body.strip() and declared is not None and not _may_hold_json(declared):
+        # A form or multipart body is a client mistake worth naming (it was read as JSON). An
+        # empty body has nothing to misread, whatever a client library declares for it.
+        raise ApiError(415, f"unsupported content type {declared[:100]!r}: send application/json")
     return bytes(body)
 
 
-def _json_or_undeclared(content_type: str) -> bool:
+def _may_hold_json(content_type: str) -> bool:
+    """A JSON type, or one a JSON text may be sent as: text/plain (what fetch() and many HTTP
+    libraries declare for a string body) and application/octet-stream (for raw bytes)."""
     return is_json_media_type(content_type) or (
-        content_type.partition(";")[0].strip().lower() == "application/octet-stream"
+        content_type.partition(";")[0].strip().lower() in ("text/plain", "application/octet-stream")
     )
 
 

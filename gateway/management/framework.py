@@ -97,6 +97,8 @@ def endpoint(*, auth: bool = True) -> Callable[[View], View]:
                 response = await view(request)
             except Exception as exc:
                 response = _translate(exc)
+            if response.status == 408:  # the body may still be arriving: end the connection
+                response.force_close()
             response.headers["X-Request-Id"] = request_id
             # Tokens, secrets shown once, user data: no cache on the way may keep any of it
             # (RFC 6749 §5.1 asks it of token responses).
