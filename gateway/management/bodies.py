@@ -61,6 +61,22 @@ async def read_body(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> by
     return bytes(body)
 
 
+# Invisible characters with no place in a name: the zero-width space and no-break space, word
+# joiner and invisible operators, the bidi marks, embeddings, overrides and isolates, the
+# Mongolian vowel separator. (Zero-width joiner and non-joiner, U+200D and U+200C, are part of
+# ordinary spelling in several scripts and of emoji sequences: allowed.)
+_HIDDEN = frozenset(
+    [0x061C, 0x180E, 0x200B, 0x200E, 0x200F, 0xFEFF]
+    + list(range(0x202A, 0x202F))
+    + list(range(0x2060, 0x2065))
+    + list(range(0x2066, 0x206A))
+)
+
+
+def _hidden(character: str) -> bool:
+    return unicodedata.category(character) == "Cc" or ord(character) in _HIDDEN
+
+
 def _may_hold_json(content_type: str) -> bool:
     """A JSON type, or one a JSON text may be sent as: text/plain (what fetch() and many HTTP
     libraries declare for a string body) and application/octet-stream (for raw bytes)."""
@@ -184,11 +200,12 @@ class Fields:
 
     def name(self, key: str = "name", **options: Any) -> Any:
         """A name shown in lists and chosen from by people (:meth:`string` otherwise): no
-        control characters (a tab, a line break) nor invisible format ones (a zero-width space,
-        a bidi override), by which two names that look the same would differ."""
+        control characters (a tab, a line break) nor invisible ones that only hide or reorder
+        text (a zero-width space, a bidi override), by which two names that look the same would
+        differ. The joiners that Persian, Hindi or emoji sequences need stay allowed."""
         value = self.string(key, **options)
         if isinstance(value, str):
-            hidden = next((c for c in value if unicodedata.category(c) in ("Cc", "Cf")), None)
+            hidden = next((c for c in value if _hidden(c)), None)
             if hidden is not None:
                 self.add(
                     key,

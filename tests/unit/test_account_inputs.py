@@ -51,7 +51,18 @@ def test_a_name_with_a_hidden_character_is_refused_naming_it(name: str, code: st
     }
 
 
-@pytest.mark.parametrize("name", ["production", "Déploiement · API", "café", "本番"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "production",
+        "Déploiement · API",
+        "café",
+        "本番",
+        "\u0627\u0633\u062a\u0642\u0631\u0627\u0631\u200c\u0646\u0647\u0627\u06cc\u06cc",
+        "team \U0001f469\u200d\U0001f4bb",  # an emoji ZWJ sequence: woman technologist
+        "soft\u00adhyphen",
+    ],
+)
 def test_visible_names_pass(name: str) -> None:
     fields = Fields({"name": f"  {name} "}, ("name",))
     assert fields.name("name", max_length=100) == name
