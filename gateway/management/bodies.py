@@ -66,10 +66,17 @@ async def read_body(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> by
 # Mongolian vowel separator. (Zero-width joiner and non-joiner, U+200D and U+200C, are part of
 # ordinary spelling in several scripts and of emoji sequences: allowed.)
 _HIDDEN = frozenset(
-    [0x061C, 0x180E, 0x200B, 0x200E, 0x200F, 0xFEFF]
-    + list(range(0x202A, 0x202F))
-    + list(range(0x2060, 0x2065))
-    + list(range(0x2066, 0x206A))
+    (
+        0x061C,
+        0x180E,
+        0x200B,
+        0x200E,
+        0x200F,
+        0xFEFF,
+        *range(0x202A, 0x202F),
+        *range(0x2060, 0x2065),
+        *range(0x2066, 0x206A),
+    )
 )
 
 
