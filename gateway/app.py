@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from gateway import appkeys
 from gateway.config import Config
@@ -47,6 +47,12 @@ from gateway.storage.database import Database
 # an encoding it cannot decode (br, zstd) with a bare 400 before any handler runs.
 HANDLER_OPTIONS: dict[str, Any] = {"auto_decompress": False}
 
+# The Server header of every response, aiohttp's own answers to requests it cannot parse
+# included, instead of "Python/3.x aiohttp/3.y.z": versions are no one else's business. The
+# value aiohttp's responses default to (web_response.StreamResponse._prepare_headers); set
+# once here, it costs no request anything (tests/integration pins it, parser errors too).
+web_response.SERVER_SOFTWARE = "hookgate"
+
 INGEST_ROUTES: list[web.RouteTableDef] = [health.routes]
 MANAGEMENT_ROUTES: list[web.RouteTableDef] = [users_api.routes]
 # Environments, pipelines, incoming hooks, request history and runs (read side).
@@ -81,16 +87,10 @@ INGEST_ROUTES.append(metrics_route.routes)
 SERVICE_CONTEXTS.append(metrics_route.metrics_service)
 
 
-async def _name_the_server(request: web.Request, response: web.StreamResponse) -> None:
-    # Instead of aiohttp's "Python/3.x aiohttp/3.y.z": versions are no one else's business.
-    response.headers["Server"] = "hookgate"
-
-
 def _base_app(
     config: Config, db: Database, services: dict[str, Any], max_body: int
 ) -> web.Application:
     app = web.Application(client_max_size=max_body, middlewares=[routing_errors_as_json])
-    app.on_response_prepare.append(_name_the_server)
     app[appkeys.CONFIG] = config
     app[appkeys.DATABASE] = db
     app[appkeys.SERVICES] = services

@@ -3,6 +3,7 @@ must now be a clear 4xx with the JSON error body."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 from dataclasses import replace
 from typing import Any
@@ -244,6 +245,15 @@ async def test_management_answers_are_not_cached_and_name_no_versions(
     probe = await client.get("/healthz")
     assert probe.headers["Server"] == "hookgate"
     assert "Cache-Control" not in probe.headers  # ingest answers hold nothing to protect
+    # aiohttp's own answer to a request it cannot parse, before any gateway code runs.
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost x\r\n\r\n")  # no colon
+        head = (await asyncio.wait_for(reader.read(), 10)).partition(b"\r\n\r\n")[0]
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.") and b" 400 " in head.split(b"\r\n")[0]
+    assert b"\r\nServer: hookgate" in head, head
 
 
 @pytest.mark.parametrize(
