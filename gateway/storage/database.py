@@ -176,6 +176,18 @@ def unreadable_dsn_files(dsn: str) -> str | None:
     return None
 
 
+# What the server answers a connection whose startup packet names a setting it does not know
+# (42704 undefined_object) or gives one an invalid value (22023 invalid_parameter_value).
+_SETTING_REFUSED = frozenset({"42704", "22023"})
+
+
+def _one_line(exc: asyncpg.PostgresError) -> str:
+    """The server's message and, when it gave one, its detail, on one line."""
+    message = " ".join(str(exc.args[0] if exc.args else exc).split())
+    detail = getattr(exc, "detail", None)
+    return f"{message} ({' '.join(detail.split())})" if detail else message
+
+
 def _described(exc: BaseException) -> str:
     """The error's class and its first line (the server's or the OS's words: "role \"app\"
     does not exist", "Connect call failed ('10.0.0.5', 5432)"); neither the driver nor the
@@ -351,10 +363,18 @@ class Database(Session):
                     f"database.dsn cannot be used: {_described(exc.__cause__)} {target}"
                 ) from exc
             raise DatabaseUnavailable(f"{exc} {target}") from exc
-        except asyncpg.PostgresError as exc:  # not an outage: e.g. an unknown DSN parameter
-            raise DatabaseRefused(
-                f"the database refused the connection: {exc} (query parameters in database.dsn "
-                "that the driver does not know are sent to the server as settings)"
+        except asyncpg.PostgresError as exc:
+            said = _one_line(exc)
+            if exc.sqlstate in _SETTING_REFUSED:  # a DSN parameter sent on as a setting
+                raise DatabaseRefused(
+                    f"the database refused the connection: {said} (query parameters in "
+                    "database.dsn that the driver does not know are sent to the server as "
+                    f"settings) (connecting to {dsn_target(dsn)})"
+                ) from exc
+            # Anything else the server answered (a missing CONNECT privilege ...): the
+            # server's words, on one line, and the exit status of an outage.
+            raise DatabaseUnavailable(
+                f"the database refused the connection: {said} (connecting to {dsn_target(dsn)})"
             ) from exc
         return cls(pool, dsn, config)
 

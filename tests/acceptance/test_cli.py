@@ -366,6 +366,31 @@ def test_migrate_reports_a_dsn_parameter_the_server_refuses(
     assert "Traceback" not in result.stderr
 
 
+async def test_a_role_without_connect_privilege_gets_one_line_and_the_outage_status(
+    tmp_path: Path, empty_database: str
+) -> None:
+    # A grant on the server, not a DSN written wrong: exit 1 like any refusal an operator fixes
+    # on the server side, with the server's words (message and detail) on one line.
+    role = f"hookgate_noconnect_{uuid.uuid4().hex[:8]}"
+    name = URL(empty_database).path.lstrip("/")
+    owner = await asyncpg.connect(empty_database)
+    try:
+        await owner.execute(f'CREATE ROLE "{role}" LOGIN')
+        await owner.execute(f'REVOKE CONNECT ON DATABASE "{name}" FROM PUBLIC')
+        dsn = str(URL(empty_database).with_user(role))
+        result = run_gateway("--config", str(_dsn_config(tmp_path, dsn)), "migrate")
+    finally:
+        await owner.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await owner.close()
+    assert result.returncode == 1, result.stderr
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("gateway: ")]
+    assert line.startswith(
+        f'gateway: the database refused the connection: permission denied for database "{name}"'
+    )
+    assert "CONNECT privilege" in line and "query parameters" not in line
+    assert "Traceback" not in result.stderr
+
+
 def test_a_missing_certificate_file_in_the_dsn_is_a_configuration_error(
     tmp_path: Path, database_dsn: str
 ) -> None:
