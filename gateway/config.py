@@ -561,6 +561,8 @@ def _check_dsn(dsn: str, problems: list[str]) -> None:
     query = parse_qsl(parts.query)
     for name, value in query:
         choices = _DSN_CHOICES.get(name)
+        if name == "sslmode":  # the driver takes verify_full for verify-full too
+            value = value.replace("_", "-")
         if choices is not None and value not in choices:  # the value is not echoed: a typo
             problems.append(  # like sslmode=require?password=... would hold the password
                 f"database.dsn parameter {name!r} is invalid: must be one of "

@@ -150,12 +150,17 @@ def unreadable_dsn_files(dsn: str) -> str | None:
     """The first file named by the DSN that the driver will read and this process cannot, as
     a message; None when they all can be (or none is named)."""
     try:
-        named = dict(parse_qsl(urlsplit(dsn).query))
+        parts = urlsplit(dsn)
+        named = dict(parse_qsl(parts.query))
     except ValueError:
         return None  # config validation words a DSN that is not a URL
-    mode = named.get("sslmode", "prefer")
+    hosts = parts.netloc.rpartition("@")[2] or named.get("host", "")
+    if hosts.startswith("/") or hosts.startswith("%2F"):
+        return None  # a Unix socket: the driver uses no TLS there, and reads none of them
+    # As the driver decides it: the DSN's sslmode, else PGSSLMODE, else prefer.
+    mode = (named.get("sslmode") or os.environ.get("PGSSLMODE") or "prefer").replace("_", "-")
     if mode not in SSL_MODES:
-        return None  # config validation words it
+        return None  # config validation words it (or the driver will, for PGSSLMODE)
     for parameter, from_mode in _DSN_FILE_PARAMETERS.items():
         path = named.get(parameter)
         if not path or SSL_MODES.index(mode) < SSL_MODES.index(from_mode):

@@ -558,7 +558,13 @@ def test_a_dsn_parameter_with_fixed_values_is_checked_before_connecting(
 
 @pytest.mark.parametrize(
     "query",
-    ["sslmode=verify-full", "sslmode=disable", "target_session_attrs=prefer-standby", ""],
+    [
+        "sslmode=verify-full",
+        "sslmode=verify_full",  # asyncpg takes underscores for hyphens in sslmode
+        "sslmode=disable",
+        "target_session_attrs=prefer-standby",
+        "",
+    ],
 )
 def test_valid_values_of_those_parameters_pass(query: str) -> None:
     dsn = f"postgresql://app@db/app?{query}"

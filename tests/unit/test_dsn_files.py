@@ -109,3 +109,27 @@ def test_on_a_running_pool_the_same_error_is_an_outage() -> None:
     # off like any outage; only start-up treats it as configuration.
     error = asyncpg.ClientConfigurationError("root certificate file does not exist")
     assert isinstance(translate_error(error), DatabaseUnavailable)
+
+
+def test_the_drivers_underscore_spelling_of_sslmode_is_read_too(tmp_path: Path) -> None:
+    missing = tmp_path / "root.crt"
+    assert unreadable_dsn_files(dsn(f"sslmode=verify_full&sslrootcert={missing}")) == (
+        f"database.dsn parameter 'sslrootcert' names '{missing}': no such file or directory"
+    )
+
+
+def test_a_unix_socket_reads_no_certificate(tmp_path: Path) -> None:
+    socket_dsn = (
+        f"postgresql://app@/app?host=/run/postgresql&sslmode=verify-full&sslrootcert={tmp_path}/x"
+    )
+    assert unreadable_dsn_files(socket_dsn) is None
+
+
+def test_pgsslmode_decides_when_the_dsn_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "root.crt"
+    monkeypatch.setenv("PGSSLMODE", "verify-ca")
+    assert unreadable_dsn_files(dsn(f"sslrootcert={missing}")) is not None
+    monkeypatch.setenv("PGSSLMODE", "disable")
+    assert unreadable_dsn_files(dsn(f"sslrootcert={missing}")) is None
