@@ -7,6 +7,8 @@ on the application's config holder); tests/acceptance/test_sighup.py sends the r
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +160,30 @@ async def test_a_reload_installs_the_keys_its_check_read(
     assert db.secret_box.key_ids == ("test",)
     assert key_file.exists() == (between == "replaced")  # never generated
     assert (await call_hook(client, hook)).status == 202  # its secret still opens
+
+
+async def _late_body_answer(client: Any, path: str) -> bytes:
+    """The status line and headers answered to a body that never finishes arriving."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            'Content-Length: 50\r\n\r\n{"a":'.encode()
+        )
+        return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    finally:
+        writer.close()
+
+
+async def test_body_timeout_is_live_on_both_route_tables(
+    client: Any, admin_headers: dict[str, str], config: Config
+) -> None:
+    hook = await create_hook(client, admin_headers, await new_pipeline(client, admin_headers))
+    assert reload_to(client, with_section(config, "server", body_timeout=0.3)) == [
+        "server.body_timeout"
+    ]
+    for path in (f"/hooks/incoming/{hook['id']}", "/users/login"):
+        started = time.monotonic()
+        head = await _late_body_answer(client, path)
+        assert head.startswith(b"HTTP/1.1 408 "), head
+        assert time.monotonic() - started < 5  # 0.3 s, not the 30 s the tests start with
