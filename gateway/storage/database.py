@@ -150,13 +150,11 @@ def unreadable_dsn_files(dsn: str) -> str | None:
     """The first file named by the DSN that the driver will read and this process cannot, as
     a message; None when they all can be (or none is named)."""
     try:
-        parts = urlsplit(dsn)
-        named = dict(parse_qsl(parts.query))
+        named = dict(parse_qsl(urlsplit(dsn).query))
     except ValueError:
         return None  # config validation words a DSN that is not a URL
-    hosts = parts.netloc.rpartition("@")[2] or named.get("host", "")
-    if hosts.startswith("/") or hosts.startswith("%2F"):
-        return None  # a Unix socket: the driver uses no TLS there, and reads none of them
+    # The driver builds its TLS context from these files while it parses the DSN, before it
+    # knows whether a host is a Unix socket (where it then uses no TLS): checked for any host.
     # As the driver decides it: the DSN's sslmode, else PGSSLMODE, else prefer.
     mode = (named.get("sslmode") or os.environ.get("PGSSLMODE") or "prefer").replace("_", "-")
     if mode not in SSL_MODES:
