@@ -352,17 +352,24 @@ async def test_a_role_that_may_not_create_tables_gets_one_line_not_a_traceback(
     )
 
 
+@pytest.mark.parametrize(
+    "parameter",
+    [
+        "statement_timeot=5",  # 42704: a setting the server does not know
+        "lock_timeout=abc",  # 22023: a value it refuses
+    ],
+)
 def test_migrate_reports_a_dsn_parameter_the_server_refuses(
-    tmp_path: Path, database_dsn: str
+    tmp_path: Path, database_dsn: str, parameter: str
 ) -> None:
-    # Parameters asyncpg does not know reach the server as settings; a misspelt one is refused
-    # at connect time: one line naming it, not a traceback, and not "unavailable".
-    dsn = database_dsn + ("&" if "?" in database_dsn else "?") + "statement_timeot=5"
+    # Parameters asyncpg does not know reach the server as settings; a misspelt one, or a bad
+    # value, is refused at connect time: one line naming it, not a traceback, not an outage.
+    dsn = database_dsn + ("&" if "?" in database_dsn else "?") + parameter
     config = write_config(tmp_path / "config.toml", {"database": {"dsn": dsn}})
     result = run_gateway("--config", str(config), "migrate")
-    assert result.returncode == 2  # a configuration error: restarting will not help
+    assert result.returncode == 2, result.stderr  # a configuration error: restarting won't help
     assert result.stderr.startswith("gateway: the database refused the connection: ")
-    assert '"statement_timeot"' in result.stderr
+    assert f'"{parameter.partition("=")[0]}"' in result.stderr  # the server names the setting
     assert "Traceback" not in result.stderr
 
 

@@ -259,6 +259,18 @@ async def test_a_run_inserted_while_its_pipeline_is_deleted_is_cancelled_with_it
     assert (row["status"], row["message"]) == ("cancelled", "cancelled: the pipeline was deleted")
 
 
+async def wait_until_blocked(db: Database, within: float = 10.0) -> None:
+    """Until a session of this database waits for a lock another holds: the state the lock
+    order tests below must reach (a fixed sleep could end before the other task even sent its
+    statement, and the test would pass without building the cycle)."""
+    async with asyncio.timeout(within):
+        while not await db.pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND cardinality(pg_blocking_pids(pid)) > 0"
+        ):
+            await asyncio.sleep(0.02)
+
+
 async def test_deleting_a_pipeline_while_a_run_reports_does_not_deadlock(db: Database) -> None:
     """A status change locks its run, then share-locks the outgoing hook (the outbox row's
     foreign key); the delete locked the hook first (cascade), then waited for the run. The
@@ -279,8 +291,8 @@ async def test_deleting_a_pipeline_while_a_run_reports_does_not_deadlock(db: Dat
         async with db.transaction() as session:
             await session.fetchrow("runs_lock_one", run["id"])  # runs.transition's first step
             run_locked.set()
-            await asyncio.sleep(0.5)  # the delete starts meanwhile
-            assert deleting is not None and not deleting.done()  # it waits for the run
+            await wait_until_blocked(db)  # the delete waits for this run
+            assert deleting is not None and not deleting.done()
             await runs.transition(session, run["id"], held["lease_token"], "completed")
 
     reporting = asyncio.create_task(report())
@@ -304,8 +316,8 @@ async def test_deleting_a_pipeline_while_its_concurrency_changes_does_not_deadlo
             # runs.set_concurrency, statement by statement, with the delete started between
             await other.fetchrow(QUERIES["runs_set_concurrency"], pipeline["id"], "queue", "ref", 3)
             deleting = asyncio.create_task(pipelines.delete_pipeline(db, pipeline["id"]))
-            await asyncio.sleep(0.5)
-            assert not deleting.done()  # it waits for the pipeline row
+            await wait_until_blocked(db)  # the delete waits for the pipeline row
+            assert not deleting.done()
             await other.fetchval(QUERIES["runs_rekey_pipeline"], pipeline["id"])
     assert await asyncio.wait_for(deleting, 10) is True
 
@@ -337,7 +349,7 @@ async def test_a_repeated_delivery_while_its_pipeline_is_deleted_is_not_a_deadlo
     deleting = asyncio.create_task(pipelines.delete_pipeline(db, pipeline_id))
     await cancelled.wait()
     repeat = asyncio.create_task(client.post(path, json={"a": 1}, headers=delivery))
-    await asyncio.sleep(0.3)  # its batch waits for the delete's locks
+    await wait_until_blocked(db)  # its batch waits for the delete's locks
     go_on.set()
     answer = await asyncio.wait_for(repeat, 10)
     assert await asyncio.wait_for(deleting, 10) is True

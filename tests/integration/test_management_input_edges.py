@@ -300,6 +300,8 @@ async def test_json_types_and_none_are_read_as_json(client: Any, content_type: s
     [
         ("/environments", {"name": "prod\u200buction"}, "name"),
         ("/teams", {"name": "ops\t"}, None),  # trailing whitespace is stripped: fine
+        ("/teams", {"name": "o\u200bps"}, "name"),
+        ("/users/me/tokens", {"name": "ci\u2066token"}, "name"),
         ("/roles", {"name": "de\u202ev", "permissions": ["environment:read"]}, "name"),
         ("/users", {"email": "a b@example.com", "password": "long enough pw"}, "email"),
         ("/users", {"email": "a@b@c", "password": "long enough pw"}, "email"),
@@ -327,3 +329,29 @@ async def test_an_empty_body_is_not_refused_for_its_declared_type(
         headers={**admin_headers, "Content-Type": "application/x-www-form-urlencoded"},
     )
     assert response.status == 200, await response.text()
+
+
+async def test_pipeline_and_hook_names_refuse_hidden_characters(
+    client: Any, admin_headers: dict[str, str]
+) -> None:
+    environment = await make_environment(client, admin_headers)
+    pipeline = await make_pipeline(client, admin_headers, environment["id"])
+    headers = {**JSON_HEADERS, **admin_headers}
+    for path, body in (
+        (
+            f"/environments/{environment['id']}/pipelines",
+            {"name": "De\ufeffploy", "resource_type": "app", "resource_id": 1, "action_type": "d"},
+        ),
+        (f"/pipelines/{pipeline['id']}/hooks/incoming", {"name": "h\u2060", "action_type": "d"}),
+        (
+            f"/pipelines/{pipeline['id']}/hooks/outgoing",
+            {
+                "name": "n\u200e",
+                "target_url": "https://x.example/",
+                "trigger_when": {"events": ["run.completed"]},
+            },
+        ),
+    ):
+        response = await client.post(path, json=body, headers=headers)
+        assert response.status == 422, (path, await response.text())
+        assert list((await _json(response))["errors"]) == ["name"]

@@ -456,6 +456,34 @@ async def test_an_event_the_hook_stopped_subscribing_to_is_not_sent(
     assert skipped["last_error"] == "the hook no longer subscribes to run.queued"
 
 
+async def test_a_hook_subscribed_to_every_change_gets_each_event_sent(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    config: Config,
+    receiver: tuple[Receiver, str],
+) -> None:
+    # The send-time subscription check must count run.status_changed as covering every event
+    # (the deliveries carry run.queued, run.started, run.completed).
+    target, base = receiver
+    hook = await create_hook(
+        client, admin_headers, pipeline["id"], hook_body(base, "run.status_changed")
+    )
+    await complete_run(db, pipeline["id"])
+    running = Dispatcher(db, config)
+    await running.start()
+    try:
+        await eventually(lambda: _sorted_statuses_are(db, hook["id"], ["succeeded"] * 3))
+    finally:
+        await running.stop(0)
+    assert sorted(orjson.loads(r.body)["type"] for r in target.seen) == [
+        "run.completed",
+        "run.queued",
+        "run.started",
+    ]
+
+
 async def test_a_dot_segment_value_in_the_url_path_skips_the_delivery(
     client: Any,
     admin_headers: dict[str, str],

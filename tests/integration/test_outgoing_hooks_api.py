@@ -138,6 +138,22 @@ async def test_without_secret_there_is_none(
         (
             hook_body(
                 "https://x.example/",
+                settings={"request_headers": [{"name": "X-A", "value": "a\nb"}]},
+            ),
+            "settings.request_headers.0.value",
+            "must not contain control characters",
+        ),
+        (
+            hook_body(
+                "https://x.example/",
+                settings={"request_headers": [{"name": "X-A", "value": "a\x7fb"}]},
+            ),
+            "settings.request_headers.0.value",
+            "must not contain control characters",
+        ),
+        (
+            hook_body(
+                "https://x.example/",
                 settings={"request_headers": [{"name": "webhook-signature", "value": "x"}]},
             ),
             "settings.request_headers.0.name",
@@ -410,3 +426,18 @@ async def test_permissions_are_enforced(
 
     writer = await make_member(client, db, config, database_dsn, env_id, ["hook:create"])
     assert (await create(client, writer, pipeline["id"], FULL_BODY)).status == 201
+
+
+async def test_a_tab_in_a_header_value_is_allowed(
+    client: Any, admin_headers: dict[str, str], pipeline: dict[str, Any]
+) -> None:
+    body = hook_body(
+        "https://x.example/", settings={"request_headers": [{"name": "X-A", "value": "a\tb"}]}
+    )
+    response = await client.post(
+        f"/pipelines/{pipeline['id']}/hooks/outgoing", json=body, headers=admin_headers
+    )
+    assert response.status == 201, await response.text()
+    assert (await response.json())["settings"]["request_headers"] == [
+        {"name": "X-A", "value": "a\tb"}
+    ]

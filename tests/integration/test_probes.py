@@ -6,6 +6,8 @@ import asyncio
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
+
 from gateway.ingest.health import READY_TIMEOUT
 from gateway.storage.database import Database
 from tests.integration.ingest_helpers import (
@@ -75,3 +77,18 @@ async def test_a_database_closed_to_connections_is_unavailable_not_an_error(
         await execute(server_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     ready = await wait_for(lambda: client.get("/readyz"), lambda r: r.status == 200)
     assert ready.status == 200
+
+
+async def test_readyz_fails_closed_on_an_unexpected_error_of_its_ping(
+    client: Any, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Any error of the ping, not only an outage: the probe says "not ready" in JSON, instead
+    # of aiohttp's plain-text 500.
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("something nobody foresaw")
+
+    monkeypatch.setattr(db, "fetchval", broken)
+    response = await client.get("/readyz")
+    assert response.status == 503
+    assert response.content_type == "application/json"
+    assert response.headers["Retry-After"] == "1"

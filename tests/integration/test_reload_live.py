@@ -162,15 +162,20 @@ async def test_a_reload_installs_the_keys_its_check_read(
     assert (await call_hook(client, hook)).status == 202  # its secret still opens
 
 
-async def _late_body_answer(client: Any, path: str) -> bytes:
-    """The status line and headers answered to a body that never finishes arriving."""
+async def _late_body_answer(
+    client: Any, path: str, length: int = 50, headers: dict[str, str] | None = None
+) -> bytes:
+    """The answer (status line, headers and body) to a body that never finishes arriving."""
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     try:
         writer.write(
-            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            'Content-Length: 50\r\n\r\n{"a":'.encode()
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra}"
+            f'Content-Length: {length}\r\n\r\n{{"a":'.encode()
         )
-        return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+        size = int(head.lower().partition(b"content-length: ")[2].split(b"\r\n")[0])
+        return head + await asyncio.wait_for(reader.readexactly(size), 5)
     finally:
         writer.close()
 
@@ -187,3 +192,22 @@ async def test_body_timeout_is_live_on_both_route_tables(
         head = await _late_body_answer(client, path)
         assert head.startswith(b"HTTP/1.1 408 "), head
         assert time.monotonic() - started < 5  # 0.3 s, not the 30 s the tests start with
+
+
+async def test_the_body_deadline_grows_with_the_declared_size(
+    client: Any, admin_headers: dict[str, str], config: Config, db: Any
+) -> None:
+    """body_timeout per MiB declared, on both route tables: 0.3 s becomes 0.9 s for a body of
+    2 MiB and a byte (a large status report from a slow executor is not cut off at 0.3 s)."""
+    from tests.integration.runs_helpers import enqueue
+    from tests.integration.runs_helpers import make_pipeline as make_run_pipeline
+
+    hook = await create_hook(client, admin_headers, await new_pipeline(client, admin_headers))
+    changed = with_section(config, "server", body_timeout=0.3, max_body_bytes=3 * 1_048_576)
+    assert sorted(reload_to(client, changed)) == ["server.body_timeout", "server.max_body_bytes"]
+    run = await enqueue(db, (await make_run_pipeline(db))["id"])
+    declared = 2 * 1_048_576 + 1
+    for path in (f"/hooks/incoming/{hook['id']}", f"/runs/{run['id']}/status"):
+        answer = await _late_body_answer(client, path, declared, admin_headers)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert b"request body not received within 0.9 s" in answer, answer

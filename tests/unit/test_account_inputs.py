@@ -41,7 +41,18 @@ def test_implausible_emails(email: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "code"),
-    [("a\u200bb", "200B"), ("a\tb", "0009"), ("prod\nuction", "000A"), ("\u202eodorp", "202E")],
+    [
+        ("a\u200bb", "200B"),
+        ("a\tb", "0009"),
+        ("prod\nuction", "000A"),
+        ("\u202eodorp", "202E"),
+        ("a\u2060b", "2060"),  # word joiner
+        ("\ufeffprod", "FEFF"),  # byte order mark
+        ("a\u2067b", "2067"),  # right-to-left isolate ("Trojan Source")
+        ("a\u200eb", "200E"),  # left-to-right mark
+        ("a\u061cb", "061C"),  # Arabic letter mark
+        ("a\u180eb", "180E"),  # Mongolian vowel separator
+    ],
 )
 def test_a_name_with_a_hidden_character_is_refused_naming_it(name: str, code: str) -> None:
     fields = Fields({"name": name}, ("name",))

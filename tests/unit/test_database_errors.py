@@ -153,3 +153,17 @@ def test_55000_is_an_outage_only_as_the_refusal_of_a_connection() -> None:
     assert isinstance(translate_error(refused), DatabaseUnavailable)
     statement = server_error(error, 'currval of sequence "s" is not yet defined in this session')
     assert translate_error(statement) is statement  # that statement's own error: a 500
+
+
+def test_the_api_names_a_conflict_as_such_not_as_an_outage() -> None:
+    import orjson
+
+    from gateway.management.framework import _translate
+
+    conflict = _translate(TransientConflict("a concurrent write conflicted: DeadlockDetectedError"))
+    outage = _translate(DatabaseUnavailable("database unavailable: ConnectionRefusedError"))
+    assert (conflict.status, conflict.headers["Retry-After"]) == (503, "1")
+    assert orjson.loads(conflict.body)["message"] == (
+        "a concurrent change conflicted with this one; retry"
+    )
+    assert orjson.loads(outage.body)["message"] == "the database is unavailable; retry later"

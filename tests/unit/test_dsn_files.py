@@ -19,6 +19,13 @@ from gateway.exceptions import DatabaseMisconfigured, DatabaseUnavailable
 from gateway.storage.database import Database, translate_error, unreadable_dsn_files
 
 
+@pytest.fixture(autouse=True)
+def _no_libpq_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver reads PGSSLMODE when the DSN names no sslmode, and so does the check: a
+    developer's environment must not decide these tests."""
+    monkeypatch.delenv("PGSSLMODE", raising=False)
+
+
 def write_ca_certificate(path: Path) -> Path:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hookgate test CA")])
@@ -135,3 +142,19 @@ def test_pgsslmode_decides_when_the_dsn_does_not(
     assert unreadable_dsn_files(dsn(f"sslrootcert={missing}")) is not None
     monkeypatch.setenv("PGSSLMODE", "disable")
     assert unreadable_dsn_files(dsn(f"sslrootcert={missing}")) is None
+
+
+def test_the_mode_from_which_each_file_is_read(tmp_path: Path) -> None:
+    """As asyncpg reads them: the root certificate and revocation list from require, the
+    client certificate and key from allow (so also at the default, prefer)."""
+    missing = tmp_path / "nowhere"
+    assert unreadable_dsn_files(dsn(f"sslmode=require&sslrootcert={missing}")) is not None
+    assert unreadable_dsn_files(dsn(f"sslmode=prefer&sslrootcert={missing}")) is None
+    assert unreadable_dsn_files(dsn(f"sslcert={missing}")) is not None  # default prefer
+    assert unreadable_dsn_files(dsn(f"sslmode=allow&sslkey={missing}")) is not None
+    assert unreadable_dsn_files(dsn(f"sslmode=disable&sslkey={missing}")) is None
+    ca = write_ca_certificate(tmp_path / "root.crt")
+    not_pem = tmp_path / "root.crl"
+    not_pem.write_text("not a list\n")
+    problem = unreadable_dsn_files(dsn(f"sslmode=verify-ca&sslrootcert={ca}&sslcrl={not_pem}"))
+    assert problem is not None and problem.startswith("database.dsn parameter 'sslcrl'")
