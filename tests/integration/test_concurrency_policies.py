@@ -17,7 +17,7 @@ from gateway.exceptions import Conflict
 from gateway.storage import pipelines, runs
 from gateway.storage.database import Database, Session, _init_connection
 from gateway.storage.queries import QUERIES
-from tests.integration.ingest_helpers import create_hook, new_pipeline
+from tests.integration.ingest_helpers import create_hook, new_pipeline, wait_for
 from tests.integration.runs_helpers import claim, enqueue, make_pipeline, run_row
 
 
@@ -263,12 +263,14 @@ async def wait_until_blocked(db: Database, within: float = 10.0) -> None:
     """Until a session of this database waits for a lock another holds: the state the lock
     order tests below must reach (a fixed sleep could end before the other task even sent its
     statement, and the test would pass without building the cycle)."""
-    async with asyncio.timeout(within):
-        while not await db.pool.fetchval(
+    async def blocked() -> int:
+        waiting: int = await db.pool.fetchval(
             "SELECT count(*) FROM pg_stat_activity "
             "WHERE datname = current_database() AND cardinality(pg_blocking_pids(pid)) > 0"
-        ):
-            await asyncio.sleep(0.02)
+        )
+        return waiting
+
+    await wait_for(blocked, lambda waiting: waiting > 0, within)
 
 
 async def test_deleting_a_pipeline_while_a_run_reports_does_not_deadlock(db: Database) -> None:
