@@ -39,18 +39,18 @@ def live(server_dsn: str, template_database: str, tmp_path: Path) -> Iterator[Li
             stop_gateway(gateway)
 
 
-async def _send_part(port: int, head: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _send_and_wait_for_close(port: int, head: bytes) -> tuple[bytes, float]:
+    """Send ``head`` (a request cut short) and return everything the server sends until it
+    closes the connection, and how long that took."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(head)
-    await writer.drain()
-    return reader, writer
-
-
-async def _answer_and_close(reader: asyncio.StreamReader) -> tuple[bytes, float]:
-    """Everything the server sends until it closes the connection, and how long that took."""
-    started = time.monotonic()
-    data = await asyncio.wait_for(reader.read(), timeout=15)  # read() returns at EOF
-    return data, time.monotonic() - started
+    try:
+        writer.write(head)
+        await writer.drain()
+        started = time.monotonic()
+        data = await asyncio.wait_for(reader.read(), timeout=15)  # read() returns at EOF
+        return data, time.monotonic() - started
+    finally:
+        writer.close()
 
 
 def _status_and_json(data: bytes) -> tuple[int, dict[str, object]]:
@@ -72,11 +72,7 @@ async def test_an_ingest_body_that_stops_arriving_gets_408_and_is_recorded(
             "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
             '{"action":'
         ).encode()
-        reader, writer = await _send_part(live.port, head)
-        try:
-            data, waited = await _answer_and_close(reader)
-        finally:
-            writer.close()
+        data, waited = await _send_and_wait_for_close(live.port, head)
         status, body = _status_and_json(data)
         assert (status, body["message"]) == (408, "request body not received within 1 s")
         assert BODY_TIMEOUT <= waited < BODY_TIMEOUT + LINGERING + 5  # answered, then closed
@@ -93,11 +89,7 @@ async def test_a_management_body_that_stops_arriving_gets_408(live: LiveGateway)
         b"POST /users/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b'Content-Length: 80\r\n\r\n{"email":'
     )
-    reader, writer = await _send_part(live.port, head)
-    try:
-        data, waited = await _answer_and_close(reader)
-    finally:
-        writer.close()
+    data, waited = await _send_and_wait_for_close(live.port, head)
     status, body = _status_and_json(data)
     assert (status, body["message"]) == (408, "request body not received within 1 s")
     assert BODY_TIMEOUT <= waited < BODY_TIMEOUT + LINGERING + 5
@@ -106,10 +98,8 @@ async def test_a_management_body_that_stops_arriving_gets_408(live: LiveGateway)
 async def test_headers_that_never_end_are_cut_off_after_the_keepalive_timeout(
     live: LiveGateway,
 ) -> None:
-    reader, writer = await _send_part(live.port, b"POST /hooks/incoming/x HTTP/1.1\r\nHost: x\r\n")
-    try:
-        data, waited = await _answer_and_close(reader)
-    finally:
-        writer.close()
+    data, waited = await _send_and_wait_for_close(
+        live.port, b"POST /hooks/incoming/x HTTP/1.1\r\nHost: x\r\n"
+    )
     assert data == b""  # nothing to answer: no request was ever complete
     assert KEEPALIVE_TIMEOUT - 0.5 <= waited < KEEPALIVE_TIMEOUT + 5

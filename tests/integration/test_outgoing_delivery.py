@@ -424,6 +424,17 @@ async def test_unmatched_conditions_skip_the_delivery(
     assert "value at 'run.variables.source_ref' is \"feature\"" in skipped[0]["last_error"]
 
 
+async def _dispatch_until(db: Database, config: Config, hook_id: str, statuses: list[str]) -> None:
+    """Run a Dispatcher (started only now, after the test's own set-up) until the hook's
+    deliveries have ``statuses``."""
+    running = Dispatcher(db, config)
+    await running.start()
+    try:
+        await eventually(lambda: _sorted_statuses_are(db, hook_id, statuses))
+    finally:
+        await running.stop(0)
+
+
 async def test_an_event_the_hook_stopped_subscribing_to_is_not_sent(
     client: Any,
     admin_headers: dict[str, str],
@@ -445,12 +456,7 @@ async def test_an_event_the_hook_stopped_subscribing_to_is_not_sent(
         headers=admin_headers,
     )
     assert response.status == 200, await response.text()
-    running = Dispatcher(db, config)
-    await running.start()
-    try:
-        await eventually(lambda: _sorted_statuses_are(db, hook["id"], ["skipped", "succeeded"]))
-    finally:
-        await running.stop(0)
+    await _dispatch_until(db, config, hook["id"], ["skipped", "succeeded"])
     assert [orjson.loads(r.body)["type"] for r in target.seen] == ["run.completed"]
     [skipped] = [d for d in await deliveries(db, hook["id"]) if d["status"] == "skipped"]
     assert skipped["last_error"] == "the hook no longer subscribes to run.queued"
@@ -471,12 +477,7 @@ async def test_a_hook_subscribed_to_every_change_gets_each_event_sent(
         client, admin_headers, pipeline["id"], hook_body(base, "run.status_changed")
     )
     await complete_run(db, pipeline["id"])
-    running = Dispatcher(db, config)
-    await running.start()
-    try:
-        await eventually(lambda: _sorted_statuses_are(db, hook["id"], ["succeeded"] * 3))
-    finally:
-        await running.stop(0)
+    await _dispatch_until(db, config, hook["id"], ["succeeded"] * 3)
     assert sorted(orjson.loads(r.body)["type"] for r in target.seen) == [
         "run.completed",
         "run.queued",
