@@ -162,14 +162,14 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
     elif compressed is not None:
         evaluation = Evaluation(415, REJECTED, compressed, reason="content_encoding")
     else:
-        deadline = body_deadline(ingest.body_timeout, length, ingest.max_body)
         try:
-            body = await _read_body(request, length, ingest.max_body, deadline)
+            body = await _read_body(request, length, ingest.max_body, ingest.body_timeout)
         except asyncio.IncompleteReadError:
             evaluation = Evaluation(
                 400, REJECTED, "request body ended before Content-Length bytes", reason="short_body"
             )
         except TimeoutError:  # answered with Connection: close (see _rejected)
+            deadline = body_deadline(ingest.body_timeout, length, ingest.max_body)
             evaluation = Evaluation(
                 408,
                 REJECTED,
@@ -263,12 +263,12 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
 
 
 async def _read_body(
-    request: web.Request, length: int | None, limit: int, within: float
+    request: web.Request, length: int | None, limit: int, per_mib: float
 ) -> bytes | None:
     """The raw body, read once; None when it turns out larger than ``limit``. TimeoutError
-    when it has not all arrived ``within`` seconds."""
+    when it has not all arrived in time (:func:`body_deadline` of ``per_mib`` seconds)."""
     if not request.content.is_eof():  # not all here yet (the common case skips the timer)
-        async with asyncio.timeout(within):
+        async with asyncio.timeout(body_deadline(per_mib, length, limit)):
             return await _read_body_now(request, length, limit)
     return await _read_body_now(request, length, limit)
 
