@@ -80,10 +80,15 @@ def body_deadline(seconds_per_mib: float, length: int | None, limit: int) -> flo
     return seconds_per_mib * max(1, math.ceil(size / 1_048_576))
 
 
+def media_type(content_type: str) -> str:
+    """The type/subtype of a Content-Type value, lower-cased, without its parameters."""
+    return content_type.partition(";")[0].strip().lower()
+
+
 def is_json_media_type(content_type: str) -> bool:
     """Whether a Content-Type value names JSON: application/json or any +json type (with
     parameters, any case), or is blank."""
-    mime = content_type.partition(";")[0].strip().lower()
+    mime = media_type(content_type)
     return not mime or mime == "application/json" or mime.endswith("+json")
 
 

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from gateway.config import Config
-from gateway.http import is_json_media_type
+from gateway.http import is_json_media_type, media_type
 from gateway.ingest import lazy_json
 from gateway.ingest.conditions import ConditionSet, parse_trigger_when
 from gateway.ingest.limits import IpAllowlist, parse_limits_settings
@@ -271,7 +271,7 @@ def _body_kind(content_type: str | None) -> int | None:
         return _JSON
     if is_json_media_type(content_type):
         return _JSON
-    return _FORM if content_type.partition(";")[0].strip().lower() == _FORM_TYPE else None
+    return _FORM if media_type(content_type) == _FORM_TYPE else None
 
 
 def _form_payload(body: bytes) -> str:

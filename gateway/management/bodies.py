@@ -17,6 +17,7 @@ from gateway.http import (
     body_deadline,
     compressed_body_problem,
     is_json_media_type,
+    media_type,
 )
 from gateway.ingest.client_ip import ClientAddressResolver
 from gateway.reload import live_config
@@ -88,7 +89,7 @@ def _may_hold_json(content_type: str) -> bool:
     """A JSON type, or one a JSON text may be sent as: text/plain (what fetch() and many HTTP
     libraries declare for a string body) and application/octet-stream (for raw bytes)."""
     return is_json_media_type(content_type) or (
-        content_type.partition(";")[0].strip().lower() in ("text/plain", "application/octet-stream")
+        media_type(content_type) in ("text/plain", "application/octet-stream")
     )
 
 
