@@ -163,11 +163,12 @@ def unreadable_dsn_files(dsn: str) -> str | None:
         path = named.get(parameter)
         if not path or SSL_MODES.index(mode) < SSL_MODES.index(from_mode):
             continue
+        local = os.path.expanduser(path)
         try:
-            with open(os.path.expanduser(path), "rb"):
+            with open(local, "rb"):
                 pass
             if parameter in ("sslrootcert", "sslcrl"):  # read as the driver will, without a key
-                ssl.create_default_context().load_verify_locations(os.path.expanduser(path))
+                ssl.create_default_context().load_verify_locations(local)
         except ssl.SSLError as exc:
             return (
                 f"database.dsn parameter {parameter!r} names {path!r}, which holds no PEM "
@@ -352,13 +353,13 @@ class Database(Session):
     async def connect(cls, dsn: str, config: DatabaseConfig | None = None) -> Database:
         """Open a pool; raise DatabaseUnavailable when the server cannot be reached."""
         config = config or DatabaseConfig()
+        target = f"(connecting to {dsn_target(dsn)})"
         unreadable = unreadable_dsn_files(dsn)
         if unreadable:
-            raise DatabaseMisconfigured(f"{unreadable} (connecting to {dsn_target(dsn)})")
+            raise DatabaseMisconfigured(f"{unreadable} {target}")
         try:
             pool = await cls._open_pool(dsn, config)
         except DatabaseUnavailable as exc:
-            target = f"(connecting to {dsn_target(dsn)})"
             # The driver's own words on the DSN, before any packet: not an outage. (Later, on a
             # running pool, the same error stays DatabaseUnavailable: a 503, never a crash.)
             if isinstance(exc.__cause__, asyncpg.ClientConfigurationError):
@@ -367,18 +368,15 @@ class Database(Session):
                 ) from exc
             raise DatabaseUnavailable(f"{exc} {target}") from exc
         except asyncpg.PostgresError as exc:
-            said = _one_line(exc)
+            refused = f"the database refused the connection: {_one_line(exc)}"
             if exc.sqlstate in _SETTING_REFUSED:  # a DSN parameter sent on as a setting
                 raise DatabaseRefused(
-                    f"the database refused the connection: {said} (query parameters in "
-                    "database.dsn that the driver does not know are sent to the server as "
-                    f"settings) (connecting to {dsn_target(dsn)})"
+                    f"{refused} (query parameters in database.dsn that the driver does not "
+                    f"know are sent to the server as settings) {target}"
                 ) from exc
             # Anything else the server answered (a missing CONNECT privilege ...): the
             # server's words, on one line, and the exit status of an outage.
-            raise DatabaseUnavailable(
-                f"the database refused the connection: {said} (connecting to {dsn_target(dsn)})"
-            ) from exc
+            raise DatabaseUnavailable(f"{refused} {target}") from exc
         return cls(pool, dsn, config)
 
     @staticmethod
