@@ -133,6 +133,13 @@ def test_shape_errors(raw: object, message: str) -> None:
     assert validate_role_permissions(raw) == ([], [message])
 
 
+def test_a_role_may_list_exactly_the_limit_of_items() -> None:
+    # Duplicates are removed, so 100 items (the limit itself) are still accepted.
+    raw = ["environment:read", "hook:read"] * 50
+    assert len(raw) == 100
+    assert validate_role_permissions(raw) == (["environment:read", "hook:read"], [])
+
+
 def test_sort_permissions_puts_unknown_last() -> None:
     assert sort_permissions(["x:y", "hook:read", "environment:read"]) == [
         "environment:read",
