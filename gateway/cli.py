@@ -169,8 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "dispatch":  # outgoing hooks (issue 6)
             from gateway.dispatcher.service import dispatch
 
-            asyncio.run(dispatch(config))
+            code = asyncio.run(dispatch(config))
             sighup.remember()
+            if code:
+                return code
         elif args.command == "migrate":
             asyncio.run(_migrate(config))
         elif args.command == "user" and args.user_command == "set-password":

@@ -6,7 +6,6 @@ import asyncio
 import gc
 import logging
 import os
-import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,7 +20,7 @@ from gateway.exceptions import GatewayError
 from gateway.logs import get_logger
 from gateway.reload import ConfigReloader, install_sighup, logging_callback
 from gateway.security.secret_service import check_secret_keys
-from gateway.shutdown import SHUTDOWN, Shutdown
+from gateway.shutdown import KILL_GRACE, SHUTDOWN, Shutdown, StopSignals
 from gateway.storage.database import Database
 from gateway.storage.embedded import EmbeddedPostgres
 
@@ -240,11 +239,10 @@ async def run_listeners(
             await runner.cleanup()
 
 
-def stop_on_signals(stop: asyncio.Event) -> None:
-    """SIGTERM and SIGINT set ``stop``: stop accepting, finish in-flight work, then exit."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+def stop_on_signals(stop: asyncio.Event, *, overdue_after: float | None = None) -> StopSignals:
+    """SIGTERM and SIGINT set ``stop``: stop accepting, finish in-flight work, then exit; a
+    second signal, or a stop not done after ``overdue_after`` s, forces it (StopSignals)."""
+    return StopSignals(stop, overdue_after=overdue_after)
 
 
 async def serve(config: Config, *, worker: bool = False) -> int:
@@ -258,9 +256,16 @@ async def serve(config: Config, *, worker: bool = False) -> int:
         return await supervisor.supervise(config)
     # --- end worker processes ---
     stop = asyncio.Event()
-    stop_on_signals(stop)
-    async with database_for(config) as db:
-        await prepare_database(db, config)
-        await run_listeners(config, db, stop)
+    # The same bound a supervisor gives each of its workers before it kills them.
+    signals = stop_on_signals(stop, overdue_after=config.server.shutdown_timeout + KILL_GRACE)
+    try:
+        async with database_for(config) as db:
+            await prepare_database(db, config)
+            await run_listeners(config, db, stop)
+    except asyncio.CancelledError:
+        if not signals.forced:
+            raise
+        log.warning("stopped", forced=True)
+        return 1
     log.info("stopped")
     return 0

@@ -5,13 +5,20 @@ killed by its supervisor while its dispatcher still waits for deliveries in flig
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import signal
 from collections.abc import Callable
+from typing import Any
 
 from gateway.logs import get_logger
 
 log = get_logger(__name__)
 
 SHUTDOWN = "shutdown"  # key in app[appkeys.SERVICES]
+# Extra seconds a stop gets beyond shutdown_timeout (pool close, batcher flush): then a
+# supervisor kills the worker, and a process of its own forces its stop (StopSignals).
+KILL_GRACE = 5.0
 
 
 class Shutdown:
@@ -51,3 +58,95 @@ class Shutdown:
         if self._deadline is None:
             return default
         return max(0.0, self._deadline - asyncio.get_running_loop().time())
+
+
+# After a forced stop has cancelled the main task, the seconds its clean-up (pool close, the
+# embedded server's stop) gets before the process exits regardless.
+FORCED_EXIT_AFTER = 30.0
+_MAX_TASKS_SHOWN, _MAX_FRAMES_SHOWN = 20, 6
+
+
+class StopSignals:
+    """SIGTERM and SIGINT for a process's main task.
+
+    The first sets ``stop``: stop accepting, finish what is in flight. A second one (Ctrl-C
+    again), or a stop still not done ``overdue_after`` seconds after the first, **forces** it:
+    the stop is logged with what every task was waiting for (``stop_overdue``), the main task
+    is cancelled, so its clean-up (the pool, an embedded PostgreSQL) still runs, and if even
+    that is not done within FORCED_EXIT_AFTER seconds, or a third signal comes, the process
+    exits with status 1 at once. Nothing answered 2xx is lost by a forced stop: a request is
+    answered only once its rows are committed.
+    """
+
+    def __init__(self, stop: asyncio.Event, *, overdue_after: float | None = None) -> None:
+        self._stop = stop
+        self._main = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        self._overdue_after = overdue_after
+        self._overdue: asyncio.TimerHandle | None = None
+        self.forced = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._received, sig.name)
+
+    def _received(self, name: str) -> None:
+        if not self._stop.is_set():
+            self._stop.set()
+            if self._overdue_after is not None:
+                self._overdue = self._loop.call_later(self._overdue_after, self._overdue_now)
+            return
+        if self.forced:
+            log.error("stop_forced_exit", signal=name)
+            _exit_now()
+        log.warning(
+            "stop_forced",
+            signal=name,
+            hint="a second signal: requests and deliveries in flight are cancelled (not "
+            "answered, so senders retry them); a third one exits at once",
+        )
+        self._force()
+
+    def _overdue_now(self) -> None:
+        log.error(
+            "stop_overdue",
+            after_s=self._overdue_after,
+            waiting=_task_stacks(),
+            hint="the stop did not finish in time; cancelling what is left",
+        )
+        self._force()
+
+    def _force(self) -> None:
+        if self._overdue is not None:
+            self._overdue.cancel()
+        self.forced = True
+        if self._main is not None:
+            self._main.cancel()
+        self._loop.call_later(FORCED_EXIT_AFTER, _exit_now)
+
+
+def _exit_now() -> None:
+    logging.shutdown()  # flush the log handlers: os._exit skips every clean-up
+    os._exit(1)
+
+
+def _task_stacks() -> list[str]:
+    """One line per pending task: its name and the chain of awaits it is suspended in, outer
+    to inner (the innermost ``_MAX_FRAMES_SHOWN``; Task.get_stack shows only the outermost)."""
+    shown = []
+    for task in list(asyncio.all_tasks())[:_MAX_TASKS_SHOWN]:
+        chain: list[str] = []
+        awaited: Any = task.get_coro()
+        while awaited is not None and len(chain) < 100:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+            frame = frame or getattr(awaited, "gi_frame", None)
+            if frame is None:  # a future, or a coroutine that has finished
+                chain.append(type(awaited).__name__)
+                break
+            code = frame.f_code
+            chain.append(f"{code.co_name} ({os.path.basename(code.co_filename)}:{frame.f_lineno})")
+            awaited = (
+                getattr(awaited, "cr_await", None)
+                or getattr(awaited, "ag_await", None)
+                or getattr(awaited, "gi_yieldfrom", None)
+            )
+        shown.append(f"{task.get_name()}: {' -> '.join(chain[-_MAX_FRAMES_SHOWN:])}")
+    return shown

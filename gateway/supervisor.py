@@ -48,6 +48,7 @@ from gateway.config import Config, build_config
 from gateway.logs import get_logger
 from gateway.reload import ConfigReloader
 from gateway.security.secret_service import check_reloaded_keys
+from gateway.shutdown import KILL_GRACE
 from gateway.storage.database import Database
 from gateway.storage.embedded import EmbeddedPostgres
 
@@ -64,8 +65,6 @@ HEALTHY_AFTER = 10.0
 # A SIGHUP for a worker started less than this many seconds ago waits until it is that old: the
 # worker remembers one from the start of its Python code (gateway.sighup), not before.
 SIGHUP_AFTER = 1.0
-# Extra seconds a worker gets beyond shutdown_timeout (pool close, batcher flush) before SIGKILL.
-KILL_GRACE = 5.0
 # The configuration in force in the parent, handed to each worker it starts (JSON).
 WORKER_CONFIG_ENV = "HOOKGATE_WORKER_CONFIG"
 # The DSN of the embedded server the parent started (when database.dsn is empty).

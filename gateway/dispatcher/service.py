@@ -19,7 +19,7 @@ from gateway.reload import (
     install_sighup,
     logging_callback,
 )
-from gateway.shutdown import SHUTDOWN, Shutdown
+from gateway.shutdown import KILL_GRACE, SHUTDOWN, Shutdown
 from gateway.storage.database import Database
 
 log = get_logger(__name__)
@@ -111,22 +111,30 @@ async def probe_listener(config: Config, db: Database) -> AsyncIterator[None]:
         await runner.cleanup()
 
 
-async def dispatch(config: Config) -> None:
+async def dispatch(config: Config) -> int:
     """``gateway dispatch``: database, schema, then deliver until SIGTERM/SIGINT; SIGHUP
-    reloads the config file like ``gateway serve`` (``[outgoing]``, ``[security]``, ``[log]``)."""
+    reloads the config file like ``gateway serve`` (``[outgoing]``, ``[security]``, ``[log]``).
+    The exit status: 0, or 1 when the stop was forced (gateway.shutdown.StopSignals)."""
     from gateway.security.secret_service import follow_secret_keys
     from gateway.server import database_for, prepare_database, stop_on_signals
 
     stop = asyncio.Event()
-    stop_on_signals(stop)
+    signals = stop_on_signals(stop, overdue_after=config.server.shutdown_timeout + KILL_GRACE)
     reloader = ConfigReloader.for_config(config)
     reloader.on_reload(logging_callback)
-    async with database_for(config) as db:
-        await prepare_database(db, config)  # installs the secret box (issue 8)
-        follow_secret_keys(db, reloader.holder)
-        async with probe_listener(config, db):
-            # SIGHUP is remembered until then (gateway.sighup): a reload reaches every
-            # subscriber.
-            await run_dispatcher(
-                db, config, stop, reloader.holder, lambda: install_sighup(reloader)
-            )
+    try:
+        async with database_for(config) as db:
+            await prepare_database(db, config)  # installs the secret box (issue 8)
+            follow_secret_keys(db, reloader.holder)
+            async with probe_listener(config, db):
+                # SIGHUP is remembered until then (gateway.sighup): a reload reaches every
+                # subscriber.
+                await run_dispatcher(
+                    db, config, stop, reloader.holder, lambda: install_sighup(reloader)
+                )
+    except asyncio.CancelledError:
+        if not signals.forced:
+            raise
+        log.warning("stopped", forced=True)
+        return 1
+    return 0

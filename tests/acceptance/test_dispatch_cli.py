@@ -31,13 +31,15 @@ ROOT = Path(__file__).resolve().parents[2]
 async def _dispatch(dsn: str, cwd: Path, **extra_env: str) -> asyncio.subprocess.Process:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update(
-        GATEWAY_DATABASE_DSN=dsn,
-        GATEWAY_LOG_LEVEL="warning",
-        GATEWAY_OUTGOING_ALLOW_PRIVATE_TARGETS="true",
-        GATEWAY_OUTGOING_TIMEOUT="30",
-        GATEWAY_OUTGOING_POLL_INTERVAL="0.2",
-        PYTHONPATH=str(ROOT),
-        **extra_env,
+        {
+            "GATEWAY_DATABASE_DSN": dsn,
+            "GATEWAY_LOG_LEVEL": "warning",
+            "GATEWAY_OUTGOING_ALLOW_PRIVATE_TARGETS": "true",
+            "GATEWAY_OUTGOING_TIMEOUT": "30",
+            "GATEWAY_OUTGOING_POLL_INTERVAL": "0.2",
+            "PYTHONPATH": str(ROOT),
+            **extra_env,
+        }
     )
     return await asyncio.create_subprocess_exec(
         sys.executable,
@@ -171,3 +173,31 @@ async def test_dispatch_stops_with_a_clear_message_when_its_port_is_taken(
                 await process.wait()
     assert process.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in stderr.decode()
+
+
+async def test_a_second_sigterm_forces_the_stop_of_a_dispatcher_waiting_for_a_delivery(
+    db: Database, database_dsn: str, tmp_path: Path, aiohttp_server: Any
+) -> None:
+    # The target never answers and the stop would wait shutdown_timeout (60 s) for it.
+    target = Receiver()
+    target.plan("/deploys", HANG)
+    server = await aiohttp_server(target.app())
+    pipeline_id, hook_id = await _notify_hook(db, f"http://127.0.0.1:{server.port}/deploys")
+    process = await _dispatch(
+        database_dsn, tmp_path, GATEWAY_SERVER_SHUTDOWN_TIMEOUT="60", GATEWAY_LOG_LEVEL="info"
+    )
+    try:
+        await complete_run(db, pipeline_id)
+        await eventually(lambda: len(target.seen) == 1, limit=60)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=15)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.communicate()
+    assert process.returncode == 1, stderr.decode()
+    assert b'"stop_forced"' in stderr and b'"forced": true' in stderr
+    # Cut off, not lost: the delivery is still leased and is sent again after its lease.
+    assert await _statuses(db, hook_id) == ["delivering"]

@@ -1,0 +1,159 @@
+"""A stop that does not finish can be forced: a second SIGTERM/SIGINT (Ctrl-C again) cancels
+what is left at once, and a stop still running ``shutdown_timeout`` + KILL_GRACE seconds after
+the first signal is forced by the process itself, with what each task was waiting for in the
+log (``stop_overdue``). Before, ``gateway serve`` ignored further signals and a clean-up stuck
+on an unreachable database kept the process alive until someone used SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.live_gateway import LiveGateway, fresh_database, start_gateway, stop_gateway
+from tests.acceptance.process_helpers import ROOT, clean_environment
+
+# Long enough that a graceful stop could not pass for a forced one within the test's bounds.
+SHUTDOWN_TIMEOUT = 30.0
+
+
+@pytest.fixture
+def live(server_dsn: str, template_database: str, tmp_path: Path) -> Iterator[LiveGateway]:
+    with fresh_database(server_dsn, template_database) as dsn:
+        gateway = start_gateway(
+            tmp_path, dsn, server={"shutdown_timeout": SHUTDOWN_TIMEOUT, "body_timeout": 60.0}
+        )
+        try:
+            yield gateway
+        finally:
+            stop_gateway(gateway)
+
+
+async def test_a_second_sigterm_forces_a_stop_held_up_by_a_request_in_flight(
+    live: LiveGateway,
+) -> None:
+    # A request whose body never finishes keeps the graceful drain waiting.
+    _reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
+    try:
+        writer.write(
+            b"POST /users/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"email"'
+        )
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the handler is reading the body
+        process = live.gateway.process
+        process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(live.gateway.wait_event, "shutting_down")
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = await asyncio.to_thread(live.gateway.finish, 10)
+        assert time.monotonic() - started < 10
+        assert code == 1
+        assert [e["signal"] for e in live.gateway.named("stop_forced")] == ["SIGTERM"]
+        assert live.gateway.named("stopped")[-1].get("forced") is True
+    finally:
+        writer.close()
+
+
+# A process whose stop hangs in its clean-up: it waits for an event nobody sets (as a clean-up
+# waiting on an unreachable database did), and, with IGNORE_CANCEL, also refuses cancellation.
+_STUCK_PROCESS = textwrap.dedent(
+    """
+    import asyncio, sys
+    from gateway.logs import configure_logging
+    from gateway.shutdown import StopSignals
+
+    IGNORE_CANCEL = sys.argv[1] == "ignore-cancel"
+
+    async def clean_up_that_never_ends():
+        never = asyncio.Event()
+        while True:
+            try:
+                await never.wait()
+            except asyncio.CancelledError:
+                print("cleanup-cancelled", flush=True)
+                if not IGNORE_CANCEL:
+                    raise
+
+    async def main():
+        stop = asyncio.Event()
+        signals = StopSignals(stop, overdue_after=float(sys.argv[2]))
+        print("ready", flush=True)
+        await stop.wait()
+        try:
+            await clean_up_that_never_ends()
+        except asyncio.CancelledError:
+            print("forced" if signals.forced else "not-forced", flush=True)
+            return 3
+
+    configure_logging("info", "json", sys.stderr)
+    sys.exit(asyncio.run(main()))
+    """
+)
+
+
+def _start_stuck(mode: str, overdue_after: float) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-c", _STUCK_PROCESS, mode, str(overdue_after)],
+        cwd=ROOT,
+        env=clean_environment({}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline() == "ready\n"
+    return process
+
+
+def _events(stderr: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def test_a_stop_that_overruns_is_forced_and_says_what_it_waited_for() -> None:
+    process = _start_stuck("cancel", overdue_after=0.5)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=20)
+    assert process.returncode == 3  # main() returned: its clean-up ran after the cancellation
+    assert stdout.splitlines() == ["cleanup-cancelled", "forced"]
+    (overdue,) = [e for e in _events(stderr) if e["event"] == "stop_overdue"]
+    assert overdue["after_s"] == 0.5
+    waiting = overdue["waiting"]
+    assert isinstance(waiting, list)
+    # The chain of awaits of the main task, down to the clean-up that never ends.
+    assert any("main (" in line and "clean_up_that_never_ends (" in line for line in waiting)
+
+
+def test_a_third_signal_exits_at_once_when_the_clean_up_ignores_cancellation() -> None:
+    process = _start_stuck("ignore-cancel", overdue_after=600)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)  # forced: the main task is cancelled, and ignores it
+    assert process.stdout is not None
+    assert process.stdout.readline() == "cleanup-cancelled\n"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 1
+    events = [e["event"] for e in _events(stderr)]
+    assert events == ["stop_forced", "stop_forced_exit"]
+
+
+def test_without_a_second_signal_a_stop_is_not_forced_before_it_is_overdue() -> None:
+    process = _start_stuck("cancel", overdue_after=600)
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.communicate(timeout=2)
+        raise AssertionError("the stuck stop ended without being forced")
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        process.kill()
+        process.communicate(timeout=10)
