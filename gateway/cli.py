@@ -129,6 +129,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sighup.remember()
     if args.command == "check-config":
         config = _load(args.path or args.config)
+        from gateway.security.secret_box import check_key_settings
+
+        try:  # what start-up would refuse about the keys, as far as the file system tells
+            check_key_settings(config.security)
+        except ValueError as exc:
+            print(f"gateway: {exc}", file=sys.stderr)
+            return 2
         if Path(config.source).is_file():
             print(f"{config.source}: OK")
         else:  # only the default path may be missing (a named file must exist)

@@ -19,6 +19,7 @@ from gateway.config import Config
 from gateway.exceptions import GatewayError
 from gateway.logs import get_logger
 from gateway.reload import ConfigReloader, install_sighup, logging_callback
+from gateway.security.secret_box import check_key_settings
 from gateway.security.secret_service import check_secret_keys
 from gateway.shutdown import KILL_GRACE, SHUTDOWN, Shutdown, StopSignals
 from gateway.storage.database import Database
@@ -61,6 +62,7 @@ async def database_for(config: Config) -> AsyncIterator[Database]:
 
 async def prepare_database(db: Database, config: Config) -> None:
     """Apply the schema and create the first admin from the environment if asked to."""
+    check_key_settings(config.security)  # a host that cannot start leaves the schema alone
     version = await db.apply_schema()
     log.info("schema_applied", version=version)
     await check_secret_keys(db, config)  # issue 8: creates the key file before any worker

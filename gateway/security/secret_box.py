@@ -183,19 +183,46 @@ def open_secret_box(security: SecurityConfig) -> SecretBox:
     """
     global _announced
     key_set = load_keys(
-        security.secret_keys,
-        security.key_file,
-        missing_file_error=None
-        if security.create_key_file
-        else f"security.key_file {security.key_file!r} does not exist and "
-        "security.create_key_file = false: set security.secret_keys "
-        "(GATEWAY_SECURITY_SECRET_KEYS) or put the shared key file there",
+        security.secret_keys, security.key_file, missing_file_error=_missing_file_error(security)
     )
     box = SecretBox.from_key_set(key_set)
     if not _announced:
         _announced = True
         _announce(key_set)
     return box
+
+
+def check_key_settings(security: SecurityConfig) -> None:
+    """What :func:`open_secret_box` would refuse, found without creating anything: invalid
+    keys, an unreadable key file, or a missing one that may not be created. ValueError then
+    (``gateway check-config``, and ``serve`` before it changes the database)."""
+    load_keys(
+        security.secret_keys,
+        security.key_file,
+        create_file=False,
+        missing_file_error=_missing_file_error(security),
+    )
+
+
+def generates_key_file(security: SecurityConfig) -> bool:
+    """True when opening ``[security]`` would generate a new key file (no keys configured, the
+    file missing, ``create_key_file`` on)."""
+    return (
+        not security.secret_keys
+        and security.create_key_file
+        and bool(security.key_file.strip())
+        and not Path(security.key_file).expanduser().exists()
+    )
+
+
+def _missing_file_error(security: SecurityConfig) -> str | None:
+    if security.create_key_file:
+        return None
+    return (
+        f"security.key_file {security.key_file!r} does not exist and "
+        "security.create_key_file = false: set security.secret_keys "
+        "(GATEWAY_SECURITY_SECRET_KEYS) or put the shared key file there"
+    )
 
 
 def _announce(key_set: KeySet) -> None:

@@ -19,10 +19,10 @@ from gateway.config import Config
 from gateway.exceptions import DatabaseUnavailable
 from gateway.logs import get_logger
 from gateway.reload import CONFIG_HOLDER, ConfigHolder, live_config, touches
-from gateway.security.secret_box import SecretBox, open_secret_box
+from gateway.security.secret_box import SecretBox, generates_key_file, open_secret_box
 from gateway.security.secret_keys import load_keys
 from gateway.storage.database import Database
-from gateway.storage.secret_rotation import missing_key_ids
+from gateway.storage.secret_rotation import missing_key_ids, sealed_key_ids
 
 log = get_logger(__name__)
 
@@ -38,7 +38,22 @@ def install_secret_box(db: Database, config: Config) -> None:
 async def check_secret_keys(db: Database, config: Config) -> None:
     """Start-up (once per ``gateway serve``/``dispatch``, before any worker): install the box,
     creating the key file if needed, and log an error when stored secrets were sealed with keys
-    this host does not have (their hooks answer 500 until the key is configured)."""
+    this host does not have (their hooks answer 500 until the key is configured).
+
+    A key file is generated only for a database that holds no sealed secret yet: next to
+    sealed ones a new key could open none of them (a replaced container that lost its key
+    file, a new host not given the shared keys), so that is a ValueError naming the keys.
+    """
+    if generates_key_file(config.security):
+        sealed = await sealed_key_ids(db)
+        if sealed:
+            raise ValueError(
+                f"security.key_file {config.security.key_file!r} does not exist, and the "
+                f"database holds {sum(sealed.values())} secret(s) sealed with key(s) "
+                f"{', '.join(sorted(sealed))}: a new key would open none of them, so none is "
+                "generated. Restore the key file, or set security.secret_keys "
+                "(GATEWAY_SECURITY_SECRET_KEYS) to the keys the other hosts use"
+            )
     install_secret_box(db, config)
     await report_missing_keys(db, db.secret_box)
 

@@ -161,11 +161,16 @@ async def key_usage(db: Database) -> list[tuple[str, str, int]]:
     return [(row["location"], row["key_id"], row["secrets"]) for row in rows]
 
 
+async def sealed_key_ids(db: Database) -> dict[str, int]:
+    """The key ids of the sealed secrets stored, with their counts (plaintext ones left out)."""
+    sealed: dict[str, int] = {}
+    for _, key_id, count in await key_usage(db):
+        if key_id:
+            sealed[key_id] = sealed.get(key_id, 0) + count
+    return sealed
+
+
 async def missing_key_ids(db: Database, box: SecretBox) -> dict[str, int]:
     """Key ids found in stored secrets that ``box`` cannot open, with their counts (a start-up
     check: a host configured with the wrong keys must say so before serving)."""
-    missing: dict[str, int] = {}
-    for _, key_id, count in await key_usage(db):
-        if key_id and key_id not in box.key_ids:
-            missing[key_id] = missing.get(key_id, 0) + count
-    return missing
+    return {k: n for k, n in (await sealed_key_ids(db)).items() if k not in box.key_ids}

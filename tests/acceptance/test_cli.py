@@ -463,3 +463,27 @@ def test_an_instance_without_its_keys_refuses_to_start(tmp_path: Path, database_
         "(GATEWAY_SECURITY_SECRET_KEYS) or put the shared key file there"
     )
     assert not (tmp_path / "var" / "secret-keys").exists()
+    # Refused before it touched the shared database (applying the schema takes locks).
+    assert '"schema_applied"' not in result.stderr
+
+
+def test_check_config_refuses_an_instance_file_without_its_keys(
+    tmp_path: Path, database_dsn: str
+) -> None:
+    instance = ROOT / "deploy" / "config.instance.toml"
+    result = run_gateway(
+        "check-config",
+        str(instance),
+        cwd=tmp_path,
+        env=_instance_env(
+            tmp_path, GATEWAY_DATABASE_DSN=database_dsn, GATEWAY_SECURITY_SECRET_KEYS=None
+        ),
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.strip() == (
+        "gateway: security.key_file 'var/secret-keys' does not exist and "
+        "security.create_key_file = false: set security.secret_keys "
+        "(GATEWAY_SECURITY_SECRET_KEYS) or put the shared key file there"
+    )
+    assert not (tmp_path / "var").exists()

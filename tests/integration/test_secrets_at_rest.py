@@ -16,6 +16,7 @@ from gateway.dispatcher.outbound import CompiledHook as OutgoingHook
 from gateway.logs import configure_logging
 from gateway.security.secret_box import SecretBox, key_id_of
 from gateway.security.secret_keys import load_keys, new_key_line
+from gateway.security.secret_service import check_secret_keys
 from gateway.storage.database import Database
 from gateway.storage.secret_rotation import INCOMING, OUTGOING, key_usage, rotate_secrets
 from tests.conftest import TEST_SECRET_KEY
@@ -304,3 +305,31 @@ async def test_a_reload_that_drops_a_key_still_in_use_says_so_at_once(
     [line] = found
     assert line["level"] == "error" and line["after_reload"] is True
     assert line["key_ids"] == [TEST_KEY_ID] and line["sealed_values"] == 1
+
+
+async def test_no_key_file_is_generated_beside_secrets_sealed_with_other_keys(
+    client: Any, admin_headers: dict[str, str], config: Config, db: Database, tmp_path: Any
+) -> None:
+    # A replaced container without its key file: a new key would open none of the secrets.
+    pipeline_id = await new_pipeline(client, admin_headers)
+    await create_hook(client, admin_headers, pipeline_id)
+    key_file = tmp_path / "var" / "secret-keys"
+    lost = with_section(config, "security", secret_keys=(), key_file=str(key_file))
+    assert lost.security.create_key_file
+    with pytest.raises(ValueError) as refused:
+        await check_secret_keys(db, lost)
+    assert str(refused.value).startswith(
+        f"security.key_file {str(key_file)!r} does not exist, and the database holds 1 "
+        f"secret(s) sealed with key(s) {TEST_KEY_ID}: a new key would open none of them"
+    )
+    assert not key_file.exists()
+
+
+async def test_a_key_file_is_generated_for_a_database_without_sealed_secrets(
+    config: Config, db: Database, tmp_path: Any
+) -> None:
+    key_file = tmp_path / "var" / "secret-keys"
+    fresh = with_section(config, "security", secret_keys=(), key_file=str(key_file))
+    await check_secret_keys(db, fresh)
+    assert key_file.exists()
+    assert db.secret_box.primary_key_id is not None
