@@ -88,8 +88,10 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 def _required(headers: Mapping[str, str], name: str) -> str:
     value = _header(headers, name)
-    if not value:
+    if value is None:
         raise SignatureError(f"missing header {name!r}", "missing")
+    if not value.strip():
+        raise SignatureError(f"header {name!r} is empty", "missing")
     return value
 
 
@@ -158,6 +160,16 @@ class SignatureVerifier:
             return frozenset({self.header_name, "webhook-signature"})
         return frozenset({self.header_name})
 
+    @property
+    def challenge(self) -> str:
+        """The ``WWW-Authenticate`` value of a 401 (RFC 9110 §11.6.1): the scheme and the
+        header the signature goes in, which the 401's message names anyway."""
+        if self.scheme == STANDARD_WEBHOOKS:
+            return 'Standard-Webhooks header="webhook-signature"'
+        if self.scheme == TOKEN:
+            return f'Token header="{self.header_name}"'
+        return f'HMAC header="{self.header_name}", algorithm="{self.algorithm}"'
+
     def verify(self, headers: Mapping[str, str], body: bytes, *, now: float | None = None) -> None:
         """Raise :class:`SignatureError` unless the request is signed by an active secret.
 
@@ -195,6 +207,13 @@ class SignatureVerifier:
         # ('sha256=' with nothing after it is a prefix too, and then malformed).
         if sep and (rest.strip("=") or head.lower() in SUPPORTED_ALGORITHMS):
             algo = head.lower().replace("-", "")
+            if algo == "t" and ",v1=" in rest:
+                raise SignatureError(
+                    f"malformed signature in header {self.header_name!r}: Stripe-style "
+                    "'t=<time>,v1=<hex>' signatures are not supported (expected "
+                    f"{self.algorithm}=<hex>, hex or base64 of the body's HMAC)",
+                    "malformed",
+                )
             if algo not in SUPPORTED_ALGORITHMS:
                 raise SignatureError(
                     f"malformed signature in header {self.header_name!r}: unsupported algorithm "
@@ -225,8 +244,14 @@ class SignatureVerifier:
         msg_id, timestamp, signature = (_required(headers, name) for name in _STDWH_HEADERS)
         if not _INT_RE.fullmatch(timestamp):
             raise SignatureError("webhook-timestamp is not an integer unix timestamp", "malformed")
-        if abs(now - int(timestamp)) > self.tolerance_seconds:
-            raise SignatureError("webhook-timestamp is outside the allowed tolerance", "expired")
+        skew = now - int(timestamp)
+        if abs(skew) > self.tolerance_seconds:
+            # Which way tells an operator whether the message is a replay or a clock is wrong.
+            raise SignatureError(
+                f"webhook-timestamp is too {'old' if skew > 0 else 'new'}: more than "
+                f"{self.tolerance_seconds} s from this server's clock",
+                "expired",
+            )
         prefix = f"{msg_id}.{timestamp}.".encode("utf-8", "surrogatepass")
         expected: list[bytes] = []
         seen_v1 = seen_valid_v1 = False

@@ -321,6 +321,8 @@ def _rejected(
         {"message": evaluation.message, "errors": evaluation.errors},
         request_id,
     )
+    if evaluation.status == 401 and hook.verifier is not None:
+        response.headers["WWW-Authenticate"] = hook.verifier.challenge
     if (body_unread and evaluation.status == 413) or evaluation.status == 408:
         response.force_close()  # don't drain a body we refused to read, or one still arriving
     return response

@@ -112,6 +112,38 @@ async def test_one_flipped_byte_is_401_with_no_run(
     assert orjson.loads(row["headers"])["x-hub-signature-256"] == "[redacted]"
 
 
+@pytest.mark.parametrize(
+    ("settings", "challenge"),
+    [
+        ({}, 'HMAC header="x-hub-signature-256", algorithm="sha256"'),
+        (
+            {"secret_header_name": "X-Signature", "secret_algorithm": "sha512"},
+            'HMAC header="x-signature", algorithm="sha512"',
+        ),
+        (
+            {"secret_header_name": "webhook-signature"},
+            'Standard-Webhooks header="webhook-signature"',
+        ),
+        ({"secret_header_name": "X-Gitlab-Token"}, 'Token header="x-gitlab-token"'),
+    ],
+)
+async def test_a_401_names_its_challenge_in_www_authenticate(
+    client: Any, admin_headers: dict[str, str], settings: dict[str, str], challenge: str
+) -> None:
+    # RFC 9110 §15.5.2: a 401 MUST carry WWW-Authenticate with a challenge for the resource.
+    pipeline_id = await new_pipeline(client, admin_headers)
+    hook = await create_hook(client, admin_headers, pipeline_id, **settings)
+    unsigned = await client.post(
+        hook_path(hook), data=PR_OPENED, headers={"Content-Type": "application/json"}
+    )
+    assert unsigned.status == 401
+    assert unsigned.headers["WWW-Authenticate"] == challenge
+    if not settings:  # other refusals carry none: a signed body that is not JSON is a 400
+        signed = github_headers(hook["secret"], b"not json")
+        answer = await client.post(hook_path(hook), data=b"not json", headers=signed)
+        assert answer.status == 400 and "WWW-Authenticate" not in answer.headers
+
+
 @pytest.mark.parametrize("hook_id", [str(uuid.uuid4()), "not-a-uuid", "0" * 32 + "g"])
 async def test_unknown_or_malformed_hook_id_is_404(
     client: Any, database_dsn: str, hook_id: str

@@ -192,7 +192,22 @@ def test_standard_webhooks_timestamp_tolerance(offset: int, ok: bool) -> None:
     else:
         exc = reject(verifier, headers, b"body", now=NOW)
         assert exc.reason == "expired"
-        assert str(exc) == "webhook-timestamp is outside the allowed tolerance"
+        too = "old" if offset < 0 else "new"
+        assert str(exc) == (
+            f"webhook-timestamp is too {too}: more than 300 s from this server's clock"
+        )
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_standard_webhooks_header_is_called_empty_not_missing(value: str) -> None:
+    secret = generate_secret("standard-webhooks")
+    headers = dict(stdwh_headers(secret, b"body", ts=NOW))
+    headers["webhook-signature"] = value
+    exc = reject(stdwh_verifier(secret), ci(headers), b"body", now=NOW)
+    assert (exc.reason, str(exc)) == ("missing", "header 'webhook-signature' is empty")
+    del headers["webhook-signature"]
+    exc = reject(stdwh_verifier(secret), ci(headers), b"body", now=NOW)
+    assert (exc.reason, str(exc)) == ("missing", "missing header 'webhook-signature'")
 
 
 def test_standard_webhooks_custom_tolerance() -> None:
@@ -541,3 +556,17 @@ def test_verify_only_raises_signature_error(
     except SignatureError as exc:
         assert exc.reason in {"missing", "malformed", "mismatch", "expired"}
         assert SECRET not in str(exc)
+
+
+def test_a_stripe_style_value_is_named_as_unsupported() -> None:
+    secret = "s3cret"
+    verifier = SignatureVerifier.create(
+        algorithm="sha256", header_name="stripe-signature", secrets=[secret]
+    )
+    value = "t=1700000000,v1=" + sign_hmac_hex(secret, "sha256", b"1700000000.body")
+    exc = reject(verifier, ci({"stripe-signature": value}), b"body")
+    assert exc.reason == "malformed"
+    assert str(exc) == (
+        "malformed signature in header 'stripe-signature': Stripe-style 't=<time>,v1=<hex>' "
+        "signatures are not supported (expected sha256=<hex>, hex or base64 of the body's HMAC)"
+    )
