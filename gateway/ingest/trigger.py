@@ -26,7 +26,7 @@ from aiohttp import web
 
 from gateway import appkeys, metrics
 from gateway.config import Config
-from gateway.exceptions import DatabaseUnavailable, Overloaded
+from gateway.exceptions import DatabaseUnavailable, Overloaded, TransientConflict
 from gateway.http import REQUEST_ID_OK, body_deadline, compressed_body_problem
 from gateway.ingest.batcher import (
     DUPLICATE,
@@ -220,6 +220,9 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
             )
         if isinstance(exc, RequestNotStored):
             return _json(500, {"message": str(exc), "errors": None}, request_id), FAILED
+        if isinstance(exc, TransientConflict):  # a lock or deadlock: the database answered
+            message = "a concurrent change held up or conflicted with this write; retry later"
+            return _unavailable(ingest, request_id, message)
         if isinstance(exc, DatabaseUnavailable):
             return _unavailable(ingest, request_id, "the database is unavailable; retry later")
         return _unavailable(ingest, request_id, str(exc))

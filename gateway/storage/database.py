@@ -78,7 +78,9 @@ _UNAVAILABLE_CODES = frozenset({"25006", "3D000"})
 _UNAVAILABLE_WHEN_FATAL = frozenset({"55000"})
 # A transaction the server aborted to break a deadlock or a serialization conflict: nothing of
 # it was written and the same request succeeds again (TransientConflict).
-_CONFLICT_CODES = frozenset({"40P01", "40001"})
+# Deadlock, serialization failure, and a lock wait over lock_timeout (set on the ingest writers:
+# a lock held on one pipeline must not stall the writes of all the others).
+_CONFLICT_CODES = frozenset({"40P01", "40001", "55P03"})
 
 # Raised by schema.sql's hookgate_batch_fits_one_statement().
 _NEEDS_TRANSACTION_SQLSTATE = "HGB01"
@@ -483,19 +485,23 @@ class Database(Session):
             raise SchemaNotApplied(f"cannot apply {schema_path.name}: {exc}{hint}") from exc
         return version
 
-    async def connection(self) -> asyncpg.Connection:
+    async def connection(self, *, lock_timeout: float | None = None) -> asyncpg.Connection:
         """A dedicated connection set up like the pool's (codecs, timeouts); close it when done.
 
         For a long-lived writer that would otherwise pay the pool's acquire and its release
-        reset (one more round trip) on every transaction.
+        reset (one more round trip) on every transaction. ``lock_timeout`` (seconds): a
+        statement waiting longer for a lock fails with TransientConflict.
         """
         config = self.config
+        settings = server_settings(config)
+        if lock_timeout is not None:
+            settings["lock_timeout"] = str(max(1, round(lock_timeout * 1000)))
         async with translated():
             conn = await asyncpg.connect(
                 self.dsn,
                 timeout=config.connect_timeout,
                 command_timeout=config.command_timeout,
-                server_settings=server_settings(config),
+                server_settings=settings,
             )
             try:
                 await _init_connection(conn)

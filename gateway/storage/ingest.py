@@ -75,6 +75,16 @@ async def insert_requests(
     )
 
 
+# Seconds a batch statement may wait for a lock. A batch mixes requests for every hook, and a
+# run's insert locks its pipeline row (FOR SHARE): while one pipeline is locked for long (its
+# deletion, a concurrency change re-keying a large backlog, any long transaction), every batch
+# holding one of its requests would wait, up to the statement timeout, and with all the writers
+# so taken the requests of every other pipeline too. After this long the batch fails as a
+# TransientConflict and is written again one request at a time: only that pipeline's requests
+# are answered 503 (Retry-After), not the worker's.
+WRITER_LOCK_TIMEOUT = 2.0
+
+
 class WriterConnections:
     """Dedicated connections for the group-commit writer (one per concurrent batch).
 
@@ -95,7 +105,7 @@ class WriterConnections:
         self._closed = False
 
     async def _open(self) -> Any:
-        conn = await self._db.connection()
+        conn = await self._db.connection(lock_timeout=WRITER_LOCK_TIMEOUT)
         try:
             async with translated():
                 row = await conn.fetchrow(QUERIES["ingest_writer_backend"])

@@ -17,7 +17,7 @@ import pytest
 import zstandard
 
 from gateway.config import Config
-from gateway.exceptions import DatabaseUnavailable, Overloaded
+from gateway.exceptions import DatabaseUnavailable, Overloaded, TransientConflict
 from gateway.ingest import batcher as batcher_module
 from gateway.ingest.batcher import (
     WRITERS,
@@ -290,8 +290,8 @@ def logged_statements(db: Database, monkeypatch: pytest.MonkeyPatch) -> list[str
         if name is not None:
             statements.append(name + (" failed" if query.exception is not None else ""))
 
-    async def logged_connection() -> Any:
-        conn = await connect()
+    async def logged_connection(**options: Any) -> Any:
+        conn = await connect(**options)
         conn.add_query_logger(record)
         return conn
 
@@ -435,6 +435,45 @@ async def test_a_row_the_database_refuses_fails_only_its_own_request(
     assert [results[0], results[2], results[3]] == [Stored(g.run_id, False) for g in good]
     runs = await fetch(database_dsn, "SELECT id FROM pipeline_runs")
     assert {row["id"] for row in runs} == {g.run_id for g in good}
+
+
+async def test_a_locked_pipeline_fails_only_its_own_requests(
+    make_batcher: Factory, pipeline_id: int, database_dsn: str
+) -> None:
+    # A lock on one pipeline's row (its deletion, a concurrency change re-keying a backlog, any
+    # long transaction) used to hold every batch with one of its requests until the statement
+    # timeout (8 s), and then fail the worker's requests for every pipeline as an outage.
+    [other] = await fetch(
+        database_dsn,
+        "INSERT INTO pipelines (environment_id, name, resource_type, resource_id, action_type) "
+        "SELECT environment_id, 'Other', 'application', 2, 'deploy' FROM pipelines WHERE id = $1 "
+        "RETURNING id",
+        pipeline_id,
+    )
+    batcher = make_batcher(max_wait_ms=100.0)
+    locker = await asyncpg.connect(database_dsn)
+    try:
+        async with locker.transaction():
+            await locker.execute("SELECT 1 FROM pipelines WHERE id = $1 FOR UPDATE", pipeline_id)
+            locked = [request(pipeline_id) for _ in range(3)]
+            free = [request(other["id"]) for _ in range(6)]
+            mixed = [locked[0], *free[:3], locked[1], *free[3:], locked[2]]
+            started = asyncio.get_running_loop().time()
+            results = await asyncio.gather(
+                *(batcher.submit(item) for item in mixed), return_exceptions=True
+            )
+            waited = asyncio.get_running_loop().time() - started
+            by_item = dict(zip((item.id for item in mixed), results, strict=True))
+            assert [by_item[item.id] for item in free] == [Stored(f.run_id, False) for f in free]
+            assert all(isinstance(by_item[item.id], TransientConflict) for item in locked)
+            assert waited < 7.5, waited  # the lock timeout, not the statement timeout
+            # Not an outage: a request of another pipeline is written at once, lock still held.
+            later = request(other["id"])
+            assert await batcher.submit(later) == Stored(later.run_id, False)
+    finally:
+        await locker.close()
+    runs = await fetch(database_dsn, "SELECT id FROM pipeline_runs")
+    assert {row["id"] for row in runs} == {item.run_id for item in [*free, later]}
 
 
 async def test_database_down_fails_fast_then_recovers_by_itself(

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
+import asyncpg
 import orjson
 import pytest
 import structlog
@@ -670,6 +671,40 @@ async def test_database_down_is_503_with_retry_after_and_never_a_2xx(
         "message": "the database is unavailable; retry later",
         "errors": None,
     }
+
+
+async def test_a_hook_whose_pipeline_stays_locked_is_503_not_held_until_the_timeout(
+    client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    hook = await seed_hook(client, admin_headers)
+    [row] = await fetch(
+        database_dsn, "SELECT pipeline_id FROM incoming_hooks WHERE id = $1", uuid.UUID(hook["id"])
+    )
+    locker = await asyncpg.connect(database_dsn)
+    try:
+        async with locker.transaction():
+            await locker.execute(
+                "SELECT 1 FROM pipelines WHERE id = $1 FOR UPDATE", row["pipeline_id"]
+            )
+            started = asyncio.get_running_loop().time()
+            response = await client.post(
+                hook_path(hook), data=PR_OPENED, headers=github_headers(hook["secret"], PR_OPENED)
+            )
+            assert asyncio.get_running_loop().time() - started < 7.5  # not the statement timeout
+            assert response.status == 503
+            assert response.headers["Retry-After"] == "1"
+            assert await response.json() == {
+                "message": "a concurrent change held up or conflicted with this write; retry "
+                "later",
+                "errors": None,
+            }
+    finally:
+        await locker.close()
+    assert await runs_of(database_dsn, hook["id"]) == []
+    again = await client.post(
+        hook_path(hook), data=PR_OPENED, headers=github_headers(hook["secret"], PR_OPENED)
+    )
+    assert again.status == 202
 
 
 async def test_delivery_ids_differing_only_in_undecodable_bytes_are_two_deliveries(
