@@ -84,7 +84,9 @@ async def drain(runners: list[web.AppRunner], seconds: float) -> int:
     is still arriving could never finish and would be cancelled after the timeout. Here idle
     connections are closed at once (keep-alive ones included, so no new request starts on them;
     a pipelined request not yet started is dropped with its connection) while busy ones keep
-    reading until their response is written, and are closed as soon as it is.
+    reading until their response is written, and are closed as soon as it is: that response
+    says ``Connection: close`` and no next request is taken on them (see
+    :func:`_close_after_response`).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
@@ -97,10 +99,26 @@ async def drain(runners: list[web.AppRunner], seconds: float) -> int:
                     # close() would only mark it; its socket would stay open until cleanup.
                     handler.force_close()
                 else:
+                    _close_after_response(handler)
                     busy += 1
         if not busy or loop.time() >= deadline:
             return busy
         await asyncio.sleep(_DRAIN_POLL)
+
+
+def _close_after_response(handler: Any) -> None:
+    """Have the request in progress answered with ``Connection: close``, so that aiohttp ends the
+    connection after it instead of taking the client's next request (a client sending back to
+    back was otherwise served until the deadline). ``handler.close()`` cannot do it: from then
+    on aiohttp drops the bytes that arrive, the rest of a body still being sent included, and
+    the request would wait for it until cancelled. Private attributes, like :func:`_is_idle`'s;
+    a response already being sent keeps its keep-alive."""
+    request: Any = getattr(handler, "_current_request", None)
+    message = getattr(request, "_message", None)
+    if message is None or message.should_close:
+        return
+    request._message = message._replace(should_close=True)
+    request._cache.pop("keep_alive", None)  # a reify value read before now
 
 
 def _is_idle(handler: Any) -> bool:

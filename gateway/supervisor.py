@@ -408,7 +408,9 @@ async def serve_worker(config: Config) -> int:
     index = os.environ.get("HOOKGATE_WORKER_INDEX", "")
     structlog.contextvars.bind_contextvars(worker=int(index) if index.isdigit() else None)
     stop = asyncio.Event()
-    stop_on_signals(stop)
+    # A second signal (a supervisor forwarding a second SIGTERM) forces the stop; past
+    # shutdown_timeout + KILL_GRACE the supervisor kills the worker.
+    signals = stop_on_signals(stop)
     loop = asyncio.get_running_loop()
     # Until run_listeners installs the reload, a SIGHUP is remembered (see gateway.sighup).
     loop.add_signal_handler(signal.SIGHUP, sighup.note)
@@ -425,6 +427,11 @@ async def serve_worker(config: Config) -> int:
         # instead of a supervisor that looks up while nothing listens.
         log.error("worker_cannot_listen", error=str(exc))
         return EXIT_USAGE
+    except asyncio.CancelledError:
+        if not signals.forced:
+            raise
+        log.warning("worker_exiting", pid=os.getpid(), forced=True)
+        return 1
     finally:
         stop.set()
         await watchdog

@@ -157,3 +157,48 @@ def test_without_a_second_signal_a_stop_is_not_forced_before_it_is_overdue() -> 
     finally:
         process.kill()
         process.communicate(timeout=10)
+
+
+async def test_a_client_sending_back_to_back_does_not_hold_up_the_stop(live: LiveGateway) -> None:
+    # Each request's body takes ~0.3 s to arrive, so the connection is busy whenever the drain
+    # looks, and the client sends its next request on it at once. The drain used to keep
+    # serving such a connection until shutdown_timeout (30 s here).
+    reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
+    body = b'{"email": "nobody@example.com", "password": "not the password"}'
+
+    async def one_request() -> bytes:
+        writer.write(
+            b"POST /users/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        for start in range(0, len(body), 16):
+            writer.write(body[start : start + 16])
+            await writer.drain()
+            await asyncio.sleep(0.06)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+        await reader.readexactly(length)
+        return head
+
+    try:
+        assert (await one_request()).startswith(b"HTTP/1.1 401 ")
+        in_flight = asyncio.create_task(one_request())
+        await asyncio.sleep(0.15)  # its body is half sent
+        live.gateway.process.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        head = await in_flight
+        # Answered, and told that the connection ends with it.
+        assert head.startswith(b"HTTP/1.1 401 ")
+        assert b"\r\nConnection: close\r\n" in head, head
+        served_after: list[bytes] = []
+        while time.monotonic() - stopped_at < 15:
+            try:
+                served_after.append(await one_request())
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+        code = await asyncio.to_thread(live.gateway.finish, 15)
+    finally:
+        writer.close()
+    assert served_after == []
+    assert code == 0
+    assert time.monotonic() - stopped_at < 10
