@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.config import Config, build_config
+from gateway.dispatcher.dispatcher import Dispatcher
 from gateway.storage import runs
 from gateway.storage.database import Database, Record
 from tests.conftest import TEST_SECRET_KEY
@@ -157,3 +158,30 @@ def hook_body(target_url: str, *events: str, **extra: Any) -> dict[str, Any]:
         "trigger_when": {"events": list(events or ("run.completed",))},
         **extra,
     }
+
+
+async def create_hook(
+    client: Any, headers: dict[str, str], pipeline_id: int, body: dict[str, Any]
+) -> dict[str, Any]:
+    """Create an outgoing hook through the API (201 expected); its JSON."""
+    response = await client.post(
+        f"/pipelines/{pipeline_id}/hooks/outgoing", json=body, headers=headers
+    )
+    assert response.status == 201, await response.text()
+    created: dict[str, Any] = await response.json()
+    return created
+
+
+async def dispatch_until(db: Database, config: Config, hook_id: str, statuses: list[str]) -> None:
+    """Run a Dispatcher (started only now, after the test's own set-up) until the hook's
+    deliveries have ``statuses`` (in any order)."""
+
+    async def settled() -> bool:
+        return sorted(d["status"] for d in await deliveries(db, hook_id)) == sorted(statuses)
+
+    running = Dispatcher(db, config)
+    await running.start()
+    try:
+        await eventually(settled)
+    finally:
+        await running.stop(0)

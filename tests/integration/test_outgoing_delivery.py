@@ -33,7 +33,9 @@ from tests.integration.outgoing_helpers import (
     Receiver,
     attempts,
     complete_run,
+    create_hook,
     deliveries,
+    dispatch_until,
     eventually,
     hook_body,
     outgoing_config,
@@ -65,17 +67,6 @@ async def dispatcher(db: Database, config: Config) -> AsyncIterator[Dispatcher]:
 async def pipeline(client: Any, admin_headers: dict[str, str]) -> dict[str, Any]:
     env = await make_environment(client, admin_headers)
     return await make_pipeline(client, admin_headers, env["id"], name="Deploy API")
-
-
-async def create_hook(
-    client: Any, headers: dict[str, str], pipeline_id: int, body: dict[str, Any]
-) -> dict[str, Any]:
-    response = await client.post(
-        f"/pipelines/{pipeline_id}/hooks/outgoing", json=body, headers=headers
-    )
-    assert response.status == 201, await response.text()
-    created: dict[str, Any] = await response.json()
-    return created
 
 
 async def delivery_status(db: Database, hook_id: str) -> list[str]:
@@ -424,17 +415,6 @@ async def test_unmatched_conditions_skip_the_delivery(
     assert "value at 'run.variables.source_ref' is \"feature\"" in skipped[0]["last_error"]
 
 
-async def _dispatch_until(db: Database, config: Config, hook_id: str, statuses: list[str]) -> None:
-    """Run a Dispatcher (started only now, after the test's own set-up) until the hook's
-    deliveries have ``statuses``."""
-    running = Dispatcher(db, config)
-    await running.start()
-    try:
-        await eventually(lambda: _sorted_statuses_are(db, hook_id, statuses))
-    finally:
-        await running.stop(0)
-
-
 async def test_an_event_the_hook_stopped_subscribing_to_is_not_sent(
     client: Any,
     admin_headers: dict[str, str],
@@ -456,7 +436,7 @@ async def test_an_event_the_hook_stopped_subscribing_to_is_not_sent(
         headers=admin_headers,
     )
     assert response.status == 200, await response.text()
-    await _dispatch_until(db, config, hook["id"], ["skipped", "succeeded"])
+    await dispatch_until(db, config, hook["id"], ["skipped", "succeeded"])
     assert [orjson.loads(r.body)["type"] for r in target.seen] == ["run.completed"]
     [skipped] = [d for d in await deliveries(db, hook["id"]) if d["status"] == "skipped"]
     assert skipped["last_error"] == "the hook no longer subscribes to run.queued"
@@ -477,7 +457,7 @@ async def test_a_hook_subscribed_to_every_change_gets_each_event_sent(
         client, admin_headers, pipeline["id"], hook_body(base, "run.status_changed")
     )
     await complete_run(db, pipeline["id"])
-    await _dispatch_until(db, config, hook["id"], ["succeeded"] * 3)
+    await dispatch_until(db, config, hook["id"], ["succeeded"] * 3)
     assert sorted(orjson.loads(r.body)["type"] for r in target.seen) == [
         "run.completed",
         "run.queued",

@@ -24,6 +24,7 @@ from tests.integration.outgoing_helpers import (
     Receiver,
     attempts,
     complete_run,
+    create_hook,
     deliveries,
     eventually,
     hook_body,
@@ -57,17 +58,6 @@ async def pipeline(client: Any, admin_headers: dict[str, str]) -> dict[str, Any]
     return await make_pipeline(client, admin_headers, env["id"])
 
 
-async def create_outgoing(
-    client: Any, headers: dict[str, str], pipeline_id: int, body: dict[str, Any]
-) -> dict[str, Any]:
-    response = await client.post(
-        f"/pipelines/{pipeline_id}/hooks/outgoing", json=body, headers=headers
-    )
-    assert response.status == 201, await response.text()
-    created: dict[str, Any] = await response.json()
-    return created
-
-
 async def recorded_attempts(db: Database, hook_id: str, count: int) -> bool:
     return len(await attempts(db, hook_id)) == count
 
@@ -82,7 +72,7 @@ async def test_a_signed_github_delivery_queues_a_run_that_notifies_run_queued(
 ) -> None:
     target, base = receiver
     incoming = await make_seed_hook(client, admin_headers, pipeline["id"])
-    outgoing = await create_outgoing(
+    outgoing = await create_hook(
         client,
         admin_headers,
         pipeline["id"],
@@ -131,7 +121,7 @@ async def test_redelivery_of_a_recorded_attempt(
     dispatcher: Dispatcher,
 ) -> None:
     target, base = receiver
-    hook = await create_outgoing(client, admin_headers, pipeline["id"], hook_body(base + "/again"))
+    hook = await create_hook(client, admin_headers, pipeline["id"], hook_body(base + "/again"))
     await complete_run(db, pipeline["id"])
     await eventually(lambda: recorded_attempts(db, hook["id"], 1))
     [original] = await attempts(db, hook["id"])
@@ -175,7 +165,7 @@ async def test_redelivery_of_a_recorded_attempt(
 async def test_prune_removes_only_old_finished_deliveries(
     client: Any, admin_headers: dict[str, str], pipeline: dict[str, Any], db: Database
 ) -> None:
-    hook = await create_outgoing(
+    hook = await create_hook(
         client, admin_headers, pipeline["id"], hook_body("https://x.example/", "run.status_changed")
     )
     await complete_run(db, pipeline["id"])  # queued, started, completed: three deliveries
