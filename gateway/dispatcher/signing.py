@@ -85,32 +85,139 @@ def redact_headers(headers: Mapping[str, str], extra: Iterable[str] = ()) -> dic
 # ordinary words of it.
 _MIN_SCRUBBED = 8
 _SEPARATORS = re.compile(r"[\s=,;]+")
+_ENTITIES = {
+    "amp": "&", "quot": '"', "apos": "'", "lt": "<", "gt": ">", "sol": "/", "bsol": "\\",
+    "plus": "+", "equals": "=", "comma": ",", "semi": ";", "colon": ":", "percnt": "%",
+}  # fmt: skip
+# One character as a target may write it when it echoes a request: a JSON or JavaScript escape
+# (PHP's \/, .NET's \u002B, \xHH, \"), percent-encoding (%2F) or an HTML character reference
+# (&#x2F;, &#43;, &sol;). Hex digits in either case.
+_ESCAPE = re.compile(
+    r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})|%([0-9a-fA-F]{2})"
+    r"|&#[xX]([0-9a-fA-F]{1,6});|&#([0-9]{1,7});|&(?i:(" + "|".join(_ENTITIES) + r"));|\\([^ux])",
+    re.DOTALL,
+)
+_CONTROL_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+# An escape the excerpt's end cuts short (``\u00``, ``%2``, ``&#x2``).
+_CUT_ESCAPE = re.compile(
+    r"(?:\\(?:u[0-9a-fA-F]{0,3}|x[0-9a-fA-F]?)?|%[0-9a-fA-F]?|&#?[xX]?\w{0,6})\Z"
+)
+# Layers of escaping undone (JSON of a percent-encoded echo, JSON within JSON, ...).
+_MAX_LAYERS = 4
 
 
-def scrub_sent_secrets(
-    text: str | None, headers: Mapping[str, str], extra: Iterable[str] = ()
-) -> str | None:
-    """``text`` (the excerpt of a target's answer) with the values of the secret-bearing
-    headers sent to it replaced by ``[redacted]``: a target that echoes the request (a
-    debugging endpoint, a misdirected hook) must not put a credential or a signature into the
-    request history. Each value is scrubbed whole and in its parts (``Bearer`` and the token,
-    ``v1,`` and the signature, each cookie of a ``Cookie`` header), and a value cut off at the
-    end of the excerpt is scrubbed too."""
-    if not text:
-        return text
+def _unescaped(match: re.Match[str]) -> str:
+    hex4, hex2, percent, html_hex, html_dec, entity, other = match.groups()
+    if entity is not None:
+        return _ENTITIES[entity.lower()]
+    if other is not None:
+        return _CONTROL_ESCAPES.get(other, other)
+    if html_dec is not None:
+        code = int(html_dec)
+    else:
+        code = int(hex4 or hex2 or percent or html_hex, 16)
+    return chr(code) if code <= 0x10FFFF else "\ufffd"
+
+
+def _unescape(text: str) -> tuple[str, list[int]] | None:
+    """``text`` with one layer of escapes undone, and where each of its characters starts in
+    ``text`` (one more entry: ``len(text)``); None when nothing in it is escaped. Every
+    character comes from one contiguous span, so a match maps back to a span of ``text``."""
+    parts: list[str] = []
+    starts: list[int] = []
+    position = 0
+    for match in _ESCAPE.finditer(text):
+        parts += (text[position : match.start()], _unescaped(match))
+        starts += range(position, match.start() + 1)
+        position = match.end()
+    if not parts:
+        return None
+    parts.append(text[position:])
+    starts += range(position, len(text) + 1)
+    return "".join(parts), starts
+
+
+def _readings(text: str) -> list[tuple[str, list[int]]]:
+    """``text`` as it is and with up to ``_MAX_LAYERS`` layers of escapes undone, each with
+    where its characters start in ``text``."""
+    starts = list(range(len(text) + 1))
+    readings = [(text, starts)]
+    current = text
+    for _ in range(_MAX_LAYERS):
+        unescaped = _unescape(current)
+        if unescaped is None:
+            break
+        current, local = unescaped
+        starts = [starts[i] for i in local]
+        readings.append((current, starts))
+    return readings
+
+
+def sent_secret_pieces(headers: Mapping[str, str], extra: Iterable[str] = ()) -> set[str]:
+    """What :func:`scrub_sent_secrets` looks for: each secret-bearing header value whole and
+    in its parts (``Bearer`` and the token, ``v1,`` and the signature, each cookie)."""
     extra = tuple(extra)
     pieces: set[str] = set()
     for name, value in headers.items():
         if is_sensitive_header(name, extra):
             pieces.add(value.strip())
             pieces.update(_SEPARATORS.split(value))
-    ordered = sorted((p for p in pieces if len(p) >= _MIN_SCRUBBED), key=len, reverse=True)
-    for piece in ordered:  # a whole value before its parts
-        text = text.replace(piece, REDACTED)
-    for piece in ordered:  # the excerpt's end cuts a value short: the longest such start
-        start = text.find(piece[0], max(0, len(text) - len(piece) + 1))
-        while start != -1 and len(text) - start >= _MIN_SCRUBBED:
-            if piece.startswith(text[start:]):
-                return text[:start] + REDACTED
-            start = text.find(piece[0], start + 1)
-    return text
+    return pieces
+
+
+def scrub_pieces(text: str | None, pieces: Iterable[str]) -> str | None:
+    """``text`` with every piece (of at least ``_MIN_SCRUBBED`` characters) replaced by
+    ``[redacted]``, whether it stands as it is or escaped (see ``_ESCAPE``, up to
+    ``_MAX_LAYERS`` layers deep), and a piece cut off at the end of ``text`` too."""
+    if not text:
+        return text
+    wanted: set[str] = set()
+    for piece in pieces:
+        if len(piece) >= _MIN_SCRUBBED:
+            # Form-encoded, a space is a plus; percent-encoded or \xHH-escaped, a non-ASCII
+            # piece reads as its UTF-8 bytes.
+            wanted.update((piece, piece.replace(" ", "+")))
+            wanted.add(piece.encode("utf-8", "replace").decode("latin-1"))
+    if not wanted:
+        return text
+    spans: list[tuple[int, int]] = []
+    for reading, starts in _readings(text):
+        for piece in wanted:
+            found = reading.find(piece)
+            while found != -1:
+                spans.append((starts[found], starts[found + len(piece)]))
+                found = reading.find(piece, found + 1)
+        # The excerpt's end cuts a piece short (perhaps in the middle of an escape): from the
+        # longest such start to the end.
+        cut = _CUT_ESCAPE.search(reading)
+        end = cut.start() if cut is not None else len(reading)
+        for piece in wanted:
+            for start in range(max(0, end - len(piece) + 1), end - _MIN_SCRUBBED + 1):
+                if piece.startswith(reading[start:end]):
+                    spans.append((starts[start], len(text)))
+                    break
+    if not spans:
+        return text
+    out: list[str] = []
+    position = 0
+    for start, stop in sorted(spans):
+        if stop <= position:
+            continue
+        if start >= position:
+            out += (text[position:start], REDACTED)
+        position = stop  # overlapping spans (a value and its parts) make one [redacted]
+    out.append(text[position:])
+    return "".join(out)
+
+
+def scrub_sent_secrets(
+    text: str | None, headers: Mapping[str, str], extra: Iterable[str] = ()
+) -> str | None:
+    """``text`` (the excerpt of a target's answer) with the values of the
+    secret-bearing headers sent to it replaced by ``[redacted]``: a target that echoes the
+    request (a debugging endpoint, a misdirected hook) must not put a credential or a
+    signature into the request history. Each value is scrubbed whole and in its parts
+    (``Bearer`` and the token, ``v1,`` and the signature, each cookie of a ``Cookie``
+    header), as sent or escaped (JSON ``\\/`` and ``\\uXXXX``, ``%XX``, HTML references, also
+    one within another), and a value cut off at the end of the excerpt is scrubbed too."""
+    return scrub_pieces(text, sent_secret_pieces(headers, extra))

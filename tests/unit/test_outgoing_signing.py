@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import html
+import json
+import re
+import string
 import time
+from collections.abc import Callable
+from urllib.parse import quote, quote_plus, unquote
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -118,3 +126,118 @@ def test_a_secret_cut_off_by_the_excerpt_and_the_parts_of_a_header_are_scrubbed(
     # One cookie echoed alone, not the whole header.
     echoed = '{"session": "s3ss10n-0123456789", "theme": "dark"}'
     assert scrub_sent_secrets(echoed, sent) == '{"session": "[redacted]", "theme": "dark"}'
+
+
+def _u_escaped(chars: str, hex_format: str) -> Callable[[str], str]:
+    return lambda value: "".join(
+        "\\u" + format(ord(c), hex_format) if c in chars else c for c in value
+    )
+
+
+def _lower_hex(text: str) -> str:
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), text)
+
+
+def _php(value: str) -> str:
+    return json.dumps(value)[1:-1].replace("/", "\\/")
+
+
+# How a target may echo a header value: each function writes it as that target would.
+ECHOES: dict[str, Callable[[str], str]] = {
+    "as sent": lambda value: value,
+    "JSON": lambda value: json.dumps(value)[1:-1],
+    "PHP JSON (\\/)": _php,
+    ".NET JSON (\\u002B)": _u_escaped("+/=", "04X"),
+    "\\u002b, lower-case hex": _u_escaped("+/=", "04x"),
+    "every character \\uXXXX": _u_escaped("".join(map(chr, range(128))), "04X"),
+    "every character \\uxxxx": _u_escaped("".join(map(chr, range(128))), "04x"),
+    "percent-encoded": lambda value: quote(value, safe=""),
+    "percent-encoded, lower-case hex": lambda value: _lower_hex(quote(value, safe="")),
+    "form-encoded": lambda value: quote_plus(value, safe=""),
+    "HTML references": lambda value: value.replace("/", "&#x2F;").replace("+", "&#43;"),
+    "PHP JSON, percent-encoded": lambda value: quote(_php(value), safe=""),
+    "JSON within JSON": lambda value: json.dumps(_php(value))[1:-1],
+}
+TOKENS = st.text(alphabet=string.ascii_letters + string.digits + "/+=", min_size=12, max_size=48)
+# Around the echo: text that cannot continue a token.
+AROUND = st.text(alphabet=' {}":,.;!?-_()[]<>', max_size=40)
+
+
+def _revealed(text: str) -> str:
+    """``text`` with every escape of ECHOES undone (the standard library's decoders, a few
+    layers deep): what a reader of the history could recover."""
+    for _ in range(3):
+        text = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m[1], 16)), text)
+        text = unquote(html.unescape(text.replace("\\/", "/").replace("\\\\", "\\")))
+    return text
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    token=TOKENS,
+    signature=TOKENS,
+    echo=st.sampled_from(sorted(ECHOES)),
+    before=AROUND,
+    after=AROUND,
+)
+def test_a_sent_secret_echoed_in_any_escaping_never_survives(
+    token: str, signature: str, echo: str, before: str, after: str
+) -> None:
+    sent = {"Authorization": f"Bearer {token}", "webhook-signature": f"v1,{signature}"}
+    for value in sent.values():
+        scrubbed = scrub_sent_secrets(before + ECHOES[echo](value) + after, sent)
+        assert scrubbed is not None
+        revealed = _revealed(scrubbed)
+        assert token not in revealed and signature not in revealed, (echo, scrubbed)
+        assert scrubbed.startswith(before) and scrubbed.endswith(after)  # only the secret went
+
+
+@settings(max_examples=300, deadline=None)
+@given(token=TOKENS, echo=st.sampled_from(sorted(ECHOES)), before=AROUND, data=st.data())
+def test_a_sent_secret_cut_off_by_the_excerpt_in_any_escaping_never_survives(
+    token: str, echo: str, before: str, data: st.DataObject
+) -> None:
+    """The excerpt ends anywhere after the first 8 characters of the token, also in the middle
+    of an escape (``\\u00``, ``%2``)."""
+    value = f"Bearer {token}"
+    written = ECHOES[echo](value)
+    shortest = len(ECHOES[echo](value[: len("Bearer ") + 8]))
+    cut = data.draw(st.integers(min_value=shortest, max_value=len(written)))
+    scrubbed = scrub_sent_secrets(before + written[:cut], {"Authorization": value})
+    assert scrubbed is not None
+    assert token[:8] not in _revealed(scrubbed), (echo, scrubbed)
+    assert scrubbed.startswith(before)
+
+
+# Text with escapes and escape-like fragments, none of which can spell an upper-case letter.
+FRAGMENTS = st.sampled_from(
+    ["\\/", "\\u002f", "\\u002B", "%2F", "%3d", "%", "%2", "\\", "\\u00", "&amp;", "&#x2F;", "&"]
+)
+TEXTS = st.lists(st.one_of(st.text(max_size=8), FRAGMENTS), max_size=30).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=TEXTS, token=st.text(alphabet="GHIJKLMNOPQRSTUVWXYZ", min_size=8, max_size=40))
+def test_an_answer_without_the_secrets_is_left_as_it_is(text: str, token: str) -> None:
+    assume(token not in _revealed(text))
+    sent = {"Authorization": f"Bearer {token}", "X-Run": "not-a-secret-at-all"}
+    assert scrub_sent_secrets(text, sent) == text
+
+
+def test_a_php_style_echo_is_scrubbed_in_place() -> None:
+    """The reviewer's case: PHP's json_encode writes ``/`` as ``\\/``."""
+    sent = {
+        "Authorization": "Bearer OUT_AUTH_abc/def+ghi/jkl",
+        "webhook-signature": "v1,qHKwp0u//AEXkr4Yyrr2npwNVf4fTcxY9IE2+IxUdVU=",
+    }
+    echo = (
+        '{"Authorization": "Bearer OUT_AUTH_abc\\/def+ghi\\/jkl", "webhook-signature": '
+        '"v1,qHKwp0u\\/\\/AEXkr4Yyrr2npwNVf4fTcxY9IE2+IxUdVU=", "path": "\\/php\\/echo"}'
+    )
+    assert scrub_sent_secrets(echo, sent) == (
+        '{"Authorization": "[redacted]", "webhook-signature": "[redacted]", '
+        '"path": "\\/php\\/echo"}'
+    )
+    # Cut off inside an escape: the value's start goes with it.
+    assert scrub_sent_secrets('{"a": "Bearer OUT_AUTH_abc\\u00', sent) == '{"a": "[redacted]'
+    assert scrub_sent_secrets('{"a": "OUT_AUTH_abc%2', sent) == '{"a": "[redacted]'
