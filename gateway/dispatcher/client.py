@@ -7,12 +7,14 @@ import contextlib
 from typing import NamedTuple
 
 import aiohttp
+from aiohttp.http import HttpProcessingError
 from yarl import URL
 
 from gateway.dispatcher.outbound import OutboundRequest
 from gateway.dispatcher.ssrf import make_connector
 
 MAX_TIMEOUT = 60.0  # the bound of [outgoing] timeout and of a hook's settings.timeout
+MALFORMED = "malformed HTTP response from the target (status line or headers could not be parsed)"
 
 
 class Answer(NamedTuple):
@@ -40,6 +42,29 @@ def new_session(*, allow_private_targets: bool, concurrency: int) -> aiohttp.Cli
 def clean(text: str) -> str:
     """PostgreSQL text cannot hold NUL characters."""
     return text.replace("\x00", "")
+
+
+def failure_message(exc: BaseException) -> str:
+    """Why a request got no answer, as recorded and logged. aiohttp's own text is kept where it
+    names only the host and the cause (DNS, a refused connection, TLS); where it would quote the
+    target's bytes (a reflected credential) or the full target URL (whose path or query can be
+    a credential), a fixed description stands instead."""
+    name = type(exc).__name__
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # From aiohttp's parser the status is its own 400, not the target's.
+        known = exc.status and not isinstance(exc.__cause__, HttpProcessingError)
+        return f"{name}: {MALFORMED}" + (f", HTTP {exc.status}" if known else "")
+    if isinstance(exc, aiohttp.ServerDisconnectedError) and not isinstance(exc.message, str):
+        # The headers had started: aiohttp's text is all of them.
+        status = getattr(exc.message, "code", None)
+        return f"{name}: the target closed the connection in the middle of the response " + (
+            f"headers (HTTP {status})" if status else "headers"
+        )
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return f"{name}: the response body could not be read"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return f"{name}: the target URL is not valid"
+    return f"{name}: {exc}"
 
 
 async def send(

@@ -22,20 +22,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import re
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
 from gateway import metrics, run_states
 from gateway.config import Config
-from gateway.dispatcher.client import clean, new_session, send
+from gateway.dispatcher.client import clean, failure_message, new_session, send
 from gateway.dispatcher.outbound import CompiledHook, OutboundRequest, build_request, event_context
 from gateway.dispatcher.retry import FAILED, RETRY, SUCCEEDED, Decision, RetryPolicy
-from gateway.dispatcher.signing import redact_headers, scrub_sent_secrets
+from gateway.dispatcher.signing import (
+    redact_headers,
+    scrub_pieces,
+    scrub_sent_secrets,
+    sent_secret_pieces,
+)
 from gateway.dispatcher.ssrf import is_refusal
 from gateway.dispatcher.templates import RenderError
 from gateway.exceptions import AlreadyExists, DatabaseUnavailable
@@ -54,6 +62,30 @@ LISTEN_CONNECT_TIMEOUT = 5.0
 MIN_IDLE = 0.05  # never spin faster than this when work is due but none could be claimed
 MESSAGE_LIMIT = 1000
 _COMPILED_LIMIT = 10_000
+_URL_SEPARATORS = re.compile(r"[/?&=#;]+")
+
+
+def _url_pieces(url: str) -> set[str]:
+    """What follows the host in a target URL (all of it, the path, the query, the fragment and
+    their parts), as sent and percent-decoded: a credential for some targets (Slack's and
+    Discord's hook URLs, ``?api_key=``)."""
+    split = urlsplit(url)
+    tail = url.partition("://")[2][len(split.netloc) :]
+    pieces: set[str] = set()
+    for text in (tail, split.path, split.query, split.fragment):
+        for form in (text, unquote(text)):
+            pieces.add(form)
+            pieces.update(_URL_SEPARATORS.split(form))
+    return pieces
+
+
+def recorded_message(message: str, request: OutboundRequest, signed_with: Iterable[str]) -> str:
+    """An attempt's message as it is stored (history, a delivery's ``last_error``) and logged:
+    the target URL as its origin, and the sent credentials and signatures (a target can reflect
+    them into an error) and the URL's path and query replaced by ``[redacted]``."""
+    message = clean(message).replace(request.url, request.origin)
+    pieces = sent_secret_pieces(request.headers, signed_with) | _url_pieces(request.url)
+    return (scrub_pieces(message, pieces) or "")[:MESSAGE_LIMIT]
 
 
 class Dispatcher:
@@ -303,7 +335,7 @@ class Dispatcher:
             message = f"timed out after {timeout:g}s"
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             refusal = is_refusal(exc)
-            message = refusal or f"{type(exc).__name__}: {exc}"
+            message = refusal or failure_message(exc)
         except asyncio.CancelledError:
             # Stopped mid-request: hand it back without using up the attempt.
             with contextlib.suppress(Exception):
@@ -338,7 +370,7 @@ class Dispatcher:
             body_size=len(request.body),
             outcome=outcome,
             status_code=status or 0,
-            message=clean(message)[:MESSAGE_LIMIT],
+            message=recorded_message(message, request, signed_with),
             response_excerpt=scrub_sent_secrets(excerpt, request.headers, signed_with),
             latency_ms=latency_ms,
         )
@@ -356,6 +388,7 @@ class Dispatcher:
             "outgoing_delivery_attempt",
             delivery_id=str(row["id"]),
             hook_id=str(row["hook_id"]),
+            target=request.origin,  # not the URL: its path or query can be a credential
             attempt=row["attempt"],
             outcome=outcome,
             status_code=status,

@@ -1,17 +1,20 @@
 """What a target sends back never puts a sent credential into the history, the API or the log.
 
 Real targets on 127.0.0.1: echo services that write the request's headers back escaped the way
-PHP (``\\/``), .NET (``\\u002F``) or a form encoder (``%2f``) does. The history (``hook:read``)
-is read through the API and the log is the rendered JSON output; the secrets are looked for
-with every escape undone.
+PHP (``\\/``), .NET (``\\u002F``) or a form encoder (``%2f``) does, and broken HTTP servers
+whose malformed answers aiohttp would quote in its error. The history (``hook:read``) is read
+through the API and the log is the rendered JSON output; the secrets are looked for with every
+escape undone.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import html
 import json
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import unquote, urlencode
 
@@ -147,3 +150,101 @@ async def test_an_echo_of_the_request_in_any_escaping_keeps_the_credentials_out(
     [attempt] = pages["requests"]
     assert sent["webhook-id"] in attempt["response_excerpt"]
     assert "[redacted]" in attempt["response_excerpt"]
+
+
+def _reflected(head: bytes) -> bytes:
+    """The reviewer's tcpecho.py: the request's Authorization and webhook-signature come back
+    as response headers with an invalid name."""
+    lines = head.split(b"\r\n")[1:]
+    secret = [line for line in lines if line.lower().startswith((b"authorization", b"webhook-"))]
+    echoed = [b"X-Echo-" + line.replace(b": ", b"\x01: ", 1) for line in secret]
+    return b"HTTP/1.1 200 OK\r\n" + b"\r\n".join(echoed) + b"\r\nContent-Length: 0\r\n\r\n"
+
+
+def _cut_short(head: bytes) -> bytes:
+    """Valid response headers, the reflected Authorization among them; the connection closes
+    before they end (aiohttp's error is then the headers read so far)."""
+    [auth] = [line for line in head.split(b"\r\n") if line.lower().startswith(b"authorization")]
+    return b"HTTP/1.1 201 Created\r\nX-Echo-" + auth + b"\r\n"
+
+
+def _bad_status_line(head: bytes) -> bytes:
+    return b"HXXP/1.1 200 OK\r\n\r\n"
+
+
+@contextlib.asynccontextmanager
+async def raw_target(answer: Callable[[bytes], bytes]) -> AsyncIterator[int]:
+    """A TCP server on 127.0.0.1 that reads one request and writes ``answer(request head)``
+    as the whole response; yields its port."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length: *(\d+)", head)
+        await reader.readexactly(int(length[1]) if length else 0)
+        writer.write(answer(head))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+
+
+URL_SECRETS = ["URLSECRET_zz", "URLKEY_zz"]
+MALFORMED = (
+    "ClientResponseError: malformed HTTP response from the target (status line or headers "
+    "could not be parsed)"
+)
+BROKEN_TARGETS = {
+    "reflects into an invalid header": (_reflected, "/x", MALFORMED),
+    "closes within the headers": (
+        _cut_short,
+        "/x",
+        "ServerDisconnectedError: the target closed the connection in the middle of the "
+        "response headers (HTTP 201)",
+    ),
+    "bad status line, a credential in the URL": (
+        _bad_status_line,
+        f"/services/T000/B000/{URL_SECRETS[0]}?api_key={URL_SECRETS[1]}",
+        MALFORMED,
+    ),
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN_TARGETS))
+async def test_a_malformed_answer_is_recorded_and_logged_without_its_bytes_or_the_url(
+    client: Any,
+    admin_headers: dict[str, str],
+    db: Database,
+    config: Config,
+    capsys: pytest.CaptureFixture[str],
+    broken: str,
+) -> None:
+    """aiohttp's error for a malformed answer quotes the answer's bytes and the full target
+    URL; the attempts' ``message``, the delivery's ``last_error`` and the log line say what
+    went wrong in fixed words, with the target's origin."""
+    answer, path, expected = BROKEN_TARGETS[broken]
+    async with raw_target(answer) as port:
+        origin = f"http://127.0.0.1:{port}"
+        settings = {"request_headers": [{"name": "Authorization", "value": AUTHORIZATION}]}
+        pipeline_id = await new_pipeline(client, admin_headers)
+        hook = await create_hook(
+            client, admin_headers, pipeline_id, hook_body(origin + path, settings=settings)
+        )
+        configure_logging("info", "json")
+        capsys.readouterr()
+        await complete_run(db, pipeline_id)
+        await dispatch_until(db, config, hook["id"], ["failed"])
+
+    pages = await shown(client, admin_headers, hook["id"])
+    log = capsys.readouterr().err
+    assert_nowhere([TOKEN, *URL_SECRETS], [*shown_strings(pages), log])
+    gave_up = f"{expected}; gave up after 3 attempts"
+    assert [a["message"] for a in pages["requests"]] == [gave_up, expected, expected]
+    [delivery] = pages["deliveries"]
+    assert delivery["last_error"] == gave_up
+    logged = [json.loads(line) for line in log.splitlines() if "outgoing_delivery_attempt" in line]
+    assert [(line["error"], line["target"]) for line in logged][-1] == (
+        delivery["last_error"],
+        origin,
+    )
