@@ -32,6 +32,11 @@ class DatabaseUnavailable(GatewayError):
     """The database is unavailable; retry later."""
 
 
+class EmbeddedDatabaseStopped(DatabaseUnavailable):
+    """The embedded PostgreSQL this process started (or joined) exited while in use: the
+    process stops (exit status 1) so that whatever supervises it restarts both."""
+
+
 class TransientConflict(DatabaseUnavailable):
     """The server rolled the transaction back to break a deadlock or a serialization conflict
     with a concurrent one: nothing was written, and the same request succeeds again. A 503 to

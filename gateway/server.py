@@ -6,8 +6,8 @@ import asyncio
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from aiohttp import web
@@ -23,7 +23,7 @@ from gateway.security.secret_box import check_key_settings
 from gateway.security.secret_service import check_secret_keys
 from gateway.shutdown import KILL_GRACE, SHUTDOWN, Shutdown, StopSignals
 from gateway.storage.database import Database
-from gateway.storage.embedded import EmbeddedPostgres
+from gateway.storage.embedded import embedded_server
 
 log = get_logger(__name__)
 
@@ -42,22 +42,25 @@ def install_event_loop_policy() -> None:
 
 
 @asynccontextmanager
-async def database_for(config: Config) -> AsyncIterator[Database]:
-    """The configured database, or the embedded one when no DSN is set; stopped on exit."""
-    embedded = None
-    dsn = config.database.dsn
-    if not dsn:
-        embedded = EmbeddedPostgres(config.database.data_dir)
-        dsn = await asyncio.to_thread(embedded.start)
-    try:
+async def database_for(
+    config: Config, *, on_embedded_stopped: Callable[[], None] | None = None
+) -> AsyncIterator[Database]:
+    """The configured database, or the embedded one when no DSN is set; stopped on exit.
+
+    ``on_embedded_stopped`` (long-running commands): the embedded server is watched, and if it
+    exits behind the gateway's back that is called and leaving raises EmbeddedDatabaseStopped
+    (see gateway.storage.embedded.embedded_server)."""
+    async with AsyncExitStack() as stack:
+        dsn = config.database.dsn
+        if not dsn:
+            dsn = await stack.enter_async_context(
+                embedded_server(config.database.data_dir, on_embedded_stopped)
+            )
         db = await Database.connect(dsn, config.database)
         try:
             yield db
         finally:
             await db.close()
-    finally:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
 
 
 async def prepare_database(db: Database, config: Config) -> None:
@@ -279,7 +282,7 @@ async def serve(config: Config, *, worker: bool = False) -> int:
     # The same bound a supervisor gives each of its workers before it kills them.
     signals = stop_on_signals(stop, overdue_after=config.server.shutdown_timeout + KILL_GRACE)
     try:
-        async with database_for(config) as db:
+        async with database_for(config, on_embedded_stopped=signals.request_stop) as db:
             await prepare_database(db, config)
             await run_listeners(config, db, stop)
     except asyncio.CancelledError:

@@ -88,11 +88,17 @@ class StopSignals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._received, sig.name)
 
-    def _received(self, name: str) -> None:
+    def request_stop(self) -> None:
+        """Stop as a first signal does, for a reason of the process's own (its embedded
+        database is gone); nothing more when stopping has begun."""
         if not self._stop.is_set():
             self._stop.set()
             if self._overdue_after is not None:
                 self._overdue = self._loop.call_later(self._overdue_after, self._overdue_now)
+
+    def _received(self, name: str) -> None:
+        if not self._stop.is_set():
+            self.request_stop()
             return
         if self.forced:
             log.error("stop_forced_exit", signal=name)

@@ -22,6 +22,7 @@ sees plain pids and exit codes to log and act on.
 The parent restarts a worker that exits on its own (exponential backoff, reset once a worker has
 stayed up for a while), forwards SIGTERM/SIGINT (graceful stop: it waits for every worker, then
 kills stragglers after ``shutdown_timeout``) and SIGHUP, and stops the embedded server last.
+If that server dies behind its back, it stops the workers the same way and exits with status 1.
 A worker exits by itself when its parent disappears, so a killed supervisor leaves no orphans.
 """
 
@@ -35,7 +36,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -50,7 +51,7 @@ from gateway.reload import ConfigReloader
 from gateway.security.secret_service import check_reloaded_keys
 from gateway.shutdown import KILL_GRACE
 from gateway.storage.database import Database
-from gateway.storage.embedded import EmbeddedPostgres
+from gateway.storage.embedded import embedded_server
 
 log = get_logger(__name__)
 
@@ -74,17 +75,16 @@ _PARENT_ONLY_ENV = ("GATEWAY_ADMIN_EMAIL", "GATEWAY_ADMIN_PASSWORD")
 
 
 @asynccontextmanager
-async def resolved_dsn(config: Config) -> AsyncIterator[str]:
-    """The configured DSN, or the embedded server's (started here, stopped on exit)."""
+async def resolved_dsn(
+    config: Config, on_embedded_stopped: Callable[[], None] | None = None
+) -> AsyncIterator[str]:
+    """The configured DSN, or the embedded server's (started here, stopped on exit; watched
+    with ``on_embedded_stopped``, as gateway.server.database_for does)."""
     if config.database.dsn:
         yield config.database.dsn
         return
-    embedded = EmbeddedPostgres(config.database.data_dir)
-    dsn = await asyncio.to_thread(embedded.start)
-    try:
+    async with embedded_server(config.database.data_dir, on_embedded_stopped) as dsn:
         yield dsn
-    finally:
-        await asyncio.to_thread(embedded.stop)
 
 
 def worker_command(config: Config) -> list[str]:
@@ -187,6 +187,13 @@ class Supervisor:
             log.info("supervisor_stopping", signal=sig.name, workers=self.pids)
             self.stopping.set()
         self._forward(signal.SIGTERM)
+
+    def database_stopped(self) -> None:
+        """The embedded server is gone: stop the workers as for SIGTERM, and exit with 1 so
+        that whatever supervises the gateway restarts it (the server with it)."""
+        if self.exit_code == 0:
+            self.exit_code = 1
+        self._request_stop(signal.SIGTERM)
 
     def _forward(self, sig: signal.Signals) -> None:
         if sig == signal.SIGHUP and self.stopping.is_set():
@@ -357,8 +364,16 @@ async def supervise(config: Config) -> int:
     # there and stop the embedded server too, instead of dying and leaving it running.
     # Supervisor.run replaces these handlers; no await comes between the check and that.
     stop = asyncio.Event()
-    stop_on_signals(stop)
-    async with resolved_dsn(config) as dsn:
+    signals = stop_on_signals(stop)
+    supervisor: Supervisor | None = None
+
+    def database_stopped() -> None:  # the embedded server exited: stop, with status 1
+        if supervisor is None:
+            signals.request_stop()
+        else:
+            supervisor.database_stopped()
+
+    async with resolved_dsn(config, database_stopped) as dsn:
         # A one-connection pool for the bootstrap only: the parent serves no traffic.
         db = await Database.connect(dsn, replace(config.database, pool_min_size=1, pool_max_size=1))
         try:

