@@ -13,6 +13,12 @@ whose credentials are masked in responses does not erase them. Not when the upda
 hook to another origin (scheme, host or port): a credential the API never shows would be sent
 to the new target, which could echo it back into the request history. The value of each
 sensitive header must then be sent again (or the header dropped).
+
+A value sent is always plaintext: the value of a credential header
+(dispatcher.signing.is_sensitive_header) cannot start with ``enc:``, and no header value can
+start with ``enc:v1:``, the form in which credentials are stored. The dispatcher decrypts
+stored credential values before sending them, so a stored value accepted from a client (copied
+from a database dump) would be decrypted and sent to a target of the client's choice.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from gateway.ingest.conditions import condition_paths, parse_trigger_when
 from gateway.ingest.paths import regular_expression_errors
 from gateway.ingest.signatures import SUPPORTED_ALGORITHMS
 from gateway.management.bodies import Fields
+from gateway.security.secret_box import PREFIX, VERSION_PREFIX, is_encrypted
 
 MASK = "********"
 EVENTS = run_states.EVENTS
@@ -164,9 +171,31 @@ def _headers(
                 "one line",
             )
             continue
+        sealed = _sealed_form_problem(name, value)
+        if sealed is not None:
+            fields.add(f"{where}.value", sealed)
+            continue
         _template_errors(fields, f"{where}.value", TextTemplate.compile, value)
         result.append({"name": name, "value": value})
     return result
+
+
+def _sealed_form_problem(name: str, value: str) -> str | None:
+    """Why a header value sent by a client looks like a stored (encrypted) one, or None."""
+    if is_sensitive_header(name):
+        if is_encrypted(value):
+            return (
+                f"must be the plaintext secret, not a stored (encrypted) value: {name!r} is a "
+                f"credential header, and its value cannot start with {PREFIX!r}"
+            )
+    elif value.startswith(VERSION_PREFIX):
+        # Not a credential by its name today; should the rule widen, the dispatcher would
+        # decrypt the value stored as written.
+        return (
+            "must be plaintext, not a stored (encrypted) value: a header value cannot start "
+            f"with {VERSION_PREFIX!r}"
+        )
+    return None
 
 
 def _settings(
@@ -263,9 +292,11 @@ def parse_outgoing_hook(
         )
     else:  # settings not sent: every stored value stays
         kept = {h["name"].lower() for h in stored_headers}
-        if "requires_secret" in body:
+        if "requires_secret" in body:  # checked again, every header value kept as stored
+            stored_settings = base.get("settings") or {}
+            masked = [{"name": h["name"], "value": MASK} for h in stored_headers]
             values["settings"] = _settings(
-                base.get("settings"),
+                {**stored_settings, "request_headers": masked},
                 fields,
                 base.get("settings", {}),
                 bool(values.get("requires_secret")),

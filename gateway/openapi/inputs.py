@@ -102,7 +102,14 @@ ROTATE_SECRET: Schema = obj(
 OUTGOING_HEADER: Schema = obj(
     {
         "name": {"type": "string", "pattern": r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$"},
-        "value": {"type": "string", "maxLength": outgoing_hook_input.MAX_HEADER_VALUE},
+        "value": {
+            "type": "string",
+            "maxLength": outgoing_hook_input.MAX_HEADER_VALUE,
+            "description": "A template. ``********`` keeps the stored value of the same header. "
+            "Always the plaintext: a credential header's value (Authorization, API keys, "
+            "tokens) cannot start with ``enc:``, and no value can start with ``enc:v1:``, the "
+            "stored (encrypted) form (422).",
+        },
     }
 )
 OUTGOING_SETTINGS: Schema = nullable(

@@ -159,6 +159,26 @@ async def test_without_secret_there_is_none(
             "settings.request_headers.0.name",
             "set by the gateway",
         ),
+        # A credential is always sent as plaintext: one in the stored form would be decrypted
+        # by the dispatcher (the form of any sealed secret from a database dump).
+        (
+            hook_body(
+                "https://x.example/",
+                settings={"request_headers": [{"name": "X-Deploy-Token", "value": "enc:abc"}]},
+            ),
+            "settings.request_headers.0.value",
+            "must be the plaintext secret, not a stored (encrypted) value: 'X-Deploy-Token' is "
+            "a credential header, and its value cannot start with 'enc:'",
+        ),
+        (
+            hook_body(
+                "https://x.example/",
+                settings={"request_headers": [{"name": "X-Mode", "value": "enc:v1:k:AAAA"}]},
+            ),
+            "settings.request_headers.0.value",
+            "must be plaintext, not a stored (encrypted) value: a header value cannot start "
+            "with 'enc:v1:'",
+        ),
         (
             {"name": "n", "target_url": "https://x.example/", "trigger_when": {"events": []}},
             "trigger_when.events",
@@ -256,7 +276,7 @@ async def test_update_replaces_fields_and_keeps_masked_header_values(
 
 
 async def test_a_hook_read_and_written_back_unchanged_is_accepted(
-    client: Any, admin_headers: dict[str, str], pipeline: dict[str, Any]
+    client: Any, admin_headers: dict[str, str], pipeline: dict[str, Any], db: Database
 ) -> None:
     # A 3,500-character token is within the limit; sealed at rest it is longer, and the mask
     # sent back must keep it as stored rather than check the sealed text against the limit.
@@ -267,10 +287,19 @@ async def test_a_hook_read_and_written_back_unchanged_is_accepted(
     }
     created = await (await create(client, admin_headers, pipeline["id"], body)).json()
     url = f"/hooks/outgoing/{created['id']}"
+    query = "SELECT settings FROM outgoing_hooks WHERE id = $1::uuid"
+    stored = await db.pool.fetchval(query, created["id"])
     read = await (await client.get(url, headers=admin_headers)).json()
     echo = {k: read[k] for k in ("name", "target_url", "trigger_when", "settings")}
     response = await client.put(url, json={**echo, "name": "renamed"}, headers=admin_headers)
     assert response.status == 200, await response.text()
+    # Without settings too, also when switching the secret checks the stored settings again:
+    # their credentials are kept as stored, not checked (or encrypted) as if sent.
+    for change in ({"requires_secret": False}, {"requires_secret": True}, {"name": "again"}):
+        response = await client.put(url, json=change, headers=admin_headers)
+        assert response.status == 200, await response.text()
+    assert await db.pool.fetchval(query, created["id"]) == stored
+    assert db.secret_box.decrypt(stored["request_headers"][0]["value"]) == token
 
 
 async def test_the_mask_for_a_header_with_no_stored_value_is_a_422(
