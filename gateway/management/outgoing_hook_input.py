@@ -18,7 +18,9 @@ A value sent is always plaintext: the value of a credential header
 (dispatcher.signing.is_sensitive_header) cannot start with ``enc:``, and no header value can
 start with ``enc:v1:``, the form in which credentials are stored. The dispatcher decrypts
 stored credential values before sending them, so a stored value accepted from a client (copied
-from a database dump) would be decrypted and sent to a target of the client's choice.
+from a database dump) would be decrypted and sent to a target of the client's choice. Only the
+mask writes a stored value back: it comes out of parsing as a
+:class:`~gateway.security.secret_box.StoredSecret`, which storage does not encrypt again.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from gateway.ingest.conditions import condition_paths, parse_trigger_when
 from gateway.ingest.paths import regular_expression_errors
 from gateway.ingest.signatures import SUPPORTED_ALGORITHMS
 from gateway.management.bodies import Fields
-from gateway.security.secret_box import PREFIX, VERSION_PREFIX, is_encrypted
+from gateway.security.secret_box import PREFIX, VERSION_PREFIX, StoredSecret, is_encrypted
 
 MASK = "********"
 EVENTS = run_states.EVENTS
@@ -255,8 +257,10 @@ def parse_outgoing_hook(
 ) -> dict[str, Any]:
     """Validate a create body (``current`` None) or an update over ``current`` stored values.
 
-    Returns {name, target_url, active, requires_secret, events, trigger_when, settings};
-    raises ValidationFailed naming every bad field.
+    Returns {name, target_url, active, requires_secret, events, trigger_when, settings}, where
+    the value of a sensitive header kept as stored (the mask sent back, or ``settings`` not
+    sent) is a StoredSecret and every other value a ``str``; raises ValidationFailed naming
+    every bad field.
     """
     fields = Fields(body, _TOP_LEVEL)
     partial = current is not None
@@ -305,7 +309,23 @@ def parse_outgoing_hook(
     if partial and "target_url" in body and isinstance(values.get("target_url"), str):
         _check_kept_credentials(fields, base.get("target_url"), values, kept)
     fields.check()
+    values["settings"] = _marked_as_stored(values["settings"], kept)
     return values
+
+
+def _marked_as_stored(settings: dict[str, Any], kept: set[str]) -> dict[str, Any]:
+    """``settings`` with the value of each sensitive header in ``kept`` (the stored one) as a
+    StoredSecret, so storage writes it back as it is and encrypts every other one."""
+    headers = settings.get("request_headers")
+    if not headers:
+        return settings
+    marked = [
+        {**h, "value": StoredSecret(h["value"])}
+        if h["name"].lower() in kept and is_sensitive_header(h["name"])
+        else h
+        for h in headers
+    ]
+    return {**settings, "request_headers": marked}
 
 
 def _origin(url: Any) -> tuple[str, str, int | None] | str:

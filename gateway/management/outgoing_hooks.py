@@ -22,6 +22,7 @@ from gateway.management.framework import current_user, endpoint
 from gateway.management.outgoing_hook_input import MASK, parse_outgoing_hook
 from gateway.management.permissions import authorize
 from gateway.management.resources import path_uuid, pipeline_for
+from gateway.security.secret_box import StoredSecret
 from gateway.storage import outgoing
 from gateway.storage.database import Record
 
@@ -132,7 +133,10 @@ async def update_outgoing_hook(request: web.Request) -> web.Response:
         if locked is None:
             raise ApiError(404, "hook not found")
         values = parse_outgoing_hook(body, stored_values(locked))
-        secret, shown = locked["secret"], None
+        secret: str | StoredSecret | None = None
+        if locked["secret"] is not None:  # kept: written back as stored
+            secret = StoredSecret(locked["secret"])
+        shown = None
         if not values["requires_secret"]:
             secret = None
         elif secret is None:

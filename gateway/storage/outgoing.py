@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.dispatcher.signing import with_sensitive_header_values
-from gateway.security.secret_box import SecretBox
+from gateway.security.secret_box import SecretBox, StoredSecret
 from gateway.storage.database import Database, Record, Session
 from gateway.storage.paging import split_page
 
@@ -31,8 +31,8 @@ async def insert_hook(
     secret: str | None,
     created_by: int | None,
 ) -> Record:
-    """Create a hook from validated ``values`` (``secret`` plaintext, stored sealed); return it
-    with ``environment_id``."""
+    """Create a hook from validated ``values`` (``secret`` plaintext, stored encrypted); return
+    it with ``environment_id``."""
     row = await db.fetchrow(
         "outgoing_hook_insert",
         hook_id,
@@ -44,7 +44,7 @@ async def insert_hook(
         values["trigger_when"],
         sealed_settings(values["settings"], db.secret_box),
         values["requires_secret"],
-        None if secret is None else db.secret_box.seal(secret),
+        None if secret is None else db.secret_box.encrypt(secret),
         created_by,
     )
     assert row is not None
@@ -53,10 +53,12 @@ async def insert_hook(
 
 def sealed_settings(settings: Mapping[str, Any], box: SecretBox) -> dict[str, Any]:
     """``settings`` as stored: the values of sensitive request headers (Authorization, API
-    keys, tokens: dispatcher.signing.is_sensitive_header) sealed like hook secrets, so that a
-    database dump reveals none of them. A value already sealed (a masked value kept on update)
-    stays as it is; the dispatcher opens them (dispatcher.outbound)."""
-    return with_sensitive_header_values(settings, box.seal)
+    keys, tokens: dispatcher.signing.is_sensitive_header) encrypted like hook secrets, so that a
+    database dump reveals none of them; the dispatcher opens them (dispatcher.outbound). A
+    value the client sent (a ``str``) is encrypted whatever it looks like; only a value kept as
+    stored (a :class:`StoredSecret`: the mask sent back, management.outgoing_hook_input) is
+    written back as it is."""
+    return with_sensitive_header_values(settings, box.stored_form)
 
 
 async def hook_by_id(db: Database, hook_id: uuid.UUID) -> Record | None:
@@ -75,10 +77,13 @@ async def lock_hook(session: Session, hook_id: uuid.UUID) -> Record | None:
 
 
 async def update_hook(
-    session: Session, hook_id: uuid.UUID, values: dict[str, Any], secret: str | None
+    session: Session,
+    hook_id: uuid.UUID,
+    values: dict[str, Any],
+    secret: str | StoredSecret | None,
 ) -> Record:
     """Replace the hook's definition with ``values`` (all fields); ``secret`` is a new plaintext
-    secret or the stored (sealed) one, kept as it is. Return the new row."""
+    secret (encrypted) or the stored one, written back as it is. Return the new row."""
     row = await session.fetchrow(
         "outgoing_hook_update",
         hook_id,
@@ -89,7 +94,7 @@ async def update_hook(
         values["trigger_when"],
         sealed_settings(values["settings"], session.secret_box),
         values["requires_secret"],
-        None if secret is None else session.secret_box.seal(secret),
+        None if secret is None else session.secret_box.stored_form(secret),
     )
     assert row is not None
     return row

@@ -135,7 +135,7 @@ def _resealed_settings(box: SecretBox, settings: Any) -> Any:
 
     def resealed(value: str) -> str:
         if not is_encrypted(value):
-            return box.seal(value)
+            return box.encrypt(value)
         return box.reencrypt(value) if box.needs_reencrypt(value) else value
 
     return with_sensitive_header_values(settings, resealed)

@@ -14,9 +14,10 @@ import pytest
 from gateway.config import Config
 from gateway.dispatcher.outbound import CompiledHook as OutgoingHook
 from gateway.logs import configure_logging
-from gateway.security.secret_box import SecretBox, key_id_of
+from gateway.security.secret_box import SecretBox, StoredSecret, key_id_of
 from gateway.security.secret_keys import load_keys, new_key_line
 from gateway.security.secret_service import check_secret_keys
+from gateway.storage import outgoing
 from gateway.storage.database import Database
 from gateway.storage.secret_rotation import INCOMING, OUTGOING, key_usage, rotate_secrets
 from tests.conftest import TEST_SECRET_KEY
@@ -164,6 +165,38 @@ async def test_outgoing_credential_headers_are_sealed_and_follow_key_rotation(
     assert next(r for r in again if r.table == OUTGOING).reencrypted == 0
     usage = await key_usage(db)
     assert ("outgoing_hooks.settings.request_headers", "b", 2) in usage
+
+
+async def test_storage_writes_back_as_it_is_only_a_value_read_from_the_database(
+    client: Any, admin_headers: dict[str, str], db: Database
+) -> None:
+    """Behind the API's refusal of sealed-looking values: a ``str`` is always a new secret,
+    encrypted even when it looks sealed, so whatever reaches storage the dispatcher sends it
+    as given; only a StoredSecret (a value the caller read back) is kept as stored."""
+    pipeline_id = await new_pipeline(client, admin_headers)
+    sealed = db.secret_box.encrypt("Bearer from-a-dump")
+    headers = [
+        {"name": "Authorization", "value": sealed},
+        {"name": "X-Api-Key", "value": StoredSecret(sealed)},
+    ]
+    values = {
+        "name": "o",
+        "active": True,
+        "target_url": "https://example.com/h",
+        "events": ["run.completed"],
+        "trigger_when": {"events": ["run.completed"]},
+        "settings": {"request_headers": headers},
+        "requires_secret": True,
+    }
+    hook_id = uuid.uuid4()
+    row = await outgoing.insert_hook(db, hook_id, pipeline_id, values, sealed, None)
+    compiled = OutgoingHook.from_row(row, db.secret_box)
+    assert compiled.secret == sealed
+    assert [t.source for _, t in compiled.headers] == [sealed, "Bearer from-a-dump"]
+    async with db.transaction() as session:
+        row = await outgoing.update_hook(session, hook_id, values, StoredSecret(sealed))
+    assert row["secret"] == sealed
+    assert OutgoingHook.from_row(row, db.secret_box).secret == "Bearer from-a-dump"
 
 
 async def test_a_secret_sealed_with_a_missing_key_fails_closed_until_the_key_is_added(

@@ -1,5 +1,5 @@
 """Issue 8 wiring in the pure parts: compiled hooks carry their limits and open sealed secrets,
-sealing is idempotent, the access log follows reloads."""
+only a stored value is written back sealed, the access log follows reloads."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from gateway.dispatcher.outbound import CompiledHook as OutgoingHook
 from gateway.ingest.evaluation import CompiledHook, evaluate
-from gateway.security.secret_box import SecretBox
+from gateway.security.secret_box import SecretBox, StoredSecret
 from gateway.server import AccessLog
 from tests.unit.test_evaluation import CONFIG, PR_OPENED, SECRET, github_headers, make_row
 
@@ -67,10 +67,18 @@ def test_a_secret_sealed_with_an_unknown_key_is_a_definition_error() -> None:
     assert evaluate(hook, github_headers(PR_OPENED), PR_OPENED).status == 500
 
 
-def test_sealing_a_stored_value_again_keeps_it() -> None:
-    sealed = BOX_A.seal("whsec_abc")
-    assert sealed.startswith("enc:v1:a:") and BOX_A.seal(sealed) == sealed
-    assert BOX_A.decrypt(sealed) == "whsec_abc"
+def test_only_a_value_read_back_from_storage_is_written_as_it_is() -> None:
+    sealed = BOX_A.stored_form("whsec_abc")
+    assert sealed.startswith("enc:v1:a:") and BOX_A.decrypt(sealed) == "whsec_abc"
+    assert BOX_A.stored_form(StoredSecret(sealed)) == sealed
+    # A legacy plaintext row written back is encrypted now.
+    legacy = BOX_A.stored_form(StoredSecret("whsec_abc"))
+    assert legacy.startswith("enc:v1:a:") and BOX_A.decrypt(legacy) == "whsec_abc"
+    # A str is a new secret, whatever it looks like: encrypted again, so opening it gives the
+    # text back, never what the sealed text holds.
+    again = BOX_A.stored_form(sealed)
+    assert again != sealed and BOX_A.decrypt(again) == sealed
+    assert "whsec_abc" not in repr(StoredSecret("whsec_abc"))
 
 
 def test_the_dispatcher_opens_sealed_secrets_or_refuses_to_compile() -> None:
