@@ -55,7 +55,9 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
-    dsn: str = ""  # empty: start the embedded PostgreSQL in data_dir
+    # Empty: start the embedded PostgreSQL in data_dir. Never in a repr: a password can sit
+    # anywhere in it (see _check_dsn), so it is not masked but left out.
+    dsn: str = field(default="", repr=False)
     data_dir: str = "var/pgdata"
     pool_min_size: int = 2
     pool_max_size: int = 10

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,15 +34,16 @@ TEXT_TYPE = "text/plain; charset=utf-8"
 
 @dataclass(frozen=True, slots=True)
 class CompiledHook:
-    """A hook's templates, conditions and signing settings, compiled once per definition."""
+    """A hook's templates, conditions and signing settings, compiled once per definition.
+    Its repr leaves out the headers (credential values, decrypted) and the secret."""
 
     url: TextTemplate
-    headers: tuple[tuple[str, TextTemplate], ...]
+    headers: tuple[tuple[str, TextTemplate], ...] = field(repr=False)
     body: BodyTemplate | None
     method: str
     timeout: float | None
     conditions: ConditionSet
-    secret: str | None
+    secret: str | None = field(repr=False)
     signature_header: str | None
     signature_algorithm: str
 
@@ -80,11 +81,12 @@ class CompiledHook:
 
 @dataclass(frozen=True, slots=True)
 class OutboundRequest:
-    """One rendered, signed request."""
+    """One rendered, signed request; its repr leaves out the headers (credentials and
+    signatures)."""
 
     method: str
     url: str
-    headers: dict[str, str]
+    headers: dict[str, str] = field(repr=False)
     body: bytes
 
     @property

@@ -288,6 +288,18 @@ def test_dsn_password_never_appears_in_a_problem(dsn: str) -> None:
     assert "hunter2" not in problems[0] and "hun" not in problems[0]
 
 
+def test_the_dsn_is_not_in_the_repr_of_the_config() -> None:
+    # Nothing logs a Config today; a traceback or a debug line showing one must not leak it.
+    dsn = "postgresql://app:REPRPW_zz@db:5432/app?password=REPRPW_q"
+    for config in (
+        build_config({"database": {"dsn": dsn}}, {}),
+        build_config({}, {"GATEWAY_DATABASE_DSN": dsn}),
+    ):
+        assert config.database.dsn == dsn
+        assert "data_dir='var/pgdata'" in repr(config.database)
+        assert "REPRPW" not in repr(config) and "REPRPW" not in repr(config.database)
+
+
 @pytest.mark.parametrize(
     "dsn",
     [

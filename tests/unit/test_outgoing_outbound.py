@@ -46,6 +46,22 @@ def test_default_body_is_an_envelope_and_is_signed() -> None:
     }
 
 
+def test_reprs_show_no_secret_material() -> None:
+    # Nothing logs these today; a traceback or a debug line showing one must not leak it.
+    hook = CompiledHook.from_row(
+        row(
+            request_headers=[{"name": "Authorization", "value": "Bearer REPR_token_zz"}],
+            signature_header="X-Hub-Signature-256",
+        )
+    )
+    request = build_request(hook, event_context(PAYLOAD, "d1", 1), "d1")
+    sent = [SECRET, "REPR_token_zz", request.headers["webhook-signature"].removeprefix("v1,")]
+    sent.append(request.headers["X-Hub-Signature-256"].removeprefix("sha256="))
+    assert "https://ci.example/pr/" in repr(hook) and "https://ci.example/pr/9" in repr(request)
+    for text in (repr(hook), repr(request)):
+        assert not [s for s in sent if s in text], text
+
+
 def test_hook_headers_override_defaults_case_insensitively() -> None:
     hook = CompiledHook.from_row(
         row(
