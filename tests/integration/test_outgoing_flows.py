@@ -205,13 +205,13 @@ async def test_a_sealed_secret_from_a_dump_is_refused_and_the_stored_credential_
     incoming = await make_seed_hook(client, admin_headers, pipeline["id"])
     # A hook the attacker may update, with a credential of its own, and a signed one.
     credential = {"request_headers": [{"name": "Authorization", "value": "Bearer ok"}]}
-    hook = await create_outgoing(
+    hook = await create_hook(
         client,
         admin_headers,
         pipeline["id"],
         hook_body(base + "/legit", requires_secret=False, settings=credential),
     )
-    signed = await create_outgoing(
+    signed = await create_hook(
         client, admin_headers, pipeline["id"], hook_body(base + "/signed", "run.failed")
     )
 
