@@ -38,16 +38,12 @@ from gateway.config import Config
 from gateway.dispatcher.client import clean, failure_message, new_session, send
 from gateway.dispatcher.outbound import CompiledHook, OutboundRequest, build_request, event_context
 from gateway.dispatcher.retry import FAILED, RETRY, SUCCEEDED, Decision, RetryPolicy
-from gateway.dispatcher.signing import (
-    redact_headers,
-    scrub_pieces,
-    scrub_sent_secrets,
-    sent_secret_pieces,
-)
+from gateway.dispatcher.signing import scrub_pieces, scrub_sent_secrets, sent_secret_pieces
 from gateway.dispatcher.ssrf import is_refusal
 from gateway.dispatcher.templates import RenderError
 from gateway.exceptions import AlreadyExists, DatabaseUnavailable
 from gateway.logs import get_logger
+from gateway.security.sensitive_headers import redact_headers
 from gateway.storage import outgoing as store
 from gateway.storage.database import Database, Record
 

@@ -1,4 +1,4 @@
-"""Signature headers for outgoing requests, and redaction of secret-bearing headers.
+"""Signature headers for outgoing requests, and scrubbing the secrets sent from an answer.
 
 Every request carries the Standard Webhooks headers ``webhook-id`` (the delivery id — the same
 on every retry, so receivers can de-duplicate) and ``webhook-timestamp`` (unix seconds at
@@ -16,13 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from gateway.ingest.signatures import sign_hmac_hex, sign_standard_webhooks
-
-REDACTED = "[redacted]"
-# Header names whose values are credentials, whatever the hook's settings call them.
-_SENSITIVE_NAMES = frozenset(
-    {"authorization", "proxy-authorization", "cookie", "webhook-signature", "x-api-key"}
-)
-_SENSITIVE_PARTS = re.compile(r"token|secret|signature|password|api-?key|auth", re.IGNORECASE)
+from gateway.security.sensitive_headers import REDACTED, is_sensitive_header
 
 
 def signature_headers(
@@ -44,22 +38,13 @@ def signature_headers(
     return headers
 
 
-def is_sensitive_header(name: str, extra: Iterable[str] = ()) -> bool:
-    """True when a header's value must not be stored or shown."""
-    lowered = name.lower()
-    return (
-        lowered in _SENSITIVE_NAMES
-        or lowered in {e.lower() for e in extra}
-        or _SENSITIVE_PARTS.search(lowered) is not None
-    )
-
-
 def with_sensitive_header_values(
     settings: Mapping[str, Any], change: Callable[[str], str]
 ) -> dict[str, Any]:
     """An outgoing hook's ``settings`` with ``change`` applied to the value of each sensitive
-    request header, the others as they are: the one rule for which values are sealed at rest
-    (storage.outgoing), re-sealed by key rotation and opened to be sent (dispatcher.outbound)."""
+    request header (gateway.security.sensitive_headers), the others as they are: the one
+    rule for which values are sealed at rest (storage.outgoing), re-sealed by key rotation and
+    opened to be sent (dispatcher.outbound)."""
     headers = settings.get("request_headers")
     if not headers:
         return dict(settings)
@@ -69,15 +54,6 @@ def with_sensitive_header_values(
             {**h, "value": change(h["value"])} if is_sensitive_header(h["name"]) else h
             for h in headers
         ],
-    }
-
-
-def redact_headers(headers: Mapping[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
-    """A copy of ``headers`` with secret-bearing values replaced by ``[redacted]``."""
-    extra = tuple(extra)
-    return {
-        name: REDACTED if is_sensitive_header(name, extra) else value
-        for name, value in headers.items()
     }
 
 
@@ -156,10 +132,10 @@ def _readings(text: str) -> list[tuple[str, list[int]]]:
 def sent_secret_pieces(headers: Mapping[str, str], extra: Iterable[str] = ()) -> set[str]:
     """What :func:`scrub_sent_secrets` looks for: each secret-bearing header value whole and
     in its parts (``Bearer`` and the token, ``v1,`` and the signature, each cookie)."""
-    extra = tuple(extra)
+    own = {e.lower() for e in extra}
     pieces: set[str] = set()
     for name, value in headers.items():
-        if is_sensitive_header(name, extra):
+        if is_sensitive_header(name) or name.lower() in own:
             pieces.add(value.strip())
             pieces.update(_SEPARATORS.split(value))
     return pieces

@@ -15,7 +15,7 @@ to the new target, which could echo it back into the request history. The value 
 sensitive header must then be sent again (or the header dropped).
 
 A value sent is always plaintext: the value of a credential header
-(dispatcher.signing.is_sensitive_header) cannot start with ``enc:``, and no header value can
+(security.sensitive_headers.is_sensitive_header) cannot start with ``enc:``, and no header value can
 start with ``enc:v1:``, the form in which credentials are stored. The dispatcher decrypts
 stored credential values before sending them, so a stored value accepted from a client (copied
 from a database dump) would be decrypted and sent to a target of the client's choice. Only the
@@ -30,7 +30,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway import run_states
-from gateway.dispatcher.signing import is_sensitive_header
 from gateway.dispatcher.templates import (
     TemplateError,
     TextTemplate,
@@ -43,6 +42,7 @@ from gateway.ingest.paths import regular_expression_errors
 from gateway.ingest.signatures import SUPPORTED_ALGORITHMS
 from gateway.management.bodies import Fields
 from gateway.security.secret_box import PREFIX, VERSION_PREFIX, StoredSecret, is_encrypted
+from gateway.security.sensitive_headers import is_sensitive_header
 
 MASK = "********"
 EVENTS = run_states.EVENTS

@@ -13,7 +13,6 @@ from typing import Any
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.dispatcher.signing import is_sensitive_header
 from gateway.http import ApiError, json_response
 from gateway.ingest.signatures import STANDARD_WEBHOOKS, generate_secret
 from gateway.logs import get_logger
@@ -23,6 +22,7 @@ from gateway.management.outgoing_hook_input import MASK, parse_outgoing_hook
 from gateway.management.permissions import authorize
 from gateway.management.resources import path_uuid, pipeline_for
 from gateway.security.secret_box import StoredSecret
+from gateway.security.sensitive_headers import is_sensitive_header
 from gateway.storage import outgoing
 from gateway.storage.database import Record
 

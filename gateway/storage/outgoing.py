@@ -53,7 +53,7 @@ async def insert_hook(
 
 def sealed_settings(settings: Mapping[str, Any], box: SecretBox) -> dict[str, Any]:
     """``settings`` as stored: the values of sensitive request headers (Authorization, API
-    keys, tokens: dispatcher.signing.is_sensitive_header) encrypted like hook secrets, so that a
+    keys, tokens: gateway.security.sensitive_headers) encrypted like hook secrets, so that a
     database dump reveals none of them; the dispatcher opens them (dispatcher.outbound). A
     value the client sent (a ``str``) is encrypted whatever it looks like; only a value kept as
     stored (a :class:`StoredSecret`: the mask sent back, management.outgoing_hook_input) is

@@ -27,7 +27,7 @@ from gateway.logs import configure_logging
 from gateway.storage import outgoing as store
 from gateway.storage import runs
 from gateway.storage.database import Database
-from tests.integration.management_helpers import make_environment, make_pipeline
+from tests.integration.management_helpers import make_environment, make_member, make_pipeline
 from tests.integration.outgoing_helpers import (
     SLOW_BODY,
     Receiver,
@@ -834,16 +834,9 @@ async def test_a_custom_signature_header_uses_the_hooks_algorithm_and_is_never_s
     assert digest not in text and '"X-Sig":"[redacted]"' in text.replace(" ", "")
 
 
-async def test_a_target_that_echoes_the_request_does_not_put_its_credentials_in_the_history(
-    client: Any,
-    admin_headers: dict[str, str],
-    pipeline: dict[str, Any],
-    db: Database,
-    dispatcher: Dispatcher,
-    aiohttp_server: Any,
-) -> None:
-    """The excerpt of the answer is shown to everyone with hook:read; the credential and the
-    signatures sent are not (an echo service, a misdirected hook)."""
+@pytest.fixture
+async def echo_target(aiohttp_server: Any) -> tuple[list[dict[str, str]], str]:
+    """A target that answers with the headers it got (JSON), and records them; its URL."""
     sent: list[dict[str, str]] = []
 
     async def echo(request: web.Request) -> web.Response:
@@ -853,12 +846,26 @@ async def test_a_target_that_echoes_the_request_does_not_put_its_credentials_in_
     target = web.Application()
     target.router.add_post("/echo", echo)
     server = await aiohttp_server(target)
+    return sent, f"http://127.0.0.1:{server.port}/echo"
+
+
+async def test_a_target_that_echoes_the_request_does_not_put_its_credentials_in_the_history(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    dispatcher: Dispatcher,
+    echo_target: tuple[list[dict[str, str]], str],
+) -> None:
+    """The excerpt of the answer is shown to everyone with hook:read; the credential and the
+    signatures sent are not (an echo service, a misdirected hook)."""
+    sent, echo_url = echo_target
     hook = await create_hook(
         client,
         admin_headers,
         pipeline["id"],
         hook_body(
-            f"http://127.0.0.1:{server.port}/echo",
+            echo_url,
             settings={
                 "request_headers": [{"name": "Authorization", "value": "Bearer ghp_echoed_token"}],
                 "signature_header": "X-Sig",
@@ -876,3 +883,64 @@ async def test_a_target_that_echoes_the_request_does_not_put_its_credentials_in_
     assert excerpt["webhook-id"] == headers["webhook-id"]  # the rest as the target answered
     for secret in ("ghp_echoed_token", headers["webhook-signature"], headers["X-Sig"]):
         assert secret not in attempt["response_excerpt"]
+
+
+async def test_credential_headers_outside_the_old_name_list_are_masked_sealed_and_redacted(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    config: Config,
+    database_dsn: str,
+    dispatcher: Dispatcher,
+    echo_target: tuple[list[dict[str, str]], str],
+) -> None:
+    """Azure's X-Functions-Key and Ocp-Apim-Subscription-Key are credentials like
+    Authorization: never shown by the API (to a hook:read member either), sealed in the table,
+    sent in clear to the target only, and redacted in the attempt and its echoed excerpt."""
+    credentials = {
+        "X-Functions-Key": "FUNCKEY_s3cr3t_0123456789",
+        "Ocp-Apim-Subscription-Key": "APIMKEY_s3cr3t_0123456789",
+    }
+    sent, echo_url = echo_target
+    request_headers = [{"name": k, "value": v} for k, v in credentials.items()]
+    request_headers.append({"name": "X-Run-Status", "value": "{{ run.status }}"})
+    hook = await create_hook(
+        client,
+        admin_headers,
+        pipeline["id"],
+        hook_body(echo_url, settings={"request_headers": request_headers}),
+    )
+    reader = await make_member(
+        client, db, config, database_dsn, pipeline["environment_id"], ["hook:read"]
+    )
+    shown = await client.get(f"/hooks/outgoing/{hook['id']}", headers=reader)
+    assert shown.status == 200, await shown.text()
+    for shape in (hook, await shown.json()):  # the create response, then a reader's GET
+        assert shape["settings"]["request_headers"] == [
+            {"name": "X-Functions-Key", "value": "********"},
+            {"name": "Ocp-Apim-Subscription-Key", "value": "********"},
+            {"name": "X-Run-Status", "value": "{{ run.status }}"},
+        ]
+    stored = await db.pool.fetchval(
+        "SELECT settings::text FROM outgoing_hooks WHERE id = $1::uuid", hook["id"]
+    )
+    assert stored.count('"enc:v1:') == 2
+    assert not any(value in stored for value in credentials.values())
+
+    await complete_run(db, pipeline["id"])
+    await eventually(lambda: _statuses_are(db, hook["id"], ["succeeded"]))
+    [received] = sent
+    assert {k: received[k] for k in credentials} == credentials  # the target gets them
+    assert received["X-Run-Status"] == "completed"
+    [attempt] = await attempts(db, hook["id"])
+    redacted = dict.fromkeys(credentials, "[redacted]")
+    assert {k: attempt["headers"][k] for k in credentials} == redacted
+    assert attempt["headers"]["X-Run-Status"] == "completed"
+    excerpt = orjson.loads(attempt["response_excerpt"])["you_sent"]
+    assert {k: excerpt[k] for k in credentials} == redacted
+    for path in (f"/hooks/outgoing/{hook['id']}/requests", f"/hook-requests/{attempt['id']}"):
+        response = await client.get(path, headers=reader)
+        assert response.status == 200, await response.text()
+        text = await response.text()
+        assert not any(value in text for value in credentials.values()), path

@@ -199,6 +199,65 @@ async def test_storage_writes_back_as_it_is_only_a_value_read_from_the_database(
     assert OutgoingHook.from_row(row, db.secret_box).secret == "Bearer from-a-dump"
 
 
+async def test_a_credential_header_stored_in_plaintext_before_the_rule_named_it(
+    client: Any, admin_headers: dict[str, str], db: Database, database_dsn: str
+) -> None:
+    """X-Functions-Key was stored as written while the rule did not call it a credential.
+    After the upgrade it is masked and still sent; a PUT that sends the mask back keeps it
+    (sealed now), and so does `gateway keys rotate`, with the same primary key."""
+    pipeline_id = await new_pipeline(client, admin_headers)
+    headers = [
+        {"name": "X-Functions-Key", "value": "FUNCKEY_legacy_0123456789"},
+        {"name": "X-Run", "value": "{{ run.id }}"},
+    ]
+    body = hook_body("https://example.com/h", settings={"request_headers": headers})
+    response = await client.post(
+        f"/pipelines/{pipeline_id}/hooks/outgoing", json=body, headers=admin_headers
+    )
+    assert response.status == 201, await response.text()
+    hook_id = (await response.json())["id"]
+
+    async def stored_as_before_the_upgrade() -> None:
+        row = await stored_rows(db, "outgoing_hooks", hook_id)
+        await fetch(
+            database_dsn,
+            "UPDATE outgoing_hooks SET settings = $2::jsonb WHERE id = $1 RETURNING id",
+            uuid.UUID(hook_id),
+            orjson.dumps({**row["settings"], "request_headers": headers}).decode(),
+        )
+
+    async def sealed_and_sent() -> None:
+        row = await stored_rows(db, "outgoing_hooks", hook_id)
+        stored = row["settings"]["request_headers"]
+        assert key_id_of(stored[0]["value"]) == TEST_KEY_ID and stored[1] == headers[1]
+        assert "FUNCKEY_legacy" not in row["dump"]
+        opened = OutgoingHook.from_row(row, db.secret_box)
+        assert [t.source for _, t in opened.headers] == [h["value"] for h in headers]
+
+    await stored_as_before_the_upgrade()
+    url = f"/hooks/outgoing/{hook_id}"
+    read = await (await client.get(url, headers=admin_headers)).json()
+    assert read["settings"]["request_headers"] == [
+        {"name": "X-Functions-Key", "value": "********"},
+        headers[1],
+    ]
+    row = await stored_rows(db, "outgoing_hooks", hook_id)
+    # The dispatcher still opens it: a plaintext value passes through the box.
+    opened = OutgoingHook.from_row(row, db.secret_box)
+    assert [t.source for _, t in opened.headers] == [h["value"] for h in headers]
+
+    echo = {k: read[k] for k in ("name", "target_url", "trigger_when", "settings")}
+    response = await client.put(url, json=echo, headers=admin_headers)
+    assert response.status == 200, await response.text()
+    await sealed_and_sent()
+
+    await stored_as_before_the_upgrade()
+    results = await rotate_secrets(db, box_of(TEST_SECRET_KEY))
+    outgoing = next(r for r in results if r.table == OUTGOING)
+    assert (outgoing.reencrypted, outgoing.conflicts, outgoing.unreadable) == (1, 0, 0)
+    await sealed_and_sent()
+
+
 async def test_a_secret_sealed_with_a_missing_key_fails_closed_until_the_key_is_added(
     client: Any, admin_headers: dict[str, str], config: Config, database_dsn: str
 ) -> None:

@@ -18,13 +18,9 @@ from hypothesis import strategies as st
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from gateway.dispatcher.signing import (
-    REDACTED,
-    redact_headers,
-    scrub_sent_secrets,
-    signature_headers,
-)
+from gateway.dispatcher.signing import scrub_sent_secrets, signature_headers
 from gateway.ingest.signatures import STANDARD_WEBHOOKS, generate_secret
+from gateway.security.sensitive_headers import REDACTED, redact_headers
 
 BODY = b'{"event":"run.completed","run":{"id":"r1"}}'
 

@@ -1,0 +1,64 @@
+"""Which HTTP headers carry a credential or a signature: the one rule for the whole gateway.
+
+A header is sensitive when its lower-cased name
+
+- contains one of ``token``, ``secret``, ``signature``, ``password``/``passwd``, ``auth``,
+  ``credential``, ``hmac``, ``session``, ``cookie`` or ``api-key``/``api_key``/``apikey``
+  anywhere (``Authorization``, ``Proxy-Authorization``, ``Set-Cookie``, ``X-Hub-Signature-256``,
+  ``X-Gitea-Signature``, ``svix-signature``, ``X-Gitlab-Token``, ``X-Auth-Token``,
+  ``X-Shopify-Hmac-Sha256``), or
+- has ``key`` as a whole word, words being split at anything but letters and digits
+  (``X-Functions-Key``, ``Ocp-Apim-Subscription-Key``, ``X-Api-Key``, ``Key``; not
+  ``Keep-Alive``, ``X-Keyboard``, ``Monkey``), except right after ``idempotency`` or
+  ``event``: ``Idempotency-Key`` is a delivery id (GitLab's, shown as the request's
+  ``delivery_id`` anyway) and Bitbucket's ``X-Event-Key`` names the event (``repo:push``).
+  Neither is a credential, and operators need to see both.
+
+The parts match anywhere, as the outgoing rule did before this module took its place: every
+name that rule called sensitive still is, so an outgoing header value it sealed is still
+opened. Outgoing hooks use it for every decision about their request headers: masked in
+responses (gateway.management.outgoing_hooks), sealed at rest, redacted in the attempt
+history and scrubbed from the target's answer (gateway.dispatcher.signing).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Mapping
+
+REDACTED = "[redacted]"
+
+_PARTS = re.compile(
+    r"token|secret|signature|passw(?:or)?d|auth|credential|hmac|session|cookie|api[-_]?key"
+)
+_WORD = re.compile(r"[a-z0-9]+")
+# A ``key`` right after one of these words is not a credential (see the module docstring).
+_ORDINARY_KEYS = frozenset({"idempotency", "event"})
+# Decisions kept (a header name arrives with every request, the rule runs on the hot path of
+# ingest). Bounded, least recently used first out: names are chosen by whoever sends.
+CACHE_SIZE = 1024
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def is_sensitive_header(name: str) -> bool:
+    """True when the value of header ``name`` (any case) is a credential or a signature: it
+    must not be stored in clear, shown or logged."""
+    lowered = name.lower()
+    if _PARTS.search(lowered) is not None:
+        return True
+    words = _WORD.findall(lowered)
+    return any(
+        word == "key" and (i == 0 or words[i - 1] not in _ORDINARY_KEYS)
+        for i, word in enumerate(words)
+    )
+
+
+def redact_headers(headers: Mapping[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
+    """A copy of ``headers`` with the values of sensitive headers, and of those named in
+    ``extra`` (any case: a hook's own signature header), replaced by ``[redacted]``."""
+    own = {e.lower() for e in extra}
+    return {
+        name: REDACTED if is_sensitive_header(name) or name.lower() in own else value
+        for name, value in headers.items()
+    }
