@@ -52,6 +52,7 @@ from gateway.ingest.ids import new_id
 from gateway.ingest.limits import RateLimiter, retry_after_header
 from gateway.logs import get_logger
 from gateway.reload import CONFIG_HOLDER, ConfigHolder, live_config, touches
+from gateway.security.sensitive_headers import REDACTED, recorded_name
 
 log = get_logger(__name__)
 routes = web.RouteTableDef()
@@ -61,7 +62,6 @@ _INGEST = "ingest"  # key in app[appkeys.SERVICES]
 # recorded with the size its Content-Length claimed, which a client can set to anything: one
 # over 2**31 - 1 would fail the whole batch's statement (each request then retried alone).
 MAX_RECORDED_SIZE = 2**31 - 1
-_REDACTED = "[redacted]"
 _NOT_FOUND = orjson.dumps({"message": "incoming hook not found", "errors": None})
 # Metric outcomes besides the evaluation's (accepted, skipped, rejected) and "duplicate".
 UNAVAILABLE, FAILED, RATE_LIMITED, FORBIDDEN = "unavailable", "error", "rate_limited", "forbidden"
@@ -296,12 +296,14 @@ def _too_large(limit: int) -> Evaluation:
 
 
 def _history_headers(headers: Mapping[str, str], redacted: frozenset[str]) -> dict[str, str]:
-    """Request headers for the history: lower-case names, secret-bearing values redacted."""
+    """Request headers for the history: lower-case names, the values of credentials and
+    signatures redacted (gateway.security.sensitive_headers, and the hook's own ``redacted``
+    headers)."""
     stored: dict[str, str] = {}
     for name, value in headers.items():
-        key = name.lower()
-        if key in redacted:
-            value = _REDACTED
+        key, sensitive = recorded_name(name)
+        if sensitive or key in redacted:
+            value = REDACTED
         elif not value.isascii():
             value = storable_text(value)
         stored[key] = f"{stored[key]}, {value}" if key in stored else value

@@ -104,6 +104,61 @@ async def test_delivery_is_recorded_with_redacted_headers_and_decoded_body(
     assert hook["secret"] not in text and signature.removeprefix("sha256=") not in text
 
 
+async def test_signatures_and_credentials_under_any_header_name_are_redacted(
+    client: Any,
+    admin_headers: dict[str, str],
+    hook: dict[str, Any],
+    db: Database,
+    config: Config,
+    database_dsn: str,
+) -> None:
+    """Gitea sends its HMAC under four names; any of them in the history would let a hook:read
+    member send the body again as a new delivery. Other senders' signatures and credentials
+    (svix-signature, X-Api-Key, X-Auth-Token) are not shown either; delivery ids and events
+    are."""
+    digest = hmac.new(hook["secret"].encode(), PULL_REQUEST, hashlib.sha256).hexdigest()
+    sha1 = hmac.new(hook["secret"].encode(), PULL_REQUEST, hashlib.sha1).hexdigest()
+    delivery = str(uuid.uuid4())
+    secrets = {
+        "X-Gitea-Signature": digest,
+        "X-Gogs-Signature": digest,
+        "X-Hub-Signature": f"sha1={sha1}",
+        "X-Hub-Signature-256": f"sha256={digest}",
+        "svix-signature": "v1,I5n8AdVzcV0cS4ZtLCpRhTzQ3Ra1UPJ8yvQ0xoYmzVk=",
+        "X-Api-Key": "INCOMING_APIKEY_zz",
+        "X-Auth-Token": "INCOMING_XAUTHTOKEN_zz",
+    }
+    visible = {
+        "content-type": "application/json",
+        "x-gitea-delivery": delivery,
+        "x-github-delivery": delivery,
+        "x-gitea-event": "pull_request",
+        "idempotency-key": "not-a-credential",
+    }
+    response = await client.post(
+        f"/hooks/incoming/{hook['id']}", data=PULL_REQUEST, headers={**secrets, **visible}
+    )
+    assert response.status == 202, await response.text()
+    [summary] = await _history(client, hook, admin_headers)
+    assert summary["delivery_id"] == delivery
+
+    # Redacted when recorded: the table holds none of them.
+    stored = await db.pool.fetchval(
+        "SELECT headers::text FROM hook_requests WHERE id = $1::uuid", summary["id"]
+    )
+    reader = await make_member(
+        client, db, config, database_dsn, hook["environment_id"], ["hook:read"]
+    )
+    response = await client.get(f"/hook-requests/{summary['id']}", headers=reader)
+    assert response.status == 200, await response.text()
+    text = await response.text()
+    headers = orjson.loads(text)["headers"]
+    assert {k: headers[k.lower()] for k in secrets} == dict.fromkeys(secrets, "[redacted]")
+    assert {k: headers[k] for k in visible} == visible
+    for value in (digest, sha1, *secrets.values()):
+        assert value not in stored and value not in text
+
+
 async def test_run_read_side(
     client: Any, admin_headers: dict[str, str], hook: dict[str, Any]
 ) -> None:
