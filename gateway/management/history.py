@@ -1,7 +1,9 @@
 """Request history of incoming hooks: list, inspect, replay.
 
-Headers were redacted when the request was recorded; bodies are decoded here (zstd, then
-JSON when the body is a JSON object or array, else text, else base64).
+Headers were redacted when the request was recorded, and are again when shown: a row recorded
+while the rule (gateway.security.sensitive_headers) knew fewer credential headers still holds
+their values until retention removes it, and must not show them. Bodies are decoded here
+(zstd, then JSON when the body is a JSON object or array, else text, else base64).
 
 A replay re-evaluates the stored request against the hook's *current* definition (without the
 signature check: the request was verified when it arrived, and its signature headers were
@@ -45,6 +47,7 @@ from gateway.management.bodies import page_headers, pagination
 from gateway.management.framework import endpoint
 from gateway.management.resources import authorize_orphanable, incoming_hook_for, path_uuid
 from gateway.reload import live_config
+from gateway.security.sensitive_headers import redact_headers
 from gateway.storage import history, hooks
 from gateway.storage.database import Record
 
@@ -97,13 +100,14 @@ def decoded_body(raw: bytes | None) -> tuple[str | None, Any]:
 
 
 def request_detail_json(row: Record) -> dict[str, Any]:
-    """The API shape of one recorded request: the summary plus headers and body."""
+    """The API shape of one recorded request: the summary plus headers (redacted again, see
+    the module docstring) and body."""
     body_format, body = decoded_body(history.stored_body(row))
     return {
         **request_summary_json(row),
         "pipeline_id": row["pipeline_id"],
         "environment_id": row["environment_id"],
-        "headers": row["headers"],
+        "headers": redact_headers(row["headers"]),
         "body_format": body_format,
         "body": body,
     }
@@ -193,7 +197,7 @@ async def replay_request(request: web.Request) -> web.Response:
         pipeline_id=hook.pipeline_id,
         received_at=datetime.now(UTC),
         client_ip=None if original["client_ip"] is None else str(original["client_ip"]),
-        headers=original["headers"],
+        headers=redact_headers(original["headers"]),  # an old row's may hold more
         body=body,
         body_size=len(body),
         outcome=evaluation.outcome,

@@ -13,6 +13,7 @@ from gateway.logs import get_logger
 from gateway.management.bodies import page_headers, pagination
 from gateway.management.framework import endpoint
 from gateway.management.outgoing_hooks import outgoing_hook_for
+from gateway.security.sensitive_headers import redact_headers
 from gateway.storage import outgoing
 from gateway.storage.database import Record
 
@@ -25,7 +26,8 @@ def _text(value: Any) -> str | None:
 
 
 def attempt_json(row: Record) -> dict[str, Any]:
-    """The API shape of one outgoing attempt (headers redacted when recorded; no body)."""
+    """The API shape of one outgoing attempt (headers redacted when recorded, and again, as in
+    management.history; no body)."""
     return {
         "id": str(row["id"]),
         "hook_id": str(row["hook_id"]),
@@ -34,7 +36,7 @@ def attempt_json(row: Record) -> dict[str, Any]:
         "attempt": row["attempt"],
         "method": row["request_method"],
         "target_url": row["target_url"],
-        "headers": row["headers"],
+        "headers": redact_headers(row["headers"]),
         "body_size": row["body_size"],
         "body_stored": row["body_encoding"] is not None,
         "outcome": row["outcome"],  # succeeded | failed | refused

@@ -20,7 +20,8 @@ opened. Outgoing hooks use it for every decision about their request headers: ma
 responses (gateway.management.outgoing_hooks), sealed at rest, redacted in the attempt
 history and scrubbed from the target's answer (gateway.dispatcher.signing). The incoming
 request history redacts with it when a request is recorded (gateway.ingest.trigger, through
-:func:`recorded_name`).
+:func:`recorded_name`), and the history API again when it shows a recorded request or attempt
+(gateway.management.history and outgoing_history: rows recorded under a narrower rule).
 """
 
 from __future__ import annotations

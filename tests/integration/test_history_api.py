@@ -159,6 +159,37 @@ async def test_signatures_and_credentials_under_any_header_name_are_redacted(
         assert value not in stored and value not in text
 
 
+async def test_a_row_recorded_under_the_narrower_rule_is_redacted_when_shown_and_replayed(
+    client: Any, admin_headers: dict[str, str], hook: dict[str, Any], db: Database
+) -> None:
+    """Rows recorded before the rule knew Gitea's signature headers still hold their values
+    (no migration rewrites the history): the API redacts them again, and a replay's new row
+    does not copy them."""
+    response = await deliver(client, hook)
+    assert response.status == 202, await response.text()
+    [original] = await _history(client, hook, admin_headers)
+    signature = "727a9cdc473b541bca6caac4d5c95e755c6b16fe7504ca3941aad8ab89464d81"
+    await db.pool.execute(
+        "UPDATE hook_requests SET headers = headers || $2::jsonb WHERE id = $1::uuid",
+        original["id"],
+        {"x-gitea-signature": signature, "x-api-key": "OLD_APIKEY_zz"},
+    )
+
+    response = await client.get(f"/hook-requests/{original['id']}", headers=admin_headers)
+    assert response.status == 200, await response.text()
+    headers = (await response.json())["headers"]
+    assert headers["x-gitea-signature"] == headers["x-api-key"] == "[redacted]"
+    assert headers["x-github-event"] == "pull_request"
+
+    replay = await client.post(f"/hook-requests/{original['id']}/replay", headers=admin_headers)
+    assert replay.status == 202, await replay.text()
+    stored = await db.pool.fetchval(
+        "SELECT headers FROM hook_requests WHERE id = $1::uuid", (await replay.json())["request_id"]
+    )
+    assert stored["x-gitea-signature"] == stored["x-api-key"] == "[redacted]"
+    assert stored["content-type"] == "application/json"
+
+
 async def test_run_read_side(
     client: Any, admin_headers: dict[str, str], hook: dict[str, Any]
 ) -> None:

@@ -168,6 +168,37 @@ async def test_redelivery_of_a_recorded_attempt(
     assert "inactive" in (await inactive.json())["message"]
 
 
+async def test_an_attempt_recorded_under_the_narrower_rule_is_redacted_when_shown(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    receiver: tuple[Receiver, str],
+    dispatcher: Dispatcher,
+) -> None:
+    """An attempt recorded before X-Functions-Key counted as a credential holds its value;
+    neither the hook's attempt list nor GET /hook-requests/{id} shows it."""
+    _, base = receiver
+    hook = await create_outgoing(client, admin_headers, pipeline["id"], hook_body(base + "/f"))
+    await complete_run(db, pipeline["id"])
+    await eventually(lambda: recorded_attempts(db, hook["id"], 1))
+    [attempt] = await attempts(db, hook["id"])
+    await db.pool.execute(
+        "UPDATE hook_requests SET headers = headers || $2::jsonb WHERE id = $1",
+        attempt["id"],
+        {"X-Functions-Key": "OLD_FUNCKEY_zz"},
+    )
+    listed = await client.get(f"/hooks/outgoing/{hook['id']}/requests", headers=admin_headers)
+    shown = await client.get(f"/hook-requests/{attempt['id']}", headers=admin_headers)
+    for response in (listed, shown):
+        assert response.status == 200, await response.text()
+        assert "OLD_FUNCKEY_zz" not in await response.text()
+    [item] = await listed.json()
+    for headers in (item["headers"], (await shown.json())["headers"]):
+        assert headers["X-Functions-Key"] == "[redacted]"
+        assert headers["webhook-id"] == attempt["delivery_id"]
+
+
 async def test_prune_removes_only_old_finished_deliveries(
     client: Any, admin_headers: dict[str, str], pipeline: dict[str, Any], db: Database
 ) -> None:
