@@ -35,6 +35,7 @@ from gateway.ingest.variables import (
     parse_variable_specs,
 )
 from gateway.security.secret_box import PLAINTEXT_BOX, SecretBox, SecretBoxError
+from gateway.security.sensitive_headers import is_sensitive_header
 
 ACCEPTED, SKIPPED, REJECTED = "accepted", "skipped", "rejected"
 
@@ -50,19 +51,6 @@ DEFAULT_DELIVERY_ID_HEADERS: tuple[str, ...] = (
 )
 # Longest delivery id kept: it is part of a unique index, and no provider sends more.
 MAX_DELIVERY_ID_LENGTH = 200
-# Always redacted in the request history, whatever scheme the hook uses: they carry secrets or
-# signatures computed with one (GitHub sends both X-Hub-Signature and X-Hub-Signature-256).
-ALWAYS_REDACTED: frozenset[str] = frozenset(
-    {
-        "authorization",
-        "proxy-authorization",
-        "cookie",
-        "x-hub-signature",
-        "x-hub-signature-256",
-        "x-gitlab-token",
-        "webhook-signature",
-    }
-)
 # The one delivery-id header of a Standard Webhooks hook: the only one its signature covers.
 SIGNED_DELIVERY_ID_HEADER = "webhook-id"
 
@@ -73,16 +61,18 @@ def delivery_id_header_problem(
     """Why ``settings.delivery_id_header`` cannot be ``header`` for a hook with these signature
     settings, or None.
 
-    A header that carries the secret or a signature would have its value stored, logged and
-    shown as the delivery id (the history redacts it only as a header). On a Standard Webhooks
-    hook, any header but the signed ``webhook-id`` would let a captured delivery be replayed as
-    a new one within the timestamp tolerance, by adding a fresh value of that header.
+    A header that carries the secret, a signature or another credential (the hook's own
+    header, or any the history redacts: gateway.security.sensitive_headers) would have its
+    value stored, logged and shown as the delivery id (the history redacts it only as a
+    header). On a Standard Webhooks hook, any header but the signed ``webhook-id`` would let a
+    captured delivery be replayed as a new one within the timestamp tolerance, by adding a
+    fresh value of that header.
     """
     if not header:
         return None
     header = header.strip().lower()
     scheme_header = secret_header_name.strip().lower()  # a header name, not a secret
-    if header in ALWAYS_REDACTED or header == scheme_header:
+    if header == scheme_header or is_sensitive_header(header):
         return (
             f"must not be a header that carries the secret or a signature ({header!r}): its "
             "value would be stored and shown as the delivery id"
@@ -116,6 +106,8 @@ class CompiledHook:
     extractor: VariableExtractor
     conditions: ConditionSet
     delivery_id_headers: tuple[str, ...]
+    # The hook's own secret-bearing headers (its secret_header_name, its scheme's signature
+    # headers), redacted in the history besides those of gateway.security.sensitive_headers.
     redacted_headers: frozenset[str]
     # Seconds until the previous secret stops working, by the database's clock when the row
     # was read (None: no grace period running). The cache recompiles the definition by then.
@@ -156,7 +148,7 @@ class CompiledHook:
             else DEFAULT_DELIVERY_ID_HEADERS
         )
         header_name = (row["secret_header_name"] or "").strip().lower()
-        redacted = ALWAYS_REDACTED | ({header_name} if header_name else frozenset())
+        redacted = frozenset({header_name} if header_name else ())
         verifier, previous_secret_expires_in = None, None
         if row["requires_secret"]:
             secrets: list[str] = []
@@ -182,9 +174,12 @@ class CompiledHook:
                 problems.append(f"signature settings: {exc}")
         if verifier is not None and verifier.scheme == STANDARD_WEBHOOKS:
             delivery_headers = (SIGNED_DELIVERY_ID_HEADER,)  # the one its signature covers
-        # Never a header that carries the secret or a signature (a definition stored before
-        # the API refused them): its value would become the stored and logged delivery id.
-        delivery_headers = tuple(h for h in delivery_headers if h not in redacted)
+        # Never a header that carries the secret, a signature or a credential (a definition
+        # stored before the API refused them): its value would become the stored and logged
+        # delivery id.
+        delivery_headers = tuple(
+            h for h in delivery_headers if h not in redacted and not is_sensitive_header(h)
+        )
 
         return cls(
             id=row["id"],

@@ -337,6 +337,13 @@ def _variables(*items: dict[str, Any]) -> dict[str, Any]:
             "its value would be stored and shown as the delivery id",
         ),
         (
+            # Not the hook's header, but a credential the history redacts all the same.
+            {"settings": {"delivery_id_header": "X-Api-Key"}},
+            "settings.delivery_id_header",
+            "must not be a header that carries the secret or a signature ('x-api-key'): "
+            "its value would be stored and shown as the delivery id",
+        ),
+        (
             {
                 "secret_header_name": "webhook-signature",
                 "settings": {"delivery_id_header": "x-github-delivery"},
