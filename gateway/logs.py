@@ -17,14 +17,20 @@ from typing import Any, TextIO
 
 import structlog
 
+from gateway.security.sensitive_headers import is_sensitive_header
+
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("json", "console")
 
 # Keys whose values must never reach a log line, whatever a caller passes by mistake: a key
 # (lower-cased, '-' read as '_', so header names count too) with one of these words in it,
 # unless it ends with a suffix naming something about the secret rather than the secret itself
-# (signature_header, key_id, previous_secret_expires_in). Dicts (a headers mapping) are
-# looked into the same way.
+# (signature_header, key_id, previous_secret_expires_in, token_count). Dicts are looked into
+# the same way.
+# Header names are judged by the gateway's header rule as well (the history and outgoing hooks
+# redact the same ones): the keys of a mapping logged as ``headers`` or ``*_headers``, and any
+# key with a '-' in it (no Python keyword argument has one). Not every key: ``key`` as a word
+# would take ``cache_key`` or ``key_file``, and ``session`` a ``session_timeout``.
 _SECRET_WORDS = frozenset(
     {
         "password",
@@ -42,7 +48,15 @@ _SECRET_WORDS = frozenset(
         "dsn",
     }
 )
-_METADATA_SUFFIXES = ("_header", "_algorithm", "_id", "_ids", "_expires_at", "_expires_in")
+_METADATA_SUFFIXES = (
+    "_header",
+    "_algorithm",
+    "_id",
+    "_ids",
+    "_count",
+    "_expires_at",
+    "_expires_in",
+)
 _WORD = re.compile(r"[a-z0-9]+")
 REDACTED = "[redacted]"
 
@@ -126,10 +140,24 @@ def _is_secret_key(key: str) -> bool:
     return not _SECRET_WORDS.isdisjoint(words) or "apikey" in pairs
 
 
-def _redacted(value: Any, depth: int = 0) -> Any:
+def _is_secret_field(key: str, header_names: bool = False) -> bool:
+    """Whether the value of ``key`` is redacted; ``header_names``: a key of a headers mapping."""
+    if _is_secret_key(key):
+        return True
+    return (header_names or "-" in key) and is_sensitive_header(key)
+
+
+def _names_headers(key: Any) -> bool:
+    name = key.lower().replace("-", "_") if isinstance(key, str) else ""
+    return name == "headers" or name.endswith("_headers")
+
+
+def _redacted(value: Any, depth: int = 0, header_names: bool = False) -> Any:
     if depth < 3 and isinstance(value, Mapping):
         return {
-            k: REDACTED if isinstance(k, str) and _is_secret_key(k) else _redacted(v, depth + 1)
+            k: REDACTED
+            if isinstance(k, str) and _is_secret_field(k, header_names)
+            else _redacted(v, depth + 1, header_names or _names_headers(k))
             for k, v in value.items()
         }
     return value
@@ -137,10 +165,10 @@ def _redacted(value: Any, depth: int = 0) -> Any:
 
 def _redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Any:
     for key in list(event_dict):
-        if _is_secret_key(key):
+        if _is_secret_field(key):
             event_dict[key] = REDACTED
         elif isinstance(event_dict[key], Mapping):
-            event_dict[key] = _redacted(event_dict[key])
+            event_dict[key] = _redacted(event_dict[key], header_names=_names_headers(key))
     return event_dict
 
 

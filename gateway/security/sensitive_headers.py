@@ -21,7 +21,8 @@ responses (gateway.management.outgoing_hooks), sealed at rest, redacted in the a
 history and scrubbed from the target's answer (gateway.dispatcher.signing). The incoming
 request history redacts with it when a request is recorded (gateway.ingest.trigger, through
 :func:`recorded_name`), and the history API again when it shows a recorded request or attempt
-(gateway.management.history and outgoing_history: rows recorded under a narrower rule).
+(gateway.management.history and outgoing_history: rows recorded under a narrower rule). The
+log redactor judges a logged headers mapping by it too (gateway.logs).
 """
 
 from __future__ import annotations

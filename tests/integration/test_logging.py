@@ -312,3 +312,41 @@ def test_header_style_plural_and_nested_secret_names_are_redacted(json_lines: Li
     assert line["key_id"] == "primary" and line["previous_secret_expires_in"] == 30
     for leaked in ("abc", "glt", "k1", "k2", "AAAA", "pw@", "hga_x"):
         assert leaked not in json.dumps(line)
+
+
+def test_a_logged_headers_mapping_is_redacted_by_the_header_rule(json_lines: Lines) -> None:
+    """The names the request history and outgoing hooks redact are redacted in a logged
+    headers mapping too; ordinary log keys about keys and tokens stay."""
+    headers = {
+        "X-Functions-Key": "FK1",
+        "Ocp-Apim-Subscription-Key": "AK1",
+        "X-Gitea-Signature": "GS1",
+        "X-Shopify-Hmac-Sha256": "HM1",
+        "X-Session-Id": "SI1",
+        "Key": "KY1",
+        "Content-Type": "application/json",
+        "Idempotency-Key": "delivery-1",
+        "X-Event-Key": "repo:push",
+    }
+    get_logger("tests.logging").info(
+        "headers_logged",
+        headers=headers,
+        request_headers={"outer": headers},
+        **{"x-functions-key": "FK2"},
+        key_id="primary",
+        token_count=3,
+        cache_key="ck",
+        key_file="var/secret-keys",
+        session_timeout=30,
+    )
+    (line,) = json_lines()
+    secret = ("X-Functions-Key", "Ocp-Apim-Subscription-Key", "X-Gitea-Signature",
+              "X-Shopify-Hmac-Sha256", "X-Session-Id", "Key")  # fmt: skip
+    shown = {k: v for k, v in headers.items() if k not in secret}
+    for logged in (line["headers"], line["request_headers"]["outer"]):
+        assert logged == {**dict.fromkeys(secret, REDACTED), **shown}
+    assert line["x-functions-key"] == REDACTED
+    assert (line["key_id"], line["token_count"], line["cache_key"]) == ("primary", 3, "ck")
+    assert (line["key_file"], line["session_timeout"]) == ("var/secret-keys", 30)
+    for leaked in ("FK1", "FK2", "AK1", "GS1", "HM1", "SI1", "KY1"):
+        assert leaked not in json.dumps(line)
