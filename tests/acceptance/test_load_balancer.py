@@ -144,6 +144,51 @@ async def test_public_listener_exposes_only_ingest(cluster: Cluster) -> None:
         await internal.call("GET", f"/hooks/incoming/{hook['id']}", expect=200)
 
 
+async def test_a_status_report_over_1_mib_passes_the_internal_server(cluster: Cluster) -> None:
+    """POST /runs/{id}/status takes up to 16 MiB in the gateway (an executor's long output):
+    nginx's internal server must not cap it at the 1 MiB of the other management routes."""
+    async with client_from("127.0.0.2") as session:
+        internal = Api(session, cluster.internal_url, cluster.token)
+        pipeline_id, hook = await internal.seed_hook()
+        path = f"/hooks/incoming/{hook['id']}"
+        status, _, body = await trigger(session, cluster.public_url + path, hook["secret"])
+        assert status == 202, body
+        _, [run] = await internal.call(
+            "POST", "/runs/claim", {"pipeline_id": pipeline_id}, expect=200
+        )
+        output = "x" * (2 * 1_048_576) + "the end"
+        report = {
+            "status": "completed",
+            "lease_token": run["lease_token"],
+            "exit_code": 0,
+            "output": output,
+        }
+        async with session.post(
+            f"{cluster.internal_url}/runs/{run['id']}/status",
+            data=io.BytesIO(orjson.dumps(report)),  # large: streamed, not one raw write
+            headers=internal.headers,
+        ) as response:
+            assert response.status == 200, await response.text()
+            assert (await response.json())["status"] == "completed"
+        # Any other management body reaches the gateway up to 1 MiB, kept in nginx's memory
+        # (its temporary directory may be out of reach of nginx's workers: a 500) ...
+        async with session.post(
+            f"{cluster.internal_url}/environments",
+            data=io.BytesIO(orjson.dumps({"name": "big", "description": "y" * 300_000})),
+            headers=internal.headers,
+        ) as response:
+            assert response.status == 422, await response.text()  # the gateway's answer
+        # ... and is refused by nginx above.
+        async with session.put(
+            f"{cluster.internal_url}/pipelines/{pipeline_id}",
+            data=io.BytesIO(orjson.dumps({"description": "y" * 1_048_576})),
+            headers=internal.headers,
+        ) as response:
+            assert response.status == 413
+            message = (await response.json())["message"]
+            assert message.startswith("request body is larger than 1 MiB"), message
+
+
 async def test_hook_changes_through_a_are_enforced_by_b(
     cluster: Cluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
