@@ -21,7 +21,7 @@ CLIENT_TIMEOUT = 10.0  # no request may take longer: a hang fails the test inste
 
 @asynccontextmanager
 async def client_from(source: str, limit: int = 16) -> AsyncIterator[aiohttp.ClientSession]:
-    """A session whose connections leave from ``source`` (127.0.0.2, 127.0.0.3 ...): on Linux
+    """A session whose connections leave from ``source`` (127.0.0.3, 127.0.0.4 ...): on Linux
     the whole 127.0.0.0/8 is loopback, so tests can play clients with distinct addresses."""
     connector = aiohttp.TCPConnector(limit=limit, local_addr=(source, 0))
     timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT)

@@ -49,9 +49,9 @@ class LoadResult:
 
 async def load_while_stopping_b(cluster: Cluster, stop: signal.Signals) -> LoadResult:
     """2,000 signed deliveries of GitHub's real 28 KB pull_request payload through nginx on 16
-    connections from 127.0.0.2; ``stop`` is sent to instance B after 500 answers; then the
+    connections from 127.0.0.3; ``stop`` is sent to instance B after 500 answers; then the
     sender retries its failures with the same delivery id, as real senders do."""
-    async with client_from("127.0.0.2") as session:
+    async with client_from("127.0.0.3") as session:
         a = Api(session, f"http://127.0.0.1:{cluster.a.management_port}", cluster.token)
         _, hook = await a.seed_hook()
     url = cluster.public_url + f"/hooks/incoming/{hook['id']}"
@@ -82,7 +82,7 @@ async def load_while_stopping_b(cluster: Cluster, stop: signal.Signals) -> LoadR
 
     before = await storage_figures(cluster.dsn)
     started = time.monotonic()
-    async with client_from("127.0.0.2", limit=LOAD_CONNECTIONS) as session:
+    async with client_from("127.0.0.3", limit=LOAD_CONNECTIONS) as session:
         await asyncio.gather(*(sender(session) for _ in range(LOAD_CONNECTIONS)))
         elapsed = time.monotonic() - started
         after = await storage_figures(cluster.dsn)
@@ -141,7 +141,7 @@ def check_nothing_lost_or_doubled(result: LoadResult, line: str) -> None:
 async def until_nginx_routes_to_b(cluster: Cluster) -> None:
     """Probe /healthz through nginx until B answers one: after a failure nginx leaves B out
     for fail_timeout (10 s), then tries it again with a live request."""
-    async with client_from("127.0.0.2") as session:
+    async with client_from("127.0.0.3") as session:
 
         async def b_answered() -> bool:
             probe = f"probe-{uuid.uuid4().hex}"

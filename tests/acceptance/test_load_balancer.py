@@ -2,9 +2,10 @@
 instances (deploy/config.instance.toml) sharing one PostgreSQL database — nothing lost or doubled.
 
 One cluster for the module (starting it costs a few seconds); every test makes its own
-environment, pipeline and hooks. Clients connect from distinct loopback addresses (127.0.0.2,
-127.0.0.3; all of 127.0.0.0/8 is loopback on Linux) while nginx reaches the instances from
-127.0.0.1, the only trusted proxy — the realistic setup where sender and proxy differ.
+environment, pipeline and hooks. Clients connect from distinct loopback addresses (127.0.0.3,
+127.0.0.4; all of 127.0.0.0/8 is loopback on Linux) while nginx reaches the instances from
+127.0.0.2 (proxy_bind), the only trusted proxy — the realistic setup where sender and proxy
+differ; any other local process (127.0.0.1) is a client like the senders.
 The failover tests stop instance B (starting a new one first when needed), so they run last.
 Figures are printed (also without -s).
 """
@@ -99,7 +100,7 @@ def report(capsys: pytest.CaptureFixture[str], title: str, figures: dict[str, An
 
 
 async def test_public_listener_exposes_only_ingest(cluster: Cluster) -> None:
-    async with client_from("127.0.0.2") as session:
+    async with client_from("127.0.0.3") as session:
         a = Api(session, f"http://127.0.0.1:{cluster.a.management_port}", cluster.token)
         _, hook = await a.seed_hook()
         public = cluster.public_url
@@ -147,7 +148,7 @@ async def test_public_listener_exposes_only_ingest(cluster: Cluster) -> None:
 async def test_a_status_report_over_1_mib_passes_the_internal_server(cluster: Cluster) -> None:
     """POST /runs/{id}/status takes up to 16 MiB in the gateway (an executor's long output):
     nginx's internal server must not cap it at the 1 MiB of the other management routes."""
-    async with client_from("127.0.0.2") as session:
+    async with client_from("127.0.0.3") as session:
         internal = Api(session, cluster.internal_url, cluster.token)
         pipeline_id, hook = await internal.seed_hook()
         path = f"/hooks/incoming/{hook['id']}"
@@ -192,7 +193,7 @@ async def test_a_status_report_over_1_mib_passes_the_internal_server(cluster: Cl
 async def test_hook_changes_through_a_are_enforced_by_b(
     cluster: Cluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with client_from("127.0.0.2") as session:
+    async with client_from("127.0.0.3") as session:
         a = Api(session, f"http://127.0.0.1:{cluster.a.management_port}", cluster.token)
         _, hook = await a.seed_hook()
         hook_id, first_secret = hook["id"], hook["secret"]
@@ -256,9 +257,14 @@ async def _recorded_ip(api: Api, hook_id: str, delivery_id: str) -> tuple[str, d
     return detail["client_ip"], detail["headers"]
 
 
-async def test_forged_forwarded_for_from_an_untrusted_peer_is_ignored(cluster: Cluster) -> None:
+@pytest.mark.parametrize("source", ["127.0.0.4", "127.0.0.1"])  # a sender; a local process
+async def test_forged_forwarded_for_from_an_untrusted_peer_is_ignored(
+    cluster: Cluster, source: str
+) -> None:
+    """Only nginx (127.0.0.2) is trusted: not a sender, nor a process on the instances' host
+    (an SSH tunnel to a management port arrives from 127.0.0.1 too)."""
     forged = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
-    async with client_from("127.0.0.3") as session:
+    async with client_from(source) as session:
         a = Api(session, f"http://127.0.0.1:{cluster.a.management_port}", cluster.token)
         _, hook = await a.seed_hook()
         for instance in (cluster.a, cluster.b):
@@ -269,21 +275,21 @@ async def test_forged_forwarded_for_from_an_untrusted_peer_is_ignored(cluster: C
             )
             assert status == 202, body
             ip, _ = await _recorded_ip(a, hook["id"], delivery)
-            assert ip == "127.0.0.3", f"instance {instance.name} recorded {ip}"
+            assert ip == source, f"instance {instance.name} recorded {ip}"
 
 
 async def test_client_ip_recorded_is_the_one_nginx_saw(
     cluster: Cluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Needs `[server] trusted_proxies` wired into the trigger handler (issue 8)."""
-    async with client_from("127.0.0.2") as session:
+    async with client_from("127.0.0.3") as session:
         a = Api(session, f"http://127.0.0.1:{cluster.a.management_port}", cluster.token)
         _, hook = await a.seed_hook()
         url = cluster.public_url + f"/hooks/incoming/{hook['id']}"
         seen: dict[str, Any] = {}
         for source, extra in (
-            ("127.0.0.2", {"X-Forwarded-For": "203.0.113.9"}),  # forged by the sender
-            ("127.0.0.3", {}),
+            ("127.0.0.3", {"X-Forwarded-For": "203.0.113.9"}),  # forged by the sender
+            ("127.0.0.4", {}),
         ):
             async with client_from(source) as sender:
                 delivery = str(uuid.uuid4())
@@ -295,11 +301,11 @@ async def test_client_ip_recorded_is_the_one_nginx_saw(
             seen[source] = (ip, headers.get("x-forwarded-for"))
         line = report(capsys, "client ip (sender: recorded, X-Forwarded-For)", seen)
         # nginx appended the sender's address to the forged entry; only nginx is trusted.
-        assert seen["127.0.0.2"][1] == "203.0.113.9, 127.0.0.2", line
-        assert seen["127.0.0.3"][1] == "127.0.0.3", line
+        assert seen["127.0.0.3"][1] == "203.0.113.9, 127.0.0.3", line
+        assert seen["127.0.0.4"][1] == "127.0.0.4", line
         assert {source: ip for source, (ip, _) in seen.items()} == {
-            "127.0.0.2": "127.0.0.2",
             "127.0.0.3": "127.0.0.3",
+            "127.0.0.4": "127.0.0.4",
         }, line
 
 
@@ -317,7 +323,7 @@ async def test_dispatchers_in_both_instances_deliver_each_event_once(
     receiver_app.router.add_post("/deliveries", receive)
     receiver = await aiohttp_server(receiver_app)
 
-    async with client_from("127.0.0.2") as session:
+    async with client_from("127.0.0.3") as session:
         a = Api(session, f"http://127.0.0.1:{cluster.a.management_port}", cluster.token)
         b = Api(session, f"http://127.0.0.1:{cluster.b.management_port}", cluster.token)
         pipeline_id, hook = await a.seed_hook()
