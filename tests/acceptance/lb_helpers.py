@@ -88,13 +88,19 @@ def render_nginx_conf(ports: Ports) -> str:
 class Nginx:
     """``nginx -p PREFIX -c nginx.conf -g 'daemon off; ...'`` as an unprivileged-style child."""
 
-    def __init__(self, prefix: Path, ports: Ports) -> None:
+    def __init__(self, prefix: Path, ports: Ports, edits: Mapping[str, str] | None = None) -> None:
+        """``edits``: more replacements (text: new text) after the ports, each one required
+        (a test of what an operator would change in the file)."""
         self.prefix = prefix
         self.ports = ports
         binary = nginx_binary()
         (prefix / "logs").mkdir(parents=True, exist_ok=True)
         (prefix / "temp").mkdir(exist_ok=True)
-        (prefix / "nginx.conf").write_text(render_nginx_conf(ports))
+        text = render_nginx_conf(ports)
+        for old, new in (edits or {}).items():
+            assert old in text, f"deploy/nginx.conf no longer contains {old!r}"
+            text = text.replace(old, new)
+        (prefix / "nginx.conf").write_text(text)
         globals_ = f"daemon off; pid {prefix / 'nginx.pid'};"
         command = [binary, "-p", str(prefix), "-c", "nginx.conf", "-g", globals_]
         check = subprocess.run(

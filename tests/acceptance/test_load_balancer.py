@@ -13,6 +13,7 @@ Figures are printed (also without -s).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import signal
 import uuid
@@ -46,6 +47,7 @@ from tests.acceptance.lb_load import (
     until_nginx_routes_to_b,
 )
 from tests.acceptance.live_gateway import fresh_database
+from tests.acceptance.process_helpers import free_port
 
 # Hook definition changes reach the other instance through LISTEN/NOTIFY; the cache TTL
 # (hooks.cache_ttl = 60 s in the instance config) could never explain a change seen this soon.
@@ -276,6 +278,41 @@ async def test_forged_forwarded_for_from_an_untrusted_peer_is_ignored(
             assert status == 202, body
             ip, _ = await _recorded_ip(a, hook["id"], delivery)
             assert ip == source, f"instance {instance.name} recorded {ip}"
+
+
+async def _link_scheme(session: Any, base_url: str, token: str, proto: str | None) -> str:
+    """The scheme of the pagination Link a management list answers (X-Forwarded-Proto sent)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    if proto is not None:
+        headers["X-Forwarded-Proto"] = proto
+    async with session.get(f"{base_url}/environments?per_page=1", headers=headers) as response:
+        assert response.status == 200, await response.text()
+        return response.headers["Link"].partition("<")[2].partition("://")[0]
+
+
+async def test_forwarded_proto_is_believed_from_a_listed_tls_balancer_only(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """nginx sends its own scheme as X-Forwarded-Proto, except for a request from a balancer
+    listed in $hookgate_tls_balancer (here 127.0.0.5, as an operator would add one), whose
+    X-Forwarded-Proto it passes on; the instances believe nginx."""
+    async with client_from("127.0.0.3") as sender:  # as shipped: nobody is such a balancer
+        assert await _link_scheme(sender, cluster.internal_url, cluster.token, "https") == "http"
+    ports = dataclasses.replace(cluster.ports, public=free_port(), internal=free_port())
+    balancer_nginx = Nginx(
+        tmp_path_factory.mktemp("nginx-tls-balancer"),
+        ports,
+        edits={"        default 0;\n": "        default 0;\n        127.0.0.5/32 1;\n"},
+    )
+    internal = f"http://127.0.0.1:{ports.internal}"
+    try:
+        async with client_from("127.0.0.5") as balancer, client_from("127.0.0.3") as sender:
+            assert await _link_scheme(balancer, internal, cluster.token, "https") == "https"
+            assert await _link_scheme(balancer, internal, cluster.token, "http") == "http"
+            assert await _link_scheme(balancer, internal, cluster.token, None) == "http"
+            assert await _link_scheme(sender, internal, cluster.token, "https") == "http"
+    finally:
+        balancer_nginx.stop()
 
 
 async def test_client_ip_recorded_is_the_one_nginx_saw(
