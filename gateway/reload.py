@@ -5,7 +5,9 @@ file changes nothing: the result carries every problem and the last good config 
 force. Otherwise each changed key is either *live* (:data:`LIVE_KEYS`: applied now) or needs a
 restart (listen addresses, worker count, the database ... and any key not listed as live, so a
 new setting is never half-applied by accident). The config in force afterwards is the old one
-with the live changes only, so a pending restart-only change keeps being reported.
+with the live changes only, so a pending restart-only change keeps being reported. The key file
+(``[security] key_file``) is read again too: an edited file counts as a change of
+``security.key_file``, so keys can be rotated through a mounted file without a restart.
 
 :class:`ConfigHolder` is the mutable home of the frozen :class:`Config`: readers take
 ``holder.current`` (one attribute access); components that derive state from the config (the
@@ -17,6 +19,7 @@ any lookup at all.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import tomllib
@@ -109,6 +112,18 @@ def with_changes(base: Config, source: Config, keys: set[str] | frozenset[str]) 
     return replace(base, **sections, source=source.source)
 
 
+def key_file_digest(config: Config) -> str | None:
+    """SHA-256 of the key file's content as ``config`` names it (None: no key file, or it
+    cannot be read), so a reload notices an edited key file whose path stayed the same."""
+    key_file = config.security.key_file
+    if not key_file.strip():
+        return None
+    try:
+        return hashlib.sha256(Path(key_file).expanduser().read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 def touches(changed: frozenset[str], *sections: str) -> bool:
     """True when a key of any of ``sections`` (``"limits"``) or a full key changed."""
     return any(k in sections or k.partition(".")[0] in sections for k in changed)
@@ -197,6 +212,7 @@ class ConfigReloader:
         self.on_reload = self.holder.on_reload
         self._env = env
         self._file_only = self._read_file_only()
+        self._key_file = key_file_digest(self.holder.current)
 
     @classmethod
     def for_config(cls, config: Config) -> ConfigReloader:
@@ -245,17 +261,21 @@ class ConfigReloader:
             return ReloadResult([], [], str(exc), old, problems=list(exc.problems))
         shadowed = self._shadowed()
         changed = changed_keys(old, new)
+        key_file = key_file_digest(new)
+        if key_file != self._key_file and "security.key_file" not in changed:
+            changed.append("security.key_file")  # the same path, another content
         live = [k for k in changed if k in LIVE_KEYS]
         restart = [k for k in changed if k not in LIVE_KEYS]
         failed: list[str] = []
         if live:
             effective = with_changes(old, new, set(live))
             problems = self.holder.check(effective, frozenset(live))
-            if problems:
+            if problems:  # the key file stays "changed": the next reload tries it again
                 return ReloadResult([], [], "; ".join(problems), old, problems=problems)
             failed = self.holder.apply(effective, frozenset(live))
         else:
             effective = old
+        self._key_file = key_file
         return ReloadResult(
             live, restart, None, effective, failed_callbacks=failed, shadowed=shadowed
         )

@@ -146,7 +146,7 @@ class GatewayProcess:
         self,
         config_path: Path,
         args: Sequence[str] = ("serve",),
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
         command: Sequence[str] = (sys.executable, "-m", "gateway"),
     ) -> None:
         self.process = subprocess.Popen(

@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from gateway.ingest.signatures import sign_hmac_hex
+from gateway.security.secret_keys import new_key_line
 from tests.acceptance.process_helpers import (
     CONSOLE_SCRIPT,
     GatewayProcess,
@@ -192,6 +193,63 @@ async def test_every_worker_reloads_and_a_scrape_sums_all_workers(
     finally:
         gateway.kill()
     assert not (tmp_path / "metrics" / str(gateway.process.pid)).exists()
+
+
+async def test_every_worker_reads_an_edited_key_file_again(
+    database_dsn: str, tmp_path: Path
+) -> None:
+    """Key rotation through a mounted key file, the same path on every instance: each step
+    is an edit of the file and a SIGHUP, no restart (README, "Secrets at rest")."""
+    port = free_port()
+    old, new = new_key_line("old"), new_key_line("new")
+    key_file = tmp_path / "secret-keys"
+    key_file.write_text(f"{old}\n")
+    key_file.chmod(0o600)
+    server = {"port": port, "workers": 2}
+    security = {"key_file": str(key_file), "create_key_file": False}
+    path = write_config(
+        tmp_path / "config.toml", {**_sections(tmp_path, server), "security": security}
+    )
+    env: dict[str, str | None] = {
+        "GATEWAY_DATABASE_DSN": database_dsn,
+        "GATEWAY_SECURITY_SECRET_KEYS": None,  # the keys come from the file alone
+        "GATEWAY_ADMIN_EMAIL": ADMIN["email"],
+        "GATEWAY_ADMIN_PASSWORD": ADMIN["password"],
+    }
+    gateway = GatewayProcess(path, env=env)
+
+    async def reloaded_in_both_workers(primary: str, key_ids: list[str]) -> None:
+        seen = len(gateway.events)
+
+        def both(_: Any) -> bool:
+            workers = {
+                e.get("worker")
+                for e in gateway.events[seen:]
+                if e.get("event") == "secret_keys_reloaded"
+                and (e.get("primary_key_id"), e.get("key_ids")) == (primary, key_ids)
+            }
+            return workers == {0, 1}
+
+        os.kill(gateway.process.pid, signal.SIGHUP)  # the supervisor forwards it
+        await asyncio.to_thread(gateway.wait_for, both, f"{primary} {key_ids} in both", 30)
+
+    try:
+        await asyncio.to_thread(
+            gateway.wait_for, lambda _: len(gateway.named("listening")) >= 2, "workers", 90
+        )
+        async with aiohttp.ClientSession() as http:
+            api = Api(http, port)
+            hook = await api.setup_hook()  # its secret sealed with "old"
+            key_file.write_text(f"{old}\n{new}\n")  # (1) the new key last: can open
+            await reloaded_in_both_workers("old", ["old", "new"])
+            key_file.write_text(f"{new}\n{old}\n")  # (2) first: seals
+            await reloaded_in_both_workers("new", ["new", "old"])
+            for _ in range(4):
+                assert (await api.trigger(hook))[0] == 202  # "old" still opens it
+        gateway.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(gateway.finish) == 0
+    finally:
+        gateway.kill()
 
 
 def _sections(tmp_path: Path, server: dict[str, Any]) -> dict[str, Any]:

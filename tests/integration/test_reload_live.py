@@ -134,6 +134,39 @@ async def test_a_reload_with_a_missing_or_broken_key_file_changes_no_key(
     assert (await call_hook(client, hook)).status == 202  # the same key, read from the file
 
 
+async def test_an_edited_key_file_is_read_again(
+    client: Any, admin_headers: dict[str, str], tmp_path: Path
+) -> None:
+    """Rotation through a mounted key file: its path stays, its content changes, and each
+    reload reads it again (the documented steps: the new key last, then first)."""
+    hook = await signed_hook(client, admin_headers)
+    db = client.app[appkeys.DATABASE]
+    key_file = tmp_path / "keys"
+    key_file.write_text(f"{TEST_SECRET_KEY}\n")
+    key_file.chmod(0o600)
+    path = tmp_path / "config.toml"
+    path.write_text(f'[security]\nsecret_keys = []\nkey_file = "{key_file}"\n')
+    reloader = ConfigReloader(path, holder_of(client), env={})
+    assert "security.key_file" in reloader.reload().applied  # another path
+    assert reloader.reload().applied == []  # nothing changed: the keys are not reinstalled
+
+    new = new_key_line("next")
+    key_file.write_text(f"{TEST_SECRET_KEY}\n{new}\n")
+    assert reloader.reload().applied == ["security.key_file"]
+    assert db.secret_box.key_ids == ("test", "next") and db.secret_box.primary_key_id == "test"
+    key_file.write_text(f"{new}\n{TEST_SECRET_KEY}\n")
+    assert reloader.reload().applied == ["security.key_file"]
+    assert db.secret_box.primary_key_id == "next"
+
+    box = db.secret_box
+    key_file.write_text("not a key line\n")
+    for _ in range(2):  # rejected, and again at the next reload: the file is still changed
+        assert reloader.reload().error is not None and db.secret_box is box
+    key_file.write_text(f"{new}\n{TEST_SECRET_KEY}\n")  # repaired: the keys in force again
+    assert reloader.reload().applied == [] and db.secret_box is box
+    assert (await call_hook(client, hook)).status == 202  # sealed with "test", still opens
+
+
 @pytest.mark.parametrize("between", ["replaced", "removed"])
 async def test_a_reload_installs_the_keys_its_check_read(
     client: Any, admin_headers: dict[str, str], tmp_path: Path, between: str
