@@ -1,5 +1,8 @@
 # hookgate image. Configure with a mounted /app/config.toml or GATEWAY_* environment variables;
 # point GATEWAY_DATABASE_DSN at PostgreSQL (without it the embedded server keeps data in /app/var).
+# Keep the keys beyond the container: GATEWAY_SECURITY_SECRET_KEYS, or /app/var in a named
+# volume (else a new container generates a new key file there). Stop with --stop-timeout 25.
+# README.md, "Docker".
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -21,8 +24,10 @@ USER 10001:10001
 EXPOSE 8080
 VOLUME ["/app/var"]
 
+# Probes the port GATEWAY_SERVER_PORT names (8080 without it). A port set only in a mounted
+# config file needs the variable too, or docker run --health-cmd.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"]
+    CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('GATEWAY_SERVER_PORT') or '8080'; sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2).status == 200 else 1)"]
 
 ENTRYPOINT ["gateway"]
 CMD ["serve"]
