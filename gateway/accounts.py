@@ -40,9 +40,14 @@ async def create_user(
     return user
 
 
+async def any_user(db: Database) -> bool:
+    """Whether the database has any user yet (the first-admin bootstrap acts only without)."""
+    return await users.user_count(db) > 0
+
+
 async def ensure_first_admin(db: Database, auth: AuthConfig, email: str, password: str) -> bool:
     """Create an admin from the environment when the database has no users yet."""
-    if await users.user_count(db) > 0:
+    if await any_user(db):
         return False
     try:
         await create_user(db, auth, email, password, is_admin=True)

@@ -71,8 +71,20 @@ async def prepare_database(db: Database, config: Config) -> None:
     await check_secret_keys(db, config)  # issue 8: creates the key file before any worker
     email = os.environ.get("GATEWAY_ADMIN_EMAIL")
     password = os.environ.get("GATEWAY_ADMIN_PASSWORD")
-    if email and password and await accounts.ensure_first_admin(db, config.auth, email, password):
-        log.info("first_admin_created", email=email)
+    if email and password:
+        if await accounts.ensure_first_admin(db, config.auth, email, password):
+            log.info("first_admin_created", email=email)
+    elif (email or password) and not await accounts.any_user(db):
+        # Half of the bootstrap pair on an empty database: no administrator, and nothing would
+        # say why (names only: never a value).
+        given, missing = ("EMAIL", "PASSWORD") if email else ("PASSWORD", "EMAIL")
+        log.warning(
+            "first_admin_incomplete",
+            set=f"GATEWAY_ADMIN_{given}",
+            missing=f"GATEWAY_ADMIN_{missing}",
+            hint="no user exists and none was created: set both variables, or create one with "
+            "`gateway user create --email ... --admin`",
+        )
 
 
 # Seconds aiohttp gets to cancel requests still running after drain() gave up on them.
