@@ -20,6 +20,27 @@ from gateway.supervisor import WORKER_CONFIG_ENV
 log = get_logger(__name__)
 
 
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def package_version() -> str:
+    """The installed hookgate's version; from a source checkout that is not installed, the
+    version its pyproject.toml names ("unknown" when neither can be read)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("hookgate")
+    except metadata.PackageNotFoundError:
+        pass
+    import tomllib
+
+    try:
+        version = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]["version"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown"
+    return str(version)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="hookgate webhook gateway")
     parser.add_argument(
@@ -27,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="config file (default: $GATEWAY_CONFIG or ./config.toml)",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="run the gateway (ingest + management API)")
     # Internal: how the supervisor starts each of the [server] workers (see gateway/supervisor.py).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +26,12 @@ from tests.acceptance.process_helpers import (
 from tests.conftest import _drop_database, _dsn_with_database
 
 # --- check-config -------------------------------------------------------------------------------
+
+
+def test_version_names_the_release() -> None:
+    result = run_gateway("--version")
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"gateway \d+\.\d+\.\d+\S*\n", result.stdout), result.stdout
 
 
 def test_check_config_accepts_the_shipped_file() -> None:

@@ -1,0 +1,39 @@
+"""`gateway --version`: the installed package's version, else the one pyproject.toml names."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from gateway import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT_VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+def _printed_version(capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert metadata.version("hookgate") == PROJECT_VERSION  # the test venv's editable install
+    assert _printed_version(capsys) == f"gateway {PROJECT_VERSION}\n"
+
+
+def _not_installed(name: str) -> str:
+    raise metadata.PackageNotFoundError(name)
+
+
+def test_a_checkout_that_is_not_installed_reads_pyproject(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setattr(metadata, "version", _not_installed)
+    assert _printed_version(capsys) == f"gateway {PROJECT_VERSION}\n"
+    monkeypatch.setattr(cli, "PYPROJECT", tmp_path / "missing.toml")
+    assert _printed_version(capsys) == "gateway unknown\n"
