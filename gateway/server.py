@@ -66,8 +66,9 @@ async def database_for(
 async def prepare_database(db: Database, config: Config) -> None:
     """Apply the schema and create the first admin from the environment if asked to."""
     check_key_settings(config.security)  # a host that cannot start leaves the schema alone
-    version = await db.apply_schema()
-    log.info("schema_applied", version=version)
+    schema = await db.apply_schema_outcome()
+    # schema_current: this file was applied here before, nothing ran (no table was locked).
+    log.info("schema_applied" if schema.applied else "schema_current", version=schema.version)
     await check_secret_keys(db, config)  # issue 8: creates the key file before any worker
     email = os.environ.get("GATEWAY_ADMIN_EMAIL")
     password = os.environ.get("GATEWAY_ADMIN_PASSWORD")

@@ -11,7 +11,7 @@ import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
@@ -47,6 +47,14 @@ def _find_schema() -> Path:
 
 
 SCHEMA_PATH = _find_schema()
+
+
+class SchemaOutcome(NamedTuple):
+    """What applying schema.sql did."""
+
+    version: int
+    applied: bool  # False: this file (its SHA-256) was applied here before; nothing ran
+
 
 Record = Mapping[str, Any]
 
@@ -462,6 +470,12 @@ class Database(Session):
         statements would take ACCESS EXCLUSIVE locks on the busiest tables even when they change
         nothing, and behind a long reader (a pg_dump) hold up every write meanwhile.
         """
+        return (await self.apply_schema_outcome(schema_path, force=force)).version
+
+    async def apply_schema_outcome(
+        self, schema_path: Path = SCHEMA_PATH, *, force: bool = False
+    ) -> SchemaOutcome:
+        """:meth:`apply_schema`, also saying whether the file ran or was skipped."""
         sql = schema_path.read_text(encoding="utf-8")  # noqa: ASYNC240 - once, at start-up
         digest = hashlib.sha256(sql.encode("utf-8")).hexdigest()
         try:
@@ -470,7 +484,8 @@ class Database(Session):
                 known = await session.fetchval("schema_digest_table_exists") and (
                     await session.fetchval("schema_digest_known", digest)
                 )
-                if force or not known:
+                applied = force or not known
+                if applied:
                     async with translated():
                         await session._executor.execute(sql)
                     await session.execute("schema_digest_record", digest)
@@ -483,7 +498,7 @@ class Database(Session):
                 else ""
             )
             raise SchemaNotApplied(f"cannot apply {schema_path.name}: {exc}{hint}") from exc
-        return version
+        return SchemaOutcome(version, applied)
 
     async def connection(self, *, lock_timeout: float | None = None) -> asyncpg.Connection:
         """A dedicated connection set up like the pool's (codecs, timeouts); close it when done.

@@ -261,6 +261,16 @@ def test_data_survives_a_restart(second_run: Run) -> None:
     assert started and started[0]["initialise"] is False
 
 
+def test_a_restart_finds_the_schema_current(first_run_stopped: Run, second_run: Run) -> None:
+    # The first start applied schema.sql; the restart skipped it (its SHA-256 is recorded) and
+    # says so instead of claiming to have applied it.
+    [applied] = first_run_stopped.gateway.named("schema_applied")
+    assert not first_run_stopped.gateway.named("schema_current")
+    [current] = second_run.gateway.named("schema_current")
+    assert not second_run.gateway.named("schema_applied")
+    assert current["version"] == applied["version"] >= 1
+
+
 def test_bootstrap_variables_are_ignored_once_users_exist(second_run: Run) -> None:
     assert _login(second_run.management_port, "intruder@example.com", "x" * 16)[0] == 401
     assert not second_run.gateway.named("first_admin_created")

@@ -17,7 +17,9 @@ from gateway.storage.database import SCHEMA_PATH, Database
 async def test_the_applied_schema_is_skipped_without_waiting_for_a_long_reader(
     db: Database, database_dsn: str
 ) -> None:
-    version = await db.apply_schema()  # the test database was made from the same file
+    # The test database was made from the same file: nothing runs.
+    version, applied = await db.apply_schema_outcome()
+    assert not applied
     reader = await asyncpg.connect(database_dsn)
     try:
         async with reader.transaction():
@@ -40,8 +42,10 @@ async def test_a_changed_schema_file_is_applied(db: Database, tmp_path: Path) ->
         encoding="utf-8",
     )
     before = await db.pool.fetchval("SELECT count(*) FROM schema_digest")
-    await db.apply_schema(changed)
+    assert (await db.apply_schema_outcome(changed)).applied
     assert await db.pool.fetchval("SELECT to_regclass('schema_apply_probe') IS NOT NULL")
     assert await db.pool.fetchval("SELECT count(*) FROM schema_digest") == before + 1
-    await db.apply_schema(changed)  # the same file again: nothing new recorded
+    # The same file again: skipped, nothing new recorded; forced (gateway migrate): applied.
+    assert not (await db.apply_schema_outcome(changed)).applied
     assert await db.pool.fetchval("SELECT count(*) FROM schema_digest") == before + 1
+    assert (await db.apply_schema_outcome(changed, force=True)).applied
