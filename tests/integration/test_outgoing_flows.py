@@ -179,7 +179,7 @@ async def test_an_attempt_recorded_under_the_narrower_rule_is_redacted_when_show
     """An attempt recorded before X-Functions-Key counted as a credential holds its value;
     neither the hook's attempt list nor GET /hook-requests/{id} shows it."""
     _, base = receiver
-    hook = await create_outgoing(client, admin_headers, pipeline["id"], hook_body(base + "/f"))
+    hook = await create_hook(client, admin_headers, pipeline["id"], hook_body(base + "/f"))
     await complete_run(db, pipeline["id"])
     await eventually(lambda: recorded_attempts(db, hook["id"], 1))
     [attempt] = await attempts(db, hook["id"])
