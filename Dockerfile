@@ -1,7 +1,8 @@
 # hookgate image. Configure with a mounted /app/config.toml or GATEWAY_* environment variables;
 # point GATEWAY_DATABASE_DSN at PostgreSQL (without it the embedded server keeps data in /app/var).
 # Keep the keys beyond the container: GATEWAY_SECURITY_SECRET_KEYS, or /app/var in a named
-# volume (else a new container generates a new key file there). Stop with --stop-timeout 25.
+# volume (else a new container has no key: beside sealed secrets it refuses to start, status
+# 2, where a new key would open none of them). Stop with --stop-timeout 25.
 # README.md, "Docker".
 FROM python:3.11-slim
 
