@@ -115,7 +115,7 @@ class StopSignals:
         log.error(
             "stop_overdue",
             after_s=self._overdue_after,
-            waiting=_task_stacks(),
+            waiting=_task_stacks(self._main),
             hint="the stop did not finish in time; cancelling what is left",
         )
         self._force()
@@ -134,11 +134,13 @@ def _exit_now() -> None:
     os._exit(1)
 
 
-def _task_stacks() -> list[str]:
-    """One line per pending task: its name and the chain of awaits it is suspended in, outer
-    to inner (the innermost ``_MAX_FRAMES_SHOWN``; Task.get_stack shows only the outermost)."""
+def _task_stacks(main: asyncio.Task[Any] | None) -> list[str]:
+    """One line per pending task, ``main`` first (at most ``_MAX_TASKS_SHOWN``): its name and
+    the chain of awaits it is suspended in, outer to inner (the innermost ``_MAX_FRAMES_SHOWN``;
+    Task.get_stack shows only the outermost)."""
     shown = []
-    for task in list(asyncio.all_tasks())[:_MAX_TASKS_SHOWN]:
+    tasks = sorted(asyncio.all_tasks(), key=lambda task: task is not main)
+    for task in tasks[:_MAX_TASKS_SHOWN]:
         chain: list[str] = []
         awaited: Any = task.get_coro()
         while awaited is not None and len(chain) < 100:

@@ -86,6 +86,8 @@ _STUCK_PROCESS = textwrap.dedent(
     async def main():
         stop = asyncio.Event()
         signals = StopSignals(stop, overdue_after=float(sys.argv[2]))
+        # Tasks enough that not all can be shown (a dispatcher has one per delivery).
+        others = [asyncio.create_task(asyncio.sleep(3600)) for _ in range(30)]
         print("ready", flush=True)
         await stop.wait()
         try:
@@ -128,8 +130,9 @@ def test_a_stop_that_overruns_is_forced_and_says_what_it_waited_for() -> None:
     assert overdue["after_s"] == 0.5
     waiting = overdue["waiting"]
     assert isinstance(waiting, list)
-    # The chain of awaits of the main task, down to the clean-up that never ends.
-    assert any("main (" in line and "clean_up_that_never_ends (" in line for line in waiting)
+    # The main task first, with its chain of awaits down to the clean-up that never ends.
+    assert len(waiting) == 20
+    assert "main (" in waiting[0] and "clean_up_that_never_ends (" in waiting[0], waiting[0]
 
 
 def test_a_third_signal_exits_at_once_when_the_clean_up_ignores_cancellation() -> None:
