@@ -298,10 +298,7 @@ async def serve(config: Config, *, worker: bool = False) -> int:
         async with database_for(config, on_embedded_stopped=signals.request_stop) as db:
             await prepare_database(db, config)
             await run_listeners(config, db, stop)
-    except asyncio.CancelledError:
-        if not signals.forced:
-            raise
-        log.warning("stopped", forced=True)
-        return 1
+    except asyncio.CancelledError as cancelled:
+        return signals.forced_exit(cancelled, "stopped")
     log.info("stopped")
     return 0

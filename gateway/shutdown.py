@@ -96,6 +96,15 @@ class StopSignals:
             if self._overdue_after is not None:
                 self._overdue = self._loop.call_later(self._overdue_after, self._overdue_now)
 
+    def forced_exit(self, cancelled: asyncio.CancelledError, event: str, **fields: Any) -> int:
+        """For the main task's ``except asyncio.CancelledError``: once this stop was forced,
+        log ``event`` (``forced=True``) and return the exit status, 1; any other cancellation
+        is raised again."""
+        if not self.forced:
+            raise cancelled
+        log.warning(event, forced=True, **fields)
+        return 1
+
     def _received(self, name: str) -> None:
         if not self._stop.is_set():
             self.request_stop()

@@ -442,11 +442,8 @@ async def serve_worker(config: Config) -> int:
         # instead of a supervisor that looks up while nothing listens.
         log.error("worker_cannot_listen", error=str(exc))
         return EXIT_USAGE
-    except asyncio.CancelledError:
-        if not signals.forced:
-            raise
-        log.warning("worker_exiting", pid=os.getpid(), forced=True)
-        return 1
+    except asyncio.CancelledError as cancelled:
+        return signals.forced_exit(cancelled, "worker_exiting", pid=os.getpid())
     finally:
         stop.set()
         await watchdog

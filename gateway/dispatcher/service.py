@@ -132,9 +132,6 @@ async def dispatch(config: Config) -> int:
                 await run_dispatcher(
                     db, config, stop, reloader.holder, lambda: install_sighup(reloader)
                 )
-    except asyncio.CancelledError:
-        if not signals.forced:
-            raise
-        log.warning("stopped", forced=True)
-        return 1
+    except asyncio.CancelledError as cancelled:
+        return signals.forced_exit(cancelled, "stopped")
     return 0

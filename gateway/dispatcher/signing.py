@@ -194,6 +194,6 @@ def scrub_sent_secrets(
     request (a debugging endpoint, a misdirected hook) must not put a credential or a
     signature into the request history. Each value is scrubbed whole and in its parts
     (``Bearer`` and the token, ``v1,`` and the signature, each cookie of a ``Cookie``
-    header), as sent or escaped (JSON ``\\/`` and ``\\uXXXX``, ``%XX``, HTML references, also
+    header), as sent or escaped (JSON ``\\/`` and ``\\u002F``, ``%2F``, HTML references, also
     one within another), and a value cut off at the end of the excerpt is scrubbed too."""
     return scrub_pieces(text, sent_secret_pieces(headers, extra))
