@@ -172,6 +172,23 @@ def _wait_gone(pid: int | None, timeout: float) -> bool:
     return True
 
 
+def _wait_reaped(postmaster_pid_file: Path, timeout: float = 10.0) -> None:
+    """Wait (up to ``timeout`` s) while the postmaster that ``postmaster.pid`` names has exited
+    but not been reaped yet. The wheel takes such a "zombie" for a running server and joins it
+    instead of starting one (a restart right after the postmaster was killed: its parent, the
+    init process, reaps it a moment later)."""
+    try:
+        pid = int(postmaster_pid_file.read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fields = _process_stat(pid)
+        if fields is None or fields[0] not in ("Z", "X"):
+            return  # reaped (or running, or no procfs): nothing to wait for
+        time.sleep(0.05)
+
+
 # How often a long-running process checks that its embedded server still runs.
 WATCH_INTERVAL = 1.0
 
@@ -197,6 +214,7 @@ class EmbeddedPostgres:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         fresh = not (self.data_dir / "PG_VERSION").exists()
         log.info("embedded_postgres_starting", data_dir=str(self.data_dir), initialise=fresh)
+        _wait_reaped(self.data_dir / "postmaster.pid")
         try:
             self._server = wheel.get_server(self.data_dir, cleanup_mode=None)
         except Exception as exc:  # initdb/pg_ctl failures: point at the server's own log

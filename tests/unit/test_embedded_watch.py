@@ -72,3 +72,22 @@ async def test_watch_reports_once_the_server_is_gone(
     await asyncio.wait_for(stopped.wait(), timeout=5)
     await watcher
     assert server.lost
+
+
+def test_a_start_waits_while_the_old_postmaster_is_an_unreaped_zombie(tmp_path: Path) -> None:
+    # The wheel takes a zombie postmaster for a running server and joins it (a restart right
+    # after a kill -9: CI saw the restarted gateway refused by a server that was not there).
+    import threading
+
+    from gateway.storage.embedded import _process_stat, _wait_reaped
+
+    child = subprocess.Popen(["true"])
+    while (_process_stat(child.pid) or ["?"])[0] != "Z":
+        time.sleep(0.01)
+    pid_file = tmp_path / "postmaster.pid"
+    pid_file.write_text(f"{child.pid}\n/data\n")
+    threading.Timer(0.3, child.wait).start()  # the init process reaps it a moment later
+    started = time.monotonic()
+    _wait_reaped(pid_file)
+    assert time.monotonic() - started >= 0.25
+    assert _process_stat(child.pid) is None
