@@ -315,6 +315,20 @@ async def test_forwarded_proto_is_believed_from_a_listed_tls_balancer_only(
         balancer_nginx.stop()
 
 
+async def test_pagination_links_keep_the_host_and_port_the_client_used(cluster: Cluster) -> None:
+    """nginx passes the client's Host header as sent, port included, so a management list's
+    Link points where the client can follow it (with ``$host`` the port was dropped)."""
+    async with client_from("127.0.0.3") as session:
+        headers = {"Authorization": f"Bearer {cluster.token}"}
+        url = f"{cluster.internal_url}/environments?per_page=1"
+        async with session.get(url, headers=headers) as response:
+            assert response.status == 200, await response.text()
+            first = response.headers["Link"].partition("<")[2].partition(">")[0]
+    assert first.startswith(f"{cluster.internal_url}/environments?"), first
+    async with client_from("127.0.0.3") as session, session.get(first, headers=headers) as again:
+        assert again.status == 200, await again.text()
+
+
 async def test_client_ip_recorded_is_the_one_nginx_saw(
     cluster: Cluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
