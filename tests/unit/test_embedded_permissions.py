@@ -34,11 +34,10 @@ def _mode(path: Path) -> int:
 
 
 def _runs(user: str, *command: str) -> bool:
-    """True when ``command`` succeeds both as the wheel runs the server (only the user id
-    switched, root's groups kept) and as a login as ``user`` (its own groups)."""
+    """True when ``command`` succeeds as the server runs: as ``user``, in its own groups (as a
+    login as that user runs, too)."""
     gid = _ids(user)[1]
-    as_the_wheel = subprocess.run(command, user=user, capture_output=True, check=False)
-    as_a_login = subprocess.run(
+    done = subprocess.run(
         command,
         user=user,
         group=gid,
@@ -46,7 +45,7 @@ def _runs(user: str, *command: str) -> bool:
         capture_output=True,
         check=False,
     )
-    return as_the_wheel.returncode == 0 and as_a_login.returncode == 0
+    return done.returncode == 0
 
 
 def test_private_parents_get_search_only(tmp_path: Path, user: str) -> None:
@@ -61,10 +60,9 @@ def test_private_parents_get_search_only(tmp_path: Path, user: str) -> None:
 
     changed = grant_traversal(data_dir, user)
 
-    # root:root: the group bit for the server (it runs in root's group), the others' bit for a
-    # login as the user.
-    assert (_mode(outer), _mode(inner)) == (0o711, 0o751)
-    assert {"path": str(outer), "old": "0700", "new": "0711"} in changed
+    # root:root, and the user is not in root's group: the others' bit.
+    assert (_mode(outer), _mode(inner)) == (0o701, 0o751)
+    assert {"path": str(outer), "old": "0700", "new": "0701"} in changed
     assert {"path": str(inner), "old": "0750", "new": "0751"} in changed
     assert all(change["path"] != str(data_dir) for change in changed)  # parents only
     # The user reaches the data directory, but cannot list what lies on the way.
@@ -110,3 +108,23 @@ def test_a_parent_that_already_lets_the_user_through_is_left_alone(
 def _ids(user: str) -> tuple[int, int]:
     entry = pwd.getpwnam(user)
     return entry.pw_uid, entry.pw_gid
+
+
+def test_the_server_runs_in_its_users_groups_not_roots(tmp_path: Path, user: str) -> None:
+    """The wheel starts initdb and the server with only the user id switched; run as root, the
+    postmaster then kept group 0 and root's other groups (and could read what they can)."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    server = import_wheel().get_server(private / "pgdata", cleanup_mode="stop")
+    try:
+        pid = server.get_pid()
+        assert pid is not None
+        status = dict(
+            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        )
+        uid, gid = _ids(user)
+        assert status["Uid"].split()[:2] == [str(uid), str(uid)]
+        assert status["Gid"].split()[:2] == [str(gid), str(gid)]
+        assert {int(g) for g in status["Groups"].split()} == set(os.getgrouplist(user, gid))
+    finally:
+        server.cleanup()
