@@ -87,10 +87,46 @@ def _load(path: str | None) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
-        print(f"gateway: invalid configuration in {exc.source}:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  - {problem}", file=sys.stderr)
+        _print_problems(exc.source, exc.problems)
         raise SystemExit(2) from exc
+
+
+def _print_problems(source: str, problems: list[str]) -> None:
+    print(f"gateway: invalid configuration in {source}:", file=sys.stderr)
+    for problem in problems:
+        print(f"  - {problem}", file=sys.stderr)
+
+
+def _check_config(path: str | None) -> int:
+    """``gateway check-config``: every problem of the file and the overrides in one run, and
+    what start-up would refuse about the keys as far as the file system tells (the key file
+    is checked as well when other keys are wrong, as long as [security] itself is valid)."""
+    from gateway.security.secret_box import check_key_settings
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        problems = list(exc.problems)
+        if exc.partial is not None and not any(k.startswith("security.") for k in exc.refused):
+            try:
+                check_key_settings(exc.partial.security)
+            except ValueError as key_problem:
+                problems.append(str(key_problem))
+        _print_problems(exc.source, problems)
+        return 2
+    try:
+        check_key_settings(config.security)
+    except ValueError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    if Path(config.source).is_file():
+        print(f"{config.source}: OK")
+    else:  # only the default path may be missing (a named file must exist)
+        print(
+            f"no config file found (looked for {config.source}): the built-in defaults "
+            f"and the GATEWAY_* overrides are valid"
+        )
+    return 0
 
 
 def _worker_config(snapshot: str) -> Config:
@@ -150,22 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("serve", "dispatch"):  # long-running: SIGHUP reloads, never kills
         sighup.remember()
     if args.command == "check-config":
-        config = _load(args.path or args.config)
-        from gateway.security.secret_box import check_key_settings
-
-        try:  # what start-up would refuse about the keys, as far as the file system tells
-            check_key_settings(config.security)
-        except ValueError as exc:
-            print(f"gateway: {exc}", file=sys.stderr)
-            return 2
-        if Path(config.source).is_file():
-            print(f"{config.source}: OK")
-        else:  # only the default path may be missing (a named file must exist)
-            print(
-                f"no config file found (looked for {config.source}): the built-in defaults "
-                f"and the GATEWAY_* overrides are valid"
-            )
-        return 0
+        return _check_config(args.path or args.config)
     if args.command == key_commands.COMMAND:  # issue 8; `keys generate` needs no config
         return key_commands.main(args, _load)
     if getattr(args, "worker", False) and WORKER_CONFIG_ENV in os.environ:

@@ -3,6 +3,9 @@
 Precedence: built-in defaults < the TOML file < ``GATEWAY_<SECTION>_<KEY>`` environment variables.
 Validation collects every problem and names the key, the bad value and what is allowed, so a
 bad edit is rejected before a port is bound (or, on SIGHUP, before the running config changes).
+One run reports them all: each key on its own, and every check across keys (pool_min_size <=
+pool_max_size ...) whose keys are valid; one whose key was refused is skipped, as its answer
+would be about a value the operator did not give.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -25,11 +28,25 @@ ENV_PREFIX = "GATEWAY_"
 
 
 class ConfigError(Exception):
-    """The configuration is invalid; ``problems`` lists one clear line per bad key."""
+    """The configuration is invalid; ``problems`` lists one clear line per bad key.
 
-    def __init__(self, problems: list[str], source: str = "config") -> None:
+    ``partial`` (when the file could be parsed): the configuration with every refused value left
+    at its default, and ``refused`` the ``section.key`` names of those values, so that a check
+    of its own (``gateway check-config`` on the key file) runs on the keys that are valid.
+    """
+
+    def __init__(
+        self,
+        problems: list[str],
+        source: str = "config",
+        *,
+        partial: Config | None = None,
+        refused: frozenset[str] = frozenset(),
+    ) -> None:
         self.problems = problems
         self.source = source
+        self.partial = partial
+        self.refused = refused
         super().__init__(f"{source}: " + "; ".join(problems))
 
 
@@ -258,29 +275,40 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
 def build_config(raw: Mapping[str, Any], env: Mapping[str, str], source: str = "config") -> Config:
     """Validate a parsed TOML mapping plus environment overrides into a Config."""
     problems: list[str] = []
+    # "section.key" of every value refused (or unknown: a section that is not a table): the
+    # checks across keys skip those, instead of judging a default the operator did not give.
+    refused: set[str] = set()
     sections: dict[str, Any] = {}
     section_types = {f.name: f.type for f in fields(Config) if f.name != "source"}
     hints = get_type_hints(Config)
     for name in raw:
         if name not in section_types:
             problems.append(f"unknown section [{name}]; allowed: {', '.join(section_types)}")
-    _check_env_names(section_types, env, problems)
+    _check_env_names(section_types, env, problems, refused)
     for name in section_types:
         cls = hints[name]
         table = raw.get(name, {})
         if not isinstance(table, Mapping):
             problems.append(f"[{name}] must be a table, got {type(table).__name__}")
+            # Its keys are unknown (only an override gives one): left at their defaults.
+            unknown = (f.name for f in fields(cls) if env_name(name, f.name) not in env)
+            refused.update(f"{name}.{key}" for key in unknown)
             table = {}
-        sections[name] = _build_section(name, cls, table, env, problems)
-    if not problems:
-        _check_cross_field(sections, problems)
+        sections[name] = _build_section(name, cls, table, env, problems, refused)
+    _check_cross_field(sections, problems, refused)
     if problems:
-        raise ConfigError(problems, source)
+        partial = Config(**sections, source=source)
+        raise ConfigError(problems, source, partial=partial, refused=frozenset(refused))
     return Config(**sections, source=source)
 
 
 def _build_section(
-    name: str, cls: type, table: Mapping[str, Any], env: Mapping[str, str], problems: list[str]
+    name: str,
+    cls: type,
+    table: Mapping[str, Any],
+    env: Mapping[str, str],
+    problems: list[str],
+    refused: set[str],
 ) -> Any:
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}
@@ -301,7 +329,9 @@ def _build_section(
         else:
             continue
         checked = _check_value(name, f.name, where, value, hints[f.name], problems)
-        if checked is not _INVALID:
+        if checked is _INVALID:
+            refused.add(f"{name}.{f.name}")
+        else:
             values[f.name] = checked
     instance: Any = cls()
     assert is_dataclass(instance)
@@ -329,13 +359,18 @@ def env_name(section: str, key: str) -> str:
 
 def override_names() -> frozenset[str]:
     """Every ``GATEWAY_<SECTION>_<KEY>`` override the configuration reads."""
+    return frozenset(_override_keys())
+
+
+def _override_keys() -> dict[str, str]:
+    """Each override's name -> the ``section.key`` it sets."""
     hints = get_type_hints(Config)
-    return frozenset(
-        env_name(section.name, f.name)
+    return {
+        env_name(section.name, f.name): f"{section.name}.{f.name}"
         for section in fields(Config)
         if section.name != "source"
         for f in fields(hints[section.name])
-    )
+    }
 
 
 # Set by others, not typos: a Kubernetes Service named "gateway" gives every pod in its
@@ -345,12 +380,13 @@ _NOT_OURS = re.compile(r"GATEWAY_(SERVICE_.*|PORT|PORT_.*|NAME|ENV_.*)")
 
 
 def _check_env_names(
-    sections: Mapping[str, Any], env: Mapping[str, str], problems: list[str]
+    sections: Mapping[str, Any], env: Mapping[str, str], problems: list[str], refused: set[str]
 ) -> None:
     # A typo in an override must not be ignored silently any more than one in the file: in
     # the key (GATEWAY_SERVER_PROT), the section (GATEWAY_DATABSE_DSN) or the case. Other
     # GATEWAY_ variables (a Kubernetes Service named gateway, another program's) are not ours.
-    overrides = override_names()
+    keys = _override_keys()
+    overrides = frozenset(keys)
     for env_key in sorted(env):
         if not env_key.upper().startswith(ENV_PREFIX):
             continue
@@ -360,6 +396,7 @@ def _check_env_names(
                     f"{env_key} is set but empty: {_NOT_BLANK_ENV[env_key]}; give it a value, "
                     "or unset it to use the fallback on purpose"
                 )
+                refused.add(keys[env_key])
             continue
         if _NOT_OURS.fullmatch(env_key):
             continue
@@ -466,20 +503,29 @@ def _check_value(
     return value
 
 
-def _check_cross_field(sections: dict[str, Any], problems: list[str]) -> None:
+def _check_cross_field(sections: dict[str, Any], problems: list[str], refused: set[str]) -> None:
+    """The checks that need more than one key (and single-key ones on a value's form); each
+    runs only when every key it reads was accepted (``refused`` holds those that were not)."""
+
+    def valid(*keys: str) -> bool:
+        return refused.isdisjoint(keys)
+
     server: ServerConfig = sections["server"]
     database: DatabaseConfig = sections["database"]
-    if database.pool_min_size > database.pool_max_size:
+    pool_sizes = valid("database.pool_min_size", "database.pool_max_size")
+    if pool_sizes and database.pool_min_size > database.pool_max_size:
         problems.append(
             f"database.pool_min_size = {database.pool_min_size} is invalid: must be <= "
             f"database.pool_max_size ({database.pool_max_size})"
         )
-    if server.management_port and server.management_port == server.port:
+    ports = valid("server.management_port", "server.port")
+    if ports and server.management_port and server.management_port == server.port:
         problems.append(
             f"server.management_port = {server.management_port} is invalid: must differ from "
             "server.port (use 0 to share the ingest listener)"
         )
-    if server.management_host.strip() and not server.management_port:
+    management = valid("server.management_host", "server.management_port")
+    if management and server.management_host.strip() and not server.management_port:
         # Likely meant to keep the management API on an internal interface: silently serving it
         # on the (maybe public) ingest listener instead would be the opposite.
         problems.append(
@@ -487,35 +533,25 @@ def _check_cross_field(sections: dict[str, Any], problems: list[str]) -> None:
             "server.management_port = 0 (the management API is then served on the ingest "
             "listener): set server.management_port too, or leave management_host empty"
         )
-    if server.public_url and not server.public_url.startswith(("http://", "https://")):
+    public_url = server.public_url if valid("server.public_url") else ""
+    if public_url and not public_url.startswith(("http://", "https://")):
         problems.append(
-            f"server.public_url = {server.public_url!r} is invalid: must start with http:// or "
-            "https://"
+            f"server.public_url = {public_url!r} is invalid: must start with http:// or https://"
         )
-    for cidr in server.trusted_proxies:
+    for cidr in server.trusted_proxies if valid("server.trusted_proxies") else ():
         try:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             problems.append(
                 f"server.trusted_proxies contains {cidr!r}: not an IP address or CIDR network"
             )
-    if database.dsn:
-        _check_dsn(database.dsn, problems)
-    elif not database.embedded:
-        problems.append(
-            "database.dsn is empty and database.embedded = false: set database.dsn "
-            "(GATEWAY_DATABASE_DSN) to the database this gateway must use"
-        )
-    elif not database.data_dir.strip():
-        problems.append(
-            "database.data_dir = '' is invalid: must be a directory path when database.dsn is "
-            "empty (the embedded PostgreSQL keeps its data there)"
-        )
-    if not server.host.strip():
+    _check_database_target(database, problems, valid)
+    if valid("server.host") and not server.host.strip():
         problems.append(
             "server.host = '' is invalid: must be an address, e.g. 127.0.0.1 or 0.0.0.0"
         )
-    if not sections["outgoing"].dispatch_host.strip():  # "" would bind every interface
+    dispatch_host = sections["outgoing"].dispatch_host
+    if valid("outgoing.dispatch_host") and not dispatch_host.strip():  # "" binds everywhere
         problems.append(
             "outgoing.dispatch_host = '' is invalid: must be an address, e.g. 127.0.0.1"
         )
@@ -523,7 +559,33 @@ def _check_cross_field(sections: dict[str, Any], problems: list[str]) -> None:
     # reload reject them (messages never echo key material).
     from gateway.security.secret_keys import key_line_problems
 
-    problems.extend(key_line_problems(sections["security"].secret_keys, "security.secret_keys"))
+    if valid("security.secret_keys"):
+        key_problems = key_line_problems(sections["security"].secret_keys, "security.secret_keys")
+        if key_problems:  # not to be judged again by check-config's key-file check
+            refused.add("security.secret_keys")
+        problems.extend(key_problems)
+
+
+def _check_database_target(
+    database: DatabaseConfig, problems: list[str], valid: Callable[..., bool]
+) -> None:
+    """The DSN, or (without one) the embedded fallback: allowed, and with a data directory."""
+    if not valid("database.dsn"):
+        return
+    if database.dsn:
+        _check_dsn(database.dsn, problems)
+    elif not valid("database.embedded"):
+        return
+    elif not database.embedded:
+        problems.append(
+            "database.dsn is empty and database.embedded = false: set database.dsn "
+            "(GATEWAY_DATABASE_DSN) to the database this gateway must use"
+        )
+    elif valid("database.data_dir") and not database.data_dir.strip():
+        problems.append(
+            "database.data_dir = '' is invalid: must be a directory path when database.dsn is "
+            "empty (the embedded PostgreSQL keeps its data there)"
+        )
 
 
 def _check_dsn(dsn: str, problems: list[str]) -> None:

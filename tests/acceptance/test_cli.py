@@ -66,6 +66,32 @@ def test_check_config_names_what_is_wrong(tmp_path: Path, text: str, fragments: 
     assert result.stdout == ""
 
 
+def test_check_config_reports_every_problem_in_one_run(tmp_path: Path) -> None:
+    """Keys wrong on their own (in the file and an override) and checks across keys: all in
+    one run, not a new round after each fix. A check that reads a refused key (the management
+    host needs the management port) is skipped, not reported about a value never given."""
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        "[server]\nport = 'eighty'\nmanagement_port = 70000\nmanagement_host = '10.0.0.5'\n"
+        "public_url = 'hooks.example.com'\n"
+        "[database]\npool_min_size = 5\npool_max_size = 2\n"
+        "[log]\nformat = 'xml'\n"
+    )
+    result = run_gateway("check-config", str(path), env={"GATEWAY_BATCH_MAX_SIZE": "lots"})
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"gateway: invalid configuration in {path}:",
+        "  - server.port = 'eighty' is invalid: must be an integer",
+        "  - server.management_port = 70000 is invalid: must be between 0 and 65535",
+        "  - GATEWAY_BATCH_MAX_SIZE = 'lots' is invalid: must be an integer",
+        "  - log.format = 'xml' is invalid: must be one of json, console",
+        "  - database.pool_min_size = 5 is invalid: must be <= database.pool_max_size (2)",
+        "  - server.public_url = 'hooks.example.com' is invalid: must start with http:// or "
+        "https://",
+    ]
+
+
 def test_gateway_config_variable_picks_the_file(tmp_path: Path) -> None:
     path = tmp_path / "chosen.toml"
     path.write_text("[server]\nworkers = 0\n")
@@ -493,4 +519,47 @@ def test_check_config_refuses_an_instance_file_without_its_keys(
         "security.create_key_file = false: set security.secret_keys "
         "(GATEWAY_SECURITY_SECRET_KEYS) or put the shared key file there"
     )
+    assert not (tmp_path / "var").exists()
+
+
+def test_check_config_reports_the_missing_keys_with_the_other_problems(tmp_path: Path) -> None:
+    """An instance file with neither its DSN nor its keys: both in one run (the key file used
+    to be looked at only once everything else was valid)."""
+    instance = ROOT / "deploy" / "config.instance.toml"
+    result = run_gateway(
+        "check-config",
+        str(instance),
+        cwd=tmp_path,
+        env=_instance_env(tmp_path, GATEWAY_SECURITY_SECRET_KEYS=None),
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.splitlines() == [
+        f"gateway: invalid configuration in {instance}:",
+        "  - database.dsn is empty and database.embedded = false: set database.dsn "
+        "(GATEWAY_DATABASE_DSN) to the database this gateway must use",
+        "  - security.key_file 'var/secret-keys' does not exist and "
+        "security.create_key_file = false: set security.secret_keys "
+        "(GATEWAY_SECURITY_SECRET_KEYS) or put the shared key file there",
+    ]
+    assert not (tmp_path / "var").exists()
+
+
+def test_check_config_names_a_bad_key_line_once(tmp_path: Path) -> None:
+    """A [security] key that is wrong is named once: the key-file check, which would read it
+    again, is left out."""
+    path = tmp_path / "bad.toml"
+    path.write_text("[security]\ncreate_key_file = false\n[log]\nformat = 'xml'\n")
+    result = run_gateway(
+        "check-config",
+        str(path),
+        cwd=tmp_path,
+        env={"GATEWAY_SECURITY_SECRET_KEYS": "k1:not-base64"},
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"gateway: invalid configuration in {path}:",
+        "  - log.format = 'xml' is invalid: must be one of json, console",
+        "  - security.secret_keys entry 1 is invalid: key 'k1': must decode to 32 bytes, got 7",
+    ]
     assert not (tmp_path / "var").exists()

@@ -270,6 +270,92 @@ def test_every_problem_is_reported_at_once() -> None:
     assert any("log.format" in p for p in problems)
 
 
+# Several keys wrong on their own, in the file and in the environment, and two checks across
+# keys whose keys are valid; two more read a key that is wrong (management_port) and are skipped.
+SEVERAL_PROBLEMS = {
+    "server": {
+        "port": "eighty",
+        "management_port": 70000,
+        "management_host": "10.0.0.5",
+        "public_url": "hooks.example.com",
+    },
+    "database": {"pool_min_size": 5, "pool_max_size": 2},
+    "log": {"format": "xml"},
+}
+SEVERAL_PROBLEMS_ENV = {"GATEWAY_BATCH_MAX_SIZE": "lots"}
+SEVERAL_PROBLEMS_REPORTED = [
+    "server.port = 'eighty' is invalid: must be an integer",
+    "server.management_port = 70000 is invalid: must be between 0 and 65535",
+    "GATEWAY_BATCH_MAX_SIZE = 'lots' is invalid: must be an integer",
+    "log.format = 'xml' is invalid: must be one of json, console",
+    "database.pool_min_size = 5 is invalid: must be <= database.pool_max_size (2)",
+    "server.public_url = 'hooks.example.com' is invalid: must start with http:// or https://",
+]
+
+
+def test_checks_across_keys_are_reported_with_the_problems_of_single_keys() -> None:
+    """An operator fixing one round of errors used to get a new round: the checks across keys
+    ran only once every key was valid on its own."""
+    assert _problems(SEVERAL_PROBLEMS, SEVERAL_PROBLEMS_ENV) == SEVERAL_PROBLEMS_REPORTED
+
+
+@pytest.mark.parametrize(
+    ("raw", "env", "expected"),
+    [
+        pytest.param(
+            {"database": {"pool_min_size": 0, "pool_max_size": 2}},
+            {},
+            ["database.pool_min_size = 0 is invalid: must be >= 1"],
+            id="pool-size-wrong-alone",
+        ),
+        pytest.param(
+            {"server": {"management_port": "x", "management_host": "10.0.0.5"}},
+            {},
+            ["server.management_port = 'x' is invalid: must be an integer"],
+            id="management-port-wrong",
+        ),
+        pytest.param(
+            {"database": {"embedded": "no"}},
+            {},
+            ["database.embedded = 'no' is invalid: must be true or false"],
+            id="embedded-wrong",
+        ),
+        pytest.param(
+            {"database": {"embedded": False, "data_dir": ""}},
+            {"GATEWAY_DATABASE_DSN": ""},
+            ["GATEWAY_DATABASE_DSN is set but empty"],
+            id="blank-dsn-override",
+        ),
+        pytest.param(
+            {"server": 8080, "database": {"pool_min_size": 5, "pool_max_size": 2}},
+            {"GATEWAY_SERVER_HOST": ""},
+            [
+                "[server] must be a table, got int",
+                "database.pool_min_size = 5 is invalid: must be <= database.pool_max_size (2)",
+                "server.host = '' is invalid: must be an address",  # set by an override
+            ],
+            id="section-not-a-table",
+        ),
+    ],
+)
+def test_a_check_across_keys_skips_a_key_already_refused(
+    raw: dict[str, Any], env: dict[str, str], expected: list[str]
+) -> None:
+    problems = _problems(raw, env)
+    assert len(problems) == len(expected), problems
+    for problem, fragment in zip(problems, expected, strict=True):
+        assert problem.startswith(fragment), problems
+
+
+def test_a_config_error_keeps_what_was_valid() -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_config({"server": {"port": 0, "host": "0.0.0.0"}, "log": {"level": "loud"}}, {})
+    assert caught.value.refused == {"server.port", "log.level"}
+    assert caught.value.partial is not None
+    assert caught.value.partial.server.host == "0.0.0.0"
+    assert caught.value.partial.server.port == ServerConfig().port
+
+
 @pytest.mark.parametrize(
     "dsn",
     [
