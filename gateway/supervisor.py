@@ -373,30 +373,36 @@ async def supervise(config: Config) -> int:
         else:
             supervisor.database_stopped()
 
-    async with resolved_dsn(config, database_stopped) as dsn:
-        # A one-connection pool for the bootstrap only: the parent serves no traffic.
-        db = await Database.connect(dsn, replace(config.database, pool_min_size=1, pool_max_size=1))
-        try:
-            await prepare_database(db, config)
-        finally:
-            await db.close()
-        if stop.is_set():
-            log.info("stopped_while_starting")
-            return 0
-        try:
-            check_addresses_free(config)
-        except ListenError as exc:
-            log.error("cannot_listen", error=str(exc))
-            print(f"gateway: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        # One scrape, answered by any worker, sums every worker's metric files (issue 8).
-        metrics_dir = prepare_metrics_dir(config)
-        supervisor = Supervisor(config, dsn, metrics_dir)
-        log.info("supervisor_started", pid=os.getpid(), workers=config.server.workers)
-        try:
-            code = await supervisor.run()
-        finally:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+    try:
+        async with resolved_dsn(config, database_stopped) as dsn:
+            # A one-connection pool for the bootstrap only: the parent serves no traffic.
+            bootstrap = replace(config.database, pool_min_size=1, pool_max_size=1)
+            db = await Database.connect(dsn, bootstrap)
+            try:
+                await prepare_database(db, config)
+            finally:
+                await db.close()
+            if stop.is_set():
+                log.info("stopped_while_starting")
+                return 0
+            try:
+                check_addresses_free(config)
+            except ListenError as exc:
+                log.error("cannot_listen", error=str(exc))
+                print(f"gateway: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            # One scrape, answered by any worker, sums every worker's metric files (issue 8).
+            metrics_dir = prepare_metrics_dir(config)
+            supervisor = Supervisor(config, dsn, metrics_dir)
+            log.info("supervisor_started", pid=os.getpid(), workers=config.server.workers)
+            try:
+                code = await supervisor.run()
+            finally:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
+    except asyncio.CancelledError as cancelled:
+        # A second signal during the bootstrap (a database slow to answer, the embedded server
+        # starting): the pool and the embedded server were closed on the way out.
+        return signals.forced_exit(cancelled, "stopped", exit_code=1)
     log.info("stopped", exit_code=code)
     return code
 

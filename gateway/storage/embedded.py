@@ -334,7 +334,17 @@ async def embedded_server(
     leaving raises :class:`EmbeddedDatabaseStopped` (the command exits with status 1).
     """
     embedded = EmbeddedPostgres(data_dir)
-    dsn = await asyncio.to_thread(embedded.start)
+    starting = asyncio.ensure_future(asyncio.to_thread(embedded.start))
+    try:
+        dsn = await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        # A forced stop while the server starts (initdb can take seconds): the thread goes on
+        # regardless, and would leave a postmaster running with nobody to stop it. Let it end,
+        # stop what it started, then go on with the cancellation.
+        with suppress(Exception):  # a start that failed: the stop was asked for anyway
+            await starting
+        await asyncio.to_thread(embedded.stop)
+        raise
     watcher = None if on_stopped is None else asyncio.create_task(embedded.watch(on_stopped))
     try:
         yield dsn

@@ -139,6 +139,18 @@ def release_data_dir(data_dir: Path) -> None:
     shutil.rmtree(data_dir.parent, ignore_errors=True)
 
 
+@contextmanager
+def private_data_dir(tmp_path: Path) -> Iterator[Path]:
+    """A data directory for an embedded server, under a private (0700) parent; a server a
+    failed test left running there is stopped on the way out."""
+    path = tmp_path / "private" / "pgdata"
+    path.parent.mkdir(mode=0o700)
+    try:
+        yield path
+    finally:
+        release_data_dir(path)
+
+
 class GatewayProcess:
     """A long-running ``gateway ... serve`` whose JSON log events are collected as they arrive."""
 

@@ -23,8 +23,8 @@ from tests.acceptance.process_helpers import (
     GatewayProcess,
     free_port,
     http_status,
+    private_data_dir,
     process_alive,
-    release_data_dir,
     write_config,
 )
 
@@ -34,10 +34,8 @@ EXIT_WITHIN = 30.0
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "private" / "pgdata"
-    path.parent.mkdir(mode=0o700)
-    yield path
-    release_data_dir(path)
+    with private_data_dir(tmp_path) as path:
+        yield path
 
 
 def _config(tmp_path: Path, data_dir: Path, **server: Any) -> tuple[Path, int]:

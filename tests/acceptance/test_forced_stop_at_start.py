@@ -1,0 +1,197 @@
+"""A second SIGTERM while the gateway is still starting (a database slow to answer, the embedded
+PostgreSQL initialising, the schema lock held by another instance) forces the stop as it does
+later: the ``stopped`` event with ``forced``, exit status 1, the pool and the embedded server
+closed. A supervisor (``[server] workers = 2``) used to end in an unhandled CancelledError
+traceback there, and a stop forced while the embedded server started left it running.
+
+Real ``gateway`` subprocesses; the slow database is a loopback listener that accepts and never
+answers, and the schema lock is held from the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.acceptance.process_helpers import (
+    GatewayProcess,
+    free_port,
+    private_data_dir,
+    write_config,
+)
+
+EXIT_WITHIN = 30.0
+# The three commands that bootstrap a long-running process: gateway serve as a supervisor of
+# workers, gateway serve in one process, gateway dispatch.
+BOOTSTRAPS = [
+    pytest.param(("serve",), 2, id="supervisor"),
+    pytest.param(("serve",), 1, id="serve"),
+    pytest.param(("dispatch",), 1, id="dispatch"),
+]
+
+
+def _send_twice(process: Any, sig: signal.Signals = signal.SIGTERM) -> None:
+    """``sig``, and once the process has taken it (no longer pending: two pending SIGTERMs
+    would be one), ``sig`` again."""
+    process.send_signal(sig)
+    deadline = time.monotonic() + 10
+    while _pending(process.pid) & (1 << (sig - 1)):
+        assert time.monotonic() < deadline, "the first signal was never delivered"
+        time.sleep(0.005)
+    process.send_signal(sig)
+
+
+def _pending(pid: int) -> int:
+    """The signals sent to the process that no thread of it has taken yet (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("ShdPnd:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def _assert_forced_stop(gateway: GatewayProcess) -> None:
+    code = gateway.finish(EXIT_WITHIN)
+    assert "Traceback" not in gateway.output, gateway.output
+    assert code == 1, gateway.output
+    assert [e["signal"] for e in gateway.named("stop_forced")] == ["SIGTERM"]
+    [stopped] = gateway.named("stopped")
+    assert stopped["forced"] is True and stopped["level"] == "warning"
+
+
+@pytest.fixture
+def silent_database() -> Iterator[tuple[socket.socket, int]]:
+    """A loopback listener that accepts connections and never answers: a connect waits."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener, listener.getsockname()[1]
+
+
+@pytest.mark.parametrize(("args", "workers"), BOOTSTRAPS)
+def test_a_second_sigterm_while_connecting_forces_the_stop(
+    tmp_path: Path,
+    silent_database: tuple[socket.socket, int],
+    args: tuple[str, ...],
+    workers: int,
+) -> None:
+    listener, db_port = silent_database
+    config = write_config(
+        tmp_path / "config.toml",
+        {
+            "server": {"port": free_port(), "workers": workers},
+            "database": {
+                "dsn": f"postgresql://postgres@127.0.0.1:{db_port}/hookgate",
+                "connect_timeout": 120.0,
+            },
+            "log": {"format": "json"},
+        },
+    )
+    gateway = GatewayProcess(config, args=args)
+    try:
+        listener.settimeout(60)
+        connection, _ = listener.accept()  # the bootstrap is waiting for the database
+        with closing(connection):
+            _send_twice(gateway.process)
+            _assert_forced_stop(gateway)
+    finally:
+        gateway.kill()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    with private_data_dir(tmp_path) as path:
+        yield path
+
+
+@pytest.mark.parametrize(("args", "workers"), BOOTSTRAPS)
+def test_a_second_sigterm_while_the_embedded_server_starts_stops_it_too(
+    tmp_path: Path, data_dir: Path, args: tuple[str, ...], workers: int
+) -> None:
+    config = write_config(
+        tmp_path / "config.toml",
+        {
+            "server": {"port": free_port(), "workers": workers},
+            "database": {"data_dir": str(data_dir)},
+            "log": {"format": "json"},
+        },
+    )
+    gateway = GatewayProcess(config, args=args)
+    try:
+        gateway.wait_event("embedded_postgres_starting", initialise=True)
+        _send_twice(gateway.process)
+        _assert_forced_stop(gateway)
+        names = [e.get("event") for e in gateway.events]
+        # Forced while initdb ran; the start was let finish, then the server stopped.
+        assert names.index("stop_forced") < names.index("embedded_postgres_started"), names
+        assert gateway.named("embedded_postgres_stopped")
+        assert names.index("embedded_postgres_stopped") < names.index("stopped"), names
+        assert not (data_dir / "postmaster.pid").exists()
+        assert not gateway.named("supervisor_started") and not gateway.named("listening")
+    finally:
+        gateway.kill()
+
+
+SCHEMA_LOCK = 7283917  # queries.sql, schema_lock
+
+
+@pytest.fixture
+async def schema_locked(database_dsn: str) -> AsyncIterator[tuple[str, asyncpg.Connection]]:
+    """The database, with its schema lock held (as by another instance applying the schema)."""
+    holder = await asyncpg.connect(database_dsn)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", SCHEMA_LOCK)
+        yield database_dsn, holder
+    finally:
+        await holder.close()
+
+
+async def test_a_second_sigterm_while_waiting_for_the_schema_lock_forces_the_stop(
+    tmp_path: Path, schema_locked: tuple[str, asyncpg.Connection]
+) -> None:
+    dsn, holder = schema_locked
+    config = write_config(
+        tmp_path / "config.toml",
+        {
+            "server": {"port": free_port(), "workers": 2},
+            "database": {"dsn": dsn, "command_timeout": 120.0},
+            "log": {"format": "json"},
+        },
+    )
+    gateway = GatewayProcess(config)
+    try:
+        await _until_waiting_for_the_lock(holder)
+        await asyncio.to_thread(_send_twice, gateway.process)
+        await asyncio.to_thread(_assert_forced_stop, gateway)
+        assert not gateway.named("schema_applied") and not gateway.named("schema_current")
+        # Its bootstrap connection is closed, not left waiting for the lock (the server may
+        # take a moment to see it gone).
+        deadline = time.monotonic() + 10
+        while await _waiting_for_the_lock(holder):
+            assert time.monotonic() < deadline, "the bootstrap connection still waits"
+            await asyncio.sleep(0.05)
+    finally:
+        gateway.kill()
+
+
+async def _waiting_for_the_lock(holder: asyncpg.Connection) -> int:
+    count: int = await holder.fetchval(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND NOT granted",
+        SCHEMA_LOCK,
+    )
+    return count
+
+
+async def _until_waiting_for_the_lock(holder: asyncpg.Connection) -> None:
+    deadline = time.monotonic() + 90
+    while not await _waiting_for_the_lock(holder):
+        assert time.monotonic() < deadline, "the gateway never asked for the schema lock"
+        await asyncio.sleep(0.05)
