@@ -10,7 +10,7 @@ de-duplicate on ``webhook-id`` (the delivery id, the same on every retry).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -142,9 +142,11 @@ async def claim_deliveries(
     busy_hook_ids: Sequence[uuid.UUID],
     per_hook: int,
     room: Mapping[uuid.UUID, int] | None = None,
+    recording: Collection[uuid.UUID] = (),
 ) -> list[Record]:
     """Claim up to ``limit`` due deliveries (with their hook's definition) under a lease: none
-    of the busy hooks, at most ``per_hook`` of any other hook, or ``room[hook_id]``."""
+    of the busy hooks, at most ``per_hook`` of any other hook, or ``room[hook_id]``, and none
+    of the deliveries in ``recording`` (the caller still records their answer)."""
     room = room or {}
     return await db.fetch(
         "outgoing_claim",
@@ -154,6 +156,7 @@ async def claim_deliveries(
         per_hook,
         list(room),
         list(room.values()),
+        list(recording),
     )
 
 
@@ -163,9 +166,12 @@ async def release_deliveries(db: Database, claims: Sequence[tuple[uuid.UUID, int
         await db.execute("outgoing_release", [c[0] for c in claims], [c[1] for c in claims])
 
 
-async def seconds_until_due(db: Database, busy_hook_ids: Sequence[uuid.UUID]) -> float | None:
-    """Seconds until the next delivery is due (<= 0: due now), or None when none is pending."""
-    value = await db.fetchval("outgoing_next_due", list(busy_hook_ids))
+async def seconds_until_due(
+    db: Database, busy_hook_ids: Sequence[uuid.UUID], recording: Collection[uuid.UUID] = ()
+) -> float | None:
+    """Seconds until the next delivery is due (<= 0: due now), or None when none is pending;
+    the leases of the deliveries in ``recording`` do not count (see claim_deliveries)."""
+    value = await db.fetchval("outgoing_next_due", list(busy_hook_ids), list(recording))
     return None if value is None else float(value)
 
 

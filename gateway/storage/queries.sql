@@ -958,14 +958,16 @@ JOIN outgoing_hooks h ON h.pipeline_id = r.pipeline_id AND h.active
 -- Claim up to $1 due deliveries (pending and due, or delivering with an expired lease), oldest
 -- due first, skipping hooks in $3 (their targets are busy) and taking at most $4 per hook, or
 -- for the hooks in $5 the number in $6 (their target's free slots): a busy target's backlog is
--- not claimed only to be handed back. Lease of $2 seconds, attempt + 1. Candidates are the
--- $1 * 8 oldest due rows (a bounded scan: the rest wait for the next round). Returns each with
--- the hook definition it is sent with.
+-- not claimed only to be handed back. Never the deliveries in $7: the claimer still holds
+-- their answer and is recording it (past their lease while the database was away). Lease of
+-- $2 seconds, attempt + 1. Candidates are the $1 * 8 oldest due rows (a bounded scan: the rest
+-- wait for the next round). Returns each with the hook definition it is sent with.
 WITH candidates AS (
     SELECT d.id, d.hook_id, d.next_attempt_at FROM outgoing_deliveries d
     WHERE ((d.status = 'pending' AND d.next_attempt_at <= now())
            OR (d.status = 'delivering' AND d.locked_until < now()))
       AND NOT (d.hook_id = ANY($3::uuid[]))
+      AND NOT (d.id = ANY($7::uuid[]))
     ORDER BY d.next_attempt_at
     LIMIT $1 * 8
 ), ranked AS (
@@ -1007,11 +1009,13 @@ FROM unnest($1::uuid[], $2::integer[]) AS c (id, attempt)
 WHERE d.id = c.id AND d.attempt = c.attempt AND d.status = 'delivering';
 
 -- name: outgoing_next_due
--- Seconds until the next delivery is due (<= 0: now), ignoring hooks in $1; NULL when none.
+-- Seconds until the next delivery is due (<= 0: now), ignoring hooks in $1 and the leases of
+-- the deliveries in $2 (the caller is recording them, see outgoing_claim); NULL when none.
 SELECT extract(epoch FROM least(
     (SELECT min(next_attempt_at) FROM outgoing_deliveries
      WHERE status = 'pending' AND NOT (hook_id = ANY($1::uuid[]))),
-    (SELECT min(locked_until) FROM outgoing_deliveries WHERE status = 'delivering')
+    (SELECT min(locked_until) FROM outgoing_deliveries
+     WHERE status = 'delivering' AND NOT (id = ANY($2::uuid[])))
 ) - clock_timestamp())::double precision;
 
 -- name: outgoing_delivery_finish
