@@ -14,7 +14,8 @@ The loop sleeps until the next delivery is due, a NOTIFY on ``hookgate_delivery_
 when deliveries are written) or a finished delivery wakes it, and polls every
 ``poll_interval`` seconds as a fallback. Stopping stops claiming, lets in-flight requests
 finish for up to the given grace period, then cuts off those still waiting for an answer and hands
-them back (without using up an attempt); an answered request is always recorded.
+them back (without using up an attempt). An answer is recorded however long the database is
+away (see :meth:`Dispatcher._record`), unless the process stops first.
 """
 
 from __future__ import annotations
@@ -49,10 +50,15 @@ from gateway.storage.database import Database, Record
 
 log = get_logger(__name__)
 
-LEASE_MARGIN = 10.0  # seconds beyond the request timeout to render, record and commit
-# Pauses between tries of recording an attempt while the database is away (7.75 s in all,
-# inside LEASE_MARGIN: the delivery is still this dispatcher's).
-_RECORD_PAUSES = (0.25, 0.5, 1.0, 2.0, 2.0, 2.0)
+# Seconds beyond the request timeout to render, record and commit. Recording an answer does
+# not end with the lease: while the database is away it goes on (this dispatcher claims no
+# delivery it is still recording); meanwhile another dispatcher may claim the expired lease
+# and send the delivery again, with the same webhook-id (at least once).
+LEASE_MARGIN = 10.0
+# Pauses between tries of recording an attempt while the database is away: doubling, then
+# every _RECORD_PAUSE_MAX seconds until it is recorded or the stop's grace is over.
+_RECORD_PAUSE_FIRST = 0.25
+_RECORD_PAUSE_MAX = 2.0
 CLAIM_BATCH = 100
 LISTEN_CONNECT_TIMEOUT = 5.0
 MIN_IDLE = 0.05  # never spin faster than this when work is due but none could be claimed
@@ -95,6 +101,9 @@ class Dispatcher:
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._sending: set[asyncio.Task[None]] = set()  # before a response: safe to cut off
+        self._recording: set[uuid.UUID] = set()  # answered, not yet recorded: never claimed
+        self._retrying: set[asyncio.Task[None]] = set()  # recordings the database failed
+        self._cut_off = False  # the stop's grace is over: recordings are not tried again
         self._load: Counter[str] = Counter()  # requests in flight per origin
         self._hook_origin: dict[uuid.UUID, str] = {}  # hooks with work in flight or handed back
         self._compiled: dict[uuid.UUID, tuple[Any, CompiledHook | str]] = {}
@@ -158,8 +167,11 @@ class Dispatcher:
                 await self._loop_task
         if self._tasks:
             _, pending = await asyncio.wait(list(self._tasks), timeout=grace)
-            # Cut off requests still waiting for an answer; an answered one is always recorded.
-            for task in pending & self._sending:
+            # Cut off requests still waiting for an answer, and recordings the database kept
+            # failing (each logs outgoing_attempt_not_recorded); a first try to record ends
+            # with its own timeouts, and is not tried again when it fails.
+            self._cut_off = True
+            for task in pending & (self._sending | self._retrying):
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         if self._listener is not None:
@@ -213,7 +225,9 @@ class Dispatcher:
                     started = await self._claim(limit)
                     if started == limit:
                         continue  # maybe more is due right now
-                    due = await store.seconds_until_due(self.db, self._busy_hooks())
+                    due = await store.seconds_until_due(
+                        self.db, self._busy_hooks(), self._recording
+                    )
                     if due is not None:
                         wait = min(max(due, MIN_IDLE), wait)
             except DatabaseUnavailable as exc:
@@ -232,6 +246,7 @@ class Dispatcher:
             self._busy_hooks(),
             self.settings.per_target_concurrency,
             self._hook_room(),
+            self._recording,
         )
         handed_back: list[tuple[uuid.UUID, int]] = []
         for row in rows:
@@ -373,7 +388,7 @@ class Dispatcher:
         next_status = {RETRY: "pending", SUCCEEDED: "succeeded"}.get(decision.action, "failed")
         recorded = await self._record(attempt, next_status, decision)
         if recorded is None:
-            return  # the lease runs out and the delivery is sent again (logged)
+            return  # stopped first: sent again once the lease runs out (logged)
         held, _failures, disabled = recorded
         metrics.record_outgoing_attempt(outcome)
         if next_status == "failed":
@@ -400,40 +415,63 @@ class Dispatcher:
     async def _record(
         self, attempt: store.Attempt, next_status: str, decision: Decision
     ) -> tuple[bool, int | None, str | None] | None:
-        """Record an attempt whose answer is in hand, retrying while the database is away for
-        most of the delivery's lease (after that another dispatcher may hold it, and sends it
-        again). None when it could not be recorded."""
-        pauses = iter(_RECORD_PAUSES)
-        while True:
-            try:
-                return await store.record_attempt(
-                    self.db,
-                    attempt,
-                    next_status=next_status,
-                    retry_in=decision.delay,
-                    final=decision.action != RETRY,
-                    gone=decision.disable_hook,
-                    disables=self.policy.should_disable,
-                )
-            except AlreadyExists as exc:
-                if "hook_requests_pkey" not in str(exc):
-                    raise
-                # The request row exists: an earlier try committed and only its answer was lost.
-                return True, None, None
-            except DatabaseUnavailable as exc:
-                pause = next(pauses, None)
-                if pause is None:
-                    log.error(
-                        "outgoing_attempt_not_recorded",
+        """Record an attempt whose answer is in hand, trying again while the database is away
+        for as long as it takes, past the delivery's lease too: this dispatcher claims no
+        delivery it is recording, and a late record is still true (the history row; the
+        delivery's state only while no other dispatcher took it, else ``lease_lost``). None
+        when it was not recorded: the stop's grace ended first (logged)."""
+        task = asyncio.current_task()
+        assert task is not None
+        pause = _RECORD_PAUSE_FIRST
+        self._recording.add(attempt.delivery_id)
+        try:
+            while True:
+                try:
+                    return await store.record_attempt(
+                        self.db,
+                        attempt,
+                        next_status=next_status,
+                        retry_in=decision.delay,
+                        final=decision.action != RETRY,
+                        gone=decision.disable_hook,
+                        disables=self.policy.should_disable,
+                    )
+                except AlreadyExists as exc:
+                    if "hook_requests_pkey" not in str(exc):
+                        raise
+                    # The request row exists: an earlier try committed, only its answer was lost.
+                    return True, None, None
+                except DatabaseUnavailable as exc:
+                    if self._cut_off:
+                        _not_recorded(attempt, str(exc))
+                        return None
+                    log.warning(
+                        "outgoing_attempt_record_failed",
                         delivery_id=str(attempt.delivery_id),
                         attempt=attempt.attempt,
                         error=str(exc),
+                        retry_in=pause,
                     )
-                    return None
-                log.warning(
-                    "outgoing_attempt_record_failed",
-                    delivery_id=str(attempt.delivery_id),
-                    error=str(exc),
-                    retry_in=pause,
-                )
-                await asyncio.sleep(pause)
+                    self._retrying.add(task)  # from now on the stop may cut it off
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, _RECORD_PAUSE_MAX)
+        except asyncio.CancelledError:
+            _not_recorded(attempt, "the dispatcher stopped before the database came back")
+            raise
+        finally:
+            self._retrying.discard(task)
+            self._recording.discard(attempt.delivery_id)
+
+
+def _not_recorded(attempt: store.Attempt, error: str) -> None:
+    """Log an answered attempt given up unrecorded: the delivery is sent again once its lease
+    runs out (no URL: its path or query can be a credential)."""
+    log.error(
+        "outgoing_attempt_not_recorded",
+        delivery_id=str(attempt.delivery_id),
+        hook_id=str(attempt.hook_id),
+        attempt=attempt.attempt,
+        outcome=attempt.outcome,
+        status_code=attempt.status_code or None,
+        error=error,
+    )
