@@ -423,11 +423,13 @@ class Dispatcher:
         task = asyncio.current_task()
         assert task is not None
         pause = _RECORD_PAUSE_FIRST
+        failures = 0
+        first_failure = 0.0
         self._recording.add(attempt.delivery_id)
         try:
             while True:
                 try:
-                    return await store.record_attempt(
+                    recorded = await store.record_attempt(
                         self.db,
                         attempt,
                         next_status=next_status,
@@ -440,21 +442,36 @@ class Dispatcher:
                     if "hook_requests_pkey" not in str(exc):
                         raise
                     # The request row exists: an earlier try committed, only its answer was lost.
-                    return True, None, None
+                    recorded = True, None, None
                 except DatabaseUnavailable as exc:
                     if self._cut_off:
                         _not_recorded(attempt, str(exc))
                         return None
-                    log.warning(
+                    if not failures:
+                        first_failure = time.monotonic()
+                    # A warning for the first failure only: in a long outage every delivery in
+                    # flight tries every 2 s (the later tries are debug lines).
+                    (log.debug if failures else log.warning)(
                         "outgoing_attempt_record_failed",
                         delivery_id=str(attempt.delivery_id),
                         attempt=attempt.attempt,
                         error=str(exc),
                         retry_in=pause,
                     )
+                    failures += 1
                     self._retrying.add(task)  # from now on the stop may cut it off
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, _RECORD_PAUSE_MAX)
+                    continue
+                if failures:
+                    log.info(
+                        "outgoing_attempt_recorded_late",
+                        delivery_id=str(attempt.delivery_id),
+                        attempt=attempt.attempt,
+                        failed_tries=failures,
+                        waited_s=round(time.monotonic() - first_failure, 1),
+                    )
+                return recorded
         except asyncio.CancelledError:
             _not_recorded(attempt, "the dispatcher stopped before the database came back")
             raise

@@ -165,6 +165,11 @@ async def test_an_answer_is_recorded_once_through_an_outage_longer_than_its_leas
     assert _events(logs, "outgoing_attempt_not_recorded") == []
     [logged] = _events(logs, "outgoing_delivery_attempt")
     assert (logged["attempt"], logged["lease_lost"]) == (1, False)
+    # One warning for the outage, not one per try (each delivery in flight tries every 2 s);
+    # the late record says how long it took.
+    assert [e["log_level"] for e in failures] == ["warning"] + ["debug"] * (len(failures) - 1)
+    [late] = _events(logs, "outgoing_attempt_recorded_late")
+    assert late["failed_tries"] == len(failures) and late["waited_s"] >= 7.75
 
 
 async def test_the_claim_skips_a_delivery_whose_answer_this_dispatcher_still_records(
