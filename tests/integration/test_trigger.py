@@ -795,3 +795,36 @@ async def test_a_stopping_batcher_answers_503_with_retry_after_and_stores_nothin
     assert response.status == 503 and response.headers["Retry-After"] == "1"
     assert (await response.json())["message"] == "the gateway is shutting down; retry later"
     assert await runs_of(database_dsn, hook["id"]) == []
+
+
+async def test_a_503_carries_the_configured_batch_retry_after(
+    aiohttp_client: Any, config: Config, db: Database, admin_headers: dict[str, str]
+) -> None:
+    """Retry-After of an ingest 503 is [batch] retry_after, not a constant."""
+    slow = replace(config, batch=replace(config.batch, retry_after=7))
+    client = await client_for(create_app(slow, db), aiohttp_client)
+    hook = await seed_hook(client, admin_headers)
+    await client.app[appkeys.SERVICES][RUN_BATCHER].close()  # as at shutdown
+    headers = github_headers(hook["secret"], PR_OPENED)
+    response = await client.post(hook_path(hook), data=PR_OPENED, headers=headers)
+    assert response.status == 503 and response.headers["Retry-After"] == "7"
+
+
+async def test_the_hooks_own_signature_header_is_redacted_even_outside_the_rule(
+    client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    """A secret_header_name the general rule does not know (no 'signature', 'token', ...) is
+    still redacted in the recorded history: it carries the hook's HMAC."""
+    from gateway.security.sensitive_headers import is_sensitive_header
+
+    assert not is_sensitive_header("x-verify")
+    pipeline_id = await new_pipeline(client, admin_headers)
+    hook = await create_hook(client, admin_headers, pipeline_id, secret_header_name="x-verify")
+    signature = sign_hmac_hex(hook["secret"], "sha256", PR_OPENED)
+    headers = {"Content-Type": "application/json", "X-Verify": f"sha256={signature}"}
+    response = await client.post(hook_path(hook), data=PR_OPENED, headers=headers)
+    assert response.status == 202, await response.text()
+    [row] = await requests_of(database_dsn, hook["id"])
+    stored = orjson.loads(row["headers"])
+    assert stored["x-verify"] == "[redacted]"
+    assert signature not in row["headers"]

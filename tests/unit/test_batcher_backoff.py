@@ -223,3 +223,29 @@ async def test_a_deadlock_is_a_503_for_its_request_but_no_back_off(
         with pytest.raises(TransientConflict):  # the trigger answers it 503 + Retry-After
             await failing
         await store_one(batcher)  # no back-off: the next request is written at once
+
+
+@pytest.mark.parametrize("settled", ["unknown", "unreachable", "not-found"])
+async def test_a_lost_write_whose_outcome_is_not_found_committed_is_a_503(
+    monkeypatch: pytest.MonkeyPatch, settled: str
+) -> None:
+    """WriteInDoubt: only requests found stored may be answered as stored. A settle that
+    cannot tell (writer still running, database unreachable) or finds nothing must fail them."""
+    from types import SimpleNamespace
+
+    from gateway.exceptions import WriteInDoubt
+    from gateway.storage import ingest as store
+
+    async def settle(db: object, lost: object, ids: list[uuid.UUID], wait: float) -> object:
+        if settled == "unreachable":
+            raise DatabaseUnavailable("connection refused")
+        return None if settled == "unknown" else {}
+
+    monkeypatch.setattr(store, "settle_lost_write", settle)
+    async with running(monkeypatch, 30.0) as batcher:
+        batcher._db = cast(Database, SimpleNamespace(config=SimpleNamespace(connect_timeout=1.0)))
+        pending = batcher.submit(request())
+        await batcher.writes_started(1)
+        batcher.writes[0].set_result(WriteInDoubt("lost in commit", (1, datetime.now(UTC))))
+        with pytest.raises(DatabaseUnavailable):
+            await pending

@@ -237,3 +237,11 @@ def test_a_php_style_echo_is_scrubbed_in_place() -> None:
     # Cut off inside an escape: the value's start goes with it.
     assert scrub_sent_secrets('{"a": "Bearer OUT_AUTH_abc\\u00', sent) == '{"a": "[redacted]'
     assert scrub_sent_secrets('{"a": "OUT_AUTH_abc%2', sent) == '{"a": "[redacted]'
+
+
+def test_a_value_with_short_parts_echoed_form_encoded_is_scrubbed() -> None:
+    """Each part is under 8 characters, so only the whole value can be found; form-encoded,
+    its spaces are pluses."""
+    sent = {"X-Api-Key": "k3y1 k3y2 k3y3"}
+    echoed = "api_key=" + quote_plus("k3y1 k3y2 k3y3") + "&x=1"
+    assert scrub_sent_secrets(echoed, sent) == "api_key=[redacted]&x=1"

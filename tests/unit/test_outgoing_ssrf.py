@@ -114,3 +114,11 @@ def test_refusal_is_found_inside_wrapping_errors() -> None:
     wrapper.__cause__ = refused
     assert is_refusal(wrapper) == str(refused)
     assert is_refusal(ConnectionError("other")) is None
+
+
+def test_a_refused_address_after_a_public_one_is_dropped_too() -> None:
+    """aiohttp tries the next address when one fails: a name resolving to a dead public
+    address and then the metadata service must never hand the latter over."""
+    results = [_result("8.8.8.8"), _result("169.254.169.254"), _result("127.0.0.1")]
+    results.append(_result("8.8.4.4"))
+    assert [r["host"] for r in vet_addresses(results)] == ["8.8.8.8", "8.8.4.4"]

@@ -570,3 +570,52 @@ def test_a_stripe_style_value_is_named_as_unsupported() -> None:
         "malformed signature in header 'stripe-signature': Stripe-style 't=<time>,v1=<hex>' "
         "signatures are not supported (expected sha256=<hex>, hex or base64 of the body's HMAC)"
     )
+
+
+@pytest.mark.parametrize("length", [1, 10, 16, 20, 31])
+def test_a_truncated_correct_digest_is_rejected(length: int) -> None:
+    """A prefix of the right MAC (hex, base64, prefixed or not) must never pass: only the
+    full digest of the hook's algorithm is accepted."""
+    raw = hmac.new(SECRET.encode(), PR_OPENED, hashlib.sha256).digest()[:length]
+    verifier = hmac_verifier("sha256")
+    for value in (
+        raw.hex(),
+        "sha256=" + raw.hex(),
+        base64.b64encode(raw).decode(),
+        "sha256=" + base64.urlsafe_b64encode(raw).decode().rstrip("="),
+    ):
+        with pytest.raises(SignatureError):
+            verifier.verify(ci({"X-Hub-Signature-256": value}), PR_OPENED)
+
+
+@pytest.mark.parametrize("scheme", ["hmac", "token", "standard-webhooks"])
+def test_every_scheme_compares_with_compare_digest(
+    monkeypatch: pytest.MonkeyPatch, scheme: str
+) -> None:
+    """Behavioural twin of the AST audit in test_constant_time (which judges operand *names*:
+    ``given == key`` would slip through it): a correct request is accepted through
+    hmac.compare_digest, never through ==."""
+    calls: list[int] = []
+    real = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        calls.append(1)
+        return real(a, b)
+
+    if scheme == "token":
+        token = secrets.token_urlsafe(32)
+        verifier, headers, body = gitlab(token), ci({"X-Gitlab-Token": token}), b"{}"
+    elif scheme == "hmac":
+        value = "sha256=" + sign_hmac_hex(SECRET, "sha256", PR_OPENED)
+        verifier, headers, body = (
+            hmac_verifier("sha256"),
+            ci({"X-Hub-Signature-256": value}),
+            PR_OPENED,
+        )
+    else:
+        secret = generate_secret("standard-webhooks")
+        verifier, body = stdwh_verifier(secret), b"body"
+        headers = ci(stdwh_headers(secret, body, ts=int(time.time())))
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    verifier.verify(headers, body)
+    assert calls, "the secret was not compared with hmac.compare_digest"
