@@ -248,6 +248,16 @@ class EmbeddedPostgres:
         pid = self.pid
         self._postmaster = None if pid is None else (pid, _start_time(pid))
         log.info("embedded_postgres_started", data_dir=str(self.data_dir), pid=pid)
+        if fresh:
+            # Expected on a first start; after an upgrade from another directory it means the
+            # old data was not found (database.data_dir is relative to the working directory).
+            log.warning(
+                "embedded_database_created",
+                data_dir=str(self.data_dir),
+                hint="a new, empty database; if this gateway ran before, point "
+                "[database] data_dir at its data directory (relative paths are resolved from "
+                "the working directory)",
+            )
         return dsn
 
     def running(self) -> bool:

@@ -259,6 +259,16 @@ def test_data_survives_a_restart(second_run: Run) -> None:
     assert status == 200 and me["email"] == ADMIN_EMAIL
     started = second_run.gateway.named("embedded_postgres_starting")
     assert started and started[0]["initialise"] is False
+    assert not second_run.gateway.named("embedded_database_created")
+
+
+def test_a_new_data_directory_is_announced_as_a_warning(
+    first_run_stopped: Run, data_dir: Path
+) -> None:
+    """After an upgrade run from another directory, a new empty database is the sign that the
+    old data was not found: it is a warning naming the directory."""
+    [created] = first_run_stopped.gateway.named("embedded_database_created")
+    assert created["level"] == "warning" and created["data_dir"] == str(data_dir)
 
 
 def test_a_restart_finds_the_schema_current(first_run_stopped: Run, second_run: Run) -> None:
