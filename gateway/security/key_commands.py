@@ -63,7 +63,7 @@ async def _status(config: Config) -> int:
     from gateway.executor.database import existing_database
     from gateway.security.secret_box import SecretBox
     from gateway.security.secret_keys import load_keys
-    from gateway.storage.secret_rotation import key_usage
+    from gateway.storage.secret_rotation import key_usage, unsealed_sensitive_headers
 
     keys = load_keys(config.security.secret_keys, config.security.key_file, create_file=False)
     box = SecretBox.from_key_set(keys)
@@ -71,18 +71,29 @@ async def _status(config: Config) -> int:
     print(f"configured keys: {', '.join(box.key_ids) or '(none)'} (from {keys.origin})")
     async with existing_database(config, start_embedded=True) as db:
         usage = await key_usage(db)
+        unsealed = await unsealed_sensitive_headers(db)
     missing = 0
     for location, key_id, count in usage:
         known = not key_id or key_id in box.key_ids
         missing += 0 if known else count
         label = key_id or "plaintext"
         print(f"{location}: {count} sealed with {label}{'' if known else ' (KEY MISSING)'}")
+    if unsealed:
+        print(f"outgoing_hooks.settings.request_headers: {unsealed} sensitive, in plaintext")
+    code = 0
     if missing:
         print(
             f"gateway: {missing} stored secrets use keys this host does not have", file=sys.stderr
         )
-        return 1
-    return 0
+        code = 1
+    if unsealed and box.enabled:
+        print(
+            f"gateway: {unsealed} sensitive outgoing header values are stored in plaintext "
+            "(written by an earlier release): run `gateway keys rotate` to seal them",
+            file=sys.stderr,
+        )
+        code = 1
+    return code
 
 
 async def _rotate(config: Config, batch_size: int) -> int:
@@ -98,8 +109,10 @@ async def _rotate(config: Config, batch_size: int) -> int:
     security = config.security
     keys = load_keys(security.secret_keys, security.key_file, create_file=False)
     if not keys.keys:
-        where = f"key_file {security.key_file!r} does not exist" if security.key_file else (
-            "key_file is empty"
+        where = (
+            f"key_file {security.key_file!r} does not exist"
+            if security.key_file
+            else ("key_file is empty")
         )
         raise ValueError(
             f"no encryption key on this host (security.secret_keys is empty and {where}): "

@@ -22,7 +22,11 @@ from gateway.reload import CONFIG_HOLDER, ConfigHolder, live_config, touches
 from gateway.security.secret_box import SecretBox, generates_key_file, open_secret_box
 from gateway.security.secret_keys import load_keys
 from gateway.storage.database import Database
-from gateway.storage.secret_rotation import missing_key_ids, sealed_key_ids
+from gateway.storage.secret_rotation import (
+    missing_key_ids,
+    sealed_key_ids,
+    unsealed_sensitive_headers,
+)
 
 log = get_logger(__name__)
 
@@ -56,6 +60,13 @@ async def check_secret_keys(db: Database, config: Config) -> None:
             )
     install_secret_box(db, config)
     await report_missing_keys(db, db.secret_box)
+    if db.secret_box.enabled and (unsealed := await unsealed_sensitive_headers(db)):
+        log.warning(
+            "secrets_in_plaintext",
+            sensitive_header_values=unsealed,
+            hint="outgoing hook header values written by an earlier release before their "
+            "names counted as sensitive; `gateway keys rotate` seals them",
+        )
 
 
 async def report_missing_keys(db: Database, box: SecretBox, *, after_reload: bool = False) -> None:

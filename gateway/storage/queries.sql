@@ -1185,4 +1185,15 @@ CROSS JOIN LATERAL (
 WHERE s.value <> ''
 GROUP BY location, key_id
 ORDER BY location, key_id;
+-- name: outgoing_unsealed_header_names
+-- Names of outgoing request headers whose values are stored unsealed, per hook (the caller
+-- keeps the sensitive ones: written before the sensitive-header rule covered them, they stay
+-- plaintext until `gateway keys rotate` or the hook's next update seals them).
+SELECT e.header ->> 'name' AS name
+FROM outgoing_hooks o
+CROSS JOIN LATERAL jsonb_array_elements(
+    CASE WHEN jsonb_typeof(o.settings -> 'request_headers') = 'array'
+         THEN o.settings -> 'request_headers' ELSE '[]'::jsonb END) AS e(header)
+WHERE NOT starts_with(coalesce(e.header ->> 'value', ''), 'enc:')
+  AND coalesce(e.header ->> 'value', '') <> '';
 -- end Secrets at rest --------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 
 from gateway.dispatcher.signing import with_sensitive_header_values
 from gateway.security.secret_box import VERSION_PREFIX, SecretBox, SecretBoxError, is_encrypted
+from gateway.security.sensitive_headers import is_sensitive_header
 from gateway.storage.database import Database, Record
 
 INCOMING, OUTGOING = "incoming_hooks", "outgoing_hooks"
@@ -159,6 +160,13 @@ async def key_usage(db: Database) -> list[tuple[str, str, int]]:
     """``(location, key_id, count)`` of stored secrets; key id ``""`` means plaintext."""
     rows = await db.fetch("secrets_key_usage")
     return [(row["location"], row["key_id"], row["secrets"]) for row in rows]
+
+
+async def unsealed_sensitive_headers(db: Database) -> int:
+    """How many sensitive outgoing request header values are stored in plaintext (written
+    before the sensitive-header rule covered their names; `gateway keys rotate` seals them)."""
+    rows = await db.fetch("outgoing_unsealed_header_names")
+    return sum(1 for row in rows if is_sensitive_header(row["name"] or ""))
 
 
 async def sealed_key_ids(db: Database) -> dict[str, int]:

@@ -106,6 +106,39 @@ async def test_status_reports_key_usage_and_missing_keys(
     assert code == 1 and "2 sealed with a (KEY MISSING)" in out and "does not have" in err
 
 
+async def test_status_names_sensitive_header_values_left_in_plaintext(
+    db: Database, database_dsn: str, tmp_path: Path
+) -> None:
+    """An earlier release stored X-Functions-Key as written (the rule did not name it then):
+    status says so and fails until `keys rotate` seals it; an ordinary header is no secret."""
+    line_a = new_key_line("a")
+    await seeded(db, [])
+    pipeline_id = await db.pool.fetchval("SELECT max(id) FROM pipelines")
+    headers = [
+        {"name": "X-Functions-Key", "value": "FUNCKEY_legacy_0123456789"},
+        {"name": "X-Run", "value": "plain"},
+    ]
+    await db.pool.execute(
+        "INSERT INTO outgoing_hooks (id, pipeline_id, name, target_url, events, settings, "
+        "requires_secret) VALUES ($1, $2, 'o', 'https://example.com/h', '{run.completed}', "
+        "$3::jsonb, false)",
+        uuid.uuid4(),
+        pipeline_id,
+        {"request_headers": headers},  # the pool's jsonb codec encodes it
+    )
+    config = config_file(tmp_path, [line_a])
+
+    code, out, err = await run_cli(config, database_dsn, "status")
+    assert code == 1, out
+    assert "outgoing_hooks.settings.request_headers: 1 sensitive, in plaintext" in out
+    assert "gateway keys rotate" in err and "FUNCKEY" not in out + err
+
+    assert (await run_cli(config, database_dsn, "rotate"))[0] == 0
+    code, out, _ = await run_cli(config, database_dsn, "status")
+    assert code == 0 and "in plaintext" not in out
+    assert "outgoing_hooks.settings.request_headers: 1 sealed with a" in out
+
+
 async def test_rotate_command_reencrypts(db: Database, database_dsn: str, tmp_path: Path) -> None:
     line_a, line_b = new_key_line("a"), new_key_line("b")
     box_a = SecretBox.from_key_set(_key_set(line_a))

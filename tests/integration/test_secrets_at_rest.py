@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.config import Config
 from gateway.dispatcher.outbound import CompiledHook as OutgoingHook
@@ -200,7 +201,7 @@ async def test_storage_writes_back_as_it_is_only_a_value_read_from_the_database(
 
 
 async def test_a_credential_header_stored_in_plaintext_before_the_rule_named_it(
-    client: Any, admin_headers: dict[str, str], db: Database, database_dsn: str
+    client: Any, admin_headers: dict[str, str], db: Database, database_dsn: str, config: Config
 ) -> None:
     """X-Functions-Key was stored as written while the rule did not call it a credential.
     After the upgrade it is masked and still sent; a PUT that sends the mask back keeps it
@@ -235,6 +236,10 @@ async def test_a_credential_header_stored_in_plaintext_before_the_rule_named_it(
         assert [t.source for _, t in opened.headers] == [h["value"] for h in headers]
 
     await stored_as_before_the_upgrade()
+    with capture_logs() as logs:  # as at the next start of serve or dispatch
+        await check_secret_keys(db, config)
+    [warned] = [e for e in logs if e["event"] == "secrets_in_plaintext"]
+    assert warned["log_level"] == "warning" and warned["sensitive_header_values"] == 1
     url = f"/hooks/outgoing/{hook_id}"
     read = await (await client.get(url, headers=admin_headers)).json()
     assert read["settings"]["request_headers"] == [
@@ -256,6 +261,9 @@ async def test_a_credential_header_stored_in_plaintext_before_the_rule_named_it(
     outgoing = next(r for r in results if r.table == OUTGOING)
     assert (outgoing.reencrypted, outgoing.conflicts, outgoing.unreadable) == (1, 0, 0)
     await sealed_and_sent()
+    with capture_logs() as logs:
+        await check_secret_keys(db, config)
+    assert not [e for e in logs if e["event"] == "secrets_in_plaintext"]
 
 
 async def test_a_secret_sealed_with_a_missing_key_fails_closed_until_the_key_is_added(
