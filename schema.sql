@@ -265,6 +265,14 @@ BEGIN
         NEW.message := 'cancelled: the pipeline was deleted';
         RETURN NEW;
     END IF;
+    -- A concurrency change re-keying this pipeline's backlog holds its re-key lock (storage/
+    -- runs.py set_concurrency) without holding the pipeline row, so that this insert does not
+    -- wait seconds for it: the run is keyed by the settings still in force, and listed for that
+    -- change to re-key as well before it commits.
+    IF NEW.status IN ('queued', 'in-progress')
+            AND NOT pg_try_advisory_xact_lock_shared(hookgate_rekey_lock(NEW.pipeline_id)) THEN
+        INSERT INTO pipeline_runs_rekey (pipeline_id, run_id) VALUES (NEW.pipeline_id, NEW.id);
+    END IF;
     IF key_name IS NULL THEN
         NEW.concurrency_key_value := NULL;
         RETURN NEW;
@@ -427,3 +435,23 @@ ALTER TABLE users ADD COLUMN IF NOT EXISTS disabled_at timestamptz;
 
 INSERT INTO schema_version (version) VALUES (4) ON CONFLICT DO NOTHING;
 -- end User lifecycle -----------------------------------------------------------------------------
+
+-- Re-keying without the pipeline row ------------------------------------------------------------
+-- Runs inserted while a concurrency change re-keys its pipeline's queued and in-progress runs
+-- (storage/runs.py set_concurrency), listed by the run insert trigger above for that change to
+-- re-key too. That change deletes its pipeline's rows before it commits; rows written during a
+-- change that failed wait for the next one. Nothing here outlives a crash that matters: unlogged.
+CREATE UNLOGGED TABLE IF NOT EXISTS pipeline_runs_rekey (
+    pipeline_id  bigint NOT NULL,
+    run_id       uuid NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pipeline_runs_rekey_pipeline_idx ON pipeline_runs_rekey (pipeline_id);
+
+-- The advisory lock a re-keying change holds (exclusively) on its pipeline for its transaction.
+CREATE OR REPLACE FUNCTION hookgate_rekey_lock(pipeline_id bigint)
+RETURNS bigint LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT hashtextextended('hookgate:rekey:' || pipeline_id, 0)
+$$;
+
+INSERT INTO schema_version (version) VALUES (5) ON CONFLICT DO NOTHING;
+-- end Re-keying ----------------------------------------------------------------------------------

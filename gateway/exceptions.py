@@ -57,6 +57,15 @@ class PoolExhausted(DatabaseUnavailable):
     """Every database connection of this process stayed busy; retry later."""
 
 
+class OperationTimedOut(GatewayError):
+    """An operation ran out of the time it may take (a large backlog) and was rolled back:
+    nothing was changed; retry later. The message says which operation and why."""
+
+    def __init__(self, message: str, retry_after: int = 30) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class DatabaseMisconfigured(GatewayError):
     """database.dsn cannot be used as written (not an outage: retrying will not help until the
     configuration changes). The command line exits with 2, as for any configuration error."""

@@ -20,6 +20,7 @@ from gateway.exceptions import (
     InvalidCredentials,
     InvalidToken,
     NotFound,
+    OperationTimedOut,
     Overloaded,
     TooManyAttempts,
     TransientConflict,
@@ -64,6 +65,8 @@ def _translate(exc: Exception) -> web.Response:
         return error_response(409, str(exc))
     if isinstance(exc, TooManyAttempts):
         return error_response(429, str(exc), headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, OperationTimedOut):  # rolled back, nothing written; says what and why
+        return error_response(503, str(exc), headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, TransientConflict):  # rolled back, nothing written
         return error_response(
             503, "a concurrent change conflicted with this one; retry", headers={"Retry-After": "1"}

@@ -119,6 +119,17 @@ def translate_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def statement_timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` (as raised by asyncpg, or as translated) is the server cancelling a
+    statement at its statement_timeout (57014, which :func:`translate_error` counts as an outage
+    with the rest of class 57): the database is there; the work was too much for the time, and
+    was rolled back. (The server's timeout fires before the client's, see server_settings.)"""
+    return any(
+        isinstance(error, asyncpg.QueryCanceledError) and "statement timeout" in str(error)
+        for error in (exc, exc.__cause__)
+    )
+
+
 def _severity(exc: BaseException) -> str | None:
     """The server's severity of an error it reported (FATAL, ERROR ...), untranslated."""
     return getattr(exc, "severity_en", None) or getattr(exc, "severity", None)

@@ -76,8 +76,9 @@ async def insert_requests(
 
 
 # Seconds a batch statement may wait for a lock. A batch mixes requests for every hook, and a
-# run's insert locks its pipeline row (FOR SHARE): while one pipeline is locked for long (its
-# deletion, a concurrency change re-keying a large backlog, any long transaction), every batch
+# run's insert locks its pipeline row (FOR SHARE): while one pipeline is locked for long (a long
+# transaction that changed it; its deletion and a concurrency change hold it only a moment,
+# whatever the backlog: storage/pipelines.py, storage/concurrency.py), every batch
 # holding one of its requests would wait, up to the statement timeout, and with all the writers
 # so taken the requests of every other pipeline too. After this long the batch fails as a
 # TransientConflict and is written again one request at a time: only that pipeline's requests

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from gateway.logs import get_logger
 from gateway.storage.database import Database, Record
 from gateway.storage.paging import split_page
+
+log = get_logger(__name__)
+
+CANCEL_CHUNK = 5000  # runs per cancelling statement after a delete: a fraction of a second
 
 
 async def insert_pipeline(
@@ -50,17 +55,33 @@ async def update_pipeline(
 
 
 async def delete_pipeline(db: Database, pipeline_id: int) -> bool:
-    """Delete a pipeline and its hooks, cancelling its unfinished runs; False when it did not
-    exist."""
+    """Delete a pipeline and its hooks, then cancel its unfinished runs; False when it did not
+    exist.
+
+    The delete touches no run, so the pipeline row (which every run insert share-locks) is held
+    only for the delete itself, whatever the backlog; the runs are cancelled after it commits,
+    ``CANCEL_CHUNK`` at a time, each chunk a short statement of its own. Until then they cannot
+    be claimed (a claim joins the pipeline); runs written after the delete are cancelled by the
+    insert trigger; and any the chunks leave (the process stopped) are cancelled by an
+    executor's start (runs.cancel_orphaned). A status change locks its run, then the outgoing
+    hook its outbox row refers to, and the delete takes only the pipeline, then its hooks (the
+    cascade): no order of theirs makes a cycle.
+    """
     async with db.transaction() as session:
-        # One lock order for everyone: the pipeline (as set_concurrency and the run insert
-        # trigger lock it before runs), its runs (as a status change locks its run before the
-        # outgoing hook that its outbox row refers to), then its hooks (the delete's cascade).
-        # The runs are cancelled again after the delete for runs committed meanwhile.
-        if await session.fetchval("pipeline_lock_for_delete", pipeline_id) is None:
-            return False
-        await session.execute("pipeline_cancel_runs", pipeline_id)
         if await session.fetchval("pipeline_delete", pipeline_id) is None:
             return False
-        await session.execute("pipeline_cancel_runs", pipeline_id)
+    cancelled = await cancel_runs_of_deleted(db, pipeline_id)
+    log.info("pipeline_runs_cancelled", pipeline_id=pipeline_id, runs=cancelled)
     return True
+
+
+async def cancel_runs_of_deleted(db: Database, pipeline_id: int, chunk: int = CANCEL_CHUNK) -> int:
+    """Cancel the unfinished runs of deleted pipeline ``pipeline_id``, ``chunk`` runs of each
+    status per statement; return how many."""
+    cancelled = 0
+    while True:
+        done = await db.fetchrow("pipeline_cancel_runs", pipeline_id, chunk)
+        assert done is not None
+        cancelled += done["cancelled"]
+        if done["found"] == 0:
+            return cancelled

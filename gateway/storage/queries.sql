@@ -208,27 +208,31 @@ WHERE id = $1
 RETURNING id, environment_id, name, resource_type, resource_id, action_type, created_at,
           updated_at;
 
--- name: pipeline_lock_for_delete
--- The pipeline row, locked before its runs (as set_concurrency and the run insert trigger
--- take them: pipeline, then runs), then its runs, then (by the delete's cascade) its hooks
--- (as a status change takes them: run, then hook). NULL when there is no such pipeline.
-SELECT id FROM pipelines WHERE id = $1 FOR UPDATE;
-
 -- name: pipeline_delete
 -- Delete a pipeline (its hooks go with it; runs and history stay). Waits for runs being
 -- inserted against it (the insert trigger holds its row FOR SHARE); runs inserted after it are
--- cancelled by that trigger. Cancel the pipeline's unfinished runs next (pipeline_cancel_runs).
+-- cancelled by that trigger. Touches no run: its unfinished runs are cancelled next, in chunks
+-- and transactions of their own (pipeline_cancel_runs), so that the row is held only briefly.
 DELETE FROM pipelines WHERE id = $1 RETURNING id;
 
 -- name: pipeline_cancel_runs
--- Cancel a pipeline's unfinished runs, before it is deleted (locking the runs first, as status
--- changes do) and again after (runs committed while the delete waited): nothing could ever
--- claim them, and prune only removes finished runs. An executor holding one gets a 409 when it
--- reports.
-UPDATE pipeline_runs
-SET status = 'cancelled', finished_at = now(), lease_token = NULL, lease_expires_at = NULL,
-    message = 'cancelled: the pipeline was deleted', updated_at = now()
-WHERE pipeline_id = $1 AND status IN ('queued', 'in-progress');
+-- Cancel up to $2 queued and up to $2 in-progress runs of deleted pipeline $1: nothing could
+-- ever claim them (claims join the pipeline), and prune only removes finished runs. An executor
+-- holding one gets a 409 when it reports. Returns how many runs were found and how many
+-- cancelled (fewer when some finished meanwhile); none found: none is left.
+WITH found AS (
+    (SELECT id FROM pipeline_runs WHERE pipeline_id = $1 AND status = 'queued' LIMIT $2)
+    UNION ALL
+    (SELECT id FROM pipeline_runs WHERE pipeline_id = $1 AND status = 'in-progress' LIMIT $2)
+), cancelled AS (
+    UPDATE pipeline_runs r
+    SET status = 'cancelled', finished_at = now(), lease_token = NULL, lease_expires_at = NULL,
+        message = 'cancelled: the pipeline was deleted', updated_at = now()
+    FROM found f
+    WHERE r.id = f.id AND r.status IN ('queued', 'in-progress')
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM found) AS found, (SELECT count(*) FROM cancelled) AS cancelled;
 
 -- name: incoming_hook_insert
 -- Create an incoming hook; returns the hook (with its secret, shown once) and its environment.
@@ -783,24 +787,63 @@ RETURNING id, pipeline_id, status, attempt, lease_expires_at;
 SELECT id, environment_id, concurrency_policy, concurrency_key, max_attempts
 FROM pipelines WHERE id = $1;
 
+-- name: runs_rekey_lock
+-- The pipeline's re-key lock: waits for the run inserts in flight (the insert trigger holds it
+-- shared); those that come later list their runs in pipeline_runs_rekey instead of waiting.
+SELECT pg_advisory_xact_lock(hookgate_rekey_lock($1));
+
+-- name: runs_rekey_chunk
+-- Re-key by key $2 the next $5 of pipeline $1's queued and in-progress runs after ($3, $4) in
+-- (queued_at, id) order, writing only those whose key value changes. Returns how many were
+-- read, how many changed, and the last one read (where the next chunk starts).
+WITH chunk AS (
+    SELECT r.id, r.queued_at FROM pipeline_runs r
+    WHERE r.pipeline_id = $1 AND r.status IN ('queued', 'in-progress')
+      AND (r.queued_at, r.id) > ($3::timestamptz, $4::uuid)
+    ORDER BY r.queued_at, r.id
+    LIMIT $5
+), changed AS (
+    UPDATE pipeline_runs r
+    SET concurrency_key_value = hookgate_concurrency_key(r.variables, $2::text)
+    FROM chunk c
+    WHERE r.id = c.id
+      AND r.concurrency_key_value IS DISTINCT FROM hookgate_concurrency_key(r.variables, $2::text)
+    RETURNING 1
+), last AS (
+    SELECT queued_at, id FROM chunk ORDER BY queued_at DESC, id DESC LIMIT 1
+)
+SELECT (SELECT count(*) FROM chunk) AS read, (SELECT count(*) FROM changed) AS changed,
+       (SELECT queued_at FROM last) AS last_queued_at, (SELECT id FROM last) AS last_id;
+
 -- name: runs_set_concurrency
 -- Change a pipeline's concurrency settings (waits for runs being inserted against the old row:
--- the insert trigger holds it FOR SHARE). Re-key its runs next, in a statement of its own.
+-- the insert trigger holds it FOR SHARE). Taken after the backlog was re-keyed, so that the row
+-- is held only for the few runs inserted meanwhile (runs_rekey_inserted_meanwhile).
 UPDATE pipelines SET
     concurrency_policy = $2, concurrency_key = $3, max_attempts = $4, updated_at = now()
 WHERE id = $1
 RETURNING id, environment_id, concurrency_policy, concurrency_key, max_attempts;
 
--- name: runs_rekey_pipeline
--- Re-key a pipeline's queued and in-progress runs by its current key; returns how many.
-WITH rekeyed AS (
+-- name: runs_rekey_inserted_meanwhile
+-- Re-key by the pipeline's current key the runs the insert trigger listed while the backlog
+-- was re-keyed, and clear the list; returns how many changed.
+WITH listed AS (
+    DELETE FROM pipeline_runs_rekey WHERE pipeline_id = $1 RETURNING run_id
+), changed AS (
     UPDATE pipeline_runs r
     SET concurrency_key_value = hookgate_concurrency_key(r.variables, p.concurrency_key)
     FROM pipelines p
-    WHERE p.id = $1 AND r.pipeline_id = p.id AND r.status IN ('queued', 'in-progress')
-    RETURNING r.id
+    WHERE p.id = $1 AND r.pipeline_id = p.id AND r.id IN (SELECT run_id FROM listed)
+      AND r.status IN ('queued', 'in-progress')
+      AND r.concurrency_key_value IS DISTINCT FROM
+          hookgate_concurrency_key(r.variables, p.concurrency_key)
+    RETURNING 1
 )
-SELECT count(*) FROM rekeyed;
+SELECT count(*) FROM changed;
+
+-- name: runs_active_count
+-- How many queued and in-progress runs a pipeline has (for messages about its backlog).
+SELECT count(*) FROM pipeline_runs WHERE pipeline_id = $1 AND status IN ('queued', 'in-progress');
 
 -- name: runs_execute_environment_ids
 -- Environments where user $1 holds permission $2 through one of their teams.

@@ -30,6 +30,7 @@ from typing import Any
 from gateway import run_states
 from gateway.exceptions import Conflict, NotFound
 from gateway.storage import outgoing
+from gateway.storage.concurrency import set_concurrency as set_concurrency  # re-exported
 from gateway.storage.database import Database, Record, Session
 
 SWEEP_LIMIT = 1000  # rows per housekeeping statement inside a claim
@@ -287,25 +288,6 @@ def _check_lease(row: Record, lease_token: uuid.UUID) -> None:
 async def pipeline_settings(db: Database, pipeline_id: int) -> Record | None:
     """The pipeline's environment and concurrency settings, or None."""
     return await db.fetchrow("runs_pipeline_settings", pipeline_id)
-
-
-async def set_concurrency(
-    db: Database, pipeline_id: int, policy: str, key: str | None, max_attempts: int
-) -> Record:
-    """Change a pipeline's concurrency settings; its active runs are re-keyed at once, those
-    being inserted meanwhile included (``rekeyed``: how many)."""
-    if policy not in run_states.POLICIES:
-        raise ValueError(f"policy: must be one of {', '.join(run_states.POLICIES)}")
-    async with db.transaction() as session:
-        row = await session.fetchrow(
-            "runs_set_concurrency", pipeline_id, policy, key, max_attempts
-        )
-        if row is None:
-            raise NotFound("pipeline not found")
-        # A statement of its own, so its snapshot includes the runs whose inserts the update
-        # waited for (they read the old settings); inserts after it wait for this commit.
-        rekeyed = await session.fetchval("runs_rekey_pipeline", pipeline_id)
-    return {**row, "rekeyed": rekeyed}
 
 
 async def environments_with(db: Database, user_id: int, permission: str) -> list[int]:

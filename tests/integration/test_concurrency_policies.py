@@ -7,6 +7,7 @@ import hashlib
 import random
 import secrets
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -263,6 +264,7 @@ async def wait_until_blocked(db: Database, within: float = 10.0) -> None:
     """Until a session of this database waits for a lock another holds: the state the lock
     order tests below must reach (a fixed sleep could end before the other task even sent its
     statement, and the test would pass without building the cycle)."""
+
     async def blocked() -> int:
         waiting: int = await db.pool.fetchval(
             "SELECT count(*) FROM pg_stat_activity "
@@ -306,21 +308,38 @@ async def test_deleting_a_pipeline_while_a_run_reports_does_not_deadlock(db: Dat
     assert row["status"] == "completed"  # the report came first and stands
 
 
+@pytest.mark.parametrize("delete_after", ["runs_rekey_chunk", "runs_set_concurrency"])
 async def test_deleting_a_pipeline_while_its_concurrency_changes_does_not_deadlock(
-    db: Database,
+    db: Database, delete_after: str
 ) -> None:
-    """set_concurrency locks the pipeline, then re-keys its runs; the delete must take the
-    pipeline before the runs too (it once cancelled the runs first: a deadlock)."""
+    """set_concurrency re-keys the runs, then locks the pipeline; the delete locks the pipeline
+    (and its hooks), commits, and only then cancels the runs: whichever statement of the change
+    the delete comes after, one waits for the other, never both (once a deadlock)."""
     pipeline = await make_pipeline(db, policy="queue", key="ref")
-    await enqueue(db, pipeline["id"], ref="main")
+    await enqueue(db, pipeline["id"], ref="main")  # keyed "main" by ref, by branch none
+    steps = [
+        ("runs_rekey_lock", (pipeline["id"],)),
+        (
+            "runs_rekey_chunk",
+            (pipeline["id"], "branch", datetime.min.replace(tzinfo=UTC), uuid.UUID(int=0), 100),
+        ),
+        ("runs_set_concurrency", (pipeline["id"], "queue", "branch", 3)),
+        ("runs_rekey_inserted_meanwhile", (pipeline["id"],)),
+    ]
+    deleting: asyncio.Task[bool] | None = None
     async with db.pool.acquire() as other:
         async with other.transaction():
             # runs.set_concurrency, statement by statement, with the delete started between
-            await other.fetchrow(QUERIES["runs_set_concurrency"], pipeline["id"], "queue", "ref", 3)
-            deleting = asyncio.create_task(pipelines.delete_pipeline(db, pipeline["id"]))
-            await wait_until_blocked(db)  # the delete waits for the pipeline row
-            assert not deleting.done()
-            await other.fetchval(QUERIES["runs_rekey_pipeline"], pipeline["id"])
+            for name, args in steps:
+                row = await other.fetchrow(QUERIES[name], *args)
+                if deleting is not None and name == "runs_set_concurrency":
+                    assert row is None  # the delete came first: no pipeline to update
+                    break
+                if name == delete_after:
+                    deleting = asyncio.create_task(pipelines.delete_pipeline(db, pipeline["id"]))
+                    await wait_until_blocked(db)  # on the re-keyed run, or on the pipeline row
+                    assert not deleting.done()
+    assert deleting is not None
     assert await asyncio.wait_for(deleting, 10) is True
 
 
@@ -329,7 +348,8 @@ async def test_a_repeated_delivery_while_its_pipeline_is_deleted_is_not_a_deadlo
 ) -> None:
     """The run insert trigger share-locks the pipeline, and a repeated delivery then waits for
     its original run: with the delete holding that run before the pipeline, the server broke
-    the deadlock and the repeat got 503 (with the batcher backing off)."""
+    the deadlock and the repeat got 503 (with the batcher backing off). Now the delete holds
+    the pipeline alone, and cancels the runs after it committed."""
     pipeline_id = await new_pipeline(client, admin_headers)
     hook = await create_hook(client, admin_headers, pipeline_id, requires_secret=False)
     path = f"/hooks/incoming/{hook['id']}"
@@ -337,25 +357,27 @@ async def test_a_repeated_delivery_while_its_pipeline_is_deleted_is_not_a_deadlo
     first = await client.post(path, json={"a": 1}, headers=delivery)
     assert first.status == 202, await first.text()
 
-    cancelled, go_on = asyncio.Event(), asyncio.Event()
-    real_execute = Session.execute
+    deleted, go_on = asyncio.Event(), asyncio.Event()
+    real_fetchval = Session.fetchval
 
-    async def pausing_execute(self: Session, name: str, *args: Any) -> Any:
-        result = await real_execute(self, name, *args)
-        if name == "pipeline_cancel_runs" and not cancelled.is_set():
-            cancelled.set()  # the delete holds the pipeline and the run of d-1 now
+    async def pausing_fetchval(self: Session, name: str, *args: Any) -> Any:
+        result = await real_fetchval(self, name, *args)
+        if name == "pipeline_delete" and not deleted.is_set():
+            deleted.set()  # the delete holds the pipeline (and its hooks) now
             await go_on.wait()
         return result
 
-    monkeypatch.setattr(Session, "execute", pausing_execute)
+    monkeypatch.setattr(Session, "fetchval", pausing_fetchval)
     deleting = asyncio.create_task(pipelines.delete_pipeline(db, pipeline_id))
-    await cancelled.wait()
+    await deleted.wait()
     repeat = asyncio.create_task(client.post(path, json={"a": 1}, headers=delivery))
     await wait_until_blocked(db)  # its batch waits for the delete's locks
     go_on.set()
     answer = await asyncio.wait_for(repeat, 10)
     assert await asyncio.wait_for(deleting, 10) is True
     assert answer.status in (200, 404), await answer.text()  # a duplicate, or the hook is gone
+    row = await db.pool.fetchrow("SELECT status FROM pipeline_runs WHERE delivery_id = 'd-1'")
+    assert row is not None and row["status"] == "cancelled"
 
 
 # --- the order of runs written by the ingest batcher ------------------------------------------
