@@ -79,6 +79,10 @@ class SchemaNotApplied(GatewayError):
     """The database refused schema.sql (a role without the privileges it needs, ...)."""
 
 
+class SchemaLockTimeout(SchemaNotApplied):
+    """schema.sql waited too long for a lock another session holds; nothing of it was applied."""
+
+
 class Overloaded(GatewayError):
     """The gateway is overloaded; retry later."""
 

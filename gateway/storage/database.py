@@ -8,6 +8,7 @@ import hashlib
 import os
 import ssl
 import sys
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,11 +28,13 @@ from gateway.exceptions import (
     NeedsTransaction,
     NotFound,
     PoolExhausted,
+    SchemaLockTimeout,
     SchemaNotApplied,
     TransientConflict,
 )
 from gateway.logs import get_logger
 from gateway.security.secret_box import PLAINTEXT_BOX, SecretBox
+from gateway.storage.lock_waits import LockWaitWatch
 from gateway.storage.queries import QUERIES
 
 log = get_logger(__name__)
@@ -47,6 +50,28 @@ def _find_schema() -> Path:
 
 
 SCHEMA_PATH = _find_schema()
+
+
+# How long schema.sql waits for each lock before it gives up and tries again (after a pause):
+# shorter than the ingest writers' lock_timeout (storage/ingest.py WRITER_LOCK_TIMEOUT), so
+# that the writes queued behind its exclusive lock request wait less than they may.
+SCHEMA_LOCK_WAIT = 1.5
+SCHEMA_RETRY_PAUSE = 0.5
+_LOCK_TIMEOUT_SQLSTATE = "55P03"
+
+
+def _schema_lock_message(name: str, waited: float, attempts: int, watch: LockWaitWatch) -> str:
+    """Why schema.sql was not applied: the lock it waited for, whose, and what to do."""
+    tries = "" if attempts == 1 else f" (over {attempts} attempts)"
+    if watch.blockers:
+        held = "held by " + "; ".join(b.describe() for b in watch.blockers)
+    else:
+        held = "held by another session (not seen: look for long transactions in pg_stat_activity)"
+    return (
+        f"cannot apply {name}: it waited {waited:.1f}s{tries} for a lock {held}; nothing was "
+        "applied. End or wait out that transaction (a backup, a long query, a session left idle "
+        "in a transaction), then run `gateway migrate` or start the gateway again"
+    )
 
 
 class SchemaOutcome(NamedTuple):
@@ -486,20 +511,51 @@ class Database(Session):
     async def apply_schema_outcome(
         self, schema_path: Path = SCHEMA_PATH, *, force: bool = False
     ) -> SchemaOutcome:
-        """:meth:`apply_schema`, also saying whether the file ran or was skipped."""
+        """:meth:`apply_schema`, also saying whether the file ran or was skipped.
+
+        Each lock is waited for at most ``SCHEMA_LOCK_WAIT``: while an ALTER TABLE waits for
+        its exclusive lock (behind a long transaction, a backup), every other session's request
+        for that table queues behind it, so it gives up, lets them through and tries again, for
+        up to ``command_timeout`` in all; then SchemaLockTimeout names whoever held the lock.
+        """
         sql = schema_path.read_text(encoding="utf-8")  # noqa: ASYNC240 - once, at start-up
         digest = hashlib.sha256(sql.encode("utf-8")).hexdigest()
+        started = time.monotonic()
+        watch = LockWaitWatch(self.connection, f"applying {schema_path.name}")
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return await self._apply_schema_once(schema_path, sql, digest, force, watch)
+            except TransientConflict as exc:
+                if getattr(exc.__cause__, "sqlstate", None) != _LOCK_TIMEOUT_SQLSTATE:
+                    raise
+                waited = time.monotonic() - started
+                if waited + SCHEMA_RETRY_PAUSE + SCHEMA_LOCK_WAIT > self.config.command_timeout:
+                    raise SchemaLockTimeout(
+                        _schema_lock_message(schema_path.name, waited, attempts, watch)
+                    ) from exc
+                log.info("schema_lock_wait_retry", attempt=attempts, waited_s=round(waited, 1))
+            await asyncio.sleep(SCHEMA_RETRY_PAUSE)  # the writers queued behind it go first
+
+    async def _apply_schema_once(
+        self, schema_path: Path, sql: str, digest: str, force: bool, watch: LockWaitWatch
+    ) -> SchemaOutcome:
+        """One attempt of :meth:`apply_schema_outcome`, in one transaction."""
         try:
             async with self.transaction() as session:
-                await session.execute("schema_lock")
-                known = await session.fetchval("schema_digest_table_exists") and (
-                    await session.fetchval("schema_digest_known", digest)
-                )
-                applied = force or not known
-                if applied:
-                    async with translated():
-                        await session._executor.execute(sql)
-                    await session.execute("schema_digest_record", digest)
+                pid = session._executor.get_server_pid()
+                await session.execute("schema_lock_timeout", f"{round(SCHEMA_LOCK_WAIT * 1000)}ms")
+                async with watch.watching(pid):
+                    await session.execute("schema_lock")
+                    known = await session.fetchval("schema_digest_table_exists") and (
+                        await session.fetchval("schema_digest_known", digest)
+                    )
+                    applied = force or not known
+                    if applied:
+                        async with translated():
+                            await session._executor.execute(sql)
+                        await session.execute("schema_digest_record", digest)
                 version: int = await session.fetchval("schema_version")
         except asyncpg.PostgresError as exc:  # refused by the server, not an outage
             hint = (

@@ -23,6 +23,20 @@ FROM pg_stat_activity WHERE pid = $2 AND backend_xid = $1::xid8::xid;
 -- Serialises schema application across processes starting at once.
 SELECT pg_advisory_xact_lock(7283917);
 
+-- name: schema_lock_timeout
+-- How long each lock of this transaction may be waited for ($1: '1500ms'): schema.sql gives up
+-- and retries rather than hold up, behind its exclusive lock request, every write of the table.
+SELECT set_config('lock_timeout', $1, true);
+
+-- name: lock_blockers
+-- The sessions that hold a lock backend $1 waits for: who they are and what they are doing,
+-- never their query text (it may hold data).
+SELECT a.pid, a.application_name, a.state, a.usename::text,
+       extract(epoch FROM now() - a.xact_start)::float8
+FROM pg_stat_activity a
+WHERE a.pid = ANY (pg_blocking_pids($1))
+ORDER BY a.pid;
+
 -- name: schema_digest_table_exists
 -- Whether the schema_digest table exists yet (a database from before it, or an empty one).
 SELECT to_regclass('schema_digest') IS NOT NULL;

@@ -437,8 +437,10 @@ def test_a_missing_certificate_file_in_the_dsn_is_a_configuration_error(
     # The driver reads sslrootcert before it connects and reported a bare "[Errno 2] No such
     # file or directory", which the gateway called an outage (exit 1, retried for ever).
     missing = tmp_path / "certs" / "root.crt"
-    dsn = database_dsn + ("&" if "?" in database_dsn else "?") + (
-        f"sslmode=verify-full&sslrootcert={missing}"
+    dsn = (
+        database_dsn
+        + ("&" if "?" in database_dsn else "?")
+        + (f"sslmode=verify-full&sslrootcert={missing}")
     )
     config = write_config(tmp_path / "config.toml", {"database": {"dsn": dsn}})
     result = run_gateway("--config", str(config), "migrate")
@@ -563,3 +565,35 @@ def test_check_config_names_a_bad_key_line_once(tmp_path: Path) -> None:
         "  - security.secret_keys entry 1 is invalid: key 'k1': must decode to 32 bytes, got 7",
     ]
     assert not (tmp_path / "var").exists()
+
+
+async def test_migrate_behind_a_long_transaction_says_whose_lock_it_waited_for(
+    tmp_path: Path, database_dsn: str
+) -> None:
+    """A session left idle in a transaction that read pipeline_runs holds the lock ALTER TABLE
+    needs: migrate gave up at its statement timeout as "database unavailable"; it now names the
+    lock's holder and logs the wait while it lasts."""
+    config = write_config(
+        tmp_path / "config.toml", {"database": {"dsn": database_dsn, "command_timeout": 3}}
+    )
+    holder = await asyncpg.connect(
+        database_dsn, server_settings={"application_name": "nightly-report"}
+    )
+    try:
+        async with holder.transaction():
+            await holder.fetchval("SELECT count(*) FROM pipeline_runs")
+            result = run_gateway("--config", str(config), "migrate")
+            pid = holder.get_server_pid()
+    finally:
+        await holder.close()
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("gateway: cannot apply schema.sql: it waited "), result.stderr
+    assert (
+        f"for a lock held by pid {pid} (application_name 'nightly-report', "
+        "state 'idle in transaction'" in last
+    ), last
+    assert "nothing was applied" in last and "then run `gateway migrate`" in last
+    assert "database unavailable" not in result.stderr
+    assert '"event": "lock_wait"' in result.stderr  # while it waited
+    assert "count(*)" not in result.stderr  # the holder's query text is never shown
