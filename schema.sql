@@ -265,14 +265,6 @@ BEGIN
         NEW.message := 'cancelled: the pipeline was deleted';
         RETURN NEW;
     END IF;
-    -- A concurrency change re-keying this pipeline's backlog holds its re-key lock (storage/
-    -- runs.py set_concurrency) without holding the pipeline row, so that this insert does not
-    -- wait seconds for it: the run is keyed by the settings still in force, and listed for that
-    -- change to re-key as well before it commits.
-    IF NEW.status IN ('queued', 'in-progress')
-            AND NOT pg_try_advisory_xact_lock_shared(hookgate_rekey_lock(NEW.pipeline_id)) THEN
-        INSERT INTO pipeline_runs_rekey (pipeline_id, run_id) VALUES (NEW.pipeline_id, NEW.id);
-    END IF;
     IF key_name IS NULL THEN
         NEW.concurrency_key_value := NULL;
         RETURN NEW;
@@ -438,9 +430,9 @@ INSERT INTO schema_version (version) VALUES (4) ON CONFLICT DO NOTHING;
 
 -- Re-keying without the pipeline row ------------------------------------------------------------
 -- Runs inserted while a concurrency change re-keys its pipeline's queued and in-progress runs
--- (storage/runs.py set_concurrency), listed by the run insert trigger above for that change to
--- re-key too. That change deletes its pipeline's rows before it commits; rows written during a
--- change that failed wait for the next one. Nothing here outlives a crash that matters: unlogged.
+-- (storage/concurrency.py), listed for that change to re-key too (below). That change deletes
+-- its pipeline's rows before it commits; rows written during a change that failed wait for the
+-- next one. Nothing here outlives a crash that matters: unlogged.
 CREATE UNLOGGED TABLE IF NOT EXISTS pipeline_runs_rekey (
     pipeline_id  bigint NOT NULL,
     run_id       uuid NOT NULL
@@ -452,6 +444,32 @@ CREATE OR REPLACE FUNCTION hookgate_rekey_lock(pipeline_id bigint)
 RETURNS bigint LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT hashtextextended('hookgate:rekey:' || pipeline_id, 0)
 $$;
+
+-- A concurrency change re-keying a pipeline's backlog holds its re-key lock (exclusive), not the
+-- pipeline row, so that run inserts do not wait seconds for it: their runs are keyed by the
+-- settings still in force (hookgate_run_before_insert) and listed here for that change to re-key
+-- before it commits. The lock is taken shared (and held to commit) once per statement and
+-- pipeline, so that a change waits for the inserts already past this point.
+CREATE OR REPLACE FUNCTION hookgate_list_runs_for_rekey() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    pipeline bigint;
+BEGIN
+    FOR pipeline IN
+        SELECT DISTINCT n.pipeline_id FROM new_runs n WHERE n.status IN ('queued', 'in-progress')
+    LOOP
+        IF NOT pg_try_advisory_xact_lock_shared(hookgate_rekey_lock(pipeline)) THEN
+            INSERT INTO pipeline_runs_rekey (pipeline_id, run_id)
+            SELECT pipeline, n.id FROM new_runs n
+            WHERE n.pipeline_id = pipeline AND n.status IN ('queued', 'in-progress');
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END;
+$$;
+CREATE OR REPLACE TRIGGER pipeline_runs_listed_for_rekey
+    AFTER INSERT ON pipeline_runs REFERENCING NEW TABLE AS new_runs
+    FOR EACH STATEMENT EXECUTE FUNCTION hookgate_list_runs_for_rekey();
 
 INSERT INTO schema_version (version) VALUES (5) ON CONFLICT DO NOTHING;
 -- end Re-keying ----------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ wait at most ``WRITER_LOCK_TIMEOUT`` for a lock, keep writing the pipeline's run
 The order:
 
 1. Take the pipeline's re-key lock (advisory, exclusive): it waits for the run inserts in
-   flight, which hold it shared; inserts from then on cannot, and list their run in
-   ``pipeline_runs_rekey`` instead of waiting (schema.sql, the run insert trigger).
+   flight, which hold it shared; inserts from then on cannot, and list their runs in
+   ``pipeline_runs_rekey`` instead of waiting (schema.sql, hookgate_list_runs_for_rekey: once
+   per insert statement and pipeline).
 2. Re-key the backlog by the new key, chunk by chunk, writing only the runs whose value changes
    (none when the key stays the same: a new policy or max_attempts is instant).
 3. Update the pipeline row: waits for the inserts still in flight (a moment), and inserts after

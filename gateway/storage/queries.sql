@@ -802,8 +802,8 @@ SELECT id, environment_id, concurrency_policy, concurrency_key, max_attempts
 FROM pipelines WHERE id = $1;
 
 -- name: runs_rekey_lock
--- The pipeline's re-key lock: waits for the run inserts in flight (the insert trigger holds it
--- shared); those that come later list their runs in pipeline_runs_rekey instead of waiting.
+-- The pipeline's re-key lock: waits for the run inserts in flight (a statement trigger on the
+-- insert holds it shared); later ones list their runs in pipeline_runs_rekey instead of waiting.
 SELECT pg_advisory_xact_lock(hookgate_rekey_lock($1));
 
 -- name: runs_rekey_chunk
@@ -839,7 +839,7 @@ WHERE id = $1
 RETURNING id, environment_id, concurrency_policy, concurrency_key, max_attempts;
 
 -- name: runs_rekey_inserted_meanwhile
--- Re-key by the pipeline's current key the runs the insert trigger listed while the backlog
+-- Re-key by the pipeline's current key the runs the inserts listed while the backlog
 -- was re-keyed, and clear the list; returns how many changed.
 WITH listed AS (
     DELETE FROM pipeline_runs_rekey WHERE pipeline_id = $1 RETURNING run_id

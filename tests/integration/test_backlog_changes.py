@@ -183,13 +183,15 @@ async def rekey_or_cancel_under_way(db: Database) -> None:
 
 
 async def insert_like_a_writer(config: Config, pipeline_id: int) -> uuid.UUID:
-    """One run inserted as the ingest writers do, waiting at most 0.5 s for a lock."""
+    """One run inserted as the ingest writers do, waiting at most 0.5 s for a lock. Queued a
+    year ago, before the whole backlog: a re-key's chunks (in queued_at order) have passed it,
+    and only the list of runs inserted meanwhile has it re-keyed."""
     conn = await asyncpg.connect(config.database.dsn, server_settings={"lock_timeout": "500"})
     try:
         run_id = uuid.uuid4()
         await conn.execute(
-            "INSERT INTO pipeline_runs (id, pipeline_id, variables) "
-            'VALUES ($1, $2, \'{"branch": "late"}\')',
+            "INSERT INTO pipeline_runs (id, pipeline_id, variables, queued_at) "
+            "VALUES ($1, $2, '{\"branch\": \"late\"}', now() - interval '1 year')",
             run_id,
             pipeline_id,
         )
