@@ -15,7 +15,8 @@ The order:
    ``pipeline_runs_rekey`` instead of waiting (schema.sql, hookgate_list_runs_for_rekey: once
    per insert statement and pipeline).
 2. Re-key the backlog by the new key, chunk by chunk, writing only the runs whose value changes
-   (none when the key stays the same: a new policy or max_attempts is instant).
+   but locking them all (a run left claimable could be started by values about to change); the
+   same key needs none of it: a new policy or max_attempts is instant.
 3. Update the pipeline row: waits for the inserts still in flight (a moment), and inserts after
    it wait for the commit and are keyed by the new settings.
 4. Re-key the runs listed meanwhile (few), in the same transaction.
@@ -118,14 +119,15 @@ async def _rekey_backlog(
     progress: _Progress,
 ) -> None:
     """Re-key the pipeline's queued and in-progress runs by ``key``, ``chunk`` at a time, in
-    (queued_at, id) order; OperationTimedOut past ``deadline``."""
+    (queued_at, id) order, each locked until the change commits (claims skip them meanwhile);
+    OperationTimedOut past ``deadline``."""
     after = _FIRST
     while True:
         done = await session.fetchrow("runs_rekey_chunk", pipeline_id, key, *after, chunk)
         assert done is not None
         progress.read += done["read"]
         progress.rekeyed += done["changed"]
-        if done["read"] < chunk:
+        if done["read"] == 0:
             return
         after = (done["last_queued_at"], done["last_id"])
         if time.monotonic() > deadline:

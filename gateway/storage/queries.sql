@@ -808,20 +808,26 @@ SELECT pg_advisory_xact_lock(hookgate_rekey_lock($1));
 
 -- name: runs_rekey_chunk
 -- Re-key by key $2 the next $5 of pipeline $1's queued and in-progress runs after ($3, $4) in
--- (queued_at, id) order, writing only those whose key value changes. Returns how many were
--- read, how many changed, and the last one read (where the next chunk starts).
+-- (queued_at, id) order, writing only those whose key value changes but locking them all, as
+-- the whole-backlog update did: until the change commits, no claim may start (or sweep) a run
+-- by key values that are about to change around it. Returns how many were read (none: no run
+-- is left; fewer than $5 need not mean that, a run may have finished while it was waited
+-- for), how many changed, and the last one read (where the next chunk starts).
 WITH chunk AS (
-    SELECT r.id, r.queued_at FROM pipeline_runs r
+    SELECT r.id, r.queued_at,
+           r.concurrency_key_value IS DISTINCT FROM
+               hookgate_concurrency_key(r.variables, $2::text) AS changes
+    FROM pipeline_runs r
     WHERE r.pipeline_id = $1 AND r.status IN ('queued', 'in-progress')
       AND (r.queued_at, r.id) > ($3::timestamptz, $4::uuid)
     ORDER BY r.queued_at, r.id
     LIMIT $5
+    FOR UPDATE
 ), changed AS (
     UPDATE pipeline_runs r
     SET concurrency_key_value = hookgate_concurrency_key(r.variables, $2::text)
     FROM chunk c
-    WHERE r.id = c.id
-      AND r.concurrency_key_value IS DISTINCT FROM hookgate_concurrency_key(r.variables, $2::text)
+    WHERE r.id = c.id AND c.changes
     RETURNING 1
 ), last AS (
     SELECT queued_at, id FROM chunk ORDER BY queued_at DESC, id DESC LIMIT 1

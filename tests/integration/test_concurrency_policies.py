@@ -308,6 +308,33 @@ async def test_deleting_a_pipeline_while_a_run_reports_does_not_deadlock(db: Dat
     assert row["status"] == "completed"  # the report came first and stands
 
 
+async def test_a_run_keyed_alike_by_both_keys_waits_for_the_rekey_to_commit(db: Database) -> None:
+    """The re-key writes only the runs whose value changes, but locks them all: a queued run
+    whose value stays ("main" by repo and by branch) was otherwise claimable by the values the
+    others still had, and started beside the running one that the new key puts on its branch."""
+    pipeline = await make_pipeline(db, policy="queue", key="repo")
+    running = await enqueue(db, pipeline["id"], repo="x", branch="main")
+    [claimed] = await claim(db, pipeline["id"], limit=1)
+    assert claimed["id"] == running["id"]
+    waiting = await enqueue(db, pipeline["id"], repo="main", branch="main")
+    first = (datetime.min.replace(tzinfo=UTC), uuid.UUID(int=0))
+    async with db.pool.acquire() as other:
+        async with other.transaction():
+            # runs.set_concurrency to key "branch", statement by statement
+            await other.execute(QUERIES["runs_rekey_lock"], pipeline["id"])
+            done = await other.fetchrow(
+                QUERIES["runs_rekey_chunk"], pipeline["id"], "branch", *first, 100
+            )
+            assert (done["read"], done["changed"]) == (2, 1)
+            assert await claim(db, pipeline["id"]) == []  # not by the old values
+            await other.fetchrow(
+                QUERIES["runs_set_concurrency"], pipeline["id"], "queue", "branch", 3
+            )
+            await other.fetchval(QUERIES["runs_rekey_inserted_meanwhile"], pipeline["id"])
+    assert await claim(db, pipeline["id"]) == []  # main is running
+    assert (await run_row(db, waiting["id"]))["status"] == "queued"
+
+
 @pytest.mark.parametrize("delete_after", ["runs_rekey_chunk", "runs_set_concurrency"])
 async def test_deleting_a_pipeline_while_its_concurrency_changes_does_not_deadlock(
     db: Database, delete_after: str
