@@ -1,7 +1,8 @@
 """Running one run's command: its environment, a bounded output tail, and termination.
 
-The command is an argv list started with ``create_subprocess_exec`` (never a shell string), in a
-session of its own so that terminating it reaches the whole process group (``sh -c`` children).
+The command is an argv list (never a shell string), started by a small guard process
+(:mod:`gateway.executor.guard`) that leads a session of its own: terminating the group reaches
+the command and its children (``sh -c``), and the guard stops that group when the executor dies.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ import ctypes
 import os
 import re
 import signal
+import socket
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from gateway.executor.guard import frame, parse_frame
 from gateway.run_states import OUTPUT_LIMIT_BYTES, with_truncation_note
 
 VAR_PREFIX = "HOOK_VAR_"
@@ -25,6 +30,7 @@ _NOT_ENV_SAFE = re.compile(r"[^A-Za-z0-9_]")
 _READ_CHUNK = 64 * 1024
 # After the command exits, background children may still hold its output pipe open.
 _DRAIN_AFTER_EXIT = 2.0
+GUARD = Path(__file__).with_name("guard.py")
 
 
 def env_name(variable: str) -> str:
@@ -118,23 +124,89 @@ class CommandResult:
 class RunningCommand:
     """A started command whose combined stdout/stderr is collected into an :class:`OutputTail`."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
+    def __init__(self, process: asyncio.subprocess.Process, control: socket.socket) -> None:
+        self.process = process  # the guard, which exits as the command does
+        self._control = control  # closing it (or dying) makes the guard stop the command
         self.tail = OutputTail()
         self.terminated = False
 
     @classmethod
-    async def start(cls, argv: Sequence[str], env: Mapping[str, str]) -> RunningCommand:
-        """Start ``argv``; raises OSError when it cannot be executed."""
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            env=dict(env),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-        return cls(process)
+    async def start(
+        cls,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        kill_after: float = 5.0,
+        context: Mapping[str, Any] | None = None,
+    ) -> RunningCommand:
+        """Start ``argv`` under its guard (:mod:`gateway.executor.guard`), which stops the
+        command's whole process group, SIGKILL ``kill_after`` seconds after SIGTERM, should this
+        process die first; ``context`` (the run id) goes into the guard's log line then.
+
+        Raises OSError when the command cannot be executed."""
+        ours, theirs = socket.socketpair()  # close-on-exec: no other child inherits ours
+        try:
+            log_fd = os.dup(2)  # the guard's log stream: our stderr, which outlives us
+        except OSError:
+            log_fd = os.open(os.devnull, os.O_WRONLY)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-I",  # nothing from the command's environment (PYTHON*) changes the guard
+                "-S",
+                str(GUARD),
+                str(theirs.fileno()),
+                str(log_fd),
+                env=dict(env),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=(theirs.fileno(), log_fd),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+            os.close(log_fd)
+        command = cls(process, ours)
+        try:
+            request = {
+                "argv": list(argv),
+                "env": dict(env),
+                "kill_after": kill_after,
+                "context": dict(context or {}),
+            }
+            loop = asyncio.get_running_loop()
+            ours.setblocking(False)
+            await loop.sock_sendall(ours, frame(request))
+            answer = await command._answer(loop)
+        except BaseException:
+            command._signal(signal.SIGKILL)
+            await command._close()
+            raise
+        if answer is None or answer[0] != "started":
+            await command._close()
+            if answer is None:
+                raise OSError(f"its guard exited first ({process.returncode})")
+            raise OSError(answer[1], answer[2])
+        return command
+
+    async def _answer(self, loop: asyncio.AbstractEventLoop) -> Any:
+        """The guard's answer to the start request; None when it closed the socket first."""
+        data = b""
+        while (parsed := parse_frame(data)) is None:
+            chunk = await loop.sock_recv(self._control, 4096)
+            if not chunk:
+                return None
+            data += chunk
+        return parsed[0]
+
+    async def _close(self) -> None:
+        """After a failed start: wait for the guard, then close its socket."""
+        await self.process.wait()
+        self._control.close()
 
     async def _read(self) -> None:
         assert self.process.stdout is not None
@@ -145,6 +217,7 @@ class RunningCommand:
         """Wait for the command to exit and return its exit code and output tail."""
         reader = asyncio.create_task(self._read())
         code = await self.process.wait()
+        self._control.close()  # only now: before the guard exits, closing it stops the command
         try:
             await asyncio.wait_for(asyncio.shield(reader), _DRAIN_AFTER_EXIT)
         except TimeoutError:

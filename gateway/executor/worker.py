@@ -184,7 +184,10 @@ class Executor:
         log.info("run_started", **context)
         try:
             command = await RunningCommand.start(
-                self.settings.command, command_env(os.environ, row)
+                self.settings.command,
+                command_env(os.environ, row),
+                kill_after=lease.kill_after,  # should this process die, well inside the lease
+                context=context,
             )
         except OSError as exc:
             message = f"cannot start {self.settings.command[0]!r}: {exc.strerror or exc}"

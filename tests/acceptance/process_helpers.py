@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import queue
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -115,6 +118,19 @@ def process_alive(pid: int) -> bool:
     except OSError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+async def until_gone(pids: Sequence[int], within: float) -> None:
+    """Wait until none of ``pids`` runs (polled); after ``within`` seconds, SIGKILL those left
+    (a failing test leaves nothing behind) and fail naming them."""
+    deadline = time.monotonic() + within
+    while alive := [pid for pid in pids if process_alive(pid)]:
+        if time.monotonic() > deadline:
+            for pid in alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"still running after {within} s: {alive}")
+        await asyncio.sleep(0.05)
 
 
 def write_config(path: Path, sections: Mapping[str, Mapping[str, Any]]) -> Path:

@@ -3,7 +3,8 @@
 - The seed's deploy example end to end: the seed's hook, a signed GitHub pull_request delivery
   to POST /hooks/incoming/{id}, then `gateway executor -- sh -c 'echo $HOOK_VAR_SOURCE_REF > out'`
   writes the branch name and the run ends completed.
-- `kill -9` of an executor mid-run: once its lease expires another executor takes the run
+- `kill -9` of an executor mid-run: its command and the command's children die with it (the
+  guard), and once its lease expires another executor takes the run
   (attempt 2) and completes it.
 - SIGTERM: a stopping executor releases a run it could not finish in its grace period.
 """
@@ -28,6 +29,7 @@ import pytest
 
 from gateway.storage import runs
 from gateway.storage.database import Database, Record
+from tests.acceptance.process_helpers import process_alive, until_gone
 from tests.integration.ingest_helpers import PR_OPENED, SEED_VARIABLES, github_headers, hook_path
 from tests.integration.management_helpers import make_environment, make_pipeline, make_seed_hook
 from tests.integration.runs_helpers import enqueue, run_row
@@ -203,22 +205,57 @@ async def test_killed_executor_run_is_taken_over_after_its_lease_expires(
         database_dsn, tmp_path, pipeline["id"], "sh", "-c", script, args=("--lease-seconds", "2")
     )
     executors.append(first)
-    orphan = int(await wait_for_file(tmp_path / "first.pid"))
-    try:
-        first.process.send_signal(signal.SIGKILL)
-        first.process.wait(10)
-        assert (await wait_for_run(db, run["id"], "in-progress"))["attempt"] == 1
+    await wait_for_file(tmp_path / "first.pid")
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(10)
+    assert (await wait_for_run(db, run["id"], "in-progress"))["attempt"] == 1
 
-        second = ExecutorProcess(database_dsn, tmp_path, pipeline["id"], "sh", "-c", script)
-        executors.append(second)
-        row = await wait_for_run(db, run["id"], "completed", "after the lease expired")
-    finally:
-        os.killpg(orphan, signal.SIGKILL)  # the first attempt's `sleep`, orphaned by kill -9
+    second = ExecutorProcess(database_dsn, tmp_path, pipeline["id"], "sh", "-c", script)
+    executors.append(second)
+    row = await wait_for_run(db, run["id"], "completed", "after the lease expired")
 
     assert row["attempt"] == 2
     assert (tmp_path / "out").read_text() == "done on attempt 2\n"
     assert row["claimed_by"] != "" and row["finished_at"] is not None
     assert second.stop() == 0
+
+
+@pytest.mark.parametrize("ignores_sigterm", [False, True], ids=["sigterm", "sigkill"])
+async def test_a_killed_executors_command_and_its_children_die_with_it(
+    db: Database,
+    database_dsn: str,
+    tmp_path: Path,
+    executors: list[ExecutorProcess],
+    ignores_sigterm: bool,
+) -> None:
+    """kill -9 of the executor: its quiet command (it writes nothing, so no SIGPIPE can end
+    it) and the command's background child are stopped by the command's guard, with SIGKILL
+    5 s after SIGTERM (a sixth of the lease) when they ignore SIGTERM; long before the 30 s
+    lease could expire and another executor start the run again."""
+    pipeline = await make_runs_pipeline(db)
+    run = await enqueue(db, pipeline["id"], source_ref="main")
+    trap = "trap '' TERM; " if ignores_sigterm else ""
+    script = trap + "sleep 60 & echo $! > child.pid; echo $$ > command.pid; wait"
+    executor = ExecutorProcess(
+        database_dsn, tmp_path, pipeline["id"], "sh", "-c", script, args=("--lease-seconds", "30")
+    )
+    executors.append(executor)
+    await wait_for_file(tmp_path / "command.pid")
+    pids = [int((tmp_path / f"{name}.pid").read_text()) for name in ("command", "child")]
+    assert all(process_alive(pid) for pid in pids)
+
+    executor.process.send_signal(signal.SIGKILL)
+    executor.process.wait(10)
+
+    await until_gone(pids, within=20)  # two thirds of the lease: nobody else claimed it yet
+    row = await run_row(db, run["id"])
+    assert (row["status"], row["attempt"]) == ("in-progress", 1)  # left to its lease
+    events = executor.events()
+    [orphaned] = [e for e in events if e["event"] == "command_orphaned"]
+    assert orphaned["run_id"] == str(run["id"]) and orphaned["pid"] == pids[0]
+    assert (orphaned["level"], orphaned["kill_after"]) == ("warning", 5.0)
+    killed = [e for e in events if e["event"] == "command_orphaned_killed"]
+    assert len(killed) == ignores_sigterm
 
 
 async def test_sigterm_releases_a_run_that_outlives_the_grace_period(

@@ -1,0 +1,205 @@
+"""The guard between ``gateway executor`` and one run's command: the command dies with the executor.
+
+The executor starts this file (``python -I -S guard.py``: standard library only, nothing from
+the environment) in a session of its own, so the guard leads the process group that the command
+and everything it starts belong to. The two share a socket pair, whose other end only the
+executor holds (it is close-on-exec, and never passed to another child):
+
+1. The executor sends one message: the command's argv and environment, how long the command
+   may take to stop, and a log context (the run id). The guard starts the command in its own
+   group, with exactly that argv and environment and the guard's stdin/stdout/stderr (the
+   executor's output capture), and answers ``("started", pid)`` or ``("error", errno,
+   strerror)`` when it cannot be executed.
+2. When the command exits, the guard exits the same way: with its exit code, or killed by the
+   same signal, so the executor sees what it would have seen without a guard.
+3. When the socket reaches end-of-file before that, the executor is gone (killed, crashed, its
+   host's service manager stopped only its main pid): the guard writes ``command_orphaned``
+   to the executor's log stream (a copy of the executor's stderr it was given; the output
+   capture has no reader any more), sends SIGTERM to the whole group, and SIGKILL once the
+   command has exited or the grace is over. Its lease then has at least two thirds left, so no
+   other executor can have claimed the run yet: one run never executes twice at once.
+
+The executor's own SIGTERM/SIGKILL to the group (a cancelled run, a lost lease, shutdown) reach
+the guard too: it ignores SIGTERM (the command decides how to end) and dies with SIGKILL like
+the rest of the group. On Linux the command itself also gets ``PR_SET_PDEATHSIG(SIGKILL)``:
+should the guard be killed on its own (an OOM kill), its direct child does not live on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import marshal
+import os
+import resource
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+# Imports only the rarely taken paths need wait until then: the guard's start-up delays every
+# run's start (typing, json, datetime and ctypes would add about a third to it).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+_HEADER = 4  # bytes of a frame's big-endian length
+_MAX_FRAME = 64 * 1024 * 1024
+_PR_SET_PDEATHSIG = 1
+
+
+def frame(value: Any) -> bytes:
+    """``value`` as one length-prefixed frame (marshal: a str with surrogates survives)."""
+    data = marshal.dumps(value)
+    return len(data).to_bytes(_HEADER, "big") + data
+
+
+def parse_frame(data: bytes) -> tuple[Any, bytes] | None:
+    """``(value, rest)`` when ``data`` starts with a whole frame, else None."""
+    if len(data) < _HEADER:
+        return None
+    size = int.from_bytes(data[:_HEADER], "big")
+    if size > _MAX_FRAME:
+        raise ValueError(f"frame of {size} bytes")
+    if len(data) < _HEADER + size:
+        return None
+    # Only ever from the other end of a private socket pair: the executor, or its own guard.
+    value = marshal.loads(data[_HEADER : _HEADER + size])  # noqa: S302
+    return value, data[_HEADER + size :]
+
+
+def _receive_frame(sock: socket.socket) -> Any:
+    """One frame; None when the socket ends first (the executor died before sending it)."""
+    data = b""
+    while (parsed := parse_frame(data)) is None:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    return parsed[0]
+
+
+def _die_with_parent() -> None:
+    """In the command, before exec (Linux): SIGKILL when the guard dies."""
+    import ctypes  # Linux only, and the guard itself never needs it
+
+    guard = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != guard:  # the guard died before the prctl
+        os._exit(137)
+
+
+def _log(fd: int, event: str, level: str, **fields: Any) -> None:
+    """One JSON line (the executor's format, event first) on ``fd``; never raises."""
+    import json
+    from datetime import UTC, datetime
+
+    line = {
+        "event": event,
+        "level": level,
+        "logger": __name__ if __name__ != "__main__" else "gateway.executor.guard",
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        **fields,
+    }
+    with contextlib.suppress(OSError, ValueError):
+        os.write(fd, (json.dumps(line) + "\n").encode())
+
+
+def _exit_like(code: int) -> None:
+    """Exit with the command's status: its exit code, or killed by its signal."""
+    if code >= 0:
+        os._exit(code)
+    sig = -code
+    with contextlib.suppress(OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a SIGSEGV here is not ours to dump
+    with contextlib.suppress(OSError, ValueError):  # SIGKILL and SIGSTOP have no handler
+        signal.signal(sig, signal.SIG_DFL)
+    with contextlib.suppress(OSError, ValueError):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        os.kill(os.getpid(), sig)
+    os._exit(128 + sig)  # a signal that does not end a process (SIGCHLD...)
+
+
+def _stop_group(
+    child: subprocess.Popen[bytes],
+    selector: selectors.BaseSelector,
+    grace: float,
+    log_fd: int,
+    context: dict[str, Any],
+) -> None:
+    """The executor is gone: SIGTERM the group, SIGKILL it (the guard too) after ``grace``."""
+    started = time.monotonic()
+    _log(
+        log_fd,
+        "command_orphaned",
+        "warning",
+        reason="the executor that started the command is gone; stopping its process group",
+        pid=child.pid,
+        kill_after=grace,
+        **context,
+    )
+    with contextlib.suppress(OSError):
+        os.killpg(0, signal.SIGTERM)
+    deadline = started + grace
+    while child.poll() is None and (left := deadline - time.monotonic()) > 0:
+        for key, _ in selector.select(left):
+            if key.data == "wake":
+                with contextlib.suppress(BlockingIOError):
+                    os.read(key.fd, 512)
+    if child.returncode is None:
+        _log(log_fd, "command_orphaned_killed", "warning", pid=child.pid, **context)
+    # Whatever is left of the group (background children that ignored SIGTERM), and the guard.
+    os.killpg(0, signal.SIGKILL)
+
+
+def main(argv: list[str]) -> None:
+    """``guard.py CONTROL_FD LOG_FD``: see the module docstring."""
+    control = socket.socket(fileno=int(argv[1]))
+    log_fd = int(argv[2])
+    # Before anything can reach us: SIGTERM to the group is for the command (a Python handler,
+    # unlike SIG_IGN, is reset to the default in the command by exec).
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    request = _receive_frame(control)
+    if request is None:
+        os._exit(1)  # the executor died before telling us what to run
+    context: dict[str, Any] = request.get("context", {})
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    try:
+        # The executor's configured command (argv, no shell), as it would have started it.
+        child = subprocess.Popen(  # noqa: S603
+            request["argv"],
+            env=request["env"],
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+    except OSError as exc:
+        control.sendall(frame(("error", exc.errno or 0, exc.strerror or str(exc))))
+        os._exit(127)
+    with contextlib.suppress(OSError):
+        control.sendall(frame(("started", child.pid)))
+    selector = selectors.DefaultSelector()
+    selector.register(wake_read, selectors.EVENT_READ, "wake")
+    selector.register(control, selectors.EVENT_READ, "control")
+    while (code := child.poll()) is None:
+        for key, _ in selector.select():
+            if key.data == "wake":
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_read, 512)
+                continue
+            try:
+                data = control.recv(512)
+            except OSError:
+                data = b""
+            if not data:
+                selector.unregister(control)
+                _stop_group(child, selector, float(request["kill_after"]), log_fd, context)
+    _exit_like(code)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

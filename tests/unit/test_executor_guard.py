@@ -1,0 +1,71 @@
+"""The command's guard (gateway.executor.guard), with real processes: the command sees exactly
+what it would without a guard (argv, environment, exit status, output), and its whole process
+group is stopped when the executor's end of the guard's socket closes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from gateway.executor.command import RunningCommand
+from tests.acceptance.process_helpers import until_gone
+
+PATH = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+async def test_exit_codes_signals_and_output_are_the_commands() -> None:
+    failed = await RunningCommand.start(["sh", "-c", "echo out; echo err >&2; exit 3"], PATH)
+    assert (await failed.wait()).exit_code == 3
+    assert failed.tail.text() == "out\nerr\n"
+    killed = await RunningCommand.start(["sh", "-c", "kill -9 $$"], PATH)
+    assert (await killed.wait()).description == "killed by SIGKILL"
+
+
+async def test_the_environment_reaches_the_command_exactly() -> None:
+    # Not even what Python would add for itself (LC_CTYPE under a C locale) or take from
+    # PYTHON* variables: the command's environment is the one it was given, undecodable bytes
+    # included.
+    env = {**PATH, "LANG": "C", "PYTHONPATH": "/nowhere", "ODD": "a\udcffb", "EMPTY": ""}
+    command = await RunningCommand.start(["env", "-0"], env)
+    result = await command.wait()
+    assert result.exit_code == 0
+    seen = dict(line.split("=", 1) for line in result.output.split("\0") if line)
+    assert seen == {**env, "ODD": "a\ufffdb"}  # the byte 0xff, read back as text
+
+
+async def test_a_command_that_cannot_be_executed_raises_oserror() -> None:
+    with pytest.raises(FileNotFoundError):
+        await RunningCommand.start(["/nonexistent/deploy.sh"], PATH)
+    with pytest.raises(PermissionError):
+        await RunningCommand.start([os.devnull], PATH)
+
+
+async def test_terminate_reaches_the_command_which_decides_how_to_end() -> None:
+    trapping = await RunningCommand.start(
+        ["sh", "-c", "trap 'echo stopping; exit 143' TERM; echo ready; sleep 30 & wait"], PATH
+    )
+    assert await trapping.process.stdout.readline() == b"ready\n"  # type: ignore[union-attr]
+    await trapping.terminate(kill_after=10)
+    assert (await trapping.wait()).exit_code == 143
+    stubborn = await RunningCommand.start(["sh", "-c", "trap '' TERM; echo ready; sleep 30"], PATH)
+    assert await stubborn.process.stdout.readline() == b"ready\n"  # type: ignore[union-attr]
+    await stubborn.terminate(kill_after=0.2)
+    assert (await stubborn.wait()).description == "killed by SIGKILL"
+
+
+async def test_closing_the_executors_end_stops_the_whole_group() -> None:
+    # What the executor's death does: its end of the socket closes. The command and its child
+    # ignore SIGTERM, so the guard's SIGKILL after kill_after is what ends them.
+    script = "trap '' TERM; sleep 60 & echo $!; echo $$; wait"
+    command = await RunningCommand.start(["sh", "-c", script], PATH, kill_after=0.2)
+    out = command.process.stdout
+    assert out is not None
+    pids = [int(await out.readline()), int(await out.readline())]
+
+    command._control.close()
+
+    await until_gone(pids, within=10)
+    assert await asyncio.wait_for(command.process.wait(), 10) == -signal.SIGKILL
