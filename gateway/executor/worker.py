@@ -3,6 +3,9 @@
 - Claims when it has a free slot and something may be claimable: woken by LISTEN
   ``hookgate_run_changed`` (a run of its pipeline queued or finished), with a poll every
   ``poll_interval`` as the fallback (expired leases and a lost listener make no notification).
+  A lost LISTEN connection (a database restart or failover) is noticed at once and opened again
+  with backoff (:class:`~gateway.storage.listener.KeptListener`); once it is back, the executor
+  claims and heartbeats every lease at once, to make up for the notifications it missed.
 - Heartbeats each lease every ``lease_seconds / 3`` (and at once when a notification says the
   run changed); when a heartbeat is refused (the run was cancelled, e.g. superseded under
   cancel-in-progress, or the lease was lost) it terminates the command and reports nothing: the
@@ -37,11 +40,11 @@ from gateway.executor.command import CommandResult, RunningCommand, command_env
 from gateway.logs import get_logger
 from gateway.storage import runs
 from gateway.storage.database import Database, Record
+from gateway.storage.listener import KeptListener
 
 log = get_logger(__name__)
 
 CHANNEL = "hookgate_run_changed"
-_LISTEN_TIMEOUT = 5.0
 _RETRY_AFTER_FAILURE = 1.0  # seconds before a failed heartbeat or report is tried again
 _MAX_MARGIN = 10.0  # seconds: the most the local deadline runs ahead of the database's
 _MAX_REPORT_PAUSE = 2.0  # seconds between tries of a report while the database is away
@@ -90,6 +93,10 @@ class ExecutorSettings:
     grace_seconds: float = 30.0
     name: str = field(default_factory=default_name)
 
+    @property
+    def heartbeat_interval(self) -> float:
+        return max(self.lease_seconds / 3, 0.2)
+
 
 class Executor:
     """One executor process: ``await Executor(db, settings).run()`` until :meth:`stop`."""
@@ -103,7 +110,15 @@ class Executor:
         self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._commands: dict[uuid.UUID, RunningCommand] = {}
         self._leases: dict[uuid.UUID, RunLease] = {}
-        self._listener: Any = None
+        self._listener = KeptListener(
+            db,
+            CHANNEL,
+            self._on_notify,
+            name="executor",
+            on_listening=self._catch_up,
+            fallback=f"claims every {settings.poll_interval:g} s and heartbeats every "
+            f"{settings.heartbeat_interval:g} s until it is back",
+        )
 
     def stop(self) -> None:
         """Stop claiming and drain; a second call ends the grace period at once."""
@@ -122,8 +137,8 @@ class Executor:
             executor=s.name,
         )
         try:
+            await self._listener.start()
             while not self._stopping.is_set():
-                await self._ensure_listener()
                 self._wake.clear()
                 free = s.concurrency - len(self._tasks)
                 if free > 0:
@@ -136,7 +151,7 @@ class Executor:
                     pass
             await self._drain()
         finally:
-            await self._close_listener()
+            await self._listener.close()
         log.info("executor_stopped", pipeline_id=s.pipeline_id)
 
     async def _claim(self, limit: int) -> list[Record]:
@@ -233,7 +248,7 @@ class Executor:
         command: RunningCommand,
         lost: list[str],
     ) -> None:
-        interval = max(self.settings.lease_seconds / 3, 0.2)
+        interval = self.settings.heartbeat_interval
         wait = interval
         while True:
             # Never sleep through the deadline: the next beat comes at half the time left at
@@ -361,7 +376,7 @@ class Executor:
 
     # -- notifications -------------------------------------------------------------------------
 
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_notify(self, payload: str) -> None:
         try:
             change = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -379,22 +394,12 @@ class Executor:
         ):
             self._wake.set()
 
-    async def _ensure_listener(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        try:
-            # Bounded: a database that is down must not stall claiming (polling still works).
-            self._listener = await asyncio.wait_for(
-                self.db.listen(CHANNEL, self._on_notify), _LISTEN_TIMEOUT
-            )
-        except (DatabaseUnavailable, TimeoutError) as exc:
-            self._listener = None
-            log.warning("listen_failed", error=str(exc), fallback="polling")
-
-    async def _close_listener(self) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close()
+    def _catch_up(self) -> None:
+        """Listening (again): notifications sent while nobody listened are lost, so claim and
+        heartbeat every lease now rather than at the next poll or beat."""
+        for lease in self._leases.values():
+            lease.check_now.set()
+        self._wake.set()
 
 
 def _run_id(text: Any) -> uuid.UUID | None:

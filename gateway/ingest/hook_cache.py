@@ -15,7 +15,6 @@ whose previous secret is in its grace period expires exactly when that secret st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
 import uuid
@@ -25,6 +24,7 @@ from gateway.ingest.evaluation import CompiledHook
 from gateway.logs import get_logger
 from gateway.storage import ingest as store
 from gateway.storage.database import Database
+from gateway.storage.listener import KeptListener
 
 log = get_logger(__name__)
 
@@ -33,9 +33,6 @@ HOOK_CACHE = "hook_cache"  # key in app[appkeys.SERVICES]
 NEGATIVE_TTL = 2.0  # seconds an unknown id is remembered
 DEGRADED_TTL = 1.0  # entry lifetime while the listener is down
 MAX_ENTRIES = 200_000  # at this size a miss makes room (see HookCache._evict)
-PING_INTERVAL = 10.0  # seconds between listener health checks
-PING_TIMEOUT = 5.0
-MAX_RECONNECT_DELAY = 5.0
 
 _Entry = tuple[CompiledHook | None, float]  # (hook or None when unknown, monotonic expiry)
 
@@ -62,10 +59,17 @@ class HookCache:
         self._generation = 0
         # Misses must not take every pool connection from the batcher.
         self._load_slots = asyncio.Semaphore(max_concurrent_loads)
-        self._listener: store.HookChangeListener | None = None
-        self._listener_task: asyncio.Task[None] | None = None
-        self._lost = asyncio.Event()
-        self.listening = False
+        # Changes made while nobody listened were missed: start from scratch when the listener
+        # goes down, and again when it is back.
+        self._listener = KeptListener(
+            db,
+            store.HOOK_CHANGED_CHANNEL,
+            self._on_change,
+            name="hook_cache",
+            on_listening=self.clear,
+            on_lost=self.clear,
+            fallback=f"entries live {DEGRADED_TTL:g} s at most",
+        )
 
     async def get(self, raw_id: str) -> CompiledHook | None:
         """The compiled hook for a URL id, or None when it is malformed or unknown.
@@ -178,63 +182,19 @@ class HookCache:
 
     # -- invalidation ---------------------------------------------------------------------------
 
+    @property
+    def listening(self) -> bool:
+        """Whether notifications reach this cache now (else entries live only briefly)."""
+        return self._listener.listening
+
     async def start(self) -> None:
         """Connect the listener (first attempt now), then keep it connected in the background."""
-        await self._connect_once()
-        self._listener_task = asyncio.create_task(self._keep_listening(), name="hook-cache-listen")
+        await self._listener.start()
 
     async def close(self) -> None:
         """Stop listening."""
-        if self._listener_task is not None:
-            self._listener_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener_task
-        await self._drop_listener()
+        await self._listener.close()
 
     def _on_change(self, hook_id: str) -> None:
         self.invalidate(hook_id)
         log.debug("hook_cache_invalidated", hook_id=hook_id)
-
-    async def _connect_once(self) -> bool:
-        self._lost = asyncio.Event()
-        try:
-            self._listener = await store.HookChangeListener.open(
-                self._db, self._on_change, self._lost.set
-            )
-        except Exception as exc:  # any failure: retry later, never let the task die
-            log.warning("hook_cache_listen_failed", error=str(exc) or type(exc).__name__)
-            return False
-        # Changes made while nobody listened were missed: start from scratch.
-        self.clear()
-        self.listening = True
-        return True
-
-    async def _drop_listener(self) -> None:
-        was_listening, self.listening = self.listening, False
-        if was_listening:
-            self.clear()
-        if self._listener is not None:
-            listener, self._listener = self._listener, None
-            await listener.close()
-
-    async def _keep_listening(self) -> None:
-        delay = 0.1
-        while True:
-            if self._listener is None or self._listener.closed:
-                await self._drop_listener()
-                if not await self._connect_once():
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, MAX_RECONNECT_DELAY)
-                    continue
-                delay = 0.1
-                log.info("hook_cache_listening")
-            try:
-                await asyncio.wait_for(self._lost.wait(), PING_INTERVAL)
-            except TimeoutError:
-                assert self._listener is not None
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(PING_TIMEOUT):
-                        if await self._listener.alive():
-                            continue
-            log.warning("hook_cache_listener_lost")
-            await self._drop_listener()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, nullcontext
 from datetime import datetime
 from typing import Any
@@ -232,46 +232,3 @@ async def insert_batch(
     return BatchResult(set(row["inserted"]), set(row["with_outgoing"]))
 
 
-class HookChangeListener:
-    """A dedicated connection LISTENing on ``hookgate_hook_changed``.
-
-    ``on_change(hook_id_text)`` runs for every notification; ``on_lost()`` when the connection
-    closes for any reason. Use :meth:`alive` to detect a silently dead connection.
-    """
-
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
-
-    @classmethod
-    async def open(
-        cls, db: Database, on_change: Callable[[str], None], on_lost: Callable[[], None]
-    ) -> HookChangeListener:
-        """Connect and LISTEN; raise DatabaseUnavailable when the server cannot be reached."""
-
-        def notified(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-            on_change(payload)
-
-        conn = await db.listen(HOOK_CHANGED_CHANNEL, notified)
-        conn.add_termination_listener(lambda _conn: on_lost())
-        return cls(conn)
-
-    @property
-    def closed(self) -> bool:
-        return bool(self._conn.is_closed())
-
-    async def alive(self) -> bool:
-        """True when a round trip on the connection succeeds (bound it with asyncio.timeout)."""
-        try:
-            async with translated():
-                return bool(await self._conn.fetchval(QUERIES["ping"]) == 1)
-        except DatabaseUnavailable:
-            return False
-
-    async def close(self) -> None:
-        """Close the connection (abruptly when a graceful close does not finish quickly)."""
-        if self._conn.is_closed():
-            return
-        try:
-            await asyncio.wait_for(self._conn.close(), timeout=2)
-        except Exception:  # already broken: nothing left to release gracefully
-            self._conn.terminate()

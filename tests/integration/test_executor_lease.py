@@ -1,7 +1,8 @@
 """The executor's own view of its leases (gateway.executor.worker.RunLease): cut off from the
 database it stops the command before the lease can expire there, so no other executor ever runs
 the same run at the same time; it retries a finished run's report for as long as the lease
-lasts; and a run cancelled under it stops at once, not at the next heartbeat."""
+lasts; and a run cancelled under it stops at once, not at the next heartbeat, even when its
+LISTEN connection was lost meanwhile."""
 
 from __future__ import annotations
 
@@ -189,3 +190,79 @@ async def test_a_heartbeat_refused_after_the_command_ended_stops_nothing(db: Dat
         )
     assert lost == [] and not command.terminated
     assert [e for e in logs if e["event"] == "run_lease_lost"] == []
+
+
+_RUN_LISTENERS = (
+    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+    "AND query LIKE 'LISTEN %hookgate_run_changed%'"
+)
+
+
+async def test_a_lost_listen_connection_is_reopened_and_a_new_run_claimed_at_once(
+    db: Database, tmp_path: Path
+) -> None:
+    """The executor's LISTEN backend is terminated (a database restart or failover looks the
+    same): the loss is logged, the connection opened again, and a run queued right after is
+    claimed at once, not at the next poll 60 s later (its notification may have been sent
+    before the new connection listened: the executor claims when it listens again)."""
+    pipeline = await make_pipeline(db)
+    log = tmp_path / "log"
+    executor = Executor(
+        db,
+        ExecutorSettings(pipeline["id"], _script(log, "A", 0), poll_interval=60, name="A"),
+    )
+    with capture_logs() as logs:
+        task = asyncio.create_task(executor.run())
+        try:
+            await _until(lambda: any(e["event"] == "executor_started" for e in logs), "start")
+            deadline = time.monotonic() + WAIT
+            while not (listeners := [r["pid"] for r in await db.pool.fetch(_RUN_LISTENERS)]):
+                assert time.monotonic() < deadline, "the executor never listened"
+                await asyncio.sleep(0.05)
+            [listener] = listeners
+            await db.pool.execute("SELECT pg_terminate_backend($1)", listener)
+
+            run = await enqueue(db, pipeline["id"], source_ref="main")
+
+            await _until(lambda: _times(log, "start A"), "the run to start", within=10)
+        finally:
+            await _stop(executor, task)
+    assert (await run_row(db, run["id"]))["status"] == "completed"
+    [lost] = [e for e in logs if e["event"] == "executor_listener_lost"]
+    assert lost["log_level"] == "warning" and lost["error"] == "the connection was closed"
+    assert "polling" not in lost["fallback"] and "claims every 60 s" in lost["fallback"]
+    assert [e["event"] for e in logs].count("executor_listening") == 1
+
+
+async def test_a_cancel_missed_while_the_listener_was_cut_off_stops_the_command_once_back(
+    db: Database, cut_off_db: Database, proxy: CuttableProxy, tmp_path: Path
+) -> None:
+    """The run is cancelled while the executor's host is cut off from the database, so its
+    notification is lost. Once the connection is back, the executor heartbeats every lease at
+    once: the command stops then, not at the next heartbeat (every 20 s)."""
+    pipeline = await make_pipeline(db)
+    run = await enqueue(db, pipeline["id"], source_ref="main")
+    log = tmp_path / "log"
+    executor = Executor(
+        cut_off_db,
+        ExecutorSettings(
+            pipeline["id"], _script(log, "A", 60), lease_seconds=60, poll_interval=60, name="A"
+        ),
+    )
+    with capture_logs() as logs:
+        task = asyncio.create_task(executor.run())
+        try:
+            await _until(lambda: _times(log, "start A"), "the command to start")
+            proxy.cut()  # the executor's connections are dropped, its listener's among them
+            await runs.report_status(db, run["id"], None, "cancelled", message="called off")
+            proxy.heal()
+            healed_at = time.time()
+            await _until(lambda: _times(log, "stop A"), "the command to stop", within=15)
+            assert _times(log, "stop A")[0] - healed_at < 10
+        finally:
+            proxy.heal()
+            await _stop(executor, task)
+    assert (await run_row(db, run["id"]))["status"] == "cancelled"
+    events = [e["event"] for e in logs]
+    assert events.index("executor_listener_lost") < events.index("executor_listening")
+    assert "run_lease_lost" in events
