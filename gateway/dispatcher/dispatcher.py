@@ -12,10 +12,12 @@ claims, and a claimed delivery whose target turns out saturated is handed back u
 
 The loop sleeps until the next delivery is due, a NOTIFY on ``hookgate_delivery_due`` (sent
 when deliveries are written) or a finished delivery wakes it, and polls every
-``poll_interval`` seconds as a fallback. Stopping stops claiming, lets in-flight requests
-finish for up to the given grace period, then cuts off those still waiting for an answer and hands
-them back (without using up an attempt). An answer is recorded however long the database is
-away (see :meth:`Dispatcher._record`), unless the process stops first.
+``poll_interval`` seconds as a fallback. A lost LISTEN connection is opened again at once
+(:class:`~gateway.storage.listener.KeptListener`), and wakes the loop when it is back.
+Stopping stops claiming, lets in-flight requests finish for up to the given grace period, then
+cuts off those still waiting for an answer and hands them back (without using up an attempt).
+An answer is recorded however long the database is away (see :meth:`Dispatcher._record`),
+unless the process stops first.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from gateway.logs import get_logger
 from gateway.security.sensitive_headers import redact_headers
 from gateway.storage import outgoing as store
 from gateway.storage.database import Database, Record
+from gateway.storage.listener import KeptListener
 
 log = get_logger(__name__)
 
@@ -60,7 +63,6 @@ LEASE_MARGIN = 10.0
 _RECORD_PAUSE_FIRST = 0.25
 _RECORD_PAUSE_MAX = 2.0
 CLAIM_BATCH = 100
-LISTEN_CONNECT_TIMEOUT = 5.0
 MIN_IDLE = 0.05  # never spin faster than this when work is due but none could be claimed
 MESSAGE_LIMIT = 1000
 _COMPILED_LIMIT = 10_000
@@ -109,8 +111,16 @@ class Dispatcher:
         self._compiled: dict[uuid.UUID, tuple[Any, CompiledHook | str]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._retired: list[aiohttp.ClientSession] = []  # replaced on reload; closed at stop
-        self._listener: Any = None
-        self._listen_retry_at = 0.0
+        # A lost one is opened again at once; back, it wakes the loop: deliveries written
+        # meanwhile made notifications nobody heard.
+        self._listener = KeptListener(
+            db,
+            store.DELIVERY_DUE_CHANNEL,
+            lambda _payload: self._wake.set(),
+            name="dispatcher",
+            on_listening=self._wake.set,
+            fallback="polling every outgoing.poll_interval seconds until it is back",
+        )
 
     def _configure(self, config: Config) -> None:
         self.settings = config.outgoing
@@ -148,7 +158,7 @@ class Dispatcher:
     async def start(self) -> None:
         """Open the HTTP session and the LISTEN connection; start the loop."""
         self._session = self._new_session()
-        await self._ensure_listener()
+        await self._listener.start()
         self._loop_task = asyncio.create_task(self._run(), name="outgoing-dispatcher")
         log.info("dispatcher_started", concurrency=self.settings.concurrency)
 
@@ -174,34 +184,13 @@ class Dispatcher:
             for task in pending & (self._sending | self._retrying):
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._listener.close(), timeout=2)
+        await self._listener.close()
         for session in [*self._retired, self._session]:
             if session is not None:
                 await session.close()
         log.info("dispatcher_stopped")
 
     # --- the loop -----------------------------------------------------------------------
-
-    def _notified(self, *_: Any) -> None:
-        self._wake.set()
-
-    async def _ensure_listener(self) -> None:
-        """(Re)open the LISTEN connection, at most once per poll interval while it fails;
-        polling covers the gaps, so a missing listener only costs latency."""
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        now = time.monotonic()
-        if now < self._listen_retry_at:
-            return
-        self._listen_retry_at = now + self.settings.poll_interval
-        try:
-            async with asyncio.timeout(LISTEN_CONNECT_TIMEOUT):
-                self._listener = await self.db.listen(store.DELIVERY_DUE_CHANNEL, self._notified)
-        except (DatabaseUnavailable, TimeoutError) as exc:
-            self._listener = None
-            log.warning("dispatcher_listen_failed", error=str(exc) or type(exc).__name__)
 
     def _hook_room(self) -> dict[uuid.UUID, int]:
         """Free slots of the target of each hook with deliveries in flight (a claim takes no
@@ -218,7 +207,6 @@ class Dispatcher:
             self._wake.clear()
             wait = self.settings.poll_interval
             try:
-                await self._ensure_listener()
                 free = self.settings.concurrency - len(self._tasks)
                 if free > 0:
                     limit = min(free, CLAIM_BATCH)

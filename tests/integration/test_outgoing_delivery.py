@@ -20,6 +20,7 @@ import orjson
 import pytest
 from aiohttp import web
 from standardwebhooks import Webhook
+from structlog.testing import capture_logs
 
 from gateway.config import Config
 from gateway.dispatcher.dispatcher import Dispatcher
@@ -776,6 +777,39 @@ async def test_notifications_and_due_times_drive_an_otherwise_idle_dispatcher(
     finally:
         await running.stop(5)
     assert len(target.seen) == 2
+
+
+async def test_a_dispatcher_whose_listen_connection_dropped_listens_again_at_once(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    database_dsn: str,
+    receiver: tuple[Receiver, str],
+) -> None:
+    # Its LISTEN backend is terminated (as in a database restart): polling would take an hour,
+    # so the delivery written right after arrives only because the dispatcher noticed the loss,
+    # listened again and (its notification may have gone to nobody) woke up then.
+    target, base = receiver
+    config = outgoing_config(database_dsn, poll_interval=3600)
+    hook = await create_hook(client, admin_headers, pipeline["id"], hook_body(base + "/again"))
+    running = Dispatcher(db, config)
+    listeners = (
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND query LIKE 'LISTEN %hookgate_delivery_due%'"
+    )
+    with capture_logs() as logs:
+        await running.start()
+        try:
+            [old] = await db.pool.fetch(listeners)
+            await db.pool.execute("SELECT pg_terminate_backend($1)", old["pid"])
+            await complete_run(db, pipeline["id"])
+            await eventually(lambda: _statuses_are(db, hook["id"], ["succeeded"]))
+        finally:
+            await running.stop(5)
+    assert len(target.seen) == 1
+    events = [e["event"] for e in logs]
+    assert events.index("dispatcher_listener_lost") < events.index("dispatcher_listening")
 
 
 async def test_a_reload_switching_the_guard_on_applies_to_the_next_request(
