@@ -218,10 +218,15 @@ class Executor:
             result = await command.wait()
             self._commands.pop(run_id, None)
             if lost:
-                self._log_outcome(context, "abandoned", result.exit_code, started, lost[0])
+                # Nothing written: the run is left to its lease expiring in the database.
+                self._log_outcome(
+                    context, "abandoned", result.exit_code, started, lost[0], recorded=False
+                )
             elif command.terminated and result.exit_code != 0:  # stopped by us, at shutdown
-                await self._release(run_id, token, context)
-                self._log_outcome(context, run_states.QUEUED, result.exit_code, started, "released")
+                released = await self._release(run_id, token, context)
+                self._log_outcome(
+                    context, run_states.QUEUED, result.exit_code, started, "released", released
+                )
             else:
                 # The heartbeats go on while the report is retried: the lease must outlive it.
                 status = run_states.COMPLETED if result.exit_code == 0 else run_states.FAILED
@@ -324,13 +329,16 @@ class Executor:
         log.error("run_report_gave_up", **context)
         return False
 
-    async def _release(self, run_id: uuid.UUID, token: uuid.UUID, context: dict[str, Any]) -> None:
+    async def _release(self, run_id: uuid.UUID, token: uuid.UUID, context: dict[str, Any]) -> bool:
+        """Give the run back to the queue; True when that was recorded."""
         try:
             await runs.release(
                 self.db, run_id, token, "released by a stopping executor; will run again"
             )
         except GatewayError as exc:  # the lease expiring does the same, only later
             log.warning("run_release_failed", error=str(exc), **context)
+            return False
+        return True
 
     @staticmethod
     def _log_outcome(
@@ -339,7 +347,7 @@ class Executor:
         exit_code: int | None,
         started: float,
         message: str,
-        recorded: bool = True,
+        recorded: bool,
     ) -> None:
         """``run_finished``; ``recorded=False``: the outcome could not be written (the run's
         status is then whatever the database says, see run_report_refused/gave_up)."""

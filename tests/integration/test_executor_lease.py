@@ -266,3 +266,58 @@ async def test_a_cancel_missed_while_the_listener_was_cut_off_stops_the_command_
     events = [e["event"] for e in logs]
     assert events.index("executor_listener_lost") < events.index("executor_listening")
     assert "run_lease_lost" in events
+
+
+def _finished(logs: list[dict[str, object]]) -> list[tuple[object, object]]:
+    return [(e["status"], e["recorded"]) for e in logs if e["event"] == "run_finished"]
+
+
+async def test_run_finished_says_recorded_false_for_a_run_it_abandoned(
+    db: Database, tmp_path: Path
+) -> None:
+    """Cancelled under the executor: the command is stopped and nothing of its outcome is
+    written, which run_finished must not call recorded."""
+    pipeline = await make_pipeline(db)
+    run = await enqueue(db, pipeline["id"], source_ref="main")
+    log = tmp_path / "log"
+    executor = Executor(
+        db, ExecutorSettings(pipeline["id"], _script(log, "A", 60), lease_seconds=60, name="A")
+    )
+    with capture_logs() as logs:
+        task = asyncio.create_task(executor.run())
+        try:
+            await _until(lambda: _times(log, "start A"), "the command to start")
+            await runs.report_status(db, run["id"], None, "cancelled", message="called off")
+            await _until(lambda: _finished(logs), "run_finished")
+        finally:
+            await _stop(executor, task)
+    assert _finished(logs) == [("abandoned", False)]
+
+
+async def test_run_finished_says_whether_a_stopping_executors_release_was_recorded(
+    db: Database, cut_off_db: Database, proxy: CuttableProxy, tmp_path: Path
+) -> None:
+    """Stopped with its command running, the executor releases the run: recorded when the
+    release was written, not when the database was away and the release failed."""
+    log = tmp_path / "log"
+    for name, reachable, recorded in (("A", True, True), ("B", False, False)):
+        pipeline = await make_pipeline(db)  # one each: B must not claim the run A released
+        run = await enqueue(db, pipeline["id"], source_ref=name)
+        settings = ExecutorSettings(
+            pipeline["id"], _script(log, name, 60), lease_seconds=30, grace_seconds=0, name=name
+        )
+        executor = Executor(cut_off_db, settings)
+        with capture_logs() as logs:
+            task = asyncio.create_task(executor.run())
+            try:
+                await _until(lambda n=name: _times(log, f"start {n}"), "the command to start")
+                if not reachable:
+                    proxy.cut()
+                executor.stop()
+                await asyncio.wait_for(task, WAIT)
+            finally:
+                proxy.heal()
+                await _stop(executor, task)
+        assert _finished(logs) == [("queued", recorded)], logs
+        expected = "queued" if reachable else "in-progress"
+        assert (await run_row(db, run["id"]))["status"] == expected
