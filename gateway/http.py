@@ -64,12 +64,35 @@ class ApiError(Exception):
         return error_response(self.status, self.message, self.errors, self.headers)
 
 
-class ValidationFailed(ApiError):
-    """422 with every bad field named."""
+# A 422 names at most this many fields (and says how many more): a body of a million unknown
+# keys must not be answered with a list of them (a 100 MB answer, seconds of the event loop).
+MAX_LISTED_FIELDS = 50
+MAX_FIELD_NAME_CHARS = 200
 
-    def __init__(self, errors: Mapping[str, Sequence[str]], message: str | None = None) -> None:
-        fields = ", ".join(errors)
-        super().__init__(422, message or f"The given data was invalid: {fields}", errors)
+
+def _field_name(name: str) -> str:
+    return name if len(name) <= MAX_FIELD_NAME_CHARS else name[: MAX_FIELD_NAME_CHARS - 1] + "…"
+
+
+class ValidationFailed(ApiError):
+    """422 naming the bad fields: the first :data:`MAX_LISTED_FIELDS` of them, and how many more
+    there are (``more``: problems a validator counted without collecting them)."""
+
+    def __init__(
+        self, errors: Mapping[str, Sequence[str]], message: str | None = None, *, more: int = 0
+    ) -> None:
+        listed: dict[str, list[str]] = {}
+        for key, messages in errors.items():
+            if len(listed) == MAX_LISTED_FIELDS:
+                break
+            listed.setdefault(_field_name(key), []).extend(messages)
+        more += len(errors) - min(len(errors), MAX_LISTED_FIELDS)
+        if message is None:
+            fields = ", ".join(listed)
+            message = f"The given data was invalid: {fields}"
+            if more:
+                message += f" and {more} more"
+        super().__init__(422, message, listed)
 
 
 def body_deadline(seconds_per_mib: float, length: int | None, limit: int) -> float:

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.unknown_fields import add_unknown_keys
+
 from .paths import CompiledPath, PathSyntaxError, compile_path
 
 MAX_CONDITIONS = 50
@@ -150,9 +152,7 @@ def _parse_condition(item: Any, prefix: str, errors: dict[str, list[str]]) -> Co
         errors[prefix] = ["must be an object"]
         return None
     before = len(errors)
-    for key in item:
-        if key not in _CONDITION_KEYS:
-            errors[f"{prefix}.{key}"] = ["unknown field"]
+    add_unknown_keys(errors, item, _CONDITION_KEYS, prefix)
     path = None
     if item.get("path") is None:
         errors[f"{prefix}.path"] = ["is required"]
@@ -195,9 +195,7 @@ def parse_trigger_when(
     if not isinstance(raw, dict):
         return ConditionSet(), {field: ["must be an object"]}
     allowed = frozenset({"conditions", *extra_keys})
-    for key in raw:
-        if key not in allowed:
-            errors[f"{field}.{key}"] = ["unknown field"]
+    add_unknown_keys(errors, raw, allowed, field)
     items = raw.get("conditions")
     if items is None:
         return ConditionSet(), errors

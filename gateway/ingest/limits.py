@@ -25,6 +25,7 @@ from typing import Any
 
 from gateway.config import LimitsConfig
 from gateway.ingest.client_ip import parse_ip
+from gateway.unknown_fields import add_unknown_keys
 
 MAX_RATE = 1_000_000.0
 MAX_BURST = 1_000_000
@@ -201,9 +202,9 @@ def _parse_rate_limit(
     if not isinstance(value, Mapping):
         errors[field] = ['must be an object like {"per_second": 10, "burst": 20} or null']
         return None, None
-    for key in value:
-        if key not in _RATE_LIMIT_KEYS:
-            errors[f"{field}.{key}"] = ["unknown field; allowed: per_second, burst"]
+    add_unknown_keys(
+        errors, value, _RATE_LIMIT_KEYS, field, "unknown field; allowed: per_second, burst"
+    )
     per_second = value.get("per_second")
     rate: float | None = None
     if per_second is None:

@@ -38,6 +38,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.unknown_fields import add_unknown_keys
+
 from .paths import PathSyntaxError, compile_path
 
 VARIABLE_TYPES: frozenset[str] = frozenset(
@@ -260,9 +262,7 @@ def _parse_item(
         errors[prefix] = ["must be an object"]
         return None
     before = len(errors)
-    for key in item:
-        if key not in _ALLOWED_KEYS:
-            errors[f"{prefix}.{key}"] = ["unknown field"]
+    add_unknown_keys(errors, item, _ALLOWED_KEYS, prefix)
 
     name: Any = item.get("name")
     problem = _name_error(name, field, seen)

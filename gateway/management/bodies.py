@@ -21,6 +21,7 @@ from gateway.http import (
 )
 from gateway.ingest.client_ip import ClientAddressResolver
 from gateway.reload import live_config
+from gateway.unknown_fields import unknown_keys
 
 MAX_PER_PAGE = 100
 
@@ -159,14 +160,17 @@ class Fields:
         self.prefix = prefix
         self.errors: dict[str, list[str]] = {}
         allowed_set = set(allowed)
-        for key in body:
-            if key not in allowed_set:
-                self.add(key, f"unknown field; allowed: {', '.join(sorted(allowed_set))}")
+        # more: problems counted but not listed (see ValidationFailed)
+        names, self.more = unknown_keys(body, allowed_set)
+        for key in names:
+            self.add(key, f"unknown field; allowed: {', '.join(sorted(allowed_set))}")
 
     def add(self, key: str, message: str) -> None:
         self.errors.setdefault(self.prefix + key, []).append(message)
 
-    def merge(self, errors: Mapping[str, list[str]]) -> None:
+    def merge(self, errors: Mapping[str, list[str]], more: int = 0) -> None:
+        """Add another validator's ``errors`` (and its count of problems not listed)."""
+        self.more += more
         for key, messages in errors.items():
             self.errors.setdefault(key, []).extend(messages)
 
@@ -265,9 +269,9 @@ class Fields:
         return value
 
     def check(self) -> None:
-        """Raise 422 naming every bad field, if any."""
+        """Raise 422 naming the bad fields (the first ones of many), if any."""
         if self.errors:
-            raise ValidationFailed(self.errors)
+            raise ValidationFailed(self.errors, more=self.more)
 
 
 def decimal_in_range(text: str, low: int, high: int) -> int | None:

@@ -192,5 +192,5 @@ def _settings(fields: Fields, raw: Any, *, partial: bool) -> dict[str, Any]:
     limits, errors = parse_limits_settings(raw)
     inner.merge(errors)
     settings.update((k, v) for k, v in limits.to_json().items() if k in raw)
-    fields.merge(inner.errors)
+    fields.merge(inner.errors, inner.more)
     return settings

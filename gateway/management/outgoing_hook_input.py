@@ -241,7 +241,7 @@ def _settings(
     )
     body = raw.get("request_body")
     _template_errors(sub, "request_body", compile_body, body)
-    fields.merge(sub.errors)
+    fields.merge(sub.errors, sub.more)
     return {
         "request_headers": headers,
         "request_body": body,

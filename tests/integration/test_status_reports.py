@@ -1,0 +1,78 @@
+"""Status reports over HTTP at their edges: bounded 422s for bodies of countless unknown keys."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from gateway.storage.database import Database
+from gateway.unknown_fields import MAX_LISTED_UNKNOWN
+from tests.integration.runs_helpers import claim, enqueue, make_pipeline, run_row
+
+
+async def _claimed(db: Database) -> tuple[Any, str]:
+    """A run claimed by a test executor, and its lease token."""
+    pipeline = await make_pipeline(db)
+    run = await enqueue(db, pipeline["id"], source_ref="main")
+    [claimed] = await claim(db, pipeline["id"], limit=1)
+    return run, str(claimed["lease_token"])
+
+
+async def test_a_status_report_of_a_million_unknown_keys_gets_a_short_422(
+    client: Any, db: Database, admin_headers: dict[str, str]
+) -> None:
+    """16 MiB of unknown keys (the most a status report may be) used to get a 125 MB 422
+    naming every one of them; now the first few are named and the rest counted."""
+    run, _ = await _claimed(db)
+    keys = 1_290_000
+    body = ("{" + ",".join(f'"k{i:07d}":0' for i in range(keys)) + "}").encode()
+    response = await client.post(
+        f"/runs/{run['id']}/status",
+        data=io.BytesIO(body),
+        headers={**admin_headers, "Content-Type": "application/json"},
+    )
+    assert response.status == 422
+    raw = await response.read()
+    assert len(raw) < 5000, len(raw)
+    answer = json.loads(raw)
+    unknown = [k for k in answer["errors"] if k.startswith("k")]
+    assert unknown == [f"k{i:07d}" for i in range(MAX_LISTED_UNKNOWN)]
+    assert {"status", "lease_token"} <= set(answer["errors"])  # the real problems still shown
+    assert answer["message"].endswith(f" and {keys - MAX_LISTED_UNKNOWN} more")
+    assert (await run_row(db, run["id"]))["status"] == "in-progress"
+
+
+async def test_every_422_is_bounded_not_only_the_status_reports(
+    client: Any, db: Database, admin_headers: dict[str, str]
+) -> None:
+    """The other validators of unknown keys: a top-level body (1 MiB, other endpoints' limit)
+    and the nested objects checked by the ingest validators (conditions, variables)."""
+    pipeline = await make_pipeline(db)
+    many = {f"k{i:06d}": 0 for i in range(60_000)}
+    response = await client.put(
+        f"/pipelines/{pipeline['id']}/concurrency",
+        data=json.dumps({"policy": "queue", **many}),
+        headers={**admin_headers, "Content-Type": "application/json"},
+    )
+    assert response.status == 422
+    answer = await response.json()
+    assert len(answer["errors"]) == MAX_LISTED_UNKNOWN
+    assert answer["message"].endswith(f" and {60_000 - MAX_LISTED_UNKNOWN} more")
+
+    hook = {
+        "name": "out",
+        "target_url": "https://example.com/hook",
+        "trigger_when": {
+            "events": ["run.completed"],
+            "conditions": [{"path": "run.status", "accepted_values": ["x"], **many}],
+        },
+    }
+    response = await client.post(
+        f"/pipelines/{pipeline['id']}/hooks/outgoing", json=hook, headers=admin_headers
+    )
+    assert response.status == 422
+    errors = (await response.json())["errors"]
+    prefix = "trigger_when.conditions.0"
+    assert len([k for k in errors if k.startswith(f"{prefix}.k")]) == MAX_LISTED_UNKNOWN
+    assert errors[prefix] == [f"{60_000 - MAX_LISTED_UNKNOWN} more unknown fields not listed"]
