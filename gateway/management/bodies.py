@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -95,25 +97,39 @@ def _may_hold_json(content_type: str) -> bool:
 
 
 async def read_json_object(
-    request: web.Request, *, nul_allowed: Iterable[str] = (), max_bytes: int = MAX_BODY_BYTES
+    request: web.Request,
+    *,
+    nul_allowed: Iterable[str] = (),
+    max_bytes: int = MAX_BODY_BYTES,
+    replaced: list[str] | None = None,
 ) -> dict[str, Any]:
     """The body as a JSON object (see :func:`parse_json_object`), read by :func:`read_body`."""
-    return parse_json_object(await read_body(request, max_bytes), nul_allowed=nul_allowed)
+    raw = await read_body(request, max_bytes)
+    return parse_json_object(raw, nul_allowed=nul_allowed, replaced=replaced)
 
 
-def parse_json_object(raw: bytes, *, nul_allowed: Iterable[str] = ()) -> dict[str, Any]:
+def parse_json_object(
+    raw: bytes, *, nul_allowed: Iterable[str] = (), replaced: list[str] | None = None
+) -> dict[str, Any]:
     """``raw`` as a JSON object, or a 400 that says what is wrong with it.
 
     A string holding U+0000 anywhere in the body (keys included) is refused with 422 naming its
     field: PostgreSQL text and jsonb cannot store it, so it would otherwise fail the write with
     a 500. ``nul_allowed`` names top-level members whose view strips NULs itself.
+
+    An unpaired surrogate escape (``"\\udcff"``) is not Unicode, and is a 400 too, unless
+    ``replaced`` is given: each is then read as U+FFFD, and the top-level members that held one
+    are appended to ``replaced``. (A Python program that decodes bytes with ``surrogateescape``
+    and ``json.dumps`` the text sends exactly that for each byte that is not UTF-8.)
     """
     if not raw.strip():
         raise ApiError(400, "request body is empty: expected a JSON object")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from exc
+        if replaced is None or "surrogate" not in str(exc):
+            raise ApiError(400, f"request body is not valid JSON: {exc}") from exc
+        body = _loads_replacing_surrogates(raw, replaced)
     if not isinstance(body, dict):
         raise ApiError(400, f"request body must be a JSON object, got {_json_type(body)}")
     if b"\\u0000" in raw:  # cheap pre-check: JSON can only spell NUL as an escape
@@ -125,6 +141,54 @@ def parse_json_object(raw: bytes, *, nul_allowed: Iterable[str] = ()) -> dict[st
             message = "must not contain the NUL character (\\u0000)"
             raise ValidationFailed({field: [message] for field in fields})
     return body
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _loads_replacing_surrogates(raw: bytes, replaced: list[str]) -> Any:
+    """``raw`` read by the standard library (which takes unpaired surrogate escapes, where
+    orjson refuses them), each unpaired surrogate replaced by U+FFFD; otherwise as strict as
+    orjson: no NaN or Infinity, a 400 for what is not JSON or nested too deep."""
+
+    def refuse_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON value")
+
+    try:
+        body = json.loads(raw, parse_constant=refuse_constant)
+    except RecursionError:
+        raise ApiError(400, "request body is not valid JSON: depth limit exceeded") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and the constants
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if isinstance(body, dict):
+        body = {
+            clean: _replace_surrogates(value, clean, replaced)
+            for clean, value in ((_without_surrogates(k), v) for k, v in body.items())
+        }
+    return body
+
+
+def _replace_surrogates(value: Any, field: str, replaced: list[str]) -> Any:
+    if isinstance(value, str):
+        clean = _without_surrogates(value)
+        if clean is not value and field not in replaced:
+            replaced.append(field)
+        return clean
+    if isinstance(value, dict):
+        return {
+            _without_surrogates(k): _replace_surrogates(v, field, replaced)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_replace_surrogates(item, field, replaced) for item in value]
+    return value
+
+
+def _without_surrogates(text: str) -> str:
+    """``text`` itself when it holds no surrogate, else a copy with U+FFFD for each."""
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def _nul_fields(path: str, value: Any) -> list[str]:

@@ -118,9 +118,17 @@ async def report_status(request: web.Request) -> web.Response:
     in-progress one (with or without its lease); 409 when illegal."""
     row = await _run_for_executor(request)
     # Process output may hold NUL bytes; storage strips them (run_states.bound_output/message).
+    # Nor is a report refused for an unpaired surrogate escape (undecodable output, as Python's
+    # surrogateescape spells it): it is taken with U+FFFD in its place, and logged.
+    replaced: list[str] = []
     body = await read_json_object(
-        request, nul_allowed=("message", "output"), max_bytes=STATUS_BODY_BYTES
+        request,
+        nul_allowed=("message", "output"),
+        max_bytes=STATUS_BODY_BYTES,
+        replaced=replaced,
     )
+    if replaced:
+        log.info("run_status_text_replaced", run_id=str(row["id"]), fields=replaced)
     fields = Fields(body, ("status", "lease_token", "message", "output", "exit_code"))
     status = fields.string("status", max_length=20, choices=run_states.STATUSES)
     # Cancelling needs no lease: a queued run has none, and whoever may execute the pipeline's

@@ -1,10 +1,13 @@
-"""Status reports over HTTP at their edges: bounded 422s for bodies of countless unknown keys."""
+"""Status reports over HTTP at their edges: bounded 422s for bodies of countless unknown keys,
+and undecodable output (lone surrogate escapes) taken rather than refused."""
 
 from __future__ import annotations
 
 import io
 import json
 from typing import Any
+
+from structlog.testing import capture_logs
 
 from gateway.storage.database import Database
 from gateway.unknown_fields import MAX_LISTED_UNKNOWN
@@ -76,3 +79,61 @@ async def test_every_422_is_bounded_not_only_the_status_reports(
     prefix = "trigger_when.conditions.0"
     assert len([k for k in errors if k.startswith(f"{prefix}.k")]) == MAX_LISTED_UNKNOWN
     assert errors[prefix] == [f"{60_000 - MAX_LISTED_UNKNOWN} more unknown fields not listed"]
+
+
+async def test_a_lone_surrogate_in_the_output_is_replaced_not_refused(
+    client: Any, db: Database, admin_headers: dict[str, str]
+) -> None:
+    """What Python's surrogateescape + json.dumps make of bytes that are not UTF-8: refused
+    with 400, the report was lost and the run executed again after its lease. Now taken, with
+    U+FFFD in their place, and logged."""
+    run, token = await _claimed(db)
+    body = json.dumps(
+        {
+            "status": "failed",
+            "lease_token": token,
+            "exit_code": 3,
+            "output": b"caf\xe9 \xff\n".decode("utf-8", "surrogateescape"),
+            "message": "broken \ud800 pair \ud83d\ude00",
+        }
+    )
+    assert "\\udce9" in body  # what the executor sends
+    with capture_logs() as logs:
+        response = await client.post(
+            f"/runs/{run['id']}/status",
+            data=body,
+            headers={**admin_headers, "Content-Type": "application/json"},
+        )
+    assert response.status == 200, await response.text()
+    row = await run_row(db, run["id"])
+    assert (row["status"], row["exit_code"]) == ("failed", 3)
+    assert row["output"] == "caf\ufffd \ufffd\n"
+    assert row["message"] == "broken \ufffd pair \U0001f600"  # a real pair stays as it is
+    [event] = [e for e in logs if e["event"] == "run_status_text_replaced"]
+    assert event["run_id"] == str(run["id"]) and event["fields"] == ["output", "message"]
+
+
+async def test_a_lone_surrogate_elsewhere_is_still_a_clear_error(
+    client: Any, db: Database, admin_headers: dict[str, str]
+) -> None:
+    run, token = await _claimed(db)
+    url = f"/runs/{run['id']}/status"
+    headers = {**admin_headers, "Content-Type": "application/json"}
+    # Not JSON after the surrogate: 400 as before; a surrogate in the status: 422 naming it.
+    for body, status, says in (
+        ('{"status":"failed","output":"a\\udcff", oops}', 400, "not valid JSON"),
+        ('{"status":"failed","output":"a\\udcff","n":NaN}', 400, "not valid JSON"),
+        (f'{{"status":"fail\\udcffed","lease_token":"{token}"}}', 422, "status"),
+        (f'{{"status":"failed","lease_token":"{token}","x\\udcff":1}}', 422, "x\ufffd"),
+    ):
+        response = await client.post(url, data=body, headers=headers)
+        assert response.status == status, await response.text()
+        assert says in await response.text()
+    # Other endpoints keep refusing text that is not Unicode.
+    response = await client.post(
+        f"/runs/{run['id']}/heartbeat",
+        data=f'{{"lease_token":"{token}","x":"\\udcff"}}',
+        headers=headers,
+    )
+    assert response.status == 400
+    assert (await run_row(db, run["id"]))["status"] == "in-progress"
