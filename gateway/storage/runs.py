@@ -186,6 +186,7 @@ async def transition(
         raise NotFound("run not found")
     if _repeats_recorded_outcome(row, lease_token, new_status, exit_code):
         return row  # a retry of a report whose answer was lost: already done, nothing to do
+    _check_not_replacing_recorded_outcome(row, lease_token, new_status)
     run_states.check_transition(row["status"], new_status)
     if row["status"] == run_states.IN_PROGRESS and lease_token is not None:
         _check_lease(row, lease_token)
@@ -271,6 +272,23 @@ def _repeats_recorded_outcome(
         and row["lease_token"] == lease_token
         and row["exit_code"] == exit_code
     )
+
+
+def _check_not_replacing_recorded_outcome(
+    row: Record, lease_token: uuid.UUID | None, new_status: str
+) -> None:
+    """Raise Conflict naming the recorded outcome when the lease holder reports another one
+    (a different exit code or status) for a run its lease already ended."""
+    outcomes = (run_states.COMPLETED, run_states.FAILED)
+    if lease_token is None or row["lease_token"] != lease_token:
+        return
+    if row["status"] in outcomes and new_status in outcomes:
+        code = row["exit_code"]
+        recorded = f"{row['status']} with exit code {code}" if code is not None else row["status"]
+        raise Conflict(
+            f"the run already ended {recorded} under this lease; "
+            "a different outcome cannot replace it"
+        )
 
 
 def _check_lease(row: Record, lease_token: uuid.UUID) -> None:

@@ -1,5 +1,6 @@
 """Status reports over HTTP at their edges: bounded 422s for bodies of countless unknown keys,
-and undecodable output (lone surrogate escapes) taken rather than refused."""
+undecodable output (lone surrogate escapes) taken rather than refused, and a clear 409 for a
+different outcome repeated under the same lease."""
 
 from __future__ import annotations
 
@@ -137,3 +138,21 @@ async def test_a_lone_surrogate_elsewhere_is_still_a_clear_error(
     )
     assert response.status == 400
     assert (await run_row(db, run["id"]))["status"] == "in-progress"
+
+
+async def test_a_different_outcome_after_the_recorded_one_is_a_409_naming_it(
+    client: Any, db: Database, admin_headers: dict[str, str]
+) -> None:
+    run, token = await _claimed(db)
+    url = f"/runs/{run['id']}/status"
+    done = {"status": "completed", "lease_token": token, "exit_code": 0}
+    assert (await client.post(url, json=done, headers=admin_headers)).status == 200
+    assert (await client.post(url, json=done, headers=admin_headers)).status == 200  # a repeat
+    for different in ({**done, "exit_code": 1}, {**done, "status": "failed", "exit_code": 2}):
+        response = await client.post(url, json=different, headers=admin_headers)
+        assert response.status == 409
+        assert (await response.json())["message"] == (
+            "the run already ended completed with exit code 0 under this lease; "
+            "a different outcome cannot replace it"
+        )
+    assert (await run_row(db, run["id"]))["exit_code"] == 0
