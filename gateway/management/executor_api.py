@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from aiohttp import web
 
 from gateway import appkeys, run_states
+from gateway.exceptions import Conflict
 from gateway.http import ApiError, json_response
 from gateway.logs import get_logger
 from gateway.management.bodies import Fields, parse_json_object, read_body, read_json_object
@@ -77,6 +80,29 @@ async def _run_for_executor(request: web.Request) -> Record:
     return row
 
 
+def _executor(request: web.Request) -> str:
+    """Who is calling, as a claim records it in ``claimed_by``."""
+    return f"user:{current_user(request).id}"
+
+
+@contextmanager
+def _refusal_logged(event: str, request: web.Request, row: Record, **fields: Any) -> Iterator[None]:
+    """Log a Conflict (answered 409) with the run, the caller and the reason, then let it go
+    on: a stale executor being refused is worth seeing on the server side. Never the token."""
+    try:
+        yield
+    except Conflict as exc:
+        log.info(
+            event,
+            run_id=str(row["id"]),
+            executor=_executor(request),
+            current=row["status"],
+            reason=str(exc),
+            **fields,
+        )
+        raise
+
+
 @routes.post("/runs/claim")
 @endpoint()
 async def claim_runs(request: web.Request) -> web.Response:
@@ -107,7 +133,10 @@ async def claim_runs(request: web.Request) -> web.Response:
         lease_seconds=lease,
         claimed_by=f"user:{user.id}",
     )
-    log.info("runs_claimed", pipeline_id=pipeline_id, count=len(claimed))
+    # An executor polling an empty queue every second would otherwise log 86,400 lines a day.
+    (log.info if claimed else log.debug)(
+        "runs_claimed", pipeline_id=pipeline_id, count=len(claimed)
+    )
     return json_response([claimed_json(r) for r in claimed])
 
 
@@ -141,16 +170,21 @@ async def report_status(request: web.Request) -> web.Response:
         output = None
     exit_code = fields.integer("exit_code", required=False, minimum=-_INT32 - 1, maximum=_INT32)
     fields.check()
-    updated = await runs.report_status(
-        request.app[appkeys.DATABASE],
-        row["id"],
-        token,
-        status,
-        message=message,
-        output=output,
-        exit_code=exit_code,
-    )
-    log.info("run_status_reported", run_id=str(row["id"]), status=status)
+    with _refusal_logged("run_status_refused", request, row, status=status):
+        updated = await runs.report_status(
+            request.app[appkeys.DATABASE],
+            row["id"],
+            token,
+            status,
+            message=message,
+            output=output,
+            exit_code=exit_code,
+        )
+    # The lease holder repeating the outcome it recorded (its first answer was lost): 200, and
+    # nothing changed.
+    repeated = row["status"] == status and status in run_states.FINISHED and token is not None
+    event = "run_status_repeated" if repeated else "run_status_reported"
+    log.info(event, run_id=str(row["id"]), status=status, executor=_executor(request))
     return json_response(run_json(updated))
 
 
@@ -165,7 +199,8 @@ async def heartbeat(request: web.Request) -> web.Response:
     lease = fields.integer("lease_seconds", required=False, default=60, minimum=5, maximum=3600)
     fields.check()
     assert token is not None
-    expires = await runs.heartbeat(request.app[appkeys.DATABASE], row["id"], token, lease)
+    with _refusal_logged("run_heartbeat_refused", request, row):
+        expires = await runs.heartbeat(request.app[appkeys.DATABASE], row["id"], token, lease)
     return json_response(
         {"id": str(row["id"]), "status": run_states.IN_PROGRESS, "lease_expires_at": expires}
     )

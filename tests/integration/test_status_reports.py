@@ -1,6 +1,6 @@
 """Status reports over HTTP at their edges: bounded 422s for bodies of countless unknown keys,
-undecodable output (lone surrogate escapes) taken rather than refused, and a clear 409 for a
-different outcome repeated under the same lease."""
+undecodable output (lone surrogate escapes) taken rather than refused, a clear 409 for a
+different outcome repeated under the same lease, and what the server log says about it all."""
 
 from __future__ import annotations
 
@@ -156,3 +156,40 @@ async def test_a_different_outcome_after_the_recorded_one_is_a_409_naming_it(
             "a different outcome cannot replace it"
         )
     assert (await run_row(db, run["id"]))["exit_code"] == 0
+
+
+async def test_refused_reports_are_logged_and_empty_claims_are_not_at_info(
+    client: Any, db: Database, admin_headers: dict[str, str]
+) -> None:
+    run, token = await _claimed(db)
+    url = f"/runs/{run['id']}/status"
+    stale = "00000000-0000-4000-8000-000000000000"
+    with capture_logs() as logs:
+        for _ in range(3):
+            response = await client.post("/runs/claim", json={}, headers=admin_headers)
+            assert await response.json() == []
+        refused = await client.post(
+            url, json={"status": "completed", "lease_token": stale}, headers=admin_headers
+        )
+        beat = await client.post(
+            f"/runs/{run['id']}/heartbeat", json={"lease_token": stale}, headers=admin_headers
+        )
+        done = {"status": "completed", "lease_token": token, "exit_code": 0}
+        for _ in range(2):
+            assert (await client.post(url, json=done, headers=admin_headers)).status == 200
+    assert (refused.status, beat.status) == (409, 409)
+    by_event: dict[str, list[dict[str, Any]]] = {}
+    for entry in logs:
+        by_event.setdefault(entry["event"], []).append(entry)
+    [status_refused] = by_event["run_status_refused"]
+    assert status_refused["run_id"] == str(run["id"])
+    assert status_refused["status"] == "completed" and status_refused["current"] == "in-progress"
+    assert status_refused["executor"].startswith("user:")
+    assert "lease token does not match" in status_refused["reason"]
+    assert status_refused["log_level"] == "info"
+    [beat_refused] = by_event["run_heartbeat_refused"]
+    assert beat_refused["run_id"] == str(run["id"]) and "lease" in beat_refused["reason"]
+    assert [e["log_level"] for e in by_event["runs_claimed"]] == ["debug"] * 3
+    assert len(by_event["run_status_reported"]) == 1
+    assert len(by_event["run_status_repeated"]) == 1
+    assert token not in repr(logs) and stale not in repr(logs)
