@@ -473,3 +473,13 @@ CREATE OR REPLACE TRIGGER pipeline_runs_listed_for_rekey
 
 INSERT INTO schema_version (version) VALUES (5) ON CONFLICT DO NOTHING;
 -- end Re-keying ----------------------------------------------------------------------------------
+-- Outgoing event order ---------------------------------------------------------------------------
+-- Each run change's deliveries carry the next number of this sequence ("sequence" in their
+-- payload). The changes of one run are made one after another, each under the run's row lock
+-- and after the previous one committed, so a later change of a run always has a larger number:
+-- receivers order by it the deliveries that arrive out of order (a retried earlier event lands
+-- after a later one). Across runs the numbers say nothing; gaps are normal.
+CREATE SEQUENCE IF NOT EXISTS outgoing_event_sequence;
+
+INSERT INTO schema_version (version) VALUES (5) ON CONFLICT DO NOTHING;
+-- end Outgoing event order -----------------------------------------------------------------------

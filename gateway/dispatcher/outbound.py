@@ -1,7 +1,8 @@
 """From a stored hook and a delivery's event snapshot to the exact HTTP request to send (pure).
 
 Without a ``request_body`` the body is a Standard Webhooks style envelope:
-``{"type": <event>, "timestamp": <event time>, "data": {"run", "pipeline", "hook"}}``.
+``{"type": <event>, "timestamp": <event time>, "sequence": <n>, "data": {"run", "pipeline",
+"hook"}}``; ``sequence`` grows with each change of a run (schema.sql, outgoing_event_sequence).
 JSON bodies are sent as ``application/json``, text bodies as ``text/plain; charset=utf-8``,
 unless the hook's request headers set ``Content-Type``. A hook's headers never replace the
 signature headers (validation refuses those names).
@@ -108,9 +109,8 @@ def event_context(payload: Mapping[str, Any], delivery_id: str, attempt: int) ->
 def default_body(context: Mapping[str, Any]) -> bytes:
     """The envelope sent when a hook has no ``request_body``."""
     data = {key: context.get(key) for key in ("run", "pipeline", "hook")}
-    return dump_json(
-        {"type": context.get("event"), "timestamp": context.get("timestamp"), "data": data}
-    )
+    envelope = {key: context.get(key) for key in ("timestamp", "sequence")}
+    return dump_json({"type": context.get("event"), **envelope, "data": data})
 
 
 def build_request(

@@ -3,6 +3,7 @@
 Syntax: ``{{ path }}`` (spaces optional) where ``path`` is a dotted name into the event context:
 
 * ``event`` — ``run.queued|run.started|run.completed|run.failed|run.status_changed``
+* ``sequence`` — grows with each change of a run: the order of a run's events
 * ``run.id|pipeline_id|status|previous_status|attempt|message|exit_code|queued_at|started_at|
   finished_at``, ``run.triggered_from.type|hook_id|request_id``, ``run.variables`` and
   ``run.variables.<name>[.<key or index>...]`` (variable names are free-form)
@@ -53,6 +54,7 @@ _ANY = "*"  # marks a free-form subtree (variables carry whatever the payload ha
 _LEAF: dict[str, Any] = {}
 SCHEMA: dict[str, Any] = {
     "event": _LEAF,
+    "sequence": _LEAF,
     "run": {
         **dict.fromkeys(
             "id pipeline_id status previous_status attempt message exit_code queued_at "

@@ -18,7 +18,9 @@ from gateway.config import Config
 from gateway.exceptions import GatewayError
 from gateway.storage.database import Database
 
-MIN_SCHEMA_VERSION = 2  # the version that added leases and concurrency settings
+# Leases and concurrency settings (2), and the outbox the executor writes with each change of
+# a run (3), numbered by outgoing_event_sequence (5).
+MIN_SCHEMA_VERSION = 5
 
 
 def running_embedded_dsn(data_dir: str) -> str | None:

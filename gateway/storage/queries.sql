@@ -985,11 +985,14 @@ DELETE FROM outgoing_hooks WHERE id = $1 RETURNING id;
 -- The outbox write, in the transaction of the state change: one pending delivery per active
 -- hook of the run's pipeline subscribed to the event (or to run.status_changed), carrying the
 -- event context as it is now. $1 run ids, $2 previous statuses, $3 new statuses (NULL: the
--- run's current status).
+-- run's current status). Each change takes one number of outgoing_event_sequence (the same for
+-- every hook it is sent to; nextval in a subquery's target list: once per change), by which
+-- receivers order a run's events (schema.sql).
 INSERT INTO outgoing_deliveries (hook_id, run_id, event, payload)
 SELECT h.id, r.id, e.event, jsonb_build_object(
     'event', e.event,
     'timestamp', now(),
+    'sequence', c.sequence,
     'run', jsonb_build_object(
         'id', r.id, 'pipeline_id', r.pipeline_id, 'status', e.status,
         'previous_status', c.previous_status, 'variables', r.variables, 'attempt', r.attempt,
@@ -1002,7 +1005,10 @@ SELECT h.id, r.id, e.event, jsonb_build_object(
         'environment_id', p.environment_id, 'resource_type', p.resource_type,
         'resource_id', p.resource_id),
     'hook', jsonb_build_object('id', h.id, 'name', h.name))
-FROM unnest($1::uuid[], $2::text[], $3::text[]) AS c (run_id, previous_status, status)
+FROM (
+    SELECT u.*, nextval('outgoing_event_sequence') AS sequence
+    FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u (run_id, previous_status, status)
+) AS c
 JOIN pipeline_runs r ON r.id = c.run_id
 JOIN pipelines p ON p.id = r.pipeline_id
 CROSS JOIN LATERAL (

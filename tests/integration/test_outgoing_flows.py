@@ -1,13 +1,15 @@
 """Outgoing hooks with the rest of the gateway: the ingest path, request history, redelivery,
-secrets at rest."""
+secrets at rest, and the sequence by which receivers order a run's events."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 from standardwebhooks import Webhook
 
@@ -15,7 +17,7 @@ from gateway.config import Config
 from gateway.dispatcher.dispatcher import Dispatcher
 from gateway.security.secret_box import SecretBox, key_id_of
 from gateway.security.secret_keys import load_keys, new_key_line
-from gateway.storage import outgoing
+from gateway.storage import outgoing, runs
 from gateway.storage.database import Database
 from gateway.storage.secret_rotation import OUTGOING, rotate_secrets
 from tests.conftest import TEST_SECRET_KEY
@@ -36,6 +38,7 @@ from tests.integration.outgoing_helpers import (
     hook_body,
     outgoing_config,
 )
+from tests.integration.runs_helpers import enqueue
 
 
 @pytest.fixture
@@ -314,3 +317,83 @@ async def test_a_sealed_secret_from_a_dump_is_refused_and_the_stored_credential_
     rotated = (await stored_outgoing(db))[uuid.UUID(hook["id"])]
     [header] = rotated["settings"]["request_headers"]
     assert key_id_of(header["value"]) == "b" and box.decrypt(header["value"]) == "Bearer ok"
+
+
+ORDER_EVENTS = ("run.queued", "run.started", "run.completed")
+
+
+async def test_a_retried_started_arrives_after_completed_and_its_sequence_says_it_is_older(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    receiver: tuple[Receiver, str],
+    dispatcher: Dispatcher,
+) -> None:
+    """Deliveries are not sent in order (README, Outgoing hooks: Order). The reviewer's t10:
+    the first run.started answered 503 and was sent again after run.completed, so the target's
+    last word about the run was "started"; by the sequence it can tell that one is older."""
+    target, base = receiver
+    target.plan("/run.started", 503, 200)
+    hook = await create_hook(
+        client, admin_headers, pipeline["id"], hook_body(base + "/{{ event }}", *ORDER_EVENTS)
+    )
+    await complete_run(db, pipeline["id"], source_ref="main")
+
+    def delivered() -> bool:
+        return target.successes == 3
+
+    await eventually(delivered)
+    arrived = [(s.path, orjson.loads(s.body)) for s in target.seen]
+    # Typically queued, started (503), completed, then started again a second later: the
+    # arrival order is the dispatcher's, not asserted; what the receiver can rely on is.
+    assert sorted(path for path, _ in arrived) == sorted(
+        [f"/{e}" for e in ORDER_EVENTS] + ["/run.started"]
+    )
+    # What a receiver does: keep the event with the highest sequence.
+    latest = max((body for _, body in arrived), key=lambda body: body["sequence"])
+    assert latest["type"] == "run.completed" and latest["data"]["run"]["status"] == "completed"
+    sequences = {path: body["sequence"] for path, body in arrived}
+    assert sequences["/run.queued"] < sequences["/run.started"] < sequences["/run.completed"]
+    [first, again] = [body for path, body in arrived if path == "/run.started"]
+    assert first == again  # the retry is the same event: same sequence, same timestamp
+    stored = {d["event"]: d["payload"]["sequence"] for d in await deliveries(db, hook["id"])}
+    assert stored == {event: sequences[f"/{event}"] for event in ORDER_EVENTS}
+
+
+async def test_the_sequence_orders_changes_whose_transactions_started_the_other_way_round(
+    client: Any, admin_headers: dict[str, str], pipeline: dict[str, Any], db: Database
+) -> None:
+    """A transaction that began before the run was queued, and changes it after the queueing
+    committed (a claim's sweeps run before its claim statement), has an earlier now(): the
+    later change carries the earlier timestamp. Its sequence is still the larger one. Two
+    hooks get the same number for one change."""
+    hooks = [
+        await create_hook(
+            client,
+            admin_headers,
+            pipeline["id"],
+            hook_body("http://127.0.0.1:9/x", "run.status_changed", name=name),
+        )
+        for name in ("a", "b")
+    ]
+    async with db.transaction() as session:
+        await session.fetchval("schema_version")  # the transaction has begun: now() is fixed
+        await asyncio.sleep(0.01)  # not for ordering: so that the two now()s differ visibly
+        run = await enqueue(db, pipeline["id"], source_ref="main")  # commits meanwhile
+        await runs.transition(session, run["id"], None, "cancelled", message="called off")
+    for hook in hooks:
+        queued, cancelled = sorted(
+            (d["payload"] for d in await deliveries(db, hook["id"])),
+            key=lambda p: p["run"]["status"] != "queued",
+        )
+        assert (queued["run"]["status"], cancelled["run"]["status"]) == ("queued", "cancelled")
+        # Why timestamp cannot order them:
+        assert datetime.fromisoformat(cancelled["timestamp"]) < datetime.fromisoformat(
+            queued["timestamp"]
+        )
+        assert cancelled["sequence"] > queued["sequence"]
+    numbers = [
+        sorted(d["payload"]["sequence"] for d in await deliveries(db, h["id"])) for h in hooks
+    ]
+    assert numbers[0] == numbers[1]

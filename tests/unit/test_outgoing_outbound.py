@@ -15,6 +15,7 @@ SECRET = generate_secret(STANDARD_WEBHOOKS)
 PAYLOAD: dict[str, Any] = {
     "event": "run.failed",
     "timestamp": "2026-05-01T12:00:00+00:00",
+    "sequence": 42,
     "run": {"id": "r1", "status": "failed", "variables": {"pr": 9, "ref": "main"}},
     "pipeline": {"id": 3, "name": "Deploy"},
     "hook": {"id": "h1", "name": "notify"},
@@ -42,6 +43,7 @@ def test_default_body_is_an_envelope_and_is_signed() -> None:
     assert body == {
         "type": "run.failed",
         "timestamp": "2026-05-01T12:00:00+00:00",
+        "sequence": 42,
         "data": {k: PAYLOAD[k] for k in ("run", "pipeline", "hook")},
     }
 

@@ -340,3 +340,9 @@ def test_an_index_no_array_can_have_is_missing_not_an_error(index: str) -> None:
     # from a hook's template, raised while rendering every delivery of the hook.
     path = ("run", "variables", "items", index)
     assert lookup({"run": {"variables": {"items": [1, 2]}}}, path) is lookup({}, ("x",))
+
+
+def test_the_sequence_is_a_placeholder_and_stays_a_number() -> None:
+    template = JsonTemplate.compile({"seq": "{{ sequence }}", "status": "{{ run.status }}"})
+    rendered = template.render({**CONTEXT, "sequence": 9_000_000_001})
+    assert json.loads(rendered) == {"seq": 9_000_000_001, "status": "completed"}
