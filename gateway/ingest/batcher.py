@@ -41,7 +41,6 @@ import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, NamedTuple
 
 import zstandard
@@ -98,7 +97,6 @@ class PendingRequest:
     id: uuid.UUID
     hook_id: uuid.UUID
     pipeline_id: int
-    received_at: datetime
     client_ip: str | None
     headers: dict[str, str]
     body: bytes | None  # None: not read (rejected before the body)
@@ -110,6 +108,10 @@ class PendingRequest:
     run_id: uuid.UUID | None = None
     variables: dict[str, Any] | None = None
     started: float = field(default_factory=time.perf_counter)  # for latency_ms
+    # When it was read and checked (perf_counter). Written as its age, which the statement
+    # subtracts from the database's clock: received_at (and its run's queued_at, which orders
+    # runs by arrival) is the database's time, whatever this host's clock says.
+    received: float = field(default_factory=time.perf_counter)
     retry_of: uuid.UUID | None = None
     future: asyncio.Future[Stored] | None = None
 
@@ -370,22 +372,14 @@ class RunBatcher:
         results = [Stored(item.run_id, False) for item in batch]
         runs = _runs_to_insert(batch)
         bodies = await self._stored_bodies(batch)
-        run_columns = (
-            [r.run_id for r in runs],
-            [r.pipeline_id for r in runs],
-            [r.hook_id for r in runs],
-            [r.id for r in runs],
-            [r.delivery_id for r in runs],
-            [r.variables or {} for r in runs],
-            [r.received_at for r in runs],  # queued_at: runs are ordered by arrival
-        )
         if self._fits_one_statement(batch, runs):
             try:
                 async with self._connections.transaction(single_statement=True) as session:
+                    now = time.perf_counter()
                     await store.insert_batch(
                         session,
-                        run_columns,
-                        _history_columns(batch, bodies, time.perf_counter()),
+                        _run_columns(runs, now),
+                        _history_columns(batch, bodies, now),
                         single_statement=True,
                     )
                 return results
@@ -394,7 +388,7 @@ class RunBatcher:
         async with self._connections.transaction() as session:
             now = time.perf_counter()
             written = await store.insert_batch(
-                session, run_columns, _history_columns(batch, bodies, now)
+                session, _run_columns(runs, now), _history_columns(batch, bodies, now)
             )
             self._learn_outgoing(runs, written)
             inserted = written.inserted
@@ -411,7 +405,7 @@ class RunBatcher:
                     *_history_columns(
                         duplicates,
                         [bodies[i] for i in missing],
-                        now,
+                        time.perf_counter(),  # a statement later than the batch's
                         [results[i].run_id for i in missing],
                     ),
                 )
@@ -523,14 +517,28 @@ def _runs_to_insert(batch: list[PendingRequest]) -> list[PendingRequest]:
     return runs
 
 
+def _run_columns(runs: list[PendingRequest], now: float) -> tuple[list[Any], ...]:
+    """The seven run columns of ``runs`` for a statement sent at ``now`` (perf_counter)."""
+    return (
+        [r.run_id for r in runs],
+        [r.pipeline_id for r in runs],
+        [r.hook_id for r in runs],
+        [r.id for r in runs],
+        [r.delivery_id for r in runs],
+        [r.variables or {} for r in runs],
+        [now - r.received for r in runs],  # queued_at: runs are ordered by arrival
+    )
+
+
 def _history_columns(
     items: list[PendingRequest],
     bodies: list[tuple[bytes | None, str | None]],
     now: float,
     duplicate_of: list[uuid.UUID | None] | None = None,
 ) -> tuple[list[Any], ...]:
-    """The fifteen history columns of ``items``; ``duplicate_of`` (the original run of each)
-    turns them into the rows of repeated deliveries."""
+    """The fifteen history columns of ``items`` for a statement sent at ``now`` (perf_counter);
+    ``duplicate_of`` (the original run of each) turns them into the rows of repeated
+    deliveries."""
     if duplicate_of is None:
         outcomes = [item.outcome for item in items]
         statuses = [item.status_code for item in items]
@@ -547,7 +555,7 @@ def _history_columns(
     return (
         [item.id for item in items],
         [item.hook_id for item in items],
-        [item.received_at for item in items],
+        [now - item.received for item in items],  # received_at, by the database's clock
         [item.client_ip for item in items],
         [item.headers for item in items],
         [body for body, _ in bodies],

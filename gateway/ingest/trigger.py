@@ -18,7 +18,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -189,7 +188,6 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
         id=row_id,
         hook_id=hook.id,
         pipeline_id=hook.pipeline_id,
-        received_at=datetime.now(UTC),
         client_ip=client_ip,
         headers=_history_headers(request.headers, hook.redacted_headers),
         body=body,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -195,7 +194,6 @@ async def replay_request(request: web.Request) -> web.Response:
         id=uuid.uuid4(),
         hook_id=hook.id,
         pipeline_id=hook.pipeline_id,
-        received_at=datetime.now(UTC),
         client_ip=None if original["client_ip"] is None else str(original["client_ip"]),
         headers=redact_headers(original["headers"]),  # an old row's may hold more
         body=body,

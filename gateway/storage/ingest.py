@@ -40,7 +40,7 @@ async def insert_requests(
     session: Session,
     ids: Sequence[uuid.UUID],
     hook_ids: Sequence[uuid.UUID],
-    received_at: Sequence[datetime],
+    received_ages: Sequence[float],
     client_ips: Sequence[str | None],
     headers: Sequence[dict[str, str]],
     bodies: Sequence[bytes | None],
@@ -54,12 +54,13 @@ async def insert_requests(
     latencies_ms: Sequence[float],
     retry_of: Sequence[uuid.UUID | None],
 ) -> None:
-    """Write the history rows of one batch in one statement."""
+    """Write the history rows of one batch in one statement; ``received_ages``: seconds since
+    each request was received (its received_at is the database's clock less that)."""
     await session.execute(
         "ingest_insert_requests",
         ids,
         hook_ids,
-        received_at,
+        received_ages,
         client_ips,
         headers,
         bodies,
@@ -218,7 +219,8 @@ async def insert_batch(
     """Queue runs and write history rows in ONE statement (``ingest_insert_batch``).
 
     ``runs``: seven columns (ids, pipeline ids, hook ids, request ids, delivery ids,
-    variables, queued_at: the requests' received_at, which orders runs by arrival).
+    variables, and the requests' ages in seconds: queued_at, like the history row's
+    received_at, is the database's clock less that age, which orders runs by arrival).
     ``requests``: the fifteen columns of ``ingest_insert_requests`` (client ips as text).
     History rows of requests whose run was not inserted (duplicates) are left out; write them
     with :func:`insert_requests`.

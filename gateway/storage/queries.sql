@@ -510,19 +510,28 @@ JOIN unnest($1::uuid[], $2::text[]) AS k (hook_id, delivery_id)
 
 -- name: ingest_insert_requests
 -- Group commit: the history rows of a batch of requests (accepted, duplicate, skipped, rejected).
+-- $3: each request's age in seconds when the statement was sent; received_at is the database's
+-- clock less that age (no gateway host's clock decides it: see ingest_insert_batch).
 INSERT INTO hook_requests (id, hook_id, received_at, client_ip, headers, body, body_encoding,
                            body_size, outcome, status_code, message, run_id, delivery_id,
                            latency_ms, retry_of)
-SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[]::inet[], $5::jsonb[],
-                     $6::bytea[], $7::text[], $8::integer[], $9::text[], $10::smallint[],
-                     $11::text[], $12::uuid[], $13::text[], $14::real[], $15::uuid[]);
+SELECT q.id, q.hook_id, statement_timestamp() - make_interval(secs => q.age), q.client_ip,
+       q.headers, q.body, q.body_encoding, q.body_size, q.outcome, q.status_code, q.message,
+       q.run_id, q.delivery_id, q.latency_ms, q.retry_of
+FROM unnest($1::uuid[], $2::uuid[], $3::float8[], $4::text[]::inet[], $5::jsonb[],
+            $6::bytea[], $7::text[], $8::integer[], $9::text[], $10::smallint[],
+            $11::text[], $12::uuid[], $13::text[], $14::real[], $15::uuid[])
+     AS q (id, hook_id, age, client_ip, headers, body, body_encoding, body_size, outcome,
+           status_code, message, run_id, delivery_id, latency_ms, retry_of);
 
 -- name: ingest_insert_batch
 -- Group commit in one statement: queue the runs ($1-$7; repeats of a (hook, delivery id) are
 -- skipped) and write the history rows ($8-$22, client ip as text) of every request whose run was
 -- inserted or that has no run. A run's queued_at is its request's received_at, so that runs
 -- are ordered by arrival (within a batch, and across batches written in parallel) rather than
--- by the start of the transaction that wrote them. Returns one row: the runs inserted, and
+-- by the start of the transaction that wrote them. Both are the database's clock less the
+-- request's age when the statement was sent ($7, $10: seconds, measured by the gateway's
+-- monotonic clock), so instances whose clocks disagree still order runs by arrival. Returns one row: the runs inserted, and
 -- those of them whose pipeline has an active outgoing hook (the caller then writes the outbox
 -- rows in the same transaction). Duplicates get their history row from the caller once their original run is
 -- known. With $23 true the statement is run as its own transaction (no BEGIN/COMMIT round
@@ -531,21 +540,25 @@ SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[]::inet
 WITH runs AS (
     INSERT INTO pipeline_runs (id, pipeline_id, hook_id, request_id, delivery_id, variables,
                                queued_at)
-    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::text[],
-                         $6::jsonb[], $7::timestamptz[])
+    SELECT u.id, u.pipeline_id, u.hook_id, u.request_id, u.delivery_id, u.variables,
+           statement_timestamp() - make_interval(secs => u.age)
+    FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::text[], $6::jsonb[],
+                $7::float8[]) AS u (id, pipeline_id, hook_id, request_id, delivery_id, variables,
+                                    age)
     ON CONFLICT (hook_id, delivery_id) WHERE delivery_id IS NOT NULL DO NOTHING
     RETURNING id, pipeline_id
 ), requests AS (
     INSERT INTO hook_requests (id, hook_id, received_at, client_ip, headers, body, body_encoding,
                                body_size, outcome, status_code, message, run_id, delivery_id,
                                latency_ms, retry_of)
-    SELECT q.id, q.hook_id, q.received_at, q.client_ip::inet, q.headers, q.body,
+    SELECT q.id, q.hook_id, statement_timestamp() - make_interval(secs => q.age),
+           q.client_ip::inet, q.headers, q.body,
            q.body_encoding, q.body_size, q.outcome, q.status_code, q.message, q.run_id,
            q.delivery_id, q.latency_ms, q.retry_of
-    FROM unnest($8::uuid[], $9::uuid[], $10::timestamptz[], $11::text[], $12::jsonb[],
+    FROM unnest($8::uuid[], $9::uuid[], $10::float8[], $11::text[], $12::jsonb[],
                 $13::bytea[], $14::text[], $15::integer[], $16::text[], $17::smallint[],
                 $18::text[], $19::uuid[], $20::text[], $21::real[], $22::uuid[])
-         AS q (id, hook_id, received_at, client_ip, headers, body, body_encoding, body_size,
+         AS q (id, hook_id, age, client_ip, headers, body, body_encoding, body_size,
                outcome, status_code, message, run_id, delivery_id, latency_ms, retry_of)
     WHERE q.run_id IS NULL OR q.run_id IN (SELECT id FROM runs)
 ), inserted AS (

@@ -8,7 +8,6 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -83,7 +82,6 @@ def request(
         id=uuid.uuid4(),
         hook_id=hook_id or uuid.uuid4(),
         pipeline_id=pipeline_id,
-        received_at=datetime.now(UTC),
         client_ip="192.0.2.10",
         headers={"content-type": "application/json", "x-hub-signature-256": "[redacted]"},
         body=body,

@@ -14,7 +14,6 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import cast
 
 import asyncpg
@@ -59,7 +58,6 @@ def request() -> PendingRequest:
         id=uuid.uuid4(),
         hook_id=uuid.uuid4(),
         pipeline_id=1,
-        received_at=datetime.now(UTC),
         client_ip=None,
         headers={},
         body=b"{}",
