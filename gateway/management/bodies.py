@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.http import (
+    MAX_LISTED_FIELDS,
     ApiError,
     ValidationFailed,
     body_deadline,
@@ -134,12 +136,20 @@ def parse_json_object(
         raise ApiError(400, f"request body must be a JSON object, got {_json_type(body)}")
     if b"\\u0000" in raw:  # cheap pre-check: JSON can only spell NUL as an escape
         skip = set(nul_allowed)
-        fields = [
+        found = (
             f for key, value in body.items() if key not in skip for f in _nul_fields(key, value)
-        ]
+        )
+        # The search stops past the most a 422 names: a body may hold a million such strings.
+        fields = list(itertools.islice(found, MAX_LISTED_FIELDS + 1))
         if fields:
             message = "must not contain the NUL character (\\u0000)"
-            raise ValidationFailed({field: [message] for field in fields})
+            errors = {field: [message] for field in fields[:MAX_LISTED_FIELDS]}
+            if len(fields) > MAX_LISTED_FIELDS:
+                named = ", ".join(errors)
+                raise ValidationFailed(
+                    errors, f"The given data was invalid: {named} and more (the first found)"
+                )
+            raise ValidationFailed(errors)
     return body
 
 
@@ -191,17 +201,20 @@ def _without_surrogates(text: str) -> str:
     return _SURROGATE.sub("\ufffd", text)
 
 
-def _nul_fields(path: str, value: Any) -> list[str]:
-    """Dotted paths, below and including ``path``, whose key or string value holds U+0000."""
+def _nul_fields(path: str, value: Any) -> Iterator[str]:
+    """Dotted paths, below and including ``path``, whose key or string value holds U+0000
+    (found one at a time: the caller stops when it has enough)."""
     if "\x00" in path:
-        return [path]
-    if isinstance(value, str):
-        return [path] if "\x00" in value else []
-    if isinstance(value, dict):
-        return [f for key, item in value.items() for f in _nul_fields(f"{path}.{key}", item)]
-    if isinstance(value, list):
-        return [f for i, item in enumerate(value) for f in _nul_fields(f"{path}.{i}", item)]
-    return []
+        yield path
+    elif isinstance(value, str):
+        if "\x00" in value:
+            yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _nul_fields(f"{path}.{key}", item)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _nul_fields(f"{path}.{i}", item)
 
 
 def _json_type(value: Any) -> str:

@@ -10,9 +10,12 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
+from gateway.http import MAX_LISTED_FIELDS
 from gateway.storage.database import Database
 from gateway.unknown_fields import MAX_LISTED_UNKNOWN
 from tests.integration.runs_helpers import claim, enqueue, make_pipeline, run_row
+
+JSON = "application/json"
 
 
 async def _claimed(db: Database) -> tuple[Any, str]:
@@ -23,6 +26,12 @@ async def _claimed(db: Database) -> tuple[Any, str]:
     return run, str(claimed["lease_token"])
 
 
+async def _post_raw(client: Any, url: str, body: bytes | str, headers: dict[str, str]) -> Any:
+    """POST ``body`` as sent (a large one streamed) as JSON."""
+    data = io.BytesIO(body) if isinstance(body, bytes) else body
+    return await client.post(url, data=data, headers={**headers, "Content-Type": JSON})
+
+
 async def test_a_status_report_of_a_million_unknown_keys_gets_a_short_422(
     client: Any, db: Database, admin_headers: dict[str, str]
 ) -> None:
@@ -31,11 +40,7 @@ async def test_a_status_report_of_a_million_unknown_keys_gets_a_short_422(
     run, _ = await _claimed(db)
     keys = 1_290_000
     body = ("{" + ",".join(f'"k{i:07d}":0' for i in range(keys)) + "}").encode()
-    response = await client.post(
-        f"/runs/{run['id']}/status",
-        data=io.BytesIO(body),
-        headers={**admin_headers, "Content-Type": "application/json"},
-    )
+    response = await _post_raw(client, f"/runs/{run['id']}/status", body, admin_headers)
     assert response.status == 422
     raw = await response.read()
     assert len(raw) < 5000, len(raw)
@@ -44,6 +49,23 @@ async def test_a_status_report_of_a_million_unknown_keys_gets_a_short_422(
     assert unknown == [f"k{i:07d}" for i in range(MAX_LISTED_UNKNOWN)]
     assert {"status", "lease_token"} <= set(answer["errors"])  # the real problems still shown
     assert answer["message"].endswith(f" and {keys - MAX_LISTED_UNKNOWN} more")
+    assert (await run_row(db, run["id"]))["status"] == "in-progress"
+
+
+async def test_a_status_report_of_countless_nul_strings_is_refused_after_the_first_few(
+    client: Any, db: Database, admin_headers: dict[str, str]
+) -> None:
+    """Every string holding U+0000 outside output and message is a 422; the search for them
+    used to walk the whole body (seconds for a 16 MiB one), it stops once a 422 is full."""
+    run, token = await _claimed(db)
+    strings = 300_000
+    nuls = ",".join(f'"k{i:06d}":"\\u0000"' for i in range(strings))
+    body = f'{{"status":"failed","lease_token":"{token}",{nuls}}}'.encode()
+    response = await _post_raw(client, f"/runs/{run['id']}/status", body, admin_headers)
+    assert response.status == 422
+    answer = await response.json()
+    assert list(answer["errors"]) == [f"k{i:06d}" for i in range(MAX_LISTED_FIELDS)]
+    assert answer["message"].endswith(" and more (the first found)")
     assert (await run_row(db, run["id"]))["status"] == "in-progress"
 
 
@@ -100,11 +122,7 @@ async def test_a_lone_surrogate_in_the_output_is_replaced_not_refused(
     )
     assert "\\udce9" in body  # what the executor sends
     with capture_logs() as logs:
-        response = await client.post(
-            f"/runs/{run['id']}/status",
-            data=body,
-            headers={**admin_headers, "Content-Type": "application/json"},
-        )
+        response = await _post_raw(client, f"/runs/{run['id']}/status", body, admin_headers)
     assert response.status == 200, await response.text()
     row = await run_row(db, run["id"])
     assert (row["status"], row["exit_code"]) == ("failed", 3)
