@@ -15,9 +15,21 @@ import pytest
 from tests.acceptance.live_gateway import LiveGateway, fresh_database, start_gateway, stop_gateway
 from tests.integration.ingest_helpers import create_hook, new_pipeline
 
-FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+# Debian's path, per architecture (x86_64-linux-gnu, aarch64-linux-gnu, ...).
+FAKETIME = next(
+    iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))),
+    Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"),
+)
 
-pytestmark = pytest.mark.skipif(not FAKETIME.exists(), reason="libfaketime is not installed")
+
+@pytest.fixture(autouse=True)
+def _libfaketime() -> None:
+    """A clear failure (never a skip) when Debian's libfaketime is missing."""
+    if not FAKETIME.exists():
+        pytest.fail(
+            f"{FAKETIME} is missing, so the clock-skew test cannot run: install it with "
+            "`apt-get update && apt-get install -y libfaketime` (.ci/run does this)"
+        )
 
 
 def _time(text: str) -> datetime:
