@@ -483,3 +483,31 @@ CREATE SEQUENCE IF NOT EXISTS outgoing_event_sequence;
 
 INSERT INTO schema_version (version) VALUES (5) ON CONFLICT DO NOTHING;
 -- end Outgoing event order -----------------------------------------------------------------------
+
+-- Disabled users in a mixed fleet --------------------------------------------------------------
+-- Releases from before the user lifecycle (schema version 4) do not know users.disabled_at: on
+-- their own they would log a disabled user in and issue tokens, and after a rollback to one
+-- every disabled account would work again. No token is stored for a disabled user, whichever
+-- release asks (this one refuses them before it gets here: accounts.py); disabling revokes
+-- every token of the user (accounts.update_user), which older releases check too.
+-- FOR SHARE: a token written while the user is being disabled waits for that change and is then
+-- refused, or the change waits for it and revokes it.
+CREATE OR REPLACE FUNCTION hookgate_token_before_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    disabled timestamptz;
+BEGIN
+    SELECT u.disabled_at INTO disabled FROM users u WHERE u.id = NEW.user_id FOR SHARE;
+    IF disabled IS NOT NULL THEN
+        RAISE EXCEPTION 'user % is disabled: no token is issued to a disabled user', NEW.user_id
+            USING ERRCODE = 'HGU01';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE OR REPLACE TRIGGER auth_tokens_before_insert
+    BEFORE INSERT ON auth_tokens
+    FOR EACH ROW EXECUTE FUNCTION hookgate_token_before_insert();
+
+INSERT INTO schema_version (version) VALUES (6) ON CONFLICT DO NOTHING;
+-- end Disabled users ---------------------------------------------------------------------------

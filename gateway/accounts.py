@@ -5,7 +5,14 @@ from __future__ import annotations
 import unicodedata
 
 from gateway.config import AuthConfig
-from gateway.exceptions import Conflict, InvalidCredentials, InvalidToken, NotFound, TooManyAttempts
+from gateway.exceptions import (
+    Conflict,
+    InvalidCredentials,
+    InvalidToken,
+    NotFound,
+    TooManyAttempts,
+    UserDisabled,
+)
 from gateway.logs import get_logger
 from gateway.models import TokenPair, User
 from gateway.security import passwords, tokens
@@ -79,8 +86,13 @@ async def login(
     if passwords.needs_rehash(row["password_hash"]):
         new_hash = await passwords.hash_password_in_thread(password)
         await users.update_password_hash(db, row["id"], new_hash)
+    try:
+        pair = await _issue_pair(db, auth, row["id"])
+    except UserDisabled:  # disabled since its row was read: refused like any disabled user
+        log.info("login_failed", client_ip=address)
+        raise InvalidCredentials() from None
     log.info("login_succeeded", user_id=row["id"])
-    return await _issue_pair(db, auth, row["id"])
+    return pair
 
 
 async def change_own_password(
@@ -284,7 +296,10 @@ async def refresh(db: Database, auth: AuthConfig, refresh_token: str) -> TokenPa
         user_id = await users.revoke_token(session, tokens.token_hash(refresh_token), "refresh")
         if user_id is None:
             raise InvalidToken("the refresh token is invalid, expired or already used")
-        return await _issue_pair(session, auth, user_id)
+        try:
+            return await _issue_pair(session, auth, user_id)
+        except UserDisabled:  # disabled meanwhile: its revocation ends this token too
+            raise InvalidToken("the refresh token is invalid, expired or already used") from None
 
 
 async def _issue_pair(db: Session, auth: AuthConfig, user_id: int) -> TokenPair:

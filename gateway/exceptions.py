@@ -105,3 +105,7 @@ class TooManyAttempts(GatewayError):
 
 class InvalidToken(GatewayError):
     """The token is missing, malformed, expired or revoked."""
+
+
+class UserDisabled(InvalidToken):
+    """The user is disabled: no token is issued to them."""

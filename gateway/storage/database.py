@@ -31,6 +31,7 @@ from gateway.exceptions import (
     SchemaLockTimeout,
     SchemaNotApplied,
     TransientConflict,
+    UserDisabled,
 )
 from gateway.logs import get_logger
 from gateway.security.secret_box import PLAINTEXT_BOX, SecretBox
@@ -117,12 +118,17 @@ _CONFLICT_CODES = frozenset({"40P01", "40001", "55P03"})
 
 # Raised by schema.sql's hookgate_batch_fits_one_statement().
 _NEEDS_TRANSACTION_SQLSTATE = "HGB01"
+# Raised by schema.sql's hookgate_token_before_insert(): a token for a disabled user (the
+# gateway checks first; the trigger stops releases that do not know users.disabled_at).
+_USER_DISABLED_SQLSTATE = "HGU01"
 
 
 def translate_error(exc: BaseException) -> BaseException:
     """Map an asyncpg/OS error to the gateway's own exception (or return it unchanged)."""
     if getattr(exc, "sqlstate", None) == _NEEDS_TRANSACTION_SQLSTATE:
         return NeedsTransaction()
+    if getattr(exc, "sqlstate", None) == _USER_DISABLED_SQLSTATE:
+        return UserDisabled()
     if isinstance(exc, asyncpg.UniqueViolationError):
         return AlreadyExists(f"already exists ({exc.constraint_name})")
     if isinstance(exc, asyncpg.ForeignKeyViolationError):

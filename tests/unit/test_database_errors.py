@@ -11,6 +11,7 @@ from gateway.exceptions import (
     DatabaseUnavailable,
     NeedsTransaction,
     TransientConflict,
+    UserDisabled,
 )
 from gateway.storage.database import (
     lost_without_an_answer,
@@ -63,6 +64,9 @@ def test_the_batch_guard_and_constraint_errors_keep_their_own_meaning() -> None:
     guard = asyncpg.exceptions.RaiseError("the batch needs more than one statement")
     guard.sqlstate = "HGB01"  # what schema.sql's hookgate_batch_fits_one_statement raises
     assert isinstance(translate_error(guard), NeedsTransaction)
+    refused = asyncpg.exceptions.RaiseError("user 7 is disabled")
+    refused.sqlstate = "HGU01"  # what schema.sql's hookgate_token_before_insert raises
+    assert isinstance(translate_error(refused), UserDisabled)
     assert isinstance(
         translate_error(asyncpg.exceptions.UniqueViolationError("duplicate")), AlreadyExists
     )
