@@ -2,6 +2,41 @@
 -- Applied by `gateway migrate` and at start-up under an advisory lock, so every statement must be
 -- safe to run again (IF NOT EXISTS / OR REPLACE). Bump schema_version when the shape changes.
 
+-- Table locks first, all at once, in the order the gateway's writers take theirs (the group
+-- commit: runs, history, re-key list, outbox; the dispatcher: history, outbox, hook; a status
+-- change: run, outbox; a concurrency change: pipeline, runs): the statements below then never
+-- wait for a lock while holding another one that a writer waits for, so applying this file
+-- to a serving database cannot deadlock with the writers. SHARE ROW EXCLUSIVE holds up writes
+-- (each wait is bounded: storage/database.py SCHEMA_LOCK_WAIT), not readers such as pg_dump.
+DO $$
+DECLARE
+    name text;
+BEGIN
+    FOREACH name IN ARRAY ARRAY['pipelines', 'pipeline_runs', 'hook_requests',
+                                'pipeline_runs_rekey', 'outgoing_deliveries', 'outgoing_hooks',
+                                'incoming_hooks', 'users', 'auth_tokens'] LOOP
+        IF to_regclass(name) IS NOT NULL THEN
+            EXECUTE format('LOCK TABLE %I IN SHARE ROW EXCLUSIVE MODE', name);
+        END IF;
+    END LOOP;
+END;
+$$;
+
+-- ALTER TABLE ... ADD COLUMN IF NOT EXISTS takes an ACCESS EXCLUSIVE lock even when the column
+-- exists, and would wait behind every reader (a pg_dump) of the table, and every writer behind
+-- it: columns are added through this, which alters the table only when the column is missing.
+CREATE OR REPLACE FUNCTION hookgate_add_column(relation regclass, column_name name,
+                                               definition text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                   WHERE attrelid = relation AND attname = column_name AND NOT attisdropped) THEN
+        EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS %I %s',
+                       relation, column_name, definition);
+    END IF;
+END;
+$$;
+
 CREATE TABLE IF NOT EXISTS schema_version (
     version     integer PRIMARY KEY,
     applied_at  timestamptz NOT NULL DEFAULT now()
@@ -200,15 +235,15 @@ INSERT INTO schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;
 -- A pipeline runs at most one run per value of the variable named by concurrency_key at a time
 -- (NULL key: no limit). queue: later runs wait; skip-if-running: they end 'skipped';
 -- cancel-in-progress: the newest run wins and older queued/in-progress ones are cancelled.
-ALTER TABLE pipelines ADD COLUMN IF NOT EXISTS concurrency_policy text NOT NULL DEFAULT 'queue'
-    CHECK (concurrency_policy IN ('queue', 'skip-if-running', 'cancel-in-progress'));
-ALTER TABLE pipelines ADD COLUMN IF NOT EXISTS concurrency_key text;
-ALTER TABLE pipelines ADD COLUMN IF NOT EXISTS max_attempts integer NOT NULL DEFAULT 3
-    CHECK (max_attempts BETWEEN 1 AND 100);
+SELECT hookgate_add_column('pipelines', 'concurrency_policy', $$text NOT NULL DEFAULT 'queue'
+    CHECK (concurrency_policy IN ('queue', 'skip-if-running', 'cancel-in-progress'))$$);
+SELECT hookgate_add_column('pipelines', 'concurrency_key', $$text$$);
+SELECT hookgate_add_column('pipelines', 'max_attempts', $$integer NOT NULL DEFAULT 3
+    CHECK (max_attempts BETWEEN 1 AND 100)$$);
 
-ALTER TABLE pipeline_runs ADD COLUMN IF NOT EXISTS concurrency_key_value text;
-ALTER TABLE pipeline_runs ADD COLUMN IF NOT EXISTS claimed_by text;
-ALTER TABLE pipeline_runs ADD COLUMN IF NOT EXISTS updated_at timestamptz NOT NULL DEFAULT now();
+SELECT hookgate_add_column('pipeline_runs', 'concurrency_key_value', $$text$$);
+SELECT hookgate_add_column('pipeline_runs', 'claimed_by', $$text$$);
+SELECT hookgate_add_column('pipeline_runs', 'updated_at', $$timestamptz NOT NULL DEFAULT now()$$);
 
 -- Claiming one pipeline's runs walks only its queued rows, oldest first.
 CREATE INDEX IF NOT EXISTS pipeline_runs_pending_pipeline_idx
@@ -404,10 +439,10 @@ CREATE OR REPLACE TRIGGER outgoing_deliveries_inserted
 
 -- Each attempt is a hook_requests row with hook_type = 'outgoing' (delivery_id = the delivery,
 -- status_code 0 when no response came back, outcome succeeded | failed | refused).
-ALTER TABLE hook_requests ADD COLUMN IF NOT EXISTS target_url text;
-ALTER TABLE hook_requests ADD COLUMN IF NOT EXISTS response_excerpt text;
-ALTER TABLE hook_requests ADD COLUMN IF NOT EXISTS attempt integer;
-ALTER TABLE hook_requests ADD COLUMN IF NOT EXISTS request_method text;
+SELECT hookgate_add_column('hook_requests', 'target_url', $$text$$);
+SELECT hookgate_add_column('hook_requests', 'response_excerpt', $$text$$);
+SELECT hookgate_add_column('hook_requests', 'attempt', $$integer$$);
+SELECT hookgate_add_column('hook_requests', 'request_method', $$text$$);
 
 INSERT INTO schema_version (version) VALUES (3) ON CONFLICT DO NOTHING;
 -- end Outgoing hooks ---------------------------------------------------------------------------
@@ -416,14 +451,26 @@ INSERT INTO schema_version (version) VALUES (3) ON CONFLICT DO NOTHING;
 -- Stored bodies are already zstd-compressed (or incompressible): never let TOAST try pglz on
 -- them, and keep rows up to a page inline instead of moving a 3 KB body into the TOAST table
 -- (one heap tuple instead of a heap tuple + TOAST chunks + a TOAST index entry per request).
-ALTER TABLE hook_requests ALTER COLUMN body SET STORAGE EXTERNAL;
-ALTER TABLE hook_requests SET (toast_tuple_target = 8160);
+-- Only when not set yet: both take locks (SET STORAGE an ACCESS EXCLUSIVE one) even when they
+-- change nothing.
+DO $$
+BEGIN
+    IF (SELECT attstorage FROM pg_attribute
+        WHERE attrelid = 'hook_requests'::regclass AND attname = 'body') <> 'e' THEN
+        ALTER TABLE hook_requests ALTER COLUMN body SET STORAGE EXTERNAL;
+    END IF;
+    IF NOT coalesce((SELECT reloptions FROM pg_class WHERE oid = 'hook_requests'::regclass)
+                    @> '{toast_tuple_target=8160}', false) THEN
+        ALTER TABLE hook_requests SET (toast_tuple_target = 8160);
+    END IF;
+END;
+$$;
 -- end Ingest performance -----------------------------------------------------------------------
 
 -- User lifecycle ---------------------------------------------------------------------------------
 -- A disabled user (PUT /users/{id} {"is_active": false}) can neither log in nor use any token;
 -- the row stays, so everything that names the user keeps its history.
-ALTER TABLE users ADD COLUMN IF NOT EXISTS disabled_at timestamptz;
+SELECT hookgate_add_column('users', 'disabled_at', $$timestamptz$$);
 
 INSERT INTO schema_version (version) VALUES (4) ON CONFLICT DO NOTHING;
 -- end User lifecycle -----------------------------------------------------------------------------

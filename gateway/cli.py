@@ -41,6 +41,21 @@ def package_version() -> str:
     return str(version)
 
 
+# How long `gateway migrate` lets schema.sql run: an index built on a large table may take long,
+# and [database] command_timeout (what `serve` allows it at start) is meant for one request.
+MIGRATE_TIMEOUT = 3600.0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of seconds (0 or more): {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="hookgate webhook gateway")
     parser.add_argument(
@@ -53,7 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gateway (ingest + management API)")
     # Internal: how the supervisor starts each of the [server] workers (see gateway/supervisor.py).
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    commands.add_parser("migrate", help="apply schema.sql to the configured database")
+    migrate = commands.add_parser("migrate", help="apply schema.sql to the configured database")
+    migrate.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=MIGRATE_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long applying the file may take (default {MIGRATE_TIMEOUT:g}; 0: no limit)",
+    )
     commands.add_parser("dispatch", help="deliver outgoing hooks (without the HTTP listeners)")
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("path", nargs="?", help="file to check (default: --config)")
@@ -149,11 +171,11 @@ def _read_password(var: str | None) -> str:
     return sys.stdin.readline().rstrip("\r\n")
 
 
-async def _migrate(config: Config) -> None:
+async def _migrate(config: Config, statement_timeout: float) -> None:
     from gateway.server import database_for
 
     async with database_for(config) as db:
-        version = await db.apply_schema(force=True)
+        version = await db.apply_schema(force=True, statement_timeout=statement_timeout)
         log.info("schema_applied", version=version)
         print(f"schema applied: version {version}")
 
@@ -224,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if code:
                 return code
         elif args.command == "migrate":
-            asyncio.run(_migrate(config))
+            asyncio.run(_migrate(config, args.timeout))
         elif args.command == "user" and args.user_command == "set-password":
             password = _read_password(args.password_env)
             asyncio.run(_set_password(config, args.email, password))

@@ -58,7 +58,9 @@ SCHEMA_PATH = _find_schema()
 # that the writes queued behind its exclusive lock request wait less than they may.
 SCHEMA_LOCK_WAIT = 1.5
 SCHEMA_RETRY_PAUSE = 0.5
-_LOCK_TIMEOUT_SQLSTATE = "55P03"
+# Tried again like a lock wait that gave up: a lock wait over lock_timeout, and a deadlock the
+# server broke by aborting the schema's transaction (nothing of it was applied).
+_SCHEMA_RETRY_SQLSTATES = frozenset({"55P03", "40P01"})
 
 
 def _schema_lock_message(name: str, waited: float, attempts: int, watch: LockWaitWatch) -> str:
@@ -301,6 +303,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _close_quietly(conn: asyncpg.Connection) -> None:
+    """Close a dedicated connection, dropping it when it cannot say goodbye (broken)."""
+    try:
+        await asyncio.wait_for(conn.close(), timeout=2)
+    except Exception:
+        conn.terminate()
+
+
 class Session:
     """Named-query methods over one connection (inside a transaction) or the pool."""
 
@@ -505,64 +515,106 @@ class Database(Session):
             log.warning("database_ping_failed", error=_described(exc))
             return False
 
-    async def apply_schema(self, schema_path: Path = SCHEMA_PATH, *, force: bool = False) -> int:
+    async def apply_schema(
+        self,
+        schema_path: Path = SCHEMA_PATH,
+        *,
+        force: bool = False,
+        statement_timeout: float | None = None,
+    ) -> int:
         """Apply schema.sql (idempotent) under an advisory lock; return the schema version.
 
         A file applied before (the same SHA-256) is skipped unless ``force``: its ALTER TABLE
         statements would take ACCESS EXCLUSIVE locks on the busiest tables even when they change
         nothing, and behind a long reader (a pg_dump) hold up every write meanwhile.
         """
-        return (await self.apply_schema_outcome(schema_path, force=force)).version
+        return (
+            await self.apply_schema_outcome(
+                schema_path, force=force, statement_timeout=statement_timeout
+            )
+        ).version
 
     async def apply_schema_outcome(
-        self, schema_path: Path = SCHEMA_PATH, *, force: bool = False
+        self,
+        schema_path: Path = SCHEMA_PATH,
+        *,
+        force: bool = False,
+        statement_timeout: float | None = None,
     ) -> SchemaOutcome:
         """:meth:`apply_schema`, also saying whether the file ran or was skipped.
 
+        ``statement_timeout``: seconds the file may run (0: no limit); default
+        ``command_timeout`` (`gateway migrate` gives its ``--timeout``).
+
         Each lock is waited for at most ``SCHEMA_LOCK_WAIT``: while an ALTER TABLE waits for
         its exclusive lock (behind a long transaction, a backup), every other session's request
-        for that table queues behind it, so it gives up, lets them through and tries again, for
-        up to ``command_timeout`` in all; then SchemaLockTimeout names whoever held the lock.
+        for that table queues behind it, so it gives up, lets them through and tries again (so
+        too after a deadlock), for up to ``command_timeout`` in all; then SchemaLockTimeout
+        names whoever held the lock.
         """
         sql = schema_path.read_text(encoding="utf-8")  # noqa: ASYNC240 - once, at start-up
         digest = hashlib.sha256(sql.encode("utf-8")).hexdigest()
+        limit = self.config.command_timeout if statement_timeout is None else statement_timeout
         started = time.monotonic()
         watch = LockWaitWatch(self.connection, f"applying {schema_path.name}")
         attempts = 0
         while True:
             attempts += 1
             try:
-                return await self._apply_schema_once(schema_path, sql, digest, force, watch)
+                outcome = await self._apply_schema_once(
+                    schema_path, sql, digest, force, limit, watch
+                )
             except TransientConflict as exc:
-                if getattr(exc.__cause__, "sqlstate", None) != _LOCK_TIMEOUT_SQLSTATE:
+                state = getattr(exc.__cause__, "sqlstate", None)
+                if state not in _SCHEMA_RETRY_SQLSTATES:
                     raise
                 waited = time.monotonic() - started
                 if waited + SCHEMA_RETRY_PAUSE + SCHEMA_LOCK_WAIT > self.config.command_timeout:
                     raise SchemaLockTimeout(
                         _schema_lock_message(schema_path.name, waited, attempts, watch)
                     ) from exc
-                log.info("schema_lock_wait_retry", attempt=attempts, waited_s=round(waited, 1))
+                log.info(
+                    "schema_lock_wait_retry",
+                    attempt=attempts,
+                    waited_s=round(waited, 1),
+                    deadlock=state == "40P01",
+                )
+            else:
+                return outcome
             await asyncio.sleep(SCHEMA_RETRY_PAUSE)  # the writers queued behind it go first
 
     async def _apply_schema_once(
-        self, schema_path: Path, sql: str, digest: str, force: bool, watch: LockWaitWatch
+        self,
+        schema_path: Path,
+        sql: str,
+        digest: str,
+        force: bool,
+        limit: float,
+        watch: LockWaitWatch,
     ) -> SchemaOutcome:
-        """One attempt of :meth:`apply_schema_outcome`, in one transaction."""
+        """One attempt of :meth:`apply_schema_outcome`, in one transaction on a connection of
+        its own (its statements may run for ``limit`` seconds, 0: no limit)."""
         try:
-            async with self.transaction() as session:
-                pid = session._executor.get_server_pid()
-                await session.execute("schema_lock_timeout", f"{round(SCHEMA_LOCK_WAIT * 1000)}ms")
-                async with watch.watching(pid):
-                    await session.execute("schema_lock")
-                    known = await session.fetchval("schema_digest_table_exists") and (
-                        await session.fetchval("schema_digest_known", digest)
+            conn = await self.connection(statement_timeout=limit)
+            try:
+                async with translated(), conn.transaction():
+                    session = Session(conn, self.secret_box)
+                    await session.execute(
+                        "schema_lock_timeout", f"{round(SCHEMA_LOCK_WAIT * 1000)}ms"
                     )
-                    applied = force or not known
-                    if applied:
-                        async with translated():
-                            await session._executor.execute(sql)
-                        await session.execute("schema_digest_record", digest)
-                version: int = await session.fetchval("schema_version")
+                    async with watch.watching(conn.get_server_pid()):
+                        await session.execute("schema_lock")
+                        outcome = await self._schema_changes(session, sql, digest, force)
+            finally:
+                await _close_quietly(conn)
+        except DatabaseUnavailable as exc:
+            if not statement_timed_out(exc):
+                raise
+            raise SchemaNotApplied(
+                f"cannot apply {schema_path.name}: it ran longer than the {limit:g}s it may "
+                "take; nothing was applied. Run `gateway migrate` (`--timeout SECONDS`, 0 for "
+                "no limit) and start the gateway again"
+            ) from exc
         except asyncpg.PostgresError as exc:  # refused by the server, not an outage
             hint = (
                 ": run `gateway migrate` as a role that may create and alter the tables (the "
@@ -571,24 +623,51 @@ class Database(Session):
                 else ""
             )
             raise SchemaNotApplied(f"cannot apply {schema_path.name}: {exc}{hint}") from exc
+        return outcome
+
+    @staticmethod
+    async def _schema_changes(
+        session: Session, sql: str, digest: str, force: bool
+    ) -> SchemaOutcome:
+        """Apply the file, or not, under the schema lock (see :meth:`apply_schema_outcome`)."""
+        known = await session.fetchval("schema_digest_table_exists") and (
+            await session.fetchval("schema_digest_known", digest)
+        )
+        applied = force or not known
+        if applied:
+            await session._executor.execute(sql)
+            await session.execute("schema_digest_record", digest)
+        version: int = await session.fetchval("schema_version")
         return SchemaOutcome(version, applied)
 
-    async def connection(self, *, lock_timeout: float | None = None) -> asyncpg.Connection:
+    async def connection(
+        self, *, lock_timeout: float | None = None, statement_timeout: float | None = None
+    ) -> asyncpg.Connection:
         """A dedicated connection set up like the pool's (codecs, timeouts); close it when done.
 
         For a long-lived writer that would otherwise pay the pool's acquire and its release
         reset (one more round trip) on every transaction. ``lock_timeout`` (seconds): a
         statement waiting longer for a lock fails with TransientConflict.
+        ``statement_timeout`` (seconds, 0: none): how long a statement may run, instead of
+        ``command_timeout`` (the server gives up first, as on the pool's connections).
         """
         config = self.config
         settings = server_settings(config)
+        command_timeout: float | None = config.command_timeout
+        if statement_timeout is not None:
+            settings["statement_timeout"] = str(round(statement_timeout * 1000))
+            command_timeout = (
+                None
+                if statement_timeout == 0
+                else statement_timeout + max(1.0, statement_timeout / 4)
+            )
         if lock_timeout is not None:
             settings["lock_timeout"] = str(max(1, round(lock_timeout * 1000)))
         async with translated():
             conn = await asyncpg.connect(
                 self.dsn,
                 timeout=config.connect_timeout,
-                command_timeout=config.command_timeout,
+                command_timeout=command_timeout,
                 server_settings=settings,
             )
             try:
