@@ -50,6 +50,12 @@ CREATE TABLE IF NOT EXISTS schema_digest (
     sha256      text PRIMARY KEY,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
+-- What the file defined when it was last applied here (storage/database.py, the query
+-- schema_objects: an md5 per hookgate_ function and per trigger calling one). A start that
+-- finds its file's digest here still applies it when the live definitions differ from these
+-- (and from those of every file applied after it): a release from before schema_digest applies
+-- its file at every start, putting its older functions back (logged schema_drift_repaired).
+SELECT hookgate_add_column('schema_digest', 'objects', 'jsonb');
 
 -- Users and authentication ---------------------------------------------------------------------
 

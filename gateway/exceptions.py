@@ -83,6 +83,11 @@ class SchemaLockTimeout(SchemaNotApplied):
     """schema.sql waited too long for a lock another session holds; nothing of it was applied."""
 
 
+class SchemaNewerThanRelease(SchemaNotApplied):
+    """The database's schema is newer than this release's schema.sql: applying the file would
+    put older functions back, so nothing was applied."""
+
+
 class Overloaded(GatewayError):
     """The gateway is overloaded; retry later."""
 

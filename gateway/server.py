@@ -67,8 +67,19 @@ async def prepare_database(db: Database, config: Config) -> None:
     """Apply the schema and create the first admin from the environment if asked to."""
     check_key_settings(config.security)  # a host that cannot start leaves the schema alone
     schema = await db.apply_schema_outcome()
-    # schema_current: this file was applied here before, nothing ran (no table was locked).
-    log.info("schema_applied" if schema.applied else "schema_current", version=schema.version)
+    if schema.newer_than_release:
+        # A rollback, or an older instance in a newer fleet: its file would put older functions
+        # back; the schema only ever grows, so this release runs on the newer one as it is.
+        log.warning(
+            "schema_newer_than_release",
+            version=schema.version,
+            release_version=schema.release_version,
+            hint="this release's schema.sql was not applied; the newer release's `gateway "
+            "migrate` keeps the schema current",
+        )
+    else:
+        # schema_current: this file was applied here before, nothing ran (no table was locked).
+        log.info("schema_applied" if schema.applied else "schema_current", version=schema.version)
     await check_secret_keys(db, config)  # issue 8: creates the key file before any worker
     email = os.environ.get("GATEWAY_ADMIN_EMAIL")
     password = os.environ.get("GATEWAY_ADMIN_PASSWORD")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import re
 import ssl
 import sys
 import time
@@ -29,6 +30,7 @@ from gateway.exceptions import (
     NotFound,
     PoolExhausted,
     SchemaLockTimeout,
+    SchemaNewerThanRelease,
     SchemaNotApplied,
     TransientConflict,
     UserDisabled,
@@ -62,6 +64,20 @@ SCHEMA_RETRY_PAUSE = 0.5
 # server broke by aborting the schema's transaction (nothing of it was applied).
 _SCHEMA_RETRY_SQLSTATES = frozenset({"55P03", "40P01"})
 
+# The schema versions a file records (``INSERT INTO schema_version (version) VALUES (5)``).
+_SCHEMA_VERSION_INSERT = re.compile(
+    r"INSERT\s+INTO\s+schema_version\s*\(\s*version\s*\)\s*VALUES\s*\(\s*(\d+)\s*\)",
+    re.IGNORECASE,
+)
+
+
+def release_schema_version(sql: str) -> int:
+    """The schema version a schema.sql brings a database to: the highest it records."""
+    versions = [int(v) for v in _SCHEMA_VERSION_INSERT.findall(sql)]
+    if not versions:
+        raise ValueError("the schema file records no schema_version")
+    return max(versions)
+
 
 def _schema_lock_message(name: str, waited: float, attempts: int, watch: LockWaitWatch) -> str:
     """Why schema.sql was not applied: the lock it waited for, whose, and what to do."""
@@ -80,8 +96,25 @@ def _schema_lock_message(name: str, waited: float, attempts: int, watch: LockWai
 class SchemaOutcome(NamedTuple):
     """What applying schema.sql did."""
 
-    version: int
+    version: int  # the database's schema version afterwards
     applied: bool  # False: this file (its SHA-256) was applied here before; nothing ran
+    # Applied again although its digest was known: the functions and triggers it defines had
+    # been changed since (a release from before schema_digest applied its older file); their
+    # names ("function hookgate_x(...)", "trigger t on table").
+    repaired: tuple[str, ...] = ()
+    # Not applied: the database's schema is newer than this file's (release_version).
+    newer_than_release: bool = False
+    release_version: int | None = None
+
+
+def _drift(live: Mapping[str, str], recorded: Mapping[str, str]) -> tuple[str, ...]:
+    """The objects whose definitions differ between ``live`` and ``recorded`` (or that only
+    one of them has), sorted."""
+    return tuple(
+        sorted(
+            name for name in live.keys() | recorded.keys() if live.get(name) != recorded.get(name)
+        )
+    )
 
 
 Record = Mapping[str, Any]
@@ -541,7 +574,15 @@ class Database(Session):
         force: bool = False,
         statement_timeout: float | None = None,
     ) -> SchemaOutcome:
-        """:meth:`apply_schema`, also saying whether the file ran or was skipped.
+        """:meth:`apply_schema`, also saying what ran, and why.
+
+        Without ``force``, a file whose digest is recorded is still applied when the functions
+        and triggers it defines differ from those recorded with it (a release from before
+        schema_digest applied its older file over it), unless they are those of a file applied
+        here after it (another release's: nothing to repair); logged as
+        ``schema_drift_repaired``. A database whose schema version is newer than the file's is
+        left alone (``newer_than_release``), and with ``force`` (`gateway migrate`) refused
+        with SchemaNewerThanRelease: the file would put older functions back.
 
         ``statement_timeout``: seconds the file may run (0: no limit); default
         ``command_timeout`` (`gateway migrate` gives its ``--timeout``).
@@ -580,6 +621,14 @@ class Database(Session):
                     deadlock=state == "40P01",
                 )
             else:
+                if outcome.repaired:
+                    log.warning(
+                        "schema_drift_repaired",
+                        version=outcome.version,
+                        objects=list(outcome.repaired),
+                        hint="they differed from this release's schema.sql (a release from "
+                        "before schema_digest applied its older file): applied again",
+                    )
                 return outcome
             await asyncio.sleep(SCHEMA_RETRY_PAUSE)  # the writers queued behind it go first
 
@@ -594,6 +643,7 @@ class Database(Session):
     ) -> SchemaOutcome:
         """One attempt of :meth:`apply_schema_outcome`, in one transaction on a connection of
         its own (its statements may run for ``limit`` seconds, 0: no limit)."""
+        release_version = release_schema_version(sql)
         try:
             conn = await self.connection(statement_timeout=limit)
             try:
@@ -604,7 +654,9 @@ class Database(Session):
                     )
                     async with watch.watching(conn.get_server_pid()):
                         await session.execute("schema_lock")
-                        outcome = await self._schema_changes(session, sql, digest, force)
+                        outcome = await self._schema_changes(
+                            session, sql, digest, force, release_version, schema_path.name
+                        )
             finally:
                 await _close_quietly(conn)
         except DatabaseUnavailable as exc:
@@ -625,20 +677,58 @@ class Database(Session):
             raise SchemaNotApplied(f"cannot apply {schema_path.name}: {exc}{hint}") from exc
         return outcome
 
-    @staticmethod
     async def _schema_changes(
-        session: Session, sql: str, digest: str, force: bool
+        self,
+        session: Session,
+        sql: str,
+        digest: str,
+        force: bool,
+        release_version: int,
+        name: str,
     ) -> SchemaOutcome:
         """Apply the file, or not, under the schema lock (see :meth:`apply_schema_outcome`)."""
-        known = await session.fetchval("schema_digest_table_exists") and (
-            await session.fetchval("schema_digest_known", digest)
-        )
-        applied = force or not known
-        if applied:
-            await session._executor.execute(sql)
-            await session.execute("schema_digest_record", digest)
-        version: int = await session.fetchval("schema_version")
-        return SchemaOutcome(version, applied)
+        version: int | None = None
+        if await session.fetchval("schema_version_table_exists"):
+            version = await session.fetchval("schema_version")
+        if version is not None and version > release_version:
+            if force:
+                raise SchemaNewerThanRelease(
+                    f"cannot apply {name}: the database's schema is at version {version}, newer "
+                    f"than this release's {release_version}; applying this file would put older "
+                    "functions back. Nothing was applied: run the newer release's `gateway "
+                    "migrate` (instances of this release run on the newer schema without it)"
+                )
+            return SchemaOutcome(version, False, (), True, release_version)
+        repaired: tuple[str, ...] = ()
+        if not force:
+            recorded = await self._recorded_objects(session, digest)
+            if recorded is not None:
+                mine, later = recorded
+                live: dict[str, str] = await session.fetchval("schema_objects")
+                if live == mine or live in later:
+                    return SchemaOutcome(version or 0, False, release_version=release_version)
+                repaired = _drift(live, mine)
+        await session._executor.execute(sql)
+        objects = await session.fetchval("schema_objects")
+        await session.execute("schema_digest_record", digest, objects)
+        applied_version: int = await session.fetchval("schema_version")
+        return SchemaOutcome(applied_version, True, repaired, release_version=release_version)
+
+    @staticmethod
+    async def _recorded_objects(
+        session: Session, sha256: str
+    ) -> tuple[dict[str, str], list[dict[str, str]]] | None:
+        """The objects recorded with this file (its SHA-256, public: the file ships with the
+        release), and those recorded with every file applied after it; None when the file was
+        not applied here (or its objects were never recorded)."""
+        if not await session.fetchval("schema_digest_table_exists"):
+            return None
+        rows = await session.fetch("schema_digests")
+        for index, row in enumerate(rows):
+            if row["sha256"] == sha256 and row["objects"] is not None:
+                later = [r["objects"] for r in rows[index + 1 :] if r["objects"] is not None]
+                return row["objects"], later
+        return None
 
     async def connection(
         self, *, lock_timeout: float | None = None, statement_timeout: float | None = None

@@ -41,13 +41,39 @@ ORDER BY a.pid;
 -- Whether the schema_digest table exists yet (a database from before it, or an empty one).
 SELECT to_regclass('schema_digest') IS NOT NULL;
 
--- name: schema_digest_known
--- Whether this schema file (its SHA-256) was applied already.
-SELECT EXISTS (SELECT 1 FROM schema_digest WHERE sha256 = $1);
+-- name: schema_digests
+-- The schema files applied here (their SHA-256), when each was last applied and the objects it
+-- defined then (NULL when recorded by a release from before schema_digest.objects: read through
+-- to_jsonb, so that this also runs on a database without that column yet).
+SELECT d.sha256, d.applied_at, to_jsonb(d) -> 'objects' AS objects
+FROM schema_digest d ORDER BY d.applied_at;
+
+-- name: schema_objects
+-- An md5 of the definition of every function named hookgate_* and of every trigger calling one:
+-- what schema.sql defines that an older file applied over it can put back (tables, columns and
+-- indexes are only ever added). One catalog query, at every start.
+SELECT coalesce(jsonb_object_agg(o.name, md5(o.definition)), '{}')
+FROM (
+    SELECT 'function ' || p.oid::regprocedure::text AS name,
+           pg_get_functiondef(p.oid) AS definition
+    FROM pg_proc p
+    WHERE p.pronamespace = current_schema()::text::regnamespace AND p.proname LIKE 'hookgate\_%'
+    UNION ALL
+    SELECT format('trigger %s on %s', t.tgname, t.tgrelid::regclass), pg_get_triggerdef(t.oid)
+    FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+    WHERE NOT t.tgisinternal
+      AND p.pronamespace = current_schema()::text::regnamespace AND p.proname LIKE 'hookgate\_%'
+) o;
 
 -- name: schema_digest_record
--- Remember that this schema file (its SHA-256) was applied.
-INSERT INTO schema_digest (sha256) VALUES ($1) ON CONFLICT DO NOTHING;
+-- Remember that this schema file (its SHA-256) was applied now, and the objects ($2, from
+-- schema_objects) it left.
+INSERT INTO schema_digest (sha256, objects) VALUES ($1, $2)
+ON CONFLICT (sha256) DO UPDATE SET objects = EXCLUDED.objects, applied_at = now();
+
+-- name: schema_version_table_exists
+-- Whether the schema_version table exists yet (an empty database).
+SELECT to_regclass('schema_version') IS NOT NULL;
 
 -- name: schema_version
 -- The highest applied schema version.

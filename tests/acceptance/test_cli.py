@@ -335,6 +335,32 @@ async def test_migrate_creates_the_schema_and_is_idempotent(
         await conn.close()
 
 
+async def test_migrate_refuses_a_database_a_newer_release_migrated(
+    tmp_path: Path, database_dsn: str
+) -> None:
+    """A rolled-back release's migrate would put older functions back: refused, nothing run."""
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        version = await conn.fetchval("SELECT max(version) FROM schema_version")
+        await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version + 1)
+        digests = await conn.fetch("SELECT * FROM schema_digest ORDER BY sha256")
+        config = str(_dsn_config(tmp_path, database_dsn))
+        result = run_gateway("--config", config, "migrate", "--timeout", "0")
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"gateway: cannot apply schema.sql: the database's schema is at version "
+            f"{version + 1}, newer than this release's {version}; applying this file would put "
+            "older functions back. Nothing was applied: run the newer release's `gateway "
+            "migrate` (instances of this release run on the newer schema without it)"
+        )
+        assert await conn.fetch("SELECT * FROM schema_digest ORDER BY sha256") == digests
+    finally:
+        await conn.close()
+    wrong = run_gateway("--config", config, "migrate", "--timeout", "soon")
+    assert wrong.returncode == 2
+    assert "not a number of seconds (0 or more): 'soon'" in wrong.stderr
+
+
 def test_migrate_reports_an_unreachable_database(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     config = write_config(

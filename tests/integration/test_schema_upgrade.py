@@ -11,11 +11,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.config import Config, DatabaseConfig
-from gateway.exceptions import SchemaNotApplied
+from gateway.exceptions import SchemaNewerThanRelease, SchemaNotApplied
 from gateway.ingest.batcher import PendingRequest, RunBatcher, Stored
-from gateway.storage.database import SCHEMA_PATH, Database
+from gateway.server import prepare_database
+from gateway.storage.database import SCHEMA_PATH, Database, release_schema_version
 from tests.integration.ingest_helpers import fetch
 from tests.integration.test_batcher import add_outgoing_hook, request
 
@@ -74,6 +76,117 @@ async def test_migrate_while_the_group_commit_writes_never_deadlocks(
     assert await fetch(database_dsn, "SELECT count(*) AS n FROM pipeline_runs") == [
         {"n": len(stored)}
     ]
+
+
+# hookgate_run_before_insert as releases before f6e3cfb/cb818fc define it (no pipeline lock, and
+# a run of a deleted pipeline stays queued), as their schema.sql puts it back at every start.
+OLDER_RUN_BEFORE_INSERT = """
+CREATE OR REPLACE FUNCTION hookgate_run_before_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    policy    text;
+    key_name  text;
+BEGIN
+    SELECT p.concurrency_policy, p.concurrency_key INTO policy, key_name
+    FROM pipelines p WHERE p.id = NEW.pipeline_id;
+    IF key_name IS NULL THEN
+        NEW.concurrency_key_value := NULL;
+        RETURN NEW;
+    END IF;
+    NEW.concurrency_key_value := hookgate_concurrency_key(NEW.variables, key_name);
+    RETURN NEW;
+END;
+$$;
+"""
+# A trigger defined otherwise by an older file (illustrative: without its WHEN clause).
+OLDER_STATUS_TRIGGER = """
+CREATE OR REPLACE TRIGGER pipeline_runs_status_changed
+    AFTER UPDATE OF status ON pipeline_runs
+    FOR EACH ROW EXECUTE FUNCTION hookgate_notify_run_changed();
+"""
+# What happens to a run written for a pipeline that no longer exists (review probe).
+DELETED_PIPELINE_PROBE = (
+    "INSERT INTO pipeline_runs (id, pipeline_id, status, variables) "
+    "VALUES (gen_random_uuid(), 999999, 'queued', '{}') RETURNING status"
+)
+
+
+async def _probe(db: Database) -> str:
+    """The status the probe's run gets; the run is not kept."""
+    async with db.pool.acquire() as conn:
+        status: str = await conn.fetchval(
+            f"WITH run AS ({DELETED_PIPELINE_PROBE}) SELECT status FROM run"
+        )
+        await conn.execute("DELETE FROM pipeline_runs WHERE pipeline_id = 999999")
+    return status
+
+
+async def test_a_start_repairs_the_functions_a_pre_digest_release_put_back(db: Database) -> None:
+    """Finding 2: a release from before schema_digest re-applied its older file at a restart;
+    this release's digest is recorded, and its next start used to skip the file for good."""
+    assert not (await db.apply_schema_outcome()).applied  # the file's digest is known
+    await db.pool.execute(OLDER_RUN_BEFORE_INSERT + OLDER_STATUS_TRIGGER)
+    assert await _probe(db) == "queued"  # the deleted-pipeline fix is gone
+
+    with capture_logs() as logs:
+        outcome = await db.apply_schema_outcome()
+    assert outcome.applied
+    assert outcome.repaired == (
+        "function hookgate_run_before_insert()",
+        "trigger pipeline_runs_status_changed on pipeline_runs",
+    )
+    [repaired] = [e for e in logs if e["event"] == "schema_drift_repaired"]
+    assert repaired["log_level"] == "warning"
+    assert repaired["objects"] == list(outcome.repaired)
+    assert await _probe(db) == "cancelled"
+    # Repaired and recorded: the next start leaves the schema alone again.
+    again = await db.apply_schema_outcome()
+    assert not again.applied and again.repaired == ()
+
+
+async def test_the_objects_of_a_file_applied_after_this_one_are_left_alone(
+    db: Database, tmp_path: Path
+) -> None:
+    """Another release's file applied here later (a newer release at the same schema version,
+    in a mixed fleet): its functions are not this release's, but not drift to repair either;
+    each of the two would otherwise put its own back at every start."""
+    later = tmp_path / "schema.sql"
+    later.write_text(
+        SCHEMA_PATH.read_text(encoding="utf-8")
+        + "\nCREATE OR REPLACE FUNCTION hookgate_probe() RETURNS int LANGUAGE sql AS 'SELECT 2';\n",
+        encoding="utf-8",
+    )
+    assert (await db.apply_schema_outcome(later)).applied
+    assert not (await db.apply_schema_outcome()).applied
+
+
+async def test_a_newer_schema_is_left_alone_at_start_and_migrate_refuses_it(
+    db: Database, config: Config
+) -> None:
+    """Finding 9: an older release (a rollback) starts on a database a newer release migrated:
+    it runs on the newer schema without applying its file, saying so; its `gateway migrate`
+    refuses, since the file would put older functions back."""
+    release = release_schema_version(SCHEMA_PATH.read_text(encoding="utf-8"))
+    await db.pool.execute("INSERT INTO schema_version (version) VALUES ($1)", release + 1)
+    # The newer release's definitions (stand-in: any that differ from this file's).
+    await db.pool.execute(OLDER_RUN_BEFORE_INSERT)
+
+    outcome = await db.apply_schema_outcome()
+    assert (outcome.applied, outcome.newer_than_release) == (False, True)
+    assert (outcome.version, outcome.release_version) == (release + 1, release)
+    with capture_logs() as logs:
+        await prepare_database(db, config)
+    [newer] = [e for e in logs if e["event"].startswith("schema_")]
+    assert newer["event"] == "schema_newer_than_release" and newer["log_level"] == "warning"
+    assert (newer["version"], newer["release_version"]) == (release + 1, release)
+
+    with pytest.raises(SchemaNewerThanRelease) as refused:
+        await db.apply_schema_outcome(force=True)
+    assert str(refused.value).startswith(
+        f"cannot apply schema.sql: the database's schema is at version {release + 1}, newer "
+        f"than this release's {release}"
+    )
+    assert await _probe(db) == "queued"  # nothing of this file ran
 
 
 async def test_schema_application_has_its_own_time_limit(database_dsn: str, tmp_path: Path) -> None:
