@@ -1,6 +1,10 @@
 -- hookgate schema: the whole PostgreSQL schema in one idempotent file.
 -- Applied by `gateway migrate` and at start-up under an advisory lock, so every statement must be
--- safe to run again (IF NOT EXISTS / OR REPLACE). Bump schema_version when the shape changes.
+-- safe to run again (IF NOT EXISTS / OR REPLACE), and should take no lock when it changes
+-- nothing (add columns through hookgate_add_column; take table locks only in the block below).
+-- Bump schema_version when anything changes, functions and triggers included: a release leaves
+-- a database at a newer version alone (storage/database.py), so that it cannot put its older
+-- functions back.
 
 -- Table locks first, all at once, in the order the gateway's writers take theirs (the group
 -- commit: runs, history, re-key list, outbox; the dispatcher: history, outbox, hook; a status
