@@ -22,7 +22,7 @@ from gateway.openapi.schemas import COMPONENT_SCHEMAS
 routes = web.RouteTableDef()
 
 TITLE = "hookgate"
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 DESCRIPTION = """\
 An async webhook gateway: signed webhooks in, durable pipeline runs out.
 
