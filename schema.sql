@@ -3,7 +3,7 @@
 -- safe to run again (IF NOT EXISTS / OR REPLACE), and should take no lock when it changes
 -- nothing (add columns through hookgate_add_column; take table locks only in the block below).
 -- Bump schema_version when anything changes, functions and triggers included: a release leaves
--- a database at a newer version alone (storage/database.py), so that it cannot put its older
+-- a database at a newer version alone (storage/schema.py), so that it cannot put its older
 -- functions back.
 
 -- Table locks first, all at once, in the order the gateway's writers take theirs (the group
@@ -11,7 +11,7 @@
 -- change: run, outbox; a concurrency change: pipeline, runs): the statements below then never
 -- wait for a lock while holding another one that a writer waits for, so applying this file
 -- to a serving database cannot deadlock with the writers. SHARE ROW EXCLUSIVE holds up writes
--- (each wait is bounded: storage/database.py SCHEMA_LOCK_WAIT), not readers such as pg_dump.
+-- (each wait is bounded: storage/schema.py SCHEMA_LOCK_WAIT), not readers such as pg_dump.
 DO $$
 DECLARE
     name text;

@@ -17,7 +17,8 @@ from gateway.config import Config, DatabaseConfig
 from gateway.exceptions import SchemaNewerThanRelease, SchemaNotApplied
 from gateway.ingest.batcher import PendingRequest, RunBatcher, Stored
 from gateway.server import prepare_database
-from gateway.storage.database import SCHEMA_PATH, Database, release_schema_version
+from gateway.storage.database import SCHEMA_PATH, Database
+from gateway.storage.schema import release_schema_version
 from tests.integration.ingest_helpers import fetch
 from tests.integration.test_batcher import add_outgoing_hook, request
 
