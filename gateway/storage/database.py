@@ -16,7 +16,8 @@ from urllib.parse import parse_qsl, urlsplit
 import asyncpg
 import orjson
 
-from gateway.config import SSL_MODES, DatabaseConfig
+from gateway.config import DatabaseConfig
+from gateway.config_dsn import SSL_MODES
 from gateway.exceptions import (
     AlreadyExists,
     Conflict,

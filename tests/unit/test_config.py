@@ -673,7 +673,7 @@ def test_the_fixed_values_are_the_drivers() -> None:
     """If an asyncpg upgrade adds or drops a value, the check must follow it."""
     from asyncpg import connect_utils
 
-    from gateway.config import _DSN_CHOICES
+    from gateway.config_dsn import DSN_CHOICES as _DSN_CHOICES
 
     assert set(_DSN_CHOICES["sslmode"]) == {
         mode.name.replace("_", "-") for mode in connect_utils.SSLMode
