@@ -96,6 +96,15 @@ class StopSignals:
             if self._overdue_after is not None:
                 self._overdue = self._loop.call_later(self._overdue_after, self._overdue_now)
 
+    def listen_again(self) -> None:
+        """Take SIGTERM and SIGINT back after another handler had them and gave them up (the
+        supervisor's, whose ``run`` removes its own on the way out). The stop has begun, so the
+        next signal forces it; without this one would kill the process outright, halfway
+        through its clean-up (an embedded server left running)."""
+        self._stop.set()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._received, sig.name)
+
     def forced_exit(self, cancelled: asyncio.CancelledError, event: str, **fields: Any) -> int:
         """For the main task's ``except asyncio.CancelledError``: once this stop was forced,
         log ``event`` (``forced=True``) and return the exit status, 1; any other cancellation

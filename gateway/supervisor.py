@@ -398,6 +398,9 @@ async def supervise(config: Config) -> int:
             try:
                 code = await supervisor.run()
             finally:
+                # Its signal handlers are gone: until the embedded server is stopped, another
+                # signal forces the stop rather than kills the process.
+                signals.listen_again()
                 shutil.rmtree(metrics_dir, ignore_errors=True)
     except asyncio.CancelledError as cancelled:
         # A second signal during the bootstrap (a database slow to answer, the embedded server

@@ -205,3 +205,59 @@ async def test_a_client_sending_back_to_back_does_not_hold_up_the_stop(live: Liv
     assert served_after == []
     assert code == 0
     assert time.monotonic() - stopped_at < 10
+
+
+# A process whose signal handlers another handler (a supervisor's run) took over and gave up,
+# and whose clean-up then takes a while (stopping an embedded server).
+_HANDLERS_TAKEN_BACK = textwrap.dedent(
+    """
+    import asyncio, signal, sys
+    from gateway.logs import configure_logging
+    from gateway.shutdown import StopSignals
+
+    async def main():
+        stop = asyncio.Event()
+        signals = StopSignals(stop)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)  # as Supervisor.run does
+        print("ready", flush=True)
+        await stop.wait()
+        loop.remove_signal_handler(signal.SIGTERM)  # ... on its way out
+        if sys.argv[1] == "listen-again":
+            signals.listen_again()
+        print("cleaning-up", flush=True)
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            print("forced" if signals.forced else "not-forced", flush=True)
+            return 3
+
+    configure_logging("info", "json", sys.stderr)
+    sys.exit(asyncio.run(main()))
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["listen-again", "as-before"])
+def test_a_signal_after_the_supervisor_gave_up_its_handlers_forces_the_stop(mode: str) -> None:
+    """Supervisor.run removes its SIGTERM handler when it returns; the clean-up that follows
+    (the embedded server's stop) must not then be killed by the next SIGTERM."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _HANDLERS_TAKEN_BACK, mode],
+        cwd=ROOT,
+        env=clean_environment({}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline() == "ready\n"
+    process.send_signal(signal.SIGTERM)
+    assert process.stdout.readline() == "cleaning-up\n"
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=20)
+    if mode == "as-before":  # what happened without listen_again: killed outright
+        assert process.returncode == -signal.SIGTERM
+        return
+    assert (process.returncode, stdout) == (3, "forced\n"), stderr
+    assert [e["signal"] for e in _events(stderr) if e["event"] == "stop_forced"] == ["SIGTERM"]
