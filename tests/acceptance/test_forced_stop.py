@@ -103,8 +103,13 @@ _STUCK_PROCESS = textwrap.dedent(
 
 
 def _start_stuck(mode: str, overdue_after: float) -> subprocess.Popen[str]:
+    return _start_script(_STUCK_PROCESS, mode, str(overdue_after))
+
+
+def _start_script(script: str, *args: str) -> subprocess.Popen[str]:
+    """``script`` in a Python process of its own, once it printed "ready"."""
     process = subprocess.Popen(
-        [sys.executable, "-c", _STUCK_PROCESS, mode, str(overdue_after)],
+        [sys.executable, "-c", script, *args],
         cwd=ROOT,
         env=clean_environment({}),
         stdout=subprocess.PIPE,
@@ -242,16 +247,8 @@ _HANDLERS_TAKEN_BACK = textwrap.dedent(
 def test_a_signal_after_the_supervisor_gave_up_its_handlers_forces_the_stop(mode: str) -> None:
     """Supervisor.run removes its SIGTERM handler when it returns; the clean-up that follows
     (the embedded server's stop) must not then be killed by the next SIGTERM."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", _HANDLERS_TAKEN_BACK, mode],
-        cwd=ROOT,
-        env=clean_environment({}),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _start_script(_HANDLERS_TAKEN_BACK, mode)
     assert process.stdout is not None
-    assert process.stdout.readline() == "ready\n"
     process.send_signal(signal.SIGTERM)
     assert process.stdout.readline() == "cleaning-up\n"
     process.send_signal(signal.SIGTERM)
