@@ -292,8 +292,11 @@ async def refresh(db: Database, auth: AuthConfig, refresh_token: str) -> TokenPa
     """Rotate a refresh token: the old one is revoked, a new pair is issued."""
     if not tokens.looks_like_token(refresh_token):
         raise InvalidToken("the refresh token is malformed")
+    digest = tokens.token_hash(refresh_token)
     async with db.transaction() as session:
-        user_id = await users.revoke_token(session, tokens.token_hash(refresh_token), "refresh")
+        # The user row first, as a disable locks it (then the tokens): not the other way round.
+        await users.lock_token_owner(session, digest, "refresh")
+        user_id = await users.revoke_token(session, digest, "refresh")
         if user_id is None:
             raise InvalidToken("the refresh token is invalid, expired or already used")
         try:

@@ -107,6 +107,12 @@ async def revoke_token(db: Session, digest: bytes, kind: str) -> int | None:
     return user_id
 
 
+async def lock_token_owner(db: Session, digest: bytes, kind: str) -> None:
+    """Share-lock the user row of a token before the token is locked (a refresh, which issues
+    new tokens: see the query)."""
+    await db.fetchval("token_lock_owner", digest, kind)
+
+
 async def list_personal_tokens(db: Database, user_id: int) -> list[dict[str, Any]]:
     """A user's personal tokens (metadata only)."""
     return [dict(r) for r in await db.fetch("token_list_personal", user_id)]

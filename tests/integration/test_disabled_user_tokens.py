@@ -14,7 +14,7 @@ import pytest
 
 from gateway import accounts
 from gateway.config import Config
-from gateway.exceptions import InvalidCredentials
+from gateway.exceptions import InvalidCredentials, InvalidToken
 from gateway.security import tokens
 from gateway.storage import users
 from gateway.storage.database import Database
@@ -145,3 +145,51 @@ async def test_this_release_answers_a_refused_token_as_it_answers_a_disabled_use
     monkeypatch.setattr(users, "user_for_login", read_before_the_disable)
     with pytest.raises(InvalidCredentials):
         await accounts.login(db, config.auth, EMAIL, PASSWORD)
+
+
+async def test_a_refresh_racing_a_disable_of_its_user_does_not_deadlock(
+    db: Database, database_dsn: str
+) -> None:
+    """A disable locks the user row, then revokes the tokens; a refresh used to lock its token
+    first and then (issuing the new pair: the insert trigger) the user row, so the two could
+    deadlock and PostgreSQL aborted one, the disable as often as not (a 503, the user left
+    enabled). The refresh now takes the user row first: it waits for the disable, then finds
+    its token revoked."""
+    user_id, _ = await make_user(db, "dave@example.com")
+    refresh_token = tokens.new_token("refresh")
+    await users.insert_token(db, user_id, "refresh", tokens.token_hash(refresh_token), "", 3600)
+    disabling = await asyncpg.connect(database_dsn)
+    try:
+        async with disabling.transaction():
+            # As accounts.update_user disables: the user row first ...
+            await disabling.execute("UPDATE users SET disabled_at = now() WHERE id = $1", user_id)
+            refreshing = asyncio.create_task(accounts.refresh(db, Config().auth, refresh_token))
+            # ... while the refresh waits for a lock ...
+            for _ in range(200):
+                waiting = await disabling.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.02)
+            assert waiting, (
+                "the refresh never waited for the disable",
+                refreshing.done() and refreshing.exception(),
+            )
+            # ... then every token of the user (this waited for the refresh's token lock, and
+            # PostgreSQL aborted one of the two after deadlock_timeout).
+            await disabling.execute(
+                "UPDATE auth_tokens SET revoked_at = now() "
+                "WHERE user_id = $1 AND revoked_at IS NULL",
+                user_id,
+            )
+    finally:
+        await disabling.close()
+    with pytest.raises(InvalidToken):
+        await refreshing
+    assert await db.pool.fetchval(
+        "SELECT disabled_at IS NOT NULL FROM users WHERE id = $1", user_id
+    )
+    live = "SELECT count(*) FROM auth_tokens WHERE user_id = $1 AND revoked_at IS NULL"
+    assert await db.pool.fetchval(live, user_id) == 0
