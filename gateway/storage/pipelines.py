@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.exceptions import GatewayError
 from gateway.logs import get_logger
 from gateway.storage.database import Database, Record
 from gateway.storage.paging import split_page
@@ -70,7 +71,17 @@ async def delete_pipeline(db: Database, pipeline_id: int) -> bool:
     async with db.transaction() as session:
         if await session.fetchval("pipeline_delete", pipeline_id) is None:
             return False
-    cancelled = await cancel_runs_of_deleted(db, pipeline_id)
+    try:
+        cancelled = await cancel_runs_of_deleted(db, pipeline_id)
+    except GatewayError as exc:  # the delete is committed: it is answered as done
+        log.warning(
+            "pipeline_runs_cancel_incomplete",
+            pipeline_id=pipeline_id,
+            error=str(exc),
+            hint="the runs left are not claimable, and are cancelled by the next executor "
+            "start or `gateway prune`",
+        )
+        return True
     log.info("pipeline_runs_cancelled", pipeline_id=pipeline_id, runs=cancelled)
     return True
 
