@@ -63,10 +63,10 @@ async def delete_pipeline(db: Database, pipeline_id: int) -> bool:
     only for the delete itself, whatever the backlog; the runs are cancelled after it commits,
     ``CANCEL_CHUNK`` at a time, each chunk a short statement of its own. Until then they cannot
     be claimed (a claim joins the pipeline); runs written after the delete are cancelled by the
-    insert trigger; and any the chunks leave (the process stopped) are cancelled by an
-    executor's start (runs.cancel_orphaned). A status change locks its run, then the outgoing
-    hook its outbox row refers to, and the delete takes only the pipeline, then its hooks (the
-    cascade): no order of theirs makes a cycle.
+    insert trigger; and any the chunks leave (the process stopped, a chunk failed) are
+    cancelled by `gateway prune` (runs.cancel_orphaned). A status change locks its run, then
+    the outgoing hook its outbox row refers to, and the delete takes only the pipeline, then
+    its hooks (the cascade): no order of theirs makes a cycle.
     """
     async with db.transaction() as session:
         if await session.fetchval("pipeline_delete", pipeline_id) is None:
@@ -78,8 +78,8 @@ async def delete_pipeline(db: Database, pipeline_id: int) -> bool:
             "pipeline_runs_cancel_incomplete",
             pipeline_id=pipeline_id,
             error=str(exc),
-            hint="the runs left are not claimable, and are cancelled by the next executor "
-            "start or `gateway prune`",
+            hint="the runs left are not claimable, and are cancelled by the next "
+            "`gateway prune`",
         )
         return True
     log.info("pipeline_runs_cancelled", pipeline_id=pipeline_id, runs=cancelled)
