@@ -14,9 +14,11 @@ The order:
    flight, which hold it shared; inserts from then on cannot, and list their runs in
    ``pipeline_runs_rekey`` instead of waiting (schema.sql, hookgate_list_runs_for_rekey: once
    per insert statement and pipeline).
-2. Re-key the backlog by the new key, chunk by chunk, writing only the runs whose value changes
-   but locking them all (a run left claimable could be started by values about to change); the
-   same key needs none of it: a new policy or max_attempts is instant.
+2. Re-key the queued backlog by the new key, chunk by chunk, writing only the runs whose value
+   changes but locking them all (a run left claimable could be started by values about to
+   change), then the in-progress runs in one short statement (locked from the first chunk on,
+   their executors' heartbeats would wait for the whole change, and could lose their lease);
+   the same key needs none of it: a new policy or max_attempts is instant.
 3. Update the pipeline row: waits for the inserts still in flight (a moment), and inserts after
    it wait for the commit and are keyed by the new settings.
 4. Re-key the runs listed meanwhile (few), in the same transaction.
@@ -118,9 +120,9 @@ async def _rekey_backlog(
     chunk: int,
     progress: _Progress,
 ) -> None:
-    """Re-key the pipeline's queued and in-progress runs by ``key``, ``chunk`` at a time, in
-    (queued_at, id) order, each locked until the change commits (claims skip them meanwhile);
-    OperationTimedOut past ``deadline``."""
+    """Re-key the pipeline's queued runs by ``key``, ``chunk`` at a time, in (queued_at, id)
+    order, each locked until the change commits (claims skip them meanwhile), then its
+    in-progress runs in one statement; OperationTimedOut past ``deadline``."""
     after = _FIRST
     while True:
         done = await session.fetchrow("runs_rekey_chunk", pipeline_id, key, *after, chunk)
@@ -128,10 +130,16 @@ async def _rekey_backlog(
         progress.read += done["read"]
         progress.rekeyed += done["changed"]
         if done["read"] == 0:
-            return
+            break
         after = (done["last_queued_at"], done["last_id"])
         if time.monotonic() > deadline:
             raise OperationTimedOut("the time limit of a concurrency change")
+    # Then the in-progress runs, in one short statement: locked from the first chunk on, their
+    # heartbeats and status reports would have waited for the whole change.
+    running = await session.fetchrow("runs_rekey_in_progress", pipeline_id, key)
+    assert running is not None
+    progress.read += running["read"]
+    progress.rekeyed += running["changed"]
 
 
 async def _timed_out(

@@ -854,18 +854,20 @@ FROM pipelines WHERE id = $1;
 SELECT pg_advisory_xact_lock(hookgate_rekey_lock($1));
 
 -- name: runs_rekey_chunk
--- Re-key by key $2 the next $5 of pipeline $1's queued and in-progress runs after ($3, $4) in
--- (queued_at, id) order, writing only those whose key value changes but locking them all, as
--- the whole-backlog update did: until the change commits, no claim may start (or sweep) a run
--- by key values that are about to change around it. Returns how many were read (none: no run
--- is left; fewer than $5 need not mean that, a run may have finished while it was waited
--- for), how many changed, and the last one read (where the next chunk starts).
+-- Re-key by key $2 the next $5 of pipeline $1's queued runs after ($3, $4) in (queued_at, id)
+-- order, writing only those whose key value changes but locking them all, as the whole-backlog
+-- update did: until the change commits, no claim may start (or sweep) a run by key values that
+-- are about to change around it. In-progress runs are left to runs_rekey_in_progress, at the
+-- end: locked from the first chunk on, their heartbeats and status reports would wait for the
+-- whole change. Returns how many were read (none: no run is left; fewer than $5 need not mean
+-- that, a run may have been claimed while it was waited for), how many changed, and the last
+-- one read (where the next chunk starts).
 WITH chunk AS (
     SELECT r.id, r.queued_at,
            r.concurrency_key_value IS DISTINCT FROM
                hookgate_concurrency_key(r.variables, $2::text) AS changes
     FROM pipeline_runs r
-    WHERE r.pipeline_id = $1 AND r.status IN ('queued', 'in-progress')
+    WHERE r.pipeline_id = $1 AND r.status = 'queued'
       AND (r.queued_at, r.id) > ($3::timestamptz, $4::uuid)
     ORDER BY r.queued_at, r.id
     LIMIT $5
@@ -881,6 +883,26 @@ WITH chunk AS (
 )
 SELECT (SELECT count(*) FROM chunk) AS read, (SELECT count(*) FROM changed) AS changed,
        (SELECT queued_at FROM last) AS last_queued_at, (SELECT id FROM last) AS last_id;
+
+-- name: runs_rekey_in_progress
+-- Re-key by key $2 pipeline $1's in-progress runs (at most its concurrency: a short statement),
+-- locking them all until the change commits, after its queued runs (runs_rekey_chunk): those
+-- claimed while the chunks ran are in-progress by now. Returns how many were read and changed.
+WITH running AS (
+    SELECT r.id,
+           r.concurrency_key_value IS DISTINCT FROM
+               hookgate_concurrency_key(r.variables, $2::text) AS changes
+    FROM pipeline_runs r
+    WHERE r.pipeline_id = $1 AND r.status = 'in-progress'
+    FOR UPDATE
+), changed AS (
+    UPDATE pipeline_runs r
+    SET concurrency_key_value = hookgate_concurrency_key(r.variables, $2::text)
+    FROM running c
+    WHERE r.id = c.id AND c.changes
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM running) AS read, (SELECT count(*) FROM changed) AS changed;
 
 -- name: runs_set_concurrency
 -- Change a pipeline's concurrency settings (waits for runs being inserted against the old row:

@@ -325,7 +325,11 @@ async def test_a_run_keyed_alike_by_both_keys_waits_for_the_rekey_to_commit(db: 
             done = await other.fetchrow(
                 QUERIES["runs_rekey_chunk"], pipeline["id"], "branch", *first, 100
             )
-            assert (done["read"], done["changed"]) == (2, 1)
+            assert (done["read"], done["changed"]) == (1, 0)  # the queued run, locked
+            running_ = await other.fetchrow(
+                QUERIES["runs_rekey_in_progress"], pipeline["id"], "branch"
+            )
+            assert (running_["read"], running_["changed"]) == (1, 1)  # the running one
             assert await claim(db, pipeline["id"]) == []  # not by the old values
             await other.fetchrow(
                 QUERIES["runs_set_concurrency"], pipeline["id"], "queue", "branch", 3
@@ -333,6 +337,34 @@ async def test_a_run_keyed_alike_by_both_keys_waits_for_the_rekey_to_commit(db: 
             await other.fetchval(QUERIES["runs_rekey_inserted_meanwhile"], pipeline["id"])
     assert await claim(db, pipeline["id"]) == []  # main is running
     assert (await run_row(db, waiting["id"]))["status"] == "queued"
+
+
+async def test_a_running_runs_heartbeat_does_not_wait_for_the_rekey_of_the_backlog(
+    db: Database,
+) -> None:
+    """The chunks lock only queued runs: an in-progress run locked from the first chunk on
+    would have its heartbeats and status reports wait for the whole change (up to a minute on
+    a large backlog), and its executor could lose the lease and kill the command."""
+    pipeline = await make_pipeline(db, policy="queue", key="repo")
+    running = await enqueue(db, pipeline["id"], repo="x", branch="main")
+    [claimed] = await claim(db, pipeline["id"], limit=1)
+    assert claimed["id"] == running["id"]
+    await enqueue(db, pipeline["id"], repo="y", branch="dev")
+    first = (datetime.min.replace(tzinfo=UTC), uuid.UUID(int=0))
+    async with db.pool.acquire() as other:
+        async with other.transaction():
+            await other.execute(QUERIES["runs_rekey_lock"], pipeline["id"])
+            await other.fetchrow(QUERIES["runs_rekey_chunk"], pipeline["id"], "branch", *first, 100)
+            # Mid-change: the executor's heartbeat goes through at once.
+            beat = await asyncio.wait_for(
+                runs.heartbeat(db, claimed["id"], claimed["lease_token"], 60), 2
+            )
+            assert beat is not None
+            await other.fetchrow(QUERIES["runs_rekey_in_progress"], pipeline["id"], "branch")
+            await other.fetchrow(
+                QUERIES["runs_set_concurrency"], pipeline["id"], "queue", "branch", 3
+            )
+    assert (await run_row(db, running["id"]))["concurrency_key_value"] is not None
 
 
 @pytest.mark.parametrize("delete_after", ["runs_rekey_chunk", "runs_set_concurrency"])
@@ -350,6 +382,7 @@ async def test_deleting_a_pipeline_while_its_concurrency_changes_does_not_deadlo
             "runs_rekey_chunk",
             (pipeline["id"], "branch", datetime.min.replace(tzinfo=UTC), uuid.UUID(int=0), 100),
         ),
+        ("runs_rekey_in_progress", (pipeline["id"], "branch")),
         ("runs_set_concurrency", (pipeline["id"], "queue", "branch", 3)),
         ("runs_rekey_inserted_meanwhile", (pipeline["id"],)),
     ]
