@@ -6,12 +6,14 @@
 -- a database at a newer version alone (storage/schema.py), so that it cannot put its older
 -- functions back.
 
--- Table locks first, all at once, in the order the gateway's writers take theirs (the group
--- commit: runs, history, re-key list, outbox; the dispatcher: history, outbox, hook; a status
--- change: run, outbox; a concurrency change: pipeline, runs): the statements below then never
--- wait for a lock while holding another one that a writer waits for, so applying this file
--- to a serving database cannot deadlock with the writers. SHARE ROW EXCLUSIVE holds up writes
--- (each wait is bounded: storage/schema.py SCHEMA_LOCK_WAIT), not readers such as pg_dump.
+-- Table locks first, all at once, in the order most of the gateway's writers take theirs (the
+-- group commit: runs, history, re-key list, outbox; the dispatcher: history, outbox, hook; a
+-- status change: run, outbox): the statements below then never wait for a lock while holding
+-- another one that those writers wait for. A few take theirs in another order (a concurrency
+-- change: runs, then its pipeline; an outgoing hook's deletion: the hook, then its outbox), so
+-- a deadlock with them stays possible; the server breaks it and the file is applied again
+-- (storage/schema.py). SHARE ROW EXCLUSIVE holds up writes (each wait is bounded:
+-- storage/schema.py SCHEMA_LOCK_WAIT), not readers such as pg_dump.
 DO $$
 DECLARE
     name text;

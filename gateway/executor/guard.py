@@ -16,8 +16,10 @@ executor holds (it is close-on-exec, and never passed to another child):
    host's service manager stopped only its main pid): the guard writes ``command_orphaned``
    to the executor's log stream (a copy of the executor's stderr it was given; the output
    capture has no reader any more), sends SIGTERM to the whole group, and SIGKILL once the
-   command has exited or the grace is over. Its lease then has at least two thirds left, so no
-   other executor can have claimed the run yet: one run never executes twice at once.
+   command has exited or the grace is over. A live executor stops its command itself a margin
+   (a third of the lease, at most 10 s) before the lease it last renewed runs out, so a dead one
+   left at least that margin, and the grace is half of it: no other executor can have claimed
+   the run yet, and one run never executes twice at once.
 
 The executor's own SIGTERM/SIGKILL to the group (a cancelled run, a lost lease, shutdown) reach
 the guard too: it ignores SIGTERM (the command decides how to end) and dies with SIGKILL like
