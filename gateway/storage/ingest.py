@@ -15,6 +15,7 @@ from gateway.storage.database import (
     Database,
     Record,
     Session,
+    close_quietly,
     lost_without_an_answer,
     translated,
 )
@@ -168,10 +169,7 @@ class WriterConnections:
         idle, self._idle = self._idle, []
         for conn in idle:
             self._backends.pop(conn, None)
-            try:
-                await asyncio.wait_for(conn.close(), timeout=2)
-            except Exception:  # already broken: nothing left to release gracefully
-                conn.terminate()
+            await close_quietly(conn)
 
 
 async def settle_lost_write(

@@ -25,7 +25,7 @@ from typing import Any
 
 from gateway.exceptions import DatabaseUnavailable
 from gateway.logs import get_logger
-from gateway.storage.database import Database, translated
+from gateway.storage.database import Database, close_quietly, translated
 from gateway.storage.queries import QUERIES
 
 log = get_logger(__name__)
@@ -77,12 +77,8 @@ class ChannelListener:
 
     async def close(self) -> None:
         """Close the connection (abruptly when a graceful close does not finish quickly)."""
-        if self._conn.is_closed():
-            return
-        try:
-            await asyncio.wait_for(self._conn.close(), timeout=2)
-        except Exception:  # already broken: nothing left to release gracefully
-            self._conn.terminate()
+        if not self._conn.is_closed():
+            await close_quietly(self._conn)
 
 
 class KeptListener:
