@@ -66,6 +66,7 @@ REDACTED = "[redacted]"
 # (a level baked into the cached logger's class could never change).
 _PROCESSORS: list[Any] = []
 _THRESHOLD = [logging.INFO]
+_FORMAT = ["json"]
 _METHOD_LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -220,6 +221,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
             )
         ]
     _THRESHOLD[0] = numeric
+    _FORMAT[0] = fmt
     _PROCESSORS[:] = [_drop_below_level, *shared, *tail]
     structlog.configure(
         processors=_PROCESSORS,
@@ -241,6 +243,11 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
     root.addHandler(handler)
     # Libraries are chatty at INFO; their warnings and errors are what an operator needs.
     root.setLevel(max(numeric, logging.WARNING))
+
+
+def log_format() -> str:
+    """The format the last configure_logging() chose (``json`` before any)."""
+    return _FORMAT[0]
 
 
 def get_logger(name: str | None = None) -> Any:

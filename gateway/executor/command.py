@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from gateway.executor.guard import frame, parse_frame
+from gateway.logs import log_format
 from gateway.run_states import OUTPUT_LIMIT_BYTES, with_truncation_note
 
 VAR_PREFIX = "HOOK_VAR_"
@@ -177,6 +178,7 @@ class RunningCommand:
                 "env": dict(env),
                 "kill_after": kill_after,
                 "context": dict(context or {}),
+                "log_format": log_format(),  # its line then looks like ours
             }
             loop = asyncio.get_running_loop()
             ours.setblocking(False)

@@ -93,20 +93,33 @@ def _die_with_parent() -> None:
         os._exit(137)
 
 
-def _log(fd: int, event: str, level: str, **fields: Any) -> None:
-    """One JSON line (the executor's format, event first) on ``fd``; never raises."""
-    import json
+def render_line(fmt: str, event: str, level: str, timestamp: str, **fields: Any) -> str:
+    """One log line as the executor's own format renders it: JSON with the event first, or
+    structlog's plain console layout (``gateway.logs``), without colours."""
+    logger = "gateway.executor.guard"
+    if fmt != "console":
+        import json
+
+        line = {"event": event, "level": level, "logger": logger, "timestamp": timestamp}
+        return json.dumps({**line, **fields}) + "\n"
+    pairs = " ".join(f"{key}={_console_value(fields[key])}" for key in sorted(fields))
+    return f"{timestamp} [{level:<9}] {event:<30} [{logger}] {pairs}".rstrip() + "\n"
+
+
+def _console_value(value: Any) -> str:
+    """A value as structlog's console renderer shows it: plain strings bare, the rest repr()."""
+    if isinstance(value, str) and not set(value) & {" ", "\t", "=", "\r", "\n", '"', "'"}:
+        return value
+    return repr(value)
+
+
+def _log(fd: int, fmt: str, event: str, level: str, **fields: Any) -> None:
+    """One line in the executor's log format (event first) on ``fd``; never raises."""
     from datetime import UTC, datetime
 
-    line = {
-        "event": event,
-        "level": level,
-        "logger": __name__ if __name__ != "__main__" else "gateway.executor.guard",
-        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        **fields,
-    }
+    timestamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     with contextlib.suppress(OSError, ValueError):
-        os.write(fd, (json.dumps(line) + "\n").encode())
+        os.write(fd, render_line(fmt, event, level, timestamp, **fields).encode())
 
 
 def _exit_like(code: int) -> None:
@@ -128,13 +141,13 @@ def _stop_group(
     child: subprocess.Popen[bytes],
     selector: selectors.BaseSelector,
     grace: float,
-    log_fd: int,
+    log: tuple[int, str],
     context: dict[str, Any],
 ) -> None:
     """The executor is gone: SIGTERM the group, SIGKILL it (the guard too) after ``grace``."""
     started = time.monotonic()
     _log(
-        log_fd,
+        *log,
         "command_orphaned",
         "warning",
         reason="the executor that started the command is gone; stopping its process group",
@@ -151,7 +164,7 @@ def _stop_group(
                 with contextlib.suppress(BlockingIOError):
                     os.read(key.fd, 512)
     if child.returncode is None:
-        _log(log_fd, "command_orphaned_killed", "warning", pid=child.pid, **context)
+        _log(*log, "command_orphaned_killed", "warning", pid=child.pid, **context)
     # Whatever is left of the group (background children that ignored SIGTERM), and the guard.
     os.killpg(0, signal.SIGKILL)
 
@@ -199,7 +212,8 @@ def main(argv: list[str]) -> None:
                 data = b""
             if not data:
                 selector.unregister(control)
-                _stop_group(child, selector, float(request["kill_after"]), log_fd, context)
+                log = (log_fd, str(request.get("log_format", "json")))
+                _stop_group(child, selector, float(request["kill_after"]), log, context)
     _exit_like(code)
 
 

@@ -5,12 +5,17 @@ group is stopped when the executor's end of the guard's socket closes."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
+from collections.abc import Iterator
 
+import orjson
 import pytest
 
 from gateway.executor.command import RunningCommand
+from gateway.executor.guard import render_line
+from gateway.logs import configure_logging, get_logger
 from tests.acceptance.process_helpers import until_gone
 
 PATH = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -69,3 +74,47 @@ async def test_closing_the_executors_end_stops_the_whole_group() -> None:
 
     await until_gone(pids, within=10)
     assert await asyncio.wait_for(command.process.wait(), 10) == -signal.SIGKILL
+
+
+@pytest.fixture
+def console_logs() -> Iterator[None]:
+    configure_logging("info", "console")
+    yield
+    configure_logging("info", "json")
+
+
+async def test_the_orphan_warning_comes_in_the_executors_log_format(
+    console_logs: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    command = await RunningCommand.start(
+        ["sh", "-c", "sleep 60"], PATH, kill_after=0.2, context={"run_id": "r-1"}
+    )
+    command._control.close()
+    assert await asyncio.wait_for(command.process.wait(), 10) == -signal.SIGKILL
+    [line] = [line for line in capfd.readouterr().err.splitlines() if "command_orphaned " in line]
+    assert not line.startswith("{")
+    assert "[warning  ] command_orphaned " in line and " run_id=r-1" in line
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"reason": "the executor is gone; stopping", "pid": 12, "kill_after": 5.0, "run_id": "abc"},
+        {"pid": 7, "run_id": 'it\'s "quoted"', "empty": "", "eq": "a=b", "tab": "a\tb"},
+    ],
+)
+def test_a_console_line_is_laid_out_as_structlog_lays_out_the_executors_own(
+    fields: dict[str, object],
+) -> None:
+    out = io.StringIO()
+    configure_logging("info", "console", out)
+    try:
+        get_logger("gateway.executor.guard").warning("command_orphaned", **fields)
+    finally:
+        configure_logging("info", "json")
+    timestamp = out.getvalue().split(" ", 1)[0]
+    assert (
+        render_line("console", "command_orphaned", "warning", timestamp, **fields) == out.getvalue()
+    )
+    line = orjson.loads(render_line("json", "command_orphaned", "warning", timestamp, **fields))
+    assert list(line)[:2] == ["event", "level"] and line["pid"] == fields["pid"]
