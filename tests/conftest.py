@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
+import gateway.logs
 from gateway.app import HANDLER_OPTIONS, create_app
 from gateway.config import Config, DatabaseConfig, build_config
 from gateway.storage.database import SCHEMA_PATH, Database
@@ -156,3 +158,10 @@ async def admin_token(client: Any, db: Database, config: Config) -> str:
 @pytest.fixture
 def admin_headers(admin_token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {admin_token}"}
+
+
+@pytest.fixture
+def debug_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debug events reach ``capture_logs`` whatever level an earlier test configured: a debug
+    call returns at once while the configured level is above debug. Restored after the test."""
+    monkeypatch.setattr(gateway.logs, "_THRESHOLD", [logging.DEBUG])

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from typing import Any
 
-import pytest
 from structlog.testing import capture_logs
 
-from gateway import logs as gateway_logs
 from gateway.http import MAX_LISTED_FIELDS
 from gateway.storage.database import Database
 from gateway.unknown_fields import MAX_LISTED_UNKNOWN
@@ -180,11 +177,8 @@ async def test_a_different_outcome_after_the_recorded_one_is_a_409_naming_it(
 
 
 async def test_refused_reports_are_logged_and_empty_claims_are_not_at_info(
-    client: Any, db: Database, admin_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    client: Any, db: Database, admin_headers: dict[str, str], debug_logs: None
 ) -> None:
-    # Debug lines on, whatever level an earlier test configured (debug calls return at once
-    # while the level is above debug, and capture_logs would see none).
-    monkeypatch.setattr(gateway_logs, "_THRESHOLD", [logging.DEBUG])
     run, token = await _claimed(db)
     url = f"/runs/{run['id']}/status"
     stale = "00000000-0000-4000-8000-000000000000"

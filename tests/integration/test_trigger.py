@@ -25,7 +25,6 @@ from gateway.app import create_app
 from gateway.config import Config
 from gateway.ingest.batcher import RUN_BATCHER
 from gateway.ingest.signatures import sign_hmac_hex
-from gateway.logs import configure_logging
 from gateway.storage.database import Database
 from tests.conftest import FIXTURES, client_for
 from tests.integration.ingest_helpers import (
@@ -439,7 +438,7 @@ async def test_unmet_conditions_are_202_skipped_with_the_reason_and_no_run(
 
 
 async def test_secret_and_computed_signatures_never_appear_in_responses_or_logs(
-    client: Any, admin_headers: dict[str, str]
+    client: Any, admin_headers: dict[str, str], debug_logs: None
 ) -> None:
     hook = await seed_hook(client, admin_headers)
     secret = hook["secret"]
@@ -459,20 +458,16 @@ async def test_secret_and_computed_signatures_never_appear_in_responses_or_logs(
         (PR_OPENED, {"Content-Type": "application/json"}),  # missing header
     ]
     texts = []
-    configure_logging("debug", "json")  # the debug events are inspected too
-    try:
-        # merge_contextvars only: no redaction processor, so the handler itself must not log
-        # secrets.
-        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-            for body, headers in attempts:
-                response = await client.post(
-                    hook_path(hook),
-                    data=body,
-                    headers={**headers, "X-Request-Id": "req-secret-check"},
-                )
-                texts.append(f"{response.status} {dict(response.headers)} {await response.text()}")
-    finally:
-        configure_logging("info", "json")
+    # merge_contextvars only: no redaction processor, so the handler itself must not log
+    # secrets. The debug events are inspected too (the debug_logs fixture).
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        for body, headers in attempts:
+            response = await client.post(
+                hook_path(hook),
+                data=body,
+                headers={**headers, "X-Request-Id": "req-secret-check"},
+            )
+            texts.append(f"{response.status} {dict(response.headers)} {await response.text()}")
     assert [text.split(" ", 1)[0] for text in texts] == ["202", "401", "401", "401"]
     rejections = [e for e in logs if e["event"] == "hook_request_rejected"]
     assert len(rejections) == 3 and all(e["request_id"] == "req-secret-check" for e in rejections)
@@ -694,8 +689,7 @@ async def test_a_hook_whose_pipeline_stays_locked_is_503_not_held_until_the_time
             assert response.status == 503
             assert response.headers["Retry-After"] == "1"
             assert await response.json() == {
-                "message": "a concurrent change held up or conflicted with this write; retry "
-                "later",
+                "message": "a concurrent change held up or conflicted with this write; retry later",
                 "errors": None,
             }
     finally:
