@@ -288,8 +288,9 @@ async def run_listeners(
 
 def stop_on_signals(stop: asyncio.Event, *, overdue_after: float | None = None) -> StopSignals:
     """SIGTERM and SIGINT set ``stop``: stop accepting, finish in-flight work, then exit; a
-    second signal, or a stop not done after ``overdue_after`` s, forces it (StopSignals)."""
-    return StopSignals(stop, overdue_after=overdue_after)
+    second signal, or a stop not done after ``overdue_after`` s, forces it (StopSignals).
+    Until ``started()`` is called, the first signal cancels the start at once."""
+    return StopSignals(stop, overdue_after=overdue_after, starting=True)
 
 
 async def serve(config: Config, *, worker: bool = False) -> int:
@@ -308,6 +309,7 @@ async def serve(config: Config, *, worker: bool = False) -> int:
     try:
         async with database_for(config, on_embedded_stopped=signals.request_stop) as db:
             await prepare_database(db, config)
+            signals.started()
             await run_listeners(config, db, stop)
     except asyncio.CancelledError as cancelled:
         return signals.forced_exit(cancelled, "stopped")

@@ -69,17 +69,26 @@ _MAX_TASKS_SHOWN, _MAX_FRAMES_SHOWN = 20, 6
 class StopSignals:
     """SIGTERM and SIGINT for a process's main task.
 
-    The first sets ``stop``: stop accepting, finish what is in flight. A second one (Ctrl-C
-    again), or a stop still not done ``overdue_after`` seconds after the first, **forces** it:
-    the stop is logged with what every task was waiting for (``stop_overdue``), the main task
-    is cancelled, so its clean-up (the pool, an embedded PostgreSQL) still runs, and if even
-    that is not done within FORCED_EXIT_AFTER seconds, or a third signal comes, the process
-    exits with status 1 at once. Nothing answered 2xx is lost by a forced stop: a request is
+    While the process is still starting (``starting=True`` until ``started()``: the database,
+    the embedded server, the schema), nothing is in flight yet and the first signal cancels
+    the main task at once instead of letting a connect or a lock wait run to its timeout;
+    ``forced_exit`` then logs ``stopped_while_starting`` and returns 0.
+
+    Once started, the first sets ``stop``: stop accepting, finish what is in flight. A second
+    one (Ctrl-C again), or a stop still not done ``overdue_after`` seconds after the first,
+    **forces** it: the stop is logged with what every task was waiting for (``stop_overdue``),
+    the main task is cancelled, so its clean-up (the pool, an embedded PostgreSQL) still runs,
+    and if even that is not done within FORCED_EXIT_AFTER seconds, or a third signal comes, the
+    process exits with status 1 at once. Nothing answered 2xx is lost by a forced stop: a request is
     answered only once its rows are committed.
     """
 
-    def __init__(self, stop: asyncio.Event, *, overdue_after: float | None = None) -> None:
+    def __init__(
+        self, stop: asyncio.Event, *, overdue_after: float | None = None, starting: bool = False
+    ) -> None:
         self._stop = stop
+        self._starting = starting
+        self._start_cancelled_by: str | None = None
         self._main = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
         self._overdue_after = overdue_after
@@ -96,6 +105,10 @@ class StopSignals:
             if self._overdue_after is not None:
                 self._overdue = self._loop.call_later(self._overdue_after, self._overdue_now)
 
+    def started(self) -> None:
+        """The start is done: from now on the first signal stops gracefully."""
+        self._starting = False
+
     def listen_again(self) -> None:
         """Take SIGTERM and SIGINT back after another handler had them and gave them up (the
         supervisor's, whose ``run`` removes its own on the way out). The stop has begun, so the
@@ -109,12 +122,22 @@ class StopSignals:
         """For the main task's ``except asyncio.CancelledError``: once this stop was forced,
         log ``event`` (``forced=True``) and return the exit status, 1; any other cancellation
         is raised again."""
-        if not self.forced:
-            raise cancelled
-        log.warning(event, forced=True, **fields)
-        return 1
+        if self.forced:
+            log.warning(event, forced=True, **fields)
+            return 1
+        if self._start_cancelled_by is not None:
+            log.info("stopped_while_starting", signal=self._start_cancelled_by)
+            return 0
+        raise cancelled
 
     def _received(self, name: str) -> None:
+        if not self._stop.is_set() and self._starting and self._main is not None:
+            log.info("stop_while_starting", signal=name, hint="the start is cancelled")
+            self._start_cancelled_by = name
+            self._stop.set()  # the next signal forces, as after any first one
+            self._main.cancel()
+            self._loop.call_later(FORCED_EXIT_AFTER, _exit_now)  # a bound for the clean-up
+            return
         if not self._stop.is_set():
             self.request_stop()
             return
@@ -142,6 +165,8 @@ class StopSignals:
         if self._overdue is not None:
             self._overdue.cancel()
         self.forced = True
+        if self._start_cancelled_by is not None:
+            return  # cancelled already, its clean-up runs (and is bounded): cancel it not again
         if self._main is not None:
             self._main.cancel()
         self._loop.call_later(FORCED_EXIT_AFTER, _exit_now)

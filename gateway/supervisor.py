@@ -382,6 +382,7 @@ async def supervise(config: Config) -> int:
                 await prepare_database(db, config)
             finally:
                 await db.close()
+            signals.started()
             if stop.is_set():
                 log.info("stopped_while_starting")
                 return 0
@@ -441,6 +442,7 @@ async def serve_worker(config: Config) -> int:
     watchdog = asyncio.create_task(_exit_when_orphaned(stop, os.getppid()))
     try:
         db = await Database.connect(dsn, config.database)
+        signals.started()
         try:
             await run_listeners(config, db, stop, reuse_port=True)
         finally:

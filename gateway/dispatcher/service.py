@@ -126,6 +126,7 @@ async def dispatch(config: Config) -> int:
         async with database_for(config, on_embedded_stopped=signals.request_stop) as db:
             await prepare_database(db, config)  # installs the secret box (issue 8)
             follow_secret_keys(db, reloader.holder)
+            signals.started()
             async with probe_listener(config, db):
                 # SIGHUP is remembered until then (gateway.sighup): a reload reaches every
                 # subscriber.

@@ -1,8 +1,12 @@
-"""A second SIGTERM while the gateway is still starting (a database slow to answer, the embedded
-PostgreSQL initialising, the schema lock held by another instance) forces the stop as it does
-later: the ``stopped`` event with ``forced``, exit status 1, the pool and the embedded server
-closed. A supervisor (``[server] workers = 2``) used to end in an unhandled CancelledError
-traceback there, and a stop forced while the embedded server started left it running.
+"""SIGTERM while the gateway is still starting (a database slow to answer, the embedded
+PostgreSQL initialising, the schema lock held by another instance).
+
+The first signal cancels the start at once (nothing is in flight yet): ``stopped_while_starting``,
+exit status 0, the pool and the embedded server closed; a connect or a lock wait used to run to
+its timeout first. A second signal forces the stop as it does later: the ``stopped`` event with
+``forced``, exit status 1. A supervisor (``[server] workers = 2``) used to end in an unhandled
+CancelledError traceback there, and a stop forced while the embedded server started left it
+running.
 
 Real ``gateway`` subprocesses; the slow database is a loopback listener that accepts and never
 answers, and the schema lock is held from the test.
@@ -58,6 +62,16 @@ def _pending(pid: int) -> int:
     return 0
 
 
+def _assert_stopped_while_starting(gateway: GatewayProcess) -> None:
+    # Well before the 120 s connect or lock timeouts the tests configure: the start was cancelled.
+    code = gateway.finish(EXIT_WITHIN)
+    assert "Traceback" not in gateway.output, gateway.output
+    assert code == 0, gateway.output
+    [stopped] = gateway.named("stopped_while_starting")
+    assert stopped["signal"] == "SIGTERM" and not gateway.named("stop_forced")
+    assert not gateway.named("listening") and not gateway.named("supervisor_started")
+
+
 def _assert_forced_stop(gateway: GatewayProcess) -> None:
     code = gateway.finish(EXIT_WITHIN)
     assert "Traceback" not in gateway.output, gateway.output
@@ -77,7 +91,7 @@ def silent_database() -> Iterator[tuple[socket.socket, int]]:
 
 
 @pytest.mark.parametrize(("args", "workers"), BOOTSTRAPS)
-def test_a_second_sigterm_while_connecting_forces_the_stop(
+def test_a_sigterm_while_connecting_stops_at_once(
     tmp_path: Path,
     silent_database: tuple[socket.socket, int],
     args: tuple[str, ...],
@@ -100,8 +114,8 @@ def test_a_second_sigterm_while_connecting_forces_the_stop(
         listener.settimeout(60)
         connection, _ = listener.accept()  # the bootstrap is waiting for the database
         with closing(connection):
-            _send_twice(gateway.process)
-            _assert_forced_stop(gateway)
+            gateway.process.send_signal(signal.SIGTERM)
+            _assert_stopped_while_starting(gateway)
     finally:
         gateway.kill()
 
@@ -112,8 +126,33 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
         yield path
 
 
+def test_a_sigterm_while_the_embedded_server_starts_stops_it_too(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    config = write_config(
+        tmp_path / "config.toml",
+        {
+            "server": {"port": free_port()},
+            "database": {"data_dir": str(data_dir)},
+            "log": {"format": "json"},
+        },
+    )
+    gateway = GatewayProcess(config)
+    try:
+        gateway.wait_event("embedded_postgres_starting", initialise=True)
+        gateway.process.send_signal(signal.SIGTERM)
+        _assert_stopped_while_starting(gateway)
+        names = [e.get("event") for e in gateway.events]
+        # The signal came while initdb ran; the start was let finish, then the server stopped.
+        assert names.index("stop_while_starting") < names.index("embedded_postgres_started")
+        assert names.index("embedded_postgres_stopped") < names.index("stopped_while_starting")
+        assert not (data_dir / "postmaster.pid").exists()
+    finally:
+        gateway.kill()
+
+
 @pytest.mark.parametrize(("args", "workers"), BOOTSTRAPS)
-def test_a_second_sigterm_while_the_embedded_server_starts_stops_it_too(
+def test_a_second_sigterm_while_the_embedded_server_starts_forces_the_stop(
     tmp_path: Path, data_dir: Path, args: tuple[str, ...], workers: int
 ) -> None:
     config = write_config(
@@ -132,7 +171,7 @@ def test_a_second_sigterm_while_the_embedded_server_starts_stops_it_too(
         names = [e.get("event") for e in gateway.events]
         # Forced while initdb ran; the start was let finish, then the server stopped.
         assert names.index("stop_forced") < names.index("embedded_postgres_started"), names
-        assert gateway.named("embedded_postgres_stopped")
+        assert gateway.named("embedded_postgres_stopped"), gateway.output
         assert names.index("embedded_postgres_stopped") < names.index("stopped"), names
         assert not (data_dir / "postmaster.pid").exists()
         assert not gateway.named("supervisor_started") and not gateway.named("listening")
@@ -154,7 +193,7 @@ async def schema_locked(database_dsn: str) -> AsyncIterator[tuple[str, asyncpg.C
         await holder.close()
 
 
-async def test_a_second_sigterm_while_waiting_for_the_schema_lock_forces_the_stop(
+async def test_a_sigterm_while_waiting_for_the_schema_lock_stops_at_once(
     tmp_path: Path, schema_locked: tuple[str, asyncpg.Connection]
 ) -> None:
     dsn, holder = schema_locked
@@ -169,8 +208,8 @@ async def test_a_second_sigterm_while_waiting_for_the_schema_lock_forces_the_sto
     gateway = GatewayProcess(config)
     try:
         await _until_waiting_for_the_lock(holder)
-        await asyncio.to_thread(_send_twice, gateway.process)
-        await asyncio.to_thread(_assert_forced_stop, gateway)
+        gateway.process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(_assert_stopped_while_starting, gateway)
         assert not gateway.named("schema_applied") and not gateway.named("schema_current")
         # Its bootstrap connection is closed, not left waiting for the lock (the server may
         # take a moment to see it gone).
