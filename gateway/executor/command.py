@@ -139,10 +139,14 @@ class RunningCommand:
         *,
         kill_after: float = 5.0,
         context: Mapping[str, Any] | None = None,
+        unattended_after: float | None = None,
     ) -> RunningCommand:
         """Start ``argv`` under its guard (:mod:`gateway.executor.guard`), which stops the
         command's whole process group, SIGKILL ``kill_after`` seconds after SIGTERM, should this
         process die first; ``context`` (the run id) goes into the guard's log line then.
+        ``unattended_after`` (seconds): the guard stops the group then too (SIGKILL half of
+        ``kill_after`` after SIGTERM) unless :meth:`attend` moves that deadline first, or
+        :meth:`terminate` is called.
 
         Raises OSError when the command cannot be executed."""
         ours, theirs = socket.socketpair()  # close-on-exec: no other child inherits ours
@@ -179,6 +183,7 @@ class RunningCommand:
                 "kill_after": kill_after,
                 "context": dict(context or {}),
                 "log_format": log_format(),  # its line then looks like ours
+                "unattended_after": unattended_after,
             }
             loop = asyncio.get_running_loop()
             ours.setblocking(False)
@@ -228,9 +233,21 @@ class RunningCommand:
                 await reader
         return CommandResult(code, self.tail.text())
 
+    def attend(self, seconds: float) -> None:
+        """Tell the guard to stop the command ``seconds`` from now unless told again first (the
+        lease was renewed: see ``unattended_after``)."""
+        self._tell(("attend", seconds))
+
+    def _tell(self, message: tuple[Any, ...]) -> None:
+        # A few bytes on a socket only the guard reads: the buffer never fills. A guard that
+        # has exited (the command is over) has nothing left to be told.
+        with contextlib.suppress(OSError):
+            self._control.send(frame(message))
+
     async def terminate(self, kill_after: float = 10.0) -> None:
         """SIGTERM the command's process group, SIGKILL it if still running after ``kill_after``."""
         self.terminated = True
+        self._tell(("terminating",))  # the guard's own deadline no longer applies
         self._signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.shield(self.process.wait()), kill_after)

@@ -14,12 +14,21 @@ executor holds (it is close-on-exec, and never passed to another child):
    same signal, so the executor sees what it would have seen without a guard.
 3. When the socket reaches end-of-file before that, the executor is gone (killed, crashed, its
    host's service manager stopped only its main pid): the guard writes ``command_orphaned``
-   to the executor's log stream (a copy of the executor's stderr it was given; the output
-   capture has no reader any more), sends SIGTERM to the whole group, and SIGKILL once the
-   command has exited or the grace is over. A live executor stops its command itself a margin
-   (a third of the lease, at most 10 s) before the lease it last renewed runs out, so a dead one
-   left at least that margin, and the grace is half of it: no other executor can have claimed
-   the run yet, and one run never executes twice at once.
+   to the executor's log stream (a copy of the executor's stderr it was given, in the
+   executor's log format; the output capture has no reader any more), sends SIGTERM to the
+   whole group, and SIGKILL once the command has exited or the grace is over. A live executor
+   stops its command itself a margin (a third of the lease, at most 10 s) before the lease it
+   last renewed runs out, so a dead one left at least that margin, and the grace is half of
+   it: no other executor can have claimed the run yet, and one run never executes twice at
+   once.
+4. When the executor is alive but does not renew the run's lease in time (it was sent
+   SIGSTOP, it hangs, its event loop is blocked), the guard stops the group the same way,
+   logging ``command_unattended``. The executor gives the guard a deadline with the start
+   request and after each renewal (``("attend", seconds)``): a quarter of the margin after the
+   executor's own local deadline, when a live executor would have begun stopping the command
+   and told the guard so (``("terminating",)``, which disarms the deadline). SIGKILL follows
+   another quarter of the margin later, so the command is gone half the margin before the
+   lease can expire.
 
 The executor's own SIGTERM/SIGKILL to the group (a cancelled run, a lost lease, shutdown) reach
 the guard too: it ignores SIGTERM (the command decides how to end) and dies with SIGKILL like
@@ -137,24 +146,30 @@ def _exit_like(code: int) -> None:
     os._exit(128 + sig)  # a signal that does not end a process (SIGCHLD...)
 
 
+ORPHANED = (
+    "command_orphaned",
+    "the executor that started the command is gone; stopping its process group",
+)
+UNATTENDED = (
+    "command_unattended",
+    "the executor did not renew the run's lease in time (stopped, hung or paused); stopping "
+    "the command's process group before the lease can expire",
+)
+
+
 def _stop_group(
     child: subprocess.Popen[bytes],
     selector: selectors.BaseSelector,
     grace: float,
     log: tuple[int, str],
     context: dict[str, Any],
+    why: tuple[str, str] = ORPHANED,
 ) -> None:
-    """The executor is gone: SIGTERM the group, SIGKILL it (the guard too) after ``grace``."""
+    """The executor is gone or not attending: SIGTERM the group, SIGKILL it (the guard too)
+    after ``grace``."""
     started = time.monotonic()
-    _log(
-        *log,
-        "command_orphaned",
-        "warning",
-        reason="the executor that started the command is gone; stopping its process group",
-        pid=child.pid,
-        kill_after=grace,
-        **context,
-    )
+    event, reason = why
+    _log(*log, event, "warning", reason=reason, pid=child.pid, kill_after=grace, **context)
     with contextlib.suppress(OSError):
         os.killpg(0, signal.SIGTERM)
     deadline = started + grace
@@ -164,7 +179,7 @@ def _stop_group(
                 with contextlib.suppress(BlockingIOError):
                     os.read(key.fd, 512)
     if child.returncode is None:
-        _log(*log, "command_orphaned_killed", "warning", pid=child.pid, **context)
+        _log(*log, f"{event}_killed", "warning", pid=child.pid, **context)
     # Whatever is left of the group (background children that ignored SIGTERM), and the guard.
     os.killpg(0, signal.SIGKILL)
 
@@ -200,20 +215,36 @@ def main(argv: list[str]) -> None:
     selector = selectors.DefaultSelector()
     selector.register(wake_read, selectors.EVENT_READ, "wake")
     selector.register(control, selectors.EVENT_READ, "control")
+    log = (log_fd, str(request.get("log_format", "json")))
+    kill_after = float(request["kill_after"])
+    unattended_after = request.get("unattended_after")
+    attend_by = None if unattended_after is None else time.monotonic() + unattended_after
+    received = b""
     while (code := child.poll()) is None:
-        for key, _ in selector.select():
+        left = None if attend_by is None else max(0.0, attend_by - time.monotonic())
+        events = selector.select(left)
+        if attend_by is not None and time.monotonic() >= attend_by and child.poll() is None:
+            _stop_group(child, selector, kill_after / 2, log, context, UNATTENDED)
+        for key, _ in events:
             if key.data == "wake":
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_read, 512)
                 continue
             try:
-                data = control.recv(512)
+                data = control.recv(4096)
             except OSError:
                 data = b""
             if not data:
                 selector.unregister(control)
-                log = (log_fd, str(request.get("log_format", "json")))
-                _stop_group(child, selector, float(request["kill_after"]), log, context)
+                _stop_group(child, selector, kill_after, log, context)
+                continue
+            received += data
+            while (parsed := parse_frame(received)) is not None:
+                message, received = parsed
+                if message[0] == "attend":  # the lease was renewed: a new deadline
+                    attend_by = time.monotonic() + float(message[1])
+                elif message[0] == "terminating":  # the executor stops the command itself
+                    attend_by = None
     _exit_like(code)
 
 

@@ -77,6 +77,12 @@ class RunLease:
     def kill_after(self) -> float:
         return self.margin / 2
 
+    def unattended_after(self) -> float:
+        """Seconds until the command's guard stops the command on its own: a quarter of the
+        margin after the local deadline (this process, alive, has begun stopping it by then),
+        with SIGKILL another quarter later, half the margin before the lease can expire."""
+        return self.remaining() + self.margin / 4
+
 
 def default_name() -> str:
     """``host:pid``, recorded as the run's ``claimed_by``."""
@@ -203,6 +209,7 @@ class Executor:
                 command_env(os.environ, row),
                 kill_after=lease.kill_after,  # should this process die, well inside the lease
                 context=context,
+                unattended_after=lease.unattended_after(),  # or stop renewing it (SIGSTOP)
             )
         except OSError as exc:
             message = f"cannot start {self.settings.command[0]!r}: {exc.strerror or exc}"
@@ -287,6 +294,7 @@ class Executor:
                 wait = _RETRY_AFTER_FAILURE
             else:
                 lease.renewed(sent)
+                command.attend(lease.unattended_after())
                 wait = interval
 
     async def _report(

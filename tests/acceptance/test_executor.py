@@ -6,6 +6,8 @@
 - `kill -9` of an executor mid-run: its command and the command's children die with it (the
   guard), and once its lease expires another executor takes the run
   (attempt 2) and completes it.
+- SIGSTOP of an executor mid-run: the command's guard stops the command before the lease the
+  executor last renewed can expire.
 - SIGTERM: a stopping executor releases a run it could not finish in its grace period.
 """
 
@@ -256,6 +258,38 @@ async def test_a_killed_executors_command_and_its_children_die_with_it(
     assert (orphaned["level"], orphaned["kill_after"]) == ("warning", 5.0)
     killed = [e for e in events if e["event"] == "command_orphaned_killed"]
     assert len(killed) == ignores_sigterm
+
+
+async def test_a_stopped_executors_command_is_stopped_before_its_lease_can_expire(
+    db: Database, database_dsn: str, tmp_path: Path, executors: list[ExecutorProcess]
+) -> None:
+    """SIGSTOP of the executor (or a hang): its socket stays open, but the lease is no longer
+    renewed. The command's guard stops the command's group on its own, before the lease can
+    expire and another executor start the run again."""
+    pipeline = await make_runs_pipeline(db)
+    run = await enqueue(db, pipeline["id"])
+    script = "sleep 60 & echo $! > child.pid; echo $$ > command.pid; wait"
+    executor = ExecutorProcess(
+        database_dsn, tmp_path, pipeline["id"], "sh", "-c", script, args=("--lease-seconds", "6")
+    )
+    executors.append(executor)
+    await wait_for_file(tmp_path / "command.pid")
+    pids = [int((tmp_path / f"{name}.pid").read_text()) for name in ("command", "child")]
+    executor.process.send_signal(signal.SIGSTOP)
+    try:
+        await until_gone(pids, within=10)
+        # Gone while the lease the stopped executor last renewed still holds: nobody else
+        # can have claimed the run yet.
+        held = await db.pool.fetchval(
+            "SELECT lease_expires_at > statement_timestamp() FROM pipeline_runs WHERE id = $1",
+            run["id"],
+        )
+        assert held is True
+    finally:
+        executor.process.send_signal(signal.SIGCONT)
+    [unattended] = [e for e in executor.events() if e["event"] == "command_unattended"]
+    assert unattended["run_id"] == str(run["id"]) and unattended["pid"] == pids[0]
+    assert not [e for e in executor.events() if e["event"] == "command_orphaned"]
 
 
 async def test_sigterm_releases_a_run_that_outlives_the_grace_period(

@@ -118,3 +118,42 @@ def test_a_console_line_is_laid_out_as_structlog_lays_out_the_executors_own(
     )
     line = orjson.loads(render_line("json", "command_orphaned", "warning", timestamp, **fields))
     assert list(line)[:2] == ["event", "level"] and line["pid"] == fields["pid"]
+
+
+async def test_a_guard_left_unattended_stops_the_group_on_its_own(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # What a stopped (SIGSTOP) or hung executor leaves: a socket that stays open, but no word
+    # that the lease was renewed. The command ignores SIGTERM: the SIGKILL half of kill_after
+    # later ends it, the guard with it.
+    script = "trap '' TERM; sleep 60 & echo $!; echo $$; wait"
+    command = await RunningCommand.start(
+        ["sh", "-c", script], PATH, kill_after=0.4, context={"run_id": "r-2"}, unattended_after=0.5
+    )
+    out = command.process.stdout
+    assert out is not None
+    pids = [int(await out.readline()), int(await out.readline())]
+    await until_gone(pids, within=10)
+    assert (await asyncio.wait_for(command.wait(), 10)).exit_code == -signal.SIGKILL
+    events = [orjson.loads(line) for line in capfd.readouterr().err.splitlines()]
+    [unattended] = [e for e in events if e["event"] == "command_unattended"]
+    assert (unattended["run_id"], unattended["kill_after"]) == ("r-2", 0.2)
+    assert [e["event"] for e in events if e["event"].endswith("_killed")] == [
+        "command_unattended_killed"
+    ]
+
+
+async def test_renewals_keep_the_command_running_and_terminate_disarms_the_guard() -> None:
+    # The command takes 1 s to end after SIGTERM, well past the guard's deadline of 0.3 s: its
+    # exit status 143 shows the guard let it (it would have been killed by SIGKILL).
+    script = "trap 'sleep 1; exit 143' TERM; echo ready; sleep 60 & wait"
+    command = await RunningCommand.start(
+        ["sh", "-c", script], PATH, kill_after=0.2, unattended_after=0.3
+    )
+    assert await command.process.stdout.readline() == b"ready\n"  # type: ignore[union-attr]
+    for _ in range(10):  # 1.5 s, five times the deadline, renewed every 0.15 s
+        command.attend(0.3)
+        await asyncio.sleep(0.15)
+    assert command.process.returncode is None
+    await command.terminate(kill_after=10)
+    assert (await command.wait()).exit_code == 143
