@@ -10,22 +10,20 @@ would be about a value the operator did not give.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import math
 import os
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from gateway import config_env
 from gateway.config_dsn import check_dsn
 
 DEFAULT_CONFIG_PATH = "config.toml"
-ENV_CONFIG_PATH = "GATEWAY_CONFIG"
-ENV_PREFIX = "GATEWAY_"
+ENV_CONFIG_PATH = config_env.ENV_CONFIG_PATH
 
 
 class ConfigError(Exception):
@@ -245,9 +243,7 @@ _MAXIMUMS: dict[tuple[str, str], float] = {
 
 # Keys whose values never appear in a message (operations, issue 8): key material, and the
 # DSN, which may carry a password.
-_MASKED: frozenset[tuple[str, str]] = frozenset(
-    {("security", "secret_keys"), ("database", "dsn")}
-)
+_MASKED: frozenset[tuple[str, str]] = frozenset({("security", "secret_keys"), ("database", "dsn")})
 
 
 def resolve_path(path: str | None, env: Mapping[str, str] | None = None) -> Path:
@@ -285,7 +281,7 @@ def build_config(raw: Mapping[str, Any], env: Mapping[str, str], source: str = "
     for name in raw:
         if name not in section_types:
             problems.append(f"unknown section [{name}]; allowed: {', '.join(section_types)}")
-    _check_env_names(section_types, env, problems, refused)
+    config_env.check_env_names(_section_classes(), env, problems, refused)
     for name in section_types:
         cls = hints[name]
         table = raw.get(name, {})
@@ -322,7 +318,7 @@ def _build_section(
     for f in fields(cls):
         env_key = env_name(name, f.name)
         if env_key in env:
-            value: Any = _from_env(env[env_key], hints[f.name])
+            value: Any = config_env.from_env(env[env_key], hints[f.name])
             where = f"{env_key}"
         elif f.name in table:
             value = table[f.name]
@@ -342,109 +338,20 @@ def _build_section(
 _INVALID = object()
 
 
-# GATEWAY_* variables that are not configuration overrides.
-OTHER_ENV_NAMES = frozenset({ENV_CONFIG_PATH, "GATEWAY_ADMIN_EMAIL", "GATEWAY_ADMIN_PASSWORD"})
-# Overrides whose empty value would silently select a fallback meant for a laptop (a private
-# embedded PostgreSQL, a freshly generated key file) rather than the shared one meant: set but
-# blank, they are refused (a secret mount that failed, a forgotten value).
-_NOT_BLANK_ENV = {
-    "GATEWAY_DATABASE_DSN": "the embedded PostgreSQL would start instead of the shared database",
-    "GATEWAY_SECURITY_SECRET_KEYS": "a generated key file would be used instead of your keys",
-}
-
-
 def env_name(section: str, key: str) -> str:
     """The environment variable that overrides ``[section] key``: GATEWAY_SECTION_KEY."""
-    return f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+    return config_env.env_name(section, key)
 
 
 def override_names() -> frozenset[str]:
     """Every ``GATEWAY_<SECTION>_<KEY>`` override the configuration reads."""
-    return frozenset(_override_keys())
+    return frozenset(config_env.override_keys(_section_classes()))
 
 
-def _override_keys() -> dict[str, str]:
-    """Each override's name -> the ``section.key`` it sets."""
+def _section_classes() -> dict[str, type]:
+    """Each section's name -> its dataclass (``[server]`` -> ServerConfig ...)."""
     hints = get_type_hints(Config)
-    return {
-        env_name(section.name, f.name): f"{section.name}.{f.name}"
-        for section in fields(Config)
-        if section.name != "source"
-        for f in fields(hints[section.name])
-    }
-
-
-# Set by others, not typos: a Kubernetes Service named "gateway" gives every pod in its
-# namespace GATEWAY_SERVICE_HOST, GATEWAY_PORT, GATEWAY_PORT_8080_TCP_ADDR ...; Docker links
-# add GATEWAY_NAME and GATEWAY_ENV_*.
-_NOT_OURS = re.compile(r"GATEWAY_(SERVICE_.*|PORT|PORT_.*|NAME|ENV_.*)")
-
-
-def _check_env_names(
-    sections: Mapping[str, Any], env: Mapping[str, str], problems: list[str], refused: set[str]
-) -> None:
-    # A typo in an override must not be ignored silently any more than one in the file: in
-    # the key (GATEWAY_SERVER_PROT), the section (GATEWAY_DATABSE_DSN) or the case. Other
-    # GATEWAY_ variables (a Kubernetes Service named gateway, another program's) are not ours.
-    keys = _override_keys()
-    overrides = frozenset(keys)
-    for env_key in sorted(env):
-        if not env_key.upper().startswith(ENV_PREFIX):
-            continue
-        if env_key in overrides or env_key in OTHER_ENV_NAMES:
-            if env_key in _NOT_BLANK_ENV and not env[env_key].strip():
-                problems.append(
-                    f"{env_key} is set but empty: {_NOT_BLANK_ENV[env_key]}; give it a value, "
-                    "or unset it to use the fallback on purpose"
-                )
-                refused.add(keys[env_key])
-            continue
-        if _NOT_OURS.fullmatch(env_key):
-            continue
-        head = env_key[len(ENV_PREFIX) :].split("_", 1)[0].upper()
-        names = [s.upper() for s in sections]
-        if head in names:  # a known section: the key is wrong
-            prefix = f"{ENV_PREFIX}{head}_"
-            candidates = sorted(o for o in overrides if o.startswith(prefix))
-            allowed = f" (allowed: {', '.join(candidates)})"
-        elif env_key.upper() in overrides or difflib.get_close_matches(head, names, 1, 0.8):
-            candidates, allowed = sorted(overrides), ""  # the wrong case, or a misspelt section
-        elif difflib.get_close_matches(env_key, sorted(OTHER_ENV_NAMES), 1, 0.85):
-            candidates, allowed = sorted(OTHER_ENV_NAMES), ""
-        else:
-            continue  # not ours
-        close = difflib.get_close_matches(env_key.upper(), candidates, n=1, cutoff=0.75)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        problems.append(f"unknown environment override {env_key}{hint}{allowed}")
-
-
-def _from_env(text: str, kind: Any) -> Any:
-    if kind is bool:
-        lowered = text.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        return text
-    if kind is int:
-        try:
-            return int(text)
-        except ValueError:
-            return text
-    if kind is float:
-        try:
-            return float(text)
-        except ValueError:
-            return text
-    if get_origin(kind) is tuple:
-        # Comma- or newline-separated, '#' lines skipped: GATEWAY_SECURITY_SECRET_KEYS="$(cat
-        # key-file)" takes the key file as written (its header comment holds a comma).
-        lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-        parts = [part.strip() for line in lines for part in line.split(",") if part.strip()]
-        if get_args(kind)[0] is float:  # e.g. GATEWAY_OUTGOING_RETRY_SCHEDULE=1,5,30
-            return [_from_env(part, float) for part in parts]
-        return parts
-    return text
+    return {f.name: hints[f.name] for f in fields(Config) if f.name != "source"}
 
 
 def _type_name(kind: Any) -> str:
