@@ -49,6 +49,7 @@ from gateway.ingest.evaluation import (
 from gateway.ingest.hook_cache import HOOK_CACHE, HookCache
 from gateway.ingest.ids import new_id
 from gateway.ingest.limits import RateLimiter, retry_after_header
+from gateway.log_throttle import LogThrottle
 from gateway.logs import get_logger
 from gateway.reload import CONFIG_HOLDER, ConfigHolder, live_config, touches
 from gateway.security.sensitive_headers import REDACTED, recorded_name
@@ -64,6 +65,9 @@ MAX_RECORDED_SIZE = 2**31 - 1
 _NOT_FOUND = orjson.dumps({"message": "incoming hook not found", "errors": None})
 # Metric outcomes besides the evaluation's (accepted, skipped, rejected) and "duplicate".
 UNAVAILABLE, FAILED, RATE_LIMITED, FORBIDDEN = "unavailable", "error", "rate_limited", "forbidden"
+# A 503 is logged once per reason and interval, not per request (gateway.log_throttle): an
+# outage or a full queue answers every request so, and the metrics count each one.
+UNAVAILABLE_LOG_INTERVAL = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,7 @@ class _Ingest:
     hooks: HookCache
     batcher: RunBatcher
     limiter: RateLimiter  # kept across reloads: its buckets are the senders' state
+    unavailable_log: LogThrottle  # kept across reloads too
     resolver: ClientAddressResolver
     max_body: int
     retry_after: str
@@ -80,12 +85,18 @@ class _Ingest:
 
     @classmethod
     def build(
-        cls, config: Config, hooks: HookCache, batcher: RunBatcher, limiter: RateLimiter
+        cls,
+        config: Config,
+        hooks: HookCache,
+        batcher: RunBatcher,
+        limiter: RateLimiter,
+        unavailable_log: LogThrottle,
     ) -> _Ingest:
         return cls(
             hooks,
             batcher,
             limiter,
+            unavailable_log,
             ClientAddressResolver(config.server.trusted_proxies),
             config.server.max_body_bytes,
             str(config.batch.retry_after),
@@ -362,7 +373,17 @@ def _rate_limited(hook: CompiledHook, wait: float, request_id: str) -> web.Respo
 
 
 def _unavailable(ingest: _Ingest, request_id: str, message: str) -> tuple[web.Response, str]:
-    log.warning("hook_request_unavailable", reason=message, request_id=request_id)
+    suppressed = ingest.unavailable_log.take(message)
+    if suppressed is None:
+        log.debug("hook_request_unavailable", reason=message, request_id=request_id)
+    else:
+        log.warning(
+            "hook_request_unavailable",
+            reason=message,
+            request_id=request_id,
+            suppressed=suppressed,
+            interval=UNAVAILABLE_LOG_INTERVAL,
+        )
     return _json(
         503, {"message": message, "errors": None}, request_id, {"Retry-After": ingest.retry_after}
     ), UNAVAILABLE
@@ -402,9 +423,10 @@ async def ingest_services(app: web.Application) -> AsyncIterator[None]:
     batcher = RunBatcher(db, config)
     batcher.start()
     limiter = RateLimiter()
+    unavailable_log = LogThrottle(UNAVAILABLE_LOG_INTERVAL)
     services[HOOK_CACHE] = hooks
     services[RUN_BATCHER] = batcher
-    services[_INGEST] = _Ingest.build(config, hooks, batcher, limiter)
+    services[_INGEST] = _Ingest.build(config, hooks, batcher, limiter, unavailable_log)
 
     def reconfigure(old: Config, new: Config, changed: frozenset[str]) -> None:
         # Compiled hooks hold decrypted secrets, the timestamp tolerance and resolved limits.
@@ -412,7 +434,7 @@ async def ingest_services(app: web.Application) -> AsyncIterator[None]:
             hooks.reconfigure(new)
         if touches(changed, "batch", "hooks.store_bodies"):
             batcher.reconfigure(new)
-        services[_INGEST] = _Ingest.build(new, hooks, batcher, limiter)
+        services[_INGEST] = _Ingest.build(new, hooks, batcher, limiter, unavailable_log)
 
     unsubscribe = holder.on_reload(reconfigure) if holder is not None else None
     try:

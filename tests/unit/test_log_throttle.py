@@ -1,0 +1,34 @@
+"""LogThrottle: the first occurrence is logged, then one per interval with the count skipped."""
+
+from __future__ import annotations
+
+from gateway.log_throttle import MAX_KEYS, LogThrottle
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_one_line_per_interval_per_key_with_the_count_suppressed() -> None:
+    clock = Clock()
+    throttle = LogThrottle(10.0, clock)
+    assert throttle.take("down") == 0
+    assert [throttle.take("down") for _ in range(5)] == [None] * 5
+    assert throttle.take("full") == 0  # another reason has its own first line
+    clock.now += 10.0
+    assert throttle.take("down") == 5
+    assert throttle.take("down") is None
+    clock.now += 60.0
+    assert throttle.take("down") == 1
+    assert throttle.take("full") == 0
+
+
+def test_keys_are_bounded() -> None:
+    throttle = LogThrottle(10.0, Clock())
+    for i in range(MAX_KEYS * 3):
+        assert throttle.take(f"reason {i}") == 0
+    assert len(throttle._last) <= MAX_KEYS
