@@ -638,8 +638,9 @@ RETURNING *, NULL::text AS previous_status;
 
 -- name: runs_expire_leases
 -- Up to $3 in-progress runs whose lease expired: back to queued, or failed at max_attempts.
+-- lost_by: who held the lease (the row's claimed_by is cleared).
 WITH expired AS (
-    SELECT r.id, coalesce(p.max_attempts, 1) AS max_attempts
+    SELECT r.id, r.claimed_by, coalesce(p.max_attempts, 1) AS max_attempts
     FROM pipeline_runs r LEFT JOIN pipelines p ON p.id = r.pipeline_id
     WHERE r.status = 'in-progress' AND r.lease_expires_at < now()
       AND ($1::bigint IS NULL OR r.pipeline_id = $1)
@@ -663,7 +664,7 @@ UPDATE pipeline_runs r SET
     updated_at = now()
 FROM expired e
 WHERE r.id = e.id
-RETURNING r.*, 'in-progress'::text AS previous_status;
+RETURNING r.*, 'in-progress'::text AS previous_status, e.claimed_by AS lost_by;
 
 -- name: runs_cancel_superseded
 -- cancel-in-progress: cancel up to $3 queued/in-progress runs that a newer active run of the

@@ -29,9 +29,12 @@ from typing import Any
 
 from gateway import run_states
 from gateway.exceptions import Conflict, NotFound
+from gateway.logs import get_logger
 from gateway.storage import outgoing
 from gateway.storage.concurrency import set_concurrency as set_concurrency  # re-exported
 from gateway.storage.database import Database, Record, Session
+
+log = get_logger(__name__)
 
 SWEEP_LIMIT = 1000  # rows per housekeeping statement inside a claim
 PRUNE_BATCH = 5000  # rows per prune statement: short transactions, no long locks
@@ -160,7 +163,23 @@ async def claim(
         await on_status_change(session, _changes(claimed))
         skipped = await session.fetch("runs_skip_running", *scope, SWEEP_LIMIT)
         await on_status_change(session, _changes(skipped))
+    _log_expired_leases(expired, claimed_by)
     return claimed
+
+
+def _log_expired_leases(rows: Iterable[Record], swept_by: str) -> None:
+    """One line per run whose executor stopped renewing its lease (died, hung, or cut off
+    from the database): the only trace of it on this side, logged once it is committed."""
+    for row in rows:
+        log.warning(
+            "run_lease_expired",
+            run_id=str(row["id"]),
+            pipeline_id=row["pipeline_id"],
+            attempt=row["attempt"],
+            status=row["status"],
+            lost_by=row["lost_by"],
+            swept_by=swept_by,
+        )
 
 
 async def transition(

@@ -12,6 +12,7 @@ import pytest
 
 from gateway.config import Config
 from gateway.exceptions import Conflict
+from gateway.logs import configure_logging
 from gateway.storage import runs
 from gateway.storage.database import Database
 from tests.integration.runs_helpers import claim, enqueue, expire_lease, make_pipeline, run_row
@@ -125,6 +126,33 @@ async def test_lease_expiring_at_max_attempts_fails_the_run(db: Database) -> Non
     assert row["status"] == "failed"
     assert row["message"] == "lease expired after 2 attempts"
     assert row["finished_at"] is not None
+
+
+async def test_each_expired_lease_is_logged_once_with_who_lost_it(
+    db: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An executor that dies leaves no other trace on this side: the sweep changed the run
+    # silently, and only its next attempt (or a run failed for good) told anyone.
+    configure_logging("info", "json")
+    pipeline = await make_pipeline(db, max_attempts=2)
+    run = await enqueue(db, pipeline["id"])
+    capsys.readouterr()
+    for attempt in (1, 2):
+        [claimed] = await runs.claim(
+            db, pipeline_id=pipeline["id"], limit=1, lease_seconds=30, claimed_by=f"exec-{attempt}"
+        )
+        assert claimed["attempt"] == attempt
+        await expire_lease(db, run["id"])
+    assert await claim(db, pipeline["id"]) == []
+    assert await claim(db, pipeline["id"]) == []  # nothing left to sweep: no line
+    lines = [orjson.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+    expired = [line for line in lines if line["event"] == "run_lease_expired"]
+    assert [(e["attempt"], e["status"], e["lost_by"], e["swept_by"]) for e in expired] == [
+        (1, "queued", "exec-1", "exec-2"),
+        (2, "failed", "exec-2", "test"),
+    ]
+    assert all(e["level"] == "warning" and e["run_id"] == str(run["id"]) for e in expired)
+    assert all(e["pipeline_id"] == pipeline["id"] for e in expired)
 
 
 async def test_a_late_report_after_the_sweep_failed_the_run_is_refused(db: Database) -> None:
