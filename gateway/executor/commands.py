@@ -135,14 +135,20 @@ def main(config: Config, args: argparse.Namespace) -> int:
 
 async def _prune(config: Config, cutoff: datetime, bodies: datetime | None) -> None:
     from gateway.executor.database import existing_database
+    from gateway.progress import ProgressLog
     from gateway.storage import history, outgoing, runs
 
+    progress = ProgressLog("prune_progress")
     async with existing_database(config, start_embedded=True) as db:
         orphaned = await runs.cancel_orphaned(db)
-        removed = await runs.prune(db, cutoff)
+        removed = await runs.prune(db, cutoff, progress=progress)
         # Outgoing hooks (issue 6): finished deliveries of the outbox.
-        removed["outgoing_deliveries"] = await outgoing.prune_deliveries(db, cutoff)
-        cleared = None if bodies is None else await history.drop_bodies(db, bodies)
+        removed["outgoing_deliveries"] = await outgoing.prune_deliveries(
+            db, cutoff, progress=progress
+        )
+        cleared = (
+            None if bodies is None else await history.drop_bodies(db, bodies, progress=progress)
+        )
     if orphaned:
         log.warning("orphaned_runs_cancelled", runs=orphaned, reason="their pipeline was deleted")
         print(f"pipeline_runs: cancelled {orphaned} unfinished runs whose pipeline was deleted")

@@ -98,6 +98,7 @@ async def _status(config: Config) -> int:
 
 async def _rotate(config: Config, batch_size: int) -> int:
     from gateway.executor.database import existing_database
+    from gateway.progress import ProgressLog
     from gateway.security.secret_box import SecretBox
     from gateway.security.secret_keys import load_keys
     from gateway.storage.secret_rotation import rotate_secrets
@@ -121,7 +122,9 @@ async def _rotate(config: Config, batch_size: int) -> int:
         )
     box = SecretBox.from_key_set(keys)
     async with existing_database(config, start_embedded=True) as db:
-        results = await rotate_secrets(db, box, batch_size=batch_size)
+        results = await rotate_secrets(
+            db, box, batch_size=batch_size, progress=ProgressLog("keys_rotate_progress")
+        )
     code = 0
     for result in results:
         print(

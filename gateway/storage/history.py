@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import zstandard
 
+from gateway.progress import Progress
 from gateway.storage.database import Database, Record
 from gateway.storage.paging import split_page
 from gateway.storage.runs import PRUNE_BATCH
@@ -44,15 +45,20 @@ def stored_body(row: Record) -> bytes | None:
     raise ValueError(f"unknown body encoding {encoding!r}")
 
 
-async def drop_bodies(db: Database, cutoff: datetime, batch: int = PRUNE_BATCH) -> int:
+async def drop_bodies(
+    db: Database, cutoff: datetime, batch: int = PRUNE_BATCH, progress: Progress | None = None
+) -> int:
     """Clear the stored bodies of requests received before ``cutoff`` (the rows stay), ``batch``
-    rows per statement, each committed on its own; the number of bodies cleared."""
+    rows per statement, each committed on its own; the number of bodies cleared.
+    ``progress("hook_requests.body", bodies so far)`` is called after each statement."""
     total = 0
     after = datetime.min.replace(tzinfo=UTC)
     while True:
         row = await db.fetchrow("hook_requests_drop_bodies", cutoff, batch, after)
         assert row is not None
         total += row["cleared"]
+        if progress is not None:
+            progress("hook_requests.body", total)
         if row["cleared"] < batch:
             return total
         after = row["last"]

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.dispatcher.signing import with_sensitive_header_values
+from gateway.progress import Progress
 from gateway.security.secret_box import SecretBox, StoredSecret
 from gateway.storage.database import Database, Record, Session
 from gateway.storage.paging import split_page
@@ -295,13 +296,18 @@ async def delivery_by_id(db: Database, delivery_id: uuid.UUID) -> Record | None:
     return await db.fetchrow("outgoing_delivery_by_id", delivery_id)
 
 
-async def prune_deliveries(db: Database, cutoff: datetime, batch: int = 5000) -> int:
+async def prune_deliveries(
+    db: Database, cutoff: datetime, batch: int = 5000, progress: Progress | None = None
+) -> int:
     """Delete deliveries that finished before ``cutoff``, ``batch`` rows per statement (their
-    attempts stay in the request history, pruned with their runs); return how many."""
+    attempts stay in the request history, pruned with their runs); return how many.
+    ``progress(table, rows so far)`` is called after each statement."""
     removed = 0
     while True:
         count: int = await db.fetchval("outgoing_prune_finished", cutoff, batch)
         removed += count
+        if progress is not None:
+            progress("outgoing_deliveries", removed)
         if count < batch:
             return removed
 

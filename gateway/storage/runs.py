@@ -30,6 +30,7 @@ from typing import Any
 from gateway import run_states
 from gateway.exceptions import Conflict, NotFound
 from gateway.logs import get_logger
+from gateway.progress import Progress
 from gateway.storage import outgoing
 from gateway.storage.concurrency import set_concurrency as set_concurrency  # re-exported
 from gateway.storage.database import Database, Record, Session
@@ -339,11 +340,14 @@ async def cancel_orphaned(db: Database) -> int:
     return count
 
 
-async def prune(db: Database, cutoff: datetime, batch: int = PRUNE_BATCH) -> dict[str, int]:
+async def prune(
+    db: Database, cutoff: datetime, batch: int = PRUNE_BATCH, progress: Progress | None = None
+) -> dict[str, int]:
     """Delete finished runs that ended before ``cutoff``, then request history received before
     it whose run is gone (or that never had one), ``batch`` rows per statement.
 
-    Each statement commits on its own, so no lock is held for long. Returns rows per table.
+    Each statement commits on its own, so no lock is held for long. Returns rows per table;
+    ``progress(table, rows so far)`` is called after each statement.
     """
     removed = {"pipeline_runs": 0, "hook_requests": 0}
     for table, query in (
@@ -353,6 +357,8 @@ async def prune(db: Database, cutoff: datetime, batch: int = PRUNE_BATCH) -> dic
         while True:
             count: int = await db.fetchval(query, cutoff, batch)
             removed[table] += count
+            if progress is not None:
+                progress(table, removed[table])
             if count < batch:
                 break
     return removed

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.dispatcher.signing import with_sensitive_header_values
+from gateway.progress import Progress
 from gateway.security.secret_box import VERSION_PREFIX, SecretBox, SecretBoxError, is_encrypted
 from gateway.security.sensitive_headers import is_sensitive_header
 from gateway.storage.database import Database, Record
@@ -143,16 +144,24 @@ def _resealed_settings(box: SecretBox, settings: Any) -> Any:
 
 
 async def rotate_secrets(
-    db: Database, box: SecretBox, *, batch_size: int = 200, tables: Sequence[str] = TABLES
+    db: Database,
+    box: SecretBox,
+    *,
+    batch_size: int = 200,
+    tables: Sequence[str] = TABLES,
+    progress: Progress | None = None,
 ) -> list[TableRotation]:
-    """Re-encrypt every stored secret with the primary key; one result per table."""
+    """Re-encrypt every stored secret with the primary key; one result per table.
+    ``progress(table, rows re-encrypted so far)`` is called after each batch."""
     _prefix(box)
     results = []
     for table in tables:
-        progress = TableRotation(table)
-        while not progress.done:
-            await rotate_batch(db, box, progress, batch_size)
-        results.append(progress)
+        done = TableRotation(table)
+        while not done.done:
+            await rotate_batch(db, box, done, batch_size)
+            if progress is not None:
+                progress(table, done.reencrypted)
+        results.append(done)
     return results
 
 

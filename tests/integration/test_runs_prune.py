@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from gateway.logs import configure_logging
+from gateway.progress import ProgressLog
 from gateway.storage import history, pipelines, runs
 from gateway.storage.database import Database
 from tests.integration.runs_helpers import enqueue, make_pipeline
@@ -126,3 +131,25 @@ async def test_prune_cancels_unfinished_runs_whose_pipeline_is_gone(db: Database
     assert rows[orphan["id"]]["message"] == "cancelled: the pipeline was deleted"
     assert rows[alive["id"]]["status"] == "queued"
     assert await runs.cancel_orphaned(db) == 0
+
+
+async def test_prune_reports_progress_after_each_batch(
+    db: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A prune of millions of rows said nothing until it ended: minutes that look like a hang.
+    pipeline = await make_pipeline(db)
+    for _ in range(5):
+        run = await enqueue(db, pipeline["id"])
+        await _age(db, run["id"], "completed", OLD)
+        await _request(db, run["id"], OLD)
+    configure_logging("info", "json")
+    capsys.readouterr()
+    progress = ProgressLog("prune_progress", interval=0)
+    removed = await runs.prune(
+        db, datetime.now(UTC) - timedelta(days=30), batch=2, progress=progress
+    )
+    assert removed == {"pipeline_runs": 5, "hook_requests": 5}
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+    seen = [(e["table"], e["rows"]) for e in lines if e["event"] == "prune_progress"]
+    assert seen == [(t, n) for t in ("pipeline_runs", "hook_requests") for n in (2, 4, 5)]
+    assert all("elapsed" in e for e in lines if e["event"] == "prune_progress")

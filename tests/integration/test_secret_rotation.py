@@ -131,6 +131,14 @@ async def test_rotation_from_a_to_b(db: Database) -> None:
     assert [r.reencrypted for r in again] == [0, 0]
 
 
+async def test_rotation_reports_progress_after_each_batch(db: Database) -> None:
+    await seed(db)
+    seen: list[tuple[str, int]] = []
+    await rotate_secrets(db, BOX_BA, batch_size=4, progress=lambda t, n: seen.append((t, n)))
+    assert seen[-1] == (OUTGOING, 2)
+    assert [n for t, n in seen if t == INCOMING][:2] == [4, 6]
+
+
 async def test_a_row_changed_meanwhile_is_not_overwritten(db: Database) -> None:
     pipeline_id = await make_pipeline(db)
     hook_id = await add_incoming(db, pipeline_id, BOX_A.encrypt("old"))
