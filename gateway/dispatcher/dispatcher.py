@@ -374,11 +374,13 @@ class Dispatcher:
             latency_ms=latency_ms,
         )
         next_status = {RETRY: "pending", SUCCEEDED: "succeeded"}.get(decision.action, "failed")
+        # Counted once the answer is in hand: the request went out whether or not the database
+        # lets it be recorded (a stop during an outage leaves it unrecorded, and sent again).
+        metrics.record_outgoing_attempt(outcome)
         recorded = await self._record(attempt, next_status, decision)
         if recorded is None:
             return  # stopped first: sent again once the lease runs out (logged)
         held, _failures, disabled = recorded
-        metrics.record_outgoing_attempt(outcome)
         if next_status == "failed":
             metrics.record_outgoing_failure()
         # Why it failed is what an operator reading the log needs (DNS, refused connection,

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from gateway import metrics
 from gateway.config import Config
 from gateway.dispatcher import dispatcher as dispatcher_module
 from gateway.dispatcher.dispatcher import Dispatcher
@@ -25,6 +26,7 @@ from gateway.shutdown import KILL_GRACE
 from gateway.storage import outgoing as store
 from gateway.storage.database import Database, Record
 from tests.integration.management_helpers import make_environment, make_pipeline
+from tests.integration.ops_helpers import parse_metrics, sample
 from tests.integration.outgoing_helpers import (
     attempts,
     complete_run,
@@ -241,6 +243,7 @@ async def test_a_stop_ends_the_retries_of_a_recording_and_logs_what_was_not_reco
     pipeline: dict[str, Any], db: Database, delivering: Delivering
 ) -> None:
     proxy, target, hook_id = delivering.proxy, delivering.target, delivering.hook_id
+    before = _attempts_counted()
     with capture_logs() as logs:
         await complete_run(db, pipeline["id"])
         await eventually(lambda: _events(logs, "outgoing_attempt_record_failed") != [])
@@ -248,6 +251,8 @@ async def test_a_stop_ends_the_retries_of_a_recording_and_logs_what_was_not_reco
         # KILL_GRACE a supervisor allows before it kills), not wait for the database.
         await asyncio.wait_for(delivering.dispatcher.stop(0), KILL_GRACE)
     proxy.heal()
+    # The request went out and was answered: the metric counts it, recorded or not.
+    assert _attempts_counted() - before == 1
     [delivery_id] = target.sent
     [lost] = _events(logs, "outgoing_attempt_not_recorded")
     assert (lost["delivery_id"], lost["hook_id"], lost["attempt"]) == (delivery_id, hook_id, 1)
@@ -261,6 +266,12 @@ async def test_a_stop_ends_the_retries_of_a_recording_and_logs_what_was_not_reco
     for event in logs:
         text = repr(event)
         assert "s3cr3tXYZtoken" not in text and "k3yABCDEF123" not in text, event
+
+
+def _attempts_counted() -> float:
+    """hookgate_outgoing_attempts_total{outcome="succeeded"} of this process."""
+    parsed = parse_metrics(metrics.render(None).decode())
+    return sample(parsed, "hookgate_outgoing_attempts_total", outcome="succeeded")
 
 
 async def test_claims_and_due_times_leave_the_deliveries_being_recorded_alone(
