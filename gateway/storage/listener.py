@@ -10,8 +10,10 @@ once it listens again. :class:`KeptListener` does that for them, in one place:
   cut by the network);
 - it logs ``<name>_listener_lost`` (what happened, and the owner's ``fallback``), then opens a
   new one with backoff (0.1 s doubling up to ``MAX_RECONNECT_DELAY``), logging
-  ``<name>_listen_failed`` for each failed attempt and ``<name>_listening`` when it listens
-  again;
+  ``<name>_listen_failed`` as a warning for the first failed attempt and then once per
+  ``FAILURE_LOG_INTERVAL`` with the count (the other attempts are debug lines: a long outage
+  is not a line every 5 s per listener and worker), and ``<name>_listening`` with
+  ``failed_attempts`` when it listens again;
 - it calls ``on_listening()`` every time it starts listening (the first time too) and
   ``on_lost()`` every time it stops: the owner's cue to catch up, or to distrust its caches.
 """
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.exceptions import DatabaseUnavailable
+from gateway.log_throttle import LogThrottle
 from gateway.logs import get_logger
 from gateway.storage.database import Database, close_quietly, translated
 from gateway.storage.queries import QUERIES
@@ -34,6 +37,7 @@ PING_INTERVAL = 10.0  # seconds between health checks of a quiet connection
 PING_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 5.0
 MAX_RECONNECT_DELAY = 5.0
+FAILURE_LOG_INTERVAL = 60.0  # seconds between warnings while reconnecting keeps failing
 
 
 class ChannelListener:
@@ -107,6 +111,8 @@ class KeptListener:
         self._listener: ChannelListener | None = None
         self._lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._failures = 0  # failed attempts since it last listened
+        self._failure_log = LogThrottle(FAILURE_LOG_INTERVAL)
         self.listening = False
 
     async def start(self) -> None:
@@ -130,7 +136,15 @@ class KeptListener:
                     self._db, self._channel, self._on_payload, self._lost.set
                 )
         except Exception as exc:  # any failure: retry later, never let the task die
-            log.warning(f"{self._name}_listen_failed", error=str(exc) or type(exc).__name__)
+            self._failures += 1
+            if self._failures == 1:  # a new outage: its first failure is a warning
+                self._failure_log = LogThrottle(FAILURE_LOG_INTERVAL)
+            logged = self._failure_log.take(self._name) is not None
+            (log.warning if logged else log.debug)(
+                f"{self._name}_listen_failed",
+                error=str(exc) or type(exc).__name__,
+                attempts=self._failures,
+            )
             return False
         self.listening = True
         self._on_listening()
@@ -154,7 +168,10 @@ class KeptListener:
                     delay = min(delay * 2, MAX_RECONNECT_DELAY)
                     continue
                 delay = 0.1
-                log.info(f"{self._name}_listening", channel=self._channel)
+                log.info(
+                    f"{self._name}_listening", channel=self._channel, failed_attempts=self._failures
+                )
+                self._failures = 0
             error = "the connection was closed"
             try:
                 await asyncio.wait_for(self._lost.wait(), self._ping_interval)

@@ -1,9 +1,12 @@
-"""A database outage answers every hook request 503: the log says so once, not once per
-request (the metrics count each one)."""
+"""A database outage is logged once, not once per request or per reconnection attempt: hook
+requests answered 503 (the metrics count each one), and the LISTEN connections trying to come
+back."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -11,6 +14,7 @@ import pytest
 
 from gateway.logs import configure_logging
 from gateway.storage.database import Database
+from gateway.storage.listener import KeptListener
 from tests.integration.ingest_helpers import (
     execute,
     github_headers,
@@ -65,3 +69,41 @@ async def test_an_outage_logs_one_line_not_one_per_request(
         before, "hookgate_ingest_requests_total", **labels
     )
     assert counted == REQUESTS
+
+
+async def test_a_listener_that_cannot_reconnect_warns_once_not_every_attempt(
+    db: Database, database_dsn: str, server_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each failed reconnection was a warning: every 5 s per listener (two per worker) for as
+    # long as the database stayed away.
+    configure_logging("info", "json")
+    listener = KeptListener(db, "hookgate_outage_probe", lambda _: None, name="probe")
+    await listener.start()
+    capsys.readouterr()
+    name = urlsplit(database_dsn).path.lstrip("/")
+    await execute(server_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    try:
+        await execute(
+            server_dsn,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            name,
+        )
+        await asyncio.sleep(3.5)  # tries after 0.1, 0.2, 0.4, 0.8 and 1.6 s
+    finally:
+        await execute(server_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    try:
+        await wait_for(_async(lambda: listener.listening), bool)
+    finally:
+        await listener.close()
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+    failed = [line for line in lines if line["event"] == "probe_listen_failed"]
+    assert [(line["level"], line["attempts"]) for line in failed] == [("warning", 1)]
+    [back] = [line for line in lines if line["event"] == "probe_listening"]
+    assert back["failed_attempts"] >= 4
+
+
+def _async(value: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        return value()
+
+    return probe
