@@ -45,6 +45,7 @@ from gateway.dispatcher.signing import scrub_pieces, scrub_sent_secrets, sent_se
 from gateway.dispatcher.ssrf import is_refusal
 from gateway.dispatcher.templates import RenderError
 from gateway.exceptions import AlreadyExists, DatabaseUnavailable
+from gateway.log_throttle import LogThrottle
 from gateway.logs import get_logger
 from gateway.security.sensitive_headers import redact_headers
 from gateway.storage import outgoing as store
@@ -64,6 +65,7 @@ _RECORD_PAUSE_FIRST = 0.25
 _RECORD_PAUSE_MAX = 2.0
 CLAIM_BATCH = 100
 MIN_IDLE = 0.05  # never spin faster than this when work is due but none could be claimed
+DOWN_LOG_INTERVAL = 60.0  # seconds between warnings while polls find the database unavailable
 MESSAGE_LIMIT = 1000
 _COMPILED_LIMIT = 10_000
 _URL_SEPARATORS = re.compile(r"[/?&=#;]+")
@@ -106,6 +108,8 @@ class Dispatcher:
         self._recording: set[uuid.UUID] = set()  # answered, not yet recorded: never claimed
         self._retrying: set[asyncio.Task[None]] = set()  # recordings the database failed
         self._cut_off = False  # the stop's grace is over: recordings are not tried again
+        self._down_polls = 0  # polls in a row that found the database unavailable
+        self._down_log = LogThrottle(DOWN_LOG_INTERVAL)
         self._load: Counter[str] = Counter()  # requests in flight per origin
         self._hook_origin: dict[uuid.UUID, str] = {}  # hooks with work in flight or handed back
         self._compiled: dict[uuid.UUID, tuple[Any, CompiledHook | str]] = {}
@@ -218,12 +222,24 @@ class Dispatcher:
                     )
                     if due is not None:
                         wait = min(max(due, MIN_IDLE), wait)
+                self._down_polls = 0
             except DatabaseUnavailable as exc:
-                log.warning("dispatcher_database_unavailable", error=str(exc))
+                self._database_unavailable(exc)
             except Exception:
                 log.exception("dispatcher_loop_failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
+
+    def _database_unavailable(self, exc: DatabaseUnavailable) -> None:
+        # Every poll_interval while the database is away: a warning for the first poll of an
+        # outage, then one per DOWN_LOG_INTERVAL with the count, the rest debug lines.
+        self._down_polls += 1
+        if self._down_polls == 1:
+            self._down_log = LogThrottle(DOWN_LOG_INTERVAL)
+        logged = self._down_log.take("poll") is not None
+        (log.warning if logged else log.debug)(
+            "dispatcher_database_unavailable", error=str(exc), polls=self._down_polls
+        )
 
     async def _claim(self, limit: int) -> int:
         """Claim and start up to ``limit`` deliveries; return how many rows were claimed."""

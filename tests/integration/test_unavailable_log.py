@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from gateway.dispatcher.dispatcher import Dispatcher
 from gateway.logs import configure_logging
 from gateway.storage.database import Database
 from gateway.storage.listener import KeptListener
@@ -23,6 +24,7 @@ from tests.integration.ingest_helpers import (
     wait_for,
 )
 from tests.integration.ops_helpers import sample, scrape
+from tests.integration.outgoing_helpers import outgoing_config
 
 REQUESTS = 25
 
@@ -107,3 +109,31 @@ def _async(value: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
         return value()
 
     return probe
+
+
+async def test_the_dispatcher_warns_once_when_its_polls_find_the_database_away(
+    db: Database, database_dsn: str, server_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each poll (every outgoing.poll_interval, 5 s by default) logged a warning while the
+    # database was away.
+    configure_logging("info", "json")
+    dispatcher = Dispatcher(db, outgoing_config(database_dsn, poll_interval=0.2))
+    await dispatcher.start()
+    capsys.readouterr()
+    name = urlsplit(database_dsn).path.lstrip("/")
+    await execute(server_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    try:
+        await db.pool.expire_connections()
+        await execute(
+            server_dsn,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            name,
+        )
+        await asyncio.sleep(2.5)  # a dozen polls
+    finally:
+        await execute(server_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await dispatcher.stop(0)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+    down = [line for line in lines if line["event"] == "dispatcher_database_unavailable"]
+    assert [line["level"] for line in down] == ["warning"]
+    assert down[0]["polls"] == 1
