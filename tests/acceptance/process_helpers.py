@@ -176,13 +176,15 @@ class GatewayProcess:
         args: Sequence[str] = ("serve",),
         env: Mapping[str, str | None] | None = None,
         command: Sequence[str] = (sys.executable, "-m", "gateway"),
+        stdout: Any = subprocess.DEVNULL,
     ) -> None:
+        """``stdout``: where the process's standard output goes (default: nowhere)."""
         self.process = subprocess.Popen(
             [*command, "--config", str(config_path), *args],
             cwd=ROOT,
             env=clean_environment(env),
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
+            stdout=stdout,
             stderr=subprocess.PIPE,
             text=True,
         )
