@@ -32,6 +32,7 @@ from gateway.exceptions import (
 )
 from gateway.logs import get_logger
 from gateway.security.secret_box import PLAINTEXT_BOX, SecretBox
+from gateway.storage.error_details import withhold_row_values
 from gateway.storage.queries import QUERIES
 
 if TYPE_CHECKING:
@@ -254,6 +255,7 @@ async def translated() -> AsyncIterator[None]:
     try:
         yield
     except (asyncpg.PostgresError, *_UNAVAILABLE) as exc:
+        withhold_row_values(exc)
         mapped = translate_error(exc)
         if mapped is exc:
             raise
