@@ -11,6 +11,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import re
 import signal
 import time
 import urllib.parse
@@ -46,6 +47,12 @@ OUT_API_KEY = "Canary-Outgoing-Api-Key-Value-3b7d"
 WRONG_GITLAB_TOKEN = "Canary-Wrong-Gitlab-Token-6a5c"
 SEALED_LOOKALIKE = "enc:v1:Canary-Sealed-Lookalike-4f2e"
 FAKE_SECRET = "Canary-Secret-Field-In-A-Put-0d9e"
+OUT_TOKEN_HEADER = "Canary-Outgoing-Custom-Token-Value-1c8a"
+RELOAD_DSN_PASSWORD = "Canary-Reload-Dsn-Passw0rd-e4d2"
+# Credentials in a target URL (Slack-style path, ?api_key=): the hook's own answers show the
+# URL as given, and so does the history's target_url; nothing else may.
+URL_PATH_TOKEN = "Canary-Url-Path-Token-5b1d"
+URL_QUERY_KEY = "Canary-Url-Query-Key-9c2e"
 BODY = orjson.dumps({"action": "opened", "pull_request": {"head": {"ref": "feature/canary"}}})
 WRONG_KEY = b"not the hook secret"
 
@@ -254,6 +261,12 @@ async def _ingest(audit: Audit, hooks: dict[str, dict[str, Any]]) -> None:
     await send(github, 401, {"X-Hub-Signature-256": f"sha256={wrong.hexdigest()}"})
     await send(github, 401, {"X-Hub-Signature-256": base64.b64encode(wrong.digest()).decode()})
     await send(github, 401, {})
+    _known_signatures(audit, github, BODY, "sha1")
+    sha1 = hmac.new(github["secrets"][-1].encode(), BODY, hashlib.sha1).hexdigest()
+    await send(github, 401, {"X-Hub-Signature-256": f"sha1={sha1}"})
+    await send(github, 401, {"X-Hub-Signature-256": f"t=1,v1={sha1}"})
+    await send(github, 401, {"X-Hub-Signature-256": f"md5={sha1}"})
+    await send(github, 401, {"X-Hub-Signature-256": sha1[:-1] + "!"})
     form = b"payload=" + urllib.parse.quote_plus(BODY.decode()).encode()
     _known_signatures(audit, github, form, "sha256")
     form_signature = hmac.new(github["secrets"][-1].encode(), form, hashlib.sha256).hexdigest()
@@ -291,6 +304,13 @@ async def _ingest(audit: Audit, hooks: dict[str, dict[str, Any]]) -> None:
     signed = f"{message_id}.{stamp}.".encode() + BODY
     _known_signatures(audit, standard, signed, "sha256")
     bad_sw = base64.b64encode(hmac.new(WRONG_KEY, signed, hashlib.sha256).digest()).decode()
+    switched = await audit.call(
+        "PUT",
+        f"/hooks/incoming/{custom['id']}",
+        200,
+        json={"secret_header_name": "webhook-signature"},
+    )
+    audit.hook_secret(switched, "custom hook secret issued by a switch")
     await send(
         standard,
         401,
@@ -315,6 +335,7 @@ async def _outgoing_hooks(audit: Audit, pipeline: int, target: str) -> dict[str,
     headers = [
         {"name": "Authorization", "value": OUT_AUTHORIZATION},
         {"name": "X-Api-Key", "value": OUT_API_KEY},
+        {"name": "X-Canary-Token", "value": OUT_TOKEN_HEADER},
     ]
     body = {
         "name": "notify",
@@ -334,6 +355,18 @@ async def _outgoing_hooks(audit: Audit, pipeline: int, target: str) -> dict[str,
     await audit.call("GET", path, 200)
     await audit.call("GET", url, 200)
     await audit.call("PUT", path, 200, json={"name": "notify renamed"})
+    kept = [{"name": h["name"], "value": "********"} for h in headers]
+    elsewhere = {"target_url": "http://127.0.0.2:1/", "settings": {"request_headers": kept}}
+    await audit.call("PUT", path, 422, json=elsewhere)
+    closed = f"http://127.0.0.1:{free_port()}/services/{URL_PATH_TOKEN}?api_key={URL_QUERY_KEY}"
+    unreachable = {
+        "name": "unreachable",
+        "target_url": closed,
+        "requires_secret": False,
+        "trigger_when": {"events": ["run.queued"]},
+        "settings": {"request_headers": headers},
+    }
+    hook["unreachable"] = (await audit.call("POST", url, 201, json=unreachable)).json()["id"]
     return hook
 
 
@@ -368,6 +401,14 @@ async def _wait_for_deliveries(
         await asyncio.sleep(0.2)
     requests = (await audit.call("GET", f"{path}/requests?per_page=100", 200)).json()
     assert any(r["status_code"] == 500 for r in requests), requests
+    unreachable = f"/hooks/outgoing/{hook['unreachable']}"
+    while True:
+        deliveries = (await audit.call("GET", f"{unreachable}/deliveries", 200)).json()
+        if deliveries and all(d["status"] == "failed" for d in deliveries):
+            break
+        assert asyncio.get_running_loop().time() < deadline + 15, deliveries
+        await asyncio.sleep(0.2)
+    await audit.call("GET", f"{unreachable}/requests?per_page=100", 200)
     await audit.call("POST", f"/hook-requests/{requests[0]['id']}/replay", 202)
     for _, headers, body in receiver.seen:
         for name in ("webhook-signature", "X-Hub-Signature-256"):
@@ -390,6 +431,16 @@ def _commands(audit: Audit, config: Path, env: dict[str, str]) -> None:
     ):
         done = run_gateway("--config", str(config), *args, env=env, input=stdin)
         audit.transcript.add(f"gateway {' '.join(args)}", done.stdout + done.stderr)
+
+
+def _reload_with_a_bad_dsn(gateway: GatewayProcess, config: Path) -> None:
+    """SIGHUP after a bad edit that also puts a password into an invalid DSN (shadowed by the
+    environment's): the rejection is logged, the password is not."""
+    bad = f"postgresql://app:{RELOAD_DSN_PASSWORD}@127.0.0.1:notaport/app"
+    edit = f'[database]\ndsn = "{bad}"\n[limits]\ndefault_rate_per_second = -1\n'
+    config.write_text(config.read_text() + edit)
+    gateway.process.send_signal(signal.SIGHUP)
+    gateway.wait_event("config_reload_rejected", timeout=30)
 
 
 async def test_no_secret_reaches_a_log_line_an_answer_or_a_command_output(
@@ -431,6 +482,7 @@ async def test_no_secret_reaches_a_log_line_an_answer_or_a_command_output(
                     await audit.call("GET", path, 200, headers={})
             # In a thread: the receiver, on this event loop, keeps answering meanwhile.
             await asyncio.to_thread(_commands, audit, config, env)
+            _reload_with_a_bad_dsn(gateway, config)
             gateway.process.send_signal(signal.SIGTERM)
             assert gateway.finish(timeout=30) == 0
         finally:
@@ -442,6 +494,9 @@ async def test_no_secret_reaches_a_log_line_an_answer_or_a_command_output(
     # The paths under test were taken: this test cannot pass by logging nothing.
     events = {e.get("event") for e in gateway.events}
     assert {"login_failed", "login_succeeded", "http_request"} <= events, events
+    assert {"hook_request_rejected", "config_reload_rejected"} <= events, events
+    gave_up = [e for e in gateway.named("outgoing_delivery_attempt") if e.get("next") == "failed"]
+    assert gave_up, "no delivery to the unreachable target was given up"
     assert receiver.seen and len(receiver.failed_once) >= 3
 
     for value, what in (
@@ -459,8 +514,17 @@ async def test_no_secret_reaches_a_log_line_an_answer_or_a_command_output(
         (WRONG_GITLAB_TOKEN, "wrong GitLab token"),
         (SEALED_LOOKALIKE, "sealed-looking header value"),
         (FAKE_SECRET, "secret field of a PUT"),
+        (OUT_TOKEN_HEADER, "outgoing X-Canary-Token value"),
+        (RELOAD_DSN_PASSWORD, "password of a DSN in a rejected reload"),
     ):
         audit.secret(value, what)
+    for value in (URL_PATH_TOKEN, URL_QUERY_KEY):
+        # Only as the target URL itself, in answers (never in a log line or a message).
+        audit.secret(value, "credential in a target URL")
+        audit.allowed[value] = {a.label for a in audit.transcript.answers}
+        for answer in audit.transcript.answers:
+            elsewhere = re.sub(r'"target_url":"[^"]*"', "", answer.text)
+            assert value not in elsewhere, (answer.label, elsewhere)
     for form in audit.signatures:
         audit.secret(form, "a signature")
     leaks = audit.transcript.leaks(audit.secrets, audit.allowed)
