@@ -16,6 +16,7 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.security.sensitive_headers import is_sensitive_header
 
@@ -58,6 +59,8 @@ _METADATA_SUFFIXES = (
     "_expires_in",
 )
 _WORD = re.compile(r"[a-z0-9]+")
+# Where an aiohttp parser error starts quoting the request's bytes (b'...' or b"...").
+_QUOTED_BYTES = re.compile(r"""\bb['"]""")
 REDACTED = "[redacted]"
 
 # One list object for the whole process, updated in place: loggers cached on first use keep a
@@ -173,6 +176,27 @@ def _redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> An
     return event_dict
 
 
+def _unparseable_request(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """aiohttp's line for a request it cannot parse, without the bytes it quotes.
+
+    Its parser errors (an invalid character in a header value, a header line over 8 KiB ...)
+    quote the offending line, and aiohttp logs them with the traceback: an ``Authorization``
+    or signature header sent with a stray control character would be written out whole. Kept:
+    the error's class and its reason, up to the quote."""
+    exc_info = event_dict.get("exc_info")
+    exc = exc_info[1] if isinstance(exc_info, tuple) else exc_info
+    if not isinstance(exc, HttpProcessingError):
+        return event_dict
+    del event_dict["exc_info"]
+    said, found, remote = str(event_dict.get("event")).rpartition(" from ")
+    if found and said == "Error handling request":  # aiohttp's words, its args already in
+        event_dict["remote"] = remote
+    event_dict["event"] = "http_request_unparseable"
+    event_dict["error_type"] = type(exc).__name__
+    event_dict["reason"] = _QUOTED_BYTES.split(str(exc.message), 1)[0].strip(" :.\n") or None
+    return event_dict
+
+
 def _add_logger_name(logger: Any, _: str, event_dict: MutableMapping[str, Any]) -> Any:
     record = event_dict.get("_record")
     name = record.name if record is not None else getattr(logger, "name", None)
@@ -203,6 +227,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
         _add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact_secrets,
+        _unparseable_request,
     ]
     tail: list[Any]
     if fmt == "json":

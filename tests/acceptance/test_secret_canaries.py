@@ -48,6 +48,7 @@ WRONG_GITLAB_TOKEN = "Canary-Wrong-Gitlab-Token-6a5c"
 SEALED_LOOKALIKE = "enc:v1:Canary-Sealed-Lookalike-4f2e"
 FAKE_SECRET = "Canary-Secret-Field-In-A-Put-0d9e"
 OUT_TOKEN_HEADER = "Canary-Outgoing-Custom-Token-Value-1c8a"
+MALFORMED_TOKEN = "hgp_Canary-Malformed-Header-Token-3f9a"
 RELOAD_DSN_PASSWORD = "Canary-Reload-Dsn-Passw0rd-e4d2"
 # Credentials in a target URL (Slack-style path, ?api_key=): the hook's own answers show the
 # URL as given, and so does the history's target_url; nothing else may.
@@ -421,6 +422,25 @@ async def _wait_for_deliveries(
         audit.signatures |= hmac_forms(key, body)
 
 
+async def _malformed_requests(port: int, hooks: dict[str, dict[str, Any]]) -> None:
+    """Requests aiohttp cannot parse, whose bad header line holds a credential: a stray
+    control character in a token or a GitLab secret, a header line over 8 KiB. aiohttp's own
+    400 answers quote the line back to the sender (not recorded: the sender's own bytes)."""
+    gitlab = hooks["gitlab"]
+    for head in (
+        f"GET /users/me HTTP/1.1\r\nAuthorization: Bearer {MALFORMED_TOKEN}\x01",
+        f"POST /hooks/incoming/{gitlab['id']} HTTP/1.1\r\n"
+        f"X-Gitlab-Token: {gitlab['secrets'][0]}\x7f\r\nContent-Length: 0",
+        f"GET /users/me HTTP/1.1\r\nAuthorization: Bearer {MALFORMED_TOKEN}{'A' * 9000}",
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"{head}\r\nHost: canary\r\n\r\n".encode("latin-1"))
+        answer = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400"), answer
+
+
 def _commands(audit: Audit, config: Path, env: dict[str, str]) -> None:
     """Commands that print: their output is shown too."""
     for args, stdin in (
@@ -476,6 +496,7 @@ async def test_no_secret_reaches_a_log_line_an_answer_or_a_command_output(
                 hooks = await _incoming_hooks(audit, pipeline)
                 await _ingest(audit, hooks)
                 await _history(audit, hooks)
+                await _malformed_requests(port, hooks)
                 await _runs(audit, pipeline)
                 await _wait_for_deliveries(audit, outgoing, receiver)
                 for path in ("/metrics", "/openapi.json", "/healthz", "/readyz"):
@@ -515,6 +536,7 @@ async def test_no_secret_reaches_a_log_line_an_answer_or_a_command_output(
         (SEALED_LOOKALIKE, "sealed-looking header value"),
         (FAKE_SECRET, "secret field of a PUT"),
         (OUT_TOKEN_HEADER, "outgoing X-Canary-Token value"),
+        (MALFORMED_TOKEN, "token in a malformed header"),
         (RELOAD_DSN_PASSWORD, "password of a DSN in a rejected reload"),
     ):
         audit.secret(value, what)
@@ -529,3 +551,5 @@ async def test_no_secret_reaches_a_log_line_an_answer_or_a_command_output(
         audit.secret(form, "a signature")
     leaks = audit.transcript.leaks(audit.secrets, audit.allowed)
     assert not leaks, "\n".join(leaks)
+    # aiohttp's lines for the unparseable requests are there, without their bytes.
+    assert len(gateway.named("http_request_unparseable")) == 3, gateway.output[-3000:]

@@ -350,3 +350,33 @@ def test_a_logged_headers_mapping_is_redacted_by_the_header_rule(json_lines: Lin
     assert (line["key_file"], line["session_timeout"]) == ("var/secret-keys", 30)
     for leaked in ("FK1", "FK2", "AK1", "GS1", "HM1", "SI1", "KY1"):
         assert leaked not in json.dumps(line)
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_aiohttp_parser_errors_are_logged_without_the_bytes_they_quote(
+    fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """aiohttp logs a request it cannot parse with its parser's error, which quotes the bad
+    header line (a bearer token or a signature with a stray control character in it)."""
+    from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+
+    configure_logging("info", fmt)
+    capsys.readouterr()
+    try:
+        for exc in (
+            BadHttpMessage("Invalid header value char:\n\n  b'Authorization: Bearer hga_Q1\\x01'"),
+            LineTooLong(b"Bearer hga_Q2AAAA...", 8190),
+        ):
+            logging.getLogger("aiohttp.server").error(
+                "Error handling request from %s", "192.0.2.7", exc_info=exc
+            )
+        err = capsys.readouterr().err
+    finally:
+        configure_logging("info", "json")
+    assert "hga_Q1" not in err and "hga_Q2" not in err
+    assert err.count("http_request_unparseable") == 2, err
+    assert "Invalid header value char" in err and "192.0.2.7" in err
+    if fmt == "json":
+        lines = [json.loads(line) for line in err.splitlines()]
+        assert [line["error_type"] for line in lines] == ["BadHttpMessage", "LineTooLong"]
+        assert "exception" not in lines[0]
