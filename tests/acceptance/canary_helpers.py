@@ -98,6 +98,38 @@ class Transcript:
         return found
 
 
+class Audit:
+    """The client side of the audit: every answer recorded, the secrets it learns collected
+    with the answers allowed to show them, and the signatures it can compute."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session = session
+        self.base = base
+        self.transcript = Transcript()
+        self.secrets: dict[str, str] = {}
+        self.allowed: dict[str, set[str]] = {}
+        self.signatures: set[str] = set()
+        self.auth: dict[str, str] = {}
+
+    def secret(self, value: str, what: str, shown_in: Answer | None = None) -> None:
+        self.secrets[value] = what
+        if shown_in is not None:
+            self.allowed.setdefault(value, set()).add(shown_in.label)
+
+    async def call(self, method: str, path: str, expect: int, **kwargs: Any) -> Answer:
+        kwargs.setdefault("headers", self.auth)
+        answer = await self.transcript.call(self.session, method, self.base + path, **kwargs)
+        assert answer.status == expect, (method, path, answer.status, answer.text)
+        return answer
+
+    def hook_secret(self, answer: Answer, what: str) -> str:
+        value: str = answer.json()["secret"]
+        self.secret(value, what, answer)
+        if value.startswith("whsec_"):
+            self.secret(value.removeprefix("whsec_"), what + " (base64 part)", answer)
+        return value
+
+
 @dataclass
 class EchoingReceiver:
     """An outgoing hooks' target that echoes what it got (headers and body) in its answer, so
