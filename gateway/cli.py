@@ -16,29 +16,9 @@ from gateway.executor import commands as run_commands
 from gateway.logs import configure_logging, get_logger
 from gateway.security import key_commands
 from gateway.supervisor import WORKER_CONFIG_ENV
+from gateway.version import package_version
 
 log = get_logger(__name__)
-
-
-PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
-
-
-def package_version() -> str:
-    """The installed hookgate's version; from a source checkout that is not installed, the
-    version its pyproject.toml names ("unknown" when neither can be read)."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("hookgate")
-    except metadata.PackageNotFoundError:
-        pass
-    import tomllib
-
-    try:
-        version = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]["version"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return "unknown"
-    return str(version)
 
 
 # How long `gateway migrate` lets schema.sql run: an index built on a large table may take long,

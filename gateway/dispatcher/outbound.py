@@ -27,8 +27,9 @@ from gateway.dispatcher.templates import (
 )
 from gateway.ingest.conditions import ConditionSet
 from gateway.security.secret_box import PLAINTEXT_BOX, SecretBox, SecretBoxError
+from gateway.version import package_version
 
-USER_AGENT = "hookgate-webhooks/0.1"
+USER_AGENT = f"hookgate-webhooks/{package_version()}"
 JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain; charset=utf-8"
 

@@ -1,4 +1,5 @@
-"""`gateway --version`: the installed package's version, else the one pyproject.toml names."""
+"""`gateway --version` and the outgoing User-Agent: the installed package's version, else the one
+pyproject.toml names."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import cli
+from gateway import cli, version
+from gateway.dispatcher.outbound import CompiledHook, build_request, event_context
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
@@ -35,5 +37,19 @@ def test_a_checkout_that_is_not_installed_reads_pyproject(
 ) -> None:
     monkeypatch.setattr(metadata, "version", _not_installed)
     assert _printed_version(capsys) == f"gateway {PROJECT_VERSION}\n"
-    monkeypatch.setattr(cli, "PYPROJECT", tmp_path / "missing.toml")
+    monkeypatch.setattr(version, "PYPROJECT", tmp_path / "missing.toml")
     assert _printed_version(capsys) == "gateway unknown\n"
+
+
+def test_outgoing_requests_name_the_running_release() -> None:
+    hook = CompiledHook.from_row(
+        {
+            "target_url": "https://ci.example/notify",
+            "trigger_when": {"events": ["run.failed"], "conditions": []},
+            "settings": {},
+            "requires_secret": False,
+            "secret": None,
+        }
+    )
+    request = build_request(hook, event_context({"event": "run.failed"}, "d1", 1), "d1")
+    assert request.headers["User-Agent"] == f"hookgate-webhooks/{PROJECT_VERSION}"
