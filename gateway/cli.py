@@ -94,7 +94,11 @@ def _load(path: str | None) -> Config:
 
 
 def _print_problems(source: str, problems: list[str]) -> None:
-    print(f"gateway: invalid configuration in {source}:", file=sys.stderr)
+    where = f"in {source}"
+    if not Path(source).exists() and problems != [f"file not found: {source}"]:
+        # The default path, absent: the problems are the GATEWAY_* overrides', not a file's.
+        where = f"(no config file found at {source}; checked the GATEWAY_* overrides)"
+    print(f"gateway: invalid configuration {where}:", file=sys.stderr)
     for problem in problems:
         print(f"  - {problem}", file=sys.stderr)
 

@@ -110,6 +110,18 @@ def test_check_config_without_a_file_says_so(tmp_path: Path) -> None:
     )
 
 
+def test_bad_overrides_without_a_file_do_not_name_one(tmp_path: Path) -> None:
+    """The problems come from the environment: the answer must not blame a file that is absent."""
+    env = {"PYTHONPATH": str(ROOT), "GATEWAY_SERVER_PORT": "abc"}
+    result = run_gateway("check-config", cwd=tmp_path, env=env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "gateway: invalid configuration (no config file found at config.toml; checked the "
+        "GATEWAY_* overrides):",
+        "  - GATEWAY_SERVER_PORT = 'abc' is invalid: must be an integer",
+    ]
+
+
 def test_a_missing_config_file_is_an_error(tmp_path: Path) -> None:
     result = run_gateway("--config", str(tmp_path / "absent.toml"), "check-config")
     assert result.returncode == 2
