@@ -18,11 +18,12 @@ from aiohttp import web
 from gateway.openapi import paths_access, paths_core, paths_hooks, paths_ingest
 from gateway.openapi.common import Schema
 from gateway.openapi.schemas import COMPONENT_SCHEMAS
+from gateway.version import package_version
 
 routes = web.RouteTableDef()
 
 TITLE = "hookgate"
-VERSION = "0.2.0"
+VERSION = package_version()  # the release, as `gateway --version` prints it
 DESCRIPTION = """\
 An async webhook gateway: signed webhooks in, durable pipeline runs out.
 

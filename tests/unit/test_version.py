@@ -1,5 +1,5 @@
-"""`gateway --version` and the outgoing User-Agent: the installed package's version, else the one
-pyproject.toml names."""
+"""`gateway --version`, the outgoing User-Agent and the OpenAPI document: the installed package's
+version, else the one pyproject.toml names."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from gateway import cli, version
 from gateway.dispatcher.outbound import CompiledHook, build_request, event_context
+from gateway.openapi import openapi_document
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
@@ -53,3 +54,7 @@ def test_outgoing_requests_name_the_running_release() -> None:
     )
     request = build_request(hook, event_context({"event": "run.failed"}, "d1", 1), "d1")
     assert request.headers["User-Agent"] == f"hookgate-webhooks/{PROJECT_VERSION}"
+
+
+def test_the_api_document_names_the_running_release() -> None:
+    assert openapi_document()["info"]["version"] == PROJECT_VERSION
