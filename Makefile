@@ -7,8 +7,12 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: venv run test lint migrate docs bench clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+# Made when pip is missing, not only python: `python3 -m venv` without Debian's python3-venv
+# fails after writing bin/python, and that venv, reused, fails again after the package is installed.
+$(BIN)/pip:
+	$(PYTHON) -m venv --clear $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,lint]'
 	touch $(STAMP)
