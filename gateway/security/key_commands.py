@@ -67,7 +67,12 @@ async def _status(config: Config) -> int:
 
     keys = load_keys(config.security.secret_keys, config.security.key_file, create_file=False)
     box = SecretBox.from_key_set(keys)
-    print(f"primary key: {box.primary_key_id or '(none: secrets are stored in plaintext)'}")
+    primary = box.primary_key_id or "(none: secrets are stored in plaintext)"
+    if not keys.keys and config.security.key_file.strip():
+        # Not plaintext: the key file is elsewhere (a relative key_file read from another
+        # working directory) or not given to this command.
+        primary = f"(none: key_file {config.security.key_file!r} does not exist)"
+    print(f"primary key: {primary}")
     print(f"configured keys: {', '.join(box.key_ids) or '(none)'} (from {keys.origin})")
     async with existing_database(config, start_embedded=True) as db:
         usage = await key_usage(db)

@@ -106,6 +106,23 @@ async def test_status_reports_key_usage_and_missing_keys(
     assert code == 1 and "2 sealed with a (KEY MISSING)" in out and "does not have" in err
 
 
+async def test_status_without_its_key_file_does_not_claim_plaintext(
+    db: Database, database_dsn: str, tmp_path: Path
+) -> None:
+    """Run from another directory, the relative key file is not found: that is what status
+    must say, not that secrets are stored in plaintext (key_file = "")."""
+    line_a = new_key_line("a")
+    await seeded(db, [SecretBox.from_key_set(_key_set(line_a)).encrypt("x")])
+    absent = tmp_path / "var" / "secret-keys"
+    path = tmp_path / "config.toml"
+    path.write_text(f'[security]\nkey_file = "{absent}"\n')
+    code, out, err = await run_cli(path, database_dsn, "status")
+    assert code == 1, out
+    assert f"primary key: (none: key_file '{absent}' does not exist)" in out
+    assert "stored in plaintext" not in out
+    assert "1 sealed with a (KEY MISSING)" in out and "does not have" in err
+
+
 async def test_status_names_sensitive_header_values_left_in_plaintext(
     db: Database, database_dsn: str, tmp_path: Path
 ) -> None:
