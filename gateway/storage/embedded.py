@@ -174,6 +174,15 @@ def _alive(pid: int) -> bool:
     return fields[0] not in ("Z", "X")
 
 
+def _live_postmaster(data_dir: Path) -> int | None:
+    """The pid postmaster.pid names while that process runs: the server start() will join."""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
 def _start_time(pid: int) -> str | None:
     """When the process started (clock ticks since boot), which with the pid names one process:
     a pid is reused once its process is gone. None without procfs."""
@@ -231,7 +240,9 @@ class EmbeddedPostgres:
         wheel = import_wheel()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         fresh = not (self.data_dir / "PG_VERSION").exists()
-        log.info("embedded_postgres_starting", data_dir=str(self.data_dir), initialise=fresh)
+        running = _live_postmaster(self.data_dir)
+        if running is None:
+            log.info("embedded_postgres_starting", data_dir=str(self.data_dir), initialise=fresh)
         _wait_reaped(self.data_dir / "postmaster.pid")
         try:
             self._server = wheel.get_server(self.data_dir, cleanup_mode=None)
@@ -247,7 +258,10 @@ class EmbeddedPostgres:
         dsn: str = self._server.get_uri()
         pid = self.pid
         self._postmaster = None if pid is None else (pid, _start_time(pid))
-        log.info("embedded_postgres_started", data_dir=str(self.data_dir), pid=pid)
+        # Joining the server another process runs (`gateway serve`) is not starting one.
+        joined = running is not None and pid == running
+        event = "embedded_postgres_joined" if joined else "embedded_postgres_started"
+        log.info(event, data_dir=str(self.data_dir), pid=pid)
         if fresh:
             # Expected on a first start; after an upgrade from another directory it means the
             # old data was not found (database.data_dir is relative to the working directory).
