@@ -396,6 +396,8 @@ def _check_value(
         problems.append(f"{where} = {shown} is invalid: must be {_type_name(kind)}")
         return _INVALID
     choices = _CHOICES.get((section, key))
+    if choices and value.lower() in choices:
+        value = value.lower()  # GATEWAY_LOG_LEVEL=INFO, as other programs spell levels
     if choices and value not in choices:
         problems.append(f"{where} = {shown} is invalid: must be one of {', '.join(choices)}")
         return _INVALID

@@ -262,6 +262,19 @@ def test_invalid_values_are_named_with_what_is_allowed(
         assert fragment in problems[0]
 
 
+def test_choices_are_taken_in_any_case() -> None:
+    # GATEWAY_LOG_LEVEL=INFO is how most programs spell a level; stored as the lower case.
+    config = build_config(
+        {"log": {"format": "JSON"}, "hooks": {"store_bodies": "Failures"}},
+        {"GATEWAY_LOG_LEVEL": "WARNING"},
+    )
+    assert (config.log.level, config.log.format) == ("warning", "json")
+    assert config.hooks.store_bodies == "failures"
+    assert _problems({"log": {"level": "VERBOSE"}}) == [
+        "log.level = 'VERBOSE' is invalid: must be one of debug, info, warning, error"
+    ]
+
+
 def test_every_problem_is_reported_at_once() -> None:
     problems = _problems({"server": {"port": "x", "hots": "a"}, "log": {"format": "xml"}})
     assert len(problems) == 3
