@@ -73,7 +73,9 @@ async def _status(config: Config) -> int:
         # working directory) or not given to this command.
         primary = f"(none: key_file {config.security.key_file!r} does not exist)"
     print(f"primary key: {primary}")
-    print(f"configured keys: {', '.join(box.key_ids) or '(none)'} (from {keys.origin})")
+    where = {"config": "[security] secret_keys", "file": f"key_file {keys.path!r}"}
+    listed = f"{', '.join(box.key_ids)} (from {where.get(keys.origin, keys.origin)})"
+    print(f"configured keys: {listed if box.key_ids else 'none'}")
     async with existing_database(config, start_embedded=True) as db:
         usage = await key_usage(db)
         unsealed = await unsealed_sensitive_headers(db)

@@ -98,6 +98,7 @@ async def test_status_reports_key_usage_and_missing_keys(
     code, out, _ = await run_cli(config_file(tmp_path, [line_b, line_a]), database_dsn, "status")
     assert code == 0, out
     assert "primary key: b" in out
+    assert "configured keys: b, a (from [security] secret_keys)" in out
     assert "incoming_hooks.secret: 2 sealed with a" in out
     assert "incoming_hooks.secret: 1 sealed with plaintext" in out
     assert line_a.split(":")[1] not in out
@@ -119,6 +120,7 @@ async def test_status_without_its_key_file_does_not_claim_plaintext(
     code, out, err = await run_cli(path, database_dsn, "status")
     assert code == 1, out
     assert f"primary key: (none: key_file '{absent}' does not exist)" in out
+    assert "configured keys: none\n" in out
     assert "stored in plaintext" not in out
     assert "1 sealed with a (KEY MISSING)" in out and "does not have" in err
 
