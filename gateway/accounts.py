@@ -37,10 +37,7 @@ async def create_user(
     is_admin: bool = False,
 ) -> User:
     """Validate and create a user (raises ValueError naming the bad field, or EmailTaken)."""
-    email = email.strip()
-    if not plausible_email(email):
-        raise ValueError("email: must be a valid email address")
-    _check_password_length(auth, "password", password)
+    email = check_new_user(auth, email, password)
     password_hash = await passwords.hash_password_in_thread(password)
     user = await users.insert_user(db, email, name, password_hash, is_admin)
     log.info("user_created", user_id=user.id, is_admin=is_admin)
@@ -258,6 +255,21 @@ def plausible_email(email: str) -> bool:
         and "@" not in domain
         and not any(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in email)
     )
+
+
+def check_new_user(auth: AuthConfig, email: str, password: str) -> str:
+    """The email as stored, when ``email`` and ``password`` would make a user; ValueError naming
+    the bad field (before anything touches the database: ``gateway user create``)."""
+    email = email.strip()
+    if not plausible_email(email):
+        raise ValueError("email: must be a valid email address")
+    check_password_length(auth, password)
+    return email
+
+
+def check_password_length(auth: AuthConfig, password: str, field: str = "password") -> None:
+    """ValueError naming ``field`` when ``password`` is shorter than the configured minimum."""
+    _check_password_length(auth, field, password)
 
 
 def _check_password_length(auth: AuthConfig, field: str, password: str) -> None:

@@ -168,6 +168,7 @@ async def _create_user(config: Config, email: str, name: str, admin: bool, passw
     from gateway import accounts
     from gateway.server import database_for
 
+    accounts.check_new_user(config.auth, email, password)  # before a database is started
     async with database_for(config) as db:
         await db.apply_schema()
         user = await accounts.create_user(
@@ -180,6 +181,7 @@ async def _set_password(config: Config, email: str, password: str) -> None:
     from gateway import accounts
     from gateway.server import database_for
 
+    accounts.check_password_length(config.auth, password)  # before a database is started
     async with database_for(config) as db:
         await db.apply_schema()
         user, ended = await accounts.set_password(db, config.auth, email, password)

@@ -246,17 +246,26 @@ async def test_user_create_reads_the_password_from_stdin(
 )
 def test_user_create_rejects_bad_input(
     tmp_path: Path,
-    database_dsn: str,
     args: list[str],
     env: dict[str, str],
     stdin: str | None,
     code: int,
     message: str,
 ) -> None:
-    config = str(_dsn_config(tmp_path, database_dsn))
+    # Before any database is asked: this one cannot be reached (nothing listens there).
+    config = str(_dsn_config(tmp_path, f"postgresql://postgres@127.0.0.1:{free_port()}/none"))
     result = run_gateway("--config", config, "user", "create", *args, env=env, input=stdin)
-    assert result.returncode == code
+    assert result.returncode == code, result.stderr
     assert message in result.stderr
+
+
+def test_user_set_password_refuses_a_short_password_before_any_database(tmp_path: Path) -> None:
+    config = str(_dsn_config(tmp_path, f"postgresql://postgres@127.0.0.1:{free_port()}/none"))
+    result = run_gateway(
+        "--config", config, "user", "set-password", "--email", "a@example.com", input="short\n"
+    )
+    assert result.returncode == 2, result.stderr
+    assert "password: must be at least 8" in result.stderr
 
 
 async def test_user_set_password_recovers_an_account_and_ends_its_sessions(
