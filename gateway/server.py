@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -286,11 +287,17 @@ async def run_listeners(
             await runner.cleanup()
 
 
-def stop_on_signals(stop: asyncio.Event, *, overdue_after: float | None = None) -> StopSignals:
+def stop_on_signals(
+    stop: asyncio.Event,
+    *,
+    overdue_after: float | None = None,
+    force_signal: signal.Signals | None = None,
+) -> StopSignals:
     """SIGTERM and SIGINT set ``stop``: stop accepting, finish in-flight work, then exit; a
-    second signal, or a stop not done after ``overdue_after`` s, forces it (StopSignals).
-    Until ``started()`` is called, the first signal cancels the start at once."""
-    return StopSignals(stop, overdue_after=overdue_after, starting=True)
+    second signal (``force_signal`` only, when given), or a stop not done after
+    ``overdue_after`` s, forces it (StopSignals). Until ``started()`` is called, the first
+    signal cancels the start at once."""
+    return StopSignals(stop, overdue_after=overdue_after, starting=True, force_signal=force_signal)
 
 
 async def serve(config: Config, *, worker: bool = False) -> int:

@@ -19,6 +19,9 @@ SHUTDOWN = "shutdown"  # key in app[appkeys.SERVICES]
 # Extra seconds a stop gets beyond shutdown_timeout (pool close, batcher flush): then a
 # supervisor kills the worker, and a process of its own forces its stop (StopSignals).
 KILL_GRACE = 5.0
+# What a supervisor sends its workers to force their stop (its own second signal). SIGTERM and
+# SIGINT only ever begin a worker's graceful stop: they may reach it twice for one stop.
+WORKER_FORCE_SIGNAL = signal.SIGUSR1
 
 
 class Shutdown:
@@ -84,18 +87,33 @@ class StopSignals:
     """
 
     def __init__(
-        self, stop: asyncio.Event, *, overdue_after: float | None = None, starting: bool = False
+        self,
+        stop: asyncio.Event,
+        *,
+        overdue_after: float | None = None,
+        starting: bool = False,
+        force_signal: signal.Signals | None = None,
     ) -> None:
+        """``force_signal`` (a supervisor's worker, WORKER_FORCE_SIGNAL): only that signal
+        forces the stop; a repeated SIGTERM/SIGINT does not (it is the same stop reaching the
+        worker twice: a terminal's Ctrl-C or a service manager's stop sent to the whole process
+        group, and the supervisor forwarding it)."""
         self._stop = stop
         self._starting = starting
+        self._force_signal = force_signal
         self._start_cancelled_by: str | None = None
         self._main = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
         self._overdue_after = overdue_after
         self._overdue: asyncio.TimerHandle | None = None
         self.forced = False
+        self._listen()
+
+    def _listen(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._received, sig.name)
+        if self._force_signal is not None:
+            self._loop.add_signal_handler(self._force_signal, self._received_force)
 
     def request_stop(self) -> None:
         """Stop as a first signal does, for a reason of the process's own (its embedded
@@ -115,8 +133,7 @@ class StopSignals:
         next signal forces it; without this one would kill the process outright, halfway
         through its clean-up (an embedded server left running)."""
         self._stop.set()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._loop.add_signal_handler(sig, self._received, sig.name)
+        self._listen()
 
     def forced_exit(self, cancelled: asyncio.CancelledError, event: str, **fields: Any) -> int:
         """For the main task's ``except asyncio.CancelledError``: once this stop was forced,
@@ -141,6 +158,13 @@ class StopSignals:
         if not self._stop.is_set():
             self.request_stop()
             return
+        if self._force_signal is not None:
+            log.debug("stop_signal_repeated", signal=name)  # the stop goes on as it was
+            return
+        self._received_force(name)
+
+    def _received_force(self, name: str | None = None) -> None:
+        name = name or (self._force_signal.name if self._force_signal else "")
         if self.forced:
             log.error("stop_forced_exit", signal=name)
             _exit_now()

@@ -49,7 +49,7 @@ from gateway.config import Config, build_config
 from gateway.logs import get_logger
 from gateway.reload import ConfigReloader
 from gateway.security.secret_service import check_reloaded_keys
-from gateway.shutdown import KILL_GRACE
+from gateway.shutdown import KILL_GRACE, WORKER_FORCE_SIGNAL
 from gateway.storage.database import Database
 from gateway.storage.embedded import embedded_server
 
@@ -186,7 +186,9 @@ class Supervisor:
         if not self.stopping.is_set():
             log.info("supervisor_stopping", signal=sig.name, workers=self.pids)
             self.stopping.set()
-        self._forward(signal.SIGTERM)
+            self._forward(signal.SIGTERM)
+        else:  # a second signal: the workers force their stop (a SIGTERM again would not)
+            self._forward(WORKER_FORCE_SIGNAL)
 
     def database_stopped(self) -> None:
         """The embedded server is gone: stop the workers as for SIGTERM, and exit with 1 so
@@ -433,9 +435,11 @@ async def serve_worker(config: Config) -> int:
     index = os.environ.get("HOOKGATE_WORKER_INDEX", "")
     structlog.contextvars.bind_contextvars(worker=int(index) if index.isdigit() else None)
     stop = asyncio.Event()
-    # A second signal (a supervisor forwarding a second SIGTERM) forces the stop; past
-    # shutdown_timeout + KILL_GRACE the supervisor kills the worker.
-    signals = stop_on_signals(stop)
+    # The supervisor's WORKER_FORCE_SIGNAL (its own second signal) forces the stop, never a
+    # second SIGTERM/SIGINT: one stop may reach a worker twice (Ctrl-C in a terminal, or a
+    # service manager, signals the whole process group, and the supervisor forwards it too).
+    # Past shutdown_timeout + KILL_GRACE the supervisor kills the worker.
+    signals = stop_on_signals(stop, force_signal=WORKER_FORCE_SIGNAL)
     loop = asyncio.get_running_loop()
     # Until run_listeners installs the reload, a SIGHUP is remembered (see gateway.sighup).
     loop.add_signal_handler(signal.SIGHUP, sighup.note)

@@ -177,8 +177,11 @@ class GatewayProcess:
         env: Mapping[str, str | None] | None = None,
         command: Sequence[str] = (sys.executable, "-m", "gateway"),
         stdout: Any = subprocess.DEVNULL,
+        new_session: bool = False,
     ) -> None:
-        """``stdout``: where the process's standard output goes (default: nowhere)."""
+        """``stdout``: where the process's standard output goes (default: nowhere).
+        ``new_session``: the process leads a process group of its own, which its workers join
+        (``os.killpg`` then signals them all, as Ctrl-C in a terminal does)."""
         self.process = subprocess.Popen(
             [*command, "--config", str(config_path), *args],
             cwd=ROOT,
@@ -187,6 +190,7 @@ class GatewayProcess:
             stdout=stdout,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=new_session,
         )
         self.events: list[Event] = []
         self.raw_lines: list[str] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -19,7 +20,13 @@ from pathlib import Path
 import pytest
 
 from tests.acceptance.live_gateway import LiveGateway, fresh_database, start_gateway, stop_gateway
-from tests.acceptance.process_helpers import ROOT, clean_environment
+from tests.acceptance.process_helpers import (
+    ROOT,
+    GatewayProcess,
+    clean_environment,
+    free_port,
+    write_config,
+)
 
 # Long enough that a graceful stop could not pass for a forced one within the test's bounds.
 SHUTDOWN_TIMEOUT = 30.0
@@ -59,6 +66,71 @@ async def test_a_second_sigterm_forces_a_stop_held_up_by_a_request_in_flight(
         assert code == 1
         assert [e["signal"] for e in live.gateway.named("stop_forced")] == ["SIGTERM"]
         assert live.gateway.named("stopped")[-1].get("forced") is True
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+def workers_in_a_group(tmp_path: Path, database_dsn: str) -> Iterator[tuple[GatewayProcess, int]]:
+    """``[server] workers = 2`` leading a process group of its own (as in a terminal)."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "config.toml",
+        {
+            "server": {
+                "port": port,
+                "workers": 2,
+                "shutdown_timeout": SHUTDOWN_TIMEOUT,
+                "body_timeout": 60.0,
+            },
+            "database": {"dsn": database_dsn},
+            "log": {"format": "json"},
+        },
+    )
+    gateway = GatewayProcess(config, new_session=True)
+    try:
+        gateway.wait_for(lambda _: len(gateway.named("listening")) >= 2, "two workers", 60)
+        yield gateway, port
+    finally:
+        gateway.kill()
+
+
+def test_ctrl_c_to_the_process_group_stops_the_workers_gracefully(
+    workers_in_a_group: tuple[GatewayProcess, int],
+) -> None:
+    # A terminal's Ctrl-C (or a service manager's stop of the whole group) reaches the workers
+    # and the supervisor, which forwards it: one stop reaching each worker twice. It used to
+    # force their stop (stop_forced, exit status 1).
+    gateway, _ = workers_in_a_group
+    os.killpg(gateway.process.pid, signal.SIGINT)
+    assert gateway.finish(SHUTDOWN_TIMEOUT) == 0, gateway.output
+    assert not gateway.named("stop_forced"), gateway.output
+    assert len(gateway.named("worker_exiting")) == 2
+
+
+async def test_a_second_ctrl_c_to_the_process_group_forces_the_workers_stop(
+    workers_in_a_group: tuple[GatewayProcess, int],
+) -> None:
+    gateway, port = workers_in_a_group
+    # A request whose body never finishes keeps its worker's graceful drain waiting.
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST /users/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"email"'
+        )
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the handler is reading the body
+        os.killpg(gateway.process.pid, signal.SIGINT)
+        await asyncio.to_thread(gateway.wait_event, "supervisor_stopping")
+        await asyncio.sleep(0.5)  # both signals have reached the workers
+        os.killpg(gateway.process.pid, signal.SIGINT)
+        started = time.monotonic()
+        code = await asyncio.to_thread(gateway.finish, 20)
+        assert time.monotonic() - started < 20  # not the 30 s of shutdown_timeout
+        assert code == 1, gateway.output
+        forced = gateway.named("stop_forced")
+        assert forced and {e["signal"] for e in forced} == {"SIGUSR1"}, gateway.output
     finally:
         writer.close()
 
