@@ -44,18 +44,24 @@ def live(server_dsn: str, template_database: str, tmp_path: Path) -> Iterator[Li
             stop_gateway(gateway)
 
 
+async def _request_whose_body_never_ends(port: int) -> asyncio.StreamWriter:
+    """A request whose body never finishes, being read by its handler: it keeps the graceful
+    drain waiting. Close the writer when done."""
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /users/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"email"'
+    )
+    await writer.drain()
+    await asyncio.sleep(0.3)  # the handler is reading the body
+    return writer
+
+
 async def test_a_second_sigterm_forces_a_stop_held_up_by_a_request_in_flight(
     live: LiveGateway,
 ) -> None:
-    # A request whose body never finishes keeps the graceful drain waiting.
-    _reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
+    writer = await _request_whose_body_never_ends(live.port)
     try:
-        writer.write(
-            b"POST /users/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b'Content-Length: 100\r\n\r\n{"email"'
-        )
-        await writer.drain()
-        await asyncio.sleep(0.3)  # the handler is reading the body
         process = live.gateway.process
         process.send_signal(signal.SIGTERM)
         await asyncio.to_thread(live.gateway.wait_event, "shutting_down")
@@ -112,15 +118,8 @@ async def test_a_second_ctrl_c_to_the_process_group_forces_the_workers_stop(
     workers_in_a_group: tuple[GatewayProcess, int],
 ) -> None:
     gateway, port = workers_in_a_group
-    # A request whose body never finishes keeps its worker's graceful drain waiting.
-    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer = await _request_whose_body_never_ends(port)  # its worker's drain waits
     try:
-        writer.write(
-            b"POST /users/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b'Content-Length: 100\r\n\r\n{"email"'
-        )
-        await writer.drain()
-        await asyncio.sleep(0.3)  # the handler is reading the body
         os.killpg(gateway.process.pid, signal.SIGINT)
         await asyncio.to_thread(gateway.wait_event, "supervisor_stopping")
         await asyncio.sleep(0.5)  # both signals have reached the workers
