@@ -37,6 +37,7 @@ import orjson
 from gateway import run_states
 from gateway.exceptions import Conflict, DatabaseUnavailable, GatewayError, NotFound
 from gateway.executor.command import CommandResult, RunningCommand, command_env
+from gateway.log_throttle import LogThrottle
 from gateway.logs import get_logger
 from gateway.storage import runs
 from gateway.storage.database import Database, Record
@@ -49,6 +50,9 @@ _RETRY_AFTER_FAILURE = 1.0  # seconds before a failed heartbeat or report is tri
 _MAX_MARGIN = 10.0  # seconds: the most the local deadline runs ahead of the database's
 _MAX_REPORT_PAUSE = 2.0  # seconds between tries of a report while the database is away
 _LAST_CHANCE = 0.02  # seconds left on the local deadline below which no heartbeat is tried
+# While the database is away: a warning for the first failed claim (and each run's first failed
+# heartbeat), then one per interval with the count; the rest are debug lines.
+FAILURE_LOG_INTERVAL = 60.0
 
 
 class RunLease:
@@ -116,6 +120,9 @@ class Executor:
         self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._commands: dict[uuid.UUID, RunningCommand] = {}
         self._leases: dict[uuid.UUID, RunLease] = {}
+        self._failed_claims = 0  # claims in a row that found the database unavailable
+        self._claim_log = LogThrottle(FAILURE_LOG_INTERVAL)
+        self._heartbeat_log = LogThrottle(FAILURE_LOG_INTERVAL)  # keyed by run id
         self._listener = KeptListener(
             db,
             CHANNEL,
@@ -162,7 +169,7 @@ class Executor:
 
     async def _claim(self, limit: int) -> list[Record]:
         try:
-            return await runs.claim(
+            claimed = await runs.claim(
                 self.db,
                 pipeline_id=self.settings.pipeline_id,
                 limit=limit,
@@ -170,13 +177,23 @@ class Executor:
                 claimed_by=self.settings.name,
             )
         except DatabaseUnavailable as exc:
-            log.warning("claim_failed", error=str(exc))
+            self._failed_claims += 1
+            if self._failed_claims == 1:
+                self._claim_log = LogThrottle(FAILURE_LOG_INTERVAL)
+            logged = self._claim_log.take("claim") is not None
+            (log.warning if logged else log.debug)(
+                "claim_failed", error=str(exc), polls=self._failed_claims
+            )
             return []
         except Exception:
             # A bug, or an answer nobody expected: leaving the loop would abandon the commands
             # running now (their runs redone once the leases expire). Log it, try again.
             log.exception("claim_failed_unexpectedly", pipeline_id=self.settings.pipeline_id)
             return []
+        if self._failed_claims:
+            log.info("claims_resumed", failed_polls=self._failed_claims)
+            self._failed_claims = 0
+        return claimed
 
     def _start(self, row: Record, lease: RunLease) -> None:
         task = asyncio.create_task(self._execute(row, lease))
@@ -290,7 +307,10 @@ class Executor:
                 await command.terminate(kill_after=5.0)
                 return
             except Exception as exc:  # keep trying (database down?) until the local deadline
-                log.warning("heartbeat_failed", run_id=str(run_id), error=str(exc) or repr(exc))
+                logged = self._heartbeat_log.take(str(run_id)) is not None
+                (log.warning if logged else log.debug)(
+                    "heartbeat_failed", run_id=str(run_id), error=str(exc) or repr(exc)
+                )
                 wait = _RETRY_AFTER_FAILURE
             else:
                 lease.renewed(sent)

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from gateway.dispatcher.dispatcher import Dispatcher
+from gateway.executor.worker import Executor, ExecutorSettings
 from gateway.logs import configure_logging
 from gateway.storage.database import Database
 from gateway.storage.listener import KeptListener
@@ -25,6 +26,7 @@ from tests.integration.ingest_helpers import (
 )
 from tests.integration.ops_helpers import sample, scrape
 from tests.integration.outgoing_helpers import outgoing_config
+from tests.integration.runs_helpers import make_pipeline
 
 REQUESTS = 25
 
@@ -137,3 +139,35 @@ async def test_the_dispatcher_warns_once_when_its_polls_find_the_database_away(
     down = [line for line in lines if line["event"] == "dispatcher_database_unavailable"]
     assert [line["level"] for line in down] == ["warning"]
     assert down[0]["polls"] == 1
+
+
+async def test_the_executor_warns_once_when_its_claims_find_the_database_away(
+    db: Database, database_dsn: str, server_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each claim (every --poll-interval) logged a warning while the database was away.
+    configure_logging("info", "json")
+    pipeline = await make_pipeline(db)
+    settings = ExecutorSettings(pipeline["id"], ["true"], poll_interval=0.1, name="test")
+    executor = Executor(db, settings)
+    loop = asyncio.create_task(executor.run())
+    await asyncio.sleep(0.3)
+    name = urlsplit(database_dsn).path.lstrip("/")
+    await execute(server_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    try:
+        await db.pool.expire_connections()
+        await execute(
+            server_dsn,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            name,
+        )
+        await asyncio.sleep(2.0)  # a dozen claims
+    finally:
+        await execute(server_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    await asyncio.sleep(1.0)  # claims succeed again
+    executor.stop()
+    await asyncio.wait_for(loop, 10)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+    failed = [line for line in lines if line["event"] == "claim_failed"]
+    assert [line["level"] for line in failed] == ["warning"] and failed[0]["polls"] == 1
+    [resumed] = [line for line in lines if line["event"] == "claims_resumed"]
+    assert resumed["failed_polls"] >= 5
