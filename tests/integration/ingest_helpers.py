@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from gateway.ingest.signatures import sign_hmac_hex
+from gateway.storage.database import Database
 from tests.conftest import FIXTURES
 from tests.integration.management_helpers import (
     JSON_HEADERS,
@@ -111,3 +112,24 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within}s; last value: {result!r}")
         await asyncio.sleep(0.02)
+
+
+async def wait_until_blocked(
+    db: Database, within: float = 10.0, task: asyncio.Future[Any] | None = None
+) -> None:
+    """Until a session of this database waits for a lock another holds: the state a lock order
+    or race test must reach before it goes on. A fixed sleep is not enough: on a loaded machine
+    it can end before the other task even sent its statement, and the test would then pass
+    without building the race it is about. With ``task``, its ending first is a failure (it
+    did not wait for the lock)."""
+
+    async def blocked() -> int:
+        if task is not None and task.done():
+            raise AssertionError(f"finished without waiting for a lock: {task!r}")
+        waiting: int = await db.pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND cardinality(pg_blocking_pids(pid)) > 0"
+        )
+        return waiting
+
+    await wait_for(blocked, lambda waiting: waiting > 0, within)

@@ -18,7 +18,11 @@ from gateway.exceptions import Conflict
 from gateway.storage import pipelines, runs
 from gateway.storage.database import Database, Session, _init_connection
 from gateway.storage.queries import QUERIES
-from tests.integration.ingest_helpers import create_hook, new_pipeline, wait_for
+from tests.integration.ingest_helpers import (
+    create_hook,
+    new_pipeline,
+    wait_until_blocked,
+)
 from tests.integration.runs_helpers import claim, enqueue, make_pipeline, run_row
 
 
@@ -226,8 +230,7 @@ async def test_a_run_inserted_while_the_settings_change_is_keyed_by_the_new_sett
             change = asyncio.create_task(
                 runs.set_concurrency(db, pipeline["id"], "queue", "branch", 3)
             )
-            await asyncio.sleep(0.3)
-            assert not change.done()  # waiting for the batch in flight
+            await wait_until_blocked(db, task=change)  # waiting for the batch in flight
         changed = await asyncio.wait_for(change, 10)
     finally:
         await conn.close()
@@ -251,28 +254,12 @@ async def test_a_run_inserted_while_its_pipeline_is_deleted_is_cancelled_with_it
         async with conn.transaction():
             in_flight = await _insert_in_flight(conn, pipeline["id"])
             delete = asyncio.create_task(pipelines.delete_pipeline(db, pipeline["id"]))
-            await asyncio.sleep(0.3)
-            assert not delete.done()
+            await wait_until_blocked(db, task=delete)  # waiting for the batch in flight
         assert await asyncio.wait_for(delete, 10)
     finally:
         await conn.close()
     row = await run_row(db, in_flight)
     assert (row["status"], row["message"]) == ("cancelled", "cancelled: the pipeline was deleted")
-
-
-async def wait_until_blocked(db: Database, within: float = 10.0) -> None:
-    """Until a session of this database waits for a lock another holds: the state the lock
-    order tests below must reach (a fixed sleep could end before the other task even sent its
-    statement, and the test would pass without building the cycle)."""
-
-    async def blocked() -> int:
-        waiting: int = await db.pool.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND cardinality(pg_blocking_pids(pid)) > 0"
-        )
-        return waiting
-
-    await wait_for(blocked, lambda waiting: waiting > 0, within)
 
 
 async def test_deleting_a_pipeline_while_a_run_reports_does_not_deadlock(db: Database) -> None:

@@ -21,6 +21,7 @@ from gateway.dispatcher.dispatcher import Dispatcher
 from gateway.dispatcher.retry import RetryPolicy
 from gateway.storage import outgoing as store
 from gateway.storage.database import Database
+from tests.integration.ingest_helpers import wait_until_blocked
 from tests.integration.management_helpers import make_environment, make_pipeline
 from tests.integration.outgoing_helpers import (
     attempts,
@@ -174,8 +175,7 @@ async def test_re_enabling_while_a_failure_is_counted_is_never_undone(
                     disables=TWO_IN_A_ROW,
                 )
             )
-            await asyncio.sleep(0.3)
-            assert not recording.done()  # waits for the owner's change
+            await wait_until_blocked(db, task=recording)  # waits for the owner's change
         held, failures, disabled = await asyncio.wait_for(recording, 10)
     finally:
         await owner.close()
