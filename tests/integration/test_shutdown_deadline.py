@@ -117,9 +117,13 @@ async def test_stopping_shares_one_deadline_and_claims_nothing_while_draining(
     # The delivery cut off is handed back (sent again after its lease); the one that became
     # due while draining was never claimed.
     rows = await db.pool.fetch(
-        "SELECT status, attempt FROM outgoing_deliveries ORDER BY created_at, id"
+        "SELECT status, attempt, updated_at > created_at AS claimed"
+        " FROM outgoing_deliveries ORDER BY created_at, id"
     )
     assert [(row["status"], row["attempt"]) for row in rows] == [("pending", 0), ("pending", 0)]
+    # ...and never claimed (a claim stamps updated_at): a delivery claimed while draining but
+    # not sent yet when `received` was read (a loaded machine) is handed back as it was.
+    assert [row["claimed"] for row in rows] == [True, False]
 
 
 async def test_a_process_without_requests_in_flight_gives_its_deliveries_the_whole_timeout(
