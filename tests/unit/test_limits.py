@@ -79,6 +79,15 @@ def test_changed_limit_applies_to_the_existing_bucket() -> None:
     clock.now += 1  # ...then the new rate, up to the new burst
     assert sum(limiter.check("h", 100, 200)[0] for _ in range(500)) == 100
     assert sum(limiter.check("h", 1, 1)[0] for _ in range(5)) == 0  # lowered: clamped, empty
+    # One of the two changed, the other not: each applies on its own.
+    clock.now += 1
+    assert sum(limiter.check("h", 1, 3)[0] for _ in range(5)) == 1  # only the burst raised...
+    clock.now += 10
+    assert sum(limiter.check("h", 1, 3)[0] for _ in range(5)) == 3  # ...refills up to it
+    clock.now += 1
+    assert sum(limiter.check("h", 2, 3)[0] for _ in range(5)) == 1  # only the rate: old until now
+    clock.now += 1
+    assert sum(limiter.check("h", 2, 3)[0] for _ in range(5)) == 2  # then the new one
 
 
 def test_lru_bound() -> None:
