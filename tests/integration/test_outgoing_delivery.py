@@ -595,13 +595,18 @@ async def test_a_hanging_target_times_out_and_is_retried_later(
     await running.start()
     try:
         await complete_run(db, pipeline["id"])
-        await eventually(lambda: _statuses_are(db, hook["id"], ["pending"]))
         await eventually(lambda: _has_attempts(db, hook["id"], 1))
     finally:
         await running.stop(0)
     [attempt] = await attempts(db, hook["id"])
     assert (attempt["outcome"], attempt["status_code"]) == ("failed", 0)
     assert attempt["message"] == "timed out after 0.3s"
+    # Retried later: pending again, due the schedule's hour after the attempt was recorded (in
+    # the same statement). Waiting for "pending" before the attempt proved nothing: the
+    # delivery is pending from its creation until the dispatcher claims it.
+    [delivery] = await deliveries(db, hook["id"])
+    assert (delivery["status"], delivery["attempt"]) == ("pending", 1)
+    assert delivery["next_attempt_at"] - delivery["updated_at"] == timedelta(seconds=3600)
 
 
 async def test_an_answer_whose_body_never_ends_keeps_its_status(
