@@ -370,6 +370,24 @@ def test_coerce_raises_only_coercion_error(value: Any, type_: str) -> None:
 # --- conditions --------------------------------------------------------------------------
 
 
+# Conditions that are well formed but for their path: without them, a fuzzed definition was
+# almost never valid and not empty, and the evaluation and round trip below never ran.
+WELL_FORMED_CONDITIONS = st.lists(
+    st.fixed_dictionaries(
+        {
+            "path": st.sampled_from(["a", "a.b", "$.a[0]", "$.c", "0", "$..b"]) | PATH_TEXT,
+            "accepted_values": st.lists(
+                st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                min_size=1,
+                max_size=3,
+            ),
+        }
+    ),
+    min_size=1,
+    max_size=3,
+)
+
+
 @FUZZ
 @given(
     raw=st.one_of(
@@ -385,6 +403,7 @@ def test_coerce_raises_only_coercion_error(value: Any, type_: str) -> None:
                 )
             }
         ),
+        st.fixed_dictionaries({"conditions": WELL_FORMED_CONDITIONS}),
     ),
     payload=JSON,
 )
@@ -395,5 +414,7 @@ def test_conditions_from_fuzzed_definitions(raw: Any, payload: Any) -> None:
         return
     reason = conditions.evaluate(payload)
     assert reason is None or reason.startswith("condition ")
-    again, again_errors = parse_trigger_when(conditions.to_json())
+    stored = conditions.to_json()
+    again, again_errors = parse_trigger_when(stored)
     assert again_errors == {} and len(again) == len(conditions)
+    assert again.to_json() == stored and again.evaluate(payload) == reason
