@@ -282,6 +282,17 @@ JSON = st.recursive(
 )
 
 
+# Addresses, networks (host bits set or not) and address-like text: without an allowlist of
+# them alone, an accepted allowlist was never drawn and the compile check below never ran.
+ALLOWLIST_ENTRIES = st.lists(
+    st.ip_addresses().map(str)
+    | st.builds("{}/{}".format, st.ip_addresses(), st.integers(0, 129))
+    | st.text("0123456789abcdef.:/ ", max_size=20),
+    min_size=1,
+    max_size=4,
+)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     raw=st.dictionaries(st.sampled_from(["rate_limit", "allowed_ips", "other"]), JSON)
@@ -291,6 +302,7 @@ JSON = st.recursive(
             "allowed_ips": st.lists(st.ip_addresses().map(str) | st.text(max_size=20), max_size=4),
         }
     )
+    | st.fixed_dictionaries({"allowed_ips": ALLOWLIST_ENTRIES})
     | JSON
 )
 def test_validation_never_raises_and_valid_output_compiles(raw: Any) -> None:
