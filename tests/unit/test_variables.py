@@ -413,6 +413,22 @@ def test_custom_field_prefix() -> None:
     assert errors == {"variables.0.type": ["is required"]}
 
 
+# Definitions that are well formed but for their name's uniqueness: without them, a drawn
+# list was never accepted unless empty, and the checks under "if not errors" never ran.
+WELL_FORMED_VARIABLES = st.lists(
+    st.fixed_dictionaries(
+        {
+            "name": st.sampled_from(["ref", "Ref", "sha", "n", "_x"]),
+            "path": st.sampled_from(["ref", "a.b", "$.commits[0].id", "n"]),
+            "type": st.sampled_from(["string", "integer", "number", "boolean", "array"]),
+        },
+        optional={"required": st.booleans()},
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     raw=st.lists(
@@ -422,6 +438,7 @@ def test_custom_field_prefix() -> None:
         ),
         max_size=4,
     )
+    | WELL_FORMED_VARIABLES
     | JSON_VALUES
 )
 def test_validation_never_raises(raw: Any) -> None:
