@@ -19,7 +19,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.ingest import signatures as signatures_module
@@ -320,6 +320,10 @@ def test_variables_from_fuzzed_definitions(items: list[dict[str, Any]], payload:
 
 
 @FUZZ
+# Drawn digits are mostly short: without these, a run could check neither the 64-bit error
+# nor the float past 2**64 (both branches below went unexecuted in some runs).
+@example(text=str(2**63))
+@example(text=" -" + "9" * 30)
 @given(text=st.from_regex(r"\s{0,2}[+-]?[0-9]{1,30}\s{0,2}", fullmatch=True))
 def test_integer_strings_coerce_like_int(text: str) -> None:
     value = int(text.strip())
