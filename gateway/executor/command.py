@@ -146,7 +146,8 @@ class RunningCommand:
         process die first; ``context`` (the run id) goes into the guard's log line then.
         ``unattended_after`` (seconds): the guard stops the group then too (SIGKILL half of
         ``kill_after`` after SIGTERM) unless :meth:`attend` moves that deadline first, or
-        :meth:`terminate` is called.
+        :meth:`terminate` is called (then the guard sends the SIGKILL, should this process not
+        send it in time).
 
         Raises OSError when the command cannot be executed."""
         ours, theirs = socket.socketpair()  # close-on-exec: no other child inherits ours
@@ -247,7 +248,9 @@ class RunningCommand:
     async def terminate(self, kill_after: float = 10.0) -> None:
         """SIGTERM the command's process group, SIGKILL it if still running after ``kill_after``."""
         self.terminated = True
-        self._tell(("terminating",))  # the guard's own deadline no longer applies
+        # The guard's own deadline no longer applies; it sends the SIGKILL itself if this
+        # process does not (stopped or hung meanwhile), half of kill_after late.
+        self._tell(("terminating", kill_after))
         self._signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.shield(self.process.wait()), kill_after)

@@ -26,9 +26,11 @@ executor holds (it is close-on-exec, and never passed to another child):
    logging ``command_unattended``. The executor gives the guard a deadline with the start
    request and after each renewal (``("attend", seconds)``): a quarter of the margin after the
    executor's own local deadline, when a live executor would have begun stopping the command
-   and told the guard so (``("terminating",)``, which disarms the deadline). SIGKILL follows
-   another quarter of the margin later, so the command is gone half the margin before the
-   lease can expire.
+   and told the guard so (``("terminating", kill_after)``, which replaces that deadline).
+   SIGKILL follows another quarter of the margin later, so the command is gone half the margin
+   before the lease can expire. An executor stopping the command itself sends SIGKILL
+   ``kill_after`` after its SIGTERM; should it stop or hang in between, the guard sends it half
+   of ``kill_after`` later (``command_unattended`` too), still before the lease can expire.
 
 The executor's own SIGTERM/SIGKILL to the group (a cancelled run, a lost lease, shutdown) reach
 the guard too: it ignores SIGTERM (the command decides how to end) and dies with SIGKILL like
@@ -219,12 +221,19 @@ def main(argv: list[str]) -> None:
     kill_after = float(request["kill_after"])
     unattended_after = request.get("unattended_after")
     attend_by = None if unattended_after is None else time.monotonic() + unattended_after
+    # Set by ("terminating", seconds): the executor's SIGKILL is due by then, or it is not
+    # attending (stopped, hung) and the guard sends it.
+    killed_by: float | None = None
     received = b""
     while (code := child.poll()) is None:
-        left = None if attend_by is None else max(0.0, attend_by - time.monotonic())
+        due = [when for when in (attend_by, killed_by) if when is not None]
+        left = max(0.0, min(due) - time.monotonic()) if due else None
         events = selector.select(left)
-        if attend_by is not None and time.monotonic() >= attend_by and child.poll() is None:
-            _stop_group(child, selector, kill_after / 2, log, context, UNATTENDED)
+        now = time.monotonic()
+        if due and now >= min(due) and child.poll() is None:
+            # Past killed_by, the SIGTERM went out long ago: SIGKILL at once.
+            grace = 0.0 if killed_by is not None and now >= killed_by else kill_after / 2
+            _stop_group(child, selector, grace, log, context, UNATTENDED)
         for key, _ in events:
             if key.data == "wake":
                 with contextlib.suppress(BlockingIOError):
@@ -244,7 +253,9 @@ def main(argv: list[str]) -> None:
                 if message[0] == "attend":  # the lease was renewed: a new deadline
                     attend_by = time.monotonic() + float(message[1])
                 elif message[0] == "terminating":  # the executor stops the command itself
-                    attend_by = None
+                    attend_by = None  # (a later renewal, at shutdown, sets it again)
+                    by = time.monotonic() + float(message[1]) * 1.5
+                    killed_by = by if killed_by is None else min(killed_by, by)
     _exit_like(code)
 
 

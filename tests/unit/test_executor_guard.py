@@ -157,3 +157,31 @@ async def test_renewals_keep_the_command_running_and_terminate_disarms_the_guard
     assert command.process.returncode is None
     await command.terminate(kill_after=10)
     assert (await command.wait()).exit_code == 143
+
+
+async def test_an_executor_that_stops_while_terminating_leaves_the_sigkill_to_the_guard(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # The executor sends SIGTERM, then is stopped (SIGSTOP) or hangs before its SIGKILL
+    # kill_after later: here its terminate() is cancelled after the SIGTERM. The command
+    # ignores SIGTERM; the guard, told that the executor was terminating, sends the SIGKILL
+    # half of kill_after late instead of letting the command outlive the lease.
+    script = "trap '' TERM; sleep 60 & echo $!; echo $$; wait"
+    command = await RunningCommand.start(
+        ["sh", "-c", script], PATH, kill_after=0.2, context={"run_id": "r-3"}, unattended_after=30
+    )
+    out = command.process.stdout
+    assert out is not None
+    pids = [int(await out.readline()), int(await out.readline())]
+    terminating = asyncio.create_task(command.terminate(kill_after=0.4))
+    await asyncio.sleep(0.1)
+    terminating.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await terminating
+    await until_gone(pids, within=5)
+    assert (await asyncio.wait_for(command.wait(), 10)).exit_code == -signal.SIGKILL
+    events = [orjson.loads(line) for line in capfd.readouterr().err.splitlines()]
+    assert [e["event"] for e in events if e["event"].startswith("command_")] == [
+        "command_unattended",
+        "command_unattended_killed",
+    ]
