@@ -16,7 +16,7 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import HttpProcessingError, InvalidURLError
 
 from gateway.security.sensitive_headers import is_sensitive_header
 
@@ -59,8 +59,9 @@ _METADATA_SUFFIXES = (
     "_expires_in",
 )
 _WORD = re.compile(r"[a-z0-9]+")
-# Where an aiohttp parser error starts quoting the request's bytes (b'...' or b"...").
-_QUOTED_BYTES = re.compile(r"""\bb['"]""")
+# Where an aiohttp parser error starts quoting the request: its bytes (b'...' or b"..."), or
+# its request line as text ("Bad status line '...'", aiohttp's pure-Python parser).
+_QUOTED_REQUEST = re.compile(r"""\bb['"]|(?<=\bline )['"]""")
 REDACTED = "[redacted]"
 
 # One list object for the whole process, updated in place: loggers cached on first use keep a
@@ -193,7 +194,9 @@ def _unparseable_request(_: Any, __: str, event_dict: MutableMapping[str, Any]) 
         event_dict["remote"] = remote
     event_dict["event"] = "http_request_unparseable"
     event_dict["error_type"] = type(exc).__name__
-    event_dict["reason"] = _QUOTED_BYTES.split(str(exc.message), 1)[0].strip(" :.\n") or None
+    # An InvalidURLError's message is the request target itself (a query string with a token).
+    said = "" if isinstance(exc, InvalidURLError) else str(exc.message)
+    event_dict["reason"] = _QUOTED_REQUEST.split(said, 1)[0].strip(" :.\n") or None
     return event_dict
 
 

@@ -380,3 +380,31 @@ def test_aiohttp_parser_errors_are_logged_without_the_bytes_they_quote(
         lines = [json.loads(line) for line in err.splitlines()]
         assert [line["error_type"] for line in lines] == ["BadHttpMessage", "LineTooLong"]
         assert "exception" not in lines[0]
+
+
+def test_aiohttp_parser_errors_that_quote_the_request_line_as_text_are_cut_too(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """aiohttp's pure-Python parser (AIOHTTP_NO_EXTENSIONS, PyPy) quotes a bad request line as
+    text, and an InvalidURLError's message is the request target itself: a token in a query
+    string would be logged whole."""
+    from aiohttp.http_exceptions import BadHttpMethod, BadStatusLine, InvalidURLError
+
+    configure_logging("info", "json")
+    capsys.readouterr()
+    for exc in (
+        BadStatusLine("GET /hooks/1?token=hga_Q3 HTTP/9"),
+        BadHttpMethod("GET\x01 /hooks/1?token=hga_Q4 HTTP/1.1"),
+        InvalidURLError("/hooks/1?token=hga_Q5\x01"),
+    ):
+        logging.getLogger("aiohttp.server").error(
+            "Error handling request from %s", "192.0.2.7", exc_info=exc
+        )
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [line["event"] for line in lines] == ["http_request_unparseable"] * 3
+    assert [line["reason"] for line in lines] == [
+        "Bad status line",
+        "Bad HTTP method in status line",
+        None,
+    ]
+    assert not [line for line in lines if "hga_Q" in json.dumps(line)]
