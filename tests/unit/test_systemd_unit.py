@@ -11,6 +11,7 @@ from gateway.cli import _parser
 from gateway.config import ServerConfig
 from gateway.server import CANCEL_GRACE
 from gateway.shutdown import KILL_GRACE
+from gateway.supervisor import EXIT_USAGE
 
 UNIT = Path(__file__).resolve().parents[2] / "deploy" / "hookgate.service"
 
@@ -42,3 +43,11 @@ def test_exec_start_is_a_command_the_gateway_accepts() -> None:
     assert Path(argv[0]).name == "gateway"
     args = _parser().parse_args(argv[1:])
     assert args.command == "serve" and args.config == "/etc/hookgate/config.toml"
+
+
+def test_a_configuration_error_is_not_restarted_in_a_loop() -> None:
+    # on-failure restarts any other non-zero status (an unreachable database, a dead embedded
+    # server); a bad configuration exits with EXIT_USAGE and stays bad until it is edited.
+    service = _service()
+    assert service["Restart"] == "on-failure"
+    assert service["RestartPreventExitStatus"].split() == [str(EXIT_USAGE)]
