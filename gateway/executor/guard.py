@@ -228,13 +228,7 @@ def main(argv: list[str]) -> None:
     while (code := child.poll()) is None:
         due = [when for when in (attend_by, killed_by) if when is not None]
         left = max(0.0, min(due) - time.monotonic()) if due else None
-        events = selector.select(left)
-        now = time.monotonic()
-        if due and now >= min(due) and child.poll() is None:
-            # Past killed_by, the SIGTERM went out long ago: SIGKILL at once.
-            grace = 0.0 if killed_by is not None and now >= killed_by else kill_after / 2
-            _stop_group(child, selector, grace, log, context, UNATTENDED)
-        for key, _ in events:
+        for key, _ in selector.select(left):
             if key.data == "wake":
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_read, 512)
@@ -256,6 +250,14 @@ def main(argv: list[str]) -> None:
                     attend_by = None  # (a later renewal, at shutdown, sets it again)
                     by = time.monotonic() + float(message[1]) * 1.5
                     killed_by = by if killed_by is None else min(killed_by, by)
+        # Only after reading what came meanwhile: a renewal sent in time but read late (this
+        # guard was not scheduled, or stopped with the executor) still counts.
+        due = [when for when in (attend_by, killed_by) if when is not None]
+        now = time.monotonic()
+        if due and now >= min(due) and child.poll() is None:
+            # Past killed_by, the SIGTERM went out long ago: SIGKILL at once.
+            grace = 0.0 if killed_by is not None and now >= killed_by else kill_after / 2
+            _stop_group(child, selector, grace, log, context, UNATTENDED)
     _exit_like(code)
 
 

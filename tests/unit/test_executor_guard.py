@@ -185,3 +185,24 @@ async def test_an_executor_that_stops_while_terminating_leaves_the_sigkill_to_th
         "command_unattended",
         "command_unattended_killed",
     ]
+
+
+async def test_a_renewal_sent_in_time_but_read_late_still_counts() -> None:
+    # The guard is not scheduled (here: stopped) from before the renewal until past the
+    # deadline the renewal replaced; it reads the renewal only then, and must not stop the
+    # command for a deadline that no longer holds.
+    script = "trap 'exit 143' TERM; echo ready; sleep 60 & wait"
+    command = await RunningCommand.start(
+        ["sh", "-c", script], PATH, kill_after=0.2, unattended_after=0.5
+    )
+    assert await command.process.stdout.readline() == b"ready\n"  # type: ignore[union-attr]
+    os.kill(command.process.pid, signal.SIGSTOP)  # the guard
+    try:
+        command.attend(30)
+        await asyncio.sleep(1.0)
+    finally:
+        os.kill(command.process.pid, signal.SIGCONT)
+    await asyncio.sleep(0.5)
+    assert command.process.returncode is None
+    await command.terminate(kill_after=10)
+    assert (await command.wait()).exit_code == 143
