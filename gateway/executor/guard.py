@@ -157,6 +157,11 @@ UNATTENDED = (
     "the executor did not renew the run's lease in time (stopped, hung or paused); stopping "
     "the command's process group before the lease can expire",
 )
+UNFINISHED = (
+    "command_unattended",
+    "the executor began stopping the command but did not send SIGKILL in time (stopped, hung "
+    "or paused); sending it",
+)
 
 
 def _stop_group(
@@ -255,9 +260,11 @@ def main(argv: list[str]) -> None:
         due = [when for when in (attend_by, killed_by) if when is not None]
         now = time.monotonic()
         if due and now >= min(due) and child.poll() is None:
-            # Past killed_by, the SIGTERM went out long ago: SIGKILL at once.
-            grace = 0.0 if killed_by is not None and now >= killed_by else kill_after / 2
-            _stop_group(child, selector, grace, log, context, UNATTENDED)
+            if killed_by is not None and now >= killed_by:
+                # The executor's SIGTERM went out long ago: SIGKILL at once.
+                _stop_group(child, selector, 0.0, log, context, UNFINISHED)
+            else:
+                _stop_group(child, selector, kill_after / 2, log, context, UNATTENDED)
     _exit_like(code)
 
 
