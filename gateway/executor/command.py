@@ -31,6 +31,7 @@ _NOT_ENV_SAFE = re.compile(r"[^A-Za-z0-9_]")
 _READ_CHUNK = 64 * 1024
 # After the command exits, background children may still hold its output pipe open.
 _DRAIN_AFTER_EXIT = 2.0
+_EXIT_POLL = 0.1  # seconds between looks at the exit status while that pipe stays open
 GUARD = Path(__file__).with_name("guard.py")
 
 
@@ -224,7 +225,7 @@ class RunningCommand:
     async def wait(self) -> CommandResult:
         """Wait for the command to exit and return its exit code and output tail."""
         reader = asyncio.create_task(self._read())
-        code = await self.process.wait()
+        code = await self._exited()
         self._control.close()  # only now: before the guard exits, closing it stops the command
         try:
             await asyncio.wait_for(asyncio.shield(reader), _DRAIN_AFTER_EXIT)
@@ -233,6 +234,19 @@ class RunningCommand:
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
         return CommandResult(code, self.tail.text())
+
+    async def _exited(self) -> int:
+        """The guard's exit status, once it has exited. ``Process.wait()`` alone also waits for
+        the output pipe to close (asyncio wakes it only then), which a background child of the
+        command holds open for as long as it runs: a run would last as long as a daemon it
+        started."""
+        exited = asyncio.ensure_future(self.process.wait())
+        try:
+            while (code := self.process.returncode) is None:
+                await asyncio.wait({exited}, timeout=_EXIT_POLL)
+        finally:
+            exited.cancel()
+        return code
 
     def attend(self, seconds: float) -> None:
         """Tell the guard to stop the command ``seconds`` from now unless told again first (the

@@ -205,3 +205,19 @@ async def test_a_renewal_sent_in_time_but_read_late_still_counts() -> None:
     assert command.process.returncode is None
     await command.terminate(kill_after=10)
     assert (await command.wait()).exit_code == 143
+
+
+async def test_a_command_is_over_when_it_exits_not_when_its_background_child_does() -> None:
+    # The background child keeps the output pipe open; the run ends with the command (its
+    # output read for at most a short while after), not 12 s later with the child.
+    command = await RunningCommand.start(["sh", "-c", "sleep 12 & echo $!; echo started"], PATH)
+    out = command.process.stdout
+    assert out is not None
+    child = int(await out.readline())
+    started = asyncio.get_running_loop().time()
+    try:
+        result = await asyncio.wait_for(command.wait(), 20)
+        assert asyncio.get_running_loop().time() - started < 6
+        assert (result.exit_code, result.output) == (0, "started\n")
+    finally:
+        os.kill(child, signal.SIGKILL)
