@@ -32,6 +32,9 @@ _READ_CHUNK = 64 * 1024
 # After the command exits, background children may still hold its output pipe open.
 _DRAIN_AFTER_EXIT = 2.0
 _EXIT_POLL = 0.1  # seconds between looks at the exit status while that pipe stays open
+# Readers of the output pipes that background children hold after their command's run ended
+# (asyncio keeps only weak references to tasks).
+_LINGERING: set[asyncio.Task[None]] = set()
 GUARD = Path(__file__).with_name("guard.py")
 
 
@@ -230,9 +233,11 @@ class RunningCommand:
         try:
             await asyncio.wait_for(asyncio.shield(reader), _DRAIN_AFTER_EXIT)
         except TimeoutError:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            # A background child still holds the pipe. It is read (and what it writes dropped)
+            # until that child closes it: it neither blocks on a full pipe nor dies of SIGPIPE,
+            # and the pipe is closed then, not left to the garbage collector.
+            _LINGERING.add(reader)
+            reader.add_done_callback(_LINGERING.discard)
         return CommandResult(code, self.tail.text())
 
     async def _exited(self) -> int:
