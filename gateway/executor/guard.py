@@ -233,7 +233,12 @@ def main(argv: list[str]) -> None:
     while (code := child.poll()) is None:
         due = [when for when in (attend_by, killed_by) if when is not None]
         left = max(0.0, min(due) - time.monotonic()) if due else None
-        for key, _ in selector.select(left):
+        events = selector.select(left)
+        if not events and left is not None:
+            # The deadline, or a signal past it (after SIGSTOP/SIGCONT the select gives up
+            # without looking again): what came meanwhile is read before the deadline counts.
+            events = selector.select(0)
+        for key, _ in events:
             if key.data == "wake":
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_read, 512)

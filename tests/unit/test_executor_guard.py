@@ -191,14 +191,15 @@ async def test_a_renewal_sent_in_time_but_read_late_still_counts() -> None:
     # deadline the renewal replaced; it reads the renewal only then, and must not stop the
     # command for a deadline that no longer holds.
     script = "trap 'exit 143' TERM; echo ready; sleep 60 & wait"
+    # 2 s: the start and the stop below must come before it, on a loaded machine too.
     command = await RunningCommand.start(
-        ["sh", "-c", script], PATH, kill_after=0.2, unattended_after=0.5
+        ["sh", "-c", script], PATH, kill_after=0.2, unattended_after=2.0
     )
     assert await command.process.stdout.readline() == b"ready\n"  # type: ignore[union-attr]
     os.kill(command.process.pid, signal.SIGSTOP)  # the guard
     try:
         command.attend(30)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(2.5)
     finally:
         os.kill(command.process.pid, signal.SIGCONT)
     await asyncio.sleep(0.5)
@@ -221,3 +222,9 @@ async def test_a_command_is_over_when_it_exits_not_when_its_background_child_doe
         assert (result.exit_code, result.output) == (0, "started\n")
     finally:
         os.kill(child, signal.SIGKILL)
+    # What the child holds is read to its end, then closed (not left to the collector).
+    for _ in range(100):
+        if out.at_eof():
+            break
+        await asyncio.sleep(0.05)
+    assert out.at_eof()
