@@ -215,6 +215,7 @@ class Dispatcher:
                 if free > 0:
                     limit = min(free, CLAIM_BATCH)
                     started = await self._claim(limit)
+                    self._database_back()
                     if started == limit:
                         continue  # maybe more is due right now
                     due = await store.seconds_until_due(
@@ -222,7 +223,6 @@ class Dispatcher:
                     )
                     if due is not None:
                         wait = min(max(due, MIN_IDLE), wait)
-                self._down_polls = 0
             except DatabaseUnavailable as exc:
                 self._database_unavailable(exc)
             except Exception:
@@ -240,6 +240,11 @@ class Dispatcher:
         (log.warning if logged else log.debug)(
             "dispatcher_database_unavailable", error=str(exc), polls=self._down_polls
         )
+
+    def _database_back(self) -> None:
+        if self._down_polls:
+            log.info("dispatcher_database_available", failed_polls=self._down_polls)
+            self._down_polls = 0
 
     async def _claim(self, limit: int) -> int:
         """Claim and start up to ``limit`` deliveries; return how many rows were claimed."""

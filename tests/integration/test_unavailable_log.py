@@ -134,11 +134,14 @@ async def test_the_dispatcher_warns_once_when_its_polls_find_the_database_away(
         await asyncio.sleep(2.5)  # a dozen polls
     finally:
         await execute(server_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        await dispatcher.stop(0)
+    await asyncio.sleep(1.0)  # polls work again
+    await dispatcher.stop(0)
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
     down = [line for line in lines if line["event"] == "dispatcher_database_unavailable"]
     assert [line["level"] for line in down] == ["warning"]
     assert down[0]["polls"] == 1
+    [back] = [line for line in lines if line["event"] == "dispatcher_database_available"]
+    assert back["failed_polls"] >= 5
 
 
 async def test_the_executor_warns_once_when_its_claims_find_the_database_away(
