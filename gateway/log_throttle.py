@@ -38,3 +38,8 @@ class LogThrottle:
             self._suppressed.clear()
         self._last[key] = now
         return self._suppressed.pop(key, 0)
+
+    def forget(self, key: str) -> None:
+        """The trouble ``key`` stood for is over: its next occurrence is logged at once."""
+        self._last.pop(key, None)
+        self._suppressed.pop(key, None)

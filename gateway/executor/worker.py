@@ -315,6 +315,7 @@ class Executor:
             else:
                 lease.renewed(sent)
                 command.attend(lease.unattended_after())
+                self._heartbeat_log.forget(str(run_id))  # a later outage warns again
                 wait = interval
 
     async def _report(

@@ -5,8 +5,9 @@ back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,9 +27,30 @@ from tests.integration.ingest_helpers import (
 )
 from tests.integration.ops_helpers import sample, scrape
 from tests.integration.outgoing_helpers import outgoing_config
-from tests.integration.runs_helpers import make_pipeline
+from tests.integration.runs_helpers import enqueue, make_pipeline
 
 REQUESTS = 25
+
+
+@contextlib.asynccontextmanager
+async def database_away(
+    database_dsn: str, server_dsn: str, db: Database | None = None
+) -> AsyncIterator[None]:
+    """The test database refuses connections, and its open ones are ended (``db``'s pool
+    forgets its own), until the block ends."""
+    name = urlsplit(database_dsn).path.lstrip("/")
+    await execute(server_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    try:
+        if db is not None:
+            await db.pool.expire_connections()
+        await execute(
+            server_dsn,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            name,
+        )
+        yield
+    finally:
+        await execute(server_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
 
 
 async def test_an_outage_logs_one_line_not_one_per_request(
@@ -45,21 +67,11 @@ async def test_an_outage_logs_one_line_not_one_per_request(
     configure_logging("info", "json")
     before = await scrape(client)
     capsys.readouterr()
-    name = urlsplit(database_dsn).path.lstrip("/")
-    await execute(server_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-    try:
-        await db.pool.expire_connections()
-        await execute(
-            server_dsn,
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-            name,
-        )
+    async with database_away(database_dsn, server_dsn, db):
         for _ in range(REQUESTS):
             response = await client.post(hook_path(hook), data=body, headers=headers)
             assert response.status == 503, await response.text()
         lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
-    finally:
-        await execute(server_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     await wait_for(lambda: client.get("/readyz"), lambda r: r.status == 200)
     after = await scrape(client)
 
@@ -84,17 +96,8 @@ async def test_a_listener_that_cannot_reconnect_warns_once_not_every_attempt(
     listener = KeptListener(db, "hookgate_outage_probe", lambda _: None, name="probe")
     await listener.start()
     capsys.readouterr()
-    name = urlsplit(database_dsn).path.lstrip("/")
-    await execute(server_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-    try:
-        await execute(
-            server_dsn,
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-            name,
-        )
+    async with database_away(database_dsn, server_dsn):
         await asyncio.sleep(3.5)  # tries after 0.1, 0.2, 0.4, 0.8 and 1.6 s
-    finally:
-        await execute(server_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     try:
         await wait_for(_async(lambda: listener.listening), bool)
     finally:
@@ -122,18 +125,8 @@ async def test_the_dispatcher_warns_once_when_its_polls_find_the_database_away(
     dispatcher = Dispatcher(db, outgoing_config(database_dsn, poll_interval=0.2))
     await dispatcher.start()
     capsys.readouterr()
-    name = urlsplit(database_dsn).path.lstrip("/")
-    await execute(server_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-    try:
-        await db.pool.expire_connections()
-        await execute(
-            server_dsn,
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-            name,
-        )
+    async with database_away(database_dsn, server_dsn, db):
         await asyncio.sleep(2.5)  # a dozen polls
-    finally:
-        await execute(server_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     await asyncio.sleep(1.0)  # polls work again
     await dispatcher.stop(0)
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
@@ -154,18 +147,8 @@ async def test_the_executor_warns_once_when_its_claims_find_the_database_away(
     executor = Executor(db, settings)
     loop = asyncio.create_task(executor.run())
     await asyncio.sleep(0.3)
-    name = urlsplit(database_dsn).path.lstrip("/")
-    await execute(server_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-    try:
-        await db.pool.expire_connections()
-        await execute(
-            server_dsn,
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-            name,
-        )
+    async with database_away(database_dsn, server_dsn, db):
         await asyncio.sleep(2.0)  # a dozen claims
-    finally:
-        await execute(server_dsn, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     await asyncio.sleep(1.0)  # claims succeed again
     executor.stop()
     await asyncio.wait_for(loop, 10)
@@ -174,3 +157,36 @@ async def test_the_executor_warns_once_when_its_claims_find_the_database_away(
     assert [line["level"] for line in failed] == ["warning"] and failed[0]["polls"] == 1
     [resumed] = [line for line in lines if line["event"] == "claims_resumed"]
     assert resumed["failed_polls"] >= 5
+
+
+async def test_a_runs_failed_heartbeats_warn_again_in_a_later_outage(
+    db: Database, database_dsn: str, server_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Heartbeats every 4 s (lease 12 s, the local deadline 8 s after a renewal): the beat at
+    # 4 s fails in the first outage and is retried until it works; the beat 4 s after that
+    # fails in the second. Both outages' first failures are warnings, though a minute has not
+    # passed.
+    configure_logging("info", "json")
+    pipeline = await make_pipeline(db)
+    await enqueue(db, pipeline["id"])
+    settings = ExecutorSettings(
+        pipeline["id"], ["sleep", "30"], poll_interval=0.5, lease_seconds=12.0, name="test"
+    )
+    executor = Executor(db, settings)
+    loop = asyncio.create_task(executor.run())
+    try:
+        await asyncio.sleep(1.0)  # claimed and started
+        async with database_away(database_dsn, server_dsn, db):
+            await asyncio.sleep(4.0)  # the beat at 4 s fails, and its retry at 5 s
+        await asyncio.sleep(1.5)  # a retry works: the lease is renewed
+        async with database_away(database_dsn, server_dsn, db):
+            await asyncio.sleep(4.5)  # the next beat, 4 s after the renewal, fails
+        await asyncio.sleep(1.5)
+    finally:
+        executor.stop()
+        executor.stop()  # no grace: the command is ended
+        await asyncio.wait_for(loop, 20)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+    failed = [line["level"] for line in lines if line["event"] == "heartbeat_failed"]
+    assert failed.count("warning") == 2, failed
+    assert not [line for line in lines if line["event"] == "run_lease_expired_locally"]

@@ -32,3 +32,13 @@ def test_keys_are_bounded() -> None:
     for i in range(MAX_KEYS * 3):
         assert throttle.take(f"reason {i}") == 0
     assert len(throttle._last) <= MAX_KEYS
+
+
+def test_a_forgotten_key_is_logged_at_once_again() -> None:
+    # One run's heartbeats failing in two outages a few seconds apart: each outage's first.
+    throttle = LogThrottle(60.0, Clock())
+    assert throttle.take("run-1") == 0
+    assert throttle.take("run-1") is None
+    throttle.forget("run-1")
+    assert throttle.take("run-1") == 0
+    throttle.forget("never seen")  # nothing to forget: no error
