@@ -45,7 +45,7 @@ from gateway.dispatcher.signing import scrub_pieces, scrub_sent_secrets, sent_se
 from gateway.dispatcher.ssrf import is_refusal
 from gateway.dispatcher.templates import RenderError
 from gateway.exceptions import AlreadyExists, DatabaseUnavailable
-from gateway.log_throttle import LogThrottle
+from gateway.log_throttle import OutageLog
 from gateway.logs import get_logger
 from gateway.security.sensitive_headers import redact_headers
 from gateway.storage import outgoing as store
@@ -108,8 +108,8 @@ class Dispatcher:
         self._recording: set[uuid.UUID] = set()  # answered, not yet recorded: never claimed
         self._retrying: set[asyncio.Task[None]] = set()  # recordings the database failed
         self._cut_off = False  # the stop's grace is over: recordings are not tried again
-        self._down_polls = 0  # polls in a row that found the database unavailable
-        self._down_log = LogThrottle(DOWN_LOG_INTERVAL)
+        # Polls in a row that found the database unavailable.
+        self._outage = OutageLog(log, DOWN_LOG_INTERVAL, "polls")
         self._load: Counter[str] = Counter()  # requests in flight per origin
         self._hook_origin: dict[uuid.UUID, str] = {}  # hooks with work in flight or handed back
         self._compiled: dict[uuid.UUID, tuple[Any, CompiledHook | str]] = {}
@@ -233,18 +233,11 @@ class Dispatcher:
     def _database_unavailable(self, exc: DatabaseUnavailable) -> None:
         # Every poll_interval while the database is away: a warning for the first poll of an
         # outage, then one per DOWN_LOG_INTERVAL with the count, the rest debug lines.
-        self._down_polls += 1
-        if self._down_polls == 1:
-            self._down_log = LogThrottle(DOWN_LOG_INTERVAL)
-        logged = self._down_log.take("poll") is not None
-        (log.warning if logged else log.debug)(
-            "dispatcher_database_unavailable", error=str(exc), polls=self._down_polls
-        )
+        self._outage.failed("dispatcher_database_unavailable", error=str(exc))
 
     def _database_back(self) -> None:
-        if self._down_polls:
-            log.info("dispatcher_database_available", failed_polls=self._down_polls)
-            self._down_polls = 0
+        if failed := self._outage.recovered():
+            log.info("dispatcher_database_available", failed_polls=failed)
 
     async def _claim(self, limit: int) -> int:
         """Claim and start up to ``limit`` deliveries; return how many rows were claimed."""

@@ -37,7 +37,7 @@ import orjson
 from gateway import run_states
 from gateway.exceptions import Conflict, DatabaseUnavailable, GatewayError, NotFound
 from gateway.executor.command import CommandResult, RunningCommand, command_env
-from gateway.log_throttle import LogThrottle
+from gateway.log_throttle import LogThrottle, OutageLog
 from gateway.logs import get_logger
 from gateway.storage import runs
 from gateway.storage.database import Database, Record
@@ -120,8 +120,8 @@ class Executor:
         self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._commands: dict[uuid.UUID, RunningCommand] = {}
         self._leases: dict[uuid.UUID, RunLease] = {}
-        self._failed_claims = 0  # claims in a row that found the database unavailable
-        self._claim_log = LogThrottle(FAILURE_LOG_INTERVAL)
+        # Claims in a row that found the database unavailable.
+        self._claim_outage = OutageLog(log, FAILURE_LOG_INTERVAL, "polls")
         self._heartbeat_log = LogThrottle(FAILURE_LOG_INTERVAL)  # keyed by run id
         self._listener = KeptListener(
             db,
@@ -177,22 +177,15 @@ class Executor:
                 claimed_by=self.settings.name,
             )
         except DatabaseUnavailable as exc:
-            self._failed_claims += 1
-            if self._failed_claims == 1:
-                self._claim_log = LogThrottle(FAILURE_LOG_INTERVAL)
-            logged = self._claim_log.take("claim") is not None
-            (log.warning if logged else log.debug)(
-                "claim_failed", error=str(exc), polls=self._failed_claims
-            )
+            self._claim_outage.failed("claim_failed", error=str(exc))
             return []
         except Exception:
             # A bug, or an answer nobody expected: leaving the loop would abandon the commands
             # running now (their runs redone once the leases expire). Log it, try again.
             log.exception("claim_failed_unexpectedly", pipeline_id=self.settings.pipeline_id)
             return []
-        if self._failed_claims:
-            log.info("claims_resumed", failed_polls=self._failed_claims)
-            self._failed_claims = 0
+        if failed := self._claim_outage.recovered():
+            log.info("claims_resumed", failed_polls=failed)
         return claimed
 
     def _start(self, row: Record, lease: RunLease) -> None:

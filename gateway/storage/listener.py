@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.exceptions import DatabaseUnavailable
-from gateway.log_throttle import LogThrottle
+from gateway.log_throttle import OutageLog
 from gateway.logs import get_logger
 from gateway.storage.database import Database, close_quietly, translated
 from gateway.storage.queries import QUERIES
@@ -111,8 +111,8 @@ class KeptListener:
         self._listener: ChannelListener | None = None
         self._lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._failures = 0  # failed attempts since it last listened
-        self._failure_log = LogThrottle(FAILURE_LOG_INTERVAL)
+        # Failed attempts since it last listened.
+        self._outage = OutageLog(log, FAILURE_LOG_INTERVAL, "attempts")
         self.listening = False
 
     async def start(self) -> None:
@@ -136,15 +136,7 @@ class KeptListener:
                     self._db, self._channel, self._on_payload, self._lost.set
                 )
         except Exception as exc:  # any failure: retry later, never let the task die
-            self._failures += 1
-            if self._failures == 1:  # a new outage: its first failure is a warning
-                self._failure_log = LogThrottle(FAILURE_LOG_INTERVAL)
-            logged = self._failure_log.take(self._name) is not None
-            (log.warning if logged else log.debug)(
-                f"{self._name}_listen_failed",
-                error=str(exc) or type(exc).__name__,
-                attempts=self._failures,
-            )
+            self._outage.failed(f"{self._name}_listen_failed", error=str(exc) or type(exc).__name__)
             return False
         self.listening = True
         self._on_listening()
@@ -169,9 +161,10 @@ class KeptListener:
                     continue
                 delay = 0.1
                 log.info(
-                    f"{self._name}_listening", channel=self._channel, failed_attempts=self._failures
+                    f"{self._name}_listening",
+                    channel=self._channel,
+                    failed_attempts=self._outage.recovered(),
                 )
-                self._failures = 0
             error = "the connection was closed"
             try:
                 await asyncio.wait_for(self._lost.wait(), self._ping_interval)

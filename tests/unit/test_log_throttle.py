@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from gateway.log_throttle import MAX_KEYS, LogThrottle
+from structlog.testing import capture_logs
+
+from gateway.log_throttle import MAX_KEYS, LogThrottle, OutageLog
+from gateway.logs import get_logger
 
 
 class Clock:
@@ -42,3 +45,19 @@ def test_a_forgotten_key_is_logged_at_once_again() -> None:
     throttle.forget("run-1")
     assert throttle.take("run-1") == 0
     throttle.forget("never seen")  # nothing to forget: no error
+
+
+def test_an_outage_warns_at_its_start_and_counts_every_failed_try(debug_logs: None) -> None:
+    outage = OutageLog(get_logger("test"), 60.0, "polls")
+    with capture_logs() as logs:
+        for _ in range(3):
+            outage.failed("poll_failed", error="away")
+        assert outage.recovered() == 3
+        assert outage.recovered() == 0  # nothing failed since
+        outage.failed("poll_failed", error="away again")  # a new outage: a warning again
+    assert [(e["log_level"], e["polls"], e["error"]) for e in logs] == [
+        ("warning", 1, "away"),
+        ("debug", 2, "away"),
+        ("debug", 3, "away"),
+        ("warning", 1, "away again"),
+    ]
