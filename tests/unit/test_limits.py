@@ -18,16 +18,7 @@ from gateway.ingest.limits import (
     parse_limits_settings,
     retry_after_header,
 )
-
-
-class Clock:
-    """A hand-moved monotonic clock."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.manual_clock import ManualClock
 
 
 def test_unlimited_keeps_no_bucket() -> None:
@@ -37,7 +28,7 @@ def test_unlimited_keeps_no_bucket() -> None:
 
 
 def test_burst_then_refusal_with_retry_after() -> None:
-    clock = Clock()
+    clock = ManualClock()
     limiter = RateLimiter(clock=clock)
     assert [limiter.check("h", 2, 3)[0] for _ in range(3)] == [True, True, True]
     allowed, retry = limiter.check("h", 2, 3)
@@ -50,7 +41,7 @@ def test_burst_then_refusal_with_retry_after() -> None:
 
 
 def test_refill_is_capped_at_burst() -> None:
-    clock = Clock()
+    clock = ManualClock()
     limiter = RateLimiter(clock=clock)
     limiter.check("h", 10, 5)
     clock.now += 3600
@@ -58,7 +49,7 @@ def test_refill_is_capped_at_burst() -> None:
 
 
 def test_keys_are_independent() -> None:
-    limiter = RateLimiter(clock=Clock())
+    limiter = RateLimiter(clock=ManualClock())
     assert limiter.check("a", 1, 1)[0] and not limiter.check("a", 1, 1)[0]
     assert limiter.check("b", 1, 1)[0]
 
@@ -66,12 +57,12 @@ def test_keys_are_independent() -> None:
 @pytest.mark.parametrize(("rate", "burst", "size"), [(0.5, 0, 1), (2.5, 0, 3), (10, 0, 10)])
 def test_default_burst_follows_the_rate(rate: float, burst: int, size: int) -> None:
     assert effective_burst(rate, burst) == size
-    limiter = RateLimiter(clock=Clock())
+    limiter = RateLimiter(clock=ManualClock())
     assert sum(limiter.check("h", rate, burst)[0] for _ in range(50)) == size
 
 
 def test_changed_limit_applies_to_the_existing_bucket() -> None:
-    clock = Clock()
+    clock = ManualClock()
     limiter = RateLimiter(clock=clock)
     assert sum(limiter.check("h", 1, 2)[0] for _ in range(5)) == 2
     clock.now += 1  # one token refilled at the old rate...
@@ -91,7 +82,7 @@ def test_changed_limit_applies_to_the_existing_bucket() -> None:
 
 
 def test_lru_bound() -> None:
-    limiter = RateLimiter(max_buckets=3, clock=Clock())
+    limiter = RateLimiter(max_buckets=3, clock=ManualClock())
     for key in "abcd":
         limiter.check(key, 1, 1)
     assert len(limiter) == 3
@@ -101,7 +92,7 @@ def test_lru_bound() -> None:
 
 
 def test_sweep_drops_only_refilled_buckets() -> None:
-    clock = Clock()
+    clock = ManualClock()
     limiter = RateLimiter(clock=clock)
     limiter.check("slow", 0.001, 1)  # empty, refills in 1000 s
     limiter.check("fast", 100, 1)
@@ -111,7 +102,7 @@ def test_sweep_drops_only_refilled_buckets() -> None:
 
 
 def test_periodic_sweep_runs_inside_check() -> None:
-    clock = Clock()
+    clock = ManualClock()
     limiter = RateLimiter(clock=clock)
     for i in range(100):
         limiter.check(i, 1000, 1)
@@ -121,7 +112,7 @@ def test_periodic_sweep_runs_inside_check() -> None:
 
 
 def test_forget() -> None:
-    limiter = RateLimiter(clock=Clock())
+    limiter = RateLimiter(clock=ManualClock())
     limiter.check("h", 1, 1)
     limiter.forget("h")
     limiter.forget("absent")
@@ -140,7 +131,7 @@ def test_retry_after_header(seconds: float, header: str) -> None:
     steps=st.lists(st.floats(0, 5), max_size=40),
 )
 def test_never_more_than_burst_plus_refill(rate: float, burst: int, steps: list[float]) -> None:
-    clock = Clock()
+    clock = ManualClock()
     limiter = RateLimiter(clock=clock)
     allowed = 0
     for step in steps:

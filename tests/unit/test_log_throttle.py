@@ -6,18 +6,11 @@ from structlog.testing import capture_logs
 
 from gateway.log_throttle import MAX_KEYS, LogThrottle, OutageLog
 from gateway.logs import get_logger
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.manual_clock import ManualClock
 
 
 def test_one_line_per_interval_per_key_with_the_count_suppressed() -> None:
-    clock = Clock()
+    clock = ManualClock()
     throttle = LogThrottle(10.0, clock)
     assert throttle.take("down") == 0
     assert [throttle.take("down") for _ in range(5)] == [None] * 5
@@ -31,7 +24,7 @@ def test_one_line_per_interval_per_key_with_the_count_suppressed() -> None:
 
 
 def test_keys_are_bounded() -> None:
-    throttle = LogThrottle(10.0, Clock())
+    throttle = LogThrottle(10.0, ManualClock())
     for i in range(MAX_KEYS * 3):
         assert throttle.take(f"reason {i}") == 0
     assert len(throttle._last) <= MAX_KEYS
@@ -39,7 +32,7 @@ def test_keys_are_bounded() -> None:
 
 def test_a_forgotten_key_is_logged_at_once_again() -> None:
     # One run's heartbeats failing in two outages a few seconds apart: each outage's first.
-    throttle = LogThrottle(60.0, Clock())
+    throttle = LogThrottle(60.0, ManualClock())
     assert throttle.take("run-1") == 0
     assert throttle.take("run-1") is None
     throttle.forget("run-1")

@@ -9,6 +9,7 @@ import pytest
 from gateway.config import AuthConfig
 from gateway.security import login_throttle
 from gateway.security.login_throttle import LoginThrottle
+from tests.manual_clock import ManualClock
 
 AUTH = replace(
     AuthConfig(),
@@ -18,21 +19,13 @@ AUTH = replace(
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 def test_an_address_is_held_back_after_its_limit_until_the_oldest_failure_leaves_the_window(
-    clock: Clock,
+    clock: ManualClock,
 ) -> None:
     throttle = LoginThrottle(clock)
     for second in (0, 10, 20):
@@ -46,7 +39,7 @@ def test_an_address_is_held_back_after_its_limit_until_the_oldest_failure_leaves
     assert throttle.begin("192.0.2.1", "other@example.com", AUTH) == 0
 
 
-def test_a_refused_attempt_does_not_extend_the_wait(clock: Clock) -> None:
+def test_a_refused_attempt_does_not_extend_the_wait(clock: ManualClock) -> None:
     throttle = LoginThrottle(clock)
     for _ in range(3):
         assert throttle.begin("192.0.2.1", "a@example.com", AUTH) == 0
@@ -59,7 +52,7 @@ def test_a_refused_attempt_does_not_extend_the_wait(clock: Clock) -> None:
 
 
 def test_an_account_is_held_back_whatever_the_address_and_a_success_clears_it(
-    clock: Clock,
+    clock: ManualClock,
 ) -> None:
     throttle = LoginThrottle(clock)
     for i in range(5):
@@ -75,7 +68,7 @@ def test_an_account_is_held_back_whatever_the_address_and_a_success_clears_it(
         assert fresh.begin(f"203.0.113.{i}", "admin@example.com", AUTH) == 0
 
 
-def test_a_success_does_not_reset_the_address_count(clock: Clock) -> None:
+def test_a_success_does_not_reset_the_address_count(clock: ManualClock) -> None:
     throttle = LoginThrottle(clock)
     assert throttle.begin("192.0.2.1", "victim@example.com", AUTH) == 0
     assert throttle.begin("192.0.2.1", "victim@example.com", AUTH) == 0
@@ -85,14 +78,14 @@ def test_a_success_does_not_reset_the_address_count(clock: Clock) -> None:
     assert throttle.begin("192.0.2.1", "victim@example.com", AUTH) > 0
 
 
-def test_a_cancelled_attempt_is_not_a_failure(clock: Clock) -> None:
+def test_a_cancelled_attempt_is_not_a_failure(clock: ManualClock) -> None:
     throttle = LoginThrottle(clock)
     for _ in range(10):
         assert throttle.begin("192.0.2.1", "a@example.com", AUTH) == 0
         throttle.cancelled("192.0.2.1", "a@example.com")
 
 
-def test_a_limit_of_zero_is_off(clock: Clock) -> None:
+def test_a_limit_of_zero_is_off(clock: ManualClock) -> None:
     throttle = LoginThrottle(clock)
     off = replace(AUTH, login_failures_per_address=0, login_failures_per_account=0)
     for _ in range(100):
@@ -100,7 +93,7 @@ def test_a_limit_of_zero_is_off(clock: Clock) -> None:
 
 
 def test_the_number_of_remembered_keys_is_bounded(
-    clock: Clock, monkeypatch: pytest.MonkeyPatch
+    clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(login_throttle, "MAX_TRACKED", 10)
     throttle = LoginThrottle(clock)
