@@ -9,6 +9,7 @@ import io
 import os
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -19,6 +20,16 @@ from gateway.logs import configure_logging, get_logger
 from tests.acceptance.process_helpers import until_gone
 
 PATH = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+async def _start_stubborn_group(**options: Any) -> tuple[RunningCommand, list[int]]:
+    """A command that ignores SIGTERM, as does the background child it starts; with the pids
+    of the child and of the command (``options`` go to RunningCommand.start)."""
+    script = "trap '' TERM; sleep 60 & echo $!; echo $$; wait"
+    command = await RunningCommand.start(["sh", "-c", script], PATH, **options)
+    out = command.process.stdout
+    assert out is not None
+    return command, [int(await out.readline()), int(await out.readline())]
 
 
 async def test_exit_codes_signals_and_output_are_the_commands() -> None:
@@ -64,11 +75,7 @@ async def test_terminate_reaches_the_command_which_decides_how_to_end() -> None:
 async def test_closing_the_executors_end_stops_the_whole_group() -> None:
     # What the executor's death does: its end of the socket closes. The command and its child
     # ignore SIGTERM, so the guard's SIGKILL after kill_after is what ends them.
-    script = "trap '' TERM; sleep 60 & echo $!; echo $$; wait"
-    command = await RunningCommand.start(["sh", "-c", script], PATH, kill_after=0.2)
-    out = command.process.stdout
-    assert out is not None
-    pids = [int(await out.readline()), int(await out.readline())]
+    command, pids = await _start_stubborn_group(kill_after=0.2)
 
     command._control.close()
 
@@ -126,13 +133,9 @@ async def test_a_guard_left_unattended_stops_the_group_on_its_own(
     # What a stopped (SIGSTOP) or hung executor leaves: a socket that stays open, but no word
     # that the lease was renewed. The command ignores SIGTERM: the SIGKILL half of kill_after
     # later ends it, the guard with it.
-    script = "trap '' TERM; sleep 60 & echo $!; echo $$; wait"
-    command = await RunningCommand.start(
-        ["sh", "-c", script], PATH, kill_after=0.4, context={"run_id": "r-2"}, unattended_after=0.5
+    command, pids = await _start_stubborn_group(
+        kill_after=0.4, context={"run_id": "r-2"}, unattended_after=0.5
     )
-    out = command.process.stdout
-    assert out is not None
-    pids = [int(await out.readline()), int(await out.readline())]
     await until_gone(pids, within=10)
     assert (await asyncio.wait_for(command.wait(), 10)).exit_code == -signal.SIGKILL
     events = [orjson.loads(line) for line in capfd.readouterr().err.splitlines()]
@@ -166,13 +169,9 @@ async def test_an_executor_that_stops_while_terminating_leaves_the_sigkill_to_th
     # kill_after later: here its terminate() is cancelled after the SIGTERM. The command
     # ignores SIGTERM; the guard, told that the executor was terminating, sends the SIGKILL
     # half of kill_after late instead of letting the command outlive the lease.
-    script = "trap '' TERM; sleep 60 & echo $!; echo $$; wait"
-    command = await RunningCommand.start(
-        ["sh", "-c", script], PATH, kill_after=0.2, context={"run_id": "r-3"}, unattended_after=30
+    command, pids = await _start_stubborn_group(
+        kill_after=0.2, context={"run_id": "r-3"}, unattended_after=30
     )
-    out = command.process.stdout
-    assert out is not None
-    pids = [int(await out.readline()), int(await out.readline())]
     terminating = asyncio.create_task(command.terminate(kill_after=0.4))
     await asyncio.sleep(0.1)
     terminating.cancel()
