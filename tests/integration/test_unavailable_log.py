@@ -32,6 +32,11 @@ from tests.integration.runs_helpers import enqueue, make_pipeline
 REQUESTS = 25
 
 
+def _logged(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    """The JSON log lines written to stderr since the last read."""
+    return [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+
+
 @contextlib.asynccontextmanager
 async def database_away(
     database_dsn: str, server_dsn: str, db: Database | None = None
@@ -71,7 +76,7 @@ async def test_an_outage_logs_one_line_not_one_per_request(
         for _ in range(REQUESTS):
             response = await client.post(hook_path(hook), data=body, headers=headers)
             assert response.status == 503, await response.text()
-        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+        lines = _logged(capsys)
     await wait_for(lambda: client.get("/readyz"), lambda r: r.status == 200)
     after = await scrape(client)
 
@@ -102,7 +107,7 @@ async def test_a_listener_that_cannot_reconnect_warns_once_not_every_attempt(
         await wait_for(_async(lambda: listener.listening), bool)
     finally:
         await listener.close()
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+    lines = _logged(capsys)
     failed = [line for line in lines if line["event"] == "probe_listen_failed"]
     assert [(line["level"], line["attempts"]) for line in failed] == [("warning", 1)]
     [back] = [line for line in lines if line["event"] == "probe_listening"]
@@ -129,7 +134,7 @@ async def test_the_dispatcher_warns_once_when_its_polls_find_the_database_away(
         await asyncio.sleep(2.5)  # a dozen polls
     await asyncio.sleep(1.0)  # polls work again
     await dispatcher.stop(0)
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+    lines = _logged(capsys)
     down = [line for line in lines if line["event"] == "dispatcher_database_unavailable"]
     assert [line["level"] for line in down] == ["warning"]
     assert down[0]["polls"] == 1
@@ -152,7 +157,7 @@ async def test_the_executor_warns_once_when_its_claims_find_the_database_away(
     await asyncio.sleep(1.0)  # claims succeed again
     executor.stop()
     await asyncio.wait_for(loop, 10)
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+    lines = _logged(capsys)
     failed = [line for line in lines if line["event"] == "claim_failed"]
     assert [line["level"] for line in failed] == ["warning"] and failed[0]["polls"] == 1
     [resumed] = [line for line in lines if line["event"] == "claims_resumed"]
@@ -186,7 +191,7 @@ async def test_a_runs_failed_heartbeats_warn_again_in_a_later_outage(
         executor.stop()
         executor.stop()  # no grace: the command is ended
         await asyncio.wait_for(loop, 20)
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+    lines = _logged(capsys)
     failed = [line["level"] for line in lines if line["event"] == "heartbeat_failed"]
     assert failed.count("warning") == 2, failed
     assert not [line for line in lines if line["event"] == "run_lease_expired_locally"]
