@@ -108,7 +108,7 @@ async def change_own_password(
 
     ValueError names the bad field; TooManyAttempts past the failed-login limits.
     """
-    _check_password_length(auth, "new_password", new_password)
+    check_password_length(auth, new_password, "new_password")
     row = await _password_checked(
         db, auth, user.email, current_password, throttle, address, "too many failed password checks"
     )
@@ -126,7 +126,7 @@ async def set_password(
     """Operator recovery (``gateway user set-password``): store a new password for the user
     with this email, disabled or not, and end their sessions. Return (user, tokens ended).
     ValueError for a short password; NotFound for an unknown email."""
-    _check_password_length(auth, "password", password)
+    check_password_length(auth, password)
     found = await users.user_by_email(db, email)
     if found is None:
         raise NotFound(f"no user with email {email.strip()!r}")
@@ -176,7 +176,7 @@ async def update_user(
         # A stolen access token must not be enough to take the account over.
         raise Conflict("change your own password with PUT /users/me/password")
     if password is not None:
-        _check_password_length(auth, "password", password)
+        check_password_length(auth, password)
     password_hash = None if password is None else await passwords.hash_password_in_thread(password)
     async with db.transaction() as session:
         user = await users.update_user(
@@ -269,10 +269,6 @@ def check_new_user(auth: AuthConfig, email: str, password: str) -> str:
 
 def check_password_length(auth: AuthConfig, password: str, field: str = "password") -> None:
     """ValueError naming ``field`` when ``password`` is shorter than the configured minimum."""
-    _check_password_length(auth, field, password)
-
-
-def _check_password_length(auth: AuthConfig, field: str, password: str) -> None:
     if len(password) < auth.password_min_length:
         raise ValueError(f"{field}: must be at least {auth.password_min_length} characters")
 
