@@ -191,6 +191,11 @@ def _stop_group(
     os.killpg(0, signal.SIGKILL)
 
 
+def _earliest(*deadlines: float | None) -> float | None:
+    """The first of the deadlines that are set, or None."""
+    return min((when for when in deadlines if when is not None), default=None)
+
+
 def main(argv: list[str]) -> None:
     """``guard.py CONTROL_FD LOG_FD``: see the module docstring."""
     control = socket.socket(fileno=int(argv[1]))
@@ -231,8 +236,8 @@ def main(argv: list[str]) -> None:
     killed_by: float | None = None
     received = b""
     while (code := child.poll()) is None:
-        due = [when for when in (attend_by, killed_by) if when is not None]
-        left = max(0.0, min(due) - time.monotonic()) if due else None
+        due = _earliest(attend_by, killed_by)
+        left = None if due is None else max(0.0, due - time.monotonic())
         events = selector.select(left)
         if not events and left is not None:
             # The deadline, or a signal past it (after SIGSTOP/SIGCONT the select gives up
@@ -262,9 +267,9 @@ def main(argv: list[str]) -> None:
                     killed_by = by if killed_by is None else min(killed_by, by)
         # Only after reading what came meanwhile: a renewal sent in time but read late (this
         # guard was not scheduled, or stopped with the executor) still counts.
-        due = [when for when in (attend_by, killed_by) if when is not None]
+        due = _earliest(attend_by, killed_by)
         now = time.monotonic()
-        if due and now >= min(due) and child.poll() is None:
+        if due is not None and now >= due and child.poll() is None:
             if killed_by is not None and now >= killed_by:
                 # The executor's SIGTERM went out long ago: SIGKILL at once.
                 _stop_group(child, selector, 0.0, log, context, UNFINISHED)
