@@ -82,8 +82,8 @@ class StopSignals:
     **forces** it: the stop is logged with what every task was waiting for (``stop_overdue``),
     the main task is cancelled, so its clean-up (the pool, an embedded PostgreSQL) still runs,
     and if even that is not done within FORCED_EXIT_AFTER seconds, or a third signal comes, the
-    process exits with status 1 at once. Nothing answered 2xx is lost by a forced stop: a request is
-    answered only once its rows are committed.
+    process exits with status 1 at once. Nothing answered 2xx is lost by a forced stop: a
+    request is answered only once its rows are committed.
     """
 
     def __init__(
