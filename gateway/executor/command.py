@@ -265,16 +265,35 @@ class RunningCommand:
             self._control.send(frame(message))
 
     async def terminate(self, kill_after: float = 10.0) -> None:
-        """SIGTERM the command's process group, SIGKILL it if still running after ``kill_after``."""
+        """SIGTERM the command's process group; SIGKILL what is left of it (the command, or
+        children it started, whether or not they hold the output pipe) after ``kill_after``.
+        Returns once the whole group is gone."""
         self.terminated = True
         # The guard's own deadline no longer applies; it sends the SIGKILL itself if this
         # process does not (stopped or hung meanwhile), half of kill_after late.
         self._tell(("terminating", kill_after))
         self._signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(asyncio.shield(self.process.wait()), kill_after)
+            await asyncio.wait_for(self._group_gone(), kill_after)
         except TimeoutError:
             self._signal(signal.SIGKILL)
+
+    async def _group_gone(self) -> None:
+        """Wait for the guard's exit, then for the rest of its process group: a child that
+        ignored SIGTERM, or one started as the signal went out, outlives the command."""
+        await self._exited()
+        # Nothing signals a process group's last member leaving (they are not our children).
+        while self._group_alive():  # noqa: ASYNC110
+            await asyncio.sleep(_EXIT_POLL)
+
+    def _group_alive(self) -> bool:
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # a member we may not signal (it changed user) is still a member
+        return True
 
     def _signal(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -61,7 +61,7 @@ async def test_a_command_that_cannot_be_executed_raises_oserror() -> None:
 
 async def test_terminate_reaches_the_command_which_decides_how_to_end() -> None:
     trapping = await RunningCommand.start(
-        ["sh", "-c", "trap 'echo stopping; exit 143' TERM; echo ready; sleep 30 & wait"], PATH
+        ["sh", "-c", "trap 'echo stopping; exit 143' TERM; sleep 30 & echo ready; wait"], PATH
     )
     assert await trapping.process.stdout.readline() == b"ready\n"  # type: ignore[union-attr]
     await trapping.terminate(kill_after=10)
@@ -70,6 +70,21 @@ async def test_terminate_reaches_the_command_which_decides_how_to_end() -> None:
     assert await stubborn.process.stdout.readline() == b"ready\n"  # type: ignore[union-attr]
     await stubborn.terminate(kill_after=0.2)
     assert (await stubborn.wait()).description == "killed by SIGKILL"
+
+
+async def test_terminate_also_ends_a_child_that_outlives_the_command() -> None:
+    # The command exits on SIGTERM; its background child ignores it and no longer holds the
+    # output pipe, so only the SIGKILL after kill_after ends it, and terminate waits for that.
+    script = "(trap '' TERM; exec sleep 60) >/dev/null 2>&1 & echo $!; wait"
+    command = await RunningCommand.start(["sh", "-c", script], PATH)
+    out = command.process.stdout
+    assert out is not None
+    child = int(await out.readline())
+
+    await command.terminate(kill_after=0.3)
+
+    assert (await command.wait()).description == "killed by SIGTERM"
+    await until_gone([child], within=1)
 
 
 async def test_closing_the_executors_end_stops_the_whole_group() -> None:
