@@ -248,10 +248,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Exception as exc:
         from gateway.exceptions import DatabaseMisconfigured, GatewayError
+        from gateway.server import ListenError
 
         if isinstance(exc, DatabaseMisconfigured):  # a configuration error: retrying won't help
             print(f"gateway: {exc}", file=sys.stderr)
             return 2
+        if isinstance(exc, ListenError):
+            print(f"gateway: {exc}", file=sys.stderr)
+            return exc.exit_status
         if isinstance(exc, GatewayError):
             print(f"gateway: {exc}", file=sys.stderr)
             return 1

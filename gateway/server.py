@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import os
@@ -169,10 +170,23 @@ def _is_idle(handler: Any) -> bool:
 class ListenError(GatewayError):
     """A listener could not be bound (address in use, permission denied ...)."""
 
+    def __init__(self, message: str, *, in_use: bool = False) -> None:
+        super().__init__(message)
+        self.in_use = in_use
+
     @classmethod
     def binding(cls, host: str, port: int, exc: OSError) -> ListenError:
         """The one wording of a failed bind, whoever tried it."""
-        return cls(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+        message = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        return cls(message, in_use=exc.errno == errno.EADDRINUSE)
+
+    @property
+    def exit_status(self) -> int:
+        """``gateway serve``'s status, with or without workers: 1 while another program holds
+        the address (it may let go: a restart can help), 2 for an address this host cannot
+        bind at all (not one of its addresses, a name that does not resolve, a privileged
+        port), a configuration error that a service manager should not restart into."""
+        return 1 if self.in_use else 2
 
 
 class AccessLog(AbstractAccessLogger):

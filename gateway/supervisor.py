@@ -393,7 +393,7 @@ async def supervise(config: Config) -> int:
             except ListenError as exc:
                 log.error("cannot_listen", error=str(exc))
                 print(f"gateway: {exc}", file=sys.stderr)
-                return EXIT_USAGE
+                return exc.exit_status
             # One scrape, answered by any worker, sums every worker's metric files (issue 8).
             metrics_dir = prepare_metrics_dir(config)
             supervisor = Supervisor(config, dsn, metrics_dir)

@@ -169,6 +169,20 @@ def test_serve_reports_a_port_in_use(tmp_path: Path, database_dsn: str) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_serve_on_an_address_of_no_interface_is_a_configuration_error(
+    tmp_path: Path, database_dsn: str
+) -> None:
+    # Status 2, as with workers (test_worker_kill.py): no restart can mend it.
+    config = write_config(
+        tmp_path / "config.toml",
+        {"server": {"host": "192.0.2.1"}, "database": {"dsn": database_dsn}},
+    )
+    result = run_gateway("--config", str(config), "serve")
+    assert result.returncode == 2
+    assert "gateway: cannot listen on 192.0.2.1:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # --- user create --------------------------------------------------------------------------------
 
 

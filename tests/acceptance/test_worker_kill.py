@@ -200,8 +200,9 @@ def test_a_replacement_worker_keeps_the_port_and_database_in_force(
         config.write_text(edited + '\n[hooks]\nstore_bodies = "none"\n')
         os.kill(gateway.process.pid, signal.SIGHUP)
         gateway.wait_for(
-            lambda _: {e.get("worker") for e in gateway.named("config_reload_needs_restart")}
-            == {0, 1},
+            lambda _: (
+                {e.get("worker") for e in gateway.named("config_reload_needs_restart")} == {0, 1}
+            ),
             "config_reload_needs_restart in both workers",
             30,
         )
@@ -235,9 +236,7 @@ def test_a_replacement_worker_keeps_the_port_and_database_in_force(
 
 
 @pytest.mark.timeout(120)
-def test_a_second_gateway_on_the_port_of_a_running_one_is_refused(
-    dsn: str, tmp_path: Path
-) -> None:
+def test_a_second_gateway_on_the_port_of_a_running_one_is_refused(dsn: str, tmp_path: Path) -> None:
     """SO_REUSEPORT would let the workers of a second gateway (an old release still running,
     a second unit) quietly share the port and its traffic: the supervisor checks first."""
     (tmp_path / "first").mkdir()
@@ -249,7 +248,7 @@ def test_a_second_gateway_on_the_port_of_a_running_one_is_refused(
         )
         second = GatewayProcess(config, env={"GATEWAY_DATABASE_DSN": dsn})
         try:
-            assert second.finish(timeout=90) == 2, second.output
+            assert second.finish(timeout=90) == 1, second.output  # as without workers
         finally:
             second.kill()
         assert f"gateway: cannot listen on 127.0.0.1:{live.port}: Address already in use" in (
@@ -263,9 +262,9 @@ def test_a_second_gateway_on_the_port_of_a_running_one_is_refused(
 
 @pytest.mark.timeout(120)
 def test_workers_that_cannot_bind_the_port_stop_the_gateway(dsn: str, tmp_path: Path) -> None:
-    """Another program holds the port: the gateway stops and says why, as it does without
-    workers (there with status 1, test_cli.py), instead of a supervisor restarting workers
-    forever while nothing listens."""
+    """Another program holds the port: the gateway stops and says why, with status 1 as it
+    does without workers (test_cli.py), instead of a supervisor restarting workers forever
+    while nothing listens."""
     with occupied_port() as port:
         config = write_config(
             tmp_path / "config.toml",
@@ -273,10 +272,27 @@ def test_workers_that_cannot_bind_the_port_stop_the_gateway(dsn: str, tmp_path: 
         )
         gateway = GatewayProcess(config, env={"GATEWAY_DATABASE_DSN": dsn})
         try:
-            assert gateway.finish(timeout=90) == 2, gateway.output
+            assert gateway.finish(timeout=90) == 1, gateway.output
         finally:
             gateway.kill()
     # Found before any worker starts (the supervisor tries the address itself).
     cannot = gateway.named("cannot_listen")
     assert cannot and "address already in use" in cannot[0]["error"].lower(), gateway.output
+    assert not gateway.named("worker_started")
+
+
+@pytest.mark.timeout(120)
+def test_workers_on_an_address_of_no_interface_stop_with_status_2(dsn: str, tmp_path: Path) -> None:
+    """An address this host does not have is a configuration error: status 2, which the
+    systemd unit does not restart into (RestartPreventExitStatus), as without workers."""
+    config = write_config(
+        tmp_path / "config.toml",
+        {"server": {"host": "192.0.2.1", "workers": 2}, "log": {"format": "json"}},
+    )
+    gateway = GatewayProcess(config, env={"GATEWAY_DATABASE_DSN": dsn})
+    try:
+        assert gateway.finish(timeout=90) == 2, gateway.output
+    finally:
+        gateway.kill()
+    assert "gateway: cannot listen on 192.0.2.1:" in gateway.output
     assert not gateway.named("worker_started")

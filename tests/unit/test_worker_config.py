@@ -73,11 +73,19 @@ def _server_on(host: str, port: int) -> Config:
 def test_the_address_check_refuses_a_port_in_use_and_names_unresolvable_hosts() -> None:
     with _listening(socket.AF_INET, "127.0.0.1") as busy:
         port = busy.getsockname()[1]
-        with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{port}: Address"):
+        with pytest.raises(
+            ListenError, match=f"cannot listen on 127.0.0.1:{port}: Address"
+        ) as busy_error:
             check_addresses_free(_server_on("127.0.0.1", port))
     check_addresses_free(_server_on("127.0.0.1", port))  # free again
-    with pytest.raises(ListenError, match=r"cannot listen on nohost\.invalid:8080: "):
+    with pytest.raises(ListenError, match=r"cannot listen on nohost\.invalid:8080: ") as unresolved:
         check_addresses_free(_server_on("nohost.invalid", 8080))
+    with pytest.raises(ListenError, match=r"cannot listen on 192\.0\.2\.1:8080: ") as foreign:
+        check_addresses_free(_server_on("192.0.2.1", 8080))  # TEST-NET-1: no host's address
+    # In use: another program may let go, so a restart can help (status 1); the others are
+    # configuration errors a service manager should not restart into (status 2).
+    assert busy_error.value.exit_status == 1
+    assert unresolved.value.exit_status == foreign.value.exit_status == 2
 
 
 def _ipv6_works() -> bool:
