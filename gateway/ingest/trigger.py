@@ -66,8 +66,10 @@ _NOT_FOUND = orjson.dumps({"message": "incoming hook not found", "errors": None}
 # Metric outcomes besides the evaluation's (accepted, skipped, rejected) and "duplicate".
 UNAVAILABLE, FAILED, RATE_LIMITED, FORBIDDEN = "unavailable", "error", "rate_limited", "forbidden"
 # A 503 is logged once per reason and interval, not per request (gateway.log_throttle): an
-# outage or a full queue answers every request so, and the metrics count each one.
-UNAVAILABLE_LOG_INTERVAL = 10.0
+# outage or a full queue answers every request so, and the metrics count each one. So is a 404
+# for an unknown hook: anyone who can reach the port can send those, as fast as they like.
+FLOOD_LOG_INTERVAL = 10.0
+_UNKNOWN_HOOK = "404 unknown_hook"  # its key in the throttle, beside the 503s' reasons
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +79,7 @@ class _Ingest:
     hooks: HookCache
     batcher: RunBatcher
     limiter: RateLimiter  # kept across reloads: its buckets are the senders' state
-    unavailable_log: LogThrottle  # kept across reloads too
+    flood_log: LogThrottle  # 503s and 404s (see FLOOD_LOG_INTERVAL); kept across reloads too
     resolver: ClientAddressResolver
     max_body: int
     retry_after: str
@@ -90,13 +92,13 @@ class _Ingest:
         hooks: HookCache,
         batcher: RunBatcher,
         limiter: RateLimiter,
-        unavailable_log: LogThrottle,
+        flood_log: LogThrottle,
     ) -> _Ingest:
         return cls(
             hooks,
             batcher,
             limiter,
-            unavailable_log,
+            flood_log,
             ClientAddressResolver(config.server.trusted_proxies),
             config.server.max_body_bytes,
             str(config.batch.retry_after),
@@ -139,13 +141,7 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
     except DatabaseUnavailable:
         return _unavailable(ingest, request_id, "the database is unavailable; retry later")
     if hook is None:
-        log.info(
-            "hook_request_rejected",
-            hook_id=raw_id[:64],
-            status=404,
-            reason="unknown_hook",
-            request_id=request_id,
-        )
+        _log_unknown_hook(ingest, raw_id, request_id)
         return web.Response(
             body=_NOT_FOUND, status=404, content_type="application/json",
             headers={"X-Request-Id": request_id},
@@ -372,8 +368,23 @@ def _rate_limited(hook: CompiledHook, wait: float, request_id: str) -> web.Respo
     )
 
 
+def _log_unknown_hook(ingest: _Ingest, raw_id: str, request_id: str) -> None:
+    suppressed = ingest.flood_log.take(_UNKNOWN_HOOK)
+    fields = {"hook_id": raw_id[:64], "status": 404, "reason": "unknown_hook"}
+    if suppressed is None:
+        log.debug("hook_request_rejected", **fields, request_id=request_id)
+    else:
+        log.info(
+            "hook_request_rejected",
+            **fields,
+            request_id=request_id,
+            suppressed=suppressed,
+            interval=FLOOD_LOG_INTERVAL,
+        )
+
+
 def _unavailable(ingest: _Ingest, request_id: str, message: str) -> tuple[web.Response, str]:
-    suppressed = ingest.unavailable_log.take(message)
+    suppressed = ingest.flood_log.take(message)
     if suppressed is None:
         log.debug("hook_request_unavailable", reason=message, request_id=request_id)
     else:
@@ -382,7 +393,7 @@ def _unavailable(ingest: _Ingest, request_id: str, message: str) -> tuple[web.Re
             reason=message,
             request_id=request_id,
             suppressed=suppressed,
-            interval=UNAVAILABLE_LOG_INTERVAL,
+            interval=FLOOD_LOG_INTERVAL,
         )
     return _json(
         503, {"message": message, "errors": None}, request_id, {"Retry-After": ingest.retry_after}
@@ -423,10 +434,10 @@ async def ingest_services(app: web.Application) -> AsyncIterator[None]:
     batcher = RunBatcher(db, config)
     batcher.start()
     limiter = RateLimiter()
-    unavailable_log = LogThrottle(UNAVAILABLE_LOG_INTERVAL)
+    flood_log = LogThrottle(FLOOD_LOG_INTERVAL)
     services[HOOK_CACHE] = hooks
     services[RUN_BATCHER] = batcher
-    services[_INGEST] = _Ingest.build(config, hooks, batcher, limiter, unavailable_log)
+    services[_INGEST] = _Ingest.build(config, hooks, batcher, limiter, flood_log)
 
     def reconfigure(old: Config, new: Config, changed: frozenset[str]) -> None:
         # Compiled hooks hold decrypted secrets, the timestamp tolerance and resolved limits.
@@ -434,7 +445,7 @@ async def ingest_services(app: web.Application) -> AsyncIterator[None]:
             hooks.reconfigure(new)
         if touches(changed, "batch", "hooks.store_bodies"):
             batcher.reconfigure(new)
-        services[_INGEST] = _Ingest.build(new, hooks, batcher, limiter, unavailable_log)
+        services[_INGEST] = _Ingest.build(new, hooks, batcher, limiter, flood_log)
 
     unsubscribe = holder.on_reload(reconfigure) if holder is not None else None
     try:

@@ -154,6 +154,28 @@ async def test_unknown_or_malformed_hook_id_is_404(
     assert await fetch(database_dsn, "SELECT id FROM hook_requests") == []
 
 
+async def test_a_flood_of_unknown_hook_ids_logs_one_info_line(
+    client: Any, admin_headers: dict[str, str], debug_logs: None
+) -> None:
+    # Anyone who can reach the port can send these as fast as they like: one info line per
+    # 10 s (with how many were not logged), the rest debug lines. A known hook's rejection
+    # (the history records it too) is still logged every time.
+    hook = await seed_hook(client, admin_headers)
+    with capture_logs() as logs:
+        for _ in range(20):
+            response = await client.post(f"/hooks/incoming/{uuid.uuid4()}", data=b"{}")
+            assert response.status == 404
+        for _ in range(2):
+            unsigned = await client.post(hook_path(hook), data=PR_OPENED)
+            assert unsigned.status == 401
+    unknown = [e for e in logs if e.get("reason") == "unknown_hook"]
+    assert [e["log_level"] for e in unknown] == ["info"] + ["debug"] * 19
+    assert unknown[0]["suppressed"] == 0 and unknown[0]["interval"] == 10
+    assert len({e["hook_id"] for e in unknown}) == 20 and all(e["request_id"] for e in unknown)
+    rejected = [e for e in logs if e["event"] == "hook_request_rejected" and e not in unknown]
+    assert [(e["status"], e["log_level"]) for e in rejected] == [(401, "info")] * 2
+
+
 async def test_inactive_hook_is_403_with_the_same_body_shape(
     client: Any, admin_headers: dict[str, str], database_dsn: str
 ) -> None:
