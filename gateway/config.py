@@ -60,6 +60,8 @@ class ServerConfig:
     max_body_bytes: int = 1_048_576
     trusted_proxies: tuple[str, ...] = ()
     shutdown_timeout: float = 15.0
+    # Seconds between the stop signal and closing the listeners, /readyz answering 503 meanwhile.
+    drain_delay: float = 0.0
     access_log: bool = False
     body_timeout: float = 30.0  # a request's body must arrive within this, else 408
     keepalive_timeout: float = 75.0  # idle connections, and requests whose headers never end
@@ -183,6 +185,7 @@ _MINIMUMS: dict[tuple[str, str], float] = {
     ("server", "workers"): 1,
     ("server", "max_body_bytes"): 1,
     ("server", "shutdown_timeout"): 0,
+    ("server", "drain_delay"): 0,
     ("server", "body_timeout"): 0.1,
     ("server", "keepalive_timeout"): 0.1,
     ("database", "pool_min_size"): 1,

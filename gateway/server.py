@@ -23,7 +23,7 @@ from gateway.logs import get_logger
 from gateway.reload import ConfigReloader, install_sighup, logging_callback
 from gateway.security.secret_box import check_key_settings
 from gateway.security.secret_service import check_secret_keys
-from gateway.shutdown import KILL_GRACE, SHUTDOWN, Shutdown, StopSignals
+from gateway.shutdown import SHUTDOWN, Shutdown, StopSignals, stop_bound
 from gateway.storage.database import Database
 from gateway.storage.embedded import embedded_server
 
@@ -241,6 +241,8 @@ async def run_listeners(
             "[server] public_url (GATEWAY_SERVER_PUBLIC_URL) to the address senders reach",
         )
     runners: list[web.AppRunner] = []
+    shutdown: Shutdown = ingest[appkeys.SERVICES][SHUTDOWN]
+    stopping = False  # the stop signal came (not an error on the way up)
     try:
         for app, host, port in (
             (ingest, config.server.host, config.server.port),
@@ -283,7 +285,12 @@ async def run_listeners(
         # such pass over ~70,000 startup objects stalled the event loop for ~40 ms under load).
         gc.freeze()
         await stop.wait()
+        stopping = True
     finally:
+        if stopping and config.server.drain_delay > 0:
+            # A second signal meanwhile cancels this sleep, and with it the drain below, as a
+            # forced stop during the drain does.
+            await _serve_while_announced(shutdown, config.server.drain_delay)
         for runner in runners:
             for site in list(runner.sites):
                 await site.stop()
@@ -291,7 +298,6 @@ async def run_listeners(
         log.info("shutting_down", shutdown_timeout=config.server.shutdown_timeout)
         # One deadline for the drain and the services' own stopping (a dispatcher claims
         # nothing more from now on and gets what the drain leaves of it).
-        shutdown: Shutdown = ingest[appkeys.SERVICES][SHUTDOWN]
         shutdown.begin(config.server.shutdown_timeout)
         busy = await drain(runners, shutdown.remaining(config.server.shutdown_timeout))
         if busy:
@@ -299,6 +305,14 @@ async def run_listeners(
         # Management first (no hot traffic), ingest last: its cleanup flushes the batcher.
         for runner in reversed(runners):
             await runner.cleanup()
+
+
+async def _serve_while_announced(shutdown: Shutdown, seconds: float) -> None:
+    """``[server] drain_delay``: keep serving, /readyz answering 503, so that a balancer that
+    learns of the stop from its probes takes this instance out before its port closes."""
+    shutdown.announce()
+    log.info("stop_delayed", drain_delay=seconds)
+    await asyncio.sleep(seconds)
 
 
 def stop_on_signals(
@@ -326,7 +340,7 @@ async def serve(config: Config, *, worker: bool = False) -> int:
     # --- end worker processes ---
     stop = asyncio.Event()
     # The same bound a supervisor gives each of its workers before it kills them.
-    signals = stop_on_signals(stop, overdue_after=config.server.shutdown_timeout + KILL_GRACE)
+    signals = stop_on_signals(stop, overdue_after=stop_bound(config))
     try:
         async with database_for(config, on_embedded_stopped=signals.request_stop) as db:
             await prepare_database(db, config)

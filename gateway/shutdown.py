@@ -9,9 +9,12 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.logs import get_logger
+
+if TYPE_CHECKING:
+    from gateway.config import Config
 
 log = get_logger(__name__)
 
@@ -19,6 +22,15 @@ SHUTDOWN = "shutdown"  # key in app[appkeys.SERVICES]
 # Extra seconds a stop gets beyond shutdown_timeout (pool close, batcher flush): then a
 # supervisor kills the worker, and a process of its own forces its stop (StopSignals).
 KILL_GRACE = 5.0
+
+
+def stop_bound(config: Config) -> float:
+    """Seconds after the first stop signal past which a stop is overdue: a supervisor kills
+    its worker then, and a process of its own forces its stop."""
+    server = config.server
+    return server.drain_delay + server.shutdown_timeout + KILL_GRACE
+
+
 # What a supervisor sends its workers to force their stop (its own second signal). SIGTERM and
 # SIGINT only ever begin a worker's graceful stop: they may reach it twice for one stop.
 WORKER_FORCE_SIGNAL = signal.SIGUSR1
@@ -31,6 +43,17 @@ class Shutdown:
     def __init__(self) -> None:
         self._deadline: float | None = None
         self._on_begin: list[Callable[[], None]] = []
+        self._announced = False
+
+    @property
+    def announced(self) -> bool:
+        """The process is stopping, or will once ``[server] drain_delay`` is over: readiness
+        probes fail from now on."""
+        return self._announced or self.begun
+
+    def announce(self) -> None:
+        """A stop is coming: the listeners still serve, but /readyz says 503."""
+        self._announced = True
 
     @property
     def begun(self) -> bool:

@@ -49,7 +49,7 @@ from gateway.config import Config, build_config
 from gateway.logs import get_logger
 from gateway.reload import ConfigReloader
 from gateway.security.secret_service import check_reloaded_keys
-from gateway.shutdown import KILL_GRACE, WORKER_FORCE_SIGNAL
+from gateway.shutdown import WORKER_FORCE_SIGNAL, stop_bound
 from gateway.storage.database import Database
 from gateway.storage.embedded import embedded_server
 
@@ -301,7 +301,7 @@ class Supervisor:
         finally:
             stopper.cancel()
         if not waiter.done():
-            grace = self.config.server.shutdown_timeout + KILL_GRACE
+            grace = stop_bound(self.config)
             try:
                 await asyncio.wait_for(asyncio.shield(waiter), timeout=grace)
             except TimeoutError:
@@ -438,7 +438,7 @@ async def serve_worker(config: Config) -> int:
     # The supervisor's WORKER_FORCE_SIGNAL (its own second signal) forces the stop, never a
     # second SIGTERM/SIGINT: one stop may reach a worker twice (Ctrl-C in a terminal, or a
     # service manager, signals the whole process group, and the supervisor forwards it too).
-    # Past shutdown_timeout + KILL_GRACE the supervisor kills the worker.
+    # Past stop_bound (drain_delay + shutdown_timeout + KILL_GRACE) the supervisor kills it.
     signals = stop_on_signals(stop, force_signal=WORKER_FORCE_SIGNAL)
     loop = asyncio.get_running_loop()
     # Until run_listeners installs the reload, a SIGHUP is remembered (see gateway.sighup).

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.http import error_response, json_response
+from gateway.shutdown import SHUTDOWN, Shutdown
 
 routes = web.RouteTableDef()
 
@@ -23,7 +24,13 @@ READY_TIMEOUT = 2.0
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """Ready to accept hooks: the database answers within READY_TIMEOUT seconds."""
+    """Ready to accept hooks: not stopping, and the database answers within READY_TIMEOUT
+    seconds."""
+    shutdown: Shutdown = request.app[appkeys.SERVICES][SHUTDOWN]
+    if shutdown.announced:  # during [server] drain_delay: the balancer takes us out first
+        return error_response(
+            503, "not ready: the gateway is stopping", headers={"Retry-After": "1"}
+        )
     if await request.app[appkeys.DATABASE].ping(READY_TIMEOUT):
         return json_response({"status": "ready", "database": "ok"})
     return error_response(

@@ -34,7 +34,8 @@ def test_only_the_main_process_gets_sigterm_and_sighup_reloads() -> None:
 def test_the_stop_timeout_outlasts_a_graceful_stop_with_the_default_settings() -> None:
     # The drain (shutdown_timeout), the cancellation of what is left, and the clean-up the
     # supervisor allows a worker (KILL_GRACE): systemd must not SIGKILL before that.
-    needed = ServerConfig().shutdown_timeout + CANCEL_GRACE + KILL_GRACE
+    server = ServerConfig()
+    needed = server.drain_delay + server.shutdown_timeout + CANCEL_GRACE + KILL_GRACE
     assert float(_service()["TimeoutStopSec"]) > needed
 
 
