@@ -87,6 +87,19 @@ LOGINS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+MANAGEMENT_REQUESTS = Counter(
+    "hookgate_management_requests",
+    "Management API requests, by method, route (its path template) and HTTP status.",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+)
+MANAGEMENT_LATENCY = Histogram(
+    "hookgate_management_latency_seconds",
+    "Time from a management API request's routing to its response, in seconds, by route.",
+    ["method", "route"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 DB_POOL_SIZE = Gauge(
     "hookgate_db_pool_size",
     "Open database connections in the pools (all workers).",
@@ -143,6 +156,13 @@ def record_login(outcome: str) -> None:
     """One login attempt: ``succeeded``, ``failed`` (wrong email or password), ``throttled``
     (failed-login limits, 429) or ``busy`` (too many password checks queued, 503)."""
     LOGINS.labels(outcome).inc()
+
+
+def record_management(method: str, route: str, status: int, seconds: float) -> None:
+    """One management API response. ``route`` must be the route's path template
+    (``/pipelines/{pipeline_id}``), never the path requested: the label set stays bounded."""
+    MANAGEMENT_REQUESTS.labels(method, route, str(status)).inc()
+    MANAGEMENT_LATENCY.labels(method, route).observe(seconds)
 
 
 def set_pool(size: int, in_use: int) -> None:

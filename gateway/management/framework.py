@@ -7,12 +7,13 @@ the same listener never pays for it.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
 
-from gateway import accounts, appkeys
+from gateway import accounts, appkeys, metrics
 from gateway.exceptions import (
     AlreadyExists,
     Conflict,
@@ -89,6 +90,7 @@ def endpoint(*, auth: bool = True) -> Callable[[View], View]:
     def wrap(view: View) -> View:
         @functools.wraps(view)
         async def handler(request: web.Request) -> web.StreamResponse:
+            started = time.perf_counter()
             request_id = request_id_for(request)
             structlog.contextvars.clear_contextvars()
             structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -106,6 +108,11 @@ def endpoint(*, auth: bool = True) -> Callable[[View], View]:
             # Tokens, secrets shown once, user data: no cache on the way may keep any of it
             # (RFC 6749 §5.1 asks it of token responses).
             response.headers.setdefault("Cache-Control", "no-store")
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            metrics.record_management(
+                request.method, route, response.status, time.perf_counter() - started
+            )
             return response
 
         return handler

@@ -57,6 +57,33 @@ async def test_ingest_requests_are_counted_by_outcome_and_status(
     assert sample(after, "hookgate_db_pool_size") >= 1
 
 
+async def test_management_requests_are_counted_by_route_template_and_status(
+    client: Any, admin_headers: dict[str, str]
+) -> None:
+    pipeline = await new_pipeline(client, admin_headers)
+    before = await scrape(client)
+    assert (await client.get(f"/pipelines/{pipeline}", headers=admin_headers)).status == 200
+    assert (await client.get("/pipelines/999999", headers=admin_headers)).status == 404
+    assert (await client.get(f"/pipelines/{pipeline}")).status == 401  # no token
+    assert (await client.get("/no/such/route", headers=admin_headers)).status == 404
+    after = await scrape(client)
+
+    def delta(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    # The route's template, never the path asked for: the label set stays bounded (and an
+    # unknown path, answered by the router, is not counted here at all).
+    route = {"method": "GET", "route": "/pipelines/{pipeline_id}"}
+    assert delta("hookgate_management_requests_total", **route, status="200") == 1
+    assert delta("hookgate_management_requests_total", **route, status="404") == 1
+    assert delta("hookgate_management_requests_total", **route, status="401") == 1
+    assert delta("hookgate_management_latency_seconds_count", **route) == 3
+    names = {name for name, labels in after if name.startswith("hookgate_management_")}
+    routes = {dict(labels).get("route") for name, labels in after if name in names}
+    assert routes and all(r is not None and str(pipeline) not in r for r in routes), routes
+    assert not any("/no/such/route" in str(r) for r in routes)
+
+
 async def test_outgoing_attempts_and_give_ups_are_counted(
     client: Any,
     admin_headers: dict[str, str],
