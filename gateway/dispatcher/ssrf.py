@@ -14,7 +14,7 @@ reserved and every other range Python's ``ipaddress`` does not consider global. 
 embedded in IPv6 (``::ffff:a.b.c.d``, NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``) are judged by
 the IPv4 address.
 
-``[outgoing] allow_private_targets = true`` turns the guard off (plain ``TCPConnector``).
+``[outgoing] allow_private_targets = true`` turns the guard off (plain ``OutgoingConnector``).
 
 The hook point is ``TCPConnector._resolve_host`` (aiohttp is pinned; the integration tests
 refuse a loopback literal and ``localhost`` through a real session, so a change in aiohttp that
@@ -27,8 +27,9 @@ import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
-from aiohttp import TCPConnector
 from aiohttp.abc import ResolveResult
+
+from gateway.dispatcher.resolver import OutgoingConnector
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -97,8 +98,8 @@ def vet_addresses(results: Sequence[ResolveResult]) -> list[ResolveResult]:
     return allowed
 
 
-class GuardedConnector(TCPConnector):
-    """A TCPConnector that connects only to publicly routable addresses."""
+class GuardedConnector(OutgoingConnector):
+    """An OutgoingConnector that connects only to publicly routable addresses."""
 
     async def _resolve_host(
         self, host: str, port: int, traces: Sequence[Any] | None = None
@@ -106,9 +107,10 @@ class GuardedConnector(TCPConnector):
         return vet_addresses(await super()._resolve_host(host, port, traces=traces))
 
 
-def make_connector(*, allow_private_targets: bool, limit: int) -> TCPConnector:
-    """The connector for the dispatcher's shared ClientSession."""
-    cls = TCPConnector if allow_private_targets else GuardedConnector
+def make_connector(*, allow_private_targets: bool, limit: int) -> OutgoingConnector:
+    """The connector for the dispatcher's shared ClientSession (its DNS lookups on threads of
+    its own, gateway.dispatcher.resolver)."""
+    cls = OutgoingConnector if allow_private_targets else GuardedConnector
     # limit_per_host stays 0: the dispatcher applies its own per-target limit before connecting.
     return cls(limit=limit, limit_per_host=0, ttl_dns_cache=10, enable_cleanup_closed=False)
 
