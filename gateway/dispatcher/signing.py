@@ -147,18 +147,38 @@ def scrub_pieces(text: str | None, pieces: Iterable[str]) -> str | None:
     ``_MAX_LAYERS`` layers deep), and a piece cut off at the end of ``text`` too."""
     if not text:
         return text
+    # A piece found whole or cut short starts with _MIN_SCRUBBED characters of a reading: only
+    # those pieces are looked for, so the work grows with the text plus the pieces, not with
+    # their product (a rendered URL or header value can be a megabyte of short pieces, the
+    # excerpt up to 64 KiB, and this runs on the event loop).
+    readings = [
+        (
+            reading,
+            starts,
+            {reading[i : i + _MIN_SCRUBBED] for i in range(len(reading) - _MIN_SCRUBBED + 1)},
+        )
+        for reading, starts in _readings(text)
+    ]
+    heads = set().union(*(grams for _, _, grams in readings))
     wanted: set[str] = set()
     for piece in pieces:
-        if len(piece) >= _MIN_SCRUBBED:
-            # Form-encoded, a space is a plus; percent-encoded or \xHH-escaped, a non-ASCII
-            # piece reads as its UTF-8 bytes.
-            wanted.update((piece, piece.replace(" ", "+")))
+        if len(piece) < _MIN_SCRUBBED:
+            continue
+        # Form-encoded, a space is a plus; percent-encoded or \xHH-escaped, a non-ASCII piece
+        # reads as its UTF-8 bytes. Each form's head is that of the piece's head.
+        head = piece[:_MIN_SCRUBBED]
+        if head in heads:
+            wanted.add(piece)
+        if head.replace(" ", "+") in heads:
+            wanted.add(piece.replace(" ", "+"))
+        if head.encode("utf-8", "replace").decode("latin-1")[:_MIN_SCRUBBED] in heads:
             wanted.add(piece.encode("utf-8", "replace").decode("latin-1"))
     if not wanted:
         return text
     spans: list[tuple[int, int]] = []
-    for reading, starts in _readings(text):
-        for piece in wanted:
+    for reading, starts, grams in readings:
+        candidates = [piece for piece in wanted if piece[:_MIN_SCRUBBED] in grams]
+        for piece in candidates:
             found = reading.find(piece)
             while found != -1:
                 spans.append((starts[found], starts[found + len(piece)]))
@@ -167,11 +187,14 @@ def scrub_pieces(text: str | None, pieces: Iterable[str]) -> str | None:
         # longest such start to the end.
         cut = _CUT_ESCAPE.search(reading)
         end = cut.start() if cut is not None else len(reading)
-        for piece in wanted:
-            for start in range(max(0, end - len(piece) + 1), end - _MIN_SCRUBBED + 1):
+        for piece in candidates:
+            head = piece[:_MIN_SCRUBBED]
+            start = reading.find(head, max(0, end - len(piece) + 1), end)
+            while start != -1:
                 if piece.startswith(reading[start:end]):
                     spans.append((starts[start], len(text)))
                     break
+                start = reading.find(head, start + 1, end)
     if not spans:
         return text
     out: list[str] = []

@@ -245,3 +245,20 @@ def test_a_value_with_short_parts_echoed_form_encoded_is_scrubbed() -> None:
     sent = {"X-Api-Key": "k3y1 k3y2 k3y3"}
     echoed = "api_key=" + quote_plus("k3y1 k3y2 k3y3") + "&x=1"
     assert scrub_sent_secrets(echoed, sent) == "api_key=[redacted]&x=1"
+
+
+def test_scrubbing_grows_with_the_excerpt_plus_the_pieces_not_their_product() -> None:
+    """Scrubbing runs on the event loop for every attempt. A credential header rendered from
+    a large variable is many pieces (its words), the excerpt up to 64 KiB
+    (``response_excerpt_bytes``) and several readings (escapes undone): each piece was looked
+    for in each reading, seconds of a blocked loop per attempt."""
+    words = [f"w{n:07d}x" for n in range(100_000)]
+    headers = {"Authorization": "Bearer " + " ".join(words)}
+    excerpt = "%7A" * 21_845  # 64 KiB read twice: as it is and unescaped, no piece in it
+    started = time.perf_counter()
+    assert scrub_sent_secrets(excerpt, headers) == excerpt
+    # Still found: a word whole, and one cut off by the end of the excerpt.
+    assert scrub_sent_secrets(f"ok {words[-1]} {words[5][:8]}", headers) == (
+        f"ok {REDACTED} {REDACTED}"
+    )
+    assert time.perf_counter() - started < 2.0  # 0.5 s; 6.5 s before
