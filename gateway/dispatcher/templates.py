@@ -38,6 +38,7 @@ before the run finished) renders as:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import re
@@ -283,7 +284,23 @@ def compile_url(source: str) -> TextTemplate:
         raise TemplateError(["must name a host"])
     if url.user is not None or url.password is not None:
         raise TemplateError(["must not contain credentials; use settings.request_headers"])
+    if split.hostname.replace(".", "").isdigit() and not _is_dotted_quad(split.hostname):
+        # aiohttp connects to no legacy numeric form (2130706433, 127.1, 0177.0.0.1): every
+        # delivery would fail.
+        raise TemplateError(
+            [
+                f"host {split.hostname!r} is numeric but not a dotted-quad IPv4 address: write "
+                "four decimal numbers 0-255 without leading zeros (e.g. 192.0.2.10)"
+            ]
+        )
     return template
+
+
+def _is_dotted_quad(host: str) -> bool:
+    try:
+        return str(ipaddress.IPv4Address(host)) == host
+    except ValueError:
+        return False
 
 
 # JSON templates: a tree of constants, whole-value placeholders and text strings.
