@@ -80,16 +80,42 @@ async def login(
     if row is None:
         log.info("login_failed", client_ip=address)
         raise InvalidCredentials()
-    if passwords.needs_rehash(row["password_hash"]):
+    checked_hash: str = row["password_hash"]
+    if passwords.needs_rehash(checked_hash):
         new_hash = await passwords.hash_password_in_thread(password)
-        await users.update_password_hash(db, row["id"], new_hash)
+        if await users.rehash_password(db, row["id"], checked_hash, new_hash):
+            checked_hash = new_hash
     try:
-        pair = await _issue_pair(db, auth, row["id"])
+        pair = await _issue_login_pair(db, auth, row["id"], checked_hash, password)
     except UserDisabled:  # disabled since its row was read: refused like any disabled user
+        pair = None
+    if pair is None:
         log.info("login_failed", client_ip=address)
-        raise InvalidCredentials() from None
+        raise InvalidCredentials()
     log.info("login_succeeded", user_id=row["id"])
     return pair
+
+
+async def _issue_login_pair(
+    db: Database, auth: AuthConfig, user_id: int, checked_hash: str, password: str
+) -> TokenPair | None:
+    """A new pair for a login whose password matched ``checked_hash``; None when the user was
+    disabled, or their password changed, since it was read. A check takes a good part of a
+    second: without this, a login with the old password that was in flight when the password
+    was reset would keep a session the reset was meant to end."""
+    async with db.transaction() as session:
+        # The lock holds off a password change or a disable until our tokens exist, so that
+        # it ends them.
+        current = await users.lock_for_login(session, user_id)
+        if current is None:
+            return None
+        # Changed since the check: a reset (the password no longer matches), or a concurrent
+        # login's re-hash of the same password (it still does).
+        if current != checked_hash and not await passwords.verify_password_in_thread(
+            current, password
+        ):
+            return None
+        return await _issue_pair(session, auth, user_id)
 
 
 async def change_own_password(

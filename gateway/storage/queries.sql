@@ -118,6 +118,16 @@ LEFT JOIN LATERAL (
 -- Replace a password hash (re-hash on login when parameters change).
 UPDATE users SET password_hash = $2 WHERE id = $1;
 
+-- name: user_rehash_password
+-- Replace a password hash with a re-computed one of the same password (a login, when the
+-- parameters changed), unless it changed meanwhile: a reset must not be undone. NULL then.
+UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2 RETURNING id;
+
+-- name: user_lock_for_login
+-- The password hash of an active user, share-locked while a login issues its tokens: a password
+-- change or a disable waits for them, then ends them. NULL when the user is disabled or gone.
+SELECT password_hash FROM users WHERE id = $1 AND disabled_at IS NULL FOR SHARE;
+
 -- name: user_update
 -- Change a user's name, administrator flag, active state and password hash (NULL: unchanged);
 -- disabling keeps the first disabled_at. NULL when there is no such user.

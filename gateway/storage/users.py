@@ -61,6 +61,19 @@ async def update_password_hash(db: Database, user_id: int, password_hash: str) -
     await db.execute("user_update_password_hash", user_id, password_hash)
 
 
+async def rehash_password(db: Database, user_id: int, checked_hash: str, new_hash: str) -> bool:
+    """Store a re-computed hash of the same password unless the stored one is no longer
+    ``checked_hash`` (changed meanwhile); whether it was stored."""
+    return await db.fetchval("user_rehash_password", user_id, checked_hash, new_hash) is not None
+
+
+async def lock_for_login(db: Session, user_id: int) -> str | None:
+    """Share-lock an active user's row for a login's token inserts; their password hash, or
+    None when they are disabled or gone."""
+    password_hash: str | None = await db.fetchval("user_lock_for_login", user_id)
+    return password_hash
+
+
 async def update_user(
     db: Session,
     user_id: int,
