@@ -6,7 +6,7 @@ and listings show metadata only. A revoked or expired token is refused with 401 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +19,7 @@ from gateway.management.bodies import Fields, page_headers, pagination, read_jso
 from gateway.management.framework import current_user, endpoint
 from gateway.security import tokens
 from gateway.storage import users
+from gateway.storage.database import Database
 
 log = get_logger(__name__)
 routes = web.RouteTableDef()
@@ -52,10 +53,13 @@ async def create_token(request: web.Request) -> web.Response:
     fields = Fields(body, ("name", "expires_in_days"))
     name = fields.name("name", max_length=100)
     days = fields.integer("expires_in_days", required=False, minimum=1, maximum=MAX_EXPIRY_DAYS)
+    db = request.app[appkeys.DATABASE]
+    if "expires_in_days" not in fields.errors:
+        await _check_outlives_no_creator(request, db, fields, days)
     fields.check()
     token = tokens.new_token("personal")
     row = await users.insert_token(
-        request.app[appkeys.DATABASE],
+        db,
         user.id,
         "personal",
         tokens.token_hash(token),
@@ -66,6 +70,25 @@ async def create_token(request: web.Request) -> web.Response:
     shown = _token_json(dict(row), datetime.now(UTC))
     shown["token"] = token
     return json_response(shown, status=201)
+
+
+async def _check_outlives_no_creator(
+    request: web.Request, db: Database, fields: Fields, days: int | None
+) -> None:
+    """A personal token may create tokens that expire no later than itself: one that leaked
+    with a week to live must not become one that never expires. (A login session, or a
+    personal token without an expiry, creates any.)"""
+    bearer = request.headers["Authorization"].partition(" ")[2].strip()
+    personal, ends = await users.personal_token_expiry(db, tokens.token_hash(bearer))
+    if not personal or ends is None:
+        return
+    if days is None or datetime.now(UTC) + timedelta(days=days) > ends:
+        fields.add(
+            "expires_in_days",
+            f"must end by {ends.isoformat()}, when the personal token making this request "
+            "expires: a personal token cannot create one that outlives it (a login session "
+            "can)",
+        )
 
 
 @routes.get("/users/me/tokens")

@@ -180,6 +180,10 @@ SELECT u.id FROM auth_tokens t JOIN users u ON u.id = t.user_id
 WHERE t.token_hash = $1 AND t.kind = $2
 FOR SHARE OF u;
 
+-- name: token_personal_expiry
+-- The personal token with this hash, with its expiry (NULL: never); no row for another kind.
+SELECT expires_at FROM auth_tokens WHERE token_hash = $1 AND kind = 'personal';
+
 -- name: token_list_personal
 -- A user's personal access tokens (never the hash).
 SELECT id, name, created_at, expires_at, revoked_at, last_used_at

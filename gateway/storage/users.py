@@ -126,6 +126,12 @@ async def lock_token_owner(db: Session, digest: bytes, kind: str) -> None:
     await db.fetchval("token_lock_owner", digest, kind)
 
 
+async def personal_token_expiry(db: Database, digest: bytes) -> tuple[bool, datetime | None]:
+    """(whether the token with this hash is a personal one, its expiry: None for never)."""
+    row = await db.fetchrow("token_personal_expiry", digest)
+    return (False, None) if row is None else (True, row["expires_at"])
+
+
 async def list_personal_tokens(db: Database, user_id: int) -> list[dict[str, Any]]:
     """A user's personal tokens (metadata only)."""
     return [dict(r) for r in await db.fetch("token_list_personal", user_id)]

@@ -156,3 +156,26 @@ async def test_unknown_or_malformed_token_id_is_404(client: Any, owner: dict[str
     for token_id in ("12345", "abc"):
         status, _ = await call(client, "DELETE", f"/users/me/tokens/{token_id}", owner)
         assert status == 404
+
+
+async def test_a_personal_token_cannot_make_one_that_outlives_it(
+    client: Any, owner: dict[str, str]
+) -> None:
+    """A leaked token that expires in a week must not become one that never does."""
+    week = await ok(client, "POST", "/users/me/tokens", owner, {"name": "ci", "expires_in_days": 7})
+    ci = bearer(week["token"])
+    for payload in ({"name": "forever"}, {"name": "a month", "expires_in_days": 30}):
+        status, body = await call(client, "POST", "/users/me/tokens", ci, payload)
+        assert status == 422, body
+        [message] = body["errors"]["expires_in_days"]
+        assert message.startswith(f"must end by {week['expires_at']}")
+    shorter = await ok(
+        client, "POST", "/users/me/tokens", ci, {"name": "shorter", "expires_in_days": 6}
+    )
+    assert shorter["expires_at"] < week["expires_at"]
+    listed = await ok(client, "GET", "/users/me/tokens", owner, status=200)
+    assert [t["name"] for t in listed] == ["ci", "shorter"]
+    # A login session, or a personal token without an expiry, makes any token.
+    forever = await ok(client, "POST", "/users/me/tokens", owner, {"name": "forever"})
+    assert forever["expires_at"] is None
+    await ok(client, "POST", "/users/me/tokens", bearer(forever["token"]), {"name": "also"})
