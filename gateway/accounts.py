@@ -138,12 +138,37 @@ async def change_own_password(
     row = await _password_checked(
         db, auth, user.email, current_password, throttle, address, "too many failed password checks"
     )
-    if row is None or row["id"] != user.id:
+    ended = None
+    if row is not None and row["id"] == user.id:
+        ended = await _change_checked_password(
+            db, user.id, row["password_hash"], current_password, new_password
+        )
+    if ended is None:
         log.info("password_change_refused", user_id=user.id, client_ip=address)
         raise ValueError("current_password: is not the account's password")
-    _, ended = await _replace_password(db, user.id, new_password)
     log.info("password_changed", user_id=user.id, sessions_ended=ended)
     return ended
+
+
+async def _change_checked_password(
+    db: Database, user_id: int, checked_hash: str, current_password: str, new_password: str
+) -> int | None:
+    """Store ``new_password`` and end the user's sessions, unless the password that matched
+    ``checked_hash`` is no longer theirs (None): a change checked against the old password
+    while an administrator reset it must not overwrite the reset. Return how many tokens
+    ended."""
+    new_hash = await passwords.hash_password_in_thread(new_password)
+    async with db.transaction() as session:
+        stored = await users.lock_for_password_change(session, user_id)
+        if stored is None:
+            return None
+        # Changed since the check: a reset, or a login's re-hash of the same password.
+        if stored != checked_hash and not await passwords.verify_password_in_thread(
+            stored, current_password
+        ):
+            return None
+        await users.update_user(session, user_id, password_hash=new_hash)
+        return await users.revoke_user_tokens(session, user_id, SESSION_KINDS)
 
 
 async def set_password(

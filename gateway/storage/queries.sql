@@ -123,6 +123,11 @@ UPDATE users SET password_hash = $2 WHERE id = $1;
 -- parameters changed), unless it changed meanwhile: a reset must not be undone. NULL then.
 UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2 RETURNING id;
 
+-- name: user_lock_for_password_change
+-- The password hash of an active user, locked against other changes (and logins, which
+-- share-lock it) while one checked against it replaces it. NULL when disabled or gone.
+SELECT password_hash FROM users WHERE id = $1 AND disabled_at IS NULL FOR NO KEY UPDATE;
+
 -- name: user_lock_for_login
 -- The password hash of an active user, share-locked while a login issues its tokens: a password
 -- change or a disable waits for them, then ends them. NULL when the user is disabled or gone.

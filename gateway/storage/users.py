@@ -67,6 +67,13 @@ async def rehash_password(db: Database, user_id: int, checked_hash: str, new_has
     return await db.fetchval("user_rehash_password", user_id, checked_hash, new_hash) is not None
 
 
+async def lock_for_password_change(db: Session, user_id: int) -> str | None:
+    """Lock an active user's row for a change of their password; their password hash, or None
+    when they are disabled or gone."""
+    password_hash: str | None = await db.fetchval("user_lock_for_password_change", user_id)
+    return password_hash
+
+
 async def lock_for_login(db: Session, user_id: int) -> str | None:
     """Share-lock an active user's row for a login's token inserts; their password hash, or
     None when they are disabled or gone."""

@@ -1,9 +1,10 @@
-"""A login whose password check was still running when the password changed issues no session.
+"""A password check (Argon2, on the hashing threads) takes a good part of a second: what it
+decided must not outlive a change of the password made meanwhile.
 
-The check (Argon2, on the hashing threads) takes tens of milliseconds; someone who knows the old
-password and keeps logging in would otherwise nearly always have one login in flight when an
-administrator resets it (or the user changes it), and keep the session it issues after the reset
-that was meant to end theirs.
+Someone who knows the old password and keeps logging in would otherwise nearly always have one
+login in flight when an administrator resets it (or the user changes it), and keep the session
+it issues after the reset that was meant to end theirs; a change of one's own password checked
+against the old one would overwrite the reset.
 """
 
 from __future__ import annotations
@@ -153,3 +154,29 @@ async def _session(client: Any) -> Headers:
         client, "POST", "/users/login", {}, {"email": EMAIL, "password": PASSWORD}, status=200
     )
     return _bearer(pair["access_token"])
+
+
+async def test_a_change_of_ones_own_password_racing_a_reset_does_not_overwrite_it(
+    client: Any, db: Database, paused_check: PausedCheck
+) -> None:
+    """Who holds a token of the account and its old password must not undo the reset that an
+    administrator made to lock them out."""
+    _, admin = await make_user(db, "admin@example.com", is_admin=True)
+    user = await ok(client, "POST", "/users", admin, {"email": EMAIL, "password": PASSWORD})
+    personal = await ok(client, "POST", "/users/me/tokens", await _session(client), {"name": "x"})
+    paused_check.armed = True
+    body = {"current_password": PASSWORD, "new_password": "the attacker's passphrase"}
+    change = asyncio.create_task(
+        call(client, "PUT", "/users/me/password", _bearer(personal["token"]), body)
+    )
+    await asyncio.wait_for(paused_check.checked.wait(), 10)
+    await ok(client, "PUT", f"/users/{user['id']}", admin, {"password": NEW_PASSWORD}, 200)
+    paused_check.resume.set()
+    status, answer = await change
+    assert status == 422, answer
+    assert list(answer["errors"]) == ["current_password"]
+    logins = [
+        (await call(client, "POST", "/users/login", {}, {"email": EMAIL, "password": p}))[0]
+        for p in (NEW_PASSWORD, "the attacker's passphrase")
+    ]
+    assert logins == [200, 401]
