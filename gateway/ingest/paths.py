@@ -13,7 +13,12 @@ Two syntaxes are accepted, and both are compiled once (per hook) by :func:`compi
   results are exactly jsonpath-ng's (``[m.value for m in matches]``). When the parsed tree is
   only ``$`` followed by single names (``$.a``, ``$['a']``) and single indexes (``$[0]``,
   ``$[-1]``) it is evaluated by the same loop as dot paths, replicating jsonpath-ng's rules
-  for those two nodes (a name selects only in objects, an index only in arrays).
+  for those two nodes (a name selects only in objects, an index only in arrays). When it is
+  built only of names, indexes, wildcards, slices and recursive descent (``$..labels[*].name``,
+  ``$.commits[0:2].id``) it is evaluated by plain functions over the parsed values that
+  replicate jsonpath-ng's ``find`` for those nodes, order of results included: jsonpath-ng
+  wraps every value it visits in a context object, which made ``$..name`` on a 1 MB payload
+  hold the event loop for seconds. Anything else (filters, unions, extensions) is jsonpath-ng's.
 
 Evaluation never raises: a missing key, a wrong container type or an index out of range is
 "not found", and an exception raised inside jsonpath-ng at evaluation time counts as no match.
@@ -23,15 +28,16 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from jsonpath_ng import Child, Fields, Index, JSONPath, Root
+from jsonpath_ng import Child, Descendants, Fields, Index, JSONPath, Root, Slice
 from jsonpath_ng.ext import parse as _jsonpath_parse
 from jsonpath_ng.ext.filter import Expression as FilterExpression
 from jsonpath_ng.ext.string import Sub
+from jsonpath_ng.jsonpath import Wildcard
 
 from .lazy_json import LazyDocument
 
@@ -52,6 +58,9 @@ _MISSING: Any = object()
 
 # One step of the fast path: (key for objects or None, index for arrays or None).
 _Step = tuple[str | None, int | None]
+# What one node of a structural JSONPath selects from one value, in jsonpath-ng's order.
+_Select = Callable[[Any], list[Any]]
+_CONTAINERS = (dict, list)
 
 
 class PathSyntaxError(ValueError):
@@ -63,13 +72,15 @@ class CompiledPath:
     """A path compiled once; ``find``/``first`` evaluate it against a parsed JSON document.
 
     ``steps`` is set for fast-path evaluation (a tuple of (key, index) steps); otherwise
-    ``expression`` holds the parsed jsonpath-ng expression. ``singular`` is true when the path
+    ``expression`` holds the parsed jsonpath-ng expression, and ``select`` its structural
+    evaluation when it has one (see the module docstring). ``singular`` is true when the path
     can match at most one value (always the case for the fast path).
     """
 
     source: str
     steps: tuple[_Step, ...] | None = None
     expression: Any = field(default=None, compare=False, repr=False)
+    select: _Select | None = field(default=None, compare=False, repr=False)
 
     @property
     def singular(self) -> bool:
@@ -82,6 +93,8 @@ class CompiledPath:
             value = _walk(self.steps, document)
             return [] if value is _MISSING else [value]
         try:
+            if self.select is not None:
+                return self.select(document)
             return [match.value for match in self.expression.find(document)]
         except Exception:
             # jsonpath-ng extensions (filters, arithmetic) can raise on odd data; on the hot
@@ -172,7 +185,7 @@ def _compile_jsonpath(path: str) -> CompiledPath:
     steps = _simple_steps(expression)
     if steps is not None:
         return CompiledPath(source=path, steps=steps)
-    return CompiledPath(source=path, expression=expression)
+    return CompiledPath(source=path, expression=expression, select=_structural(expression, True))
 
 
 def regular_expression_errors(paths: Iterable[tuple[str, Any]]) -> dict[str, list[str]]:
@@ -235,3 +248,114 @@ def _simple_steps(node: Any) -> tuple[_Step, ...] | None:
     if type(node) is not Root:
         return None
     return tuple(reversed(reversed_steps))
+
+
+def _structural(node: Any, leftmost: bool) -> _Select | None:
+    """``node``'s selection as plain functions (see the module docstring), or None when it has
+    a node they do not replicate. ``$`` is replicated only where it is the document itself:
+    the leftmost node of the whole path (elsewhere jsonpath-ng climbs to the root)."""
+    kind = type(node)
+    if kind is Root:
+        return _select_self if leftmost else None
+    if kind is Child or kind is Descendants:
+        left = _structural(node.left, leftmost)
+        right = _structural(node.right, False)
+        if left is None or right is None:
+            return None
+        if kind is Child:
+            return _child(left, right)
+        single = type(node.right) is Fields and len(node.right.fields) == 1
+        return _descendants(left, right, node.right.fields[0] if single else None)
+    if kind is Fields and not node._deprecated_wildcard_use:
+        return _fields(tuple(node.fields))
+    if kind is Index:
+        return _indexes(tuple(node.indices))
+    if kind is Wildcard:
+        return _wildcard
+    if kind is Slice and not node._deprecated_wildcard_use:
+        return _slice(node.start, node.end, node.step)
+    return None
+
+
+def _select_self(value: Any) -> list[Any]:
+    return [value]
+
+
+def _child(left: _Select, right: _Select) -> _Select:
+    def select(value: Any) -> list[Any]:
+        return [found for selected in left(value) for found in right(selected)]
+
+    return select
+
+
+def _descendants(left: _Select, right: _Select, name: str | None) -> _Select:
+    """jsonpath-ng's Descendants.find: ``right`` applied to each match of ``left`` and to every
+    value under it, depth-first in pre-order, children in their natural order. Scalars are
+    not visited: every selector here selects nothing from one. ``name``: ``right`` selects
+    only that member (``$..name``, the common case), tested in place."""
+
+    def select(value: Any) -> list[Any]:
+        matches: list[Any] = []
+        stack = [found for found in reversed(left(value)) if isinstance(found, _CONTAINERS)]
+        pop, push = stack.pop, stack.extend
+        while stack:
+            current = pop()
+            if isinstance(current, dict):
+                if name is None:
+                    matches.extend(right(current))
+                elif name in current:
+                    matches.append(current[name])
+                push(
+                    [
+                        child
+                        for child in reversed(current.values())
+                        if isinstance(child, _CONTAINERS)
+                    ]
+                )
+            else:
+                if name is None:
+                    matches.extend(right(current))
+                push([child for child in reversed(current) if isinstance(child, _CONTAINERS)])
+        return matches
+
+    return select
+
+
+def _fields(names: tuple[str, ...]) -> _Select:
+    # Fields.find: each name, in order, that an object has (null values included).
+    def select(value: Any) -> list[Any]:
+        if not isinstance(value, dict):
+            return []
+        return [value[name] for name in names if name in value]
+
+    return select
+
+
+def _indexes(indexes: tuple[int, ...]) -> _Select:
+    # Index.find: each index, in order, within -len <= i < len of an array.
+    def select(value: Any) -> list[Any]:
+        if not isinstance(value, list) or not value:
+            return []
+        size = len(value)
+        return [value[i] for i in indexes if -size <= i < size]
+
+    return select
+
+
+def _wildcard(value: Any) -> list[Any]:
+    # Wildcard.find: an array's elements, an object's member values; nothing of a scalar.
+    if isinstance(value, list):
+        return list(value)
+    if isinstance(value, dict):
+        return list(value.values())
+    return []
+
+
+def _slice(start: int | None, end: int | None, step: int | None) -> _Select:
+    # Slice.find (parsed, so never the deprecated object wildcard): arrays only, step 0 none.
+    def select(value: Any) -> list[Any]:
+        if not isinstance(value, list) or step == 0:
+            return []
+        return value[start:end:step]
+
+    return select
