@@ -348,7 +348,12 @@ async def logout(
 
 
 async def refresh(db: Database, auth: AuthConfig, refresh_token: str) -> TokenPair:
-    """Rotate a refresh token: the old one is revoked, a new pair is issued."""
+    """Rotate a refresh token: the old one is revoked, a new pair is issued.
+
+    A refresh token that a refresh spent before it expired and that is presented again was
+    copied: whoever holds the pair issued from it may be the thief.
+    Every session of its user (access and refresh tokens; personal tokens stay) ends then,
+    the one the legitimate client holds included, which it notices at its next call."""
     if not tokens.looks_like_token(refresh_token):
         raise InvalidToken("the refresh token is malformed")
     digest = tokens.token_hash(refresh_token)
@@ -356,12 +361,20 @@ async def refresh(db: Database, auth: AuthConfig, refresh_token: str) -> TokenPa
         # The user row first, as a disable locks it (then the tokens): not the other way round.
         await users.lock_token_owner(session, digest, "refresh")
         user_id = await users.revoke_token(session, digest, "refresh")
-        if user_id is None:
-            raise InvalidToken("the refresh token is invalid, expired or already used")
-        try:
-            return await _issue_pair(session, auth, user_id)
-        except UserDisabled:  # disabled meanwhile: its revocation ends this token too
-            raise InvalidToken("the refresh token is invalid, expired or already used") from None
+        if user_id is not None:
+            try:
+                return await _issue_pair(session, auth, user_id)
+            except UserDisabled:  # disabled meanwhile: its revocation ends this token too
+                raise InvalidToken(
+                    "the refresh token is invalid, expired or already used"
+                ) from None
+        reused_by = await users.spent_refresh_token_owner(session, digest)
+        ended = 0
+        if reused_by is not None:
+            ended = await users.revoke_user_tokens(session, reused_by, SESSION_KINDS)
+    if reused_by is not None:  # committed: the sessions are over
+        log.warning("refresh_token_reused", user_id=reused_by, sessions_ended=ended)
+    raise InvalidToken("the refresh token is invalid, expired or already used")
 
 
 async def _issue_pair(db: Session, auth: AuthConfig, user_id: int) -> TokenPair:

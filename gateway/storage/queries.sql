@@ -185,6 +185,17 @@ SELECT u.id FROM auth_tokens t JOIN users u ON u.id = t.user_id
 WHERE t.token_hash = $1 AND t.kind = $2
 FOR SHARE OF u;
 
+-- name: token_spent_refresh_owner
+-- The user of a refresh token spent by a refresh before it expired (presented again: it was
+-- copied). A refresh revokes it and inserts the new pair in one transaction, so a refresh
+-- token of the same user was created at the very time it was revoked (now() is the
+-- transaction's time); one ended by a logout or a password change has none.
+SELECT t.user_id FROM auth_tokens t
+WHERE t.token_hash = $1 AND t.kind = 'refresh' AND t.revoked_at IS NOT NULL
+  AND t.expires_at > now()
+  AND EXISTS (SELECT 1 FROM auth_tokens n
+              WHERE n.user_id = t.user_id AND n.kind = 'refresh' AND n.created_at = t.revoked_at);
+
 -- name: token_personal_expiry
 -- The personal token with this hash, with its expiry (NULL: never); no row for another kind.
 SELECT expires_at FROM auth_tokens WHERE token_hash = $1 AND kind = 'personal';

@@ -127,6 +127,13 @@ async def revoke_token(db: Session, digest: bytes, kind: str) -> int | None:
     return user_id
 
 
+async def spent_refresh_token_owner(db: Session, digest: bytes) -> int | None:
+    """The user of a refresh token with this hash that a refresh spent before it expired (not
+    one a logout or a password change ended), or None."""
+    user_id: int | None = await db.fetchval("token_spent_refresh_owner", digest)
+    return user_id
+
+
 async def lock_token_owner(db: Session, digest: bytes, kind: str) -> None:
     """Share-lock the user row of a token before the token is locked (a refresh, which issues
     new tokens: see the query)."""

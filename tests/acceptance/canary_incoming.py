@@ -89,15 +89,18 @@ async def accounts(audit: Audit) -> None:
     for key in ("access_token", "refresh_token"):
         audit.secret(pair.json()[key], f"refreshed {key}", pair)
     await audit.call(
-        "POST", "/users/refresh-token", 401, json={"refresh_token": refresh}, headers={}
-    )
-    await audit.call(
         "POST",
         "/users/logout",
         204,
         json={"refresh_token": pair.json()["refresh_token"]},
         headers={"Authorization": f"Bearer {pair.json()['access_token']}"},
     )
+    # A spent one again: refused, and it ends the user's sessions (refresh_token_reused); one
+    # ended by the logout: refused.
+    for spent in (refresh, pair.json()["refresh_token"]):
+        await audit.call(
+            "POST", "/users/refresh-token", 401, json={"refresh_token": spent}, headers={}
+        )
     # From here on, the personal token authenticates (it is sent with every request).
     audit.auth = {"Authorization": f"Bearer {personal}"}
 
