@@ -120,44 +120,45 @@ async def test_refresh_rotates_the_refresh_token(client: Any, admin_token: str) 
     assert "already used" in (await again.json())["message"]
 
 
+async def _admin_login(client: Any) -> dict[str, str]:
+    answer = await client.post(
+        "/users/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+    )
+    assert answer.status == 200
+    return dict(await answer.json())
+
+
+async def _refresh(client: Any, refresh_token: str) -> Any:
+    return await client.post("/users/refresh-token", json={"refresh_token": refresh_token})
+
+
 async def test_a_reused_refresh_token_ends_every_session_of_its_user(
     client: Any, admin_token: str
 ) -> None:
     """A refresh token presented after it was used was copied: the pair issued from it may be
     the thief's, so every session of the user ends (personal tokens stay)."""
 
-    async def login() -> dict[str, str]:
-        answer = await client.post(
-            "/users/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
-        )
-        return dict(await answer.json())
-
     def bearer(token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}
 
-    stolen, other_device = await login(), await login()
+    stolen, other_device = await _admin_login(client), await _admin_login(client)
     personal = await client.post(
         "/users/me/tokens", json={"name": "ci"}, headers=bearer(admin_token)
     )
     assert personal.status == 201
     personal_token = (await personal.json())["token"]
-    thief = await client.post(
-        "/users/refresh-token", json={"refresh_token": stolen["refresh_token"]}
-    )
+    thief = await _refresh(client, stolen["refresh_token"])
     assert thief.status == 200
     thief_pair = await thief.json()
 
     with capture_logs() as logs:
-        victim = await client.post(
-            "/users/refresh-token", json={"refresh_token": stolen["refresh_token"]}
-        )
+        victim = await _refresh(client, stolen["refresh_token"])
     assert victim.status == 401
     assert "already used" in (await victim.json())["message"]
     for token in (thief_pair["access_token"], other_device["access_token"], admin_token):
         assert (await client.get("/users/me", headers=bearer(token))).status == 401
     for refresh in (thief_pair["refresh_token"], other_device["refresh_token"]):
-        answer = await client.post("/users/refresh-token", json={"refresh_token": refresh})
-        assert answer.status == 401
+        assert (await _refresh(client, refresh)).status == 401
     assert (await client.get("/users/me", headers=bearer(personal_token))).status == 200
     [reused] = [e for e in logs if e["event"] == "refresh_token_reused"]
     assert reused["log_level"] == "warning" and reused["sessions_ended"] >= 5
@@ -167,22 +168,15 @@ async def test_a_reused_refresh_token_ends_every_session_of_its_user(
 async def test_an_unknown_expired_or_logged_out_refresh_token_ends_nothing(
     client: Any, admin_token: str, db: Any
 ) -> None:
-    login = await (
-        await client.post("/users/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
-    ).json()
-    refreshed = await client.post(
-        "/users/refresh-token", json={"refresh_token": login["refresh_token"]}
-    )
-    assert refreshed.status == 200
+    login = await _admin_login(client)
+    assert (await _refresh(client, login["refresh_token"])).status == 200
     # Spent, but also past its expiry: no longer evidence of a copy (nor an unknown token).
     await db.pool.execute(
         "UPDATE auth_tokens SET expires_at = now() - interval '1 second'"
         " WHERE kind = 'refresh' AND revoked_at IS NOT NULL"
     )
     # And one ended by a logout (or a password change) is not one a refresh spent.
-    other = await (
-        await client.post("/users/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
-    ).json()
+    other = await _admin_login(client)
     logout = await client.post(
         "/users/logout",
         json={"refresh_token": other["refresh_token"]},
@@ -190,8 +184,7 @@ async def test_an_unknown_expired_or_logged_out_refresh_token_ends_nothing(
     )
     assert logout.status == 204
     for token in (login["refresh_token"], "hgr_" + "A" * 43, other["refresh_token"]):
-        answer = await client.post("/users/refresh-token", json={"refresh_token": token})
-        assert answer.status == 401
+        assert (await _refresh(client, token)).status == 401
     me = await client.get("/users/me", headers={"Authorization": f"Bearer {admin_token}"})
     assert me.status == 200
 
