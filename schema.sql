@@ -570,3 +570,13 @@ CREATE OR REPLACE TRIGGER auth_tokens_before_insert
 
 INSERT INTO schema_version (version) VALUES (6) ON CONFLICT DO NOTHING;
 -- end Disabled users ---------------------------------------------------------------------------
+
+-- Outgoing secret rotation ---------------------------------------------------------------------
+-- POST /hooks/outgoing/{hook_id}/secret/rotate: during the grace the dispatcher signs each
+-- delivery with the new and the previous secret (two entries in webhook-signature), so that
+-- receivers can switch at their own pace; sealed like secret (security/secret_box.py).
+SELECT hookgate_add_column('outgoing_hooks', 'previous_secret', $$text$$);
+SELECT hookgate_add_column('outgoing_hooks', 'previous_secret_expires_at', $$timestamptz$$);
+
+INSERT INTO schema_version (version) VALUES (7) ON CONFLICT DO NOTHING;
+-- end Outgoing secret rotation -----------------------------------------------------------------

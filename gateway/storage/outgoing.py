@@ -101,6 +101,16 @@ async def update_hook(
     return row
 
 
+async def rotate_secret(
+    session: Session, hook_id: uuid.UUID, secret: str, grace_seconds: int
+) -> Record | None:
+    """Replace the secret of a hook the caller locked with ``secret`` (plaintext, stored
+    encrypted); the old one keeps signing next to it for ``grace_seconds`` (0: stops now).
+    Return the new row, or None when the hook is gone."""
+    sealed = session.secret_box.encrypt(secret)
+    return await session.fetchrow("outgoing_hook_rotate_secret", hook_id, sealed, grace_seconds)
+
+
 async def delete_hook(db: Database, hook_id: uuid.UUID) -> bool:
     """Delete a hook and its undelivered deliveries; False when it did not exist."""
     return await db.fetchval("outgoing_hook_delete", hook_id) is not None

@@ -1069,8 +1069,27 @@ WITH h AS (
     UPDATE outgoing_hooks SET
         name = $2, active = $3, target_url = $4, events = $5, trigger_when = $6, settings = $7,
         requires_secret = $8, secret = $9,
+        -- A new secret (or none) ends the grace of the one a rotation replaced.
+        previous_secret = CASE WHEN $9 IS NOT DISTINCT FROM secret THEN previous_secret END,
+        previous_secret_expires_at =
+            CASE WHEN $9 IS NOT DISTINCT FROM secret THEN previous_secret_expires_at END,
         consecutive_failures = CASE WHEN $3 AND NOT active THEN 0 ELSE consecutive_failures END,
         disabled_reason = CASE WHEN $3 THEN NULL ELSE disabled_reason END,
+        updated_at = now()
+    WHERE id = $1
+    RETURNING *
+)
+SELECT h.*, p.environment_id FROM h JOIN pipelines p ON p.id = h.pipeline_id;
+
+-- name: outgoing_hook_rotate_secret
+-- Replace the secret of a hook locked by the caller; the old one keeps signing (next to the
+-- new one) for $3 seconds (0: not at all).
+WITH h AS (
+    UPDATE outgoing_hooks SET
+        secret = $2,
+        previous_secret = CASE WHEN $3::integer > 0 THEN secret END,
+        previous_secret_expires_at =
+            CASE WHEN $3::integer > 0 THEN now() + make_interval(secs => $3::integer) END,
         updated_at = now()
     WHERE id = $1
     RETURNING *
@@ -1167,6 +1186,7 @@ WHERE d.id = due.id AND h.id = d.hook_id
 RETURNING d.id, d.hook_id, d.run_id, d.event, d.payload, d.attempt, d.retry_of,
           h.active AS hook_active, h.name AS hook_name, h.target_url, h.trigger_when,
           h.events AS hook_events, h.settings, h.requires_secret, h.secret,
+          h.previous_secret, h.previous_secret_expires_at,
           h.updated_at AS hook_updated_at;
 
 -- name: outgoing_release
@@ -1307,12 +1327,14 @@ WHERE h.id = u.id
 RETURNING h.id;
 
 -- name: secrets_outgoing_page
--- Outgoing hooks after id $1 whose secret is not sealed under prefix $2, or that have request
--- headers (which of them are sensitive, and so sealed, is decided in Python); $3 at most.
-SELECT id, secret, settings
+-- Outgoing hooks after id $1 whose secret or previous secret is not sealed under prefix $2, or
+-- that have request headers (which of them are sensitive, and so sealed, is decided in
+-- Python); $3 at most.
+SELECT id, secret, previous_secret, settings
 FROM outgoing_hooks
 WHERE id > $1
   AND ((secret <> '' AND NOT starts_with(secret, $2))
+       OR (previous_secret <> '' AND NOT starts_with(previous_secret, $2))
        OR jsonb_typeof(settings -> 'request_headers') = 'array'
           AND jsonb_array_length(settings -> 'request_headers') > 0)
 ORDER BY id
@@ -1322,10 +1344,12 @@ LIMIT $3;
 -- Store re-encrypted secrets and settings, each only if the row still holds what was read
 -- (else skipped).
 UPDATE outgoing_hooks h
-SET secret = u.secret, settings = u.settings
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[])
-    AS u(id, secret, old_secret, settings, old_settings)
+SET secret = u.secret, previous_secret = u.previous_secret, settings = u.settings
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
+            $7::jsonb[])
+    AS u(id, secret, previous_secret, old_secret, old_previous, settings, old_settings)
 WHERE h.id = u.id AND h.secret IS NOT DISTINCT FROM u.old_secret
+  AND h.previous_secret IS NOT DISTINCT FROM u.old_previous
   AND h.settings = u.old_settings
 RETURNING h.id;
 
@@ -1338,6 +1362,8 @@ FROM (
     SELECT 'incoming_hooks.previous_secret', previous_secret FROM incoming_hooks
     UNION ALL
     SELECT 'outgoing_hooks.secret', secret FROM outgoing_hooks
+    UNION ALL
+    SELECT 'outgoing_hooks.previous_secret', previous_secret FROM outgoing_hooks
     UNION ALL
     -- Sealed values of sensitive request headers (plain ones are not secrets).
     SELECT 'outgoing_hooks.settings.request_headers', e.header ->> 'value'

@@ -11,8 +11,8 @@ alone rather than overwritten with the older value, and counted as ``conflicts``
 command again picks it up. A row whose key is not configured is counted as ``unreadable`` and
 left as it is.
 
-Columns: ``incoming_hooks.secret``, ``incoming_hooks.previous_secret``,
-``outgoing_hooks.secret`` and the sensitive header values in ``outgoing_hooks.settings``
+Columns: ``secret`` and ``previous_secret`` of ``incoming_hooks`` and ``outgoing_hooks``, and
+the sensitive header values in ``outgoing_hooks.settings``
 (storage.outgoing.sealed_settings: plaintext ones written before they were sealed get sealed).
 """
 
@@ -86,7 +86,7 @@ async def reencrypt_rows(
     """Re-encrypt ``rows`` (as read from ``progress.table``) in one transaction, each row
     only if it still holds the values read; counts go into ``progress``."""
     outgoing = progress.table == OUTGOING
-    columns = ("secret",) if outgoing else ("secret", "previous_secret")
+    columns = ("secret", "previous_secret")
     ids: list[uuid.UUID] = []
     new: list[list[Any]] = [[] for _ in columns]
     old: list[list[Any]] = [[] for _ in columns]
@@ -118,7 +118,9 @@ async def reencrypt_rows(
         if progress.table == INCOMING:
             updated = await session.fetch(name, ids, new[0], new[1], old[0], old[1])
         else:
-            updated = await session.fetch(name, ids, new[0], old[0], new_settings, old_settings)
+            updated = await session.fetch(
+                name, ids, new[0], new[1], old[0], old[1], new_settings, old_settings
+            )
     progress.reencrypted += len(updated)
     progress.conflicts += len(ids) - len(updated)
 

@@ -206,3 +206,40 @@ async def test_rotate_never_invents_a_key(db: Database, database_dsn: str, tmp_p
     assert not missing.exists()
     rows: list[Any] = [await hooks.incoming_hook_with_secrets(db, i) for i in ids]
     assert [key_id_of(r["secret"]) for r in rows] == ["a", None]
+
+
+async def test_status_and_rotate_cover_an_outgoing_hooks_previous_secret(
+    db: Database, database_dsn: str, tmp_path: Path
+) -> None:
+    """An outgoing hook in a rotation's grace keeps its previous secret sealed: `keys status`
+    counts it and `keys rotate` re-encrypts it with the primary key."""
+    line_a, line_b = new_key_line("a"), new_key_line("b")
+    box_a = SecretBox.from_key_set(_key_set(line_a))
+    await seeded(db, [])
+    pipeline_id = await db.pool.fetchval("SELECT max(id) FROM pipelines")
+    hook_id = uuid.uuid4()
+    await db.pool.execute(
+        "INSERT INTO outgoing_hooks (id, pipeline_id, name, target_url, events, secret, "
+        "previous_secret, previous_secret_expires_at) VALUES ($1, $2, 'o', "
+        "'https://example.com/h', '{run.completed}', $3, $4, now() + interval '1 hour')",
+        hook_id,
+        pipeline_id,
+        box_a.encrypt("whsec_new"),
+        box_a.encrypt("whsec_old"),
+    )
+    config = config_file(tmp_path, [line_b, line_a])
+
+    code, out, _ = await run_cli(config, database_dsn, "status")
+    assert code == 0, out
+    assert "outgoing_hooks.previous_secret: 1 sealed with a" in out
+    assert (await run_cli(config, database_dsn, "rotate"))[0] == 0
+    code, out, _ = await run_cli(config, database_dsn, "status")
+    assert "outgoing_hooks.previous_secret: 1 sealed with b" in out
+    row = await db.pool.fetchrow(
+        "SELECT secret, previous_secret FROM outgoing_hooks WHERE id = $1", hook_id
+    )
+    box = SecretBox.from_key_set(_key_set(line_b))
+    assert (box.decrypt(row["secret"]), box.decrypt(row["previous_secret"])) == (
+        "whsec_new",
+        "whsec_old",
+    )

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
+import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
@@ -17,8 +19,10 @@ from gateway.config import Config, DatabaseConfig
 from gateway.exceptions import SchemaNewerThanRelease, SchemaNotApplied
 from gateway.ingest.batcher import PendingRequest, RunBatcher, Stored
 from gateway.server import prepare_database
+from gateway.storage import outgoing
 from gateway.storage.database import SCHEMA_PATH, Database
 from gateway.storage.schema import release_schema_version
+from tests.conftest import _dsn_with_database
 from tests.integration.ingest_helpers import fetch
 from tests.integration.test_batcher import add_outgoing_hook, request
 
@@ -209,3 +213,49 @@ async def test_schema_application_has_its_own_time_limit(database_dsn: str, tmp_
             await db.apply_schema_outcome(slow, force=True, statement_timeout=0.5)
     finally:
         await db.close()
+
+
+async def test_a_database_from_before_outgoing_secret_rotation_gets_its_columns(
+    server_dsn: str, tmp_path: Path
+) -> None:
+    """Schema version 6 (release 0.2.0: the file up to the outgoing rotation's section) holding
+    an outgoing hook; a start of this release adds previous_secret and its expiry, keeps the
+    hook, and a rotation then works on it."""
+    older = tmp_path / "schema.sql"
+    older.write_text(SCHEMA_PATH.read_text().split("-- Outgoing secret rotation ---")[0])
+    name = f"hookgate_up_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    db = await Database.connect(
+        _dsn_with_database(server_dsn, name), DatabaseConfig(pool_min_size=1, pool_max_size=2)
+    )
+    columns = (
+        "SELECT array_agg(attname::text ORDER BY attname) FROM pg_attribute "
+        "WHERE attrelid = 'outgoing_hooks'::regclass AND attname LIKE 'previous%' "
+        "AND NOT attisdropped"
+    )
+    try:
+        assert await db.apply_schema(older) == 6
+        assert await db.pool.fetchval(columns) is None
+        pipeline_id = await new_pipeline(_dsn_with_database(server_dsn, name), "env")
+        hook_id = uuid.uuid4()
+        await db.pool.execute(
+            "INSERT INTO outgoing_hooks (id, pipeline_id, name, target_url, events, secret) "
+            "VALUES ($1, $2, 'o', 'https://example.com/h', '{run.completed}', 'whsec_one')",
+            hook_id,
+            pipeline_id,
+        )
+
+        outcome = await db.apply_schema_outcome()  # what `gateway serve` does at start-up
+        assert outcome.applied and outcome.version == 7 and outcome.repaired == ()
+        assert await db.pool.fetchval(columns) == ["previous_secret", "previous_secret_expires_at"]
+        async with db.transaction() as session:
+            row = await outgoing.rotate_secret(session, hook_id, "whsec_two", 60)
+        assert row is not None
+        assert (row["secret"], row["previous_secret"]) == ("whsec_two", "whsec_one")
+        assert not (await db.apply_schema_outcome()).applied  # the next start: nothing to do
+        assert (await db.apply_schema_outcome(force=True)).version == 7  # `gateway migrate`
+    finally:
+        await db.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

@@ -171,3 +171,40 @@ async def test_rows_with_an_unknown_key_are_reported_and_left(db: Database) -> N
 async def test_rotation_needs_a_key(db: Database) -> None:
     with pytest.raises(ValueError, match="no encryption key is configured"):
         await rotate_secrets(db, SecretBox({}, None))
+
+
+async def test_rotation_covers_the_previous_secret_of_outgoing_hooks(db: Database) -> None:
+    pipeline_id = await make_pipeline(db)
+    hook_id = await add_outgoing(db, pipeline_id, BOX_A.encrypt("out-old"))
+    # An API rotation during the key rotation: the new secret sealed with B already, the one
+    # still signing during the grace with A. Only the latter needs work.
+    async with db.transaction() as session:
+        assert await outgoing.rotate_secret(session, hook_id, BOX_BA.encrypt("out-new"), 3600)
+    assert ("outgoing_hooks.previous_secret", "a", 1) in await key_usage(db)
+    assert await missing_key_ids(db, SecretBox({"b": KEY_B}, "b")) == {"a": 1}
+
+    [result] = await rotate_secrets(db, BOX_BA, tables=[OUTGOING])
+    assert (result.reencrypted, result.conflicts, result.unreadable) == (1, 0, 0)
+    stored = await outgoing.hook_by_id(db, hook_id)
+    assert stored is not None
+    assert (key_id_of(stored["secret"]), key_id_of(stored["previous_secret"])) == ("b", "b")
+    opened = SecretBox({"b": KEY_B}, "b").open_row(stored)
+    assert (opened["secret"], opened["previous_secret"]) == ("out-new", "out-old")
+    assert {key_id for _, key_id, _ in await key_usage(db)} == {"b"}
+
+
+async def test_an_outgoing_rotation_meanwhile_is_not_overwritten(db: Database) -> None:
+    pipeline_id = await make_pipeline(db)
+    hook_id = await add_outgoing(db, pipeline_id, BOX_A.encrypt("out-old"))
+    async with db.transaction() as session:
+        await outgoing.rotate_secret(session, hook_id, BOX_A.encrypt("out-new"), 3600)
+    rows = await db.fetch("secrets_outgoing_page", uuid.UUID(int=0), "enc:v1:b:", 10)
+    async with db.transaction() as session:  # the API rotates again after the read
+        await outgoing.rotate_secret(session, hook_id, BOX_A.encrypt("out-newer"), 3600)
+    progress = TableRotation(OUTGOING)
+    await reencrypt_rows(db, BOX_BA, progress, rows)
+    assert (progress.reencrypted, progress.conflicts) == (0, 1)
+    stored = await outgoing.hook_by_id(db, hook_id)
+    assert stored is not None
+    opened = BOX_BA.open_row(stored)
+    assert (opened["secret"], opened["previous_secret"]) == ("out-newer", "out-new")
