@@ -288,8 +288,11 @@ class Dispatcher:
 
     def _compile(self, row: Record) -> CompiledHook | str:
         """The hook's compiled form (cached per definition), or why it cannot be compiled."""
+        # The end of a rotation's grace too: the signing decision depends on it, and a change
+        # of it alone (by hand, by a release that does not touch updated_at) must count.
+        version = (row["hook_updated_at"], row["previous_secret_expires_at"])
         cached = self._compiled.get(row["hook_id"])
-        if cached is not None and cached[0] == row["hook_updated_at"]:
+        if cached is not None and cached[0] == version:
             return cached[1]
         try:
             compiled: CompiledHook | str = CompiledHook.from_row(row, self.db.secret_box)
@@ -297,7 +300,7 @@ class Dispatcher:
             compiled = f"the hook definition is invalid: {exc}"
         if len(self._compiled) >= _COMPILED_LIMIT:
             self._compiled.clear()
-        self._compiled[row["hook_id"]] = (row["hook_updated_at"], compiled)
+        self._compiled[row["hook_id"]] = (version, compiled)
         return compiled
 
     async def _prepare(self, row: Record) -> tuple[CompiledHook, OutboundRequest] | None:

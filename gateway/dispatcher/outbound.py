@@ -48,16 +48,22 @@ class CompiledHook:
     secret: str | None = field(repr=False)
     signature_header: str | None
     signature_algorithm: str
+    # The secret a rotation replaced, and until when (unix time) it signs too.
+    previous_secret: str | None = field(default=None, repr=False)
+    previous_secret_until: float | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any], box: SecretBox = PLAINTEXT_BOX) -> CompiledHook:
         """Compile a claimed delivery row's hook columns, opening the sealed secret with
         ``box``; raises ValueError (TemplateError, or a secret that cannot be decrypted)."""
         settings = row["settings"] or {}
-        secret = None
+        secret = previous = until = None
+        expires = row.get("previous_secret_expires_at")
         try:
             if row["requires_secret"] and row["secret"]:
                 secret = box.decrypt(row["secret"])
+                if row.get("previous_secret") and expires is not None:
+                    previous, until = box.decrypt(row["previous_secret"]), expires.timestamp()
             # Sensitive header values are stored sealed (storage.outgoing.sealed_settings); the
             # others as written, even one that happens to start like a sealed value.
             opened = with_sensitive_header_values(settings, box.decrypt)
@@ -78,6 +84,8 @@ class CompiledHook:
             secret=secret,
             signature_header=settings.get("signature_header"),
             signature_algorithm=settings.get("signature_algorithm") or "sha256",
+            previous_secret=previous,
+            previous_secret_until=until,
         )
 
 
@@ -132,14 +140,18 @@ def build_request(
             del headers[previous]
         headers[name] = template.render_header(context)
         chosen[name.lower()] = name
+    now = time.time() if now is None else now
+    until = hook.previous_secret_until
     headers.update(
         signature_headers(
             secret=hook.secret,
             delivery_id=delivery_id,
-            timestamp=int(time.time() if now is None else now),
+            timestamp=int(now),
             body=body,
             signature_header=hook.signature_header,
             signature_algorithm=hook.signature_algorithm,
+            # During the grace only (checked per request: a compiled hook outlives the grace).
+            previous_secret=hook.previous_secret if until is not None and now < until else None,
         )
     )
     return OutboundRequest(hook.method, hook.url.render_url(context), headers, body)

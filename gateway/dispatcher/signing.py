@@ -7,6 +7,11 @@ send time); with a secret also ``webhook-signature: v1,<base64>`` (HMAC-SHA256 o
 custom header (``settings.signature_header``, e.g. ``X-Hub-Signature-256``) that gets the
 GitHub-style ``<algorithm>=<hex>`` HMAC of the body, keyed with the secret string's UTF-8 bytes
 — what a receiver configured with the same secret text computes.
+
+For the grace period after a rotation (``previous_secret``), ``webhook-signature`` carries two
+space-delimited signatures, the new secret's first (``v1,<new> v1,<old>``): a receiver that
+holds either secret verifies the request. The custom header has room for one signature: the
+new secret's.
 """
 
 from __future__ import annotations
@@ -27,11 +32,16 @@ def signature_headers(
     body: bytes,
     signature_header: str | None = None,
     signature_algorithm: str = "sha256",
+    previous_secret: str | None = None,
 ) -> dict[str, str]:
-    """Standard Webhooks headers (signed when there is a secret) plus the optional custom one."""
+    """Standard Webhooks headers (signed when there is a secret, and with ``previous_secret``
+    too when given) plus the optional custom one (the secret's only)."""
     headers = {"webhook-id": delivery_id, "webhook-timestamp": str(timestamp)}
     if secret:
-        headers["webhook-signature"] = sign_standard_webhooks(secret, delivery_id, timestamp, body)
+        signatures = [sign_standard_webhooks(secret, delivery_id, timestamp, body)]
+        if previous_secret:
+            signatures.append(sign_standard_webhooks(previous_secret, delivery_id, timestamp, body))
+        headers["webhook-signature"] = " ".join(signatures)
         if signature_header:
             digest = sign_hmac_hex(secret, signature_algorithm, body)
             headers[signature_header] = f"{signature_algorithm}={digest}"

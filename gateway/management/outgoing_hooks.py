@@ -1,8 +1,9 @@
 """Outgoing hooks: requests the gateway sends when a pipeline's runs change state.
 
 The signing secret (Standard Webhooks ``whsec_`` form) is returned once: in the create response,
-or in the update response that turns ``requires_secret`` on. Every other response masks it, and
-values of credential-like request headers (``Authorization``, ``*token*``...) are always masked.
+the update response that turns ``requires_secret`` on, or the rotate response that issues a new
+one. Every other response masks it, and values of credential-like request headers
+(``Authorization``, ``*token*``...) are always masked.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from gateway import appkeys
 from gateway.http import ApiError, json_response
 from gateway.ingest.signatures import STANDARD_WEBHOOKS, generate_secret
 from gateway.logs import get_logger
-from gateway.management.bodies import page_headers, pagination, read_json_object
+from gateway.management.bodies import Fields, page_headers, pagination, read_json_object
 from gateway.management.framework import current_user, endpoint
+from gateway.management.incoming_hooks import MAX_GRACE_PERIOD
 from gateway.management.outgoing_hook_input import MASK, parse_outgoing_hook
 from gateway.management.permissions import authorize
 from gateway.management.resources import path_uuid, pipeline_for
+from gateway.reload import live_config
 from gateway.security.secret_box import StoredSecret
 from gateway.security.sensitive_headers import is_sensitive_header
 from gateway.storage import outgoing
@@ -50,6 +53,9 @@ def hook_json(row: Record, *, secret: str | None = None) -> dict[str, Any]:
         "target_url": row["target_url"],
         "requires_secret": row["requires_secret"],
         "secret": secret if secret is not None else (MASK if row["secret"] else None),
+        # Until when deliveries are also signed with the secret the last rotation replaced
+        # (null: none).
+        "previous_secret_expires_at": row["previous_secret_expires_at"],
         "trigger_when": row["trigger_when"],
         "settings": _masked_settings(row["settings"]),
         "consecutive_failures": row["consecutive_failures"],
@@ -155,3 +161,41 @@ async def delete_outgoing_hook(request: web.Request) -> web.Response:
         raise ApiError(404, "hook not found")
     log.info("outgoing_hook_deleted", hook_id=str(hook["id"]))
     return web.Response(status=204)
+
+
+@routes.post("/hooks/outgoing/{hook_id}/secret/rotate")
+@endpoint()
+async def rotate_outgoing_secret(request: web.Request) -> web.Response:
+    """Issue a new signing secret, shown once in this response (``hook:update``). For
+    ``grace_period_seconds`` (default ``hooks.secret_grace_period``; 0: none) deliveries carry a
+    ``webhook-signature`` by the old secret too, so receivers can switch at their own pace;
+    the custom ``settings.signature_header`` carries one signature: the new secret's. 409 for
+    a hook without a secret (``requires_secret`` false)."""
+    hook = await outgoing_hook_for(request, "hook:update")
+    config = live_config(request.app)
+    body = await read_json_object(request) if request.body_exists else {}
+    fields = Fields(body, ("grace_period_seconds",))
+    grace = fields.integer(
+        "grace_period_seconds",
+        required=False,
+        default=config.hooks.secret_grace_period,
+        minimum=0,
+        maximum=MAX_GRACE_PERIOD,
+    )
+    fields.check()
+    secret = generate_secret(STANDARD_WEBHOOKS)
+    async with request.app[appkeys.DATABASE].transaction() as session:
+        locked = await outgoing.lock_hook(session, hook["id"])
+        if locked is None:
+            raise ApiError(404, "hook not found")
+        if not locked["requires_secret"]:
+            raise ApiError(
+                409,
+                "the hook has no secret to rotate: requires_secret is false (turn it on with "
+                "PUT to issue one)",
+            )
+        row = await outgoing.rotate_secret(session, hook["id"], secret, grace)
+        if row is None:
+            raise ApiError(404, "hook not found")
+    log.info("outgoing_hook_secret_rotated", hook_id=str(row["id"]), grace_period_seconds=grace)
+    return json_response(hook_json(row, secret=secret))

@@ -237,6 +237,19 @@ def _outgoing() -> dict[str, Schema]:
                 parameters=[hook],
             ),
         },
+        "/hooks/outgoing/{hook_id}/secret/rotate": {
+            "post": operation(
+                "rotateOutgoingHookSecret",
+                "Issue a new signing secret, shown once; deliveries are signed with the old "
+                "one too for the grace period (hook:update)",
+                "outgoing hooks",
+                {200: json_body(ref("OutgoingHook"), "The hook with its new secret.")},
+                errors=(403, 404, 409, 422),
+                parameters=[hook],
+                body=inputs.ROTATE_SECRET,
+                body_required=False,
+            )
+        },
         "/hooks/outgoing/{hook_id}/requests": {
             "get": operation(
                 "listOutgoingAttempts",

@@ -133,9 +133,14 @@ OUTGOING_HOOK = obj(
         "target_url": STRING,
         "requires_secret": BOOLEAN,
         "secret": {
-            "description": "``whsec_...`` once (create, or the update that turns "
+            "description": "``whsec_...`` once (create, rotate, or the update that turns "
             "requires_secret on), ``********`` afterwards, null without a secret.",
             "oneOf": [STRING, NULL],
+        },
+        "previous_secret_expires_at": {
+            "description": "Until when deliveries also carry a webhook-signature by the "
+            "secret the last rotation replaced; null: none.",
+            **nullable(TIMESTAMP),
         },
         "trigger_when": obj({"events": array(STRING), "conditions": array(ref("Condition"))}),
         "settings": ref("OutgoingHookSettings"),

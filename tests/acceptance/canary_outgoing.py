@@ -49,6 +49,11 @@ async def outgoing_hooks(audit: Audit, pipeline: int, target: str) -> dict[str, 
     await audit.call("GET", path, 200)
     await audit.call("GET", url, 200)
     await audit.call("PUT", path, 200, json={"name": "notify renamed"})
+    # Rotated: deliveries are signed with both secrets for the grace, each shown only once.
+    rotated = await audit.call("POST", f"{path}/secret/rotate", 200, json={})
+    hook["secrets"] = [hook["secret"], audit.hook_secret(rotated, "rotated outgoing hook secret")]
+    hook["secret"] = hook["secrets"][-1]
+    await audit.call("GET", path, 200)
     kept = [{"name": h["name"], "value": "********"} for h in headers]
     elsewhere = {"target_url": "http://127.0.0.2:1/", "settings": {"request_headers": kept}}
     await audit.call("PUT", path, 422, json=elsewhere)
@@ -105,11 +110,13 @@ async def wait_for_deliveries(
     await audit.call("GET", f"{unreachable}/requests?per_page=100", 200)
     await audit.call("POST", f"/hook-requests/{requests[0]['id']}/replay", 202)
     for _, headers, body in receiver.seen:
+        assert len(headers["webhook-signature"].split()) == 2  # both secrets, in the grace
         for name in ("webhook-signature", "X-Hub-Signature-256"):
             if name in headers:
                 audit.signatures |= shown_signature_forms(headers[name])
-        key = base64.b64decode(hook["secret"].removeprefix("whsec_"))
-        signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
-        audit.signatures |= hmac_forms(key, signed)
-        audit.signatures |= hmac_forms(hook["secret"].encode(), body)
-        audit.signatures |= hmac_forms(key, body)
+        for secret in hook["secrets"]:
+            key = base64.b64decode(secret.removeprefix("whsec_"))
+            signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+            audit.signatures |= hmac_forms(key, signed)
+            audit.signatures |= hmac_forms(secret.encode(), body)
+            audit.signatures |= hmac_forms(key, body)

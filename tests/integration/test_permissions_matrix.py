@@ -189,6 +189,9 @@ TABLE: tuple[Row, ...] = (
     perm("GET", "/hooks/outgoing/{outgoing_hook}", "hook:read"),
     perm("PUT", "/hooks/outgoing/{outgoing_hook}", "hook:update", body={"name": "renamed"}),
     perm("DELETE", "/hooks/outgoing/{outgoing_hook}", "hook:delete", ok=204),
+    # The world's outgoing hook has no secret: allowed callers get past the permission check
+    # to the 409 (rotation itself: test_outgoing_secret_rotation.py).
+    perm("POST", "/hooks/outgoing/{outgoing_hook}/secret/rotate", "hook:update", ok=409),
     perm("GET", "/hooks/outgoing/{outgoing_hook}/requests", "hook:read"),
     perm("GET", "/hooks/outgoing/{outgoing_hook}/deliveries", "hook:read"),
 )

@@ -102,3 +102,50 @@ def test_conditions_are_compiled_without_the_events() -> None:
     assert hook.conditions.evaluate(event_context(PAYLOAD, "d", 1)) is None
     other = {**PAYLOAD, "run": {**PAYLOAD["run"], "variables": {"ref": "dev"}}}
     assert hook.conditions.evaluate(event_context(other, "d", 1)) is not None
+
+
+def test_during_a_rotations_grace_both_secrets_sign_and_after_it_only_the_new_one() -> None:
+    old, until = generate_secret(STANDARD_WEBHOOKS), datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    hook = CompiledHook.from_row(
+        {
+            **row(signature_header="X-Hub-Signature-256"),
+            "previous_secret": old,
+            "previous_secret_expires_at": until,
+        }
+    )
+    assert old not in repr(hook)
+    context = event_context(PAYLOAD, "d1", 1)
+    # The compiled hook is kept while the hook is unchanged: the end of the grace is checked
+    # each time a request is signed.
+    for now, secrets in ((until.timestamp() - 1, [SECRET, old]), (until.timestamp(), [SECRET])):
+        request = build_request(hook, context, "d1", now=now)
+        headers, body = request.headers, request.body.decode()
+        expected = [
+            Webhook(s).sign("d1", datetime.fromtimestamp(int(now), UTC), body) for s in secrets
+        ]
+        assert headers["webhook-signature"] == " ".join(expected)
+        # The custom header holds one signature: the new secret's.
+        assert (
+            headers["X-Hub-Signature-256"]
+            == build_request(
+                CompiledHook.from_row(row(signature_header="X-Hub-Signature-256")),
+                context,
+                "d1",
+                now=now,
+            ).headers["X-Hub-Signature-256"]
+        )
+
+
+def test_a_previous_secret_is_not_used_without_a_secret() -> None:
+    hook = CompiledHook.from_row(
+        {
+            **row(),
+            "requires_secret": False,
+            "previous_secret": generate_secret(STANDARD_WEBHOOKS),
+            "previous_secret_expires_at": datetime(2999, 1, 1, tzinfo=UTC),
+        }
+    )
+    assert (
+        "webhook-signature"
+        not in build_request(hook, event_context(PAYLOAD, "d1", 1), "d1").headers
+    )
