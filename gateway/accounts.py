@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import unicodedata
 
 from gateway.config import AuthConfig
@@ -96,6 +97,12 @@ async def login(
     return pair
 
 
+def _same_hash(stored: str, checked: str) -> bool:
+    """Whether the stored password hash is still the one a password was checked against
+    (compared in constant time, as every secret-looking value is)."""
+    return hmac.compare_digest(stored.encode(), checked.encode())
+
+
 async def _issue_login_pair(
     db: Database, auth: AuthConfig, user_id: int, checked_hash: str, password: str
 ) -> TokenPair | None:
@@ -111,7 +118,7 @@ async def _issue_login_pair(
             return None
         # Changed since the check: a reset (the password no longer matches), or a concurrent
         # login's re-hash of the same password (it still does).
-        if current != checked_hash and not await passwords.verify_password_in_thread(
+        if not _same_hash(current, checked_hash) and not await passwords.verify_password_in_thread(
             current, password
         ):
             return None
@@ -163,7 +170,7 @@ async def _change_checked_password(
         if stored is None:
             return None
         # Changed since the check: a reset, or a login's re-hash of the same password.
-        if stored != checked_hash and not await passwords.verify_password_in_thread(
+        if not _same_hash(stored, checked_hash) and not await passwords.verify_password_in_thread(
             stored, current_password
         ):
             return None

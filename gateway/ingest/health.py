@@ -26,8 +26,9 @@ READY_TIMEOUT = 2.0
 async def readyz(request: web.Request) -> web.Response:
     """Ready to accept hooks: not stopping, and the database answers within READY_TIMEOUT
     seconds."""
-    shutdown: Shutdown = request.app[appkeys.SERVICES][SHUTDOWN]
-    if shutdown.announced:  # during [server] drain_delay: the balancer takes us out first
+    # Only `gateway serve`'s apps stop with a drain_delay (`gateway dispatch` has no services).
+    shutdown: Shutdown | None = request.app.get(appkeys.SERVICES, {}).get(SHUTDOWN)
+    if shutdown is not None and shutdown.announced:  # during [server] drain_delay
         return error_response(
             503, "not ready: the gateway is stopping", headers={"Retry-After": "1"}
         )

@@ -516,11 +516,19 @@ async def test_database_down_fails_fast_then_recovers_by_itself(
 
 
 async def test_a_read_only_database_is_unavailable_not_a_bad_row(
-    make_batcher: Factory, config: Config, pipeline_id: int, database_dsn: str, server_dsn: str
+    make_batcher: Factory,
+    config: Config,
+    pipeline_id: int,
+    database_dsn: str,
+    server_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """After a failover to a server that is still read-only, every statement fails the same
     way: the batch gets 503s and the back-off starts, instead of one transaction per request
     and a 500 each (each row taken for a bad one)."""
+    # A first back-off long enough that the check below falls inside it on a loaded machine
+    # (the default 50 ms could pass between the failed batch and the next submit).
+    monkeypatch.setattr(batcher_module, "_FIRST_BACKOFF", 5.0)
     name = database_dsn.split("?", 1)[0].rsplit("/", 1)[1]
     await execute(server_dsn, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
     database = await Database.connect(database_dsn, replace(config.database, pool_min_size=1))
@@ -666,8 +674,6 @@ async def test_a_write_still_waiting_when_its_connection_is_lost_is_ended_not_le
         lambda rows: not rows,
     )
     await asyncio.sleep(0.2)
-    assert await fetch(
-        database_dsn, "SELECT id FROM hook_requests WHERE id = $1", item.id
-    ) == []
+    assert await fetch(database_dsn, "SELECT id FROM hook_requests WHERE id = $1", item.id) == []
     runs = await fetch(database_dsn, "SELECT id FROM pipeline_runs")
     assert {row["id"] for row in runs} == {warm.run_id}
