@@ -126,6 +126,29 @@ class CommandResult:
         return f"exit code {self.exit_code}"
 
 
+def _live_member(group: int) -> bool:
+    """Whether a process of ``group`` is still running, not a zombie; True where /proc cannot
+    tell. A zombie is still a member (os.killpg finds it) until its parent reaps it, and an
+    orphan of the group is reparented to PID 1 or to the nearest subreaper: when that is this
+    process (``gateway executor`` as a container's PID 1), nothing reaps it, and a stop would
+    wait for it until the SIGKILL it cannot feel."""
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return True
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                text = stat.read()
+        except OSError:  # gone meanwhile
+            continue
+        # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses.
+        fields = text[text.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and int(fields[2]) == group and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
 class RunningCommand:
     """A started command whose combined stdout/stderr is collected into an :class:`OutputTail`."""
 
@@ -293,7 +316,7 @@ class RunningCommand:
             return False
         except PermissionError:
             return True  # a member we may not signal (it changed user) is still a member
-        return True
+        return _live_member(self.process.pid)
 
     def _signal(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):

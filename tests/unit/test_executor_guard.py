@@ -8,7 +8,9 @@ import asyncio
 import io
 import os
 import signal
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,6 +22,7 @@ from gateway.logs import configure_logging, get_logger
 from tests.acceptance.process_helpers import until_gone
 
 PATH = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _start_stubborn_group(**options: Any) -> tuple[RunningCommand, list[int]]:
@@ -242,3 +245,43 @@ async def test_a_command_is_over_when_it_exits_not_when_its_background_child_doe
             break
         await asyncio.sleep(0.05)
     assert out.at_eof()
+
+
+_REAPERLESS_STOP = """
+import asyncio, ctypes, os, sys, time
+from gateway.executor.command import RunningCommand
+
+async def main() -> None:
+    # As PID 1 of a container is: the group's orphans become this process's children, and
+    # nothing here reaps them (asyncio waits only for the children it started).
+    assert ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # CHILD_SUBREAPER
+    script = "sleep 60 >/dev/null 2>&1 & echo $!; wait"
+    command = await RunningCommand.start(["sh", "-c", script], {"PATH": os.environ["PATH"]})
+    await command.process.stdout.readline()
+    started = time.monotonic()
+    await command.terminate(kill_after=10)
+    print(time.monotonic() - started)
+    await command.wait()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a child subreaper: Linux")
+async def test_terminate_does_not_wait_for_members_that_are_only_zombies() -> None:
+    # The command and its background child both end on SIGTERM; the child, an orphan by then,
+    # stays a zombie of the executor, which is still in the group: terminate returns at once
+    # all the same, not after kill_after.
+    root = str(ROOT)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _REAPERLESS_STOP,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": root},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(child.communicate(), timeout=30)
+    assert child.returncode == 0, err.decode()
+    assert float(out.decode().strip().splitlines()[-1]) < 3.0
