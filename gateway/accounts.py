@@ -376,12 +376,22 @@ async def refresh(db: Database, auth: AuthConfig, refresh_token: str) -> TokenPa
                     "the refresh token is invalid, expired or already used"
                 ) from None
         reused_by = await users.spent_refresh_token_owner(session, digest)
-        ended = 0
-        if reused_by is not None:
-            ended = await users.revoke_user_tokens(session, reused_by, SESSION_KINDS)
-    if reused_by is not None:  # committed: the sessions are over
+    if reused_by is not None:
+        ended = await _end_sessions(db, reused_by)
         log.warning("refresh_token_reused", user_id=reused_by, sessions_ended=ended)
     raise InvalidToken("the refresh token is invalid, expired or already used")
+
+
+async def _end_sessions(db: Database, user_id: int) -> int:
+    """Revoke every access and refresh token of the user, those of a refresh or a login still
+    in flight included; how many ended. The user row is locked first, in a transaction of its
+    own (a refresh's share lock on it is not upgraded: two of them would deadlock): the lock
+    waits for every transaction issuing the user tokens (they share-lock the row) and holds off
+    new ones, so the revocation sees all of them. Without it, a thief refreshing its copy
+    again and again would keep the pair that a refresh in flight at that moment issues."""
+    async with db.transaction() as session:
+        await users.lock_for_session_end(session, user_id)
+        return await users.revoke_user_tokens(session, user_id, SESSION_KINDS)
 
 
 async def _issue_pair(db: Session, auth: AuthConfig, user_id: int) -> TokenPair:

@@ -128,6 +128,12 @@ UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2 RETURNI
 -- share-lock it) while one checked against it replaces it. NULL when disabled or gone.
 SELECT password_hash FROM users WHERE id = $1 AND disabled_at IS NULL FOR NO KEY UPDATE;
 
+-- name: user_lock_for_session_end
+-- Lock a user's row before ending their sessions: it waits for the logins and refreshes
+-- issuing them tokens (they share-lock the row, as the token insert's trigger does) and holds
+-- off new ones until the revocation commits.
+SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE;
+
 -- name: user_lock_for_login
 -- The password hash of an active user, share-locked while a login issues its tokens: a password
 -- change or a disable waits for them, then ends them. NULL when the user is disabled or gone.

@@ -74,6 +74,11 @@ async def lock_for_password_change(db: Session, user_id: int) -> str | None:
     return password_hash
 
 
+async def lock_for_session_end(db: Session, user_id: int) -> None:
+    """Lock the user's row against the token inserts of logins and refreshes (see the query)."""
+    await db.fetchval("user_lock_for_session_end", user_id)
+
+
 async def lock_for_login(db: Session, user_id: int) -> str | None:
     """Share-lock an active user's row for a login's token inserts; their password hash, or
     None when they are disabled or gone."""

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from gateway import accounts
+from gateway.exceptions import InvalidToken
+from gateway.security import tokens
+from gateway.storage import users
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 
 
@@ -284,3 +288,50 @@ async def test_passwords_are_taken_exactly_as_given(
             "/users/login", json={"email": email, "password": exact.strip()}
         )
         assert trimmed.status == 401
+
+
+async def _lock_waits(db: Any) -> int:
+    return int(
+        await db.pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+    )
+
+
+async def test_a_refresh_in_flight_when_a_reuse_is_detected_keeps_no_session(
+    db: Any, config: Any
+) -> None:
+    """The thief refreshes its copy over and over: one of those refreshes in flight (its old
+    token revoked, its new pair not yet committed) when the victim presents the spent token
+    must not come out with a live pair."""
+    auth = config.auth
+    await accounts.create_user(db, auth, "reuse@example.com", "a long enough password")
+    stolen = await accounts.login(db, auth, "reuse@example.com", "a long enough password")
+    thief = await accounts.refresh(db, auth, stolen.refresh_token)
+    revoked, proceed = asyncio.Event(), asyncio.Event()
+
+    async def thief_refreshes_again() -> Any:
+        digest = tokens.token_hash(thief.refresh_token)
+        async with db.transaction() as session:  # accounts.refresh, paused before the insert
+            await users.lock_token_owner(session, digest, "refresh")
+            user_id = await users.revoke_token(session, digest, "refresh")
+            revoked.set()
+            await proceed.wait()
+            return await accounts._issue_pair(session, auth, user_id)
+
+    in_flight = asyncio.create_task(thief_refreshes_again())
+    await revoked.wait()
+    victim = asyncio.create_task(accounts.refresh(db, auth, stolen.refresh_token))
+    for _ in range(100):  # the victim's revocation waits for the thief's transaction
+        if await _lock_waits(db) or victim.done():
+            break
+        await asyncio.sleep(0.05)
+    proceed.set()
+    newest = await in_flight
+    with pytest.raises(InvalidToken):
+        await victim
+    with pytest.raises(InvalidToken):
+        await accounts.authenticate_bearer(db, newest.access_token)
+    with pytest.raises(InvalidToken):
+        await accounts.refresh(db, auth, newest.refresh_token)
