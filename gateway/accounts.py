@@ -377,20 +377,24 @@ async def refresh(db: Database, auth: AuthConfig, refresh_token: str) -> TokenPa
                 ) from None
         reused_by = await users.spent_refresh_token_owner(session, digest)
     if reused_by is not None:
-        ended = await _end_sessions(db, reused_by)
+        ended = await _end_sessions(db, reused_by, digest)
         log.warning("refresh_token_reused", user_id=reused_by, sessions_ended=ended)
     raise InvalidToken("the refresh token is invalid, expired or already used")
 
 
-async def _end_sessions(db: Database, user_id: int) -> int:
+async def _end_sessions(db: Database, user_id: int, reused: bytes) -> int:
     """Revoke every access and refresh token of the user, those of a refresh or a login still
     in flight included; how many ended. The user row is locked first, in a transaction of its
     own (a refresh's share lock on it is not upgraded: two of them would deadlock): the lock
     waits for every transaction issuing the user tokens (they share-lock the row) and holds off
     new ones, so the revocation sees all of them. Without it, a thief refreshing its copy
-    again and again would keep the pair that a refresh in flight at that moment issues."""
+    again and again would keep the pair that a refresh in flight at that moment issues.
+
+    The reused token is retired too (it expires now): it has raised its alarm, and whoever
+    holds a copy must not be able to end the user's later sessions with it again and again."""
     async with db.transaction() as session:
         await users.lock_for_session_end(session, user_id)
+        await users.retire_refresh_token(session, reused)
         return await users.revoke_user_tokens(session, user_id, SESSION_KINDS)
 
 

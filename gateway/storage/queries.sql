@@ -202,6 +202,11 @@ WHERE t.token_hash = $1 AND t.kind = 'refresh' AND t.revoked_at IS NOT NULL
   AND EXISTS (SELECT 1 FROM auth_tokens n
               WHERE n.user_id = t.user_id AND n.kind = 'refresh' AND n.created_at = t.revoked_at);
 
+-- name: token_retire_refresh
+-- A reused refresh token, once its alarm has ended the user's sessions: it expires now, so a
+-- copy presented again ends nothing more (token_spent_refresh_owner skips expired ones).
+UPDATE auth_tokens SET expires_at = now() WHERE token_hash = $1 AND kind = 'refresh';
+
 -- name: token_personal_expiry
 -- The personal token with this hash, with its expiry (NULL: never); no row for another kind.
 SELECT expires_at FROM auth_tokens WHERE token_hash = $1 AND kind = 'personal';

@@ -74,6 +74,11 @@ async def lock_for_password_change(db: Session, user_id: int) -> str | None:
     return password_hash
 
 
+async def retire_refresh_token(db: Session, digest: bytes) -> None:
+    """Make a spent refresh token expire now (it no longer counts as evidence of a copy)."""
+    await db.execute("token_retire_refresh", digest)
+
+
 async def lock_for_session_end(db: Session, user_id: int) -> None:
     """Lock the user's row against the token inserts of logins and refreshes (see the query)."""
     await db.fetchval("user_lock_for_session_end", user_id)

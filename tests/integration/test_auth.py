@@ -168,6 +168,13 @@ async def test_a_reused_refresh_token_ends_every_session_of_its_user(
     assert reused["log_level"] == "warning" and reused["sessions_ended"] >= 5
     assert stolen["refresh_token"] not in repr(logs)
 
+    # The alarm went off once: the copy cannot end the sessions opened since, again and again.
+    fresh = await _admin_login(client)
+    with capture_logs() as again:
+        assert (await _refresh(client, stolen["refresh_token"])).status == 401
+    assert not [e for e in again if e["event"] == "refresh_token_reused"]
+    assert (await client.get("/users/me", headers=bearer(fresh["access_token"]))).status == 200
+
 
 async def test_an_unknown_expired_or_logged_out_refresh_token_ends_nothing(
     client: Any, admin_token: str, db: Any
