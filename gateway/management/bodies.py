@@ -351,6 +351,26 @@ class Fields:
             raise ValidationFailed(self.errors, more=self.more)
 
 
+MAX_GRACE_PERIOD = 365 * 86_400
+
+
+async def read_grace_period(request: web.Request) -> int:
+    """``grace_period_seconds`` of a secret rotation's optional body: how long the old secret
+    keeps working (default ``hooks.secret_grace_period``; 0: not at all). 422 when it is not an
+    integer in [0, one year] or the body holds any other field."""
+    body = await read_json_object(request) if request.body_exists else {}
+    fields = Fields(body, ("grace_period_seconds",))
+    grace = fields.integer(
+        "grace_period_seconds",
+        required=False,
+        default=live_config(request.app).hooks.secret_grace_period,
+        minimum=0,
+        maximum=MAX_GRACE_PERIOD,
+    )
+    fields.check()
+    return int(grace)
+
+
 def decimal_in_range(text: str, low: int, high: int) -> int | None:
     """``text`` as an integer when it is plain ASCII decimal digits within [low, high]; None
     otherwise. The length is checked first: int() refuses texts over 4,300 digits with a

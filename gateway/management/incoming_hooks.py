@@ -15,7 +15,7 @@ from gateway import appkeys
 from gateway.http import ApiError, json_response
 from gateway.ingest.signatures import STANDARD_WEBHOOKS, generate_secret, scheme_for_header
 from gateway.logs import get_logger
-from gateway.management.bodies import Fields, read_json_object
+from gateway.management.bodies import Fields, read_grace_period, read_json_object
 from gateway.management.framework import current_user, endpoint
 from gateway.management.incoming_hook_input import (
     check_delivery_id_header,
@@ -31,7 +31,6 @@ log = get_logger(__name__)
 routes = web.RouteTableDef()
 
 MASK = "********"
-MAX_GRACE_PERIOD = 365 * 86_400
 
 
 def hook_url(base_url: str, hook_id: uuid.UUID | str) -> str:
@@ -167,17 +166,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
     """Issue a new secret, shown once in this response (``hook:update``). The old one keeps
     working for ``grace_period_seconds`` (default ``hooks.secret_grace_period``; 0: stops now)."""
     hook = await incoming_hook_for(request, "hook:update")
-    config = live_config(request.app)
-    body = await read_json_object(request) if request.body_exists else {}
-    fields = Fields(body, ("grace_period_seconds",))
-    grace = fields.integer(
-        "grace_period_seconds",
-        required=False,
-        default=config.hooks.secret_grace_period,
-        minimum=0,
-        maximum=MAX_GRACE_PERIOD,
-    )
-    fields.check()
+    grace = await read_grace_period(request)
     secret = generate_secret(scheme_for_header(hook["secret_header_name"]))
     row = await hooks.rotate_incoming_secret(
         request.app[appkeys.DATABASE], hook["id"], secret, grace

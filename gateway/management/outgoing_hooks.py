@@ -17,13 +17,16 @@ from gateway import appkeys
 from gateway.http import ApiError, json_response
 from gateway.ingest.signatures import STANDARD_WEBHOOKS, generate_secret
 from gateway.logs import get_logger
-from gateway.management.bodies import Fields, page_headers, pagination, read_json_object
+from gateway.management.bodies import (
+    page_headers,
+    pagination,
+    read_grace_period,
+    read_json_object,
+)
 from gateway.management.framework import current_user, endpoint
-from gateway.management.incoming_hooks import MAX_GRACE_PERIOD
 from gateway.management.outgoing_hook_input import MASK, parse_outgoing_hook
 from gateway.management.permissions import authorize
 from gateway.management.resources import path_uuid, pipeline_for
-from gateway.reload import live_config
 from gateway.security.secret_box import StoredSecret
 from gateway.security.sensitive_headers import is_sensitive_header
 from gateway.storage import outgoing
@@ -172,17 +175,7 @@ async def rotate_outgoing_secret(request: web.Request) -> web.Response:
     the custom ``settings.signature_header`` carries one signature: the new secret's. 409 for
     a hook without a secret (``requires_secret`` false)."""
     hook = await outgoing_hook_for(request, "hook:update")
-    config = live_config(request.app)
-    body = await read_json_object(request) if request.body_exists else {}
-    fields = Fields(body, ("grace_period_seconds",))
-    grace = fields.integer(
-        "grace_period_seconds",
-        required=False,
-        default=config.hooks.secret_grace_period,
-        minimum=0,
-        maximum=MAX_GRACE_PERIOD,
-    )
-    fields.check()
+    grace = await read_grace_period(request)
     secret = generate_secret(STANDARD_WEBHOOKS)
     async with request.app[appkeys.DATABASE].transaction() as session:
         locked = await outgoing.lock_hook(session, hook["id"])

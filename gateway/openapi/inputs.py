@@ -12,7 +12,8 @@ from __future__ import annotations
 from gateway import permissions_catalog, run_states
 from gateway.ingest import conditions, limits, variables
 from gateway.management import incoming_hook_input as incoming
-from gateway.management import incoming_hooks, outgoing_hook_input, tokens
+from gateway.management import outgoing_hook_input, tokens
+from gateway.management.bodies import MAX_GRACE_PERIOD
 from gateway.openapi.common import ID, Schema, array, nullable, obj, text
 
 BOOLEAN: Schema = {"type": "boolean"}
@@ -95,9 +96,7 @@ def incoming_hook(*, partial: bool) -> Schema:
     return obj({"name": name, "action_type": action}, members)
 
 
-ROTATE_SECRET: Schema = obj(
-    {}, {"grace_period_seconds": optional_int(0, incoming_hooks.MAX_GRACE_PERIOD)}
-)
+ROTATE_SECRET: Schema = obj({}, {"grace_period_seconds": optional_int(0, MAX_GRACE_PERIOD)})
 
 OUTGOING_HEADER: Schema = obj(
     {
