@@ -188,7 +188,5 @@ async def rotate_outgoing_secret(request: web.Request) -> web.Response:
                 "PUT to issue one)",
             )
         row = await outgoing.rotate_secret(session, hook["id"], secret, grace)
-        if row is None:
-            raise ApiError(404, "hook not found")
     log.info("outgoing_hook_secret_rotated", hook_id=str(row["id"]), grace_period_seconds=grace)
     return json_response(hook_json(row, secret=secret))

@@ -103,12 +103,14 @@ async def update_hook(
 
 async def rotate_secret(
     session: Session, hook_id: uuid.UUID, secret: str, grace_seconds: int
-) -> Record | None:
-    """Replace the secret of a hook the caller locked with ``secret`` (plaintext, stored
-    encrypted); the old one keeps signing next to it for ``grace_seconds`` (0: stops now).
-    Return the new row, or None when the hook is gone."""
+) -> Record:
+    """Replace the secret of a hook the caller locked (:func:`lock_hook`) with ``secret``
+    (plaintext, stored encrypted); the old one keeps signing next to it for ``grace_seconds``
+    (0: stops now). Return the new row."""
     sealed = session.secret_box.encrypt(secret)
-    return await session.fetchrow("outgoing_hook_rotate_secret", hook_id, sealed, grace_seconds)
+    row = await session.fetchrow("outgoing_hook_rotate_secret", hook_id, sealed, grace_seconds)
+    assert row is not None  # the caller's lock keeps the hook from being deleted meanwhile
+    return row
 
 
 async def delete_hook(db: Database, hook_id: uuid.UUID) -> bool:
