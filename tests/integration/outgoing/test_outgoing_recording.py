@@ -22,29 +22,16 @@ from gateway.dispatcher.retry import RetryPolicy
 from gateway.storage import outgoing as store
 from gateway.storage.database import Database
 from tests.integration.ingest_helpers import wait_until_blocked
-from tests.integration.management_helpers import make_environment, make_pipeline
 from tests.integration.outgoing_helpers import (
     attempts,
     complete_run,
     deliveries,
     eventually,
     hook_body,
-    outgoing_config,
 )
 from tests.integration.pg_partition import CuttableProxy
 
 TWO_IN_A_ROW = RetryPolicy(disable_after_failures=2).should_disable
-
-
-@pytest.fixture
-def config(database_dsn: str) -> Config:
-    return outgoing_config(database_dsn)
-
-
-@pytest.fixture
-async def pipeline(client: Any, admin_headers: dict[str, str]) -> dict[str, Any]:
-    env = await make_environment(client, admin_headers)
-    return await make_pipeline(client, admin_headers, env["id"], name="Deploy API")
 
 
 async def _create_hook(

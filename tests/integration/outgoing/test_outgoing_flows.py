@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-import pytest
 from standardwebhooks import Webhook
 
 from gateway.config import Config
@@ -23,9 +21,7 @@ from gateway.storage.secret_rotation import OUTGOING, rotate_secrets
 from tests.conftest import TEST_SECRET_KEY
 from tests.integration.ingest_helpers import PR_OPENED, github_headers, hook_path
 from tests.integration.management_helpers import (
-    make_environment,
     make_member,
-    make_pipeline,
     make_seed_hook,
 )
 from tests.integration.outgoing_helpers import (
@@ -36,35 +32,8 @@ from tests.integration.outgoing_helpers import (
     deliveries,
     eventually,
     hook_body,
-    outgoing_config,
 )
 from tests.integration.runs_helpers import enqueue
-
-
-@pytest.fixture
-def config(database_dsn: str) -> Config:
-    return outgoing_config(database_dsn)
-
-
-@pytest.fixture
-async def receiver(aiohttp_server: Any) -> tuple[Receiver, str]:
-    target = Receiver()
-    server = await aiohttp_server(target.app())
-    return target, f"http://127.0.0.1:{server.port}"
-
-
-@pytest.fixture
-async def dispatcher(db: Database, config: Config) -> AsyncIterator[Dispatcher]:
-    running = Dispatcher(db, config)
-    await running.start()
-    yield running
-    await running.stop(0)
-
-
-@pytest.fixture
-async def pipeline(client: Any, admin_headers: dict[str, str]) -> dict[str, Any]:
-    env = await make_environment(client, admin_headers)
-    return await make_pipeline(client, admin_headers, env["id"])
 
 
 async def recorded_attempts(db: Database, hook_id: str, count: int) -> bool:

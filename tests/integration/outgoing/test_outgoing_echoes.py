@@ -30,16 +30,10 @@ from tests.integration.outgoing_helpers import (
     create_hook,
     dispatch_until,
     hook_body,
-    outgoing_config,
 )
 
 TOKEN = "OUT_AUTH_abc/def+ghi/jkl"  # '/' and '+': what the escapes change
 AUTHORIZATION = f"Bearer {TOKEN}=="
-
-
-@pytest.fixture
-def config(database_dsn: str) -> Config:
-    return outgoing_config(database_dsn)
 
 
 def revealed(text: str) -> str:

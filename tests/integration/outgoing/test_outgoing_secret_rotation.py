@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,7 +27,7 @@ from gateway.security.secret_box import SecretBox
 from gateway.security.secret_keys import load_keys
 from gateway.storage.database import Database
 from tests.conftest import TEST_SECRET_KEY
-from tests.integration.management_helpers import make_environment, make_member, make_pipeline
+from tests.integration.management_helpers import make_member
 from tests.integration.outgoing_helpers import (
     Receiver,
     attempts,
@@ -37,30 +36,10 @@ from tests.integration.outgoing_helpers import (
     deliveries,
     eventually,
     hook_body,
-    outgoing_config,
 )
 
 MASK = "********"
 DAY = 86_400
-
-
-@pytest.fixture
-def config(database_dsn: str) -> Config:
-    return outgoing_config(database_dsn)
-
-
-@pytest.fixture
-async def pipeline(client: Any, admin_headers: dict[str, str]) -> dict[str, Any]:
-    env = await make_environment(client, admin_headers)
-    return await make_pipeline(client, admin_headers, env["id"], name="Deploy API")
-
-
-@pytest.fixture
-async def receiver(aiohttp_server: Any) -> AsyncIterator[tuple[Receiver, str]]:
-    target = Receiver()
-    server = await aiohttp_server(target.app())
-    yield target, f"http://127.0.0.1:{server.port}"
-    target.release.set()
 
 
 def rotate_path(hook_id: str) -> str:

@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -28,7 +27,7 @@ from gateway.logs import configure_logging
 from gateway.storage import outgoing as store
 from gateway.storage import runs
 from gateway.storage.database import Database
-from tests.integration.management_helpers import make_environment, make_member, make_pipeline
+from tests.integration.management_helpers import make_member
 from tests.integration.outgoing_helpers import (
     SLOW_BODY,
     Receiver,
@@ -41,33 +40,6 @@ from tests.integration.outgoing_helpers import (
     hook_body,
     outgoing_config,
 )
-
-
-@pytest.fixture
-def config(database_dsn: str) -> Config:
-    return outgoing_config(database_dsn)
-
-
-@pytest.fixture
-async def receiver(aiohttp_server: Any) -> AsyncIterator[tuple[Receiver, str]]:
-    target = Receiver()
-    server = await aiohttp_server(target.app())
-    yield target, f"http://127.0.0.1:{server.port}"
-    target.release.set()
-
-
-@pytest.fixture
-async def dispatcher(db: Database, config: Config) -> AsyncIterator[Dispatcher]:
-    running = Dispatcher(db, config)
-    await running.start()
-    yield running
-    await running.stop(0)
-
-
-@pytest.fixture
-async def pipeline(client: Any, admin_headers: dict[str, str]) -> dict[str, Any]:
-    env = await make_environment(client, admin_headers)
-    return await make_pipeline(client, admin_headers, env["id"], name="Deploy API")
 
 
 async def delivery_status(db: Database, hook_id: str) -> list[str]:

@@ -25,7 +25,6 @@ from gateway.dispatcher.dispatcher import Dispatcher
 from gateway.shutdown import KILL_GRACE
 from gateway.storage import outgoing as store
 from gateway.storage.database import Database, Record
-from tests.integration.management_helpers import make_environment, make_pipeline
 from tests.integration.ops_helpers import parse_metrics, sample
 from tests.integration.outgoing_helpers import (
     attempts,
@@ -54,12 +53,6 @@ def config(database_dsn: str) -> Config:
 def short_lease(monkeypatch: pytest.MonkeyPatch) -> None:
     """Leases of timeout (1 s) + 0.5 s: they run out during every outage below."""
     monkeypatch.setattr(dispatcher_module, "LEASE_MARGIN", 0.5)
-
-
-@pytest.fixture
-async def pipeline(client: Any, admin_headers: dict[str, str]) -> dict[str, Any]:
-    env = await make_environment(client, admin_headers)
-    return await make_pipeline(client, admin_headers, env["id"], name="Deploy API")
 
 
 class Target:
