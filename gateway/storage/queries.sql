@@ -184,9 +184,9 @@ WHERE token_hash = $1 AND kind = $2 AND revoked_at IS NULL
 RETURNING user_id;
 
 -- name: token_lock_owner
--- Share-lock the user of a token (by hash and kind) before the token itself: a refresh then
--- takes its locks in the order a disable does (the user row, then the tokens), so the two
--- cannot deadlock (the token insert's trigger share-locks the user too).
+-- Share-lock the user of a token (by hash and kind) before the token itself: a refresh or a
+-- logout then takes its locks in the order a disable or a password change does (the user row,
+-- then the tokens), so they cannot deadlock (the token insert's trigger share-locks the user too).
 SELECT u.id FROM auth_tokens t JOIN users u ON u.id = t.user_id
 WHERE t.token_hash = $1 AND t.kind = $2
 FOR SHARE OF u;

@@ -145,12 +145,12 @@ async def spent_refresh_token_owner(db: Session, digest: bytes) -> int | None:
 
 
 async def lock_token_owner(db: Session, digest: bytes, kind: str) -> None:
-    """Share-lock the user row of a token before the token is locked (a refresh, which issues
-    new tokens: see the query)."""
+    """Share-lock the user row of a token before the token is locked (a refresh or a logout,
+    which lock tokens one by one: see the query)."""
     await db.fetchval("token_lock_owner", digest, kind)
 
 
-async def personal_token_expiry(db: Database, digest: bytes) -> tuple[bool, datetime | None]:
+async def personal_token_expiry(db: Session, digest: bytes) -> tuple[bool, datetime | None]:
     """(whether the token with this hash is a personal one, its expiry: None for never)."""
     row = await db.fetchrow("token_personal_expiry", digest)
     return (False, None) if row is None else (True, row["expires_at"])

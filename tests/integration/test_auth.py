@@ -342,3 +342,37 @@ async def test_a_refresh_in_flight_when_a_reuse_is_detected_keeps_no_session(
         await accounts.authenticate_bearer(db, newest.access_token)
     with pytest.raises(InvalidToken):
         await accounts.refresh(db, auth, newest.refresh_token)
+
+
+async def test_a_logout_waits_for_a_password_change_in_flight_and_takes_locks_in_its_order(
+    db: Any, config: Any
+) -> None:
+    """A password change (or a disable) locks the user row, then every token of the user; a
+    logout locks its access token, then its refresh token. Taken in those orders the two
+    deadlock when the change reaches the refresh token first. The logout now takes the user
+    row first too: it waits for a change in flight, and then its session is already over."""
+    auth = config.auth
+    await accounts.create_user(db, auth, "order@example.com", "a long enough password")
+    pair = await accounts.login(db, auth, "order@example.com", "a long enough password")
+    user = await accounts.authenticate_bearer(db, pair.access_token)
+    locked, proceed = asyncio.Event(), asyncio.Event()
+
+    async def password_change() -> int:  # accounts._replace_password, paused after its first lock
+        async with db.transaction() as session:
+            await users.update_user(session, user.id, password_hash="$argon2id$changed")
+            locked.set()
+            await proceed.wait()
+            return await users.revoke_user_tokens(session, user.id, accounts.SESSION_KINDS)
+
+    change = asyncio.create_task(password_change())
+    await locked.wait()
+    logout = asyncio.create_task(accounts.logout(db, user, pair.access_token, pair.refresh_token))
+    for _ in range(100):  # the logout's first lock waits for the change's transaction
+        if await _lock_waits(db) or logout.done():
+            break
+        await asyncio.sleep(0.05)
+    assert not logout.done(), "the logout took its tokens while the user row was locked"
+    proceed.set()
+    assert await change == 2  # the change ended both tokens: the logout had locked neither
+    with pytest.raises(InvalidToken, match="invalid, expired or revoked"):
+        await logout
