@@ -59,6 +59,10 @@ log = get_logger(__name__)
 # At a slot's first start that stops the gateway (restarting cannot help); a replacement that
 # hits it is retried (see Supervisor._keep_running).
 EXIT_USAGE = 2
+# A worker exiting with this code found its address held by another program (a race with the
+# supervisor's check, which found it free). At a slot's first start the gateway stops with
+# status 1, as when the check finds it held (the program may let go: a restart can help).
+EXIT_ADDRESS_IN_USE = 3
 # Backoff between restarts of one worker slot, in seconds.
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 # A worker that ran this long counts as healthy: its next crash restarts it without delay growth.
@@ -270,12 +274,14 @@ class Supervisor:
                 signal=_signal_name(-code) if code < 0 else None,
                 uptime_s=round(uptime, 3),
             )
-            if code == EXIT_USAGE and first:
-                log.error("worker_usage_error", worker=slot.index, pid=process.pid)
-                self.exit_code = EXIT_USAGE
+            if code in (EXIT_USAGE, EXIT_ADDRESS_IN_USE) and first:
+                in_use = code == EXIT_ADDRESS_IN_USE
+                event = "worker_address_in_use" if in_use else "worker_usage_error"
+                log.error(event, worker=slot.index, pid=process.pid)
+                self.exit_code = 1 if in_use else EXIT_USAGE
                 self._request_stop(signal.SIGTERM)
                 return
-            if code == EXIT_USAGE:
+            if code in (EXIT_USAGE, EXIT_ADDRESS_IN_USE):
                 # A replacement reads config.toml as it is now: an edit that a SIGHUP rejected
                 # must not turn one crash into an outage. Retried with the back-off meanwhile.
                 log.error(
@@ -456,7 +462,7 @@ async def serve_worker(config: Config) -> int:
         # of this host): at the first start that stops the gateway, as it does without workers,
         # instead of a supervisor that looks up while nothing listens.
         log.error("worker_cannot_listen", error=str(exc))
-        return EXIT_USAGE
+        return EXIT_ADDRESS_IN_USE if exc.in_use else EXIT_USAGE
     except asyncio.CancelledError as cancelled:
         return signals.forced_exit(cancelled, "worker_exiting", pid=os.getpid())
     finally:

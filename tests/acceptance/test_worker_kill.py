@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.acceptance.db_gate import gated_proxy
 from tests.acceptance.fault_load import Load, client, report
 from tests.acceptance.lb_client import Api
 from tests.acceptance.lb_load import is_2xx, runs_by_delivery
@@ -279,6 +281,36 @@ def test_workers_that_cannot_bind_the_port_stop_the_gateway(dsn: str, tmp_path: 
     cannot = gateway.named("cannot_listen")
     assert cannot and "address already in use" in cannot[0]["error"].lower(), gateway.output
     assert not gateway.named("worker_started")
+
+
+@pytest.mark.timeout(120)
+def test_a_port_taken_after_the_supervisors_check_stops_the_gateway_with_status_1(
+    dsn: str, tmp_path: Path
+) -> None:
+    """Another program takes the port between the supervisor's check (free) and the workers'
+    binds: still status 1, as when the check finds it held, not the 2 of a configuration error
+    (which the systemd unit does not restart into, though the program may let go)."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "config.toml",
+        {"server": {"port": port, "workers": 2}, "log": {"format": "json"}},
+    )
+    with gated_proxy(dsn) as proxy:
+        gateway = GatewayProcess(config, env={"GATEWAY_DATABASE_DSN": proxy.dsn})
+        try:
+            proxy.let_through(gateway.process.pid)  # the supervisor's bootstrap
+            assert proxy.held.wait(90), gateway.output  # a worker connects before it binds
+            gateway.wait_for(lambda e: e.get("event") == "supervisor_started", "the check", 30)
+            with socket.socket() as other:
+                other.bind(("127.0.0.1", port))
+                other.listen()
+                proxy.gate.set()
+                assert gateway.finish(timeout=90) == 1, gateway.output
+        finally:
+            gateway.kill()
+    cannot = gateway.named("worker_cannot_listen")
+    assert cannot and "address already in use" in cannot[0]["error"].lower(), gateway.output
+    assert gateway.named("worker_address_in_use"), gateway.output
 
 
 @pytest.mark.timeout(120)
