@@ -14,20 +14,15 @@ import socket
 import threading
 from collections.abc import Iterator
 
-from yarl import URL
+from tests.integration.pg_partition import Upstream
 
 
 class GatedProxy:
     def __init__(self, dsn: str) -> None:
-        url = URL(dsn)
-        # The embedded server listens on a Unix socket (?host=/socket/dir), the system one on TCP.
-        socket_dir = url.query.get("host", "")
-        port = int(url.query.get("port") or url.port or 5432)
-        self._unix = f"{socket_dir}/.s.PGSQL.{port}" if socket_dir.startswith("/") else None
-        self._target = (url.host or "127.0.0.1", port)
-        rest = {k: v for k, v in url.query.items() if k not in ("host", "port")}
+        upstream = Upstream.of(dsn)
+        self._unix, self._target = upstream.unix, upstream.tcp
         self._listener = socket.create_server(("127.0.0.1", 0))
-        self.dsn = str(url.with_query(rest).with_host("127.0.0.1").with_port(self.port))
+        self.dsn = upstream.proxy_dsn(self.port)
         self.held = threading.Event()  # a connection of another process is waiting
         self.gate = threading.Event()  # set: held connections go through
         self._passing_pid: int | None = None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from yarl import URL
 
@@ -23,17 +23,33 @@ from gateway.config import Config
 from gateway.storage.database import Database
 
 
-class CuttableProxy:
-    def __init__(self, dsn: str) -> None:
+@dataclass(frozen=True)
+class Upstream:
+    """Where a proxy in front of the server of ``dsn`` connects, and its own DSN."""
+
+    unix: str | None  # the socket's path, for a server on a Unix socket (the embedded one)
+    tcp: tuple[str, int]
+    url: URL  # ``dsn`` without host and port in its query
+
+    @classmethod
+    def of(cls, dsn: str) -> Upstream:
         url = URL(dsn)
         # The embedded server listens on a Unix socket (?host=/socket/dir), the system one on TCP.
         socket_dir = url.query.get("host", "")
         port = int(url.query.get("port") or url.port or 5432)
-        self._unix = f"{socket_dir}/.s.PGSQL.{port}" if socket_dir.startswith("/") else None
-        self._target = (url.host or "127.0.0.1", port)
-        self._url = url.with_query(
-            {k: v for k, v in url.query.items() if k not in ("host", "port")}
-        )
+        unix = f"{socket_dir}/.s.PGSQL.{port}" if socket_dir.startswith("/") else None
+        rest = {k: v for k, v in url.query.items() if k not in ("host", "port")}
+        return cls(unix, (url.host or "127.0.0.1", port), url.with_query(rest))
+
+    def proxy_dsn(self, port: int) -> str:
+        """The DSN of a proxy listening on 127.0.0.1:``port``."""
+        return str(self.url.with_host("127.0.0.1").with_port(port))
+
+
+class CuttableProxy:
+    def __init__(self, dsn: str) -> None:
+        upstream = Upstream.of(dsn)
+        self._unix, self._target, self._upstream = upstream.unix, upstream.tcp, upstream
         self._cut = False
         self._writers: set[asyncio.StreamWriter] = set()
         self._clients: set[asyncio.StreamWriter] = set()  # client sides of open connections
@@ -46,7 +62,7 @@ class CuttableProxy:
         """Start listening; return the DSN that goes through the proxy."""
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         port = self._server.sockets[0].getsockname()[1]
-        return str(self._url.with_host("127.0.0.1").with_port(port))
+        return self._upstream.proxy_dsn(port)
 
     def cut(self) -> None:
         self._cut = True
