@@ -48,22 +48,26 @@ class CompiledHook:
     secret: str | None = field(repr=False)
     signature_header: str | None
     signature_algorithm: str
-    # The secret a rotation replaced, and until when (unix time) it signs too.
+    # The secret a rotation replaced, and until when (unix time, this host's clock) it signs too.
     previous_secret: str | None = field(default=None, repr=False)
     previous_secret_until: float | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any], box: SecretBox = PLAINTEXT_BOX) -> CompiledHook:
         """Compile a claimed delivery row's hook columns, opening the sealed secret with
-        ``box``; raises ValueError (TemplateError, or a secret that cannot be decrypted)."""
+        ``box``; raises ValueError (TemplateError, or a secret that cannot be decrypted).
+
+        The grace of a rotation's previous secret comes as the seconds it had left by the
+        database's clock when the row was claimed, which set its end: this host's clock,
+        ahead or behind, then neither cuts it short nor stretches it."""
         settings = row["settings"] or {}
         secret = previous = until = None
-        expires = row.get("previous_secret_expires_at")
+        left = row.get("previous_secret_seconds_left")
         try:
             if row["requires_secret"] and row["secret"]:
                 secret = box.decrypt(row["secret"])
-                if row.get("previous_secret") and expires is not None:
-                    previous, until = box.decrypt(row["previous_secret"]), expires.timestamp()
+                if row.get("previous_secret") and left is not None:
+                    previous, until = box.decrypt(row["previous_secret"]), time.time() + left
             # Sensitive header values are stored sealed (storage.outgoing.sealed_settings); the
             # others as written, even one that happens to start like a sealed value.
             opened = with_sensitive_header_values(settings, box.decrypt)

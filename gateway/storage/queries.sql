@@ -1198,6 +1198,8 @@ RETURNING d.id, d.hook_id, d.run_id, d.event, d.payload, d.attempt, d.retry_of,
           h.active AS hook_active, h.name AS hook_name, h.target_url, h.trigger_when,
           h.events AS hook_events, h.settings, h.requires_secret, h.secret,
           h.previous_secret, h.previous_secret_expires_at,
+          extract(epoch FROM h.previous_secret_expires_at - now())::float8
+              AS previous_secret_seconds_left,
           h.updated_at AS hook_updated_at;
 
 -- name: outgoing_release

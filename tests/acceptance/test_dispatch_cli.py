@@ -7,14 +7,20 @@ import os
 import signal
 import socket
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
 
+from gateway.ingest.signatures import STANDARD_WEBHOOKS, generate_secret
 from gateway.storage import outgoing
 from gateway.storage.database import Database
+from tests.acceptance.faketime import skewed_clock
+from tests.conftest import TEST_SECRET_KEY
 from tests.integration.outgoing_helpers import (
     HANG,
     Receiver,
@@ -57,8 +63,11 @@ async def _statuses(db: Database, hook_id: uuid.UUID) -> list[str]:
     return [d["status"] for d in await deliveries(db, hook_id)]
 
 
-async def _notify_hook(db: Database, target_url: str) -> tuple[int, uuid.UUID]:
-    """A pipeline with an outgoing hook to ``target_url`` on run.completed: (pipeline, hook)."""
+async def _notify_hook(
+    db: Database, target_url: str, secret: str | None = None
+) -> tuple[int, uuid.UUID]:
+    """A pipeline with an outgoing hook to ``target_url`` on run.completed, signed with
+    ``secret`` when given: (pipeline, hook)."""
     pipeline = await make_pipeline(db)
     hook_id = uuid.uuid4()
     values = {
@@ -68,9 +77,9 @@ async def _notify_hook(db: Database, target_url: str) -> tuple[int, uuid.UUID]:
         "events": ["run.completed"],
         "trigger_when": {"events": ["run.completed"], "conditions": []},
         "settings": {},
-        "requires_secret": False,
+        "requires_secret": secret is not None,
     }
-    await outgoing.insert_hook(db, hook_id, pipeline["id"], values, None, None)
+    await outgoing.insert_hook(db, hook_id, pipeline["id"], values, secret, None)
     return pipeline["id"], hook_id
 
 
@@ -108,6 +117,55 @@ async def test_a_killed_dispatcher_loses_its_delivery_to_the_next_one(
     assert target.seen[0].headers["webhook-id"] == target.seen[1].headers["webhook-id"]
     [attempt] = await attempts(db, hook_id)
     assert (attempt["outcome"], attempt["attempt"]) == ("succeeded", 2)
+
+
+@pytest.mark.parametrize("offset", ["+120", "-120"])
+async def test_a_dispatchers_clock_neither_stretches_nor_cuts_short_a_rotations_grace(
+    db: Database, database_dsn: str, tmp_path: Path, aiohttp_server: Any, offset: str
+) -> None:
+    """The database's clock sets the end of a rotation's grace; a dispatcher whose clock is
+    120 s off signs by it all the same. A grace of 60 s still running is honoured by a clock
+    that says it ended a minute ago (ahead), and a grace over by a second is not by one that
+    says it has two minutes to go (behind)."""
+    target = Receiver()
+    target.plan("/deploys", 200)
+    server = await aiohttp_server(target.app())
+    old, new = generate_secret(STANDARD_WEBHOOKS), generate_secret(STANDARD_WEBHOOKS)
+    pipeline_id, hook_id = await _notify_hook(
+        db, f"http://127.0.0.1:{server.port}/deploys", secret=old
+    )
+    async with db.transaction() as session:
+        await outgoing.lock_hook(session, hook_id)
+        await outgoing.rotate_secret(session, hook_id, new, 60)
+    ahead = offset.startswith("+")
+    if not ahead:
+        await db.pool.execute(
+            "UPDATE outgoing_hooks SET previous_secret_expires_at = now() - interval '1 second'"
+            " WHERE id = $1",
+            hook_id,
+        )
+    dispatcher = await _dispatch(
+        database_dsn,
+        tmp_path,
+        GATEWAY_SECURITY_SECRET_KEYS=TEST_SECRET_KEY,
+        **skewed_clock(offset),
+    )
+    try:
+        await complete_run(db, pipeline_id)
+        await eventually(lambda: _is_done(db, hook_id), limit=60)
+    finally:
+        dispatcher.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(dispatcher.communicate(), timeout=30)
+    assert dispatcher.returncode == 0, stderr.decode()
+    [seen] = target.seen
+    sent = int(seen.headers["webhook-timestamp"])  # the skew is real
+    assert abs(sent - time.time() - int(offset)) < 60, (sent, time.time())
+    Webhook(new).verify(seen.body, seen.headers)
+    if ahead:
+        Webhook(old).verify(seen.body, seen.headers)  # the grace had 60 s to go
+    else:
+        with pytest.raises(WebhookVerificationError):
+            Webhook(old).verify(seen.body, seen.headers)
 
 
 async def _is_done(db: Database, hook_id: uuid.UUID) -> bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import pytest
 from standardwebhooks import Webhook
 
 from gateway.dispatcher.outbound import CompiledHook, build_request, event_context
@@ -104,20 +106,29 @@ def test_conditions_are_compiled_without_the_events() -> None:
     assert hook.conditions.evaluate(event_context(other, "d", 1)) is not None
 
 
+def rotated_row(previous: str, seconds_left: float, expires_at: datetime) -> dict[str, Any]:
+    """A claimed row of a hook rotated with a grace: ``seconds_left`` by the database's clock
+    at the claim, and the end it set (``expires_at``), which says nothing of this host's."""
+    return {
+        **row(signature_header="X-Hub-Signature-256"),
+        "previous_secret": previous,
+        "previous_secret_expires_at": expires_at,
+        "previous_secret_seconds_left": seconds_left,
+    }
+
+
 def test_during_a_rotations_grace_both_secrets_sign_and_after_it_only_the_new_one() -> None:
-    old, until = generate_secret(STANDARD_WEBHOOKS), datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
-    hook = CompiledHook.from_row(
-        {
-            **row(signature_header="X-Hub-Signature-256"),
-            "previous_secret": old,
-            "previous_secret_expires_at": until,
-        }
-    )
+    old, left = generate_secret(STANDARD_WEBHOOKS), 3600.0
+    before = time.time()
+    hook = CompiledHook.from_row(rotated_row(old, left, datetime(2026, 5, 1, 12, tzinfo=UTC)))
+    after = time.time()
     assert old not in repr(hook)
+    until = hook.previous_secret_until
+    assert until is not None and before + left <= until <= after + left
     context = event_context(PAYLOAD, "d1", 1)
     # The compiled hook is kept while the hook is unchanged: the end of the grace is checked
     # each time a request is signed.
-    for now, secrets in ((until.timestamp() - 1, [SECRET, old]), (until.timestamp(), [SECRET])):
+    for now, secrets in ((until - 1, [SECRET, old]), (until, [SECRET])):
         request = build_request(hook, context, "d1", now=now)
         headers, body = request.headers, request.body.decode()
         expected = [
@@ -136,6 +147,26 @@ def test_during_a_rotations_grace_both_secrets_sign_and_after_it_only_the_new_on
         )
 
 
+@pytest.mark.parametrize(
+    ("seconds_left", "expires_at", "signatures"),
+    [
+        # The database's clock is behind this host's: its end of the grace is in this host's
+        # past, yet the grace has 60 s to go.
+        (60.0, datetime(2000, 1, 1, tzinfo=UTC), 2),
+        # Ahead: the end is in this host's future, yet the grace is over.
+        (-1.0, datetime(2999, 1, 1, tzinfo=UTC), 1),
+    ],
+)
+def test_the_grace_is_what_the_database_says_is_left_whatever_this_hosts_clock_says(
+    seconds_left: float, expires_at: datetime, signatures: int
+) -> None:
+    hook = CompiledHook.from_row(
+        rotated_row(generate_secret(STANDARD_WEBHOOKS), seconds_left, expires_at)
+    )
+    request = build_request(hook, event_context(PAYLOAD, "d1", 1), "d1")
+    assert len(request.headers["webhook-signature"].split()) == signatures
+
+
 def test_a_previous_secret_is_not_used_without_a_secret() -> None:
     hook = CompiledHook.from_row(
         {
@@ -143,6 +174,7 @@ def test_a_previous_secret_is_not_used_without_a_secret() -> None:
             "requires_secret": False,
             "previous_secret": generate_secret(STANDARD_WEBHOOKS),
             "previous_secret_expires_at": datetime(2999, 1, 1, tzinfo=UTC),
+            "previous_secret_seconds_left": 3600.0,
         }
     )
     assert (
