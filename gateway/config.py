@@ -122,6 +122,7 @@ class LogConfig:
 class OutgoingConfig:
     allow_private_targets: bool = False  # SSRF guard off: allow loopback/private/link-local
     timeout: float = 10.0  # seconds per request (a hook's settings.timeout may lower it)
+    dns_timeout: float = 5.0  # seconds per lookup of a target's name
     concurrency: int = 64  # requests in flight per dispatcher process
     per_target_concurrency: int = 4  # requests in flight per scheme://host:port
     retry_schedule: tuple[float, ...] = (10.0, 30.0, 120.0, 600.0, 1800.0)  # seconds
@@ -207,6 +208,7 @@ _MINIMUMS: dict[tuple[str, str], float] = {
     ("batch", "retry_after"): 1,
     # outgoing hooks
     ("outgoing", "timeout"): 0.1,
+    ("outgoing", "dns_timeout"): 0.1,
     ("outgoing", "concurrency"): 1,
     ("outgoing", "per_target_concurrency"): 1,
     ("outgoing", "retry_jitter"): 0,
@@ -237,6 +239,7 @@ _MAXIMUMS: dict[tuple[str, str], float] = {
     ("outgoing", "retry_after_max"): _WEEK,
     # outgoing hooks (timeout bounds the delivery lease, see gateway.dispatcher.dispatcher)
     ("outgoing", "timeout"): 60,
+    ("outgoing", "dns_timeout"): 60,
     ("outgoing", "retry_jitter"): 1,
     ("outgoing", "response_excerpt_bytes"): 65536,
     # operations (issue 8)

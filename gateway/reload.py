@@ -66,6 +66,7 @@ LIVE_KEYS: frozenset[str] = frozenset(
         "server.public_url",
         "outgoing.allow_private_targets",
         "outgoing.timeout",
+        "outgoing.dns_timeout",
         "outgoing.retry_schedule",
         "outgoing.retry_jitter",
         "outgoing.retry_after_max",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import aiohttp
@@ -11,6 +12,7 @@ from aiohttp.http import HttpProcessingError
 from yarl import URL
 
 from gateway.dispatcher.outbound import OutboundRequest
+from gateway.dispatcher.resolver import DEFAULT_DNS_TIMEOUT
 from gateway.dispatcher.ssrf import make_connector
 
 MAX_TIMEOUT = 60.0  # the bound of [outgoing] timeout and of a hook's settings.timeout
@@ -25,10 +27,23 @@ class Answer(NamedTuple):
     excerpt: str | None
 
 
-def new_session(*, allow_private_targets: bool, concurrency: int) -> aiohttp.ClientSession:
-    """The session every delivery of a dispatcher goes through (SSRF guard unless allowed)."""
+def new_session(
+    *,
+    allow_private_targets: bool,
+    concurrency: int,
+    dns_timeout: float = DEFAULT_DNS_TIMEOUT,
+    nameservers: Sequence[str] | None = None,
+) -> aiohttp.ClientSession:
+    """The session every delivery of a dispatcher goes through (SSRF guard unless allowed);
+    ``nameservers`` replace resolv.conf's (tests)."""
+    connector = make_connector(
+        allow_private_targets=allow_private_targets,
+        limit=concurrency,
+        dns_timeout=dns_timeout,
+        nameservers=nameservers,
+    )
     return aiohttp.ClientSession(
-        connector=make_connector(allow_private_targets=allow_private_targets, limit=concurrency),
+        connector=connector,
         # A backstop only: each request runs under its own, shorter, timeout (see send).
         timeout=aiohttp.ClientTimeout(total=MAX_TIMEOUT * 2),
         cookie_jar=aiohttp.DummyCookieJar(),

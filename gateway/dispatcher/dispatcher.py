@@ -29,7 +29,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -97,8 +97,12 @@ def recorded_message(message: str, request: OutboundRequest, signed_with: Iterab
 class Dispatcher:
     """Delivers outgoing hooks for one process; :meth:`start`, then :meth:`stop`."""
 
-    def __init__(self, db: Database, config: Config) -> None:
+    def __init__(
+        self, db: Database, config: Config, *, nameservers: Sequence[str] | None = None
+    ) -> None:
+        """``nameservers`` replace resolv.conf's for target lookups (tests)."""
         self.db = db
+        self._nameservers = nameservers
         self._configure(config)
         self._wake = asyncio.Event()
         self._stopping = False
@@ -141,18 +145,22 @@ class Dispatcher:
         return new_session(
             allow_private_targets=self.settings.allow_private_targets,
             concurrency=self.settings.concurrency,
+            dns_timeout=self.settings.dns_timeout,
+            nameservers=self._nameservers,
         )
 
     def apply_config(self, old: Config, new: Config, changed: frozenset[str]) -> None:
         """SIGHUP reload callback (gateway.reload): take the new ``[outgoing]`` settings and
-        ``hooks.store_bodies``; a changed SSRF setting applies to requests sent from now on.
+        ``hooks.store_bodies``; a changed SSRF setting or ``dns_timeout`` applies to requests
+        sent from now on.
         Changed ``[security]`` keys: hooks are compiled again, with the database's new box."""
         if any(k.startswith("security.") for k in changed):
             self._compiled.clear()
         if not any(k.startswith("outgoing.") or k == "hooks.store_bodies" for k in changed):
             return
         self._configure(new)
-        if old.outgoing.allow_private_targets != new.outgoing.allow_private_targets:
+        session_keys = ("allow_private_targets", "dns_timeout")
+        if any(getattr(old.outgoing, k) != getattr(new.outgoing, k) for k in session_keys):
             if self._session is not None:
                 self._retired.append(self._session)  # in-flight requests finish on it
             self._session = self._new_session()

@@ -1,86 +1,88 @@
-"""DNS lookups for outgoing requests, on threads of the dispatcher's own.
+"""DNS lookups for outgoing requests, asynchronous (c-ares), each bounded in time.
 
 ``getaddrinfo`` holds a thread until the target's name server answers, and a request's timeout
 does not end it: a name server that never answers holds it for the system resolver's timeout
-(``timeout`` x ``attempts`` x name servers in resolv.conf, 10 s and more). On the event loop's
-default executor — min(32, CPUs + 4) threads, also used elsewhere in the process — a handful
-of targets with broken DNS would take every thread, and the lookups of all other targets would
-wait behind them until their deliveries timed out.
+(``timeout`` x ``attempts`` x name servers in resolv.conf, 10 s and more). Any fixed number
+of threads is taken by as many black-holed hostnames, which anyone allowed to create an
+outgoing hook can configure, and then every other target's lookup waits behind them.
 
-:class:`PoolResolver` runs them on an executor of its own, with one thread per request the
-dispatcher may have in flight (``[outgoing] concurrency``). aiohttp runs one lookup per host
-and port at a time (a request for a name being looked up waits for that lookup), so a target
-whose DNS hangs holds one thread however many of its deliveries are due.
+:class:`OutgoingResolver` asks the name servers itself through c-ares (aiodns, aiohttp's
+AsyncResolver): a lookup is a query in flight on non-blocking sockets, not a thread, so any
+number of lookups that never get an answer leave the others alone (c-ares answers on an
+event thread of its own, one per channel, not one per lookup). It reads resolv.conf (name
+servers, ``search``, ``ndots``, ``timeout``, ``attempts``) and the hosts file like glibc,
+but uses no NSS module (mDNS, LDAP, ``myhostname``); nsswitch.conf only orders ``files`` and
+``dns``. ``localhost`` resolves to ``::1`` and ``127.0.0.1`` (glibc: the hosts file's).
+
+Each lookup ends after ``[outgoing] dns_timeout`` seconds with :class:`LookupTimedOut`; the
+query itself goes on until c-ares gives up, costing a pending query, not a thread. aiohttp runs
+one lookup per host and port at a time (a request for a name being looked up waits for it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import TCPConnector
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import ResolveResult
+from aiohttp.resolver import AsyncResolver
 
-_NUMERIC_HOST = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
-_NUMERIC_NAME = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+from gateway.config import OutgoingConfig
 
-
-def _lookup(host: str, port: int, family: socket.AddressFamily) -> list[tuple[str, int, int, int]]:
-    """``(address, port, family, proto)`` of each stream address of ``host`` (blocking), the
-    way aiohttp's ThreadedResolver reads them: an IPv6 address with a scope id (link-local)
-    in its numeric form with the scope (``fe80::1%eth0``)."""
-    found: list[tuple[str, int, int, int]] = []
-    infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_ADDRCONFIG)
-    for kind, _type, proto, _name, address in infos:
-        if kind == socket.AF_INET6:
-            if len(address) < 4:
-                continue  # IPv6 is not supported by this Python or host
-            if address[3]:
-                text, service = socket.getnameinfo(
-                    (str(address[0]), int(address[1]), int(address[2]), int(address[3])),
-                    _NUMERIC_NAME,
-                )
-                found.append((text, int(service), kind, proto))
-            else:
-                found.append((str(address[0]), int(address[1]), kind, proto))
-        elif kind == socket.AF_INET:
-            found.append((str(address[0]), int(address[1]), kind, proto))
-    return found
+DEFAULT_DNS_TIMEOUT = OutgoingConfig().dns_timeout
 
 
-class PoolResolver(AbstractResolver):
-    """aiohttp's ThreadedResolver on ``threads`` threads of its own, shut down by close()."""
+class LookupTimedOut(OSError):
+    """A name's lookup took longer than ``[outgoing] dns_timeout`` (an OSError like every DNS
+    failure: aiohttp reports it as ClientConnectorDNSError, the delivery is retried)."""
 
-    def __init__(self, threads: int) -> None:
-        self._executor = ThreadPoolExecutor(max(threads, 1), thread_name_prefix="outgoing-dns")
+
+class OutgoingResolver(AsyncResolver):
+    """aiohttp's AsyncResolver on a c-ares channel of its own, each lookup ending after
+    ``timeout`` seconds. ``nameservers`` (``"address"`` or ``"address:port"``) replace
+    resolv.conf's (tests)."""
+
+    def __init__(self, timeout: float, nameservers: Sequence[str] | None = None) -> None:
+        # Keyword arguments give this resolver a channel of its own (not aiohttp's shared one).
+        super().__init__(nameservers=list(nameservers) if nameservers else None)
+        self.timeout = timeout
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        """The addresses of ``host``; raises OSError (socket.gaierror) like getaddrinfo."""
-        loop = asyncio.get_running_loop()
-        found = await loop.run_in_executor(self._executor, _lookup, host, port, family)
-        return [
-            ResolveResult(
-                hostname=host, host=text, port=number, family=kind, proto=proto, flags=_NUMERIC_HOST
-            )
-            for text, number, kind, proto in found
-        ]
+        """The addresses of ``host``; raises OSError (LookupTimedOut after ``timeout``)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await super().resolve(host, port, family)
+        except TimeoutError:
+            message = f"DNS lookup of {host} timed out after {self.timeout:g}s"
+            # errno None: aiohttp's message quotes strerror.
+            raise LookupTimedOut(None, message) from None
 
     async def close(self) -> None:
-        """Start no more lookups; those still running end on their own."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Cancel the lookups in flight and release the channel (its sockets and thread)."""
+        channel = self._resolver
+        await super().close()
+        if channel is not None:
+            await channel.close()
 
 
 class OutgoingConnector(TCPConnector):
-    """A TCPConnector whose lookups run on a :class:`PoolResolver` of its own, with a thread
-    per connection it may open at once (``limit``), closed with it."""
+    """A TCPConnector whose lookups run on an :class:`OutgoingResolver` of its own, closed
+    with it."""
 
-    def __init__(self, *, limit: int = 100, **kwargs: Any) -> None:
-        self._lookups = PoolResolver(limit or 100)
-        super().__init__(limit=limit, resolver=self._lookups, **kwargs)
+    def __init__(
+        self,
+        *,
+        dns_timeout: float = DEFAULT_DNS_TIMEOUT,
+        nameservers: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._lookups = OutgoingResolver(dns_timeout, nameservers)
+        super().__init__(resolver=self._lookups, **kwargs)
 
     async def close(self, *, abort_ssl: bool = False) -> None:
         try:

@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp.abc import ResolveResult
 
-from gateway.dispatcher.resolver import OutgoingConnector
+from gateway.dispatcher.resolver import DEFAULT_DNS_TIMEOUT, OutgoingConnector
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -107,12 +107,25 @@ class GuardedConnector(OutgoingConnector):
         return vet_addresses(await super()._resolve_host(host, port, traces=traces))
 
 
-def make_connector(*, allow_private_targets: bool, limit: int) -> OutgoingConnector:
-    """The connector for the dispatcher's shared ClientSession (its DNS lookups on threads of
-    its own, gateway.dispatcher.resolver)."""
+def make_connector(
+    *,
+    allow_private_targets: bool,
+    limit: int,
+    dns_timeout: float = DEFAULT_DNS_TIMEOUT,
+    nameservers: Sequence[str] | None = None,
+) -> OutgoingConnector:
+    """The connector for the dispatcher's shared ClientSession (its DNS lookups asynchronous
+    and bounded by ``dns_timeout``, gateway.dispatcher.resolver)."""
     cls = OutgoingConnector if allow_private_targets else GuardedConnector
-    # limit_per_host stays 0: the dispatcher applies its own per-target limit before connecting.
-    return cls(limit=limit, limit_per_host=0, ttl_dns_cache=10, enable_cleanup_closed=False)
+    return cls(
+        dns_timeout=dns_timeout,
+        nameservers=nameservers,
+        limit=limit,
+        # 0: the dispatcher applies its own per-target limit before connecting.
+        limit_per_host=0,
+        ttl_dns_cache=10,
+        enable_cleanup_closed=False,
+    )
 
 
 def is_refusal(exc: BaseException) -> str | None:

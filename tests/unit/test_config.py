@@ -217,6 +217,16 @@ def test_every_shipped_key_is_commented() -> None:
             id="retry-after-max-past-a-week",
         ),
         pytest.param(
+            {"outgoing": {"dns_timeout": 0}},
+            ["outgoing.dns_timeout = 0", "between 0.1 and 60"],
+            id="dns-timeout-zero",
+        ),
+        pytest.param(
+            {"outgoing": {"dns_timeout": 600}},
+            ["outgoing.dns_timeout = 600", "between 0.1 and 60"],
+            id="dns-timeout-past-a-minute",
+        ),
+        pytest.param(
             {"database": {"dsn": "postgresql://app@db/app?sslmode=require&connect_timeout=10"}},
             ["database.dsn parameter 'connect_timeout'", "use database.connect_timeout"],
             id="dsn-libpq-only-parameter",
