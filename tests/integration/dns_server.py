@@ -1,6 +1,7 @@
 """A tiny DNS server on loopback UDP for tests: answers A queries for the names it knows
-(AAAA with no record), NXDOMAIN for the names it is told do not exist, and silently drops every
-other query, like a name server that never answers (a black hole)."""
+(AAAA with no record), NXDOMAIN for the names it is told do not exist (with any suffix: a
+resolver tries a name that does not exist again with each search domain of resolv.conf), and
+silently drops every other query, like a name server that never answers (a black hole)."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ class DNSServer(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         name, qtype, question = _question(data)
-        if name in self.nxdomain:
+        if any(name == gone or name.startswith(f"{gone}.") for gone in self.nxdomain):
             rcode, records = _NXDOMAIN, []
         elif name in self.answers:
             rcode = 0
