@@ -40,6 +40,7 @@ from gateway import metrics, run_states
 from gateway.config import Config
 from gateway.dispatcher.client import clean, failure_message, new_session, send
 from gateway.dispatcher.outbound import CompiledHook, OutboundRequest, build_request, event_context
+from gateway.dispatcher.resolver import OutgoingConnector
 from gateway.dispatcher.retry import FAILED, RETRY, SUCCEEDED, Decision, RetryPolicy
 from gateway.dispatcher.signing import scrub_pieces, scrub_sent_secrets, sent_secret_pieces
 from gateway.dispatcher.ssrf import is_refusal
@@ -159,11 +160,16 @@ class Dispatcher:
         if not any(k.startswith("outgoing.") or k == "hooks.store_bodies" for k in changed):
             return
         self._configure(new)
-        session_keys = ("allow_private_targets", "dns_timeout")
-        if any(getattr(old.outgoing, k) != getattr(new.outgoing, k) for k in session_keys):
+        if old.outgoing.allow_private_targets != new.outgoing.allow_private_targets:
             if self._session is not None:
                 self._retired.append(self._session)  # in-flight requests finish on it
             self._session = self._new_session()
+        elif self._session is not None:
+            # In place: a new session would keep another c-ares channel (a thread, descriptors)
+            # until the dispatcher stops, at each reload.
+            connector = self._session.connector
+            assert isinstance(connector, OutgoingConnector)
+            connector.dns_timeout = new.outgoing.dns_timeout
         log.info("dispatcher_reconfigured", changed=sorted(changed))
         self._wake.set()
 

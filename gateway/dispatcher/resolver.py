@@ -84,6 +84,17 @@ class OutgoingConnector(TCPConnector):
         self._lookups = OutgoingResolver(dns_timeout, nameservers)
         super().__init__(resolver=self._lookups, **kwargs)
 
+    @property
+    def dns_timeout(self) -> float:
+        """Seconds each lookup may take; a change applies to lookups started from then on
+        (a reload changes it in place: a connector of its own would cost a c-ares channel,
+        with its thread and descriptors, kept until the dispatcher stops)."""
+        return self._lookups.timeout
+
+    @dns_timeout.setter
+    def dns_timeout(self, seconds: float) -> None:
+        self._lookups.timeout = seconds
+
     async def close(self, *, abort_ssl: bool = False) -> None:
         try:
             await super().close(abort_ssl=abort_ssl)
