@@ -38,6 +38,14 @@ HEALTHY = "healthy.hooks.test"
 MISSING = "missing.hooks.test"
 
 
+@pytest.fixture(autouse=True)
+def _slow_system_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """c-ares gives up on a name after resolv.conf's ``options timeout/attempts``: one second
+    on some hosts, which a loaded machine can spend before a test looks at the lookups it
+    expects still pending. Long ones here, so only the resolver's own timeout ends them."""
+    monkeypatch.setenv("RES_OPTIONS", "timeout:30 attempts:1")
+
+
 @pytest.fixture
 async def name_server() -> AsyncIterator[DNSServer]:
     server = await DNSServer({HEALTHY: ["127.0.0.1"]}, nxdomain=[MISSING]).start()
