@@ -38,7 +38,7 @@ import aiohttp
 
 from gateway import metrics, run_states
 from gateway.config import Config
-from gateway.dispatcher.client import clean, failure_message, new_session, send
+from gateway.dispatcher.client import MAX_TIMEOUT, clean, failure_message, new_session, send
 from gateway.dispatcher.outbound import CompiledHook, OutboundRequest, build_request, event_context
 from gateway.dispatcher.resolver import OutgoingConnector
 from gateway.dispatcher.retry import FAILED, RETRY, SUCCEEDED, Decision, RetryPolicy
@@ -60,6 +60,9 @@ log = get_logger(__name__)
 # delivery it is still recording); meanwhile another dispatcher may claim the expired lease
 # and send the delivery again, with the same webhook-id (at least once).
 LEASE_MARGIN = 10.0
+# How long a session a reload replaced stays open for the requests sent on it: the longest a
+# request may take (client.send's bound, ``[outgoing] timeout`` at most) and a margin.
+RETIRED_SESSION_LIFE = MAX_TIMEOUT + 5.0
 # Pauses between tries of recording an attempt while the database is away: doubling, then
 # every _RECORD_PAUSE_MAX seconds until it is recorded or the stop's grace is over.
 _RECORD_PAUSE_FIRST = 0.25
@@ -119,7 +122,8 @@ class Dispatcher:
         self._hook_origin: dict[uuid.UUID, str] = {}  # hooks with work in flight or handed back
         self._compiled: dict[uuid.UUID, tuple[Any, CompiledHook | str]] = {}
         self._session: aiohttp.ClientSession | None = None
-        self._retired: list[aiohttp.ClientSession] = []  # replaced on reload; closed at stop
+        # Sessions a reload replaced, open until their requests are over (RETIRED_SESSION_LIFE).
+        self._retired: dict[aiohttp.ClientSession, asyncio.Task[None]] = {}
         # A lost one is opened again at once; back, it wakes the loop: deliveries written
         # meanwhile made notifications nobody heard.
         self._listener = KeptListener(
@@ -162,7 +166,7 @@ class Dispatcher:
         self._configure(new)
         if old.outgoing.allow_private_targets != new.outgoing.allow_private_targets:
             if self._session is not None:
-                self._retired.append(self._session)  # in-flight requests finish on it
+                self._retire(self._session)  # in-flight requests finish on it
             self._session = self._new_session()
         elif self._session is not None:
             # In place: a new session would keep another c-ares channel (a thread, descriptors)
@@ -172,6 +176,17 @@ class Dispatcher:
             connector.dns_timeout = new.outgoing.dns_timeout
         log.info("dispatcher_reconfigured", changed=sorted(changed))
         self._wake.set()
+
+    def _retire(self, session: aiohttp.ClientSession) -> None:
+        """Close ``session`` once every request sent on it has ended (each reload that replaces
+        the session would otherwise keep another c-ares channel and connection pool open)."""
+
+        async def close_later() -> None:
+            await asyncio.sleep(RETIRED_SESSION_LIFE)
+            del self._retired[session]
+            await session.close()
+
+        self._retired[session] = asyncio.create_task(close_later(), name="outgoing-retired")
 
     async def start(self) -> None:
         """Open the HTTP session and the LISTEN connection; start the loop."""
@@ -203,9 +218,14 @@ class Dispatcher:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await self._listener.close()
-        for session in [*self._retired, self._session]:
-            if session is not None:
-                await session.close()
+        for session, closer in list(self._retired.items()):
+            closer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await closer
+            await session.close()
+        self._retired.clear()
+        if self._session is not None:
+            await self._session.close()
         log.info("dispatcher_stopped")
 
     # --- the loop -----------------------------------------------------------------------

@@ -22,6 +22,7 @@ from standardwebhooks import Webhook
 from structlog.testing import capture_logs
 
 from gateway.config import Config
+from gateway.dispatcher import dispatcher as dispatcher_module
 from gateway.dispatcher.dispatcher import Dispatcher
 from gateway.logs import configure_logging
 from gateway.storage import outgoing as store
@@ -810,6 +811,36 @@ async def test_a_reload_switching_the_guard_on_applies_to_the_next_request(
     await eventually(lambda: _statuses_are(db, hook["id"], ["succeeded", "failed"]))
     assert len(target.seen) == 1
     assert (await attempts(db, hook["id"]))[-1]["outcome"] == "refused"
+
+
+async def test_a_session_a_reload_replaced_serves_its_requests_then_is_closed(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    config: Config,
+    database_dsn: str,
+    receiver: tuple[Receiver, str],
+    dispatcher: Dispatcher,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request in flight when a reload switches the guard finishes on the session it was
+    sent on; that session is closed afterwards, not kept (with its resolver's thread and
+    descriptors) until the dispatcher stops, once per such reload."""
+    monkeypatch.setattr(dispatcher_module, "RETIRED_SESSION_LIFE", 1.0)
+    target, base = receiver
+    target.plan("/held", "wait-release")
+    hook = await create_hook(client, admin_headers, pipeline["id"], hook_body(base + "/held"))
+    await complete_run(db, pipeline["id"])
+    await eventually(lambda: len(target.seen) == 1)
+    replaced = dispatcher._session
+    assert replaced is not None
+    guarded = outgoing_config(database_dsn, allow_private_targets=False)
+    dispatcher.apply_config(config, guarded, frozenset({"outgoing.allow_private_targets"}))
+    assert dispatcher._session is not replaced and not replaced.closed
+    target.release.set()  # answered on the replaced session
+    await eventually(lambda: _statuses_are(db, hook["id"], ["succeeded"]))
+    await eventually(lambda: replaced.closed)
 
 
 @pytest.mark.parametrize("algorithm", ["sha1", "sha384", "sha512"])
