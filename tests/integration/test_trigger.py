@@ -144,7 +144,11 @@ async def test_a_401_names_its_challenge_in_www_authenticate(
         assert answer.status == 400 and "WWW-Authenticate" not in answer.headers
 
 
-@pytest.mark.parametrize("hook_id", [str(uuid.uuid4()), "not-a-uuid", "0" * 32 + "g"])
+# A fresh random id on every run, under a fixed test id: pytest-xdist workers each collect
+# the suite and must agree on its test ids.
+@pytest.mark.parametrize(
+    "hook_id", [pytest.param(str(uuid.uuid4()), id="random-uuid"), "not-a-uuid", "0" * 32 + "g"]
+)
 async def test_unknown_or_malformed_hook_id_is_404(
     client: Any, database_dsn: str, hook_id: str
 ) -> None:
