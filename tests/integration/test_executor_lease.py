@@ -20,6 +20,7 @@ from gateway.executor.command import RunningCommand
 from gateway.executor.worker import Executor, ExecutorSettings, RunLease
 from gateway.storage import runs
 from gateway.storage.database import Database
+from tests.integration.ingest_helpers import wait_for
 from tests.integration.pg_partition import CuttableProxy
 from tests.integration.runs_helpers import enqueue, make_pipeline, run_row
 
@@ -225,6 +226,11 @@ async def test_a_lost_listen_connection_is_reopened_and_a_new_run_claimed_at_onc
             run = await enqueue(db, pipeline["id"], source_ref="main")
 
             await _until(lambda: _times(log, "start A"), "the run to start", within=10)
+            # Its report, before the stop below: a second stop releases an unreported run.
+            await wait_for(
+                lambda: run_row(db, run["id"]),
+                lambda r: r["status"] not in ("queued", "in-progress"),
+            )
         finally:
             await _stop(executor, task)
     assert (await run_row(db, run["id"]))["status"] == "completed"
