@@ -30,6 +30,7 @@ from tests.integration.outgoing_helpers import (
     eventually,
 )
 from tests.integration.runs_helpers import make_pipeline
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -172,19 +173,13 @@ async def _is_done(db: Database, hook_id: uuid.UUID) -> bool:
     return await _statuses(db, hook_id) == ["succeeded"]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def test_dispatch_serves_probes_and_its_own_metrics_on_the_configured_port(
     db: Database, database_dsn: str, tmp_path: Path, aiohttp_server: Any
 ) -> None:
     target = Receiver()
     server = await aiohttp_server(target.app())
     pipeline_id, hook_id = await _notify_hook(db, f"http://127.0.0.1:{server.port}/deploys")
-    port = _free_port()
+    port = free_port()
     process = await _dispatch(database_dsn, tmp_path, GATEWAY_OUTGOING_DISPATCH_PORT=str(port))
     base = f"http://127.0.0.1:{port}"
     try:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import re
-import socket
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -18,6 +17,7 @@ from gateway import cli
 from gateway.logs import REDACTED, configure_logging, get_logger
 from gateway.server import run_listeners
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.ports import free_port
 
 Lines = Callable[[], list[dict[str, Any]]]
 
@@ -257,9 +257,7 @@ async def test_no_password_or_token_in_any_log_line(
 
 
 async def test_access_log_lines_are_structured(config: Any, db: Any, json_lines: Lines) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     config = replace(config, server=replace(config.server, port=port, access_log=True))
     stop = asyncio.Event()
     serving = asyncio.create_task(run_listeners(config, db, stop))

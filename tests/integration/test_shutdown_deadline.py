@@ -5,7 +5,6 @@ it a few seconds after that), and the dispatcher claims nothing new while reques
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -19,6 +18,7 @@ from gateway.server import run_listeners
 from gateway.storage.database import Database
 from tests.integration.ingest_helpers import PR_OPENED, github_headers, hook_path, seed_hook
 from tests.integration.outgoing_helpers import complete_run, eventually, hook_body, outgoing_config
+from tests.ports import free_port
 
 SHUTDOWN_TIMEOUT = 3.0
 
@@ -27,12 +27,6 @@ SHUTDOWN_TIMEOUT = 3.0
 def config(database_dsn: str) -> Config:
     """The test client's app runs no dispatcher: only the served process's delivers."""
     return outgoing_config(database_dsn)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def _served_with_a_dispatcher(
@@ -55,7 +49,7 @@ async def _served_with_a_dispatcher(
     )
     assert created.status == 201, await created.text()
     base = outgoing_config(database_dsn, dispatcher_in_serve=True, timeout=30.0)
-    server_settings = replace(base.server, port=_free_port(), shutdown_timeout=SHUTDOWN_TIMEOUT)
+    server_settings = replace(base.server, port=free_port(), shutdown_timeout=SHUTDOWN_TIMEOUT)
     return hook, replace(base, server=server_settings)
 
 
