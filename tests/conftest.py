@@ -11,7 +11,8 @@ import base64
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -56,28 +57,14 @@ def server_dsn() -> Iterator[str]:
     yield server.get_uri()
 
 
-@pytest.fixture(scope="session")
-def template_database(server_dsn: str) -> Iterator[str]:
-    """A database holding the schema, copied for every test."""
-    name = f"hookgate_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(server_dsn)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        db = await Database.connect(
-            _dsn_with_database(server_dsn, name), DatabaseConfig(pool_min_size=1, pool_max_size=1)
-        )
-        try:
-            await db.apply_schema(SCHEMA_PATH)
-        finally:
-            await db.close()
-
-    asyncio.run(create())
-    yield name
-    asyncio.run(_drop_database(server_dsn, name))
+async def _create_database(server_dsn: str, name: str, template: str = "") -> None:
+    """CREATE DATABASE ``name`` (a copy of ``template`` if given)."""
+    copy = f' TEMPLATE "{template}"' if template else ""
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"{copy}')
+    finally:
+        await conn.close()
 
 
 async def _drop_database(server_dsn: str, name: str) -> None:
@@ -88,15 +75,74 @@ async def _drop_database(server_dsn: str, name: str) -> None:
         await conn.close()
 
 
+@contextmanager
+def _session_template(
+    server_dsn: str, name: str, template: str, fill: Callable[[Database], Awaitable[object]]
+) -> Iterator[str]:
+    """A database for the session, made as a copy of ``template`` (or empty) and filled by
+    ``fill``; dropped at the end."""
+
+    async def create() -> None:
+        await _create_database(server_dsn, name, template)
+        db = await Database.connect(
+            _dsn_with_database(server_dsn, name), DatabaseConfig(pool_min_size=1, pool_max_size=1)
+        )
+        try:
+            await fill(db)
+        finally:
+            await db.close()
+
+    asyncio.run(create())
+    try:
+        yield name
+    finally:
+        asyncio.run(_drop_database(server_dsn, name))
+
+
+@pytest.fixture(scope="session")
+def template_database(server_dsn: str) -> Iterator[str]:
+    """A database holding the schema, copied for every test."""
+    name = f"hookgate_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with _session_template(server_dsn, name, "", lambda db: db.apply_schema(SCHEMA_PATH)):
+        yield name
+
+
+ADMIN_EMAIL = "admin@example.com"
+ADMIN_PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="session")
+def admin_template_database(server_dsn: str, template_database: str) -> Iterator[str]:
+    """The template plus the administrator of ``admin_token``, made by ``accounts.create_user``
+    once per session: the Argon2 hash it computes costs a tenth of a second of CPU, which every
+    test logging in as the administrator would otherwise spend again."""
+    from gateway import accounts
+
+    auth = build_config({}, {}).auth
+
+    def admin(db: Database) -> Awaitable[object]:
+        return accounts.create_user(db, auth, ADMIN_EMAIL, ADMIN_PASSWORD, is_admin=True)
+
+    name = f"{template_database}_admin"
+    with _session_template(server_dsn, name, template_database, admin):
+        yield name
+
+
 @pytest.fixture
-async def database_dsn(server_dsn: str, template_database: str) -> AsyncIterator[str]:
+def test_template(request: pytest.FixtureRequest, template_database: str) -> str:
+    """The template this test's database is copied from: the one with the administrator in it
+    when the test logs in as them (``admin_token``, ``admin_headers``), else the bare schema."""
+    if "admin_token" in request.fixturenames:
+        name: str = request.getfixturevalue("admin_template_database")
+        return name
+    return template_database
+
+
+@pytest.fixture
+async def database_dsn(server_dsn: str, test_template: str) -> AsyncIterator[str]:
     """DSN of a fresh database for this test, with the schema applied."""
     name = f"hookgate_t_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(server_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    finally:
-        await conn.close()
+    await _create_database(server_dsn, name, test_template)
     yield _dsn_with_database(server_dsn, name)
     await _drop_database(server_dsn, name)
 
@@ -137,16 +183,10 @@ async def client_for(app: web.Application, aiohttp_client: Any) -> Any:
     return await aiohttp_client(server)
 
 
-ADMIN_EMAIL = "admin@example.com"
-ADMIN_PASSWORD = "correct horse battery staple"
-
-
 @pytest.fixture
-async def admin_token(client: Any, db: Database, config: Config) -> str:
-    """A bearer token of a freshly created administrator."""
-    from gateway import accounts
-
-    await accounts.create_user(db, config.auth, ADMIN_EMAIL, ADMIN_PASSWORD, is_admin=True)
+async def admin_token(client: Any) -> str:
+    """A bearer token of the administrator (ADMIN_EMAIL), logged in now: their user row comes
+    with the test's database (``test_template``), so it is there before any other."""
     response = await client.post(
         "/users/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
     )

@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from tests.acceptance.lb_helpers import login_as
 from tests.acceptance.process_helpers import GatewayProcess, free_port, write_config
-from tests.conftest import _drop_database, _dsn_with_database
+from tests.conftest import _create_database, _drop_database, _dsn_with_database
 
 ADMIN_EMAIL = "reliability@example.com"
 ADMIN_PASSWORD = "reliability engineer passphrase"
@@ -29,14 +27,7 @@ def fresh_database(server_dsn: str, template: str) -> Iterator[str]:
     """A new database copied from the schema template; dropped afterwards. Yields its DSN."""
     name = f"hookgate_live_{uuid.uuid4().hex[:10]}"
 
-    async def create() -> None:
-        conn = await asyncpg.connect(server_dsn)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
+    asyncio.run(_create_database(server_dsn, name, template))
     try:
         yield _dsn_with_database(server_dsn, name)
     finally:
