@@ -23,9 +23,11 @@ venv: $(STAMP)
 run: venv
 	$(BIN)/gateway --config $(CONFIG) serve
 
-## test: the whole suite against a real PostgreSQL (embedded, or $$TEST_DATABASE_URL)
+## test: the whole suite against a real PostgreSQL (embedded, or $$TEST_DATABASE_URL), on
+## TEST_WORKERS pytest-xdist processes (0: in pytest's own process, one test at a time)
+TEST_WORKERS ?= 4
 test: venv
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 ## lint: ruff, mypy and hadolint (the Dockerfile)
 lint: venv
