@@ -213,6 +213,15 @@ TIMESTAMPS = st.one_of(
     separator=st.sampled_from([" ", "  ", "\t"]),
     body=BODIES,
 )
+# A webhook-id of whitespace only is refused as empty, signed or not (Hypothesis found '\r').
+@example(
+    msg_id="\r",
+    timestamp=str(NOW),
+    entries=[],
+    include_valid=True,
+    separator=" ",
+    body=b"{}",
+)
 def test_standard_webhooks_headers_of_any_shape(
     msg_id: str,
     timestamp: str,
@@ -222,7 +231,7 @@ def test_standard_webhooks_headers_of_any_shape(
     body: bytes,
 ) -> None:
     valid_time = timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 15
-    can_sign = valid_time and msg_id and "\x00" not in msg_id
+    can_sign = valid_time and msg_id.strip() and "\x00" not in msg_id
     if include_valid and can_sign:
         try:
             entries = [*entries, sign_standard_webhooks(STDWH_SECRET, msg_id, int(timestamp), body)]
