@@ -222,8 +222,11 @@ async def test_a_sigterm_while_waiting_for_the_schema_lock_stops_at_once(
 
 
 async def _waiting_for_the_lock(holder: asyncpg.Connection) -> int:
+    """Requests for the schema lock waiting in the holder's database (advisory locks are per
+    database: tests on other databases of the server, e.g. other xdist workers, do not count)."""
     count: int = await holder.fetchval(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND NOT granted",
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND NOT granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         SCHEMA_LOCK,
     )
     return count
