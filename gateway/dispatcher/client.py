@@ -12,7 +12,6 @@ from aiohttp.http import HttpProcessingError
 from yarl import URL
 
 from gateway.dispatcher.outbound import OutboundRequest
-from gateway.dispatcher.resolver import DEFAULT_DNS_TIMEOUT
 from gateway.dispatcher.ssrf import make_connector
 
 MAX_TIMEOUT = 60.0  # the bound of [outgoing] timeout and of a hook's settings.timeout
@@ -31,7 +30,7 @@ def new_session(
     *,
     allow_private_targets: bool,
     concurrency: int,
-    dns_timeout: float = DEFAULT_DNS_TIMEOUT,
+    dns_timeout: float,
     nameservers: Sequence[str] | None = None,
 ) -> aiohttp.ClientSession:
     """The session every delivery of a dispatcher goes through (SSRF guard unless allowed);

@@ -30,10 +30,6 @@ from aiohttp import TCPConnector
 from aiohttp.abc import ResolveResult
 from aiohttp.resolver import AsyncResolver
 
-from gateway.config import OutgoingConfig
-
-DEFAULT_DNS_TIMEOUT = OutgoingConfig().dns_timeout
-
 
 class LookupTimedOut(OSError):
     """A name's lookup took longer than ``[outgoing] dns_timeout`` (an OSError like every DNS
@@ -77,7 +73,7 @@ class OutgoingConnector(TCPConnector):
     def __init__(
         self,
         *,
-        dns_timeout: float = DEFAULT_DNS_TIMEOUT,
+        dns_timeout: float,
         nameservers: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp.abc import ResolveResult
 
-from gateway.dispatcher.resolver import DEFAULT_DNS_TIMEOUT, OutgoingConnector
+from gateway.dispatcher.resolver import OutgoingConnector
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -111,7 +111,7 @@ def make_connector(
     *,
     allow_private_targets: bool,
     limit: int,
-    dns_timeout: float = DEFAULT_DNS_TIMEOUT,
+    dns_timeout: float,
     nameservers: Sequence[str] | None = None,
 ) -> OutgoingConnector:
     """The connector for the dispatcher's shared ClientSession (its DNS lookups asynchronous

@@ -77,7 +77,7 @@ def test_vetting_refuses_with_a_clear_reason() -> None:
 
 
 async def test_connector_refuses_a_loopback_literal() -> None:
-    connector = GuardedConnector()
+    connector = GuardedConnector(dns_timeout=5.0)
     try:
         with pytest.raises(TargetRefused, match=r"127\.0\.0\.1 \(loopback\)"):
             await connector._resolve_host("127.0.0.1", 80)
@@ -86,7 +86,7 @@ async def test_connector_refuses_a_loopback_literal() -> None:
 
 
 async def test_connector_refuses_localhost_after_resolving_it() -> None:
-    connector = GuardedConnector()
+    connector = GuardedConnector(dns_timeout=5.0)
     try:
         with pytest.raises(TargetRefused, match=r"target resolves to (127\.0\.0\.1|::1) \("):
             await connector._resolve_host("localhost", 80)
@@ -95,8 +95,8 @@ async def test_connector_refuses_localhost_after_resolving_it() -> None:
 
 
 async def test_allow_private_targets_uses_a_plain_connector() -> None:
-    open_connector = make_connector(allow_private_targets=True, limit=4)
-    guarded = make_connector(allow_private_targets=False, limit=4)
+    open_connector = make_connector(allow_private_targets=True, limit=4, dns_timeout=5.0)
+    guarded = make_connector(allow_private_targets=False, limit=4, dns_timeout=5.0)
     try:
         assert not isinstance(open_connector, GuardedConnector)
         assert isinstance(guarded, GuardedConnector)

@@ -123,7 +123,10 @@ async def test_a_name_that_does_not_exist_fails_at_once_as_a_dns_error(
     # asked for again with the search domain appended, which must not be black-holed either.
     monkeypatch.setenv("LOCALDOMAIN", "corp.example")
     session = new_session(
-        allow_private_targets=False, concurrency=CONCURRENCY, nameservers=[name_server.address]
+        allow_private_targets=False,
+        concurrency=CONCURRENCY,
+        dns_timeout=5.0,
+        nameservers=[name_server.address],
     )
     try:
         with pytest.raises(aiohttp.ClientConnectorDNSError) as raised:

@@ -30,7 +30,9 @@ async def test_lookups_stuck_in_the_default_executor_do_not_hold_up_a_delivery(
     loop = asyncio.get_running_loop()
     stuck = threading.Event()
     blocked = [loop.run_in_executor(None, stuck.wait) for _ in range(40)]
-    session = new_session(allow_private_targets=allow_private_targets, concurrency=4)
+    session = new_session(
+        allow_private_targets=allow_private_targets, concurrency=4, dns_timeout=5.0
+    )
     request = OutboundRequest("POST", f"http://localhost:{server.port}/hook", {}, b"{}")
     try:
         if allow_private_targets:
