@@ -345,7 +345,7 @@ async def logout(
         # locking the access token first and the refresh token next could deadlock with them.
         await users.lock_token_owner(session, digest, "access")
         if await users.revoke_token(session, digest, "access") is None:
-            if not (await users.personal_token_expiry(session, digest))[0]:
+            if not await users.is_personal_token(session, digest):
                 raise InvalidToken("the bearer token is invalid, expired or revoked")
             raise Conflict(
                 "log out ends an access token from POST /users/login; revoke a personal token "
