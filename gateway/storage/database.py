@@ -559,5 +559,9 @@ class Database(Session):
         """A dedicated connection listening on ``channel``; close it to stop."""
         async with translated():
             conn = await asyncpg.connect(self.dsn)
-            await conn.add_listener(channel, callback)
+            try:
+                await conn.add_listener(channel, callback)
+            except BaseException:  # cancelled (a listener closed, a timeout) or failed
+                conn.terminate()
+                raise
         return conn

@@ -56,6 +56,7 @@ class CuttableProxy:
         self._held: set[asyncio.StreamWriter] = set()  # clients whose replies are dropped
         self._active: set[asyncio.StreamWriter] = set()  # ... that sent something since
         self._triggers: dict[asyncio.StreamWriter, bytes] = {}
+        self._new_trigger: bytes | None = None  # hold_replies(..., new_connections=True)
         self._server: asyncio.Server | None = None
 
     async def start(self) -> str:
@@ -74,9 +75,24 @@ class CuttableProxy:
     def heal(self) -> None:
         self._cut = False
 
-    def hold_replies(self, after: bytes | None = None) -> None:
+    @property
+    def open_connections(self) -> int:
+        """How many client connections the proxy is relaying now."""
+        return len(self._clients)
+
+    @property
+    def held_connections(self) -> int:
+        """How many of them have their replies dropped now."""
+        return len(self._held)
+
+    def hold_replies(self, after: bytes | None = None, *, new_connections: bool = False) -> None:
         """Drop the server's replies on the connections open now: at once, or from the moment
-        the client sends a message containing ``after``. New connections are not affected."""
+        the client sends a message containing ``after``. New connections are not affected,
+        unless ``new_connections`` (with ``after``): only they are, from then on."""
+        if new_connections:
+            assert after is not None, "a new connection's replies are held after a trigger"
+            self._new_trigger = after
+            return
         for client in self._clients:
             if after is None:
                 self._held.add(client)
@@ -113,6 +129,8 @@ class CuttableProxy:
             return
         self._writers |= {writer, server_writer}
         self._clients.add(writer)
+        if self._new_trigger is not None:
+            self._triggers[writer] = self._new_trigger
         try:
             await asyncio.gather(
                 self._pipe(reader, server_writer, sent_by=writer),
