@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -176,9 +177,15 @@ class ListenError(GatewayError):
 
     @classmethod
     def binding(cls, host: str, port: int, exc: OSError) -> ListenError:
-        """The one wording of a failed bind, whoever tried it."""
-        message = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-        return cls(message, in_use=exc.errno == errno.EADDRINUSE)
+        """The one wording of a failed bind, whoever tried it. asyncio words the errors of its
+        own binds ("error while attempting to bind on address ...: address already in use"):
+        the system's text for the error number is used instead, as a plain bind gives it."""
+        reason = exc.strerror or str(exc)
+        if exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror):
+            reason = os.strerror(exc.errno)
+        return cls(
+            f"cannot listen on {host}:{port}: {reason}", in_use=exc.errno == errno.EADDRINUSE
+        )
 
     @property
     def exit_status(self) -> int:

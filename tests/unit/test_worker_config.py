@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
 
@@ -86,6 +87,35 @@ def test_the_address_check_refuses_a_port_in_use_and_names_unresolvable_hosts() 
     # configuration errors a service manager should not restart into (status 2).
     assert busy_error.value.exit_status == 1
     assert unresolved.value.exit_status == foreign.value.exit_status == 2
+
+
+async def _bind_as_asyncio(host: str, port: int) -> None:
+    server = await asyncio.get_running_loop().create_server(asyncio.Protocol, host, port)
+    server.close()
+
+
+@pytest.mark.parametrize(
+    ("host", "reason", "status"),
+    [
+        ("127.0.0.1", "Address already in use", 1),
+        ("192.0.2.1", "Cannot assign requested address", 2),
+    ],
+)
+def test_a_bind_refused_to_asyncio_is_worded_as_the_supervisors_check(
+    host: str, reason: str, status: int
+) -> None:
+    """`serve` without workers and `dispatch` bind through asyncio, which words the error its own
+    way ("error while attempting to bind on address ('127.0.0.1', 8080): address already in
+    use"); the line they print is the one the supervisor's check prints (README, Operations)."""
+    with _listening(socket.AF_INET, "127.0.0.1") as busy:
+        port = busy.getsockname()[1] if host == "127.0.0.1" else 8080
+        with pytest.raises(OSError) as refused:
+            asyncio.run(_bind_as_asyncio(host, port))
+        with pytest.raises(ListenError) as checked:
+            check_addresses_free(_server_on(host, port))
+    error = ListenError.binding(host, port, refused.value)
+    assert str(error) == str(checked.value) == f"cannot listen on {host}:{port}: {reason}"
+    assert error.exit_status == checked.value.exit_status == status
 
 
 def _ipv6_works() -> bool:
