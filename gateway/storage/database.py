@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 import orjson
+from asyncpg.types import ServerVersion
 
 from gateway.config import DatabaseConfig
 from gateway.config_dsn import SSL_MODES
@@ -51,6 +52,7 @@ def _find_schema() -> Path:
 
 
 SCHEMA_PATH = _find_schema()
+MIN_SERVER_MAJOR = 14  # schema.sql: CREATE OR REPLACE TRIGGER
 
 
 Record = Mapping[str, Any]
@@ -262,6 +264,17 @@ async def translated() -> AsyncIterator[None]:
         raise mapped from exc
 
 
+def unsupported_server(version: ServerVersion) -> str | None:
+    """Why the gateway cannot use a server of this version (schema.sql needs PostgreSQL 14:
+    ``CREATE OR REPLACE TRIGGER``), or None. Refused at connect time, in these words, rather
+    than with a syntax error halfway through the schema."""
+    if version.major >= MIN_SERVER_MAJOR:
+        return None
+    # Before 10 a major version had two numbers (9.6); asyncpg reads 13.16 as 13.0.16.
+    major = f"{version.major}.{version.minor}" if version.major < 10 else str(version.major)
+    return f"PostgreSQL {MIN_SERVER_MAJOR} or newer is required; the server runs PostgreSQL {major}"
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # Binary jsonb: version byte 1 followed by the JSON text; orjson both ways.
     await conn.set_type_codec(
@@ -390,7 +403,7 @@ class Database(Session):
         if unreadable:
             raise DatabaseMisconfigured(f"{unreadable} {target}")
         try:
-            pool = await cls._open_pool(dsn, config)
+            pool = await cls._open_pool(dsn, config, target)
         except DatabaseUnavailable as exc:
             # The driver's own words on the DSN, before any packet: not an outage. (Later, on a
             # running pool, the same error stays DatabaseUnavailable: a 503, never a crash.)
@@ -412,9 +425,9 @@ class Database(Session):
         return cls(pool, dsn, config)
 
     @staticmethod
-    async def _open_pool(dsn: str, config: DatabaseConfig) -> asyncpg.Pool:
+    async def _open_pool(dsn: str, config: DatabaseConfig, target: str) -> asyncpg.Pool:
         async with translated():
-            return await asyncpg.create_pool(
+            pool = await asyncpg.create_pool(
                 dsn,
                 min_size=config.pool_min_size,
                 max_size=config.pool_max_size,
@@ -423,6 +436,16 @@ class Database(Session):
                 server_settings=server_settings(config),
                 init=_init_connection,
             )
+            try:
+                async with pool.acquire() as conn:  # the server announced its version at connect
+                    unsupported = unsupported_server(conn.get_server_version())
+            except BaseException:
+                pool.terminate()
+                raise
+        if unsupported:
+            pool.terminate()
+            raise DatabaseMisconfigured(f"{unsupported} {target}")
+        return pool
 
     async def close(self) -> None:
         """Close the pool, waiting briefly for connections in use."""

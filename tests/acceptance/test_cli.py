@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -24,6 +25,8 @@ from tests.acceptance.process_helpers import (
     write_config,
 )
 from tests.conftest import _drop_database, _dsn_with_database
+from tests.integration.ingest_helpers import fetch
+from tests.integration.pg_partition import CuttableProxy
 
 # --- check-config -------------------------------------------------------------------------------
 
@@ -465,6 +468,29 @@ def test_migrate_reports_a_dsn_parameter_the_server_refuses(
     assert result.stderr.startswith("gateway: the database refused the connection: ")
     assert f'"{parameter.partition("=")[0]}"' in result.stderr  # the server names the setting
     assert "Traceback" not in result.stderr
+
+
+async def test_migrate_refuses_a_server_older_than_postgresql_14(
+    tmp_path: Path, database_dsn: str
+) -> None:
+    # schema.sql needs PostgreSQL 14 (CREATE OR REPLACE TRIGGER): an older server failed
+    # halfway through the schema with a syntax error. A proxy makes this server announce 13.
+    [row] = await fetch(database_dsn, "SELECT current_setting('server_version') AS v")
+    version = row["v"]
+    proxy = CuttableProxy(database_dsn)
+    dsn = await proxy.start()
+    proxy.rewrite_replies(b"server_version\x00" + version[:2].encode(), b"server_version\x0013")
+    try:
+        result = await asyncio.to_thread(
+            run_gateway, "--config", str(_dsn_config(tmp_path, dsn)), "migrate"
+        )
+    finally:
+        await proxy.close()
+    assert result.returncode == 2, result.stderr  # a configuration error: restarting won't help
+    assert result.stderr.strip() == (
+        "gateway: PostgreSQL 14 or newer is required; the server runs PostgreSQL 13 "
+        f"(connecting to {dsn_target(dsn)})"
+    )
 
 
 async def test_a_role_without_connect_privilege_gets_one_line_and_the_outage_status(

@@ -57,6 +57,7 @@ class CuttableProxy:
         self._active: set[asyncio.StreamWriter] = set()  # ... that sent something since
         self._triggers: dict[asyncio.StreamWriter, bytes] = {}
         self._new_trigger: bytes | None = None  # hold_replies(..., new_connections=True)
+        self._rewrites: list[tuple[bytes, bytes]] = []  # rewrite_replies
         self._server: asyncio.Server | None = None
 
     async def start(self) -> str:
@@ -98,6 +99,12 @@ class CuttableProxy:
                 self._held.add(client)
             else:
                 self._triggers[client] = after
+
+    def rewrite_replies(self, old: bytes, new: bytes) -> None:
+        """Replace ``old`` with ``new`` (as long: message lengths stay right) in what the server
+        sends from now on, e.g. the version it announces at the start of a connection."""
+        assert len(old) == len(new), "a rewrite must keep the protocol's message lengths"
+        self._rewrites.append((old, new))
 
     def sever_held(self) -> int:
         """Close the held connections on the client's side; the server's side stays open.
@@ -158,6 +165,9 @@ class CuttableProxy:
                     break
                 if replies_to is not None and replies_to in self._held:
                     continue  # lost on the way back
+                if replies_to is not None:
+                    for before, after in self._rewrites:
+                        data = data.replace(before, after)
                 trigger = self._triggers.get(sent_by) if sent_by is not None else None
                 if trigger is not None and trigger in data:
                     self._held.add(sent_by)  # type: ignore[arg-type]  # before it is answered

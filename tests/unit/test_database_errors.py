@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
+from asyncpg.types import ServerVersion
 
 from gateway.exceptions import (
     AlreadyExists,
@@ -17,6 +18,7 @@ from gateway.storage.database import (
     lost_without_an_answer,
     reported_by_the_server,
     translate_error,
+    unsupported_server,
 )
 
 
@@ -171,3 +173,25 @@ def test_the_api_names_a_conflict_as_such_not_as_an_outage() -> None:
         "a concurrent change conflicted with this one; retry"
     )
     assert orjson.loads(outage.body)["message"] == "the database is unavailable; retry later"
+
+
+@pytest.mark.parametrize(
+    ("version", "refusal"),
+    [
+        (
+            ServerVersion(13, 0, 16, "final", 0),
+            "PostgreSQL 14 or newer is required; the server runs PostgreSQL 13",
+        ),
+        (
+            ServerVersion(9, 6, 24, "final", 0),
+            "PostgreSQL 14 or newer is required; the server runs PostgreSQL 9.6",
+        ),
+        (ServerVersion(14, 0, 0, "final", 0), None),
+        (ServerVersion(18, 0, 1, "final", 0), None),
+        (ServerVersion(19, 0, 0, "beta", 1), None),
+    ],
+)
+def test_servers_older_than_postgresql_14_are_refused(
+    version: ServerVersion, refusal: str | None
+) -> None:
+    assert unsupported_server(version) == refusal
