@@ -193,6 +193,9 @@ def _unparseable_request(_: Any, __: str, event_dict: MutableMapping[str, Any]) 
     if found and said == "Error handling request":  # aiohttp's words, its args already in
         event_dict["remote"] = remote
     event_dict["event"] = "http_request_unparseable"
+    # The client's fault, not the gateway's (aiohttp says error): scanners and broken clients
+    # on a public port must not page whoever alerts on error lines.
+    event_dict["level"] = "warning"
     event_dict["error_type"] = type(exc).__name__
     # An InvalidURLError's message is the request target itself (a query string with a token).
     said = "" if isinstance(exc, InvalidURLError) else str(exc.message)

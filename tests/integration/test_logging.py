@@ -377,6 +377,7 @@ def test_aiohttp_parser_errors_are_logged_without_the_bytes_they_quote(
     if fmt == "json":
         lines = [json.loads(line) for line in err.splitlines()]
         assert [line["error_type"] for line in lines] == ["BadHttpMessage", "LineTooLong"]
+        assert [line["level"] for line in lines] == ["warning", "warning"]  # the client's fault
         assert "exception" not in lines[0]
 
 
