@@ -93,6 +93,8 @@ class AuthConfig:
     login_failure_window: int = 900
     login_failures_per_address: int = 20
     login_failures_per_account: int = 50
+    # Live (neither revoked nor expired) personal tokens per user; 0: no limit.
+    max_personal_tokens: int = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +201,7 @@ _MINIMUMS: dict[tuple[str, str], float] = {
     ("auth", "login_failure_window"): 1,
     ("auth", "login_failures_per_address"): 0,
     ("auth", "login_failures_per_account"): 0,
+    ("auth", "max_personal_tokens"): 0,
     ("hooks", "secret_grace_period"): 0,
     ("hooks", "timestamp_tolerance"): 1,
     ("hooks", "cache_ttl"): 0,
@@ -234,6 +237,7 @@ _MAXIMUMS: dict[tuple[str, str], float] = {
     ("auth", "login_failure_window"): 86_400,
     ("auth", "login_failures_per_address"): 1_000_000,
     ("auth", "login_failures_per_account"): 1_000_000,
+    ("auth", "max_personal_tokens"): 10_000,  # GET /users/me/tokens reads them all at once
     ("hooks", "secret_grace_period"): _YEAR,
     ("outgoing", "retry_schedule"): _WEEK,  # each entry
     ("outgoing", "retry_after_max"): _WEEK,

@@ -59,6 +59,7 @@ LIVE_KEYS: frozenset[str] = frozenset(
         "auth.login_failure_window",
         "auth.login_failures_per_address",
         "auth.login_failures_per_account",
+        "auth.max_personal_tokens",
         "server.max_body_bytes",
         "server.trusted_proxies",
         "server.access_log",

@@ -2,6 +2,7 @@
 
 The token (``hgp_...``) is shown once, in the create response; only its SHA-256 hash is stored,
 and listings show metadata only. A revoked or expired token is refused with 401 like any other.
+A user holds at most ``[auth] max_personal_tokens`` live ones (409 past it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from gateway.logs import get_logger
 from gateway.management.access import path_id
 from gateway.management.bodies import Fields, page_headers, pagination, read_json_object
 from gateway.management.framework import current_user, endpoint
+from gateway.reload import live_config
 from gateway.security import tokens
 from gateway.storage import users
 from gateway.storage.database import Database
@@ -58,14 +60,17 @@ async def create_token(request: web.Request) -> web.Response:
         await _check_outlives_no_creator(request, db, fields, days)
     fields.check()
     token = tokens.new_token("personal")
-    row = await users.insert_token(
-        db,
-        user.id,
-        "personal",
-        tokens.token_hash(token),
-        name,
-        None if days is None else days * 86400,
-    )
+    limit = live_config(request.app).auth.max_personal_tokens  # follows SIGHUP reloads
+    ttl = None if days is None else days * 86400
+    row = await users.insert_personal_token(db, user.id, tokens.token_hash(token), name, ttl, limit)
+    if row is None:
+        log.info("personal_token_limit_reached", limit=limit)
+        raise ApiError(
+            409,
+            f"personal token limit reached: a user may hold {limit} live (neither revoked nor "
+            "expired) personal tokens ([auth] max_personal_tokens); revoke one with "
+            "DELETE /users/me/tokens/{token_id} (GET /users/me/tokens lists them)",
+        )
     log.info("personal_token_created", token_id=row["id"], expires_in_days=days)
     shown = _token_json(dict(row), datetime.now(UTC))
     shown["token"] = token

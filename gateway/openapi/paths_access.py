@@ -193,10 +193,11 @@ def _tokens() -> dict[str, Schema]:
         "/users/me/tokens": {
             "post": operation(
                 "createPersonalToken",
-                "Issue a personal access token; the response is its only copy",
+                "Issue a personal access token; the response is its only copy. 409 when the "
+                "caller already holds [auth] max_personal_tokens live ones",
                 "users",
                 {201: json_body(ref("CreatedPersonalToken"), "The token, shown once.")},
-                errors=(422,),
+                errors=(409, 422),
                 body=inputs.NEW_TOKEN,
             ),
             "get": operation(

@@ -211,6 +211,20 @@ UPDATE auth_tokens SET expires_at = now() WHERE token_hash = $1 AND kind = 'refr
 -- The personal token with this hash, with its expiry (NULL: never); no row for another kind.
 SELECT expires_at FROM auth_tokens WHERE token_hash = $1 AND kind = 'personal';
 
+-- name: user_lock_for_personal_token
+-- Lock a user's row before counting their live personal tokens and adding one: creations for
+-- the same user then take turns, so two cannot both take the last place under
+-- [auth] max_personal_tokens. (The count is a statement of its own, run once this lock is held:
+-- a count in this statement would be read from before the lock wait, missing the token a
+-- creation it waited for had just added.)
+SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE;
+
+-- name: token_count_live_personal
+-- How many personal tokens of a user are live (neither revoked nor expired).
+SELECT count(*) FROM auth_tokens
+WHERE user_id = $1 AND kind = 'personal' AND revoked_at IS NULL
+  AND (expires_at IS NULL OR expires_at > now());
+
 -- name: token_list_personal
 -- A user's personal access tokens (never the hash).
 SELECT id, name, created_at, expires_at, revoked_at, last_used_at

@@ -121,6 +121,20 @@ async def insert_token(
     return row
 
 
+async def insert_personal_token(
+    db: Database, user_id: int, digest: bytes, name: str, ttl_seconds: int | None, limit: int
+) -> Record | None:
+    """Store a personal token hash unless the user already holds ``limit`` live personal
+    tokens (None then; 0: no limit). Creations for one user take turns on their row, so two at
+    ``limit - 1`` cannot both succeed."""
+    async with db.transaction() as session:
+        if limit:
+            await session.fetchval("user_lock_for_personal_token", user_id)
+            if await session.fetchval("token_count_live_personal", user_id) >= limit:
+                return None
+        return await insert_token(session, user_id, "personal", digest, name, ttl_seconds)
+
+
 async def authenticate_token(
     db: Database, digest: bytes, kinds: tuple[str, ...]
 ) -> tuple[User, int, str] | None:

@@ -115,13 +115,17 @@ async def wait_for(
 
 
 async def wait_until_blocked(
-    db: Database, within: float = 10.0, task: asyncio.Future[Any] | None = None
+    db: Database,
+    within: float = 10.0,
+    task: asyncio.Future[Any] | None = None,
+    *,
+    sessions: int = 1,
 ) -> None:
-    """Until a session of this database waits for a lock another holds: the state a lock order
-    or race test must reach before it goes on. A fixed sleep is not enough: on a loaded machine
-    it can end before the other task even sent its statement, and the test would then pass
-    without building the race it is about. With ``task``, its ending first is a failure (it
-    did not wait for the lock)."""
+    """Until ``sessions`` sessions of this database wait for a lock another holds: the state a
+    lock order or race test must reach before it goes on. A fixed sleep is not enough: on a
+    loaded machine it can end before the other task even sent its statement, and the test would
+    then pass without building the race it is about. With ``task``, its ending first is a
+    failure (it did not wait for the lock)."""
 
     async def blocked() -> int:
         if task is not None and task.done():
@@ -132,4 +136,4 @@ async def wait_until_blocked(
         )
         return waiting
 
-    await wait_for(blocked, lambda waiting: waiting > 0, within)
+    await wait_for(blocked, lambda waiting: waiting >= sessions, within)

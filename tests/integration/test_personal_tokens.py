@@ -1,17 +1,21 @@
 """Personal access tokens: shown once, usable as bearer tokens, listed without secrets, revocable,
-expiring."""
+expiring, and at most ``[auth] max_personal_tokens`` live ones per user."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 
 from gateway import accounts
 from gateway.config import Config
 from gateway.storage.database import Database
 from tests.integration.access_helpers import call, make_user, ok
+from tests.integration.ingest_helpers import wait_until_blocked
+from tests.integration.ops_helpers import reload_to, with_section
 
 EMAIL, PASSWORD = "bot-owner@example.com", "a long enough password"
 
@@ -179,3 +183,77 @@ async def test_a_personal_token_cannot_make_one_that_outlives_it(
     forever = await ok(client, "POST", "/users/me/tokens", owner, {"name": "forever"})
     assert forever["expires_at"] is None
     await ok(client, "POST", "/users/me/tokens", bearer(forever["token"]), {"name": "also"})
+
+
+def _limit_message(limit: int) -> str:
+    return (
+        f"personal token limit reached: a user may hold {limit} live (neither revoked nor "
+        "expired) personal tokens ([auth] max_personal_tokens); revoke one with "
+        "DELETE /users/me/tokens/{token_id} (GET /users/me/tokens lists them)"
+    )
+
+
+async def _create(client: Any, headers: dict[str, str], name: str) -> tuple[int, Any]:
+    return await call(client, "POST", "/users/me/tokens", headers, {"name": name})
+
+
+async def test_a_user_holds_at_most_max_personal_tokens_live_ones(
+    client: Any, db: Database, config: Config, owner: dict[str, str]
+) -> None:
+    assert config.auth.max_personal_tokens == 50  # the default
+    # A reload (SIGHUP) applies a new limit at once.
+    assert reload_to(client, with_section(config, "auth", max_personal_tokens=2)) == [
+        "auth.max_personal_tokens"
+    ]
+    first = await ok(client, "POST", "/users/me/tokens", owner, {"name": "one"})
+    await ok(client, "POST", "/users/me/tokens", owner, {"name": "two"})
+    status, body = await _create(client, owner, "three")
+    assert (status, body["message"]) == (409, _limit_message(2))
+    assert len(await ok(client, "GET", "/users/me/tokens", owner, status=200)) == 2
+    # The limit is per user: another one still has room.
+    _, other = await make_user(db, "other@example.com")  # holds one personal token
+    assert (await _create(client, other, "theirs"))[0] == 201
+
+    # A revoked token frees its place ...
+    assert (await call(client, "DELETE", f"/users/me/tokens/{first['id']}", owner))[0] == 204
+    expiring = await ok(client, "POST", "/users/me/tokens", owner, {"name": "three"})
+    assert (await _create(client, owner, "four"))[0] == 409
+    # ... and so does an expired one.
+    await db.pool.execute(
+        "UPDATE auth_tokens SET expires_at = now() - interval '1 second' WHERE id = $1",
+        expiring["id"],
+    )
+    await ok(client, "POST", "/users/me/tokens", owner, {"name": "four"})
+    assert (await _create(client, owner, "five"))[0] == 409
+
+    # 0: no limit.
+    reload_to(client, with_section(config, "auth", max_personal_tokens=0))
+    for name in ("five", "six", "seven"):
+        await ok(client, "POST", "/users/me/tokens", owner, {"name": name})
+    listed = await ok(client, "GET", "/users/me/tokens", owner, status=200)
+    assert sum(t["active"] for t in listed) == 5
+
+
+async def test_two_creations_at_the_last_place_do_not_both_succeed(
+    client: Any, db: Database, config: Config, owner: dict[str, str], database_dsn: str
+) -> None:
+    """Each creation counts the live tokens, then inserts: two running side by side at
+    ``limit - 1`` would both count one place left. Here both are held up by a lock on the user
+    row until they are both waiting, then let go together: exactly one may get the place."""
+    reload_to(client, with_section(config, "auth", max_personal_tokens=2))
+    await ok(client, "POST", "/users/me/tokens", owner, {"name": "existing"})
+    me = await ok(client, "GET", "/users/me", owner, status=200)
+
+    holder = await asyncpg.connect(database_dsn)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE", me["id"])
+            creations = [asyncio.create_task(_create(client, owner, n)) for n in ("a", "b")]
+            await wait_until_blocked(db, sessions=2)
+            assert not any(c.done() for c in creations)
+        answers = await asyncio.gather(*creations)
+    finally:
+        await holder.close()
+    assert sorted(status for status, _ in answers) == [201, 409], answers
+    listed = await ok(client, "GET", "/users/me/tokens", owner, status=200)
+    assert [t["active"] for t in listed] == [True, True]

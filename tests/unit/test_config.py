@@ -207,6 +207,16 @@ def test_every_shipped_key_is_commented() -> None:
             id="login-failures-negative",
         ),
         pytest.param(
+            {"auth": {"max_personal_tokens": -1}},
+            ["auth.max_personal_tokens = -1", "between 0 and 10000"],
+            id="personal-token-limit-negative",
+        ),
+        pytest.param(
+            {"auth": {"max_personal_tokens": 10_001}},
+            ["auth.max_personal_tokens = 10001", "between 0 and 10000"],
+            id="personal-token-limit-too-large",
+        ),
+        pytest.param(
             {"outgoing": {"retry_schedule": [10, 1e12]}},
             ["outgoing.retry_schedule = [10, 1000000000000.0]", "every entry must be <= 604800"],
             id="retry-delay-past-a-week",
