@@ -337,15 +337,16 @@ async def logout(
     """End a session: revoke the access token used for this request and, when given, the
     refresh token issued with it (ValueError unless it is a live refresh token of this user).
     A personal token is not a session: Conflict (revoke it through its own endpoint). An access
-    token that a password change or a disable ended while this request waited: InvalidToken,
-    as if the request had come after it."""
+    token that a password change or a disable ended while this request waited, or a personal
+    token revoked (or expired) since it authenticated this request: InvalidToken, as if the
+    request had come after that."""
     digest = tokens.token_hash(bearer_token)
     async with db.transaction() as session:
         # The user row first, as a password change or a disable locks it (then all the tokens):
         # locking the access token first and the refresh token next could deadlock with them.
         await users.lock_token_owner(session, digest, "access")
         if await users.revoke_token(session, digest, "access") is None:
-            if not await users.is_personal_token(session, digest):
+            if not await users.is_live_personal_token(session, digest):
                 raise InvalidToken("the bearer token is invalid, expired or revoked")
             raise Conflict(
                 "log out ends an access token from POST /users/login; revoke a personal token "

@@ -225,6 +225,12 @@ SELECT count(*) FROM auth_tokens
 WHERE user_id = $1 AND kind = 'personal' AND revoked_at IS NULL
   AND (expires_at IS NULL OR expires_at > now());
 
+-- name: token_personal_live
+-- The personal token with this hash when it is live (neither revoked nor expired); no row else.
+SELECT id FROM auth_tokens
+WHERE token_hash = $1 AND kind = 'personal' AND revoked_at IS NULL
+  AND (expires_at IS NULL OR expires_at > now());
+
 -- name: token_list_personal
 -- A user's personal access tokens (never the hash).
 SELECT id, name, created_at, expires_at, revoked_at, last_used_at

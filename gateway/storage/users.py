@@ -170,9 +170,9 @@ async def personal_token_expiry(db: Session, digest: bytes) -> tuple[bool, datet
     return (False, None) if row is None else (True, row["expires_at"])
 
 
-async def is_personal_token(db: Session, digest: bytes) -> bool:
-    """Whether the token with this hash is a personal one (live or not)."""
-    return await db.fetchrow("token_personal_expiry", digest) is not None
+async def is_live_personal_token(db: Session, digest: bytes) -> bool:
+    """Whether the token with this hash is a personal one, neither revoked nor expired."""
+    return await db.fetchrow("token_personal_live", digest) is not None
 
 
 async def list_personal_tokens(db: Database, user_id: int) -> list[dict[str, Any]]:

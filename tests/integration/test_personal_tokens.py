@@ -14,7 +14,7 @@ from gateway import accounts
 from gateway.config import Config
 from gateway.storage.database import Database
 from tests.integration.access_helpers import call, make_user, ok
-from tests.integration.ingest_helpers import wait_until_blocked
+from tests.integration.ingest_helpers import wait_for, wait_until_blocked
 from tests.integration.ops_helpers import reload_to, with_section
 
 EMAIL, PASSWORD = "bot-owner@example.com", "a long enough password"
@@ -257,3 +257,46 @@ async def test_two_creations_at_the_last_place_do_not_both_succeed(
     assert sorted(status for status, _ in answers) == [201, 409], answers
     listed = await ok(client, "GET", "/users/me/tokens", owner, status=200)
     assert [t["active"] for t in listed] == [True, True]
+
+
+async def test_a_logout_whose_personal_token_is_revoked_meanwhile_answers_401(
+    client: Any, db: Database, owner: dict[str, str]
+) -> None:
+    """A logout with a personal token is refused with 409 (it is no session); but one whose
+    token was revoked after it authenticated is answered as any request with a revoked token,
+    401, not with advice to revoke a token that no longer works. The logout is held between its
+    authentication and its own work by withholding the end of its body."""
+    created = await ok(client, "POST", "/users/me/tokens", owner, {"name": "ci"})
+    status, body = await call(client, "POST", "/users/logout", bearer(created["token"]))
+    assert (status, body["message"]) == (
+        409,
+        "log out ends an access token from POST /users/login; revoke a personal token with "
+        "DELETE /users/me/tokens/{token_id}",
+    )
+    await db.pool.execute("UPDATE auth_tokens SET last_used_at = NULL WHERE id = $1", created["id"])
+    rest = asyncio.Event()
+
+    async def body_in_two_parts() -> Any:
+        yield b"{"
+        await rest.wait()
+        yield b"}"
+
+    logout = asyncio.create_task(
+        client.post(
+            "/users/logout",
+            headers={**bearer(created["token"]), "Content-Type": "application/json"},
+            data=body_in_two_parts(),
+        )
+    )
+
+    async def authenticated() -> bool:
+        assert not logout.done(), logout
+        used = "SELECT last_used_at IS NOT NULL FROM auth_tokens WHERE id = $1"
+        return bool(await db.pool.fetchval(used, created["id"]))
+
+    await wait_for(authenticated, bool)  # the logout's token check has committed
+    assert (await call(client, "DELETE", f"/users/me/tokens/{created['id']}", owner))[0] == 204
+    rest.set()
+    response = await logout
+    assert response.status == 401, await response.text()
+    assert (await response.json())["message"] == "the bearer token is invalid, expired or revoked"
