@@ -103,7 +103,9 @@ def _log_changed_modes() -> None:
         log.warning(
             "embedded_database_permissions_changed",
             paths=[change["path"] for change in changed],
-            modes={change["path"]: f"{change['old']} -> {change['new']}" for change in changed},
+            # In the order of paths; not a mapping keyed by path: a path with a word such as
+            # "secret" or "tokens" in it would have its mode redacted from the line.
+            modes=[f"{change['old']} -> {change['new']}" for change in changed],
             user=SYSTEM_USER,
             hint=f"the server runs as {SYSTEM_USER}, which must search (not list) these "
             "directories to reach its data, binaries and socket; run the gateway as an "

@@ -156,10 +156,10 @@ def test_as_root_the_private_parent_becomes_searchable_not_listable(
     # else can list it.
     assert stat.S_IMODE(data_dir.parent.stat().st_mode) == 0o701
     [changed] = first_run.gateway.named("embedded_database_permissions_changed")
-    assert str(data_dir.parent) in changed["paths"]
-    assert changed["modes"][str(data_dir.parent)] == "0700 -> 0701"
-    for path in changed["paths"]:  # whatever else it had to open: the search bits only
-        old, new = (int(mode, 8) for mode in changed["modes"][path].split(" -> "))
+    modes = dict(zip(changed["paths"], changed["modes"], strict=True))
+    assert modes[str(data_dir.parent)] == "0700 -> 0701"
+    for change in modes.values():  # whatever else it had to open: the search bits only
+        old, new = (int(mode, 8) for mode in change.split(" -> "))
         assert new & ~old & ~0o111 == 0
 
 
