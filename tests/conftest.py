@@ -27,11 +27,14 @@ import gateway.logs
 from gateway.app import HANDLER_OPTIONS, create_app
 from gateway.config import Config, DatabaseConfig, build_config
 from gateway.storage.database import SCHEMA_PATH, Database
+from tests.connection_origins import record_connection_origins
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # Seals hook secrets in every test (a fixed key, so no test writes var/secret-keys).
 TEST_SECRET_KEY = "test:" + base64.b64encode(bytes(range(32))).decode()
+
+record_connection_origins()  # an unclosed connection's warning names its opener
 
 
 def _dsn_with_database(dsn: str, database: str) -> str:

@@ -1,0 +1,42 @@
+"""Where each asyncpg connection of a test run was opened, for the warning about one left open.
+
+asyncpg's ``unclosed connection`` ResourceWarning (an error in this suite) names the code that
+opened the connection only when the event loop runs in debug mode, and it is raised wherever the
+garbage collector happens to find the connection: often a later test's teardown, which then
+fails with nothing pointing at the culprit. Recording the opener's frames for every connection
+(asyncpg's own ``_source_traceback``, which its warning prints) costs a stack walk per connection
+and changes nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+FRAMES_SHOWN = 12
+ROOT = str(Path(__file__).resolve().parents[1]) + os.sep  # gateway/ and tests/
+
+
+def record_connection_origins() -> None:
+    """Fill every new asyncpg Connection's ``_source_traceback`` with its opener's frames
+    (the innermost ``FRAMES_SHOWN`` in this repository), debug mode or not."""
+    opened = asyncpg.Connection.__init__
+    if getattr(opened, "records_origin", False):
+        return
+
+    def __init__(self: asyncpg.Connection, *args: Any, **kwargs: Any) -> None:
+        opened(self, *args, **kwargs)
+        if not self._source_traceback:
+            stack = traceback.extract_stack(sys._getframe(1))
+            # The gateway's and the tests' frames: the event loop's, pytest's and asyncpg's
+            # own say nothing about which code opened it.
+            ours = [frame for frame in stack if frame.filename.startswith(ROOT)]
+            self._source_traceback = "".join(traceback.format_list(ours[-FRAMES_SHOWN:]))
+
+    __init__.records_origin = True  # type: ignore[attr-defined]
+    asyncpg.Connection.__init__ = __init__  # type: ignore[method-assign]
