@@ -203,6 +203,15 @@ def _unparseable_request(_: Any, __: str, event_dict: MutableMapping[str, Any]) 
     return event_dict
 
 
+def _keeps_record(record: logging.LogRecord) -> bool:
+    """The stdlib handler's filter: a request aiohttp cannot parse, logged by it at ERROR, is
+    written as a warning (:func:`_unparseable_request`), so it is held back like one below
+    the configured level (``[log] level = "error"``) rather than shown labelled a warning.
+    (A formatter cannot drop a record: structlog's DropEvent there is a logging error.)"""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, HttpProcessingError) or logging.WARNING >= _THRESHOLD[0]
+
+
 def _add_logger_name(logger: Any, _: str, event_dict: MutableMapping[str, Any]) -> Any:
     record = event_dict.get("_record")
     name = record.name if record is not None else getattr(logger, "name", None)
@@ -262,6 +271,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
     )
 
     handler = logging.StreamHandler(out)
+    handler.addFilter(_keeps_record)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

@@ -407,3 +407,35 @@ def test_aiohttp_parser_errors_that_quote_the_request_line_as_text_are_cut_too(
         None,
     ]
     assert not [line for line in lines if "hga_Q" in json.dumps(line)]
+
+
+def test_aiohttp_parser_errors_follow_the_configured_level_as_warnings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """aiohttp logs a request it cannot parse at ERROR; the gateway writes it as the warning it
+    is (the client's fault). At ``[log] level = "error"`` it is then left out like any other
+    warning, not written as a warning line that the level was meant to hold back."""
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    def logged_at(level: str) -> list[dict[str, Any]]:
+        configure_logging(level, "json")
+        capsys.readouterr()
+        aiohttp_log = logging.getLogger("aiohttp.server")
+        aiohttp_log.error(
+            "Error handling request from %s", "192.0.2.7", exc_info=BadHttpMessage("x")
+        )
+        aiohttp_log.error("Error handling request", exc_info=RuntimeError("a gateway bug"))
+        err = capsys.readouterr().err
+        return [json.loads(line) for line in err.splitlines() if line.strip()]
+
+    try:
+        at_error, at_warning = logged_at("error"), logged_at("warning")
+    finally:
+        configure_logging("info", "json")
+    assert [(line["event"], line["level"]) for line in at_error] == [
+        ("Error handling request", "error")
+    ]
+    assert [(line["event"], line["level"]) for line in at_warning] == [
+        ("http_request_unparseable", "warning"),
+        ("Error handling request", "error"),
+    ]
