@@ -19,7 +19,9 @@ from typing import Any
 import asyncpg
 
 FRAMES_SHOWN = 12
-ROOT = str(Path(__file__).resolve().parents[1]) + os.sep  # gateway/ and tests/
+_ROOT = Path(__file__).resolve().parents[1]
+# The repository's own code: not all of ROOT, which holds the virtual environment (.venv/) too.
+OURS = tuple(str(_ROOT / part) + os.sep for part in ("gateway", "tests"))
 
 
 def record_connection_origins() -> None:
@@ -32,10 +34,11 @@ def record_connection_origins() -> None:
     def __init__(self: asyncpg.Connection, *args: Any, **kwargs: Any) -> None:
         opened(self, *args, **kwargs)
         if not self._source_traceback:
-            stack = traceback.extract_stack(sys._getframe(1))
             # The gateway's and the tests' frames: the event loop's, pytest's and asyncpg's
-            # own say nothing about which code opened it.
-            ours = [frame for frame in stack if frame.filename.startswith(ROOT)]
+            # own say nothing about which code opened it. Source lines are read for those only.
+            frames = traceback.walk_stack(sys._getframe(1))
+            stack = traceback.StackSummary.extract(frames, lookup_lines=False)
+            ours = [frame for frame in reversed(stack) if frame.filename.startswith(OURS)]
             self._source_traceback = "".join(traceback.format_list(ours[-FRAMES_SHOWN:]))
 
     __init__.records_origin = True  # type: ignore[attr-defined]
