@@ -167,7 +167,11 @@ class KeptListener:
                 )
             error = "the connection was closed"
             try:
-                await asyncio.wait_for(self._lost.wait(), self._ping_interval)
+                # Not wait_for: on Python 3.11, woken by a loss in the turn that close() cancels
+                # this task, it returns as if not cancelled (the listener then went on, opened
+                # a new connection and close() waited for it forever).
+                async with asyncio.timeout(self._ping_interval):
+                    await self._lost.wait()
             except TimeoutError:
                 assert self._listener is not None
                 error = f"no answer to a ping within {PING_TIMEOUT:g} s"
