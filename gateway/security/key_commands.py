@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.config import Config
-from gateway.exceptions import GatewayError
+from gateway.exceptions import DatabaseMisconfigured, GatewayError
 
 COMMAND = "keys"
 # Storage seals secrets on write and every reader opens them (issue 8), so rotation is safe.
@@ -56,7 +56,8 @@ def main(args: argparse.Namespace, load: Callable[[str | None], Config]) -> int:
         return asyncio.run(_rotate(config, args.batch_size))
     except (ValueError, GatewayError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ValueError) else 1
+        # A configuration error (database.dsn, an unsupported server) as every command says it.
+        return 2 if isinstance(exc, ValueError | DatabaseMisconfigured) else 1
 
 
 async def _status(config: Config) -> int:

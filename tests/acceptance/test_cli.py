@@ -24,7 +24,7 @@ from tests.acceptance.process_helpers import (
     run_gateway,
     write_config,
 )
-from tests.conftest import _drop_database, _dsn_with_database
+from tests.conftest import TEST_SECRET_KEY, _drop_database, _dsn_with_database
 from tests.integration.ingest_helpers import fetch
 from tests.integration.pg_partition import CuttableProxy
 
@@ -518,19 +518,24 @@ async def test_a_role_without_connect_privilege_gets_one_line_and_the_outage_sta
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command", [["migrate"], ["keys", "status"], ["keys", "rotate"]])
 def test_a_missing_certificate_file_in_the_dsn_is_a_configuration_error(
-    tmp_path: Path, database_dsn: str
+    tmp_path: Path, database_dsn: str, command: list[str]
 ) -> None:
     # The driver reads sslrootcert before it connects and reported a bare "[Errno 2] No such
     # file or directory", which the gateway called an outage (exit 1, retried for ever).
+    # `gateway keys` words its own errors: it said 1 for this configuration error.
     missing = tmp_path / "certs" / "root.crt"
     dsn = (
         database_dsn
         + ("&" if "?" in database_dsn else "?")
         + (f"sslmode=verify-full&sslrootcert={missing}")
     )
-    config = write_config(tmp_path / "config.toml", {"database": {"dsn": dsn}})
-    result = run_gateway("--config", str(config), "migrate")
+    config = write_config(
+        tmp_path / "config.toml",
+        {"database": {"dsn": dsn}, "security": {"secret_keys": [TEST_SECRET_KEY]}},
+    )
+    result = run_gateway("--config", str(config), *command)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().endswith(
         f"gateway: database.dsn parameter 'sslrootcert' names '{missing}': no such file or "
