@@ -296,7 +296,8 @@ class Supervisor:
                 slot.backoff = BACKOFF_FIRST
             delay, slot.backoff = slot.backoff, min(slot.backoff * 2, BACKOFF_MAX)
             with suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await self.stopping.wait()
 
     async def _wait(self, process: asyncio.subprocess.Process) -> int:
         """Wait for the process; once stopping, give it the grace period, then SIGKILL it."""
@@ -309,7 +310,8 @@ class Supervisor:
         if not waiter.done():
             grace = stop_bound(self.config)
             try:
-                await asyncio.wait_for(asyncio.shield(waiter), timeout=grace)
+                async with asyncio.timeout(grace):
+                    await asyncio.shield(waiter)
             except TimeoutError:
                 log.warning("worker_killed", pid=process.pid, after_s=grace)
                 with suppress(ProcessLookupError):
@@ -427,7 +429,8 @@ async def _exit_when_orphaned(stop: asyncio.Event, parent: int) -> None:
             stop.set()
             return
         with suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
+            async with asyncio.timeout(1.0):
+                await stop.wait()
 
 
 async def serve_worker(config: Config) -> int:

@@ -262,7 +262,8 @@ class Dispatcher:
             except Exception:
                 log.exception("dispatcher_loop_failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     def _database_unavailable(self, exc: DatabaseUnavailable) -> None:
         # Every poll_interval while the database is away: a warning for the first poll of an

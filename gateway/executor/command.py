@@ -254,7 +254,8 @@ class RunningCommand:
         code = await self._exited()
         self._control.close()  # only now: before the guard exits, closing it stops the command
         try:
-            await asyncio.wait_for(asyncio.shield(reader), _DRAIN_AFTER_EXIT)
+            async with asyncio.timeout(_DRAIN_AFTER_EXIT):
+                await asyncio.shield(reader)
         except TimeoutError:
             # A background child still holds the pipe. It is read (and what it writes dropped)
             # until that child closes it: it neither blocks on a full pipe nor dies of SIGPIPE,
@@ -297,7 +298,8 @@ class RunningCommand:
         self._tell(("terminating", kill_after))
         self._signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(self._group_gone(), kill_after)
+            async with asyncio.timeout(kill_after):
+                await self._group_gone()
         except TimeoutError:
             self._signal(signal.SIGKILL)
 

@@ -159,7 +159,8 @@ class Executor:
                     for row in await self._claim(free):
                         self._start(row, RunLease(s.lease_seconds, sent))
                 try:
-                    await asyncio.wait_for(self._wake.wait(), s.poll_interval)
+                    async with asyncio.timeout(s.poll_interval):
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
             await self._drain()
@@ -276,7 +277,8 @@ class Executor:
             # Never sleep through the deadline: the next beat comes at half the time left at
             # the latest, so a slow or failed beat still leaves room for another before it.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lease.check_now.wait(), min(wait, lease.remaining() / 2))
+                async with asyncio.timeout(min(wait, lease.remaining() / 2)):
+                    await lease.check_now.wait()
             lease.check_now.clear()
             if command.process.returncode is not None and lease.remaining() <= _LAST_CHANCE:
                 return  # the command is over; the report gives up at the same deadline

@@ -452,7 +452,8 @@ class Database(Session):
     async def close(self) -> None:
         """Close the pool, waiting briefly for connections in use."""
         try:
-            await asyncio.wait_for(self.pool.close(), timeout=10)
+            async with asyncio.timeout(10):
+                await self.pool.close()
         except TimeoutError:
             self.pool.terminate()
 
