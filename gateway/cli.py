@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gateway import sighup
 from gateway.config import Config, ConfigError, load_config, override_names
+from gateway.exceptions import DatabaseMisconfigured, GatewayError
 from gateway.executor import commands as run_commands
 from gateway.logs import configure_logging, get_logger
 from gateway.security import key_commands
@@ -196,7 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         return _check_config(args.path or args.config)
     if args.command == key_commands.COMMAND:  # issue 8; `keys generate` needs no config
-        return key_commands.main(args, _load)
+        try:
+            return key_commands.main(args, _load)
+        except (ValueError, GatewayError) as exc:
+            return _reported(exc)
     if getattr(args, "worker", False) and WORKER_CONFIG_ENV in os.environ:
         # A worker runs the configuration in force in its supervisor, not the file as it is
         # now (an edit waiting for a restart must not reach a replacement worker).
@@ -243,21 +247,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_commands.main(config, args)
     except KeyboardInterrupt:
         return 130
-    except ValueError as exc:  # validation of user input
-        print(f"gateway: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        from gateway.exceptions import DatabaseMisconfigured, GatewayError
-        from gateway.server import ListenError
-
-        if isinstance(exc, DatabaseMisconfigured):  # a configuration error: retrying won't help
-            print(f"gateway: {exc}", file=sys.stderr)
-            return 2
-        if isinstance(exc, ListenError):
-            print(f"gateway: {exc}", file=sys.stderr)
-            return exc.exit_status
-        if isinstance(exc, GatewayError):
-            print(f"gateway: {exc}", file=sys.stderr)
-            return 1
-        raise
+    except (ValueError, GatewayError) as exc:
+        return _reported(exc)
     return 0
+
+
+def _reported(exc: ValueError | GatewayError) -> int:
+    """Print a command's failure on one line; its exit status: 2 for a configuration error
+    (bad input, a database.dsn that cannot be used: retrying won't help), ListenError's own,
+    1 for anything else the gateway reports (an outage)."""
+    from gateway.server import ListenError
+
+    print(f"gateway: {exc}", file=sys.stderr)
+    if isinstance(exc, ListenError):
+        return exc.exit_status
+    return 2 if isinstance(exc, ValueError | DatabaseMisconfigured) else 1

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.config import Config
-from gateway.exceptions import DatabaseMisconfigured, GatewayError
 
 COMMAND = "keys"
 # Storage seals secrets on write and every reader opens them (issue 8), so rotation is safe.
@@ -40,24 +39,20 @@ def add_commands(commands: Any, *, rotate: bool | None = None) -> None:
 
 
 def main(args: argparse.Namespace, load: Callable[[str | None], Config]) -> int:
-    """Run a parsed ``keys`` command; ``load`` reads the configuration (only when needed)."""
+    """Run a parsed ``keys`` command; ``load`` reads the configuration (only when needed).
+    ValueError and GatewayError reach the command line, which reports them as every command's."""
     from gateway.security.secret_keys import new_key_line
 
-    try:
-        if args.keys_command == "generate":
-            print(new_key_line(args.key_id))
-            return 0
-        config = load(args.config)
-        from gateway.logs import configure_logging
+    if args.keys_command == "generate":
+        print(new_key_line(args.key_id))
+        return 0
+    config = load(args.config)
+    from gateway.logs import configure_logging
 
-        configure_logging(config.log.level, config.log.format)
-        if args.keys_command == "status":
-            return asyncio.run(_status(config))
-        return asyncio.run(_rotate(config, args.batch_size))
-    except (ValueError, GatewayError) as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
-        # A configuration error (database.dsn, an unsupported server) as every command says it.
-        return 2 if isinstance(exc, ValueError | DatabaseMisconfigured) else 1
+    configure_logging(config.log.level, config.log.format)
+    if args.keys_command == "status":
+        return asyncio.run(_status(config))
+    return asyncio.run(_rotate(config, args.batch_size))
 
 
 async def _status(config: Config) -> int:
