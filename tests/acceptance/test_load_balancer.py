@@ -332,7 +332,9 @@ async def test_pagination_links_keep_the_host_and_port_the_client_used(cluster: 
 async def test_client_ip_recorded_is_the_one_nginx_saw(
     cluster: Cluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Needs `[server] trusted_proxies` wired into the trigger handler (issue 8)."""
+    """The history row names the sender nginx saw (the last `X-Forwarded-For` entry, which
+    nginx appends), not nginx and not an entry the sender forged: `[server] trusted_proxies`
+    lists nginx's address (127.0.0.2) only."""
     async with client_from("127.0.0.3") as session:
         a = Api(session, f"http://127.0.0.1:{cluster.a.management_port}", cluster.token)
         _, hook = await a.seed_hook()
