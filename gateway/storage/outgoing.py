@@ -156,11 +156,17 @@ async def claim_deliveries(
     per_hook: int,
     room: Mapping[uuid.UUID, int] | None = None,
     recording: Collection[uuid.UUID] = (),
+    *,
+    per_environment: int | None = None,
+    environment_room: Mapping[int, int] | None = None,
 ) -> list[Record]:
-    """Claim up to ``limit`` due deliveries (with their hook's definition) under a lease: none
-    of the busy hooks, at most ``per_hook`` of any other hook, or ``room[hook_id]``, and none
-    of the deliveries in ``recording`` (the caller still records their answer)."""
+    """Claim up to ``limit`` due deliveries (with their hook's definition and
+    ``environment_id``) under a lease: none of the busy hooks, at most ``per_hook`` of any
+    other hook, or ``room[hook_id]``; at most ``per_environment`` of an environment (None: no
+    limit), or ``environment_room[environment_id]`` (0: none); and none of the deliveries in
+    ``recording`` (the caller still records their answer)."""
     room = room or {}
+    environment_room = environment_room or {}
     return await db.fetch(
         "outgoing_claim",
         limit,
@@ -170,6 +176,10 @@ async def claim_deliveries(
         list(room),
         list(room.values()),
         list(recording),
+        [e for e, free in environment_room.items() if free <= 0],
+        per_environment,
+        list(environment_room),
+        list(environment_room.values()),
     )
 
 
@@ -180,11 +190,17 @@ async def release_deliveries(db: Database, claims: Sequence[tuple[uuid.UUID, int
 
 
 async def seconds_until_due(
-    db: Database, busy_hook_ids: Sequence[uuid.UUID], recording: Collection[uuid.UUID] = ()
+    db: Database,
+    busy_hook_ids: Sequence[uuid.UUID],
+    recording: Collection[uuid.UUID] = (),
+    busy_environment_ids: Sequence[int] = (),
 ) -> float | None:
     """Seconds until the next delivery is due (<= 0: due now), or None when none is pending;
-    the leases of the deliveries in ``recording`` do not count (see claim_deliveries)."""
-    value = await db.fetchval("outgoing_next_due", list(busy_hook_ids), list(recording))
+    the busy hooks' and environments' deliveries and the leases of the deliveries in
+    ``recording`` do not count (see claim_deliveries)."""
+    value = await db.fetchval(
+        "outgoing_next_due", list(busy_hook_ids), list(recording), list(busy_environment_ids)
+    )
     return None if value is None else float(value)
 
 

@@ -1177,30 +1177,49 @@ JOIN outgoing_hooks h ON h.pipeline_id = r.pipeline_id AND h.active
 -- Claim up to $1 due deliveries (pending and due, or delivering with an expired lease), oldest
 -- due first, skipping hooks in $3 (their targets are busy) and taking at most $4 per hook, or
 -- for the hooks in $5 the number in $6 (their target's free slots): a busy target's backlog is
--- not claimed only to be handed back. Never the deliveries in $7: the claimer still holds
--- their answer and is recording it (past their lease while the database was away). Lease of
--- $2 seconds, attempt + 1. Candidates are the $1 * 8 oldest due rows (a bounded scan: the rest
--- wait for the next round). Returns each with the hook definition it is sent with.
+-- not claimed only to be handed back. Per environment the same: none of the environments in
+-- $8 (busy), at most $9 of any other (NULL: no limit), or for those in $10 the number in $11.
+-- Never the deliveries in $7: the claimer still holds their answer and is recording it (past
+-- their lease while the database was away). Lease of $2 seconds, attempt + 1. Candidates are
+-- the $1 * 8 oldest due rows (a bounded scan: the rest wait for the next round). Returns each
+-- with the hook definition it is sent with and its environment.
 WITH candidates AS (
     SELECT d.id, d.hook_id, d.next_attempt_at FROM outgoing_deliveries d
     WHERE ((d.status = 'pending' AND d.next_attempt_at <= now())
            OR (d.status = 'delivering' AND d.locked_until < now()))
       AND NOT (d.hook_id = ANY($3::uuid[]))
+      -- The busy environments' hooks, listed once (a hashed subplan): their backlog is
+      -- passed over without a lookup per row.
+      AND d.hook_id NOT IN (SELECT h.id FROM outgoing_hooks h
+                            JOIN pipelines p ON p.id = h.pipeline_id
+                            WHERE p.environment_id = ANY($8::bigint[]))
       AND NOT (d.id = ANY($7::uuid[]))
     ORDER BY d.next_attempt_at
     LIMIT $1 * 8
-), ranked AS (
-    SELECT c.id, c.next_attempt_at,
+), per_hook AS (
+    SELECT c.id, c.next_attempt_at, p.environment_id,
            row_number() OVER (PARTITION BY c.hook_id ORDER BY c.next_attempt_at) AS n,
            coalesce(room.free, $4::integer) AS allowed
     FROM candidates c
+    JOIN outgoing_hooks h ON h.id = c.hook_id
+    JOIN pipelines p ON p.id = h.pipeline_id
     LEFT JOIN unnest($5::uuid[], $6::integer[]) AS room (hook_id, free)
         ON room.hook_id = c.hook_id
+), ranked AS (
+    -- Ranked within the environment among the rows its hooks' limits let through, so that
+    -- one hook's backlog does not use up the environment's room.
+    SELECT r.id, r.next_attempt_at,
+           row_number() OVER (PARTITION BY r.environment_id ORDER BY r.next_attempt_at) AS n,
+           coalesce(env_room.free, $9::integer) AS allowed
+    FROM per_hook r
+    LEFT JOIN unnest($10::bigint[], $11::integer[]) AS env_room (environment_id, free)
+        ON env_room.environment_id = r.environment_id
+    WHERE r.n <= r.allowed
 ), due AS (
     -- Locked here, not in candidates (no FOR UPDATE next to a window function); the due test
     -- is evaluated again on the locked row, so one another dispatcher took meanwhile drops out.
     SELECT d.id FROM outgoing_deliveries d JOIN ranked r ON r.id = d.id
-    WHERE r.n <= r.allowed
+    WHERE (r.allowed IS NULL OR r.n <= r.allowed)
       AND ((d.status = 'pending' AND d.next_attempt_at <= now())
            OR (d.status = 'delivering' AND d.locked_until < now()))
     ORDER BY r.next_attempt_at
@@ -1212,9 +1231,10 @@ UPDATE outgoing_deliveries d SET
     attempt = d.attempt + 1,
     locked_until = now() + make_interval(secs => $2::double precision),
     updated_at = now()
-FROM due, outgoing_hooks h
-WHERE d.id = due.id AND h.id = d.hook_id
+FROM due, outgoing_hooks h, pipelines p
+WHERE d.id = due.id AND h.id = d.hook_id AND p.id = h.pipeline_id
 RETURNING d.id, d.hook_id, d.run_id, d.event, d.payload, d.attempt, d.retry_of,
+          p.environment_id,
           h.active AS hook_active, h.name AS hook_name, h.target_url, h.trigger_when,
           h.events AS hook_events, h.settings, h.requires_secret, h.secret,
           h.previous_secret, h.previous_secret_expires_at,
@@ -1231,13 +1251,22 @@ FROM unnest($1::uuid[], $2::integer[]) AS c (id, attempt)
 WHERE d.id = c.id AND d.attempt = c.attempt AND d.status = 'delivering';
 
 -- name: outgoing_next_due
--- Seconds until the next delivery is due (<= 0: now), ignoring hooks in $1 and the leases of
--- the deliveries in $2 (the caller is recording them, see outgoing_claim); NULL when none.
+-- Seconds until the next delivery is due (<= 0: now), ignoring the hooks in $1 and those of
+-- the environments in $3 (busy: outgoing_claim passes them over, and a finished delivery wakes
+-- the dispatcher) and the leases of the deliveries in $2 (the caller is recording them, see
+-- outgoing_claim); NULL when none.
+WITH busy AS (
+    SELECT unnest($1::uuid[]) AS hook_id
+    UNION ALL
+    SELECT h.id FROM outgoing_hooks h JOIN pipelines p ON p.id = h.pipeline_id
+    WHERE p.environment_id = ANY($3::bigint[])
+)
 SELECT extract(epoch FROM least(
     (SELECT min(next_attempt_at) FROM outgoing_deliveries
-     WHERE status = 'pending' AND NOT (hook_id = ANY($1::uuid[]))),
+     WHERE status = 'pending' AND hook_id NOT IN (SELECT hook_id FROM busy)),
     (SELECT min(locked_until) FROM outgoing_deliveries
-     WHERE status = 'delivering' AND NOT (id = ANY($2::uuid[])))
+     WHERE status = 'delivering' AND NOT (id = ANY($2::uuid[]))
+       AND hook_id NOT IN (SELECT hook_id FROM busy))
 ) - clock_timestamp())::double precision;
 
 -- name: outgoing_delivery_finish
