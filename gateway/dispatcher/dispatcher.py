@@ -28,7 +28,6 @@ import functools
 import re
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +38,7 @@ import aiohttp
 from gateway import metrics, run_states
 from gateway.config import Config
 from gateway.dispatcher.client import MAX_TIMEOUT, clean, failure_message, new_session, send
+from gateway.dispatcher.in_flight import InFlight
 from gateway.dispatcher.outbound import CompiledHook, OutboundRequest, build_request, event_context
 from gateway.dispatcher.resolver import OutgoingConnector
 from gateway.dispatcher.retry import FAILED, RETRY, SUCCEEDED, Decision, RetryPolicy
@@ -118,7 +118,8 @@ class Dispatcher:
         self._cut_off = False  # the stop's grace is over: recordings are not tried again
         # Polls in a row that found the database unavailable.
         self._outage = OutageLog(log, DOWN_LOG_INTERVAL, "polls")
-        self._load: Counter[str] = Counter()  # requests in flight per origin
+        # The limit needs a restart (gateway.reload): the counts stay with the process.
+        self._targets = InFlight[str](self.settings.per_target_concurrency)  # per origin
         self._hook_origin: dict[uuid.UUID, str] = {}  # hooks with work in flight or handed back
         self._compiled: dict[uuid.UUID, tuple[Any, CompiledHook | str]] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -233,8 +234,7 @@ class Dispatcher:
     def _hook_room(self) -> dict[uuid.UUID, int]:
         """Free slots of the target of each hook with deliveries in flight (a claim takes no
         more than that of the hook, so little is handed back)."""
-        limit = self.settings.per_target_concurrency
-        return {h: max(limit - self._load[origin], 0) for h, origin in self._hook_origin.items()}
+        return {h: self._targets.free(origin) for h, origin in self._hook_origin.items()}
 
     def _busy_hooks(self) -> list[uuid.UUID]:
         """Hooks whose target has no free slot."""
@@ -298,10 +298,10 @@ class Dispatcher:
             hook, request = prepared
             origin = request.origin
             self._hook_origin[row["hook_id"]] = origin
-            if self._load[origin] >= self.settings.per_target_concurrency:
+            if self._targets.full(origin):
                 handed_back.append((row["id"], row["attempt"]))
                 continue
-            self._load[origin] += 1
+            self._targets.take(origin)
             task = asyncio.create_task(self._deliver(row, hook, request))
             self._tasks.add(task)
             self._sending.add(task)
@@ -312,9 +312,7 @@ class Dispatcher:
     def _finished(self, origin: str, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._sending.discard(task)
-        self._load[origin] -= 1
-        if self._load[origin] <= 0:
-            del self._load[origin]
+        if self._targets.give_back(origin):
             for hook_id in [h for h, o in self._hook_origin.items() if o == origin]:
                 del self._hook_origin[hook_id]
         if not task.cancelled() and task.exception() is not None:
