@@ -127,6 +127,7 @@ class OutgoingConfig:
     dns_timeout: float = 5.0  # seconds per lookup of a target's name
     concurrency: int = 64  # requests in flight per dispatcher process
     per_target_concurrency: int = 4  # requests in flight per scheme://host:port
+    per_environment_concurrency: int = 32  # requests in flight per environment; 0: no limit
     retry_schedule: tuple[float, ...] = (10.0, 30.0, 120.0, 600.0, 1800.0)  # seconds
     retry_jitter: float = 1.0  # 1: full jitter (uniform 0..delay); 0: exact schedule
     retry_after_max: float = 3600.0  # cap on a target's Retry-After, seconds
@@ -214,6 +215,7 @@ _MINIMUMS: dict[tuple[str, str], float] = {
     ("outgoing", "dns_timeout"): 0.1,
     ("outgoing", "concurrency"): 1,
     ("outgoing", "per_target_concurrency"): 1,
+    ("outgoing", "per_environment_concurrency"): 0,
     ("outgoing", "retry_jitter"): 0,
     ("outgoing", "retry_after_max"): 0,
     ("outgoing", "disable_after_failures"): 0,

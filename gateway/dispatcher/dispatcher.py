@@ -8,7 +8,10 @@ its own, sent through one shared ClientSession whose connector is the SSRF guard
 
 A slow or dead target never holds up the others: at most ``per_target_concurrency`` requests
 are in flight per ``scheme://host:port``; while a target is saturated its hooks are left out of
-claims, and a claimed delivery whose target turns out saturated is handed back unchanged.
+claims, and a claimed delivery whose target turns out saturated is handed back unchanged. An
+environment with many such targets does not hold up the other environments either: at most
+``per_environment_concurrency`` of its requests are in flight, and while it has that many its
+deliveries are left out of claims (and handed back, should one be claimed all the same).
 
 The loop sleeps until the next delivery is due, a NOTIFY on ``hookgate_delivery_due`` (sent
 when deliveries are written) or a finished delivery wakes it, and polls every
@@ -38,7 +41,7 @@ import aiohttp
 from gateway import metrics, run_states
 from gateway.config import Config
 from gateway.dispatcher.client import MAX_TIMEOUT, clean, failure_message, new_session, send
-from gateway.dispatcher.in_flight import InFlight
+from gateway.dispatcher.in_flight import InFlight, environment_limit
 from gateway.dispatcher.outbound import CompiledHook, OutboundRequest, build_request, event_context
 from gateway.dispatcher.resolver import OutgoingConnector
 from gateway.dispatcher.retry import FAILED, RETRY, SUCCEEDED, Decision, RetryPolicy
@@ -118,8 +121,11 @@ class Dispatcher:
         self._cut_off = False  # the stop's grace is over: recordings are not tried again
         # Polls in a row that found the database unavailable.
         self._outage = OutageLog(log, DOWN_LOG_INTERVAL, "polls")
-        # The limit needs a restart (gateway.reload): the counts stay with the process.
+        # Both limits need a restart (gateway.reload): the counts stay with the process.
         self._targets = InFlight[str](self.settings.per_target_concurrency)  # per origin
+        self._environments = InFlight[int](
+            environment_limit(self.settings.per_environment_concurrency, self.settings.concurrency)
+        )
         self._hook_origin: dict[uuid.UUID, str] = {}  # hooks with work in flight or handed back
         self._compiled: dict[uuid.UUID, tuple[Any, CompiledHook | str]] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -253,7 +259,7 @@ class Dispatcher:
                     if started == limit:
                         continue  # maybe more is due right now
                     due = await store.seconds_until_due(
-                        self.db, self._busy_hooks(), self._recording
+                        self.db, self._busy_hooks(), self._recording, self._environments.busy()
                     )
                     if due is not None:
                         wait = min(max(due, MIN_IDLE), wait)
@@ -284,6 +290,8 @@ class Dispatcher:
             self.settings.per_target_concurrency,
             self._hook_room(),
             self._recording,
+            per_environment=self._environments.limit,
+            environment_room=self._environments.room(),
         )
         handed_back: list[tuple[uuid.UUID, int]] = []
         for row in rows:
@@ -296,22 +304,27 @@ class Dispatcher:
             if prepared is None:
                 continue
             hook, request = prepared
-            origin = request.origin
+            origin, environment = request.origin, row["environment_id"]
+            if self._environments.full(environment):
+                handed_back.append((row["id"], row["attempt"]))
+                continue
             self._hook_origin[row["hook_id"]] = origin
             if self._targets.full(origin):
                 handed_back.append((row["id"], row["attempt"]))
                 continue
             self._targets.take(origin)
+            self._environments.take(environment)
             task = asyncio.create_task(self._deliver(row, hook, request))
             self._tasks.add(task)
             self._sending.add(task)
-            task.add_done_callback(functools.partial(self._finished, origin))
+            task.add_done_callback(functools.partial(self._finished, origin, environment))
         await store.release_deliveries(self.db, handed_back)
         return len(rows)
 
-    def _finished(self, origin: str, task: asyncio.Task[None]) -> None:
+    def _finished(self, origin: str, environment: int, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._sending.discard(task)
+        self._environments.give_back(environment)
         if self._targets.give_back(origin):
             for hook_id in [h for h, o in self._hook_origin.items() if o == origin]:
                 del self._hook_origin[hook_id]

@@ -1,5 +1,6 @@
 """Requests in flight per key under a limit: the dispatcher keeps one count per target
-(``scheme://host:port``), so a slow target does not take every delivery slot of a process."""
+(``scheme://host:port``) and one per environment, so neither a slow target nor a tenant with
+many of them takes every delivery slot of a process."""
 
 from __future__ import annotations
 
@@ -8,6 +9,13 @@ from collections.abc import Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
+
+
+def environment_limit(per_environment: int, concurrency: int) -> int:
+    """Requests in flight one environment may have: ``[outgoing] per_environment_concurrency``,
+    where 0 (no limit) and anything above ``concurrency`` come to ``concurrency``, the most a
+    process has in flight anyway."""
+    return min(per_environment or concurrency, concurrency)
 
 
 class InFlight(Generic[K]):

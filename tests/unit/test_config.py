@@ -282,6 +282,43 @@ def test_invalid_values_are_named_with_what_is_allowed(
         assert fragment in problems[0]
 
 
+@pytest.mark.parametrize(
+    ("raw", "env", "problem"),
+    [
+        (-1, {}, "outgoing.per_environment_concurrency = -1 is invalid: must be >= 0"),
+        (2.5, {}, "outgoing.per_environment_concurrency = 2.5 is invalid: must be an integer"),
+        ("8", {}, "outgoing.per_environment_concurrency = '8' is invalid: must be an integer"),
+        (True, {}, "outgoing.per_environment_concurrency = True is invalid: must be an integer"),
+        (
+            None,
+            {"GATEWAY_OUTGOING_PER_ENVIRONMENT_CONCURRENCY": "half"},
+            "GATEWAY_OUTGOING_PER_ENVIRONMENT_CONCURRENCY = 'half' is invalid: must be an integer",
+        ),
+        (
+            None,
+            {"GATEWAY_OUTGOING_PER_ENVIRONMENT_CONCURRENCY": "-2"},
+            "GATEWAY_OUTGOING_PER_ENVIRONMENT_CONCURRENCY = -2 is invalid: must be >= 0",
+        ),
+    ],
+)
+def test_per_environment_concurrency_is_a_count_of_requests(
+    raw: Any, env: dict[str, str], problem: str
+) -> None:
+    outgoing = {} if raw is None else {"per_environment_concurrency": raw}
+    assert _problems({"outgoing": outgoing}, env) == [problem]
+
+
+def test_per_environment_concurrency_may_be_0_or_more_than_concurrency() -> None:
+    # 0: no limit; above concurrency: the same (the dispatcher never has more in flight), so a
+    # lowered concurrency does not make the default an error.
+    assert build_config({}, {}).outgoing.per_environment_concurrency == 32
+    for value in (0, 1, 100):
+        raw = {"outgoing": {"concurrency": 8, "per_environment_concurrency": value}}
+        assert build_config(raw, {}).outgoing.per_environment_concurrency == value
+    env = {"GATEWAY_OUTGOING_PER_ENVIRONMENT_CONCURRENCY": "4"}
+    assert build_config({}, env).outgoing.per_environment_concurrency == 4
+
+
 def test_choices_are_taken_in_any_case() -> None:
     # GATEWAY_LOG_LEVEL=INFO is how most programs spell a level; stored as the lower case.
     config = build_config(

@@ -1,8 +1,24 @@
-"""The dispatcher's counts of requests in flight per target."""
+"""The dispatcher's counts of requests in flight per target and per environment."""
 
 from __future__ import annotations
 
-from gateway.dispatcher.in_flight import InFlight
+import pytest
+
+from gateway.dispatcher.in_flight import InFlight, environment_limit
+
+
+@pytest.mark.parametrize(
+    ("per_environment", "concurrency", "limit"),
+    [
+        (16, 64, 16),
+        (1, 64, 1),
+        (0, 64, 64),  # no limit: only the process's own
+        (64, 64, 64),
+        (100, 8, 8),  # more than the process ever has in flight
+    ],
+)
+def test_environment_limit(per_environment: int, concurrency: int, limit: int) -> None:
+    assert environment_limit(per_environment, concurrency) == limit
 
 
 def test_a_key_is_full_at_the_limit_and_free_again_when_a_request_ends() -> None:

@@ -260,6 +260,17 @@ def test_live_keys_name_real_settings() -> None:
         assert restart_only not in LIVE_KEYS
 
 
+def test_the_dispatchers_limits_need_a_restart(config_file: Path) -> None:
+    # Like concurrency and per_target_concurrency: a running dispatcher keeps its counts of
+    # requests in flight under the limits it started with.
+    r = reloader(config_file)
+    write(config_file, BASE + "[outgoing]\nper_environment_concurrency = 2\n")
+    result = r.reload()
+    assert result.error is None and result.applied == []
+    assert result.needs_restart == ["outgoing.per_environment_concurrency"]
+    assert r.current.outgoing.per_environment_concurrency == 32
+
+
 def test_for_config_uses_the_source_file_only_when_it_exists(config_file: Path) -> None:
     config = load_config(config_file, env={})
     assert ConfigReloader.for_config(config).path == str(config_file)
