@@ -29,9 +29,10 @@ TEST_WORKERS ?= 4
 test: venv
 	$(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
-## lint: ruff, mypy and hadolint (the Dockerfile)
+## lint: ruff (checks and formatting), mypy and hadolint (the Dockerfile)
 lint: venv
 	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff format --check gateway tests bench
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 

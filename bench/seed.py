@@ -202,9 +202,7 @@ def written(dsn: str, tag: str) -> Written:
         "       FROM hook_requests WHERE delivery_id LIKE $1) AS q",
         pattern,
     )[0]
-    return Written(
-        row["runs"], row["distinct_deliveries"], row["requests"], row["p50"], row["p99"]
-    )
+    return Written(row["runs"], row["distinct_deliveries"], row["requests"], row["p50"], row["p99"])
 
 
 # Rows of ~1 KB written (and dropped) by prepare_wal: about 330 MB of WAL, more than one

@@ -39,8 +39,7 @@ def check_dsn(dsn: str, problems: list[str]) -> None:
             else ""
         )
         problems.append(
-            f"database.dsn is invalid (a port is not a number from 0 to 65535{encode}): "
-            f"{allowed}"
+            f"database.dsn is invalid (a port is not a number from 0 to 65535{encode}): {allowed}"
         )
         return
     query = parse_qsl(parts.query)
@@ -50,8 +49,7 @@ def check_dsn(dsn: str, problems: list[str]) -> None:
             value = value.replace("_", "-")
         if choices is not None and value not in choices:  # the value is not echoed: a typo
             problems.append(  # like sslmode=require?password=... would hold the password
-                f"database.dsn parameter {name!r} is invalid: must be one of "
-                f"{', '.join(choices)}"
+                f"database.dsn parameter {name!r} is invalid: must be one of {', '.join(choices)}"
             )
     for name in sorted({key for key, _ in query} & LIBPQ_ONLY_PARAMETERS.keys()):
         instead = LIBPQ_ONLY_PARAMETERS[name]

@@ -230,5 +230,3 @@ async def insert_batch(
     row = await session.fetchrow("ingest_insert_batch", *runs, *requests, single_statement)
     assert row is not None  # an aggregate: always one row
     return BatchResult(set(row["inserted"]), set(row["with_outgoing"]))
-
-

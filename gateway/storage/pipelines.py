@@ -78,8 +78,7 @@ async def delete_pipeline(db: Database, pipeline_id: int) -> bool:
             "pipeline_runs_cancel_incomplete",
             pipeline_id=pipeline_id,
             error=str(exc),
-            hint="the runs left are not claimable, and are cancelled by the next "
-            "`gateway prune`",
+            hint="the runs left are not claimable, and are cancelled by the next `gateway prune`",
         )
         return True
     log.info("pipeline_runs_cancelled", pipeline_id=pipeline_id, runs=cancelled)

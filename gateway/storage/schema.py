@@ -99,7 +99,6 @@ def _drift(live: Mapping[str, str], recorded: Mapping[str, str]) -> tuple[str, .
     )
 
 
-
 async def apply(
     db: Database,
     schema_path: Path = SCHEMA_PATH,
@@ -163,6 +162,7 @@ async def apply(
             return outcome
         await asyncio.sleep(SCHEMA_RETRY_PAUSE)  # the writers queued behind it go first
 
+
 async def _apply_once(
     db: Database,
     schema_path: Path,
@@ -180,9 +180,7 @@ async def _apply_once(
         try:
             async with translated(), conn.transaction():
                 session = Session(conn, db.secret_box)
-                await session.execute(
-                    "schema_lock_timeout", f"{round(SCHEMA_LOCK_WAIT * 1000)}ms"
-                )
+                await session.execute("schema_lock_timeout", f"{round(SCHEMA_LOCK_WAIT * 1000)}ms")
                 async with watch.watching(conn.get_server_pid()):
                     await session.execute("schema_lock")
                     outcome = await _changes(
@@ -207,6 +205,7 @@ async def _apply_once(
         )
         raise SchemaNotApplied(f"cannot apply {schema_path.name}: {exc}{hint}") from exc
     return outcome
+
 
 async def _changes(
     session: Session,
@@ -244,6 +243,7 @@ async def _changes(
     applied_version: int = await session.fetchval("schema_version")
     return SchemaOutcome(applied_version, True, repaired, release_version=release_version)
 
+
 async def _recorded_objects(
     session: Session, sha256: str
 ) -> tuple[dict[str, str], list[dict[str, str]]] | None:
@@ -258,4 +258,3 @@ async def _recorded_objects(
             later = [r["objects"] for r in rows[index + 1 :] if r["objects"] is not None]
             return row["objects"], later
     return None
-

@@ -62,8 +62,7 @@ def test_a_recorded_message_has_the_origin_for_the_url_and_no_secret() -> None:
         "/services/T000/B000/URLSECRET_zz (api_key=URLKEY_zz)"
     )
     assert recorded_message(message, REQUEST, ["webhook-signature"]) == (
-        "SomeError: url='https://hooks.example:8443' sent '[redacted]' to "
-        "[redacted] ([redacted])"
+        "SomeError: url='https://hooks.example:8443' sent '[redacted]' to [redacted] ([redacted])"
     )
     assert recorded_message("HTTP 500; retry in 1s", REQUEST, []) == "HTTP 500; retry in 1s"
     assert len(recorded_message("x" * 5000, REQUEST, [])) == 1000
