@@ -81,6 +81,20 @@ OUTGOING_FAILURES = Counter(
     "Outgoing hook deliveries given up (retry schedule exhausted, refused or hook disabled).",
     registry=REGISTRY,
 )
+OUTGOING_IN_FLIGHT = Gauge(
+    "hookgate_outgoing_in_flight",
+    "Outgoing hook requests in flight (all dispatchers of this instance).",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
+OUTGOING_AT_LIMIT = Gauge(
+    "hookgate_outgoing_at_limit",
+    "Targets (per_target_concurrency) and environments (per_environment_concurrency) with "
+    "every slot of their dispatcher in use: their other deliveries wait (all dispatchers).",
+    ["limit"],
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
 LOGINS = Counter(
     "hookgate_logins",
     "POST /users/login attempts, by outcome (succeeded, failed, throttled, busy).",
@@ -150,6 +164,14 @@ def record_outgoing_attempt(outcome: str) -> None:
 def record_outgoing_failure() -> None:
     """One outgoing delivery given up for good."""
     OUTGOING_FAILURES.inc()
+
+
+def set_outgoing_load(in_flight: int, targets_at_limit: int, environments_at_limit: int) -> None:
+    """This process's dispatcher: requests in flight, and how many targets and environments
+    have no free slot."""
+    OUTGOING_IN_FLIGHT.set(in_flight)
+    OUTGOING_AT_LIMIT.labels("target").set(targets_at_limit)
+    OUTGOING_AT_LIMIT.labels("environment").set(environments_at_limit)
 
 
 def record_login(outcome: str) -> None:

@@ -314,6 +314,7 @@ class Dispatcher:
                 continue
             self._targets.take(origin)
             self._environments.take(environment)
+            self._report_load()
             task = asyncio.create_task(self._deliver(row, hook, request))
             self._tasks.add(task)
             self._sending.add(task)
@@ -328,9 +329,15 @@ class Dispatcher:
         if self._targets.give_back(origin):
             for hook_id in [h for h, o in self._hook_origin.items() if o == origin]:
                 del self._hook_origin[hook_id]
+        self._report_load()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery_task_failed", error=repr(task.exception()))
         self._wake.set()
+
+    def _report_load(self) -> None:
+        metrics.set_outgoing_load(
+            self._targets.total(), len(self._targets.busy()), len(self._environments.busy())
+        )
 
     def _compile(self, row: Record) -> CompiledHook | str:
         """The hook's compiled form (cached per definition), or why it cannot be compiled."""

@@ -49,6 +49,10 @@ class InFlight(Generic[K]):
         """Free slots of each key with requests in flight (the others have ``limit``)."""
         return {key: self.free(key) for key in self._count}
 
+    def total(self) -> int:
+        """Requests in flight over all keys."""
+        return self._count.total()
+
     def busy(self) -> list[K]:
         """Keys with no free slot."""
         return [key for key, free in self.room().items() if free == 0]

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from gateway import metrics
 from gateway.dispatcher import dispatcher as dispatcher_module
 from gateway.dispatcher.dispatcher import Dispatcher
 from gateway.storage import outgoing as store
@@ -54,6 +55,18 @@ class Gate:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
+
+
+def _outgoing_gauges() -> dict[str, float]:
+    """This process's dispatcher gauges, as a scrape of /metrics shows them."""
+    found: dict[str, float] = {}
+    for line in metrics.render(None).decode().splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == "hookgate_outgoing_in_flight":
+            found["in_flight"] = float(value)
+        elif name.startswith("hookgate_outgoing_at_limit{"):
+            found[name.split('"')[1]] = float(value)
+    return found
 
 
 async def _hook_id(client: Any, headers: dict[str, str], pipeline_id: int, url: str) -> uuid.UUID:
@@ -100,8 +113,15 @@ async def test_an_environment_of_hanging_targets_leaves_room_for_the_others(
         await complete_run(db, other["id"])
         await eventually(lambda: target.successes == 1)
         assert (gate.held, gate.most) == (2, 2)
+        # Operators see the saturation: two requests in flight, the environment and both
+        # targets (one slot each) at their limit. (The other delivery's task ends just after
+        # its target answered.)
+        busy = {"in_flight": 2.0, "target": 2.0, "environment": 1.0}
+        await eventually(lambda: _outgoing_gauges() == busy)
         gate.release.set()
         await eventually(lambda: gate.answered == 8)
+        idle = {"in_flight": 0.0, "target": 0.0, "environment": 0.0}
+        await eventually(lambda: _outgoing_gauges() == idle)
     finally:
         gate.release.set()
         await running.stop(5)
