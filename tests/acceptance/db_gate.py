@@ -17,16 +17,16 @@ from collections.abc import Iterator
 from tests.integration.pg_partition import Upstream
 
 
-class GatedProxy:
+class _Proxy:
+    """Accepts on a loopback port, connects each client to the server of ``dsn``; subclasses
+    relay."""
+
     def __init__(self, dsn: str) -> None:
         upstream = Upstream.of(dsn)
         self._unix, self._target = upstream.unix, upstream.tcp
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.dsn = upstream.proxy_dsn(self.port)
-        self.held = threading.Event()  # a connection of another process is waiting
-        self.gate = threading.Event()  # set: held connections go through
-        self._passing_pid: int | None = None
-        self._pid_known = threading.Event()
+        self.gate = threading.Event()  # set: what is held goes through
         self._sockets: list[socket.socket] = []
         self._accepting = threading.Thread(target=self._accept, daemon=True)
         self._accepting.start()
@@ -34,11 +34,6 @@ class GatedProxy:
     @property
     def port(self) -> int:
         return int(self._listener.getsockname()[1])
-
-    def let_through(self, pid: int) -> None:
-        """The process whose connections pass; the others wait for the gate."""
-        self._passing_pid = pid
-        self._pid_known.set()
 
     def _accept(self) -> None:
         with contextlib.suppress(OSError):  # the listener closed
@@ -48,26 +43,46 @@ class GatedProxy:
                 threading.Thread(target=self._serve, args=(client, peer[1]), daemon=True).start()
 
     def _serve(self, client: socket.socket, peer_port: int) -> None:
-        self._pid_known.wait()
-        if _socket_owner(peer_port) != self._passing_pid:
-            self.held.set()
-            self.gate.wait()
+        raise NotImplementedError
+
+    def _upstream(self) -> socket.socket:
         if self._unix:
             upstream = socket.socket(socket.AF_UNIX)
             upstream.connect(self._unix)
         else:
             upstream = socket.create_connection(self._target)
         self._sockets.append(upstream)
-        back = threading.Thread(target=_pipe, args=(upstream, client), daemon=True)
-        back.start()
-        _pipe(client, upstream)
-        back.join()
+        return upstream
 
     def close(self) -> None:
         self.gate.set()
         for sock in [self._listener, *self._sockets]:
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+class GatedProxy(_Proxy):
+    def __init__(self, dsn: str) -> None:
+        self.held = threading.Event()  # a connection of another process is waiting
+        self._passing_pid: int | None = None
+        self._pid_known = threading.Event()
+        super().__init__(dsn)
+
+    def let_through(self, pid: int) -> None:
+        """The process whose connections pass; the others wait for the gate."""
+        self._passing_pid = pid
+        self._pid_known.set()
+
+    def _serve(self, client: socket.socket, peer_port: int) -> None:
+        self._pid_known.wait()
+        if _socket_owner(peer_port) != self._passing_pid:
+            self.held.set()
+            self.gate.wait()
+        upstream = self._upstream()
+        back = threading.Thread(target=_pipe, args=(upstream, client), daemon=True)
+        back.start()
+        _pipe(client, upstream)
+        back.join()
 
 
 def _socket_owner(local_port: int) -> int | None:

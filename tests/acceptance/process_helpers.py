@@ -20,11 +20,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import TEST_SECRET_KEY
 from tests.ports import free_port  # noqa: F401 (the acceptance tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 90.0
+# The three commands that bootstrap a long-running process: gateway serve as a supervisor of
+# workers, gateway serve in one process, gateway dispatch.
+BOOTSTRAPS = [
+    pytest.param(("serve",), 2, id="supervisor"),
+    pytest.param(("serve",), 1, id="serve"),
+    pytest.param(("dispatch",), 1, id="dispatch"),
+]
 Event = dict[str, Any]
 
 
@@ -111,6 +120,15 @@ def process_alive(pid: int) -> bool:
     except OSError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def pending_signals(pid: int) -> int:
+    """The signals sent to the process that no thread of it has taken yet, as a mask (bit
+    ``n - 1`` for signal ``n``; Linux): a stopped process keeps them until it continues."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("ShdPnd:"):
+            return int(line.split()[1], 16)
+    return 0
 
 
 async def until_gone(pids: Sequence[int], within: float) -> None:

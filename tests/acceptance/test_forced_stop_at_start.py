@@ -27,20 +27,15 @@ import asyncpg
 import pytest
 
 from tests.acceptance.process_helpers import (
+    BOOTSTRAPS,
     GatewayProcess,
     free_port,
+    pending_signals,
     private_data_dir,
     write_config,
 )
 
 EXIT_WITHIN = 30.0
-# The three commands that bootstrap a long-running process: gateway serve as a supervisor of
-# workers, gateway serve in one process, gateway dispatch.
-BOOTSTRAPS = [
-    pytest.param(("serve",), 2, id="supervisor"),
-    pytest.param(("serve",), 1, id="serve"),
-    pytest.param(("dispatch",), 1, id="dispatch"),
-]
 
 
 def _send_twice(process: Any, sig: signal.Signals = signal.SIGTERM) -> None:
@@ -48,18 +43,10 @@ def _send_twice(process: Any, sig: signal.Signals = signal.SIGTERM) -> None:
     would be one), ``sig`` again."""
     process.send_signal(sig)
     deadline = time.monotonic() + 10
-    while _pending(process.pid) & (1 << (sig - 1)):
+    while pending_signals(process.pid) & (1 << (sig - 1)):
         assert time.monotonic() < deadline, "the first signal was never delivered"
         time.sleep(0.005)
     process.send_signal(sig)
-
-
-def _pending(pid: int) -> int:
-    """The signals sent to the process that no thread of it has taken yet (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("ShdPnd:"):
-            return int(line.split()[1], 16)
-    return 0
 
 
 def _assert_stopped_while_starting(gateway: GatewayProcess) -> None:
