@@ -9,8 +9,8 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from typing import Any
 
 from aiohttp import web
@@ -46,22 +46,29 @@ def install_event_loop_policy() -> None:
 
 @asynccontextmanager
 async def database_for(
-    config: Config, *, on_embedded_stopped: Callable[[], None] | None = None
+    config: Config, *, signals: StopSignals | None = None
 ) -> AsyncIterator[Database]:
     """The configured database, or the embedded one when no DSN is set; stopped on exit.
 
-    ``on_embedded_stopped`` (long-running commands): the embedded server is watched, and if it
-    exits behind the gateway's back that is called and leaving raises EmbeddedDatabaseStopped
-    (see gateway.storage.embedded.embedded_server)."""
+    ``signals`` (long-running commands): the embedded server is watched, and if it exits behind
+    the gateway's back a stop is requested and leaving raises EmbeddedDatabaseStopped (see
+    gateway.storage.embedded.embedded_server); and a failure, the connect's or the body's (the
+    schema, a listener), is the process's outcome before the pool and the embedded server are
+    closed (StopSignals.failing: a stop signal during that clean-up does not make it a clean
+    stop)."""
+    failing = nullcontext if signals is None else signals.failing
+    watched = None if signals is None else signals.request_stop
     async with AsyncExitStack() as stack:
-        dsn = config.database.dsn
-        if not dsn:
-            dsn = await stack.enter_async_context(
-                embedded_server(config.database.data_dir, on_embedded_stopped)
-            )
-        db = await Database.connect(dsn, config.database)
+        with failing():
+            dsn = config.database.dsn
+            if not dsn:
+                dsn = await stack.enter_async_context(
+                    embedded_server(config.database.data_dir, watched)
+                )
+            db = await Database.connect(dsn, config.database)
         try:
-            yield db
+            with failing():
+                yield db
         finally:
             await db.close()
 
@@ -349,7 +356,7 @@ async def serve(config: Config, *, worker: bool = False) -> int:
     # The same bound a supervisor gives each of its workers before it kills them.
     signals = stop_on_signals(stop, overdue_after=stop_bound(config))
     try:
-        async with database_for(config, on_embedded_stopped=signals.request_stop) as db:
+        async with database_for(config, signals=signals) as db:
             await prepare_database(db, config)
             signals.started()
             await run_listeners(config, db, stop)

@@ -8,7 +8,8 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from gateway.logs import get_logger
@@ -100,6 +101,13 @@ class StopSignals:
     the main task at once instead of letting a connect or a lock wait run to its timeout;
     ``forced_exit`` then logs ``stopped_while_starting`` and returns 0.
 
+    A start that **failed** is not stopped: once its failure is known (``failing``: a database
+    that refused, a key file missing, a port taken), a signal lets its clean-up finish (the
+    pool, the embedded server) and the process exits with the failure's status, as without the
+    signal (a service manager must see a failed start, not a clean stop). The signal is logged
+    (``stop_while_failing``) and counts as a first one: a second one forces the stop, whose
+    status is still the failure's.
+
     Once started, the first sets ``stop``: stop accepting, finish what is in flight. A second
     one (Ctrl-C again), or a stop still not done ``overdue_after`` seconds after the first,
     **forces** it: the stop is logged with what every task was waiting for (``stop_overdue``),
@@ -125,6 +133,7 @@ class StopSignals:
         self._starting = starting
         self._force_signal = force_signal
         self._start_cancelled_by: str | None = None
+        self._failure: Exception | None = None
         self._main = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
         self._overdue_after = overdue_after
@@ -150,6 +159,19 @@ class StopSignals:
         """The start is done: from now on the first signal stops gracefully."""
         self._starting = False
 
+    @contextmanager
+    def failing(self) -> Iterator[None]:
+        """Around a step whose failure ends the process (the start, mostly): an exception
+        leaving the block is taken as the process's outcome before the clean-up outside the
+        block awaits anything, so that a stop signal no longer turns it into a clean stop."""
+        try:
+            yield
+        except Exception as failure:
+            if self._failure is None and self._start_cancelled_by is None:
+                # (After a signal cancelled the start, what fails is that cancellation's doing.)
+                self._failure = failure
+            raise
+
     def listen_again(self) -> None:
         """Take SIGTERM and SIGINT back after another handler had them and gave them up (the
         supervisor's, whose ``run`` removes its own on the way out). The stop has begun, so the
@@ -160,10 +182,13 @@ class StopSignals:
 
     def forced_exit(self, cancelled: asyncio.CancelledError, event: str, **fields: Any) -> int:
         """For the main task's ``except asyncio.CancelledError``: once this stop was forced,
-        log ``event`` (``forced=True``) and return the exit status, 1; any other cancellation
-        is raised again."""
+        log ``event`` (``forced=True``) and return the exit status, 1, or raise the failure the
+        process was cleaning up after (``failing``: its own status); any other cancellation is
+        raised again."""
         if self.forced:
             log.warning(event, forced=True, **fields)
+            if self._failure is not None:
+                raise self._failure
             return 1
         if self._start_cancelled_by is not None:
             log.info("stopped_while_starting", signal=self._start_cancelled_by)
@@ -171,6 +196,15 @@ class StopSignals:
         raise cancelled
 
     def _received(self, name: str) -> None:
+        if not self._stop.is_set() and self._failure is not None:
+            log.info(
+                "stop_while_failing",
+                signal=name,
+                hint="the process failed already: its clean-up goes on, then it exits with "
+                "the failure's status",
+            )
+            self.request_stop()
+            return
         if not self._stop.is_set() and self._starting and self._main is not None:
             log.info("stop_while_starting", signal=name, hint="the start is cancelled")
             self._start_cancelled_by = name

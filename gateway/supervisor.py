@@ -387,9 +387,13 @@ async def supervise(config: Config) -> int:
         async with resolved_dsn(config, database_stopped) as dsn:
             # A one-connection pool for the bootstrap only: the parent serves no traffic.
             bootstrap = replace(config.database, pool_min_size=1, pool_max_size=1)
-            db = await Database.connect(dsn, bootstrap)
+            # A failure is the outcome before the pool and the embedded server are closed: a
+            # stop signal during that clean-up does not make it a clean stop (StopSignals).
+            with signals.failing():
+                db = await Database.connect(dsn, bootstrap)
             try:
-                await prepare_database(db, config)
+                with signals.failing():
+                    await prepare_database(db, config)
             finally:
                 await db.close()
             signals.started()

@@ -123,7 +123,7 @@ async def dispatch(config: Config) -> int:
     reloader = ConfigReloader.for_config(config)
     reloader.on_reload(logging_callback)
     try:
-        async with database_for(config, on_embedded_stopped=signals.request_stop) as db:
+        async with database_for(config, signals=signals) as db:
             await prepare_database(db, config)  # installs the secret box (issue 8)
             follow_secret_keys(db, reloader.holder)
             signals.started()

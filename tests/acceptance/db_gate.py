@@ -1,7 +1,13 @@
-"""A TCP proxy in front of PostgreSQL, on threads (for the synchronous acceptance tests), that
-lets the connections of one process (the supervisor of ``workers``) through and holds those of
-any other (its workers) until the test opens the gate. A worker connects before it binds its
-port, after the supervisor's checks: a test can act between the two, deterministically.
+"""TCP proxies in front of PostgreSQL, on threads (for the synchronous acceptance tests).
+
+GatedProxy lets the connections of one process (the supervisor of ``workers``) through and
+holds those of any other (its workers) until the test opens the gate. A worker connects before
+it binds its port, after the supervisor's checks: a test can act between the two,
+deterministically.
+
+GoodbyeGate holds a client's goodbye (the protocol's Terminate message) until the test opens
+the gate: closing a pool waits for the server to end each connection after it (asyncpg), so a
+process closing its pool waits there, and a test can act meanwhile, deterministically.
 
 The process on the other end of a connection is found the way ``ss -p`` finds it: the client
 socket's inode in /proc/net/tcp, then the process holding that inode among its descriptors."""
@@ -13,6 +19,7 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Self
 
 from tests.integration.pg_partition import Upstream
 
@@ -54,6 +61,12 @@ class _Proxy:
         self._sockets.append(upstream)
         return upstream
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self.gate.set()
         for sock in [self._listener, *self._sockets]:
@@ -82,6 +95,30 @@ class GatedProxy(_Proxy):
         back = threading.Thread(target=_pipe, args=(upstream, client), daemon=True)
         back.start()
         _pipe(client, upstream)
+        back.join()
+
+
+# The protocol's Terminate message: a client's last, alone in its packet.
+TERMINATE = b"X\x00\x00\x00\x04"
+
+
+class GoodbyeGate(_Proxy):
+    def __init__(self, dsn: str) -> None:
+        self.goodbye = threading.Event()  # a client said goodbye and waits for the gate
+        super().__init__(dsn)
+
+    def _serve(self, client: socket.socket, peer_port: int) -> None:
+        upstream = self._upstream()
+        back = threading.Thread(target=_pipe, args=(upstream, client), daemon=True)
+        back.start()
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if data == TERMINATE:
+                    self.goodbye.set()
+                    self.gate.wait()
+                upstream.sendall(data)
+        with contextlib.suppress(OSError):
+            upstream.shutdown(socket.SHUT_WR)
         back.join()
 
 

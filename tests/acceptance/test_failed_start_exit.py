@@ -1,0 +1,196 @@
+"""A start that fails exits non-zero even when a stop signal arrives while it cleans up.
+
+A failed start (a key file missing, a database that refuses, the schema) closes its pool and
+stops the embedded PostgreSQL before the process exits, which can take seconds. A SIGTERM then
+used to cancel that clean-up as it cancels a start still under way, and the process exited 0,
+``stopped_while_starting``: systemd, Docker and Kubernetes saw a clean stop instead of a failed
+start. Now the signal is logged (``stop_while_failing``), the clean-up finishes, and the exit
+status is the failure's; a stop during a start that does not fail still exits 0
+(test_forced_stop_at_start).
+
+Real ``gateway`` subprocesses. The clean-up is held open deterministically: the pool's goodbye
+(the Terminate message) waits in a proxy until the test has seen the signal taken, and the
+embedded server's stop waits while its postmaster is stopped (SIGSTOP) until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from gateway.storage.database import Database
+from gateway.storage.embedded import EmbeddedPostgres
+from tests.acceptance.db_gate import GoodbyeGate
+from tests.acceptance.process_helpers import (
+    BOOTSTRAPS,
+    GatewayProcess,
+    free_port,
+    pending_signals,
+    private_data_dir,
+    process_alive,
+    write_config,
+)
+
+EXIT_WITHIN = 60.0
+# No keys and no key file, which may not be created: start-up refuses once it has connected.
+NO_KEYS = {"GATEWAY_SECURITY_SECRET_KEYS": None}
+
+
+def _without_keys(tmp_path: Path) -> dict[str, object]:
+    return {"key_file": str(tmp_path / "absent" / "keys"), "create_key_file": False}
+
+
+def _signal_taken(gateway: GatewayProcess) -> None:
+    """Wait until the gateway has logged taking the SIGTERM (whatever it made of it)."""
+    gateway.wait_for(lambda e: e.get("signal") == "SIGTERM", "the SIGTERM taken", EXIT_WITHIN)
+
+
+def _assert_failed_start(gateway: GatewayProcess, tmp_path: Path, *, forced: bool = False) -> None:
+    code = gateway.finish(EXIT_WITHIN)
+    assert "Traceback" not in gateway.output, gateway.output
+    assert code == 2, gateway.output  # a configuration error's status, as without the signal
+    assert f"gateway: security.key_file '{tmp_path / 'absent' / 'keys'}' does not exist" in (
+        gateway.output
+    )
+    [taken] = gateway.named("stop_while_failing")
+    assert taken["signal"] == "SIGTERM", gateway.output
+    assert not gateway.named("stopped_while_starting")
+    assert len(gateway.named("stop_forced")) == forced, gateway.output
+
+
+@contextmanager
+def _signalled_during_clean_up(
+    tmp_path: Path, server_dsn: str, args: tuple[str, ...], workers: int
+) -> Iterator[tuple[GoodbyeGate, GatewayProcess]]:
+    """A gateway whose start failed (no keys), sent a SIGTERM (and seen taking it) while its
+    clean-up waits for the server to end a connection of its pool, until the gate opens."""
+    config = write_config(
+        tmp_path / "config.toml",
+        {
+            "server": {"port": free_port(), "workers": workers},
+            "security": _without_keys(tmp_path),
+            "log": {"format": "json"},
+        },
+    )
+    with GoodbyeGate(server_dsn) as proxy:
+        env = {**NO_KEYS, "GATEWAY_DATABASE_DSN": proxy.dsn}
+        gateway = GatewayProcess(config, args=args, env=env)
+        try:
+            assert proxy.goodbye.wait(EXIT_WITHIN), gateway.output
+            gateway.process.send_signal(signal.SIGTERM)
+            _signal_taken(gateway)
+            yield proxy, gateway
+        finally:
+            gateway.kill()
+
+
+@pytest.mark.parametrize(("args", "workers"), BOOTSTRAPS)
+def test_a_sigterm_while_a_failed_start_closes_its_pool_keeps_the_failure(
+    tmp_path: Path, server_dsn: str, args: tuple[str, ...], workers: int
+) -> None:
+    with _signalled_during_clean_up(tmp_path, server_dsn, args, workers) as (proxy, gateway):
+        proxy.gate.set()
+        _assert_failed_start(gateway, tmp_path)
+
+
+@pytest.mark.parametrize(("args", "workers"), BOOTSTRAPS)
+def test_a_second_sigterm_forces_the_clean_up_and_keeps_the_failure(
+    tmp_path: Path, server_dsn: str, args: tuple[str, ...], workers: int
+) -> None:
+    """The second signal forces the stop as it does after any first one (the clean-up is
+    cancelled: the connection is never let go here), and the status is still the failure's."""
+    with _signalled_during_clean_up(tmp_path, server_dsn, args, workers) as (_, gateway):
+        gateway.process.send_signal(signal.SIGTERM)
+        _assert_failed_start(gateway, tmp_path, forced=True)
+        [stopped] = gateway.named("stopped")
+        assert stopped["forced"] is True, gateway.output
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    with private_data_dir(tmp_path) as path:
+        yield path
+
+
+@pytest.mark.parametrize(("args", "workers"), BOOTSTRAPS)
+async def test_a_sigterm_while_a_failed_start_stops_the_embedded_server_keeps_the_failure(
+    tmp_path: Path, data_dir: Path, args: tuple[str, ...], workers: int
+) -> None:
+    """The failed start's clean-up is the embedded server's stop: it still finishes (no
+    postmaster left running) and the exit status is the failure's."""
+    # The server is started here first, with the schema, and one table locked: the gateway
+    # joins it, and its start waits on that lock until the test makes it fail.
+    server = EmbeddedPostgres(data_dir)
+    dsn = await asyncio.to_thread(server.start)
+    postmaster = server.pid
+    assert postmaster is not None
+    db = await Database.connect(dsn)
+    await db.apply_schema()
+    await db.close()
+    holder = await asyncpg.connect(dsn)
+    await holder.execute("BEGIN; LOCK TABLE incoming_hooks IN ACCESS EXCLUSIVE MODE")
+    config = write_config(
+        tmp_path / "config.toml",
+        {
+            "server": {"port": free_port(), "workers": workers},
+            "database": {"data_dir": str(data_dir), "command_timeout": 120.0},
+            "log": {"format": "json"},
+        },
+    )
+    gateway = GatewayProcess(config, args=args)
+    try:
+        await asyncio.to_thread(gateway.wait_event, "embedded_postgres_joined")
+        server.stop()  # the test's handle: the gateway is now the last one, it stops the server
+        waiting = await _until_waiting_for(holder, "incoming_hooks")
+        os.kill(postmaster, signal.SIGSTOP)  # its stop waits until the test continues it
+        try:
+            # The start fails (its statement cancelled) and stops the server: pg_ctl's request
+            # (SIGINT, a fast shutdown) waits for the stopped postmaster.
+            await holder.execute("SELECT pg_cancel_backend($1)", waiting)
+            await _until_pending(postmaster, signal.SIGINT)
+            gateway.process.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(_signal_taken, gateway)
+        finally:
+            os.kill(postmaster, signal.SIGCONT)
+        code = await asyncio.to_thread(gateway.finish, EXIT_WITHIN)
+        assert "Traceback" not in gateway.output, gateway.output
+        assert code == 1, gateway.output  # an outage's status, as without the signal
+        assert "canceling statement due to user request" in gateway.output
+        [taken] = gateway.named("stop_while_failing")
+        assert taken["signal"] == "SIGTERM", gateway.output
+        assert not gateway.named("stopped_while_starting") and not gateway.named("stop_forced")
+        # The clean-up finished: the server stopped, nothing left running.
+        assert gateway.named("embedded_postgres_stopped"), gateway.output
+        assert not process_alive(postmaster)
+        assert not (data_dir / "postmaster.pid").exists()
+    finally:
+        gateway.kill()
+        holder.terminate()
+
+
+async def _until_waiting_for(holder: asyncpg.Connection, table: str) -> int:
+    """The pid of the backend that waits for a lock on ``table``."""
+    deadline = time.monotonic() + 90
+    while True:
+        pid: int | None = await holder.fetchval(
+            "SELECT pid FROM pg_locks WHERE relation = $1::regclass AND NOT granted", table
+        )
+        if pid is not None:
+            return pid
+        assert time.monotonic() < deadline, f"nothing waited for a lock on {table}"
+        await asyncio.sleep(0.05)
+
+
+async def _until_pending(pid: int, sig: signal.Signals) -> None:
+    deadline = time.monotonic() + 90
+    while not pending_signals(pid) & (1 << (sig - 1)):
+        assert time.monotonic() < deadline, f"no {sig.name} was sent to {pid}"
+        await asyncio.sleep(0.05)
