@@ -364,12 +364,15 @@ async def embedded_server(
     try:
         dsn = await asyncio.shield(starting)
     except asyncio.CancelledError:
-        # A forced stop while the server starts (initdb can take seconds): the thread goes on
+        # A stop while the server starts (initdb can take seconds): the thread goes on
         # regardless, and would leave a postmaster running with nobody to stop it. Let it end,
-        # stop what it started, then go on with the cancellation.
-        with suppress(Exception):  # a start that failed: the stop was asked for anyway
+        # stop what it started, then go on with the cancellation; or with the start's failure
+        # if it failed (the stop did not make it fail: the thread was not interrupted), so that
+        # a failed start does not exit as a clean stop.
+        try:
             await starting
-        await asyncio.to_thread(embedded.stop)
+        finally:
+            await asyncio.to_thread(embedded.stop)
         raise
     watcher = None if on_stopped is None else asyncio.create_task(embedded.watch(on_stopped))
     try:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import TEST_SECRET_KEY
-from tests.ports import free_port  # noqa: F401 (the acceptance tests import it from here)
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 90.0
@@ -176,6 +176,26 @@ def private_data_dir(tmp_path: Path) -> Iterator[Path]:
         yield path
     finally:
         release_data_dir(path)
+
+
+def embedded_gateway(
+    tmp_path: Path,
+    data_dir: Path,
+    args: Sequence[str] = ("serve",),
+    workers: int = 1,
+    **database: Any,
+) -> GatewayProcess:
+    """``gateway ARGS`` (JSON log, a free port, ``workers``) on the embedded server in
+    ``data_dir``, with ``database`` settings besides."""
+    config = write_config(
+        tmp_path / "config.toml",
+        {
+            "server": {"port": free_port(), "workers": workers},
+            "database": {"data_dir": str(data_dir), **database},
+            "log": {"format": "json"},
+        },
+    )
+    return GatewayProcess(config, args=args)
 
 
 class GatewayProcess:

@@ -8,9 +8,13 @@ start. Now the signal is logged (``stop_while_failing``), the clean-up finishes,
 status is the failure's; a stop during a start that does not fail still exits 0
 (test_forced_stop_at_start).
 
+The same for an embedded server whose start fails after a SIGTERM came: its start runs on a
+thread that the stop lets finish, and a failure there used to be dropped for the stop's 0.
+
 Real ``gateway`` subprocesses. The clean-up is held open deterministically: the pool's goodbye
 (the Terminate message) waits in a proxy until the test has seen the signal taken, and the
-embedded server's stop waits while its postmaster is stopped (SIGSTOP) until then.
+embedded server's stop waits while its postmaster is stopped (SIGSTOP) until then; the embedded
+server's initdb is stopped the same way, then killed.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from tests.acceptance.db_gate import GoodbyeGate
 from tests.acceptance.process_helpers import (
     BOOTSTRAPS,
     GatewayProcess,
+    embedded_gateway,
     free_port,
     pending_signals,
     private_data_dir,
@@ -137,15 +142,7 @@ async def test_a_sigterm_while_a_failed_start_stops_the_embedded_server_keeps_th
     await db.close()
     holder = await asyncpg.connect(dsn)
     await holder.execute("BEGIN; LOCK TABLE incoming_hooks IN ACCESS EXCLUSIVE MODE")
-    config = write_config(
-        tmp_path / "config.toml",
-        {
-            "server": {"port": free_port(), "workers": workers},
-            "database": {"data_dir": str(data_dir), "command_timeout": 120.0},
-            "log": {"format": "json"},
-        },
-    )
-    gateway = GatewayProcess(config, args=args)
+    gateway = embedded_gateway(tmp_path, data_dir, args, workers, command_timeout=120.0)
     try:
         await asyncio.to_thread(gateway.wait_event, "embedded_postgres_joined")
         server.stop()  # the test's handle: the gateway is now the last one, it stops the server
@@ -194,3 +191,43 @@ async def _until_pending(pid: int, sig: signal.Signals) -> None:
     while not pending_signals(pid) & (1 << (sig - 1)):
         assert time.monotonic() < deadline, f"no {sig.name} was sent to {pid}"
         await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(("args", "workers"), BOOTSTRAPS)
+def test_an_embedded_server_that_fails_to_start_after_a_sigterm_keeps_the_failure(
+    tmp_path: Path, data_dir: Path, args: tuple[str, ...], workers: int
+) -> None:
+    """A SIGTERM while the embedded server starts lets its start end (it runs on a thread,
+    which a stop does not interrupt); when that start fails, the failure is the outcome."""
+    gateway = embedded_gateway(tmp_path, data_dir, args, workers)
+    try:
+        initdb = _child_named(gateway.process.pid, "initdb")
+        os.kill(initdb, signal.SIGSTOP)  # the start waits until the test has signalled
+        gateway.process.send_signal(signal.SIGTERM)
+        gateway.wait_event("stop_while_starting", signal="SIGTERM")
+        os.kill(initdb, signal.SIGKILL)  # and fails
+        code = gateway.finish(EXIT_WITHIN)
+        assert "Traceback" not in gateway.output, gateway.output
+        assert code == 1, gateway.output  # an outage's status, as without the signal
+        assert f"gateway: the embedded PostgreSQL in {data_dir} did not start" in gateway.output
+        assert not gateway.named("stopped_while_starting")
+        assert not gateway.named("embedded_postgres_started")
+    finally:
+        gateway.kill()
+
+
+def _child_named(parent: int, name: str) -> int:
+    """The pid of the child of ``parent`` running the command ``name`` (polled: it may not
+    have started yet)."""
+    deadline = time.monotonic() + 90
+    while True:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            command, fields = stat.split("(", 1)[1].rsplit(")", 1)
+            if command == name and int(fields.split()[1]) == parent:
+                return int(pid)
+        assert time.monotonic() < deadline, f"no {name} was started by {parent}"
+        time.sleep(0.01)

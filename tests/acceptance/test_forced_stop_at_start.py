@@ -29,6 +29,7 @@ import pytest
 from tests.acceptance.process_helpers import (
     BOOTSTRAPS,
     GatewayProcess,
+    embedded_gateway,
     free_port,
     pending_signals,
     private_data_dir,
@@ -116,15 +117,7 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
 def test_a_sigterm_while_the_embedded_server_starts_stops_it_too(
     tmp_path: Path, data_dir: Path
 ) -> None:
-    config = write_config(
-        tmp_path / "config.toml",
-        {
-            "server": {"port": free_port()},
-            "database": {"data_dir": str(data_dir)},
-            "log": {"format": "json"},
-        },
-    )
-    gateway = GatewayProcess(config)
+    gateway = embedded_gateway(tmp_path, data_dir)
     try:
         gateway.wait_event("embedded_postgres_starting", initialise=True)
         gateway.process.send_signal(signal.SIGTERM)
@@ -142,15 +135,7 @@ def test_a_sigterm_while_the_embedded_server_starts_stops_it_too(
 def test_a_second_sigterm_while_the_embedded_server_starts_forces_the_stop(
     tmp_path: Path, data_dir: Path, args: tuple[str, ...], workers: int
 ) -> None:
-    config = write_config(
-        tmp_path / "config.toml",
-        {
-            "server": {"port": free_port(), "workers": workers},
-            "database": {"data_dir": str(data_dir)},
-            "log": {"format": "json"},
-        },
-    )
-    gateway = GatewayProcess(config, args=args)
+    gateway = embedded_gateway(tmp_path, data_dir, args, workers)
     try:
         gateway.wait_event("embedded_postgres_starting", initialise=True)
         _send_twice(gateway.process)
