@@ -400,12 +400,12 @@ async def supervise(config: Config) -> int:
             if stop.is_set():
                 log.info("stopped_while_starting")
                 return 0
-            try:
-                check_addresses_free(config)
-            except ListenError as exc:
-                log.error("cannot_listen", error=str(exc))
-                print(f"gateway: {exc}", file=sys.stderr)
-                return exc.exit_status
+            with signals.failing():
+                try:
+                    check_addresses_free(config)
+                except ListenError as exc:
+                    log.error("cannot_listen", error=str(exc))
+                    raise  # worded by gateway.cli, which exits with its status
             # One scrape, answered by any worker, sums every worker's metric files (issue 8).
             metrics_dir = prepare_metrics_dir(config)
             supervisor = Supervisor(config, dsn, metrics_dir)

@@ -131,6 +131,17 @@ def pending_signals(pid: int) -> int:
     return 0
 
 
+def send_twice(process: subprocess.Popen[str], sig: signal.Signals = signal.SIGTERM) -> None:
+    """``sig``, and once the process has taken it (no longer pending: two pending SIGTERMs
+    would be one), ``sig`` again."""
+    process.send_signal(sig)
+    deadline = time.monotonic() + 10
+    while pending_signals(process.pid) & (1 << (sig - 1)):
+        assert time.monotonic() < deadline, "the first signal was never delivered"
+        time.sleep(0.005)
+    process.send_signal(sig)
+
+
 async def until_gone(pids: Sequence[int], within: float) -> None:
     """Wait until none of ``pids`` runs (polled); after ``within`` seconds, SIGKILL those left
     (a failing test leaves nothing behind) and fail naming them."""
@@ -183,14 +194,15 @@ def embedded_gateway(
     data_dir: Path,
     args: Sequence[str] = ("serve",),
     workers: int = 1,
+    server: Mapping[str, Any] | None = None,
     **database: Any,
 ) -> GatewayProcess:
-    """``gateway ARGS`` (JSON log, a free port, ``workers``) on the embedded server in
-    ``data_dir``, with ``database`` settings besides."""
+    """``gateway ARGS`` (JSON log, a free port, ``workers``, ``server`` settings besides) on
+    the embedded server in ``data_dir``, with ``database`` settings besides."""
     config = write_config(
         tmp_path / "config.toml",
         {
-            "server": {"port": free_port(), "workers": workers},
+            "server": {"port": free_port(), "workers": workers, **(server or {})},
             "database": {"data_dir": str(data_dir), **database},
             "log": {"format": "json"},
         },

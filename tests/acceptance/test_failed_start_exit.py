@@ -23,9 +23,11 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -41,6 +43,7 @@ from tests.acceptance.process_helpers import (
     pending_signals,
     private_data_dir,
     process_alive,
+    send_twice,
     write_config,
 )
 
@@ -125,45 +128,48 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
         yield path
 
 
-@pytest.mark.parametrize(("args", "workers"), BOOTSTRAPS)
-async def test_a_sigterm_while_a_failed_start_stops_the_embedded_server_keeps_the_failure(
-    tmp_path: Path, data_dir: Path, args: tuple[str, ...], workers: int
-) -> None:
-    """The failed start's clean-up is the embedded server's stop: it still finishes (no
-    postmaster left running) and the exit status is the failure's."""
-    # The server is started here first, with the schema, and one table locked: the gateway
-    # joins it, and its start waits on that lock until the test makes it fail.
-    server = EmbeddedPostgres(data_dir)
-    dsn = await asyncio.to_thread(server.start)
-    postmaster = server.pid
+@dataclass
+class _OnHold:
+    gateway: GatewayProcess
+    holder: asyncpg.Connection  # holds the lock on incoming_hooks
+    waiting: int  # the backend of the gateway that waits for it
+    postmaster: int  # stopped (SIGSTOP) until the test leaves the block
+
+
+@asynccontextmanager
+async def _start_on_hold(
+    tmp_path: Path,
+    data_dir: Path,
+    args: Sequence[str],
+    workers: int,
+    server: Mapping[str, Any] | None = None,
+) -> AsyncIterator[_OnHold]:
+    """A gateway on an embedded server, whose start waits for a lock the test holds, with the
+    postmaster stopped meanwhile: a stop of the server then waits until the block is left.
+
+    The server is started here first, with the schema, and incoming_hooks locked: the gateway
+    joins it and, once the test has let its own handle go, is the last user that stops it."""
+    embedded = EmbeddedPostgres(data_dir)
+    dsn = await asyncio.to_thread(embedded.start)
+    postmaster = embedded.pid
     assert postmaster is not None
     db = await Database.connect(dsn)
     await db.apply_schema()
     await db.close()
     holder = await asyncpg.connect(dsn)
     await holder.execute("BEGIN; LOCK TABLE incoming_hooks IN ACCESS EXCLUSIVE MODE")
-    gateway = embedded_gateway(tmp_path, data_dir, args, workers, command_timeout=120.0)
+    gateway = embedded_gateway(tmp_path, data_dir, args, workers, server, command_timeout=120.0)
     try:
         await asyncio.to_thread(gateway.wait_event, "embedded_postgres_joined")
-        server.stop()  # the test's handle: the gateway is now the last one, it stops the server
+        embedded.stop()  # the test's handle: the gateway's is the last one now
         waiting = await _until_waiting_for(holder, "incoming_hooks")
-        os.kill(postmaster, signal.SIGSTOP)  # its stop waits until the test continues it
+        os.kill(postmaster, signal.SIGSTOP)
         try:
-            # The start fails (its statement cancelled) and stops the server: pg_ctl's request
-            # (SIGINT, a fast shutdown) waits for the stopped postmaster.
-            await holder.execute("SELECT pg_cancel_backend($1)", waiting)
-            await _until_pending(postmaster, signal.SIGINT)
-            gateway.process.send_signal(signal.SIGTERM)
-            await asyncio.to_thread(_signal_taken, gateway)
+            yield _OnHold(gateway, holder, waiting, postmaster)
         finally:
             os.kill(postmaster, signal.SIGCONT)
-        code = await asyncio.to_thread(gateway.finish, EXIT_WITHIN)
+        await asyncio.to_thread(gateway.finish, EXIT_WITHIN)
         assert "Traceback" not in gateway.output, gateway.output
-        assert code == 1, gateway.output  # an outage's status, as without the signal
-        assert "canceling statement due to user request" in gateway.output
-        [taken] = gateway.named("stop_while_failing")
-        assert taken["signal"] == "SIGTERM", gateway.output
-        assert not gateway.named("stopped_while_starting") and not gateway.named("stop_forced")
         # The clean-up finished: the server stopped, nothing left running.
         assert gateway.named("embedded_postgres_stopped"), gateway.output
         assert not process_alive(postmaster)
@@ -171,6 +177,47 @@ async def test_a_sigterm_while_a_failed_start_stops_the_embedded_server_keeps_th
     finally:
         gateway.kill()
         holder.terminate()
+
+
+@pytest.mark.parametrize(("args", "workers"), BOOTSTRAPS)
+async def test_a_sigterm_while_a_failed_start_stops_the_embedded_server_keeps_the_failure(
+    tmp_path: Path, data_dir: Path, args: tuple[str, ...], workers: int
+) -> None:
+    """The failed start's clean-up is the embedded server's stop: it still finishes (no
+    postmaster left running) and the exit status is the failure's."""
+    async with _start_on_hold(tmp_path, data_dir, args, workers) as held:
+        # The start fails (its statement cancelled) and stops the server: pg_ctl's request
+        # (SIGINT, a fast shutdown) waits for the stopped postmaster.
+        await held.holder.execute("SELECT pg_cancel_backend($1)", held.waiting)
+        await _until_pending(held.postmaster, signal.SIGINT)
+        held.gateway.process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(_signal_taken, held.gateway)
+    gateway = held.gateway
+    assert gateway.process.returncode == 1, gateway.output  # an outage's, as without the signal
+    assert "canceling statement due to user request" in gateway.output
+    [taken] = gateway.named("stop_while_failing")
+    assert taken["signal"] == "SIGTERM", gateway.output
+    assert not gateway.named("stopped_while_starting") and not gateway.named("stop_forced")
+
+
+async def test_a_forced_stop_after_the_supervisors_address_check_failed_keeps_its_status(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """With workers, the listening address is checked once the bootstrap is done: an address
+    of no interface of this host is a configuration error (2), and a stop forced while the
+    embedded server then stops keeps that status (it was 1, a forced stop's)."""
+    server = {"host": "192.0.2.1"}
+    async with _start_on_hold(tmp_path, data_dir, ("serve",), 2, server) as held:
+        await held.holder.execute("COMMIT")  # the bootstrap goes on, and fails at the check
+        await _until_pending(held.postmaster, signal.SIGINT)
+        await asyncio.to_thread(send_twice, held.gateway.process)
+        await asyncio.to_thread(held.gateway.wait_event, "stop_forced", signal="SIGTERM")
+    gateway = held.gateway
+    assert gateway.process.returncode == 2, gateway.output
+    assert "gateway: cannot listen on 192.0.2.1:" in gateway.output
+    [stopped] = gateway.named("stopped")
+    assert stopped["forced"] is True, gateway.output
+    assert not gateway.named("worker_started")
 
 
 async def _until_waiting_for(holder: asyncpg.Connection, table: str) -> int:

@@ -21,7 +21,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -31,23 +30,12 @@ from tests.acceptance.process_helpers import (
     GatewayProcess,
     embedded_gateway,
     free_port,
-    pending_signals,
     private_data_dir,
+    send_twice,
     write_config,
 )
 
 EXIT_WITHIN = 30.0
-
-
-def _send_twice(process: Any, sig: signal.Signals = signal.SIGTERM) -> None:
-    """``sig``, and once the process has taken it (no longer pending: two pending SIGTERMs
-    would be one), ``sig`` again."""
-    process.send_signal(sig)
-    deadline = time.monotonic() + 10
-    while pending_signals(process.pid) & (1 << (sig - 1)):
-        assert time.monotonic() < deadline, "the first signal was never delivered"
-        time.sleep(0.005)
-    process.send_signal(sig)
 
 
 def _assert_stopped_while_starting(gateway: GatewayProcess) -> None:
@@ -138,7 +126,7 @@ def test_a_second_sigterm_while_the_embedded_server_starts_forces_the_stop(
     gateway = embedded_gateway(tmp_path, data_dir, args, workers)
     try:
         gateway.wait_event("embedded_postgres_starting", initialise=True)
-        _send_twice(gateway.process)
+        send_twice(gateway.process)
         _assert_forced_stop(gateway)
         names = [e.get("event") for e in gateway.events]
         # Forced while initdb ran; the start was let finish, then the server stopped.
