@@ -70,7 +70,10 @@ async def _status(config: Config) -> int:
         primary = f"(none: key_file {config.security.key_file!r} does not exist)"
     print(f"primary key: {primary}")
     where = {"config": "[security] secret_keys", "file": f"key_file {keys.path!r}"}
-    listed = f"{', '.join(box.key_ids)} (from {where.get(keys.origin, keys.origin)})"
+    source = where.get(keys.origin, keys.origin)
+    if keys.origin == "config" and keys.path:  # an existing key file's keys open secrets too
+        source += f" and key_file {keys.path!r}"
+    listed = f"{', '.join(box.key_ids)} (from {source})"
     print(f"configured keys: {listed if box.key_ids else 'none'}")
     async with existing_database(config, start_embedded=True) as db:
         usage = await key_usage(db)

@@ -52,7 +52,8 @@ class SecretKey:
 @dataclass(frozen=True, slots=True)
 class KeySet:
     """The keys in force: ``keys[0]`` encrypts (none: encryption is off); ``origin`` says from
-    where (``config``, ``file``, ``generated`` or ``none``) for the start-up log line."""
+    where (``config``, ``file``, ``generated`` or ``none``) for the start-up log line;
+    ``path`` the key file read, also beside ``config`` when an existing file added its keys."""
 
     keys: tuple[SecretKey, ...]
     origin: str
@@ -195,10 +196,11 @@ def load_keys(
     path = Path(key_file).expanduser() if key_file.strip() else None
     if secret_keys:
         keys = parse_key_lines(secret_keys, "security.secret_keys")
-        if path is not None and path.exists():
-            known = {key.key_id for key in keys}
-            keys += tuple(k for k in read_key_file(path) if k.key_id not in known)
-        return KeySet(keys, "config")
+        if path is None or not path.exists():
+            return KeySet(keys, "config")
+        known = {key.key_id for key in keys}
+        keys += tuple(k for k in read_key_file(path) if k.key_id not in known)
+        return KeySet(keys, "config", str(path))  # the path: the file's keys are in force too
     if path is not None and missing_file_error is not None and not path.exists():
         raise ValueError(missing_file_error)
     if path is None or (not create_file and not path.exists()):

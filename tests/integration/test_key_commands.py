@@ -107,6 +107,29 @@ async def test_status_reports_key_usage_and_missing_keys(
     assert code == 1 and "2 sealed with a (KEY MISSING)" in out and "does not have" in err
 
 
+async def status_with(tmp_path: Path, dsn: str, security: str) -> tuple[int, str, str]:
+    """``keys status`` with a config file whose [security] section is ``security``."""
+    path = tmp_path / "config.toml"
+    path.write_text(f"[security]\n{security}\n")
+    return await run_cli(path, dsn, "status")
+
+
+async def test_status_names_a_key_file_read_beside_secret_keys(
+    db: Database, database_dsn: str, tmp_path: Path
+) -> None:
+    """With secret_keys set, an existing key file's keys still open secrets (moving from the
+    generated key): status names the file as their source, not secret_keys alone."""
+    line_a, line_b = new_key_line("a"), new_key_line("b")
+    await seeded(db, [SecretBox.from_key_set(_key_set(line_a)).encrypt("x")])
+    key_file = tmp_path / "secret-keys"
+    key_file.write_text(line_a + "\n")
+    security = f'secret_keys = ["{line_b}"]\nkey_file = "{key_file}"'
+    code, out, _ = await status_with(tmp_path, database_dsn, security)
+    assert code == 0, out
+    assert f"configured keys: b, a (from [security] secret_keys and key_file '{key_file}')" in out
+    assert "1 sealed with a\n" in out
+
+
 async def test_status_without_its_key_file_does_not_claim_plaintext(
     db: Database, database_dsn: str, tmp_path: Path
 ) -> None:
@@ -115,9 +138,7 @@ async def test_status_without_its_key_file_does_not_claim_plaintext(
     line_a = new_key_line("a")
     await seeded(db, [SecretBox.from_key_set(_key_set(line_a)).encrypt("x")])
     absent = tmp_path / "var" / "secret-keys"
-    path = tmp_path / "config.toml"
-    path.write_text(f'[security]\nkey_file = "{absent}"\n')
-    code, out, err = await run_cli(path, database_dsn, "status")
+    code, out, err = await status_with(tmp_path, database_dsn, f'key_file = "{absent}"')
     assert code == 1, out
     assert f"primary key: (none: key_file '{absent}' does not exist)" in out
     assert "configured keys: none\n" in out
