@@ -183,12 +183,15 @@ class StopSignals:
     def forced_exit(self, cancelled: asyncio.CancelledError, event: str, **fields: Any) -> int:
         """For the main task's ``except asyncio.CancelledError``: once this stop was forced,
         log ``event`` (``forced=True``) and return the exit status, 1, or raise the failure the
-        process was cleaning up after (``failing``: its own status); any other cancellation is
-        raised again."""
+        process was cleaning up after (``failing``: its own status, so an ``exit_code`` among
+        ``fields``, the 1 returned otherwise, is left out of the line); any other cancellation
+        is raised again."""
         if self.forced:
-            log.warning(event, forced=True, **fields)
             if self._failure is not None:
+                fields.pop("exit_code", None)
+                log.warning(event, forced=True, **fields)
                 raise self._failure
+            log.warning(event, forced=True, **fields)
             return 1
         if self._start_cancelled_by is not None:
             log.info("stopped_while_starting", signal=self._start_cancelled_by)

@@ -120,6 +120,9 @@ def test_a_second_sigterm_forces_the_clean_up_and_keeps_the_failure(
         _assert_failed_start(gateway, tmp_path, forced=True)
         [stopped] = gateway.named("stopped")
         assert stopped["forced"] is True, gateway.output
+        # The supervisor's line names no exit status but the one it exits with (not a forced
+        # stop's 1).
+        assert stopped.get("exit_code") in (None, 2), gateway.output
 
 
 @pytest.fixture
@@ -217,6 +220,7 @@ async def test_a_forced_stop_after_the_supervisors_address_check_failed_keeps_it
     assert "gateway: cannot listen on 192.0.2.1:" in gateway.output
     [stopped] = gateway.named("stopped")
     assert stopped["forced"] is True, gateway.output
+    assert stopped.get("exit_code") in (None, 2), gateway.output  # not a forced stop's 1
     assert not gateway.named("worker_started")
 
 
