@@ -72,6 +72,10 @@ _RECORD_PAUSE_FIRST = 0.25
 _RECORD_PAUSE_MAX = 2.0
 CLAIM_BATCH = 100
 MIN_IDLE = 0.05  # never spin faster than this when work is due but none could be claimed
+# Seconds before a delivery whose preparation failed unexpectedly (a bug: rendering raised
+# something other than a RenderError) is claimed again, its attempt not used up: handed back
+# due at once, it was claimed again on every round of the loop, each time with a traceback.
+PREPARE_RETRY = 60.0
 DOWN_LOG_INTERVAL = 60.0  # seconds between warnings while polls find the database unavailable
 MESSAGE_LIMIT = 1000
 _COMPILED_LIMIT = 10_000
@@ -294,12 +298,18 @@ class Dispatcher:
             environment_room=self._environments.room(),
         )
         handed_back: list[tuple[uuid.UUID, int]] = []
+        deferred: list[tuple[uuid.UUID, int]] = []  # could not be prepared: see PREPARE_RETRY
         for row in rows:
             try:
                 prepared = await self._prepare(row)
-            except Exception:
-                log.exception("delivery_prepare_failed", delivery_id=str(row["id"]))
+            except DatabaseUnavailable:
                 handed_back.append((row["id"], row["attempt"]))
+                continue
+            except Exception:
+                log.exception(
+                    "delivery_prepare_failed", delivery_id=str(row["id"]), retry_in=PREPARE_RETRY
+                )
+                deferred.append((row["id"], row["attempt"]))
                 continue
             if prepared is None:
                 continue
@@ -320,6 +330,7 @@ class Dispatcher:
             self._sending.add(task)
             task.add_done_callback(functools.partial(self._finished, origin, environment))
         await store.release_deliveries(self.db, handed_back)
+        await store.release_deliveries(self.db, deferred, PREPARE_RETRY)
         return len(rows)
 
     def _finished(self, origin: str, environment: int, task: asyncio.Task[None]) -> None:

@@ -183,10 +183,13 @@ async def claim_deliveries(
     )
 
 
-async def release_deliveries(db: Database, claims: Sequence[tuple[uuid.UUID, int]]) -> None:
-    """Give claimed (delivery id, attempt) pairs back, due again, their attempt not used up."""
+async def release_deliveries(
+    db: Database, claims: Sequence[tuple[uuid.UUID, int]], due_in: float = 0.0
+) -> None:
+    """Give claimed (delivery id, attempt) pairs back, their attempt not used up: due again at
+    once, or ``due_in`` seconds from now."""
     if claims:
-        await db.execute("outgoing_release", [c[0] for c in claims], [c[1] for c in claims])
+        await db.execute("outgoing_release", [c[0] for c in claims], [c[1] for c in claims], due_in)
 
 
 async def seconds_until_due(

@@ -1243,9 +1243,13 @@ RETURNING d.id, d.hook_id, d.run_id, d.event, d.payload, d.attempt, d.retry_of,
           h.updated_at AS hook_updated_at;
 
 -- name: outgoing_release
--- Give claimed deliveries back without using up an attempt ($1 ids, $2 their claimed attempt).
+-- Give claimed deliveries back without using up an attempt ($1 ids, $2 their claimed attempt),
+-- due again at once ($3 = 0) or $3 seconds from now.
 UPDATE outgoing_deliveries d SET
     status = 'pending', attempt = greatest(d.attempt - 1, 0), locked_until = NULL,
+    next_attempt_at = CASE WHEN $3::double precision > 0
+                           THEN now() + make_interval(secs => $3::double precision)
+                           ELSE d.next_attempt_at END,
     updated_at = now()
 FROM unnest($1::uuid[], $2::integer[]) AS c (id, attempt)
 WHERE d.id = c.id AND d.attempt = c.attempt AND d.status = 'delivering';
