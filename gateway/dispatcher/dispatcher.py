@@ -203,6 +203,7 @@ class Dispatcher:
         """Open the HTTP session and the LISTEN connection; start the loop."""
         self._session = self._new_session()
         await self._listener.start()
+        self._report_load()  # the gauges read 0 from the start, not missing until a delivery
         self._loop_task = asyncio.create_task(self._run(), name="outgoing-dispatcher")
         log.info("dispatcher_started", concurrency=self.settings.concurrency)
 

@@ -194,6 +194,7 @@ async def test_dispatch_serves_probes_and_its_own_metrics_on_the_configured_port
 
             await eventually(lambda: _status_is(answers("/healthz"), 200), limit=60)
             assert (await answers("/readyz"))[0] == 200
+            _, before = await answers("/metrics")  # nothing delivered yet
             await complete_run(db, pipeline_id)
             await eventually(lambda: _is_done(db, hook_id), limit=60)
             status, text = await answers("/metrics")
@@ -201,6 +202,13 @@ async def test_dispatch_serves_probes_and_its_own_metrics_on_the_configured_port
         process.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode == 0, stderr.decode()
+    # The dispatcher's gauges are there from its start (an alert on them sees 0, not nothing).
+    for series in (
+        "hookgate_outgoing_in_flight 0.0",
+        'hookgate_outgoing_at_limit{limit="target"} 0.0',
+        'hookgate_outgoing_at_limit{limit="environment"} 0.0',
+    ):
+        assert series in before.splitlines(), before
     assert status == 200
     assert 'hookgate_outgoing_attempts_total{outcome="succeeded"} 1.0' in text
     assert "hookgate_db_pool_size" in text
