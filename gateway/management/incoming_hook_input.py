@@ -188,9 +188,12 @@ def _settings(fields: Fields, raw: Any, *, partial: bool) -> dict[str, Any]:
         settings["delivery_id_header"] = _header_name(
             inner, "delivery_id_header", None, nullable=True
         )
-    # Limits are stored only when given: hooks without them keep the seed's settings shape.
+    # Limits are stored only when given, and not as null (the same as none): hooks without them
+    # keep the seed's settings shape. An update passes a null on, to remove the stored limit.
     limits, errors = parse_limits_settings(raw)
     inner.merge(errors)
-    settings.update((k, v) for k, v in limits.to_json().items() if k in raw)
+    settings.update(
+        (k, v) for k, v in limits.to_json().items() if k in raw and (partial or v is not None)
+    )
     fields.merge(inner.errors, inner.more)
     return settings

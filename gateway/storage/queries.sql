@@ -383,7 +383,9 @@ WHERE h.pipeline_id = $1
 ORDER BY h.created_at, h.id;
 
 -- name: incoming_hook_update
--- Change the given fields of a hook (NULL keeps the current value; settings keys are merged).
+-- Change the given fields of a hook (NULL keeps the current value; settings keys are merged,
+-- and a limit given as null is removed: a hook without limits has no such key, whether it
+-- never had one or had one taken away).
 WITH h AS (
     UPDATE incoming_hooks SET
         name = coalesce($2, name),
@@ -393,7 +395,10 @@ WITH h AS (
         secret_algorithm = coalesce($6, secret_algorithm),
         secret_header_name = coalesce($7, secret_header_name),
         trigger_when = coalesce($8, trigger_when),
-        settings = settings || coalesce($9, '{}'::jsonb),
+        settings = (settings || coalesce($9, '{}'::jsonb))
+            - ARRAY(SELECT given.key FROM jsonb_each(coalesce($9, '{}'::jsonb)) AS given
+                    WHERE given.key IN ('rate_limit', 'allowed_ips')
+                      AND given.value = 'null'::jsonb),
         updated_at = now()
     WHERE id = $1
     RETURNING *

@@ -148,3 +148,24 @@ async def test_hooks_without_limits_keep_the_settings_shape(
 ) -> None:
     hook = await hook_with(client, admin_headers, variables=[])
     assert hook["settings"] == {"variables": [], "delivery_id_header": None}
+
+
+async def test_a_limit_given_as_null_is_no_limit_and_not_shown(
+    client: Any, admin_headers: dict[str, str]
+) -> None:
+    # null means "no list, the default rate", as leaving the key out does: both give the same
+    # settings, so a client comparing what it sent with what it reads sees no difference.
+    plain = {"variables": [], "delivery_id_header": None}
+    created = await hook_with(client, admin_headers, rate_limit=None, allowed_ips=None)
+    assert created["settings"] == plain
+    hook = await hook_with(
+        client, admin_headers, rate_limit={"per_second": 5, "burst": 2}, allowed_ips=["10.0.0.1"]
+    )
+    path = f"/hooks/incoming/{hook['id']}"
+    removed = {"settings": {"rate_limit": None, "allowed_ips": None}}
+    response = await client.put(path, json=removed, headers=admin_headers)
+    assert response.status == 200, await response.text()
+    assert (await response.json())["settings"] == plain
+    shown = await client.get(path, headers=admin_headers)
+    assert (await shown.json())["settings"] == plain
+    assert (await call_hook(client, hook)).status == 202  # the allowlist is gone
