@@ -161,6 +161,9 @@ async def test_an_answer_is_recorded_once_through_an_outage_longer_than_its_leas
             return [d["status"] for d in await deliveries(db, hook_id)] == ["succeeded"]
 
         await eventually(finished, limit=LONG_OUTAGE + 20)
+        # The attempt is logged once its record has committed, when the dispatcher's task next
+        # runs: the delivery can read succeeded a moment before.
+        await eventually(lambda: _events(logs, "outgoing_delivery_attempt") != [])
     # Sent once (a resend would have come before the delivery could end succeeded).
     assert len(target.sent) == 1
     [recorded] = await attempts(db, hook_id)
