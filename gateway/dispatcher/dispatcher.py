@@ -325,11 +325,11 @@ class Dispatcher:
                 continue
             self._targets.take(origin)
             self._environments.take(environment)
-            self._report_load()
             task = asyncio.create_task(self._deliver(row, hook, request))
             self._tasks.add(task)
             self._sending.add(task)
             task.add_done_callback(functools.partial(self._finished, origin, environment))
+        self._report_load()  # once for the deliveries this claim started
         await store.release_deliveries(self.db, handed_back)
         await store.release_deliveries(self.db, deferred, PREPARE_RETRY)
         return len(rows)
