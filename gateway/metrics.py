@@ -43,6 +43,7 @@ disable_created_metrics()
 REGISTRY = CollectorRegistry()
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 INGEST_REQUESTS = Counter(
@@ -127,6 +128,14 @@ DB_POOL_IN_USE = Gauge(
     registry=REGISTRY,
 )
 
+LOOP_LAG = Histogram(
+    "hookgate_event_loop_lag_seconds",
+    "How late each process's event loop ran a timer that was due, sampled every 0.1 s: "
+    "every request of that process waited as long.",
+    buckets=LOOP_LAG_BUCKETS,
+    registry=REGISTRY,
+)
+
 _ingest_children: dict[tuple[str, int], Counter] = {}
 _outgoing_children: dict[str, Counter] = {}
 _observe_latency = INGEST_LATENCY.observe
@@ -185,6 +194,11 @@ def record_management(method: str, route: str, status: int, seconds: float) -> N
     (``/pipelines/{pipeline_id}``), never the path requested: the label set stays bounded."""
     MANAGEMENT_REQUESTS.labels(method, route, str(status)).inc()
     MANAGEMENT_LATENCY.labels(method, route).observe(seconds)
+
+
+def observe_loop_lag(seconds: float) -> None:
+    """One sample of this process's event-loop lag (gateway.loop_lag)."""
+    LOOP_LAG.observe(seconds)
 
 
 def set_pool(size: int, in_use: int) -> None:

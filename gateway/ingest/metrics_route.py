@@ -3,7 +3,7 @@
 The route refreshes this process's pool gauges, then renders: in multi-process mode it reads
 every worker's files in a thread, so the event loop never waits on the disk. Each worker also
 runs :func:`metrics_service`, which samples its pool every few seconds, so a scrape answered
-by one worker still sums the pools of all of them.
+by one worker still sums the pools of all of them, and watches its event loop's lag.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import appkeys, metrics
+from gateway import appkeys, loop_lag, metrics
 
 routes = web.RouteTableDef()
 
@@ -43,7 +43,8 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 async def metrics_service(app: web.Application) -> AsyncIterator[None]:
-    """Per-process sampler of the pool gauges (a ``SERVICE_CONTEXTS`` entry)."""
+    """Per-process samplers of the pool gauges and of the event loop's lag
+    (gateway.loop_lag); a ``SERVICE_CONTEXTS`` entry."""
     db = app[appkeys.DATABASE]
 
     async def sample_forever() -> None:
@@ -51,11 +52,16 @@ async def metrics_service(app: web.Application) -> AsyncIterator[None]:
             sample_pool(db)
             await asyncio.sleep(SAMPLE_INTERVAL)
 
-    task = asyncio.create_task(sample_forever(), name="metrics-sampler")
+    tasks = [
+        asyncio.create_task(sample_forever(), name="metrics-sampler"),
+        asyncio.create_task(loop_lag.watch_loop_lag(), name="loop-lag-watcher"),
+    ]
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         metrics.set_pool(0, 0)

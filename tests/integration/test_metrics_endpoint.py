@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -127,3 +128,21 @@ async def test_outgoing_attempts_and_give_ups_are_counted(
     assert delta("hookgate_outgoing_attempts_total", outcome="succeeded") == 1
     assert delta("hookgate_outgoing_attempts_total", outcome="failed") == 1
     assert delta("hookgate_outgoing_failures_total") == 1
+
+
+async def test_a_blocked_event_loop_shows_in_the_lag_histogram(client: Any) -> None:
+    lag = "hookgate_event_loop_lag_seconds"
+
+    def over_quarter_second(parsed: dict[Any, float]) -> float:
+        return sample(parsed, f"{lag}_count") - sample(parsed, f"{lag}_bucket", le="0.25")
+
+    before = await scrape(client)
+    assert (f"{lag}_count", ()) in before  # the series is there from the start
+    # Holds the loop the app and its watcher run on, as a blocking call would: whenever in its
+    # 0.1 s sleep the watcher was, it wakes at least 0.4 s late.
+    time.sleep(0.5)  # noqa: ASYNC251
+
+    async def counted() -> bool:
+        return over_quarter_second(await scrape(client)) > over_quarter_second(before)
+
+    await eventually(counted)
