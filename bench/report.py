@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bench import loop_lag
 from bench.runner import Bench, Measurement, Options
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -165,6 +166,11 @@ def markdown(bench: Bench) -> str:
                 f"p99 {_fmt(gateway.server_p99_ms, 2)} ms; the rest of the client's latency is "
                 f"spent before the handler runs (the request waiting for the event loop) and "
                 f"in sending the answer"
+            )
+        if "loop_lag" in gateway.extra:
+            lines.append(
+                f"- gateway event-loop lag during the run (`hookgate_event_loop_lag_seconds`, "
+                f"sampled every 0.1 s): {loop_lag.describe(gateway.extra['loop_lag'])}"
             )
     scaling = [m for m in bench.measurements if m.group != "main"]
     if scaling:

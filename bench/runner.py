@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import procs
+from bench import loop_lag, procs
 from bench.baselines import adnanh
 from bench.gateway import ROOT, GatewayServer
 from bench.load import LoadResult, Target, run_load
@@ -141,11 +141,15 @@ class Bench:
                 self.settle_seconds += settle(self.gateway.dsn)
                 vacuums = autovacuum_activity(self.gateway.dsn)[0]
             db0 = self.gateway.database_cpu_seconds() if verify else 0.0
+            lag0 = loop_lag.scrape(target.base_url) if name == "gateway" else None
             cpu0, t0 = procs.cpu_seconds(pids), time.monotonic()
             tag = self._tag()
             result.load = self._load(target, tag, opts.duration)
             wall = time.monotonic() - t0
             server_s = procs.cpu_seconds(pids) - cpu0
+            if lag0 is not None:
+                lag = loop_lag.scrape(target.base_url).minus(lag0)
+                result.extra["loop_lag"] = lag.summary()
             db_s = self.gateway.database_cpu_seconds() - db0 if verify else 0.0
             answered = max(result.load.responses, 1)
             result.server_cpu, result.server_us = server_s / wall, server_s * 1e6 / answered
