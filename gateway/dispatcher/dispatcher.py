@@ -393,7 +393,7 @@ class Dispatcher:
         try:
             return hook, build_request(hook, context, str(delivery_id))
         except RenderError as exc:
-            await store.skip_delivery(self.db, delivery_id, attempt, f"target URL: {exc}")
+            await store.skip_delivery(self.db, delivery_id, attempt, str(exc)[:MESSAGE_LIMIT])
             return None
 
     # --- one delivery -------------------------------------------------------------------

@@ -18,8 +18,10 @@ from urllib.parse import urlsplit
 
 from gateway.dispatcher.signing import signature_headers, with_sensitive_header_values
 from gateway.dispatcher.templates import (
+    MAX_RENDERED_BODY,
     BodyTemplate,
     JsonTemplate,
+    RenderError,
     TextTemplate,
     compile_body,
     compile_url,
@@ -129,20 +131,38 @@ def default_body(context: Mapping[str, Any]) -> bytes:
 def build_request(
     hook: CompiledHook, context: Mapping[str, Any], delivery_id: str, now: float | None = None
 ) -> OutboundRequest:
-    """Render URL, headers and body, then sign; never raises for any context."""
-    if hook.body is None:
-        body, content_type = default_body(context), JSON_TYPE
-    elif isinstance(hook.body, JsonTemplate):
-        body, content_type = hook.body.render(context), JSON_TYPE
-    else:
-        body, content_type = hook.body.render(context).encode("utf-8", "replace"), TEXT_TYPE
+    """Render URL, headers and body, then sign. Raises RenderError, its message naming the
+    part, for a value that cannot stand where it would (templates.TextTemplate.render_url) and
+    for a part rendered past its bound (templates.MAX_RENDERED_*); never anything else."""
+    try:
+        url = hook.url.render_url(context)
+    except RenderError as exc:
+        raise RenderError(f"target URL: {exc}") from None
+    try:
+        if hook.body is None:
+            body, content_type = default_body(context), JSON_TYPE
+        elif isinstance(hook.body, JsonTemplate):
+            body, content_type = hook.body.render(context), JSON_TYPE
+        else:
+            text = hook.body.render(context, MAX_RENDERED_BODY)
+            body, content_type = text.encode("utf-8", "replace"), TEXT_TYPE
+            if len(body) > MAX_RENDERED_BODY:
+                raise RenderError(
+                    f"renders to more than {MAX_RENDERED_BODY} bytes, the most it may "
+                    "(its placeholders' values are too large)"
+                )
+    except RenderError as exc:
+        raise RenderError(f"request body: {exc}") from None
     headers = {"User-Agent": USER_AGENT, "Content-Type": content_type}
     chosen = {name.lower(): name for name in headers}
     for name, template in hook.headers:
         previous = chosen.pop(name.lower(), None)
         if previous is not None:
             del headers[previous]
-        headers[name] = template.render_header(context)
+        try:
+            headers[name] = template.render_header(context)
+        except RenderError as exc:
+            raise RenderError(f"request header {name}: {exc}") from None
         chosen[name.lower()] = name
     now = time.time() if now is None else now
     until = hook.previous_secret_until
@@ -158,4 +178,4 @@ def build_request(
             previous_secret=hook.previous_secret if until is not None and now < until else None,
         )
     )
-    return OutboundRequest(hook.method, hook.url.render_url(context), headers, body)
+    return OutboundRequest(hook.method, url, headers, body)

@@ -15,7 +15,8 @@ There is no code execution, no filters and no escape: ``{{`` always opens a plac
 placeholder without ``}}``, an empty one, or one naming something outside the list above is a
 :class:`TemplateError` at create time. ``}}`` on its own is literal text.
 
-Rendering never raises; a value missing at send time (an absent variable, ``run.exit_code``
+Rendering never raises but for the exceptions below (:class:`RenderError`); a value missing at
+send time (an absent variable, ``run.exit_code``
 before the run finished) renders as:
 
 * **text** (string bodies, header values): ``""``; strings as-is, ``true``/``false``, numbers
@@ -34,6 +35,13 @@ before the run finished) renders as:
   text. The output is always valid JSON (serialised, so escaping is always correct).
   A string body that is JSON only once its placeholders are replaced (``{"n": {{ run.attempt
   }}}``) is rejected: quote the placeholder instead.
+
+A template is at most ``MAX_TEMPLATE_LENGTH`` characters, but each placeholder may stand for a
+large value (``{{ run.variables }}`` can be a whole ingested body), so what a template renders
+is bounded too: a URL at most ``MAX_RENDERED_URL`` characters, a header value
+``MAX_RENDERED_HEADER``, a body ``MAX_RENDERED_BODY`` bytes. Past its bound, rendering stops
+with a :class:`RenderError` (the delivery is skipped with that reason) before the output is
+built: 64 KiB of ``{{ run.variables }}`` over 1 MiB of variables rendered 4 GB.
 """
 
 from __future__ import annotations
@@ -51,6 +59,11 @@ import orjson
 from yarl import URL
 
 MAX_TEMPLATE_LENGTH = 65_536
+# What a template may render (see the module docstring). Far above what targets accept (URLs
+# and header lines of 8 to 16 KiB), and above a body holding run.variables a few times over.
+MAX_RENDERED_URL = 16_384
+MAX_RENDERED_HEADER = 16_384
+MAX_RENDERED_BODY = 4 * 1024 * 1024
 _ANY = "*"  # marks a free-form subtree (variables carry whatever the payload had)
 _LEAF: dict[str, Any] = {}
 SCHEMA: dict[str, Any] = {
@@ -87,7 +100,29 @@ class TemplateError(ValueError):
 
 
 class RenderError(ValueError):
-    """A value that cannot be placed where its placeholder stands (see the module docstring)."""
+    """A value that cannot be placed where its placeholder stands, or a rendering larger than
+    its bound (see the module docstring)."""
+
+
+class _Budget:
+    """Characters or bytes a rendering may still produce; :meth:`spend` raises RenderError
+    once they are used up, so an oversized rendering ends before it is built."""
+
+    def __init__(self, limit: int | None, unit: str = "characters") -> None:
+        self.limit = limit
+        self.unit = unit
+        self.used = 0
+
+    def spend(self, size: int) -> None:
+        self.used += size
+        self.check(self.used)
+
+    def check(self, size: int) -> None:
+        if self.limit is not None and size > self.limit:
+            raise RenderError(
+                f"renders to more than {self.limit} {self.unit}, the most it may "
+                "(its placeholders' values are too large)"
+            )
 
 
 def check_path(expression: str) -> Path:
@@ -226,22 +261,37 @@ class TextTemplate:
     def placeholders(self) -> tuple[Path, ...]:
         return tuple(p for p in self.parts if isinstance(p, tuple))
 
-    def render(self, context: Mapping[str, Any]) -> str:
-        """Text mode: missing values render as an empty string."""
-        return "".join(p if isinstance(p, str) else to_text(lookup(context, p)) for p in self.parts)
+    def render(self, context: Mapping[str, Any], limit: int | None = None) -> str:
+        """Text mode: missing values render as an empty string; RenderError past ``limit``
+        characters (None: no bound)."""
+        return self._render(context, _Budget(limit))
 
-    def render_header(self, context: Mapping[str, Any]) -> str:
-        """Header value: text mode with control characters replaced by spaces."""
-        return _CONTROL.sub(" ", self.render(context)).strip()
+    def _render(self, context: Mapping[str, Any], budget: _Budget) -> str:
+        rendered: list[str] = []
+        for part in self.parts:
+            text = part if isinstance(part, str) else to_text(lookup(context, part))
+            budget.spend(len(text))
+            rendered.append(text)
+        return "".join(rendered)
 
-    def render_url(self, context: Mapping[str, Any]) -> str:
+    def render_header(
+        self, context: Mapping[str, Any], limit: int | None = MAX_RENDERED_HEADER
+    ) -> str:
+        """Header value: text mode with control characters replaced by spaces; RenderError
+        past ``limit`` characters."""
+        return _CONTROL.sub(" ", self.render(context, limit)).strip()
+
+    def render_url(self, context: Mapping[str, Any], limit: int | None = MAX_RENDERED_URL) -> str:
         """URL: every value percent-encoded so it cannot leave its path segment or query value;
-        raise RenderError for a path value that is only dots (a dot-segment)."""
+        raise RenderError for a path value that is only dots (a dot-segment), and past
+        ``limit`` characters."""
+        budget = _Budget(limit)
         rendered: list[str] = []
         in_path = True
         for part in self.parts:
             if isinstance(part, str):
                 in_path = in_path and not any(c in part for c in "?#")
+                budget.spend(len(part))
                 rendered.append(part)
                 continue
             text = to_text(lookup(context, part))
@@ -250,7 +300,10 @@ class TextTemplate:
                     f"{{{{ {'.'.join(part)} }}}} is {text!r} in the URL path: a dot-segment "
                     "would leave its path segment"
                 )
-            rendered.append(quote(text, safe=""))
+            budget.spend(len(text))  # before encoding it (up to 9 characters each)
+            encoded = quote(text, safe="")
+            budget.spend(len(encoded) - len(text))
+            rendered.append(encoded)
         return "".join(rendered)
 
 
@@ -329,18 +382,33 @@ def _compile_json(value: Any, problems: list[str]) -> _Node:
     return ("const", value)
 
 
-def _render_json(node: _Node, context: Mapping[str, Any]) -> Any:
+def _render_json(
+    node: _Node, context: Mapping[str, Any], budget: _Budget, sizes: dict[Path, int]
+) -> Any:
+    """The node's value; ``budget`` is charged what each placeholder adds (a whole value by its
+    JSON size, measured once per path in ``sizes``: the tree holds references, and only
+    serialising it would build the copies)."""
     kind, data = node
     if kind == "const":
         return data
     if kind == "value":
         value = lookup(context, data)
-        return None if value is _MISSING else value
+        if value is _MISSING:
+            return None
+        if data not in sizes:
+            sizes[data] = len(value) if isinstance(value, str) else len(dump_json(value))
+        budget.spend(sizes[data])
+        return value
     if kind == "text":
-        return data.render(context)
+        return data._render(context, budget)
     if kind == "object":
-        return {to_text(_render_json(k, context)): _render_json(v, context) for k, v in data}
-    return [_render_json(item, context) for item in data]
+        return {
+            to_text(_render_json(k, context, budget, sizes)): _render_json(
+                v, context, budget, sizes
+            )
+            for k, v in data
+        }
+    return [_render_json(item, context, budget, sizes) for item in data]
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,9 +426,12 @@ class JsonTemplate:
             raise TemplateError(problems)
         return cls(root)
 
-    def render(self, context: Mapping[str, Any]) -> bytes:
-        """Serialised JSON; always valid JSON."""
-        return dump_json(_render_json(self.root, context))
+    def render(self, context: Mapping[str, Any], limit: int | None = MAX_RENDERED_BODY) -> bytes:
+        """Serialised JSON; always valid JSON. RenderError past ``limit`` bytes."""
+        budget = _Budget(limit, "bytes")
+        rendered = dump_json(_render_json(self.root, context, budget, {}))
+        budget.check(len(rendered))  # with the escaping and the constants
+        return rendered
 
 
 BodyTemplate = TextTemplate | JsonTemplate

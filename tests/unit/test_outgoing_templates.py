@@ -11,6 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.dispatcher.templates import (
+    MAX_RENDERED_BODY,
+    MAX_RENDERED_HEADER,
+    MAX_RENDERED_URL,
+    MAX_TEMPLATE_LENGTH,
     JsonTemplate,
     RenderError,
     TemplateError,
@@ -103,6 +107,75 @@ def test_text_rendering_rules() -> None:
 def test_header_values_cannot_inject_lines() -> None:
     template = TextTemplate.compile("Bearer {{ run.message }}")
     assert template.render_header(CONTEXT) == 'Bearer line "one" line two'
+
+
+# --- bounded rendering --------------------------------------------------------------------
+
+# A few kilobytes of variables, and templates that name them as often as their length allows:
+# unbounded, 64 KiB of `{{ run.variables }}` over the 1 MiB an ingested body may be renders 4 GB
+# in the dispatcher (here a few megabytes, just past each bound).
+BIG_VALUE = "v" * 5000
+BIG = {"run": {"variables": {"blob": BIG_VALUE}}}
+
+
+def _repeated(placeholder: str, times: int, separator: str = "") -> str:
+    return separator.join([placeholder] * times)
+
+
+def test_a_text_body_rendering_past_its_bound_is_refused() -> None:
+    template = compile_body(_repeated("{{ run.variables }}", MAX_TEMPLATE_LENGTH // 20))
+    assert isinstance(template, TextTemplate)
+    with pytest.raises(RenderError, match=f"more than {MAX_RENDERED_BODY} characters"):
+        template.render(BIG, MAX_RENDERED_BODY)
+
+
+@pytest.mark.parametrize("placeholder", ["{{ run.variables }}", "{{ run.variables.blob }}"])
+def test_a_json_body_of_whole_values_rendering_past_its_bound_is_refused(placeholder: str) -> None:
+    # Whole-value placeholders put references into the tree: only its serialisation builds the
+    # copies, so they are counted by their JSON size before it.
+    times = MAX_RENDERED_BODY // len(BIG_VALUE) + 1
+    template = compile_body([placeholder] * times)
+    assert isinstance(template, JsonTemplate)
+    with pytest.raises(RenderError, match=f"more than {MAX_RENDERED_BODY} bytes"):
+        template.render(BIG)
+
+
+def test_a_json_body_of_text_values_rendering_past_its_bound_is_refused() -> None:
+    times = MAX_RENDERED_BODY // len(BIG_VALUE) + 1
+    template = compile_body({"text": _repeated("{{ run.variables.blob }}", times, " ")})
+    with pytest.raises(RenderError, match=f"more than {MAX_RENDERED_BODY} bytes"):
+        template.render(BIG)
+
+
+def test_a_json_body_whose_escaping_takes_it_past_its_bound_is_refused() -> None:
+    # Counted as characters while rendering, the body is measured again once serialised.
+    quotes = {"run": {"variables": {"q": '"' * (MAX_RENDERED_BODY // 2 + 1)}}}
+    template = compile_body({"q": "{{ run.variables.q }}!"})
+    with pytest.raises(RenderError, match=f"more than {MAX_RENDERED_BODY} bytes"):
+        template.render(quotes)
+
+
+def test_a_url_or_header_value_rendering_past_its_bound_is_refused() -> None:
+    times = MAX_RENDERED_URL // len(BIG_VALUE) + 1
+    url = compile_url("https://api.example.com/" + _repeated("{{ run.variables.blob }}", times))
+    with pytest.raises(RenderError, match=f"more than {MAX_RENDERED_URL} characters"):
+        url.render_url(BIG)
+    # Percent-encoding counts: a third of the bound in characters that each take three.
+    slashes = {"run": {"variables": {"path": "/" * (MAX_RENDERED_URL // 3 + 1)}}}
+    with pytest.raises(RenderError, match="more than"):
+        compile_url("https://api.example.com/{{ run.variables.path }}").render_url(slashes)
+    times = MAX_RENDERED_HEADER // len(BIG_VALUE) + 1
+    header = TextTemplate.compile(_repeated("{{ run.variables.blob }}", times))
+    with pytest.raises(RenderError, match=f"more than {MAX_RENDERED_HEADER} characters"):
+        header.render_header(BIG)
+
+
+def test_renderings_within_their_bounds_are_whole() -> None:
+    body = compile_body({"a": "{{ run.variables }}", "b": "{{ run.variables.blob }}"})
+    assert orjson.loads(body.render(BIG)) == {"a": {"blob": BIG_VALUE}, "b": BIG_VALUE}
+    url = compile_url("https://api.example.com/{{ run.variables.blob }}")
+    assert url.render_url(BIG) == "https://api.example.com/" + BIG_VALUE
+    assert TextTemplate.compile("{{ run.variables.blob }}").render_header(BIG) == BIG_VALUE
 
 
 # --- URLs ------------------------------------------------------------------------------------

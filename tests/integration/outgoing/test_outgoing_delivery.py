@@ -24,6 +24,7 @@ from structlog.testing import capture_logs
 from gateway.config import Config
 from gateway.dispatcher import dispatcher as dispatcher_module
 from gateway.dispatcher.dispatcher import Dispatcher
+from gateway.dispatcher.templates import MAX_RENDERED_BODY
 from gateway.logs import configure_logging
 from gateway.storage import outgoing as store
 from gateway.storage import runs
@@ -459,6 +460,34 @@ async def test_a_dot_segment_value_in_the_url_path_skips_the_delivery(
     assert skipped[0]["last_error"] == (
         "target URL: {{ run.variables.source_ref }} is '..' in the URL path: a dot-segment "
         "would leave its path segment"
+    )
+
+
+async def test_a_body_rendering_past_its_bound_skips_the_delivery_instead_of_building_it(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    receiver: tuple[Receiver, str],
+    dispatcher: Dispatcher,
+) -> None:
+    # An author of hooks names a run's variables as often as a template's length allows:
+    # unbounded, 64 KiB of them over the 1 MiB an ingested body may be rendered 4 GB in the
+    # dispatcher (of `gateway serve`), again after each restart. Here 5 MB, past the bound.
+    target, base = receiver
+    times = MAX_RENDERED_BODY // 5000 + 1
+    body = {"request_body": " ".join(["{{ run.variables.blob }}"] * times)}
+    hook = await create_hook(
+        client, admin_headers, pipeline["id"], hook_body(base + "/big", settings=body)
+    )
+    await complete_run(db, pipeline["id"], blob="v" * 5000)
+    await complete_run(db, pipeline["id"], blob="small")
+    await eventually(lambda: _sorted_statuses_are(db, hook["id"], ["skipped", "succeeded"]))
+    assert [len(seen.body) for seen in target.on("/big")] == [times * 6 - 1]
+    skipped = [d for d in await deliveries(db, hook["id"]) if d["status"] == "skipped"]
+    assert skipped[0]["last_error"] == (
+        f"request body: renders to more than {MAX_RENDERED_BODY} characters, the most it may "
+        "(its placeholders' values are too large)"
     )
 
 
