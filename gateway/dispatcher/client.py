@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import aiohttp
@@ -82,12 +82,17 @@ def failure_message(exc: BaseException) -> str:
 
 
 async def send(
-    session: aiohttp.ClientSession, request: OutboundRequest, seconds: float, excerpt_bytes: int
+    session: aiohttp.ClientSession,
+    request: OutboundRequest,
+    seconds: float,
+    excerpt_bytes: int,
+    on_answer: Callable[[aiohttp.ClientResponse], None] | None = None,
 ) -> Answer:
     """Send ``request`` without following redirects and read at most ``excerpt_bytes`` of the
     answer, all within ``seconds``. No status by then: TimeoutError (connection problems and
     SSRF refusals raise aiohttp.ClientError). Once the status has arrived it is the answer: a
-    body still arriving at the deadline, or cut off, only shortens the excerpt."""
+    body still arriving at the deadline, or cut off (closing the response given to
+    ``on_answer`` when the status arrived), only shortens the excerpt."""
     deadline = asyncio.get_running_loop().time() + seconds
     async with asyncio.timeout_at(deadline):
         response = await session.request(
@@ -98,6 +103,8 @@ async def send(
             allow_redirects=False,  # a redirect is an answer, not an instruction
         )
     try:
+        if on_answer is not None:
+            on_answer(response)
         excerpt = await _read_excerpt(response, excerpt_bytes, deadline)
     finally:
         response.release()  # back to the pool when the body was read, closed otherwise

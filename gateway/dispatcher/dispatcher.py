@@ -18,7 +18,8 @@ when deliveries are written) or a finished delivery wakes it, and polls every
 ``poll_interval`` seconds as a fallback. A lost LISTEN connection is opened again at once
 (:class:`~gateway.storage.listener.KeptListener`), and wakes the loop when it is back.
 Stopping stops claiming, lets in-flight requests finish for up to the given grace period, then
-cuts off those still waiting for an answer and hands them back (without using up an attempt).
+cuts off those still waiting for an answer and hands them back (without using up an attempt);
+an answer whose status has arrived has its body cut short and is recorded, not sent again.
 An answer is recorded however long the database is away (see :meth:`Dispatcher._record`),
 unless the process stops first.
 """
@@ -120,6 +121,9 @@ class Dispatcher:
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._sending: set[asyncio.Task[None]] = set()  # before a response: safe to cut off
+        # The status arrived, the excerpt is being read: the stop cuts the body short (closes
+        # the response), not the delivery, whose answer is recorded, not sent again.
+        self._reading: dict[asyncio.Task[None], aiohttp.ClientResponse] = {}
         self._recording: set[uuid.UUID] = set()  # answered, not yet recorded: never claimed
         self._retrying: set[asyncio.Task[None]] = set()  # recordings the database failed
         self._cut_off = False  # the stop's grace is over: recordings are not tried again
@@ -228,6 +232,8 @@ class Dispatcher:
             self._cut_off = True
             for task in pending & (self._sending | self._retrying):
                 task.cancel()
+            for task in pending & self._reading.keys():
+                self._reading[task].close()
             await asyncio.gather(*pending, return_exceptions=True)
         await self._listener.close()
         for session, closer in list(self._retired.items()):
@@ -409,7 +415,11 @@ class Dispatcher:
         try:
             assert self._session is not None
             status, retry_after, excerpt = await send(
-                self._session, request, timeout, self.settings.response_excerpt_bytes
+                self._session,
+                request,
+                timeout,
+                self.settings.response_excerpt_bytes,
+                on_answer=self._answered,
             )
             message = f"HTTP {status}"
         except TimeoutError:
@@ -425,6 +435,7 @@ class Dispatcher:
             raise
         finally:
             self._sending.discard(asyncio.current_task())
+            self._reading.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
         latency_ms = (time.perf_counter() - started) * 1000
         decision = self.policy.decide(
             row["attempt"], status, retry_after=retry_after, refused=refusal is not None
@@ -483,6 +494,13 @@ class Dispatcher:
         )
         if disabled is not None:
             log.warning("outgoing_hook_disabled", hook_id=str(row["hook_id"]), reason=disabled)
+
+    def _answered(self, response: aiohttp.ClientResponse) -> None:
+        """The status of the current delivery's request arrived (see ``_reading``)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._sending.discard(task)
+        self._reading[task] = response
 
     async def _record(
         self, attempt: store.Attempt, next_status: str, decision: Decision

@@ -22,6 +22,7 @@ from standardwebhooks import Webhook
 from structlog.testing import capture_logs
 
 from gateway.config import Config
+from gateway.dispatcher import client as client_module
 from gateway.dispatcher import dispatcher as dispatcher_module
 from gateway.dispatcher.dispatcher import Dispatcher
 from gateway.dispatcher.templates import MAX_RENDERED_BODY
@@ -638,6 +639,45 @@ async def test_an_answer_whose_body_never_ends_keeps_its_status(
     assert len(target.seen) == 1
     # Bodies come back as sent: a compressed answer would make the excerpt unreadable.
     assert target.seen[0].headers["Accept-Encoding"] == "identity"
+
+
+async def test_a_stop_while_the_body_of_an_answer_arrives_records_the_answer(
+    client: Any,
+    admin_headers: dict[str, str],
+    pipeline: dict[str, Any],
+    db: Database,
+    database_dsn: str,
+    receiver: tuple[Receiver, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The target said 200 and its body trickles: a stop whose grace ends then (serve's drain
+    # can leave it none) cut the delivery off and handed it back, so a target that had
+    # accepted it got it again. The answer is in hand: the body is cut short, the attempt
+    # recorded with the excerpt read so far.
+    target, base = receiver
+    target.plan("/slow-body", SLOW_BODY)
+    config = outgoing_config(database_dsn, timeout=30)
+    hook = await create_hook(client, admin_headers, pipeline["id"], hook_body(base + "/slow-body"))
+    reading = asyncio.Event()
+    read_excerpt = client_module._read_excerpt
+
+    async def read_noticed(response: Any, limit: int, deadline: float) -> str | None:
+        reading.set()  # called once the status has arrived
+        return await read_excerpt(response, limit, deadline)
+
+    monkeypatch.setattr(client_module, "_read_excerpt", read_noticed)
+    running = Dispatcher(db, config)
+    await running.start()
+    await complete_run(db, pipeline["id"])
+    await asyncio.wait_for(reading.wait(), 15)
+    await running.stop(0)
+
+    [delivery] = await deliveries(db, hook["id"])
+    assert (delivery["status"], delivery["attempt"]) == ("succeeded", 1)
+    [attempt] = await attempts(db, hook["id"])
+    assert (attempt["outcome"], attempt["status_code"]) == ("succeeded", 200)
+    assert attempt["response_excerpt"] == "accepted, more to come"
+    assert len(target.seen) == 1
 
 
 async def _has_attempts(db: Database, hook_id: str, count: int) -> bool:
