@@ -15,9 +15,9 @@ There is no code execution, no filters and no escape: ``{{`` always opens a plac
 placeholder without ``}}``, an empty one, or one naming something outside the list above is a
 :class:`TemplateError` at create time. ``}}`` on its own is literal text.
 
-Rendering never raises but for the exceptions below (:class:`RenderError`); a value missing at
-send time (an absent variable, ``run.exit_code``
-before the run finished) renders as:
+Rendering never raises but for two reasons (a :class:`RenderError`: the delivery is skipped), a
+dot-segment in a URL path and a rendering past its bound (both below); a value missing at send
+time (an absent variable, ``run.exit_code`` before the run finished) renders as:
 
 * **text** (string bodies, header values): ``""``; strings as-is, ``true``/``false``, numbers
   as in JSON, objects and arrays as compact JSON. Header values have CR, LF and other control
@@ -25,7 +25,7 @@ before the run finished) renders as:
 * **URL**: the text form, percent-encoded with nothing left reserved (``/``, ``?``, ``&``,
   ``#`` ... are encoded), so a value always stays inside its path segment or query value.
   Placeholders may appear only after ``scheme://host[:port]`` — the target host is fixed.
-  The one exception to "never raises": a value in the path that is only dots (``.``, ``..``)
+  An exception to "never raises": a value in the path that is only dots (``.``, ``..``)
   would be a dot-segment that climbs out of its segment (``%2E%2E`` too, for WHATWG parsers),
   so :meth:`TextTemplate.render_url` raises :class:`RenderError` and the delivery is skipped.
 * **JSON** (a ``request_body`` given as an object or array, or a string that parses as one): a
