@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from yarl import URL
+
 from gateway.dispatcher.signing import signature_headers, with_sensitive_header_values
 from gateway.dispatcher.templates import (
     MAX_RENDERED_BODY,
@@ -107,13 +109,19 @@ class OutboundRequest:
 
     @property
     def origin(self) -> str:
-        """``scheme://host:port``: the unit of per-target concurrency."""
-        split = urlsplit(self.url)
+        """``scheme://host:port``: the unit of per-target concurrency, so one spelling per
+        target: the host in lower case and without a final dot (``CI.example.`` and
+        ``ci.example`` are one target), the port explicit."""
         try:
-            port = split.port or (443 if split.scheme == "https" else 80)
-        except ValueError:
-            port = 0
-        return f"{split.scheme}://{(split.hostname or '').lower()}:{port}"
+            url = URL(self.url)
+            scheme, host, port = url.scheme, url.raw_host or "", url.port or 0
+        except ValueError:  # not expected: scheme://host[:port] is checked when a hook is saved
+            split = urlsplit(self.url)
+            scheme, host, port = split.scheme, split.netloc.lower(), 0
+        host = host.rstrip(".")
+        if ":" in host:  # IPv6
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{port}"
 
 
 def event_context(payload: Mapping[str, Any], delivery_id: str, attempt: int) -> dict[str, Any]:

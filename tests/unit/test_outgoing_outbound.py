@@ -181,3 +181,20 @@ def test_a_previous_secret_is_not_used_without_a_secret() -> None:
         "webhook-signature"
         not in build_request(hook, event_context(PAYLOAD, "d1", 1), "d1").headers
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("https://ci.example/pr/1", "https://ci.example:443"),
+        ("https://CI.Example./pr/1", "https://ci.example:443"),  # case and a final dot
+        ("https://ci.example:443/pr/1", "https://ci.example:443"),
+        ("http://ci.example/", "http://ci.example:80"),
+        ("https://xn--bcher-kva.de./x", "https://xn--bcher-kva.de:443"),
+        ("http://[::1]:8080/x", "http://[::1]:8080"),
+    ],
+)
+def test_one_target_has_one_origin_however_its_host_is_spelled(url: str, origin: str) -> None:
+    # The per-target concurrency limit counts by origin: two spellings must not double it.
+    hook = CompiledHook.from_row({**row(), "target_url": url})
+    assert build_request(hook, event_context(PAYLOAD, "d1", 1), "d1").origin == origin
