@@ -170,10 +170,11 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
     else:
         try:
             body = await _read_body(request, length, ingest.max_body, ingest.body_timeout)
-        except asyncio.IncompleteReadError:
-            evaluation = Evaluation(
-                400, REJECTED, "request body ended before Content-Length bytes", reason="short_body"
-            )
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # A body that ends early ends with its connection: aiohttp then raises the
+            # ConnectionResetError the connection was lost with. Nobody reads this answer, but
+            # the history records it, and it is the sender's doing, not the gateway's error.
+            evaluation = Evaluation(400, REJECTED, _short_body_message(length), reason="short_body")
         except TimeoutError:  # answered with Connection: close (see _rejected)
             deadline = body_deadline(ingest.body_timeout, length, ingest.max_body)
             evaluation = Evaluation(
@@ -292,6 +293,12 @@ async def _read_body_now(request: web.Request, length: int | None, limit: int) -
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _short_body_message(length: int | None) -> str:
+    if length is None:
+        return "request body ended before its last chunk"
+    return "request body ended before Content-Length bytes"
 
 
 def _too_large(limit: int) -> Evaluation:
