@@ -372,12 +372,25 @@ def evaluate(
     try:
         payload = lazy_json.parse(text, lazy=not needs_tree)
     except orjson.JSONDecodeError as exc:
-        return _reject(400, f"{what} is not valid JSON: {exc}", "bad_json", delivery_id)
+        problem = _json_problem(text, exc)
+        return _reject(400, f"{what} is not valid JSON: {problem}", "bad_json", delivery_id)
     try:
         return _decide(hook, payload, delivery_id)
     finally:
         if type(payload) is lazy_json.LazyDocument:
             payload.release()  # the parser is reused by the next request
+
+
+def _json_problem(text: bytes | str, exc: orjson.JSONDecodeError) -> str:
+    """What is wrong with a body orjson refused: its own words, except for bytes that are not
+    UTF-8, of which it says "str is not valid UTF-8: surrogates not allowed" at char 0, whatever
+    the bytes and wherever they are (a sender who sent Latin-1 could not tell)."""
+    if type(text) is bytes and str(exc).startswith("str is not valid UTF-8"):
+        try:
+            text.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return f"it is not UTF-8 text: byte 0x{text[error.start]:02x} at offset {error.start}"
+    return str(exc)
 
 
 def _decide(hook: CompiledHook, payload: Any, delivery_id: str | None) -> Evaluation:

@@ -209,6 +209,25 @@ def test_bad_json_is_400(body: bytes, message: str) -> None:
     assert result.message.startswith(message)
 
 
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b'{"action": "caf\xe9"}', "byte 0xe9 at offset 15"),  # Latin-1
+        (b'{"a": 1, "b": "ok\xc3"}', "byte 0xc3 at offset 17"),  # a sequence cut short
+        (b'{"a": "\xed\xa0\x80"}', "byte 0xed at offset 7"),  # an encoded surrogate
+        (b"\xff\xfe{}", "byte 0xff at offset 0"),  # UTF-16's byte order mark
+    ],
+)
+def test_a_body_that_is_not_utf8_is_400_naming_the_first_bad_byte(
+    body: bytes, problem: str
+) -> None:
+    # orjson says "str is not valid UTF-8: surrogates not allowed: line 1 column 1 (char 0)"
+    # for all of these: no surrogate in most, and the position is always the start.
+    result = evaluate(make_hook(), github_headers(body), body)
+    assert (result.status, result.reason) == (400, "bad_json")
+    assert result.message == f"request body is not valid JSON: it is not UTF-8 text: {problem}"
+
+
 def test_github_form_mode_signs_the_form_body_and_parses_its_payload_field() -> None:
     form = urlencode({"payload": PR_OPENED.decode()}).encode()
     headers = github_headers(form, **{"Content-Type": "application/x-www-form-urlencoded"})
