@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from gateway import appkeys, metrics
 from gateway.config import Config
 from gateway.exceptions import DatabaseUnavailable, Overloaded, TransientConflict
-from gateway.http import REQUEST_ID_OK, body_deadline, compressed_body_problem
+from gateway.http import REQUEST_ID_OK, body_deadline, compressed_body_problem, request_id_for
 from gateway.ingest.batcher import (
     DUPLICATE,
     RUN_BATCHER,
@@ -106,7 +106,38 @@ class _Ingest:
         )
 
 
-@routes.post("/hooks/incoming/{hook_id}")
+# Set on a request whose client holds its body back until a "100 Continue" (Expect): the 100
+# is sent by _read_body, once the body is to be read, never for a request refused unread.
+_CONTINUE_PENDING: web.RequestKey[bool] = web.RequestKey("continue_pending", bool)
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    """The route's ``Expect`` handler (aiohttp's default sends the 100 before the handler runs,
+    which has the client send a body about to be refused: over the size limit, to an unknown
+    or inactive hook...). Only requests with an ``Expect`` header come here, and they are
+    answered here, so that the others pay nothing for it."""
+    started = time.perf_counter()
+    if request.version != HttpVersion11:
+        return None  # HTTP/1.0 has no 100 (aiohttp's rule too): handled as usual
+    expect = request.headers.get("Expect", "")
+    if expect.strip().lower() != "100-continue":
+        message = f"Expect {expect[:40]!r} is not supported: only 100-continue is"
+        response: web.StreamResponse = _json(
+            417, {"message": message, "errors": None}, request_id_for(request)
+        )
+        metrics.record_ingest(REJECTED, 417, time.perf_counter() - started)
+    else:
+        request[_CONTINUE_PENDING] = True
+        response = await trigger_incoming_hook(request)
+    if request.get(_CONTINUE_PENDING, True) and not request.content.is_eof():
+        # Answered without the body, which the client still holds back: it will not come, so
+        # the connection cannot carry another request.
+        response.force_close()
+    return response
+
+
+@routes.post("/hooks/incoming/{hook_id}", expect_handler=_expect)
 async def trigger_incoming_hook(request: web.Request) -> web.Response:
     """Verify, evaluate and durably enqueue one webhook delivery."""
     started = time.perf_counter()
@@ -277,6 +308,10 @@ async def _read_body(
     """The raw body, read once; None when it turns out larger than ``limit``. TimeoutError
     when it has not all arrived in time (:func:`body_deadline` of ``per_mib`` seconds)."""
     if not request.content.is_eof():  # not all here yet (the common case skips the timer)
+        if request.get(_CONTINUE_PENDING):  # the client waits for this before it sends it
+            request[_CONTINUE_PENDING] = False
+            await request.writer.write(_CONTINUE)
+            request.writer.output_size = 0  # as aiohttp's own: the response has not begun
         async with asyncio.timeout(body_deadline(per_mib, length, limit)):
             return await _read_body_now(request, length, limit)
     return await _read_body_now(request, length, limit)

@@ -71,6 +71,7 @@ def _trigger() -> Schema:
         "408": error(408, "The body did not arrive within server.body_timeout (recorded)."),
         "413": error(413, "The body is larger than server.max_body_bytes."),
         "415": error(415, "Neither JSON nor a form with a payload field."),
+        "417": error(417, "An Expect header other than 100-continue (not recorded)."),
         "422": error(422, "The payload does not provide valid variables."),
         "429": error(429, "The hook's rate limit is exceeded."),
         "500": error(500, "The hook's stored definition is invalid; an operator must fix it."),

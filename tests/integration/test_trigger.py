@@ -333,6 +333,102 @@ async def test_a_content_length_past_the_column_is_recorded_capped(
         assert row["delivery_id"] == headers["X-GitHub-Delivery"]
 
 
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One response off the wire: status, headers (lower-case names) and body."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+    status_line, *lines = head.decode().split("\r\n")[:-2]
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    length = int(headers.get("content-length", 0))
+    body = await asyncio.wait_for(reader.readexactly(length), timeout=10) if length else b""
+    return int(status_line.split()[1]), headers, body
+
+
+async def expect_continue(
+    client: Any, path: str, headers: dict[str, str], body: bytes, expect: str = "100-continue"
+) -> tuple[list[int], dict[str, str], bytes]:
+    """POST as curl does a large body: ``Expect: 100-continue``, the body sent only once a 100
+    came. The statuses received (a 100 first, or none), the final answer's headers and body."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: test\r\nExpect: {expect}\r\n{head}\r\n".encode()
+        )
+        statuses: list[int] = []
+        status, answer_headers, answer = await _read_answer(reader)
+        statuses.append(status)
+        if status == 100:
+            writer.write(body)
+            status, answer_headers, answer = await _read_answer(reader)
+            statuses.append(status)
+        return statuses, answer_headers, answer
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("accepted", [100, 202]),
+        ("too_large", [413]),
+        ("unknown_hook", [404]),
+        ("inactive", [403]),
+        ("compressed", [415]),
+    ],
+)
+async def test_expect_100_continue_is_sent_only_when_the_body_will_be_read(
+    client: Any, admin_headers: dict[str, str], database_dsn: str, case: str, expected: list[int]
+) -> None:
+    """A request refused before its body is read (413 over the limit, 404, 403, 415) is
+    answered at once, without a 100 Continue, and the connection closes (the body the client
+    holds back is never sent). A 100 told the client to send it all first: curl sends
+    Expect with every body over 1 MiB, i.e. every one over the default limit, and uploaded it
+    only to be refused (over a real network, often cut off by the reset before it could read
+    the 413)."""
+    hook = await seed_hook(client, admin_headers)
+    body = PR_OPENED
+    headers = github_headers(hook["secret"], body)
+    headers["Content-Length"] = str(len(body))
+    path = hook_path(hook)
+    if case == "too_large":
+        headers["Content-Length"] = str(2 * 1024 * 1024)  # over the default max_body_bytes
+    elif case == "unknown_hook":
+        path = f"/hooks/incoming/{uuid.uuid4()}"
+    elif case == "inactive":
+        inactive = await create_hook(
+            client, admin_headers, await new_pipeline(client, admin_headers), active=False
+        )
+        path = hook_path(inactive)
+    elif case == "compressed":
+        headers["Content-Encoding"] = "gzip"
+    statuses, answer_headers, answer = await expect_continue(client, path, headers, body)
+    assert statuses == expected, answer
+    assert orjson.loads(answer)["message"]
+    if expected[0] != 100:
+        assert answer_headers["connection"] == "close"
+    if case == "too_large":
+        [row] = await requests_of(database_dsn, hook["id"])
+        assert (row["status_code"], row["body_size"]) == (413, 2 * 1024 * 1024)
+
+
+async def test_an_expectation_other_than_100_continue_is_a_json_417(
+    client: Any, admin_headers: dict[str, str]
+) -> None:
+    hook = await seed_hook(client, admin_headers)
+    headers = github_headers(hook["secret"], PR_OPENED)
+    headers["Content-Length"] = str(len(PR_OPENED))
+    statuses, answer_headers, answer = await expect_continue(
+        client, hook_path(hook), headers, PR_OPENED, expect="200-ok"
+    )
+    assert statuses == [417]
+    assert answer_headers["content-type"].startswith("application/json")
+    assert answer_headers["connection"] == "close"  # the body held back will not come
+    assert orjson.loads(answer) == {
+        "message": "Expect '200-ok' is not supported: only 100-continue is",
+        "errors": None,
+    }
+
+
 async def test_unsupported_content_type_is_415(client: Any, admin_headers: dict[str, str]) -> None:
     hook = await seed_hook(client, admin_headers)
     headers = github_headers(hook["secret"], PR_OPENED, **{"Content-Type": "text/plain"})

@@ -51,7 +51,8 @@ def _request(body: bytes, *, complete: bool) -> web.Request:
     stream.feed_data(body)
     if complete:
         stream.feed_eof()
-    return cast(web.Request, SimpleNamespace(content=stream))
+    # get: a request's own storage, empty (no Expect: 100-continue waiting, see trigger._expect)
+    return cast(web.Request, SimpleNamespace(content=stream, get={}.get))
 
 
 async def test_a_complete_body_is_read_without_a_timer(monkeypatch: pytest.MonkeyPatch) -> None:
