@@ -59,6 +59,11 @@ async def read_body(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> by
                     raise too_large
     except TimeoutError:
         raise ApiError(408, f"request body not received within {seconds:g} s") from None
+    except (asyncio.IncompleteReadError, ConnectionError):
+        # A body ends early only with its connection (aiohttp raises the ConnectionResetError it
+        # was lost with): the client's doing, not the gateway's error. Nobody reads this answer.
+        ended = "its last chunk" if length is None else "Content-Length bytes"
+        raise ApiError(400, f"request body ended before {ended}") from None
     declared = request.headers.get("Content-Type")
     if body.strip() and declared is not None and not _may_hold_json(declared):
         # A form or multipart body is a client mistake worth naming (it was read as JSON). An

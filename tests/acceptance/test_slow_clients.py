@@ -11,11 +11,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 
 from tests.acceptance.lb_client import Api, client_from, until
 from tests.acceptance.live_gateway import LiveGateway, fresh_database, start_gateway, stop_gateway
+from tests.integration.ops_helpers import parse_metrics, sample
 
 BODY_TIMEOUT = 1.0
 KEEPALIVE_TIMEOUT = 1.5
@@ -155,3 +157,47 @@ async def test_headers_that_never_end_are_cut_off_after_the_keepalive_timeout(
     )
     assert data == b""  # nothing to answer: no request was ever complete
     assert KEEPALIVE_TIMEOUT - 0.5 <= waited < KEEPALIVE_TIMEOUT + 5
+
+
+@pytest.mark.parametrize(
+    ("framing", "sent"),
+    [
+        ("Content-Length: 100", b'{"email":'),
+        ("Transfer-Encoding: chunked", b'9\r\n{"email":\r\n'),
+    ],
+    ids=["content-length", "chunked"],
+)
+async def test_a_management_body_cut_off_by_a_disconnect_is_a_400_not_an_error(
+    live: LiveGateway, framing: str, sent: bytes
+) -> None:
+    """The same disconnect on the unauthenticated login route: it was a 500 with an error-level
+    ``management_request_failed`` traceback (ConnectionResetError), which anyone could repeat
+    to fill the error log and trip alerts on the gateway's errors."""
+    login = {"method": "POST", "route": "/users/login"}
+
+    async def count(code: str) -> float:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(live.url + "/metrics") as response:
+                metrics = parse_metrics(await response.text())
+        return sample(metrics, "hookgate_management_requests_total", **login, status=code)
+
+    before = await count("400")
+    reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
+    try:
+        writer.write(
+            f"POST /users/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"{framing}\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        # Once the 100 is in, the view runs: the connection is lost while it reads the body.
+        assert await asyncio.wait_for(reader.readline(), 10) == b"HTTP/1.1 100 Continue\r\n"
+        writer.write(sent)
+        await writer.drain()
+    finally:
+        writer.close()
+
+    async def counted() -> bool:
+        return await count("400") > before
+
+    await until(counted, 10, "the cut-off login counted")
+    assert await count("500") == 0
+    assert live.gateway.named("management_request_failed") == []
