@@ -38,6 +38,7 @@ from gateway.ingest.batcher import (
 from gateway.ingest.client_ip import ClientAddressResolver
 from gateway.ingest.evaluation import (
     ACCEPTED,
+    MAX_DELIVERY_ID_LENGTH,
     REJECTED,
     SKIPPED,
     CompiledHook,
@@ -220,8 +221,9 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
     if evaluation is None:
         assert body is not None
         evaluation = evaluate(hook, request.headers, body)
-    else:
-        evaluation.delivery_id = delivery_id_of(hook, request.headers)
+    else:  # refused unread: the id as a refusal after the read records it (cut to its limit)
+        delivery_id = delivery_id_of(hook, request.headers)
+        evaluation.delivery_id = delivery_id and delivery_id[:MAX_DELIVERY_ID_LENGTH]
 
     item = PendingRequest(
         id=row_id,

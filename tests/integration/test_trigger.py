@@ -24,6 +24,7 @@ from gateway import appkeys
 from gateway.app import create_app
 from gateway.config import Config
 from gateway.ingest.batcher import RUN_BATCHER
+from gateway.ingest.evaluation import MAX_DELIVERY_ID_LENGTH
 from gateway.ingest.signatures import sign_hmac_hex
 from gateway.storage.database import Database
 from tests.conftest import FIXTURES, client_for
@@ -944,3 +945,31 @@ async def test_the_hooks_own_signature_header_is_redacted_even_outside_the_rule(
     stored = orjson.loads(row["headers"])
     assert stored["x-verify"] == "[redacted]"
     assert signature not in row["headers"]
+
+
+async def test_a_long_delivery_id_is_cut_to_its_limit_on_a_request_refused_unread(
+    client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    """A request refused before its body is read (413, 403) records and logs its delivery id
+    cut to MAX_DELIVERY_ID_LENGTH, as one refused after it does: a header of up to 8 KiB went
+    into the history row and the log line whole."""
+    hook = await seed_hook(client, admin_headers)
+    inactive = await create_hook(
+        client, admin_headers, await new_pipeline(client, admin_headers), active=False
+    )
+    long_id = "d" * 5000
+    for target, expected in ((hook, 413), (inactive, 403)):
+        headers = unsigned_headers(
+            **{
+                "Content-Length": str(2 * 1024 * 1024),
+                "Connection": "close",
+                "X-GitHub-Delivery": long_id,
+            }
+        )
+        with capture_logs() as logs:
+            assert await raw_post(client, hook_path(target), headers) == expected
+        [row] = await requests_of(database_dsn, target["id"])
+        assert row["status_code"] == expected
+        assert row["delivery_id"] == long_id[:MAX_DELIVERY_ID_LENGTH]
+        logged = [e["delivery_id"] for e in logs if "delivery_id" in e]
+        assert logged and all(d == long_id[:MAX_DELIVERY_ID_LENGTH] for d in logged), logs
