@@ -349,13 +349,19 @@ def _history_headers(headers: Mapping[str, str], redacted: frozenset[str]) -> di
     signatures redacted (gateway.security.sensitive_headers, and the hook's own ``redacted``
     headers)."""
     stored: dict[str, str] = {}
+    repeated: dict[str, list[str]] = {}  # joined once at the end: not quadratic in repeats
     for name, value in headers.items():
         key, sensitive = recorded_name(name)
         if sensitive or key in redacted:
             value = REDACTED
         elif not value.isascii():
             value = storable_text(value)
-        stored[key] = f"{stored[key]}, {value}" if key in stored else value
+        if key in stored:
+            repeated.setdefault(key, [stored[key]]).append(value)
+        else:
+            stored[key] = value
+    for key, values in repeated.items():
+        stored[key] = ", ".join(values)
     return stored
 
 

@@ -17,6 +17,7 @@ import orjson
 import pytest
 import structlog
 import zstandard
+from multidict import CIMultiDict
 from standardwebhooks.webhooks import Webhook
 from structlog.testing import capture_logs
 
@@ -973,3 +974,21 @@ async def test_a_long_delivery_id_is_cut_to_its_limit_on_a_request_refused_unrea
         assert row["delivery_id"] == long_id[:MAX_DELIVERY_ID_LENGTH]
         logged = [e["delivery_id"] for e in logs if "delivery_id" in e]
         assert logged and all(d == long_id[:MAX_DELIVERY_ID_LENGTH] for d in logged), logs
+
+
+async def test_repeated_headers_are_recorded_joined_in_order_with_credentials_redacted(
+    client: Any, admin_headers: dict[str, str], database_dsn: str
+) -> None:
+    hook = await seed_hook(client, admin_headers)
+    headers = CIMultiDict(github_headers(hook["secret"], PR_OPENED))
+    for value in ("one", "two", "three"):
+        headers.add("X-Trace", value)
+    headers.add("X-Api-Key", "first-credential")
+    headers.add("X-Api-Key", "second-credential")
+    response = await client.post(hook_path(hook), data=PR_OPENED, headers=headers)
+    assert response.status == 202, await response.text()
+    [row] = await requests_of(database_dsn, hook["id"])
+    recorded = orjson.loads(row["headers"]) if isinstance(row["headers"], str) else row["headers"]
+    assert recorded["x-trace"] == "one, two, three"
+    assert recorded["x-api-key"] == "[redacted], [redacted]"
+    assert recorded["x-github-event"] == "pull_request"
