@@ -189,4 +189,6 @@ async def _execute(config: Config, args: argparse.Namespace, command: list[str])
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+    if executor.pipeline_deleted:  # exit 1, as for a pipeline missing at the start
+        raise NotFound(f"pipeline {args.pipeline} was deleted")
     return 0

@@ -120,6 +120,8 @@ class Executor:
         self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._commands: dict[uuid.UUID, RunningCommand] = {}
         self._leases: dict[uuid.UUID, RunLease] = {}
+        # Set when a claim found the pipeline deleted: nothing can ever be claimed again.
+        self.pipeline_deleted = False
         # Claims in a row that found the database unavailable.
         self._claim_outage = OutageLog(log, FAILURE_LOG_INTERVAL, "polls")
         self._heartbeat_log = LogThrottle(FAILURE_LOG_INTERVAL)  # keyed by run id
@@ -187,7 +189,26 @@ class Executor:
             return []
         if failed := self._claim_outage.recovered():
             log.info("claims_resumed", failed_polls=failed)
+        if not claimed:
+            await self._check_pipeline()
         return claimed
+
+    async def _check_pipeline(self) -> None:
+        """After a claim that found nothing: stop when the pipeline was deleted meanwhile (its
+        runs were cancelled with it, and no run of it can be queued again), rather than poll it
+        for ever without a word, as ``gateway executor`` refuses to start for a missing one."""
+        try:
+            exists = await runs.pipeline_settings(self.db, self.settings.pipeline_id)
+        except DatabaseUnavailable:
+            return  # the next claim tells (claim_failed)
+        if exists is None:
+            self.pipeline_deleted = True
+            log.error(
+                "executor_pipeline_deleted",
+                pipeline_id=self.settings.pipeline_id,
+                hint="nothing can be claimed for it any more; the executor stops",
+            )
+            self.stop()
 
     def _start(self, row: Record, lease: RunLease) -> None:
         task = asyncio.create_task(self._execute(row, lease))

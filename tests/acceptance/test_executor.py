@@ -9,6 +9,7 @@
 - SIGSTOP of an executor mid-run: the command's guard stops the command before the lease the
   executor last renewed can expire.
 - SIGTERM: a stopping executor releases a run it could not finish in its grace period.
+- Its pipeline deleted: the executor says so and exits 1.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from gateway.storage import runs
+from gateway.storage import pipelines, runs
 from gateway.storage.database import Database, Record
 from tests.acceptance.process_helpers import process_alive, until_gone
 from tests.integration.ingest_helpers import PR_OPENED, SEED_VARIABLES, github_headers, hook_path
@@ -466,3 +467,25 @@ async def test_sigterm_lets_a_short_run_finish_within_the_grace_period(
     assert (draining["running"], draining["grace_seconds"]) == (1, 30.0)
     [finished] = [e for e in events if e["event"] == "run_finished"]
     assert (finished["status"], finished["exit_code"]) == ("completed", 0)
+
+
+async def test_an_executor_whose_pipeline_is_deleted_exits_1_saying_so(
+    db: Database, database_dsn: str, tmp_path: Path, executors: list[ExecutorProcess]
+) -> None:
+    # As for a pipeline missing at the start: exit status 1 and why (it used to poll the
+    # deleted pipeline for ever, silently, a service manager showing it healthy).
+    pipeline = await make_runs_pipeline(db)
+    run = await enqueue(db, pipeline["id"])
+    executor = ExecutorProcess(database_dsn, tmp_path, pipeline["id"], "true")
+    executors.append(executor)
+    await wait_for_run(db, run["id"], "completed")
+
+    assert await pipelines.delete_pipeline(db, pipeline["id"])
+
+    assert await asyncio.to_thread(executor.process.wait, WAIT) == 1
+    events = executor.events()
+    [deleted] = [e for e in events if e["event"] == "executor_pipeline_deleted"]
+    assert (deleted["level"], deleted["pipeline_id"]) == ("error", pipeline["id"])
+    assert {"event": "unparsed", "line": f"gateway: pipeline {pipeline['id']} was deleted"} in (
+        events
+    )

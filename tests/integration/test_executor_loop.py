@@ -1,4 +1,5 @@
-"""The executor's claim loop in process: it outlives an unexpected failure of one claim."""
+"""The executor's claim loop in process: it outlives an unexpected failure of one claim, and
+ends, saying why, once its pipeline is deleted."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import asyncio
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.executor.worker import Executor, ExecutorSettings
-from gateway.storage import runs
+from gateway.storage import pipelines, runs
 from gateway.storage.database import Database
 from tests.integration.outgoing_helpers import eventually
 from tests.integration.runs_helpers import enqueue, make_pipeline, run_row
@@ -43,3 +45,33 @@ async def test_an_unexpected_claim_error_is_logged_and_the_loop_goes_on(
         executor.stop()
         await asyncio.wait_for(loop, timeout=30)
     assert len(calls) >= 2
+
+
+async def test_an_executor_whose_pipeline_is_deleted_says_so_and_stops(db: Database) -> None:
+    # It used to poll the deleted pipeline for ever without a word (an executor started for a
+    # missing pipeline refuses to start): its run is stopped by the delete's cancel, and then
+    # the executor, having nothing left it could ever claim, logs why and ends on its own.
+    pipeline = await make_pipeline(db)
+    run = await enqueue(db, pipeline["id"], source_ref="main")
+    settings = ExecutorSettings(pipeline["id"], ["sleep", "60"], poll_interval=0.1, name="test")
+    executor = Executor(db, settings)
+    with capture_logs() as logs:
+        loop = asyncio.create_task(executor.run())
+        try:
+
+            async def running() -> bool:
+                return (await run_row(db, run["id"]))["status"] == "in-progress"
+
+            await eventually(running)
+            assert await pipelines.delete_pipeline(db, pipeline["id"])
+            await asyncio.wait_for(asyncio.shield(loop), timeout=30)
+        finally:
+            executor.stop()
+            await asyncio.wait_for(loop, timeout=30)
+    assert executor.pipeline_deleted
+    assert (await run_row(db, run["id"]))["status"] == "cancelled"
+    [deleted] = [e for e in logs if e["event"] == "executor_pipeline_deleted"]
+    assert deleted["log_level"] == "error"
+    assert deleted["pipeline_id"] == pipeline["id"]
+    finished = [e for e in logs if e["event"] == "run_finished"]
+    assert [(e["status"], e["recorded"]) for e in finished] == [("abandoned", False)]
