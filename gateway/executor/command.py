@@ -74,6 +74,34 @@ def command_env(base: Mapping[str, str], run: Mapping[str, Any]) -> dict[str, st
     return env
 
 
+# Linux: one argument or environment string ("NAME=value") holds at most 32 pages, its NUL
+# included; execve refuses more with E2BIG ("Argument list too long").
+MAX_ARG_STRLEN = 32 * 4096
+
+
+def too_large(argv: Sequence[str], env: Mapping[str, str]) -> str:
+    """Why execve answered E2BIG for ``argv`` with ``env``, naming what is too large (the
+    environment strings longer than one may be, else the total), never a value."""
+
+    def size(text: str) -> int:
+        return len(text.encode("utf-8", errors="surrogateescape")) + 1  # and its NUL
+
+    entries = {name: size(f"{name}={value}") for name, value in env.items()}
+    over = sorted((n for n, s in entries.items() if s > MAX_ARG_STRLEN), key=lambda n: -entries[n])
+    if over:
+        listed = ", ".join(f"{name} ({entries[name] - 1} bytes)" for name in over)
+        return (
+            f"{listed} longer than the {MAX_ARG_STRLEN - 1} bytes the system allows one "
+            "environment variable"
+        )
+    total = sum(entries.values()) + sum(size(arg) for arg in argv)
+    ours = sum(s for n, s in entries.items() if n.startswith(VAR_PREFIX))
+    return (
+        f"the command's arguments and environment take {total} bytes ({VAR_PREFIX}* {ours}), "
+        "more than the system allows"
+    )
+
+
 # libpq variables that carry the executor's database password (asyncpg honours them too).
 _EXECUTOR_CREDENTIALS = frozenset({"PGPASSWORD", "PGPASSFILE"})
 _PR_SET_DUMPABLE = 4

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import socket
 import time
@@ -36,7 +37,7 @@ import orjson
 
 from gateway import run_states
 from gateway.exceptions import Conflict, DatabaseUnavailable, GatewayError, NotFound
-from gateway.executor.command import CommandResult, RunningCommand, command_env
+from gateway.executor.command import CommandResult, RunningCommand, command_env, too_large
 from gateway.log_throttle import LogThrottle, OutageLog
 from gateway.logs import get_logger
 from gateway.storage import runs
@@ -235,16 +236,19 @@ class Executor:
         }
         started = time.monotonic()
         log.info("run_started", **context)
+        env = command_env(os.environ, row)
         try:
             command = await RunningCommand.start(
                 self.settings.command,
-                command_env(os.environ, row),
+                env,
                 kill_after=lease.kill_after,  # should this process die, well inside the lease
                 context=context,
                 unattended_after=lease.unattended_after(),  # or stop renewing it (SIGSTOP)
             )
         except OSError as exc:
             message = f"cannot start {self.settings.command[0]!r}: {exc.strerror or exc}"
+            if exc.errno == errno.E2BIG:  # a variable too long for the environment, most often
+                message += f": {too_large(self.settings.command, env)}"
             recorded = await self._report(
                 run_id, token, lease, run_states.FAILED, message, None, 127, context
             )

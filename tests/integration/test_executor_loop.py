@@ -4,6 +4,7 @@ ends, saying why, once its pipeline is deleted."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import pytest
@@ -14,6 +15,20 @@ from gateway.storage import pipelines, runs
 from gateway.storage.database import Database
 from tests.integration.outgoing_helpers import eventually
 from tests.integration.runs_helpers import enqueue, make_pipeline, run_row
+
+
+async def _run_until(executor: Executor, db: Database, run_id: uuid.UUID, status: str) -> None:
+    """Run ``executor`` until the run has ``status``, then stop it and wait for its end."""
+    loop = asyncio.create_task(executor.run())
+    try:
+
+        async def reached() -> bool:
+            return bool((await run_row(db, run_id))["status"] == status)
+
+        await eventually(reached)
+    finally:
+        executor.stop()
+        await asyncio.wait_for(loop, timeout=30)
 
 
 async def test_an_unexpected_claim_error_is_logged_and_the_loop_goes_on(
@@ -33,17 +48,7 @@ async def test_an_unexpected_claim_error_is_logged_and_the_loop_goes_on(
 
     monkeypatch.setattr(runs, "claim", claim_failing_once)
     settings = ExecutorSettings(pipeline["id"], ["true"], poll_interval=0.1, name="test")
-    executor = Executor(db, settings)
-    loop = asyncio.create_task(executor.run())
-    try:
-
-        async def completed() -> bool:
-            return (await run_row(db, run["id"]))["status"] == "completed"
-
-        await eventually(completed)
-    finally:
-        executor.stop()
-        await asyncio.wait_for(loop, timeout=30)
+    await _run_until(Executor(db, settings), db, run["id"], "completed")
     assert len(calls) >= 2
 
 
@@ -75,3 +80,22 @@ async def test_an_executor_whose_pipeline_is_deleted_says_so_and_stops(db: Datab
     assert deleted["pipeline_id"] == pipeline["id"]
     finished = [e for e in logs if e["event"] == "run_finished"]
     assert [(e["status"], e["recorded"]) for e in finished] == [("abandoned", False)]
+
+
+async def test_a_variable_too_long_for_the_environment_fails_the_run_naming_it(
+    db: Database,
+) -> None:
+    # Linux refuses one environment string over 128 KiB (E2BIG): a payload's long string or
+    # large array variable cannot reach the command. The run used to fail with only "cannot
+    # start 'sh': Argument list too long", pointing at the command's arguments.
+    pipeline = await make_pipeline(db)
+    body = "é" * 70_000  # 140,000 bytes of UTF-8
+    run = await enqueue(db, pipeline["id"], pr_body=body, source_ref="main")
+    settings = ExecutorSettings(pipeline["id"], ["sh", "-c", "true"], poll_interval=0.1)
+    await _run_until(Executor(db, settings), db, run["id"], "failed")
+    row = await run_row(db, run["id"])
+    assert row["exit_code"] == 127
+    assert row["message"] == (
+        "cannot start 'sh': Argument list too long: HOOK_VAR_PR_BODY (140017 bytes) longer "
+        "than the 131071 bytes the system allows one environment variable"
+    )

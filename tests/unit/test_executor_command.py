@@ -6,7 +6,14 @@ import subprocess
 import sys
 import uuid
 
-from gateway.executor.command import CommandResult, OutputTail, command_env, env_name, env_value
+from gateway.executor.command import (
+    CommandResult,
+    OutputTail,
+    command_env,
+    env_name,
+    env_value,
+    too_large,
+)
 from tests.conftest import ROOT
 
 
@@ -76,3 +83,18 @@ def test_the_executor_hides_its_environment_from_its_commands() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert done.stdout.split() == ["True", "0"]  # PR_GET_DUMPABLE: 0
+
+
+def test_too_large_names_the_variables_over_the_limit_or_else_the_total() -> None:
+    # "HOOK_VAR_A=" and 131,060 bytes: 131,071, the most one environment string may hold.
+    at_limit = {"HOOK_VAR_A": "x" * 131_060, "PATH": "/bin"}
+    over = {**at_limit, "HOOK_VAR_B": "secret" + "y" * 200_000, "HOOK_VAR_C": "z" * 140_000}
+    assert too_large(["sh"], over) == (
+        "HOOK_VAR_B (200017 bytes), HOOK_VAR_C (140011 bytes) longer than the 131071 bytes the "
+        "system allows one environment variable"
+    )
+    many = {f"HOOK_VAR_{i}": "x" * 100_000 for i in range(30)}
+    assert too_large(["sh", "-c", "true"], {**many, "PATH": "/bin"}) == (
+        "the command's arguments and environment take 3000401 bytes (HOOK_VAR_* 3000380), "
+        "more than the system allows"
+    )
