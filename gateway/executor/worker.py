@@ -180,6 +180,8 @@ class Executor:
                 lease_seconds=self.settings.lease_seconds,
                 claimed_by=self.settings.name,
             )
+            if not claimed:
+                await self._check_pipeline()
         except DatabaseUnavailable as exc:
             self._claim_outage.failed("claim_failed", error=str(exc))
             return []
@@ -190,19 +192,13 @@ class Executor:
             return []
         if failed := self._claim_outage.recovered():
             log.info("claims_resumed", failed_polls=failed)
-        if not claimed:
-            await self._check_pipeline()
         return claimed
 
     async def _check_pipeline(self) -> None:
         """After a claim that found nothing: stop when the pipeline was deleted meanwhile (its
         runs were cancelled with it, and no run of it can be queued again), rather than poll it
         for ever without a word, as ``gateway executor`` refuses to start for a missing one."""
-        try:
-            exists = await runs.pipeline_settings(self.db, self.settings.pipeline_id)
-        except DatabaseUnavailable:
-            return  # the next claim tells (claim_failed)
-        if exists is None:
+        if await runs.pipeline_settings(self.db, self.settings.pipeline_id) is None:
             self.pipeline_deleted = True
             log.error(
                 "executor_pipeline_deleted",
