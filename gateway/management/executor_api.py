@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
 
 from gateway import appkeys, run_states
-from gateway.exceptions import Conflict
+from gateway.exceptions import Conflict, GatewayError
 from gateway.http import ApiError, json_response
 from gateway.logs import get_logger
 from gateway.management.bodies import Fields, parse_json_object, read_body, read_json_object
@@ -85,18 +85,26 @@ def _executor(request: web.Request) -> str:
     return f"user:{current_user(request).id}"
 
 
-@contextmanager
-def _refusal_logged(event: str, request: web.Request, row: Record, **fields: Any) -> Iterator[None]:
+@asynccontextmanager
+async def _refusal_logged(
+    event: str, request: web.Request, row: Record, **fields: Any
+) -> AsyncIterator[None]:
     """Log a Conflict (answered 409) with the run, the caller and the reason, then let it go
-    on: a stale executor being refused is worth seeing on the server side. Never the token."""
+    on: a stale executor being refused is worth seeing on the server side. Never the token.
+    ``current`` is the run's status as the refusal left it, read again: the refused call may
+    itself have changed it (a heartbeat cancels a superseded run), or another one meanwhile."""
     try:
         yield
     except Conflict as exc:
+        try:
+            now = await runs_read.run_by_id(request.app[appkeys.DATABASE], row["id"])
+        except GatewayError:  # the 409 stands; the status read before it is logged then
+            now = None
         log.info(
             event,
             run_id=str(row["id"]),
             executor=_executor(request),
-            current=row["status"],
+            current=(now or row)["status"],
             reason=str(exc),
             **fields,
         )
@@ -170,7 +178,7 @@ async def report_status(request: web.Request) -> web.Response:
         output = None
     exit_code = fields.integer("exit_code", required=False, minimum=-_INT32 - 1, maximum=_INT32)
     fields.check()
-    with _refusal_logged("run_status_refused", request, row, status=status):
+    async with _refusal_logged("run_status_refused", request, row, status=status):
         updated = await runs.report_status(
             request.app[appkeys.DATABASE],
             row["id"],
@@ -199,7 +207,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     lease = fields.integer("lease_seconds", required=False, default=60, minimum=5, maximum=3600)
     fields.check()
     assert token is not None
-    with _refusal_logged("run_heartbeat_refused", request, row):
+    async with _refusal_logged("run_heartbeat_refused", request, row):
         expires = await runs.heartbeat(request.app[appkeys.DATABASE], row["id"], token, lease)
     return json_response(
         {"id": str(row["id"]), "status": run_states.IN_PROGRESS, "lease_expires_at": expires}

@@ -211,3 +211,26 @@ async def test_refused_reports_are_logged_and_empty_claims_are_not_at_info(
     assert len(by_event["run_status_reported"]) == 1
     assert len(by_event["run_status_repeated"]) == 1
     assert token not in repr(logs) and stale not in repr(logs)
+
+
+async def test_a_refusal_logs_the_runs_status_as_the_refusal_left_it(
+    client: Any, db: Database, admin_headers: dict[str, str]
+) -> None:
+    # A heartbeat of a superseded run (cancel-in-progress) cancels it and is refused: the log
+    # line said current=in-progress, the status read before the call, beside a reason saying
+    # the run is cancelled.
+    pipeline = await make_pipeline(db, policy="cancel-in-progress", key="source_ref")
+    older = await enqueue(db, pipeline["id"], source_ref="main")
+    [claimed] = await claim(db, pipeline["id"])
+    await enqueue(db, pipeline["id"], source_ref="main")
+    with capture_logs() as logs:
+        beat = await client.post(
+            f"/runs/{older['id']}/heartbeat",
+            json={"lease_token": str(claimed["lease_token"])},
+            headers=admin_headers,
+        )
+    assert beat.status == 409
+    [refused] = [e for e in logs if e["event"] == "run_heartbeat_refused"]
+    assert "superseded by run" in refused["reason"]
+    assert refused["current"] == "cancelled"
+    assert (await run_row(db, older["id"]))["status"] == "cancelled"
