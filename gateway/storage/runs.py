@@ -284,10 +284,11 @@ def _repeats_recorded_outcome(
 ) -> bool:
     """True when the lease holder reports the outcome its lease already recorded (the same
     final status and exit code): an executor retrying after its first report committed but the
-    answer never arrived, which must not get a 409 for its own success."""
+    answer never arrived, which must not get a 409 for its own success. (A release is not
+    repeatable: it ends the lease, and the run may be claimed again meanwhile.)"""
     return (
         lease_token is not None
-        and new_status in (run_states.COMPLETED, run_states.FAILED)
+        and new_status in (run_states.COMPLETED, run_states.FAILED, run_states.CANCELLED)
         and row["status"] == new_status
         and row["lease_token"] == lease_token
         and row["exit_code"] == exit_code

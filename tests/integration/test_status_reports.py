@@ -234,3 +234,25 @@ async def test_a_refusal_logs_the_runs_status_as_the_refusal_left_it(
     assert "superseded by run" in refused["reason"]
     assert refused["current"] == "cancelled"
     assert (await run_row(db, older["id"]))["status"] == "cancelled"
+
+
+async def test_the_lease_holder_may_repeat_its_cancelled_report(
+    client: Any, db: Database, admin_headers: dict[str, str]
+) -> None:
+    """A cancelled report retried after its answer was lost is answered 200 like a repeated
+    completed or failed one; it was a 409 ``cannot move run from cancelled to cancelled``."""
+    run, token = await _claimed(db)
+    url = f"/runs/{run['id']}/status"
+    cancelled = {"status": "cancelled", "lease_token": token, "message": "stopped by its user"}
+    for _ in range(2):
+        response = await client.post(url, json=cancelled, headers=admin_headers)
+        assert response.status == 200, await response.text()
+        assert (await response.json())["status"] == "cancelled"
+    row = await run_row(db, run["id"])
+    assert (row["status"], row["message"]) == ("cancelled", "stopped by its user")
+    # Another outcome is still refused, naming both states.
+    response = await client.post(
+        url, json={"status": "completed", "lease_token": token}, headers=admin_headers
+    )
+    assert response.status == 409
+    assert (await response.json())["message"] == "cannot move run from cancelled to completed"
