@@ -123,21 +123,27 @@ async def update_incoming_hook(request: web.Request) -> web.Response:
     kept."""
     hook = await incoming_hook_for(request, "hook:update")
     changes = parse_incoming_hook(await read_json_object(request), partial=True)
-    fields = Fields({}, ())
-    check_delivery_id_header(fields, merged_hook(dict(hook), changes))
-    fields.check()
-    db = request.app[appkeys.DATABASE]
-    row = await hooks.update_incoming_hook(db, hook["id"], changes)
-    if row is None:
-        raise ApiError(404, "hook not found")
     secret = None
-    old_scheme = scheme_for_header(hook["secret_header_name"])
-    new_scheme = scheme_for_header(row["secret_header_name"])
-    if new_scheme == STANDARD_WEBHOOKS != old_scheme:
-        secret = generate_secret(new_scheme)
-        row = await hooks.rotate_incoming_secret(db, hook["id"], secret, 0)
+    # Decided on the hook as it is when written, locked: an update that committed meanwhile
+    # may have changed the scheme or the delivery id header (or already issued the whsec_
+    # secret), and the switch's new secret is written with the switch, not after it.
+    async with request.app[appkeys.DATABASE].transaction() as session:
+        locked = await hooks.lock_incoming_hook(session, hook["id"])
+        if locked is None:
+            raise ApiError(404, "hook not found")
+        fields = Fields({}, ())
+        check_delivery_id_header(fields, merged_hook(dict(locked), changes))
+        fields.check()
+        row = await hooks.update_incoming_hook(session, hook["id"], changes)
         if row is None:
             raise ApiError(404, "hook not found")
+        old_scheme = scheme_for_header(locked["secret_header_name"])
+        new_scheme = scheme_for_header(row["secret_header_name"])
+        if new_scheme == STANDARD_WEBHOOKS != old_scheme:
+            secret = generate_secret(new_scheme)
+            row = await hooks.rotate_incoming_secret(session, hook["id"], secret, 0)
+            if row is None:
+                raise ApiError(404, "hook not found")
     _forget_cached(request, row["id"])
     log.info(
         "incoming_hook_updated",
@@ -167,12 +173,16 @@ async def rotate_secret(request: web.Request) -> web.Response:
     working for ``grace_period_seconds`` (default ``hooks.secret_grace_period``; 0: stops now)."""
     hook = await incoming_hook_for(request, "hook:update")
     grace = await read_grace_period(request)
-    secret = generate_secret(scheme_for_header(hook["secret_header_name"]))
-    row = await hooks.rotate_incoming_secret(
-        request.app[appkeys.DATABASE], hook["id"], secret, grace
-    )
-    if row is None:
-        raise ApiError(404, "hook not found")
+    async with request.app[appkeys.DATABASE].transaction() as session:
+        # The kind of secret is the scheme's as the rotation finds it (an update switching to
+        # Standard Webhooks may have committed meanwhile: its senders need a whsec_ secret).
+        locked = await hooks.lock_incoming_hook(session, hook["id"])
+        if locked is None:
+            raise ApiError(404, "hook not found")
+        secret = generate_secret(scheme_for_header(locked["secret_header_name"]))
+        row = await hooks.rotate_incoming_secret(session, hook["id"], secret, grace)
+        if row is None:
+            raise ApiError(404, "hook not found")
     _forget_cached(request, row["id"])
     log.info("incoming_hook_secret_rotated", hook_id=str(row["id"]), grace_period_seconds=grace)
     return json_response(hook_json(row, _base_url(request), secret=secret))

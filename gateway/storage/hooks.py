@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.storage.database import Database, Record
+from gateway.storage.database import Database, Record, Session
 
 # Columns a create or update may set, in the order of the insert/update statements.
 HOOK_FIELDS = (
@@ -74,8 +74,14 @@ async def incoming_hooks_for_pipeline(db: Database, pipeline_id: int) -> list[Re
     return await db.fetch("incoming_hook_list_for_pipeline", pipeline_id)
 
 
+async def lock_incoming_hook(session: Session, hook_id: uuid.UUID) -> Record | None:
+    """The hook (no secrets) with its environment_id, locked until the end of ``session``'s
+    transaction (a read-modify-write update or a rotation decides on it), or None."""
+    return await session.fetchrow("incoming_hook_lock", hook_id)
+
+
 async def update_incoming_hook(
-    db: Database, hook_id: uuid.UUID, changes: Mapping[str, Any]
+    db: Session, hook_id: uuid.UUID, changes: Mapping[str, Any]
 ) -> Record | None:
     """Apply validated ``changes`` (a subset of HOOK_FIELDS; ``settings`` keys are merged into
     the stored settings); None when the hook is gone."""
@@ -85,7 +91,7 @@ async def update_incoming_hook(
 
 
 async def rotate_incoming_secret(
-    db: Database, hook_id: uuid.UUID, secret: str, grace_seconds: int
+    db: Session, hook_id: uuid.UUID, secret: str, grace_seconds: int
 ) -> Record | None:
     """Install a new secret; the old one keeps working ``grace_seconds`` (0: stops at once).
 

@@ -365,6 +365,15 @@ SELECT h.id, h.pipeline_id, p.environment_id, h.name, h.active, h.action_type,
 FROM incoming_hooks h JOIN pipelines p ON p.id = h.pipeline_id
 WHERE h.id = $1;
 
+-- name: incoming_hook_lock
+-- One incoming hook without its secrets, locked for a read-modify-write update or a rotation.
+SELECT h.id, h.pipeline_id, p.environment_id, h.name, h.active, h.action_type,
+       h.requires_secret, h.secret_algorithm, h.secret_header_name, h.trigger_when, h.settings,
+       h.previous_secret_expires_at, h.created_at, h.updated_at
+FROM incoming_hooks h JOIN pipelines p ON p.id = h.pipeline_id
+WHERE h.id = $1
+FOR UPDATE OF h;
+
 -- name: incoming_hook_full_by_id
 -- One incoming hook including its secrets (replay re-evaluates requests against it).
 SELECT h.*, p.environment_id,
