@@ -115,6 +115,16 @@ async def read_json_object(
     return parse_json_object(raw, nul_allowed=nul_allowed, replaced=replaced)
 
 
+async def read_optional_json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object (see :func:`read_json_object`) of an endpoint whose body is
+    optional; ``{}`` when there is none, in any form a client sends that: no body, a chunked
+    one of no bytes (Node's http module sends it for a POST without a body) or white space."""
+    raw = await read_body(request)
+    if not raw.strip():
+        return {}
+    return parse_json_object(raw)
+
+
 def parse_json_object(
     raw: bytes, *, nul_allowed: Iterable[str] = (), replaced: list[str] | None = None
 ) -> dict[str, Any]:
@@ -363,7 +373,7 @@ async def read_grace_period(request: web.Request) -> int:
     """``grace_period_seconds`` of a secret rotation's optional body: how long the old secret
     keeps working (default ``hooks.secret_grace_period``; 0: not at all). 422 when it is not an
     integer in [0, one year] or the body holds any other field."""
-    body = await read_json_object(request) if request.body_exists else {}
+    body = await read_optional_json_object(request)
     fields = Fields(body, ("grace_period_seconds",))
     grace = fields.integer(
         "grace_period_seconds",

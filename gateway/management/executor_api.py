@@ -20,7 +20,7 @@ from gateway import appkeys, run_states
 from gateway.exceptions import Conflict, GatewayError
 from gateway.http import ApiError, json_response
 from gateway.logs import get_logger
-from gateway.management.bodies import Fields, parse_json_object, read_body, read_json_object
+from gateway.management.bodies import Fields, read_json_object, read_optional_json_object
 from gateway.management.framework import current_user, endpoint
 from gateway.management.permissions import authorize
 from gateway.management.resources import authorize_orphanable, path_uuid, pipeline_for
@@ -40,13 +40,6 @@ _INT32 = 2**31 - 1
 # (run_states.bound_output): take far more than other management bodies rather than refuse the
 # report (the run would then stay in progress until its lease ran out, and run again).
 STATUS_BODY_BYTES = 16 * 1024 * 1024
-
-
-async def _body(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
-    raw = await read_body(request)
-    if optional and not raw.strip():
-        return {}
-    return parse_json_object(raw)
 
 
 def _lease_token(
@@ -115,7 +108,7 @@ async def _refusal_logged(
 @endpoint()
 async def claim_runs(request: web.Request) -> web.Response:
     """Claim up to ``limit`` queued runs (oldest first) with a lease of ``lease_seconds``."""
-    body = await _body(request, optional=True)
+    body = await read_optional_json_object(request)
     fields = Fields(body, ("pipeline_id", "limit", "lease_seconds"))
     pipeline_id = fields.integer("pipeline_id", required=False, minimum=1, maximum=2**63 - 1)
     limit = fields.integer("limit", required=False, default=1, minimum=1, maximum=100)

@@ -14,6 +14,7 @@ from gateway.management.bodies import (
     page_headers,
     pagination,
     read_json_object,
+    read_optional_json_object,
 )
 from gateway.management.framework import current_user, endpoint, require_admin
 from gateway.reload import live_config
@@ -108,7 +109,7 @@ async def create_user(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     """End the session of the access token used, and of ``refresh_token`` when given."""
     user = current_user(request)
-    body = await read_json_object(request) if request.body_exists else {}
+    body = await read_optional_json_object(request)
     fields = Fields(body, ("refresh_token",))
     refresh = fields.string("refresh_token", required=False, max_length=256)
     fields.check()
