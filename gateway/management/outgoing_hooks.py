@@ -107,7 +107,11 @@ async def create_outgoing_hook(request: web.Request) -> web.Response:
         current_user(request).id,
     )
     log.info("outgoing_hook_created", hook_id=str(row["id"]), pipeline_id=pipeline["id"])
-    return json_response(hook_json(row, secret=secret), status=201)
+    return json_response(
+        hook_json(row, secret=secret),
+        status=201,
+        headers={"Location": f"/hooks/outgoing/{row['id']}"},
+    )
 
 
 @routes.get("/pipelines/{pipeline_id}/hooks/outgoing")

@@ -53,10 +53,12 @@ def _replay_rejection(description: str) -> Schema:
     return json_body({"oneOf": [REPLAY_REJECTED, ref("Error")]}, description)
 
 
+HOOK_CREATED: dict[str, Schema] = {
+    "Location": {"description": "Path of the new hook.", "required": True, "schema": STRING}
+}
+
+
 def _incoming() -> dict[str, Schema]:
-    hook_created = {
-        "Location": {"description": "Path of the new hook.", "required": True, "schema": STRING}
-    }
     return {
         "/pipelines/{pipeline_id}/hooks/incoming": {
             "post": operation(
@@ -66,7 +68,7 @@ def _incoming() -> dict[str, Schema]:
                 "incoming hooks",
                 {
                     201: json_body(
-                        ref("IncomingHook"), "The new hook with its secret.", hook_created
+                        ref("IncomingHook"), "The new hook with its secret.", HOOK_CREATED
                     )
                 },
                 errors=(403, 404, 422),
@@ -191,7 +193,7 @@ def _outgoing() -> dict[str, Schema]:
                 "createOutgoingHook",
                 "Create an outgoing hook; the response carries its secret once (hook:create)",
                 "outgoing hooks",
-                {201: json_body(ref("OutgoingHook"), "The new hook.")},
+                {201: json_body(ref("OutgoingHook"), "The new hook.", HOOK_CREATED)},
                 errors=(403, 404, 422),
                 parameters=[PIPELINE],
                 body=inputs.outgoing_hook(partial=False),

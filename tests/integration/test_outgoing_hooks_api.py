@@ -54,6 +54,8 @@ async def test_create_returns_the_secret_once_then_masks_it(
     response = await create(client, admin_headers, pipeline["id"], FULL_BODY)
     assert response.status == 201, await response.text()
     created = await response.json()
+    # Where the new hook is, as for environments, pipelines and incoming hooks.
+    assert response.headers["Location"] == f"/hooks/outgoing/{created['id']}"
     assert created["type"] == "outgoing"
     assert created["secret"].startswith("whsec_")
     assert created["trigger_when"] == {
