@@ -25,6 +25,7 @@ from typing import Any
 
 from gateway.config import LimitsConfig
 from gateway.ingest.client_ip import parse_ip
+from gateway.json_numbers import json_integer
 from gateway.unknown_fields import add_unknown_keys
 
 MAX_RATE = 1_000_000.0
@@ -216,9 +217,11 @@ def _parse_rate_limit(
     burst = value.get("burst")
     if burst is None:
         burst = 0
-    elif isinstance(burst, bool) or not isinstance(burst, int) or not 0 <= burst <= MAX_BURST:
+    elif (whole := json_integer(burst)) is None or not 0 <= whole <= MAX_BURST:
         errors[f"{field}.burst"] = [f"must be an integer between 0 and {MAX_BURST}"]
         burst = None
+    else:
+        burst = whole
     return rate, burst
 
 

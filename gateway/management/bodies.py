@@ -24,6 +24,7 @@ from gateway.http import (
     media_type,
 )
 from gateway.ingest.client_ip import ClientAddressResolver
+from gateway.json_numbers import json_integer
 from gateway.reload import live_config
 from gateway.unknown_fields import unknown_keys
 
@@ -351,9 +352,11 @@ class Fields:
             )
             self.add(key, f"must be an integer {bounds}, got one too large")
             return default
-        if not isinstance(value, int) or isinstance(value, bool):
+        number = json_integer(value)
+        if number is None:
             self.add(key, f"must be an integer, got {_json_type(value)}")
             return default
+        value = number
         if minimum is not None and value < minimum:
             self.add(key, f"must be >= {minimum}")
         if maximum is not None and value > maximum:
