@@ -118,7 +118,10 @@ OUTGOING_SETTINGS: Schema = nullable(
             "request_headers": nullable(
                 array(OUTGOING_HEADER, maxItems=outgoing_hook_input.MAX_HEADERS)
             ),
-            "request_body": {"description": "A template: string, object, array or null."},
+            "request_body": {
+                "type": ["string", "object", "array", "null"],
+                "description": "A template: string, object, array or null.",
+            },
             "method": nullable({"enum": list(outgoing_hook_input.METHODS)}),
             "timeout": nullable(
                 {

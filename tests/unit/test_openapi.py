@@ -158,3 +158,24 @@ def test_bodies_the_server_accepts_are_valid_in_the_document(
     from gateway.openapi import inputs
 
     Draft202012Validator(getattr(inputs, schema_name)).validate(body)
+
+
+@pytest.mark.parametrize(
+    ("schema", "body"),
+    [
+        # The view refuses a request body template that is a number or a boolean (422); the
+        # document called any value valid, so a client trusting it was refused.
+        ("outgoing_update", {"settings": {"request_body": 5}}),
+        ("outgoing_update", {"settings": {"request_body": True}}),
+    ],
+)
+def test_bodies_the_server_refuses_by_type_are_invalid_in_the_document(
+    schema: str, body: dict[str, Any]
+) -> None:
+    from jsonschema import Draft202012Validator, ValidationError
+
+    from gateway.openapi import inputs
+
+    schemas = {"outgoing_update": inputs.outgoing_hook(partial=True)}
+    with pytest.raises(ValidationError):
+        Draft202012Validator(schemas[schema]).validate(body)
