@@ -10,7 +10,7 @@ import zstandard
 from gateway.progress import Progress
 from gateway.storage.database import Database, Record
 from gateway.storage.paging import split_page
-from gateway.storage.runs import PRUNE_BATCH
+from gateway.storage.retention import PRUNE_BATCH
 
 
 async def list_hook_requests(

@@ -20,6 +20,7 @@ from gateway.progress import Progress
 from gateway.security.secret_box import SecretBox, StoredSecret
 from gateway.storage.database import Database, Record, Session
 from gateway.storage.paging import split_page
+from gateway.storage.retention import PRUNE_BATCH, delete_in_batches
 
 DELIVERY_DUE_CHANNEL = "hookgate_delivery_due"
 
@@ -328,19 +329,14 @@ async def delivery_by_id(db: Database, delivery_id: uuid.UUID) -> Record | None:
 
 
 async def prune_deliveries(
-    db: Database, cutoff: datetime, batch: int = 5000, progress: Progress | None = None
+    db: Database, cutoff: datetime, batch: int = PRUNE_BATCH, progress: Progress | None = None
 ) -> int:
-    """Delete deliveries that finished before ``cutoff``, ``batch`` rows per statement (their
-    attempts stay in the request history, pruned with their runs); return how many.
-    ``progress(table, rows so far)`` is called after each statement."""
-    removed = 0
-    while True:
-        count: int = await db.fetchval("outgoing_prune_finished", cutoff, batch)
-        removed += count
-        if progress is not None:
-            progress("outgoing_deliveries", removed)
-        if count < batch:
-            return removed
+    """Delete deliveries that finished before ``cutoff``, ``batch`` rows per statement
+    (gateway.storage.retention; their attempts stay in the request history, pruned with their
+    runs); return how many."""
+    return await delete_in_batches(
+        db, "outgoing_prune_finished", cutoff, "outgoing_deliveries", batch, progress
+    )
 
 
 async def redeliver(db: Database, delivery_id: uuid.UUID, retry_of: uuid.UUID) -> Record | None:

@@ -34,11 +34,11 @@ from gateway.progress import Progress
 from gateway.storage import outgoing
 from gateway.storage.concurrency import set_concurrency as set_concurrency  # re-exported
 from gateway.storage.database import Database, Record, Session
+from gateway.storage.retention import PRUNE_BATCH, delete_in_batches
 
 log = get_logger(__name__)
 
 SWEEP_LIMIT = 1000  # rows per housekeeping statement inside a claim
-PRUNE_BATCH = 5000  # rows per prune statement: short transactions, no long locks
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,21 +345,12 @@ async def prune(
     db: Database, cutoff: datetime, batch: int = PRUNE_BATCH, progress: Progress | None = None
 ) -> dict[str, int]:
     """Delete finished runs that ended before ``cutoff``, then request history received before
-    it whose run is gone (or that never had one), ``batch`` rows per statement.
-
-    Each statement commits on its own, so no lock is held for long. Returns rows per table;
-    ``progress(table, rows so far)`` is called after each statement.
-    """
-    removed = {"pipeline_runs": 0, "hook_requests": 0}
-    for table, query in (
-        ("pipeline_runs", "runs_prune_finished"),
-        ("hook_requests", "runs_prune_requests"),
-    ):
-        while True:
-            count: int = await db.fetchval(query, cutoff, batch)
-            removed[table] += count
-            if progress is not None:
-                progress(table, removed[table])
-            if count < batch:
-                break
-    return removed
+    it whose run is gone (or that never had one), ``batch`` rows per statement
+    (gateway.storage.retention). Returns rows per table."""
+    return {
+        table: await delete_in_batches(db, query, cutoff, table, batch, progress)
+        for table, query in (
+            ("pipeline_runs", "runs_prune_finished"),
+            ("hook_requests", "runs_prune_requests"),
+        )
+    }
