@@ -136,7 +136,7 @@ def main(config: Config, args: argparse.Namespace) -> int:
 async def _prune(config: Config, cutoff: datetime, bodies: datetime | None) -> None:
     from gateway.executor.database import existing_database
     from gateway.progress import ProgressLog
-    from gateway.storage import history, outgoing, runs
+    from gateway.storage import history, outgoing, runs, users
 
     progress = ProgressLog("prune_progress")
     async with existing_database(config, start_embedded=True) as db:
@@ -146,6 +146,7 @@ async def _prune(config: Config, cutoff: datetime, bodies: datetime | None) -> N
         removed["outgoing_deliveries"] = await outgoing.prune_deliveries(
             db, cutoff, progress=progress
         )
+        removed["auth_tokens"] = await users.prune_tokens(db, cutoff, progress=progress)
         cleared = (
             None if bodies is None else await history.drop_bodies(db, bodies, progress=progress)
         )

@@ -236,6 +236,21 @@ WHERE token_hash = $1 AND kind = 'personal' AND revoked_at IS NULL
 SELECT id, name, created_at, expires_at, revoked_at, last_used_at
 FROM auth_tokens WHERE user_id = $1 AND kind = 'personal' ORDER BY id;
 
+-- name: tokens_prune_dead
+-- Delete up to $2 tokens dead (expired, or revoked) since before $1 (gateway prune). A revoked
+-- refresh token that has not expired stays: presented again, it is the alarm of a copied
+-- token (token_spent_refresh_owner). Oldest first: dead tokens are the old ones.
+WITH doomed AS (
+    SELECT id FROM auth_tokens
+    WHERE expires_at < $1
+       OR (revoked_at < $1 AND (kind <> 'refresh' OR expires_at < now()))
+    ORDER BY id
+    LIMIT $2
+), deleted AS (
+    DELETE FROM auth_tokens t USING doomed d WHERE t.id = d.id RETURNING 1
+)
+SELECT count(*) FROM deleted;
+
 -- name: token_revoke_personal
 -- Revoke one of a user's personal access tokens.
 UPDATE auth_tokens SET revoked_at = coalesce(revoked_at, now())

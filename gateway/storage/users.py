@@ -7,8 +7,10 @@ from typing import Any
 
 from gateway.exceptions import AlreadyExists
 from gateway.models import User
+from gateway.progress import Progress
 from gateway.storage.database import Database, Record, Session
 from gateway.storage.paging import split_page
+from gateway.storage.retention import PRUNE_BATCH, delete_in_batches
 
 
 class EmailTaken(AlreadyExists):
@@ -183,3 +185,12 @@ async def list_personal_tokens(db: Database, user_id: int) -> list[dict[str, Any
 async def revoke_personal_token(db: Database, token_id: int, user_id: int) -> bool:
     """Revoke one of the user's personal tokens; False when it is not theirs or absent."""
     return await db.fetchval("token_revoke_personal", token_id, user_id) is not None
+
+
+async def prune_tokens(
+    db: Database, cutoff: datetime, batch: int = PRUNE_BATCH, progress: Progress | None = None
+) -> int:
+    """Delete tokens that expired or were revoked before ``cutoff`` (not a revoked refresh
+    token still unexpired: see the query), ``batch`` rows per statement
+    (gateway.storage.retention); return how many. Every login and refresh adds two rows."""
+    return await delete_in_batches(db, "tokens_prune_dead", cutoff, "auth_tokens", batch, progress)

@@ -44,6 +44,7 @@ async def test_prune_reports_rows_removed_per_table(
     assert done.returncode == 0, done.stderr
     assert "pipeline_runs: removed 1 rows older than " in done.stdout
     assert "hook_requests: removed 0 rows older than " in done.stdout
+    assert "auth_tokens: removed 0 rows older than " in done.stdout
     left = [r["id"] for r in await db.pool.fetch("SELECT id FROM pipeline_runs")]
     assert left == [new["id"]]
 
