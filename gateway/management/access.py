@@ -258,7 +258,10 @@ async def remove_member(request: web.Request) -> web.Response:
     require_admin(request)
     team_id = path_id(request, "team_id", "team")
     user_id = path_id(request, "user_id", "member")
-    if not await access.remove_member(request.app[appkeys.DATABASE], team_id, user_id):
+    db = request.app[appkeys.DATABASE]
+    if not await access.remove_member(db, team_id, user_id):
+        if await access.team_by_id(db, team_id) is None:
+            raise ApiError(404, f"team {team_id} not found")
         raise ApiError(404, f"user {user_id} is not a member of team {team_id}")
     log.info("team_member_removed", team_id=team_id, member_id=user_id)
     return web.Response(status=204)

@@ -82,6 +82,8 @@ async def unlink_team(request: web.Request) -> web.Response:
     environment_id = await _existing_environment(request, db)
     team_id = path_id(request, "team_id", "team")
     if not await access.unlink_team(db, environment_id, team_id):
+        if await access.team_by_id(db, team_id) is None:
+            raise ApiError(404, f"team {team_id} not found")
         raise ApiError(404, f"team {team_id} is not linked to environment {environment_id}")
     log.info("team_unlinked", environment_id=environment_id, team_id=team_id)
     return web.Response(status=204)

@@ -349,3 +349,15 @@ async def test_a_page_past_the_end_still_counts_every_item(
         assert f'page={total}&per_page=1>; rel="last"' in response.headers["Link"], path
         first = await client.get(f"{path}?page=1&per_page=1", headers=admin)
         assert len(await first.json()) == 1 and first.headers["X-Total-Count"] == str(total)
+
+
+async def test_removing_a_member_or_a_link_of_a_missing_team_names_the_team(
+    client: Any, admin: dict[str, str], db: Any
+) -> None:
+    """A team that does not exist is ``team N not found``, as on every other team route; it
+    was ``user U is not a member of team N`` / ``team N is not linked to environment E``."""
+    env_id = await create_environment(client, admin)
+    user_id = (await ok(client, "GET", "/users/me", admin, status=200))["id"]
+    for path in (f"/teams/987654/members/{user_id}", f"/environments/{env_id}/teams/987654/link"):
+        status, body = await call(client, "DELETE", path, admin)
+        assert (status, body["message"]) == (404, "team 987654 not found"), path
