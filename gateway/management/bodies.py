@@ -415,6 +415,15 @@ def pagination(request: web.Request) -> tuple[int, int]:
     return values["page"], values["per_page"]
 
 
+def list_filter(request: web.Request, key: str, allowed: tuple[str, ...]) -> str | None:
+    """The value of the list filter ``?key=`` (None when absent); 422 naming ``key`` and the
+    allowed values otherwise: a typo must not answer an empty list, nor an unfiltered one."""
+    value = request.query.get(key)
+    if value is not None and value not in allowed:
+        raise ValidationFailed({key: [f"must be one of: {', '.join(allowed)}"]})
+    return value
+
+
 def forwarded_client(request: web.Request) -> tuple[str | None, str]:
     """(client address, scheme) as ``[server] trusted_proxies`` resolve them (reloadable)."""
     trusted = live_config(request.app).server.trusted_proxies

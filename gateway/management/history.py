@@ -24,7 +24,7 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.exceptions import DatabaseUnavailable, Overloaded
-from gateway.http import ApiError, ValidationFailed, json_response
+from gateway.http import ApiError, json_response
 from gateway.ingest.batcher import (
     DUPLICATE,
     RUN_BATCHER,
@@ -42,7 +42,7 @@ from gateway.ingest.evaluation import (
 )
 from gateway.logs import get_logger
 from gateway.management import outgoing_history
-from gateway.management.bodies import page_headers, pagination
+from gateway.management.bodies import list_filter, page_headers, pagination
 from gateway.management.framework import endpoint
 from gateway.management.resources import authorize_orphanable, incoming_hook_for, path_uuid
 from gateway.reload import live_config
@@ -118,14 +118,11 @@ async def list_requests(request: web.Request) -> web.Response:
     """A hook's requests, newest first, paginated (``hook:read``); ``?outcome=`` filters."""
     hook = await incoming_hook_for(request, "hook:read")
     page, per_page = pagination(request)
-    outcome = request.query.get("outcome")
-    if outcome is not None and outcome not in OUTCOMES:
-        raise ValidationFailed({"outcome": [f"must be one of: {', '.join(OUTCOMES)}"]})
     rows, total = await history.list_hook_requests(
         request.app[appkeys.DATABASE],
         hook["id"],
         "incoming",
-        outcome,
+        list_filter(request, "outcome", OUTCOMES),
         per_page,
         (page - 1) * per_page,
     )

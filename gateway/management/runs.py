@@ -11,8 +11,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.http import ApiError, ValidationFailed, json_response
-from gateway.management.bodies import page_headers, pagination
+from gateway.http import ApiError, json_response
+from gateway.management.bodies import list_filter, page_headers, pagination
 from gateway.management.framework import endpoint
 from gateway.management.resources import authorize_orphanable, path_uuid, pipeline_for
 from gateway.storage import runs_read
@@ -53,9 +53,7 @@ async def list_runs(request: web.Request) -> web.Response:
     """A pipeline's runs, newest first, paginated; ``?status=`` filters."""
     pipeline = await pipeline_for(request, "pipeline:read")
     page, per_page = pagination(request)
-    status = request.query.get("status")
-    if status is not None and status not in RUN_STATUSES:
-        raise ValidationFailed({"status": [f"must be one of: {', '.join(RUN_STATUSES)}"]})
+    status = list_filter(request, "status", RUN_STATUSES)
     rows, total = await runs_read.list_runs(
         request.app[appkeys.DATABASE], pipeline["id"], status, per_page, (page - 1) * per_page
     )
