@@ -10,7 +10,7 @@ from aiohttp import web
 from gateway import appkeys
 from gateway.http import ApiError, json_response
 from gateway.logs import get_logger
-from gateway.management.bodies import page_headers, pagination
+from gateway.management.bodies import list_filter, page_headers, pagination
 from gateway.management.framework import endpoint
 from gateway.management.outgoing_hooks import outgoing_hook_for
 from gateway.security.sensitive_headers import redact_headers
@@ -19,6 +19,11 @@ from gateway.storage.database import Record
 
 log = get_logger(__name__)
 routes = web.RouteTableDef()
+
+# What the dispatcher records per attempt (dispatcher.py), and the states of a delivery
+# (schema.sql outgoing_deliveries.status); a typo in a list filter is a 422, not every row.
+ATTEMPT_OUTCOMES = ("succeeded", "failed", "refused")
+DELIVERY_STATUSES = ("pending", "delivering", "succeeded", "failed", "skipped")
 
 
 def _text(value: Any) -> str | None:
@@ -39,7 +44,7 @@ def attempt_json(row: Record) -> dict[str, Any]:
         "headers": redact_headers(row["headers"]),
         "body_size": row["body_size"],
         "body_stored": row["body_encoding"] is not None,
-        "outcome": row["outcome"],  # succeeded | failed | refused
+        "outcome": row["outcome"],  # one of ATTEMPT_OUTCOMES
         "status_code": row["status_code"],  # 0: no response (timeout, refused, network error)
         "message": row["message"],
         "response_excerpt": row["response_excerpt"],
@@ -57,7 +62,7 @@ def delivery_json(row: Record) -> dict[str, Any]:
         "hook_id": str(row["hook_id"]),
         "run_id": _text(row["run_id"]),
         "event": row["event"],
-        "status": row["status"],  # pending | delivering | succeeded | failed | skipped
+        "status": row["status"],  # one of DELIVERY_STATUSES
         "attempt": row["attempt"],
         "next_attempt_at": row["next_attempt_at"],
         "last_status_code": row["last_status_code"],
@@ -71,11 +76,15 @@ def delivery_json(row: Record) -> dict[str, Any]:
 @routes.get("/hooks/outgoing/{hook_id}/requests")
 @endpoint()
 async def list_attempts(request: web.Request) -> web.Response:
-    """A hook's attempts, newest first, paginated (``hook:read``)."""
+    """A hook's attempts, newest first, paginated (``hook:read``); ``?outcome=`` filters."""
     hook = await outgoing_hook_for(request, "hook:read")
     page, per_page = pagination(request)
     rows, total = await outgoing.list_attempts(
-        request.app[appkeys.DATABASE], hook["id"], per_page, (page - 1) * per_page
+        request.app[appkeys.DATABASE],
+        hook["id"],
+        list_filter(request, "outcome", ATTEMPT_OUTCOMES),
+        per_page,
+        (page - 1) * per_page,
     )
     return json_response(
         [attempt_json(r) for r in rows], headers=page_headers(request, page, per_page, total)
@@ -85,11 +94,15 @@ async def list_attempts(request: web.Request) -> web.Response:
 @routes.get("/hooks/outgoing/{hook_id}/deliveries")
 @endpoint()
 async def list_deliveries(request: web.Request) -> web.Response:
-    """A hook's deliveries, newest first, paginated (``hook:read``)."""
+    """A hook's deliveries, newest first, paginated (``hook:read``); ``?status=`` filters."""
     hook = await outgoing_hook_for(request, "hook:read")
     page, per_page = pagination(request)
     rows, total = await outgoing.list_deliveries(
-        request.app[appkeys.DATABASE], hook["id"], per_page, (page - 1) * per_page
+        request.app[appkeys.DATABASE],
+        hook["id"],
+        list_filter(request, "status", DELIVERY_STATUSES),
+        per_page,
+        (page - 1) * per_page,
     )
     return json_response(
         [delivery_json(r) for r in rows], headers=page_headers(request, page, per_page, total)

@@ -310,17 +310,19 @@ async def record_attempt(
 
 
 async def list_attempts(
-    db: Database, hook_id: uuid.UUID, limit: int, offset: int
+    db: Database, hook_id: uuid.UUID, outcome: str | None, limit: int, offset: int
 ) -> tuple[list[Record], int]:
-    """A page of a hook's attempts, newest first, and the total."""
-    return split_page(await db.fetch("outgoing_request_list", hook_id, limit, offset))
+    """A page of a hook's attempts (only those with ``outcome`` unless None), newest first,
+    and their total."""
+    return split_page(await db.fetch("outgoing_request_list", hook_id, outcome, limit, offset))
 
 
 async def list_deliveries(
-    db: Database, hook_id: uuid.UUID, limit: int, offset: int
+    db: Database, hook_id: uuid.UUID, status: str | None, limit: int, offset: int
 ) -> tuple[list[Record], int]:
-    """A page of a hook's deliveries, newest first, and the total."""
-    return split_page(await db.fetch("outgoing_delivery_list", hook_id, limit, offset))
+    """A page of a hook's deliveries (only those in ``status`` unless None), newest first, and
+    their total."""
+    return split_page(await db.fetch("outgoing_delivery_list", hook_id, status, limit, offset))
 
 
 async def delivery_by_id(db: Database, delivery_id: uuid.UUID) -> Record | None:

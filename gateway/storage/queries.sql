@@ -1348,17 +1348,17 @@ WHERE id = $1 AND active
 RETURNING id;
 
 -- name: outgoing_request_list
--- A page of an outgoing hook's attempts, newest first (no bodies).
+-- A page of an outgoing hook's attempts, newest first, optionally only one outcome (no bodies).
 SELECT t.total, r.id, r.hook_id, r.hook_type, r.received_at, r.request_method, r.target_url,
        r.headers, r.body_size, r.body_encoding, r.outcome, r.status_code, r.message,
        r.response_excerpt, r.run_id, r.delivery_id, r.attempt, r.latency_ms, r.retry_of,
        r.client_ip
 FROM (SELECT count(*) AS total FROM hook_requests
-      WHERE hook_id = $1 AND hook_type = 'outgoing') t
+      WHERE hook_id = $1 AND hook_type = 'outgoing' AND ($2::text IS NULL OR outcome = $2)) t
 LEFT JOIN LATERAL (
     SELECT * FROM hook_requests
-    WHERE hook_id = $1 AND hook_type = 'outgoing'
-    ORDER BY received_at DESC, id DESC LIMIT $2 OFFSET $3
+    WHERE hook_id = $1 AND hook_type = 'outgoing' AND ($2::text IS NULL OR outcome = $2)
+    ORDER BY received_at DESC, id DESC LIMIT $3 OFFSET $4
 ) r ON true;
 
 -- name: outgoing_delivery_by_id
@@ -1376,13 +1376,15 @@ SELECT $1, hook_id, run_id, event, payload, $3 FROM outgoing_deliveries WHERE id
 RETURNING id, hook_id, run_id, event, status, next_attempt_at, retry_of, created_at;
 
 -- name: outgoing_delivery_list
--- A page of an outgoing hook's deliveries, newest first (no payloads).
+-- A page of an outgoing hook's deliveries, newest first, optionally only one status (no
+-- payloads).
 SELECT t.total, d.id, d.hook_id, d.run_id, d.event, d.status, d.attempt, d.next_attempt_at,
        d.last_status_code, d.last_error, d.retry_of, d.created_at, d.updated_at
-FROM (SELECT count(*) AS total FROM outgoing_deliveries WHERE hook_id = $1) t
+FROM (SELECT count(*) AS total FROM outgoing_deliveries
+      WHERE hook_id = $1 AND ($2::text IS NULL OR status = $2)) t
 LEFT JOIN LATERAL (
-    SELECT * FROM outgoing_deliveries WHERE hook_id = $1
-    ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3
+    SELECT * FROM outgoing_deliveries WHERE hook_id = $1 AND ($2::text IS NULL OR status = $2)
+    ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4
 ) d ON true;
 -- name: outgoing_prune_finished
 -- Delete up to $2 deliveries that finished (succeeded, failed, skipped) before $1.
