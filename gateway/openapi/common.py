@@ -84,6 +84,18 @@ def path_uuid(name: str, what: str) -> Schema:
     }
 
 
+def list_filter(name: str, what: str, values: tuple[str, ...]) -> Schema:
+    """The query parameter ``name`` of a list: only items whose ``name`` is one of ``values``
+    (management.bodies.list_filter refuses any other with a 422)."""
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": f"Only {what} with this {name} ({', '.join(values)}).",
+        "schema": {"enum": list(values)},
+    }
+
+
 PAGE_PARAMETERS: list[Schema] = [
     {
         "name": "page",

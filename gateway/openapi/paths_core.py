@@ -8,6 +8,7 @@ from gateway.openapi.common import (
     Schema,
     error,
     json_body,
+    list_filter,
     no_content,
     operation,
     page,
@@ -268,13 +269,6 @@ def _pipelines() -> dict[str, Schema]:
 
 
 def _runs() -> dict[str, Schema]:
-    status = {
-        "name": "status",
-        "in": "query",
-        "required": False,
-        "description": "Only runs in this status.",
-        "schema": {"enum": list(STATUSES)},
-    }
     return {
         "/pipelines/{pipeline_id}/runs": {
             "get": operation(
@@ -283,7 +277,7 @@ def _runs() -> dict[str, Schema]:
                 "runs",
                 {200: page(ref("Run"), "A page of runs.")},
                 errors=(403, 404, 422),
-                parameters=[PIPELINE, *PAGE_PARAMETERS, status],
+                parameters=[PIPELINE, *PAGE_PARAMETERS, list_filter("status", "runs", STATUSES)],
             )
         },
         "/runs/{run_id}": {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from gateway.management.history import OUTCOMES
+from gateway.management.outgoing_history import ATTEMPT_OUTCOMES, DELIVERY_STATUSES
 from gateway.openapi import inputs
 from gateway.openapi.common import (
     PAGE_PARAMETERS,
@@ -10,6 +12,7 @@ from gateway.openapi.common import (
     Schema,
     array,
     json_body,
+    list_filter,
     no_content,
     nullable,
     obj,
@@ -135,18 +138,7 @@ def _incoming() -> dict[str, Schema]:
                 "history",
                 {200: page(ref("HookRequestSummary"), "A page of recorded requests.")},
                 errors=(403, 404, 422),
-                parameters=[
-                    HOOK,
-                    *PAGE_PARAMETERS,
-                    {
-                        "name": "outcome",
-                        "in": "query",
-                        "required": False,
-                        "description": "Only requests with this outcome (accepted, skipped, "
-                        "rejected, duplicate).",
-                        "schema": {"enum": ["accepted", "skipped", "rejected", "duplicate"]},
-                    },
-                ],
+                parameters=[HOOK, *PAGE_PARAMETERS, list_filter("outcome", "requests", OUTCOMES)],
             )
         },
         "/hook-requests/{request_id}": {
@@ -259,7 +251,11 @@ def _outgoing() -> dict[str, Schema]:
                 "outgoing hooks",
                 {200: page(ref("OutgoingAttempt"), "A page of attempts.")},
                 errors=(403, 404, 422),
-                parameters=[hook, *PAGE_PARAMETERS],
+                parameters=[
+                    hook,
+                    *PAGE_PARAMETERS,
+                    list_filter("outcome", "attempts", ATTEMPT_OUTCOMES),
+                ],
             )
         },
         "/hooks/outgoing/{hook_id}/deliveries": {
@@ -269,7 +265,11 @@ def _outgoing() -> dict[str, Schema]:
                 "outgoing hooks",
                 {200: page(ref("OutgoingDelivery"), "A page of deliveries.")},
                 errors=(403, 404, 422),
-                parameters=[hook, *PAGE_PARAMETERS],
+                parameters=[
+                    hook,
+                    *PAGE_PARAMETERS,
+                    list_filter("status", "deliveries", DELIVERY_STATUSES),
+                ],
             )
         },
     }

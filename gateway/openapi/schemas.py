@@ -6,6 +6,7 @@ being documented here fails the schemathesis run in CI.
 
 from __future__ import annotations
 
+from gateway.management.outgoing_history import DELIVERY_STATUSES
 from gateway.openapi.common import (
     BOOLEAN,
     ID,
@@ -244,7 +245,7 @@ OUTGOING_DELIVERY = obj(
         "hook_id": UUID,
         "run_id": nullable(UUID),
         "event": STRING,
-        "status": {"enum": ["pending", "delivering", "succeeded", "failed", "skipped"]},
+        "status": {"enum": list(DELIVERY_STATUSES)},
         "attempt": INTEGER,
         "next_attempt_at": TIMESTAMP,
         "last_status_code": nullable(INTEGER),
