@@ -100,13 +100,17 @@ def decoded_body(raw: bytes | None) -> tuple[str | None, Any]:
 
 def request_detail_json(row: Record) -> dict[str, Any]:
     """The API shape of one recorded request: the summary plus headers (redacted again, see
-    the module docstring) and body."""
+    the module docstring) and body; an outgoing attempt's summary is its shape in the
+    attempts list (method, target URL, answer excerpt, attempt number)."""
     body_format, body = decoded_body(history.stored_body(row))
+    if row["hook_type"] == "outgoing":
+        summary = outgoing_history.attempt_json(row)
+    else:
+        summary = {**request_summary_json(row), "headers": redact_headers(row["headers"])}
     return {
-        **request_summary_json(row),
+        **summary,
         "pipeline_id": row["pipeline_id"],
         "environment_id": row["environment_id"],
-        "headers": redact_headers(row["headers"]),
         "body_format": body_format,
         "body": body,
     }

@@ -146,7 +146,13 @@ def _incoming() -> dict[str, Schema]:
                 "getHookRequest",
                 "One recorded request with redacted headers and decoded body (hook:read)",
                 "history",
-                {200: json_body(ref("HookRequest"), "The recorded request.")},
+                {
+                    200: json_body(
+                        {"oneOf": [ref("HookRequest"), ref("OutgoingAttemptDetail")]},
+                        "The recorded request: one to an incoming hook, or an outgoing attempt "
+                        "(as in its hook's attempts list).",
+                    )
+                },
                 errors=(403, 404),
                 parameters=[REQUEST],
             )

@@ -207,38 +207,36 @@ SUMMARY_FIELDS: dict[str, Schema] = {
     "body_stored": BOOLEAN,
 }
 HOOK_REQUEST_SUMMARY = obj(SUMMARY_FIELDS)
-HOOK_REQUEST = obj(
-    {
-        **SUMMARY_FIELDS,
-        "pipeline_id": nullable(ID),
-        "environment_id": nullable(ID),
-        "headers": {"type": "object", "additionalProperties": STRING},
-        "body_format": {"enum": ["json", "text", "base64", None]},
-        "body": {"description": "Parsed JSON, text, base64 text, or null when not stored."},
-    }
-)
-OUTGOING_ATTEMPT = obj(
-    {
-        "id": UUID,
-        "hook_id": UUID,
-        "hook_type": {"const": "outgoing"},
-        "sent_at": TIMESTAMP,
-        "attempt": nullable(INTEGER),
-        "method": nullable(STRING),
-        "target_url": nullable(STRING),
-        "headers": {"type": "object", "additionalProperties": STRING},
-        "body_size": INTEGER,
-        "body_stored": BOOLEAN,
-        "outcome": STRING,
-        "status_code": INTEGER,
-        "message": STRING,
-        "response_excerpt": nullable(STRING),
-        "latency_ms": nullable({"type": "number"}),
-        "run_id": nullable(UUID),
-        "delivery_id": nullable(STRING),
-        "retry_of": nullable(UUID),
-    }
-)
+DETAIL_FIELDS: dict[str, Schema] = {
+    "pipeline_id": nullable(ID),
+    "environment_id": nullable(ID),
+    "headers": {"type": "object", "additionalProperties": STRING},
+    "body_format": {"enum": ["json", "text", "base64", None]},
+    "body": {"description": "Parsed JSON, text, base64 text, or null when not stored."},
+}
+HOOK_REQUEST = obj({**SUMMARY_FIELDS, "hook_type": {"const": "incoming"}, **DETAIL_FIELDS})
+OUTGOING_ATTEMPT_FIELDS: dict[str, Schema] = {
+    "id": UUID,
+    "hook_id": UUID,
+    "hook_type": {"const": "outgoing"},
+    "sent_at": TIMESTAMP,
+    "attempt": nullable(INTEGER),
+    "method": nullable(STRING),
+    "target_url": nullable(STRING),
+    "headers": {"type": "object", "additionalProperties": STRING},
+    "body_size": INTEGER,
+    "body_stored": BOOLEAN,
+    "outcome": STRING,
+    "status_code": INTEGER,
+    "message": STRING,
+    "response_excerpt": nullable(STRING),
+    "latency_ms": nullable({"type": "number"}),
+    "run_id": nullable(UUID),
+    "delivery_id": nullable(STRING),
+    "retry_of": nullable(UUID),
+}
+OUTGOING_ATTEMPT = obj(OUTGOING_ATTEMPT_FIELDS)
+OUTGOING_ATTEMPT_DETAIL = obj({**OUTGOING_ATTEMPT_FIELDS, **DETAIL_FIELDS})
 OUTGOING_DELIVERY = obj(
     {
         "id": UUID,
@@ -300,6 +298,7 @@ COMPONENT_SCHEMAS: dict[str, Schema] = {
     "HookRequestSummary": HOOK_REQUEST_SUMMARY,
     "HookRequest": HOOK_REQUEST,
     "OutgoingAttempt": OUTGOING_ATTEMPT,
+    "OutgoingAttemptDetail": OUTGOING_ATTEMPT_DETAIL,
     "OutgoingDelivery": OUTGOING_DELIVERY,
     "Permission": PERMISSION,
     "Role": ROLE,

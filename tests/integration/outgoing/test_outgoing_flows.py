@@ -117,6 +117,18 @@ async def test_redelivery_of_a_recorded_attempt(
         pipeline["environment_id"],
     )
     assert detail["headers"]["webhook-signature"] == "[redacted]"
+    # The attempt's own shape, as its hook's attempts list shows it, plus where and the body:
+    # it was shown in an incoming request's (no method, target URL, answer or attempt number).
+    listed = await (
+        await client.get(f"/hooks/outgoing/{hook['id']}/requests", headers=reader)
+    ).json()
+    assert {k: v for k, v in detail.items() if k in listed[0]} == listed[0]
+    assert set(detail) - set(listed[0]) == {"pipeline_id", "environment_id", "body_format", "body"}
+    assert (detail["method"], detail["target_url"], detail["attempt"]) == (
+        "POST",
+        base + "/again",
+        1,
+    )
     assert (await client.get(f"/hook-requests/{original['id']}", headers=outsider)).status == 404
     denied = await client.post(f"/hook-requests/{original['id']}/replay", headers=reader)
     assert denied.status == 403
