@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import appkeys
+from gateway import appkeys, run_states
 from gateway.http import ApiError, json_response
 from gateway.management.bodies import list_filter, page_headers, pagination
 from gateway.management.framework import endpoint
@@ -19,8 +19,6 @@ from gateway.storage import runs_read
 from gateway.storage.database import Record
 
 routes = web.RouteTableDef()
-
-RUN_STATUSES = ("queued", "in-progress", "completed", "failed", "skipped", "cancelled")
 
 
 def run_json(row: Record) -> dict[str, Any]:
@@ -53,7 +51,7 @@ async def list_runs(request: web.Request) -> web.Response:
     """A pipeline's runs, newest first, paginated; ``?status=`` filters."""
     pipeline = await pipeline_for(request, "pipeline:read")
     page, per_page = pagination(request)
-    status = list_filter(request, "status", RUN_STATUSES)
+    status = list_filter(request, "status", run_states.STATUSES)
     rows, total = await runs_read.list_runs(
         request.app[appkeys.DATABASE], pipeline["id"], status, per_page, (page - 1) * per_page
     )
