@@ -361,7 +361,9 @@ class Executor:
                         exit_code=exit_code,
                     )
                 return True
-            except Conflict as exc:  # cancelled or lease lost meanwhile: not ours to report
+            except (Conflict, NotFound) as exc:
+                # Cancelled or lease lost meanwhile, or the run is gone (deleted by a prune
+                # just after a cancel): not ours to report, as a heartbeat would have found.
                 log.warning("run_report_refused", reason=str(exc), **context)
                 return False
             except (DatabaseUnavailable, TimeoutError) as exc:

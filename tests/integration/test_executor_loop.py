@@ -4,6 +4,7 @@ ends, saying why, once its pipeline is deleted."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from typing import Any
 
@@ -99,3 +100,42 @@ async def test_a_variable_too_long_for_the_environment_fails_the_run_naming_it(
         "cannot start 'sh': Argument list too long: HOOK_VAR_PR_BODY (140017 bytes) longer "
         "than the 131071 bytes the system allows one environment variable"
     )
+
+
+async def test_a_run_gone_before_its_report_is_a_refused_report_not_a_crash(
+    db: Database, database_dsn: str
+) -> None:
+    # The run's row disappears while its command runs (a prune racing a cancel; here the
+    # command deletes it itself, so the order is certain): the report finds no run. That
+    # escaped the report's handling as NotFound: an error-level run_task_crashed traceback.
+    pipeline = await make_pipeline(db)
+    run = await enqueue(db, pipeline["id"], source_ref="main")
+    delete = (
+        "import asyncio, os, sys, asyncpg\n"
+        "async def main():\n"
+        "    db = await asyncpg.connect(sys.argv[1])\n"
+        "    run_id = os.environ['HOOK_RUN_ID']\n"
+        "    await db.execute('DELETE FROM pipeline_runs WHERE id = $1', run_id)\n"
+        "asyncio.run(main())\n"
+    )
+    command = [sys.executable, "-c", delete, database_dsn]
+    settings = ExecutorSettings(pipeline["id"], command, poll_interval=0.1)
+    executor = Executor(db, settings)
+    with capture_logs() as logs:
+        loop = asyncio.create_task(executor.run())
+        try:
+
+            async def reported() -> bool:
+                return any(e["event"] == "run_finished" for e in logs)
+
+            await eventually(reported)
+        finally:
+            executor.stop()
+            await asyncio.wait_for(loop, timeout=30)
+    assert [e for e in logs if e["event"] == "run_task_crashed"] == []
+    gone = await db.pool.fetchval("SELECT count(*) FROM pipeline_runs WHERE id = $1", run["id"])
+    assert gone == 0
+    [refused] = [e for e in logs if e["event"] == "run_report_refused"]
+    assert refused["reason"] == "run not found"
+    [finished] = [e for e in logs if e["event"] == "run_finished"]
+    assert (finished["status"], finished["recorded"]) == ("completed", False)
