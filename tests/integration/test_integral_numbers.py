@@ -50,9 +50,13 @@ async def test_a_fraction_or_an_inexact_number_is_refused(
 ) -> None:
     environment = await make_environment(client, admin_headers)
     pipeline = await make_pipeline(client, admin_headers, environment["id"])
-    for value in (805.5, 2.0**60):
+    # 9007199254740993.0 reads as the float 2**53, as 9007199254740992.0 does: it was stored
+    # as 9007199254740992, another integer than the one written.
+    for value in ("805.5", "1152921504606846976.0", "9007199254740993.0"):
         response = await client.put(
-            f"/pipelines/{pipeline['id']}", json={"resource_id": value}, headers=admin_headers
+            f"/pipelines/{pipeline['id']}",
+            data=f'{{"resource_id": {value}}}',
+            headers={**admin_headers, "Content-Type": "application/json"},
         )
         assert response.status == 422, await response.text()
         assert (await response.json())["errors"] == {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway.json_numbers import MAX_EXACT_FLOAT_INTEGER, json_integer
@@ -19,7 +20,7 @@ from gateway.json_numbers import MAX_EXACT_FLOAT_INTEGER, json_integer
         (805.0, 805),
         (-0.0, 0),
         (float(MAX_EXACT_FLOAT_INTEGER), MAX_EXACT_FLOAT_INTEGER),
-        (float(MAX_EXACT_FLOAT_INTEGER) * 2, None),
+        (float(MAX_EXACT_FLOAT_INTEGER + 1), None),
         (805.5, None),
         (float("inf"), None),
         (float("nan"), None),
@@ -32,3 +33,20 @@ from gateway.json_numbers import MAX_EXACT_FLOAT_INTEGER, json_integer
 def test_json_integer(value: Any, expected: int | None) -> None:
     assert json_integer(value) == expected
     assert json_integer(value) is None or type(json_integer(value)) is int
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        (b"9007199254740991.0", 9007199254740991),  # 2**53 - 1: no other integer reads as it
+        # 2**53 + 1 reads as the float 2**53 (the nearest one): taken, it would be another
+        # integer than the one written, as would 2**53 itself, which it cannot be told from.
+        (b"9007199254740993.0", None),
+        (b"9007199254740992.0", None),
+        (b"-9007199254740993.0", None),
+    ],
+)
+def test_a_float_is_an_integer_only_below_two_to_the_53(
+    written: bytes, expected: int | None
+) -> None:
+    assert json_integer(orjson.loads(written)) == expected
