@@ -783,6 +783,9 @@ UPDATE pipeline_runs r SET
     status = 'cancelled',
     message = format('superseded by run %s', d.newer_id),
     finished_at = now(),
+    -- No token survives: the lease holder's own cancelled report must get its 409, not pass
+    -- for a repeat of an outcome it recorded (see runs.report_status).
+    lease_token = NULL,
     lease_expires_at = NULL,
     updated_at = now()
 FROM doomed d
@@ -901,12 +904,15 @@ FOR UPDATE;
 
 -- name: runs_finish
 -- Move a locked run to $2 (completed, failed or cancelled) with message, output and exit code.
+-- The lease token stays only when the lease holder ($7, checked by the caller) reported it, so
+-- that its retry is known for a repeat; a cancel without the lease clears it (as above).
 UPDATE pipeline_runs SET
     status = $2,
     message = coalesce($3, message),
     output = coalesce($4, output),
     exit_code = coalesce($5, exit_code),
     finished_at = now(),
+    lease_token = $7::uuid,
     lease_expires_at = NULL,
     updated_at = now()
 WHERE id = $1

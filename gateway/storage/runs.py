@@ -219,7 +219,14 @@ async def transition(
     else:
         bounded = None if output is None else run_states.bound_output(output)
         updated = await session.fetchrow(
-            "runs_finish", run_id, new_status, message, bounded, exit_code, row["status"]
+            "runs_finish",
+            run_id,
+            new_status,
+            message,
+            bounded,
+            exit_code,
+            row["status"],
+            lease_token,
         )
     assert updated is not None
     await on_status_change(session, [RunChange(updated, row["status"])])

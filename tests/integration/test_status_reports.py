@@ -256,3 +256,40 @@ async def test_the_lease_holder_may_repeat_its_cancelled_report(
     )
     assert response.status == 409
     assert (await response.json())["message"] == "cannot move run from cancelled to completed"
+
+
+async def test_a_cancel_by_another_is_not_taken_for_the_lease_holders_repeat(
+    client: Any, db: Database, admin_headers: dict[str, str]
+) -> None:
+    """Only the cancel the lease holder itself reported can be repeated. A run cancelled by
+    another (superseded under cancel-in-progress, or cancelled without its lease) kept the
+    lease token, so the holder's own first ``cancelled`` report passed for a repeat: 200, its
+    message and output silently dropped, logged as run_status_repeated."""
+    pipeline = await make_pipeline(db, policy="cancel-in-progress", key="source_ref")
+    superseded = await enqueue(db, pipeline["id"], source_ref="main")
+    [claimed] = await claim(db, pipeline["id"])
+    await enqueue(db, pipeline["id"], source_ref="main")
+    token = str(claimed["lease_token"])
+    beat = await client.post(
+        f"/runs/{superseded['id']}/heartbeat", json={"lease_token": token}, headers=admin_headers
+    )
+    assert beat.status == 409  # the heartbeat found it superseded, and cancelled it
+
+    called_off, other_token = await _claimed(db)
+    response = await client.post(
+        f"/runs/{called_off['id']}/status", json={"status": "cancelled"}, headers=admin_headers
+    )
+    assert response.status == 200, await response.text()
+
+    for run, lease in ((superseded, token), (called_off, other_token)):
+        before = await run_row(db, run["id"])
+        report = {"status": "cancelled", "lease_token": lease, "message": "mine", "output": "x"}
+        with capture_logs() as logs:
+            response = await client.post(
+                f"/runs/{run['id']}/status", json=report, headers=admin_headers
+            )
+        assert response.status == 409, await response.text()
+        assert (await response.json())["message"] == ("cannot move run from cancelled to cancelled")
+        assert not [e for e in logs if e["event"] == "run_status_repeated"]
+        after = await run_row(db, run["id"])
+        assert (after["message"], after["output"]) == (before["message"], before["output"])
