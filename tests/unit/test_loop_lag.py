@@ -38,6 +38,7 @@ class Samples(list[float]):
 
 async def test_a_blocked_loop_is_measured_and_logged_once_per_interval() -> None:
     samples = Samples()
+    after_blocks: list[float] = []
     with capture_logs() as logs:
         watcher = asyncio.create_task(
             watch_loop_lag(interval=0.01, warn_after=0.2, warn_every=3600, observe=samples.observe)
@@ -48,18 +49,18 @@ async def test_a_blocked_loop_is_measured_and_logged_once_per_interval() -> None
             for _ in range(2):
                 # Holds the loop, as a blocking call in a handler would.
                 time.sleep(0.3)  # noqa: ASYNC251
-                await samples.next()
+                after_blocks.append(await samples.next())
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-    blocked = [lag for lag in samples if lag >= 0.2]
-    assert len(blocked) == 2, samples
-    assert all(lag >= 0.25 for lag in blocked), blocked
+    # The sample taken right after each block measured it (asserted on those two only: a
+    # stall of the machine elsewhere in the run must not fail the test).
+    assert all(lag >= 0.25 for lag in after_blocks), after_blocks
     lines = [entry for entry in logs if entry["event"] == "event_loop_blocked"]
-    # The second block falls within warn_every of the first: counted, not logged (the count
-    # it then carries is LogThrottle's, tested in test_log_throttle.py).
+    # One line: the second block falls within warn_every of the first, counted, not logged
+    # (the count it then carries is LogThrottle's, tested in test_log_throttle.py).
     assert len(lines) == 1, logs
     assert lines[0]["log_level"] == "warning"
-    assert lines[0]["lag_ms"] >= 250
+    assert lines[0]["lag_ms"] >= 200  # warn_after
     assert lines[0]["suppressed"] == 0
