@@ -106,25 +106,21 @@ def _print_problems(source: str, problems: list[str]) -> None:
 
 def _check_config(path: str | None) -> int:
     """``gateway check-config``: every problem of the file and the overrides in one run, and
-    what start-up would refuse about the keys as far as the file system tells (the key file
-    is checked as well when other keys are wrong, as long as [security] itself is valid)."""
-    from gateway.security.secret_box import check_key_settings
-
+    what start-up would refuse about the files they name as far as the file system tells: the
+    key file, and the certificate files of database.dsn (each checked as well when other keys
+    are wrong, as long as the keys it reads are valid)."""
     try:
         config = load_config(path)
     except ConfigError as exc:
         problems = list(exc.problems)
-        if exc.partial is not None and not any(k.startswith("security.") for k in exc.refused):
-            try:
-                check_key_settings(exc.partial.security)
-            except ValueError as key_problem:
-                problems.append(str(key_problem))
+        if exc.partial is not None:
+            problems += _file_problems(exc.partial, exc.refused)
         _print_problems(exc.source, problems)
         return 2
-    try:
-        check_key_settings(config.security)
-    except ValueError as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
+    problems = _file_problems(config, frozenset())
+    for problem in problems:
+        print(f"gateway: {problem}", file=sys.stderr)
+    if problems:
         return 2
     if Path(config.source).is_file():
         print(f"{config.source}: OK")
@@ -134,6 +130,26 @@ def _check_config(path: str | None) -> int:
             f"and the GATEWAY_* overrides are valid"
         )
     return 0
+
+
+def _file_problems(config: Config, refused: frozenset[str]) -> list[str]:
+    """What start-up would refuse about the files ``config`` names (found without creating
+    any): the key file, unless a [security] key was refused; the files database.dsn names
+    (serve refuses a missing certificate with status 2 before it connects)."""
+    from gateway.security.secret_box import check_key_settings
+    from gateway.storage.database import unreadable_dsn_files
+
+    problems = []
+    if not any(key.startswith("security.") for key in refused):
+        try:
+            check_key_settings(config.security)
+        except ValueError as key_problem:
+            problems.append(str(key_problem))
+    if "database.dsn" not in refused and config.database.dsn:
+        unreadable = unreadable_dsn_files(config.database.dsn)
+        if unreadable:
+            problems.append(unreadable)
+    return problems
 
 
 def _worker_config(snapshot: str) -> Config:

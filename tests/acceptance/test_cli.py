@@ -543,6 +543,32 @@ def test_a_missing_certificate_file_in_the_dsn_is_a_configuration_error(
     )
 
 
+def test_check_config_refuses_a_missing_certificate_file_as_serve_does(tmp_path: Path) -> None:
+    """check-config said OK to a DSN whose sslrootcert is missing, which serve then refused
+    with status 2: the check meant to run before a deployment passed what would not start."""
+    missing = tmp_path / "certs" / "root.crt"
+    dsn = (
+        f"postgresql://app:hunter2@db.internal:5432/hooks?sslmode=verify-full&sslrootcert={missing}"
+    )
+    problem = f"database.dsn parameter 'sslrootcert' names '{missing}': no such file or directory"
+    valid = write_config(tmp_path / "valid.toml", {"database": {"dsn": dsn}})
+    result = run_gateway("check-config", str(valid), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.splitlines() == [f"gateway: {problem}"]
+    # Beside another problem, in the same list.
+    invalid = write_config(
+        tmp_path / "bad.toml", {"database": {"dsn": dsn}, "log": {"format": "xml"}}
+    )
+    result = run_gateway("check-config", str(invalid), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.splitlines() == [
+        f"gateway: invalid configuration in {invalid}:",
+        "  - log.format = 'xml' is invalid: must be one of json, console",
+        f"  - {problem}",
+    ]
+    assert "hunter2" not in result.stderr
+
+
 # --- the load-balancer instance configuration fails closed ----------------------------------
 
 
