@@ -16,11 +16,15 @@ from pathlib import Path
 
 from gateway.config import Config
 from gateway.exceptions import GatewayError
-from gateway.storage.database import Database
+from gateway.storage.database import SCHEMA_PATH, Database
+from gateway.storage.schema import release_schema_version
 
-# Leases and concurrency settings (2), and the outbox the executor writes with each change of
-# a run (3), numbered by outgoing_event_sequence (5).
-MIN_SCHEMA_VERSION = 5
+
+def required_schema_version() -> int:
+    """The schema version these commands need: this release's (its schema.sql's). Their
+    queries are this release's, and an older schema lacks what they read (``keys status`` on a
+    database at version 6 failed with a traceback: no outgoing_hooks.previous_secret)."""
+    return release_schema_version(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
 def running_embedded_dsn(data_dir: str) -> str | None:
@@ -64,10 +68,17 @@ async def existing_database(
             raise
         except Exception:  # the driver's "relation does not exist": never migrated
             version = None
-        if version is None or version < MIN_SCHEMA_VERSION:
+        required = required_schema_version()
+        if version is None or version < required:
+            found = (
+                "the database has no hookgate schema yet"
+                if version is None
+                else f"the database schema is at version {version}, older than this "
+                f"release's {required}"
+            )
             raise GatewayError(
-                f"the database schema is at version {version}, older than this gateway's "
-                f"{MIN_SCHEMA_VERSION}: run `gateway migrate` (or start `gateway serve`) first"
+                f"{found}: run this release's `gateway migrate` (or start its `gateway "
+                "serve`) first"
             )
         yield db
     finally:

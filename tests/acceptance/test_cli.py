@@ -399,6 +399,40 @@ async def test_migrate_refuses_a_database_a_newer_release_migrated(
     assert "not a number of seconds (0 or more): 'soon'" in wrong.stderr
 
 
+@pytest.mark.parametrize(
+    "command", [["keys", "status"], ["keys", "rotate"], ["prune", "--older-than", "30d"]]
+)
+async def test_commands_refuse_a_database_an_older_release_migrated(
+    tmp_path: Path, database_dsn: str, command: list[str]
+) -> None:
+    """A new release's maintenance command run before its `gateway migrate` (the upgrade's
+    step 3 forgotten): a database at the previous schema version lacks what its queries read.
+    They accepted any version from 5 on, and `keys status` and `keys rotate` then failed with
+    a traceback (column "previous_secret" does not exist, schema version 7)."""
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        version = await conn.fetchval("SELECT max(version) FROM schema_version")
+        # The database as the release before this one left it: its last section undone.
+        await conn.execute("DELETE FROM schema_version WHERE version = $1", version)
+        await conn.execute(
+            "ALTER TABLE outgoing_hooks DROP COLUMN previous_secret, "
+            "DROP COLUMN previous_secret_expires_at"
+        )
+    finally:
+        await conn.close()
+    config = write_config(
+        tmp_path / "config.toml",
+        {"database": {"dsn": database_dsn}, "security": {"secret_keys": [TEST_SECRET_KEY]}},
+    )
+    result = run_gateway("--config", str(config), *command, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"gateway: the database schema is at version {version - 1}, older than this release's "
+        f"{version}: run this release's `gateway migrate` (or start its `gateway serve`) first"
+    )
+
+
 def test_migrate_reports_an_unreachable_database(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     config = write_config(
