@@ -135,9 +135,11 @@ def _check_config(path: str | None) -> int:
 def _file_problems(config: Config, refused: frozenset[str]) -> list[str]:
     """What start-up would refuse about the files ``config`` names (found without creating
     any): the key file, unless a [security] key was refused; the files database.dsn names
-    (serve refuses a missing certificate with status 2 before it connects)."""
+    (serve refuses a missing certificate with status 2 before it connects), or without a DSN
+    the embedded server's data_dir (a file in its place)."""
     from gateway.security.secret_box import check_key_settings
     from gateway.storage.database import unreadable_dsn_files
+    from gateway.storage.embedded import unusable_data_dir
 
     problems = []
     if not any(key.startswith("security.") for key in refused):
@@ -145,10 +147,16 @@ def _file_problems(config: Config, refused: frozenset[str]) -> list[str]:
             check_key_settings(config.security)
         except ValueError as key_problem:
             problems.append(str(key_problem))
-    if "database.dsn" not in refused and config.database.dsn:
-        unreadable = unreadable_dsn_files(config.database.dsn)
+    database = config.database
+    if "database.dsn" not in refused and database.dsn:
+        unreadable = unreadable_dsn_files(database.dsn)
         if unreadable:
             problems.append(unreadable)
+    elif refused.isdisjoint({"database.dsn", "database.embedded", "database.data_dir"}):
+        embedded = database.embedded and not database.dsn  # else data_dir is not used
+        unusable = unusable_data_dir(database.data_dir) if embedded else None
+        if unusable:
+            problems.append(unusable)
     return problems
 
 

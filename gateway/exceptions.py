@@ -67,8 +67,9 @@ class OperationTimedOut(GatewayError):
 
 
 class DatabaseMisconfigured(GatewayError):
-    """database.dsn cannot be used as written (not an outage: retrying will not help until the
-    configuration changes). The command line exits with 2, as for any configuration error."""
+    """database.dsn (or the embedded server's data_dir) cannot be used as written (not an
+    outage: retrying will not help until the configuration changes). The command line exits
+    with 2, as for any configuration error."""
 
 
 class DatabaseRefused(DatabaseMisconfigured):

@@ -35,7 +35,7 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from gateway.exceptions import DatabaseUnavailable, EmbeddedDatabaseStopped
+from gateway.exceptions import DatabaseMisconfigured, DatabaseUnavailable, EmbeddedDatabaseStopped
 from gateway.logs import get_logger
 
 log = get_logger(__name__)
@@ -218,6 +218,21 @@ def _wait_reaped(postmaster_pid_file: Path, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+def unusable_data_dir(data_dir: str | Path) -> str | None:
+    """Why ``[database] data_dir`` cannot hold the embedded server's data, as far as the file
+    system tells without creating anything (a file where the directory or one of its parents
+    should be); None when it can. Not an outage: the configuration must change."""
+    path = Path(data_dir).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        return f"database.data_dir {str(data_dir)!r} is not a directory"
+    for parent in path.parents:
+        if parent.exists():  # the nearest that exists: the directories below it get created
+            if parent.is_dir():
+                return None
+            return f"database.data_dir {str(data_dir)!r} cannot be created: {parent} is a file"
+    return None
+
+
 # How often a long-running process checks that its embedded server still runs.
 WATCH_INTERVAL = 1.0
 
@@ -240,7 +255,16 @@ class EmbeddedPostgres:
     def start(self) -> str:
         """Initialise (first time) and start the server, or join a running one; return its DSN."""
         wheel = import_wheel()
-        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        unusable = unusable_data_dir(self.data_dir)
+        if unusable:
+            raise DatabaseMisconfigured(unusable)
+        try:
+            self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a parent this user may not write ...
+            raise DatabaseMisconfigured(
+                f"database.data_dir {str(self.data_dir)!r} cannot be created: "
+                f"{exc.strerror or type(exc).__name__} ({exc.filename})"
+            ) from exc
         fresh = not (self.data_dir / "PG_VERSION").exists()
         running = _live_postmaster(self.data_dir)
         if running is None:

@@ -603,6 +603,32 @@ def test_check_config_refuses_a_missing_certificate_file_as_serve_does(tmp_path:
     assert "hunter2" not in result.stderr
 
 
+@pytest.mark.parametrize("under_a_file", [False, True], ids=["a-file", "under-a-file"])
+@pytest.mark.parametrize("command", [["serve"], ["migrate"], ["check-config"]])
+def test_a_data_dir_that_cannot_be_a_directory_is_a_configuration_error(
+    tmp_path: Path, command: list[str], under_a_file: bool
+) -> None:
+    """[database] data_dir naming a file, or a path under one: serve and migrate died with a
+    FileExistsError traceback (a parent that is a file) or, after initdb failed, pointed at a
+    server log that cannot exist, both with the status of an outage (1, restarted for ever);
+    check-config said OK."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    data_dir = blocker / "pgdata" if under_a_file else blocker
+    config = write_config(
+        tmp_path / "config.toml",
+        {"server": {"port": free_port()}, "database": {"data_dir": str(data_dir)}},
+    )
+    result = run_gateway("--config", str(config), *command, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    problem = f"cannot be created: {blocker} is a file" if under_a_file else "is not a directory"
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"gateway: database.data_dir '{data_dir}' {problem}"
+    )
+    assert not (tmp_path / "var").exists()  # no key file was made for a start that fails
+
+
 # --- the load-balancer instance configuration fails closed ----------------------------------
 
 
