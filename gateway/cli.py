@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import sighup
-from gateway.config import Config, ConfigError, load_config, override_names
+from gateway.config import (
+    MAX_STATEMENT_SECONDS,
+    Config,
+    ConfigError,
+    load_config,
+    override_names,
+)
 from gateway.exceptions import DatabaseMisconfigured, GatewayError
 from gateway.executor import commands as run_commands
 from gateway.logs import configure_logging, get_logger
@@ -32,8 +38,10 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"not a number of seconds (0 or more): {text!r}")
+    if not 0 <= value <= MAX_STATEMENT_SECONDS:  # the server refuses more (and nan fails)
+        raise argparse.ArgumentTypeError(
+            f"not a number of seconds (0 to {MAX_STATEMENT_SECONDS}, 0: no limit): {text!r}"
+        )
     return value
 
 

@@ -227,11 +227,16 @@ _MINIMUMS: dict[tuple[str, str], float] = {
 }
 
 _YEAR, _WEEK = 31_536_000, 604_800
+# PostgreSQL's statement_timeout is an int of milliseconds: past this many seconds the server
+# refuses it, and with it every connection (database.command_timeout) or `gateway migrate
+# --timeout`'s schema run.
+MAX_STATEMENT_SECONDS = 2_147_483
 _MAXIMUMS: dict[tuple[str, str], float] = {
     ("server", "port"): 65535,
     ("server", "management_port"): 65535,
     ("outgoing", "dispatch_port"): 65535,
     ("server", "workers"): 256,
+    ("database", "command_timeout"): MAX_STATEMENT_SECONDS,
     # Durations the database turns into timestamps: past these, rotating a secret, logging in
     # or scheduling a retry would fail at request time (an int32 of seconds, a timestamp range).
     ("auth", "access_token_ttl"): _YEAR,

@@ -396,7 +396,12 @@ async def test_migrate_refuses_a_database_a_newer_release_migrated(
         await conn.close()
     wrong = run_gateway("--config", config, "migrate", "--timeout", "soon")
     assert wrong.returncode == 2
-    assert "not a number of seconds (0 or more): 'soon'" in wrong.stderr
+    assert "not a number of seconds (0 to 2147483, 0: no limit): 'soon'" in wrong.stderr
+    # More than the server's statement_timeout takes: a usage error, not the server's refusal
+    # after connecting (exit 1, "Value exceeds integer range").
+    too_long = run_gateway("--config", config, "migrate", "--timeout", "2147484")
+    assert too_long.returncode == 2, too_long.stderr
+    assert "not a number of seconds (0 to 2147483, 0: no limit): '2147484'" in too_long.stderr
 
 
 @pytest.mark.parametrize(

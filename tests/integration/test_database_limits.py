@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from gateway.app import create_app
-from gateway.config import Config
+from gateway.config import MAX_STATEMENT_SECONDS, Config, ConfigError, build_config
 from gateway.exceptions import PoolExhausted
 from gateway.storage.database import Database, server_settings
 from tests.conftest import client_for
@@ -32,6 +32,22 @@ def config(config: Config) -> Config:
             config.database, command_timeout=1.0, connect_timeout=0.5, pool_max_size=2
         ),
     )
+
+
+async def test_the_longest_command_timeout_the_configuration_takes_is_one_the_server_takes(
+    database_dsn: str,
+) -> None:
+    """database.command_timeout had no upper bound: 3000000 passed check-config, and then every
+    connection was refused ('invalid value for parameter "statement_timeout"', blamed on the
+    DSN's query parameters). The bound is the server's own limit."""
+    longest = build_config({"database": {"command_timeout": MAX_STATEMENT_SECONDS}}, {})
+    db = await Database.connect(database_dsn, longest.database)
+    try:
+        assert await db.pool.fetchval("SELECT 1") == 1
+    finally:
+        await db.close()
+    with pytest.raises(ConfigError, match=r"between 0\.1 and 2147483"):
+        build_config({"database": {"command_timeout": MAX_STATEMENT_SECONDS + 1}}, {})
 
 
 def test_the_server_gives_up_before_the_client_does() -> None:

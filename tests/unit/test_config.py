@@ -271,6 +271,11 @@ def test_every_shipped_key_is_commented() -> None:
             ["server.host = ''", "must be an address"],
             id="empty-host",
         ),
+        pytest.param(
+            {"database": {"command_timeout": 3_000_000}},
+            ["database.command_timeout = 3000000", "between 0.1 and 2147483"],
+            id="command-timeout-over-statement-timeout-range",
+        ),
     ],
 )
 def test_invalid_values_are_named_with_what_is_allowed(
