@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import unicodedata
 
-from gateway.config import AuthConfig
+from gateway.config import MAX_PASSWORD_LENGTH, AuthConfig
 from gateway.exceptions import (
     Conflict,
     InvalidCredentials,
@@ -326,9 +326,12 @@ def check_new_user(auth: AuthConfig, email: str, password: str) -> str:
 
 
 def check_password_length(auth: AuthConfig, password: str, field: str = "password") -> None:
-    """ValueError naming ``field`` when ``password`` is shorter than the configured minimum."""
+    """ValueError naming ``field`` when ``password`` is shorter than the configured minimum, or
+    longer than the API takes (a password set by `gateway user` could not log in)."""
     if len(password) < auth.password_min_length:
         raise ValueError(f"{field}: must be at least {auth.password_min_length} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise ValueError(f"{field}: must be at most {MAX_PASSWORD_LENGTH} characters")
 
 
 async def logout(

@@ -84,6 +84,11 @@ class DatabaseConfig:
     embedded: bool = True  # false: an empty dsn is an error, never a private embedded server
 
 
+# The longest password the gateway takes (the API's limit; `gateway user` and the first admin's
+# too): auth.password_min_length above it would refuse every password.
+MAX_PASSWORD_LENGTH = 1024
+
+
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     access_token_ttl: int = 3600
@@ -241,6 +246,7 @@ _MAXIMUMS: dict[tuple[str, str], float] = {
     # or scheduling a retry would fail at request time (an int32 of seconds, a timestamp range).
     ("auth", "access_token_ttl"): _YEAR,
     ("auth", "refresh_token_ttl"): _YEAR,
+    ("auth", "password_min_length"): MAX_PASSWORD_LENGTH,
     ("auth", "login_failure_window"): 86_400,
     ("auth", "login_failures_per_address"): 1_000_000,
     ("auth", "login_failures_per_account"): 1_000_000,

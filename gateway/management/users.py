@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway import accounts, appkeys, metrics
+from gateway.config import MAX_PASSWORD_LENGTH
 from gateway.exceptions import InvalidCredentials, Overloaded, TooManyAttempts
 from gateway.http import ApiError, ValidationFailed, json_response
 from gateway.management.access import path_id
@@ -31,7 +32,7 @@ async def login(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     fields = Fields(body, ("email", "password"))
     email = fields.string("email", max_length=254)
-    password = fields.string("password", max_length=1024, strip=False)
+    password = fields.string("password", max_length=MAX_PASSWORD_LENGTH, strip=False)
     fields.check()
     config = live_config(request.app)  # auth.* and trusted_proxies follow SIGHUP reloads
     try:
@@ -85,7 +86,7 @@ async def create_user(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     fields = Fields(body, ("email", "password", "name", "is_admin"))
     email = fields.string("email", max_length=254)
-    password = fields.string("password", max_length=1024, strip=False)
+    password = fields.string("password", max_length=MAX_PASSWORD_LENGTH, strip=False)
     name = fields.name("name", required=False, default="", min_length=0, max_length=120)
     is_admin = fields.boolean("is_admin", default=False)
     fields.check()
@@ -128,8 +129,8 @@ async def change_own_password(request: web.Request) -> web.Response:
     user = current_user(request)
     body = await read_json_object(request)
     fields = Fields(body, ("current_password", "new_password"))
-    current = fields.string("current_password", max_length=1024, strip=False)
-    new = fields.string("new_password", max_length=1024, strip=False)
+    current = fields.string("current_password", max_length=MAX_PASSWORD_LENGTH, strip=False)
+    new = fields.string("new_password", max_length=MAX_PASSWORD_LENGTH, strip=False)
     fields.check()
     config = live_config(request.app)
     try:
@@ -171,7 +172,9 @@ async def update_user(request: web.Request) -> web.Response:
     name = fields.name("name", required=False, min_length=0, max_length=120)
     is_admin = fields.boolean("is_admin")
     is_active = fields.boolean("is_active")
-    password = fields.string("password", required=False, max_length=1024, strip=False)
+    password = fields.string(
+        "password", required=False, max_length=MAX_PASSWORD_LENGTH, strip=False
+    )
     fields.check()
     config = live_config(request.app)
     try:

@@ -10,6 +10,7 @@ bits, a role closed under its implied permissions, a template that must parse); 
 from __future__ import annotations
 
 from gateway import permissions_catalog, run_states
+from gateway.config import MAX_PASSWORD_LENGTH
 from gateway.ingest import conditions, limits, variables
 from gateway.management import incoming_hook_input as incoming
 from gateway.management import outgoing_hook_input, tokens
@@ -173,7 +174,7 @@ ENVIRONMENT: Schema = obj(
     {"name": text(100)}, {"description": nullable({"type": "string", "maxLength": 1000})}
 )
 # Passwords are taken exactly as given, spaces included (management.users): no "\S" pattern.
-PASSWORD: Schema = {"type": "string", "minLength": 1, "maxLength": 1024}
+PASSWORD: Schema = {"type": "string", "minLength": 1, "maxLength": MAX_PASSWORD_LENGTH}
 LOGIN: Schema = obj({"email": text(254), "password": PASSWORD})
 REFRESH: Schema = obj({"refresh_token": text(256)})
 NEW_USER: Schema = obj(

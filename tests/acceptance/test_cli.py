@@ -251,6 +251,14 @@ async def test_user_create_reads_the_password_from_stdin(
     ("args", "env", "stdin", "code", "message"),
     [
         (["--email", "a@example.com"], {}, "short\n", 2, "password: must be at least 8"),
+        # Longer than POST /users/login takes: the account could never log in.
+        (
+            ["--email", "a@example.com"],
+            {},
+            "x" * 1025 + "\n",
+            2,
+            "password: must be at most 1024 characters",
+        ),
         (["--email", "not-an-email"], {}, "long enough\n", 2, "email: must be a valid email"),
         (
             ["--email", "a@example.com", "--password-env", "UNSET_VAR"],
@@ -283,6 +291,11 @@ def test_user_set_password_refuses_a_short_password_before_any_database(tmp_path
     )
     assert result.returncode == 2, result.stderr
     assert "password: must be at least 8" in result.stderr
+    longest = run_gateway(
+        "--config", config, "user", "set-password", "--email", "a@example.com", input="x" * 1025
+    )
+    assert longest.returncode == 2, longest.stderr
+    assert "password: must be at most 1024 characters" in longest.stderr
 
 
 async def test_user_set_password_recovers_an_account_and_ends_its_sessions(

@@ -276,6 +276,11 @@ def test_every_shipped_key_is_commented() -> None:
             ["database.command_timeout = 3000000", "between 0.1 and 2147483"],
             id="command-timeout-over-statement-timeout-range",
         ),
+        pytest.param(  # no password would do: the API takes at most 1024 characters
+            {"auth": {"password_min_length": 1025}},
+            ["auth.password_min_length = 1025", "between 1 and 1024"],
+            id="password-min-length-over-the-longest-password",
+        ),
     ],
 )
 def test_invalid_values_are_named_with_what_is_allowed(
