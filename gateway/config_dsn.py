@@ -33,9 +33,9 @@ def check_dsn(dsn: str, problems: list[str]) -> None:
             urlsplit(f"{scheme}://{userinfo}{at}{host}/").port  # noqa: B018 - the check
     except ValueError:
         userinfo = dsn.partition("://")[2].rpartition("@")[0]  # user:password, if any
-        encode = (
-            "; a '/', '#' or '?' in the password must be percent-encoded"
-            if any(c in userinfo for c in "/#?")
+        encode = (  # each of these ends the user info, or makes an IPv6 host, for a URL
+            "; a '/', '#', '?', '[' or ']' in the password must be percent-encoded"
+            if any(c in userinfo for c in "/#?[]")
             else ""
         )
         problems.append(

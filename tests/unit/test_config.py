@@ -487,6 +487,18 @@ def test_an_unencoded_at_sign_in_the_password_is_named() -> None:
     assert build_config({"database": {"dsn": dsn}}, {}).database.dsn == dsn
 
 
+@pytest.mark.parametrize("char", ["[", "]", "/"])
+def test_a_character_to_percent_encode_in_the_password_is_named(char: str) -> None:
+    """A '[' or ']' in the password (a generated one) made the URL unreadable and the problem
+    blamed the port alone, without the hint given for '/', '#' and '?'."""
+    [problem] = _problems({"database": {"dsn": f"postgresql://app:hun{char}ter2@db:5432/app"}})
+    assert problem == (
+        "database.dsn is invalid (a port is not a number from 0 to 65535; a '/', '#', '?', '[' "
+        "or ']' in the password must be percent-encoded): must be a URL like "
+        "postgresql://user:password@host:5432/database"
+    )
+
+
 def test_a_bad_port_among_several_hosts_is_named_without_blaming_the_password() -> None:
     [problem] = _problems({"database": {"dsn": "postgresql://app@db1:5432,db2:54x/app"}})
     assert problem == (
