@@ -94,7 +94,15 @@ async def prepare_database(db: Database, config: Config) -> None:
     email = os.environ.get("GATEWAY_ADMIN_EMAIL")
     password = os.environ.get("GATEWAY_ADMIN_PASSWORD")
     if email and password:
-        if await accounts.ensure_first_admin(db, config.auth, email, password):
+        try:
+            created = await accounts.ensure_first_admin(db, config.auth, email, password)
+        except ValueError as exc:  # "password: must be ...": say which password (never its value)
+            field, _, problem = str(exc).partition(": ")
+            raise ValueError(
+                f"GATEWAY_ADMIN_{field.upper()}: {problem} (the first administrator, created "
+                "while no user exists)"
+            ) from exc
+        if created:
             log.info("first_admin_created", email=email)
     elif (email or password) and not await accounts.any_user(db):
         # Half of the bootstrap pair on an empty database: no administrator, and nothing would

@@ -71,3 +71,29 @@ def test_no_warning_once_a_user_exists_or_without_the_variables(
         ignored = _start_up_events(tmp_path, dsn, {"GATEWAY_ADMIN_EMAIL": EMAIL})
     assert not quiet.named("first_admin_incomplete")
     assert not ignored.named("first_admin_incomplete")
+
+
+@pytest.mark.parametrize(
+    ("email", "password", "problem"),
+    [
+        (EMAIL, "short", "GATEWAY_ADMIN_PASSWORD: must be at least 8 characters"),
+        ("not-an-email", PASSWORD, "GATEWAY_ADMIN_EMAIL: must be a valid email address"),
+    ],
+)
+def test_a_first_admin_the_variables_cannot_make_names_the_variable(
+    server_dsn: str, template_database: str, tmp_path: Path, email: str, password: str, problem: str
+) -> None:
+    """serve stopped with "gateway: password: must be at least 8 characters", exit 2: which
+    password, among a DSN's, a key's and the users'? The variable is named (never its value)."""
+    config = write_config(tmp_path / "config.toml", {"server": {"port": free_port()}})
+    env = {"GATEWAY_ADMIN_EMAIL": email, "GATEWAY_ADMIN_PASSWORD": password}
+    with fresh_database(server_dsn, template_database) as dsn:
+        gateway = GatewayProcess(config, env={"GATEWAY_DATABASE_DSN": dsn, **env})
+        try:
+            assert gateway.finish() == 2
+        finally:
+            gateway.kill()
+    assert gateway.output.strip().splitlines()[-1] == (
+        f"gateway: {problem} (the first administrator, created while no user exists)"
+    )
+    assert "Traceback" not in gateway.output
