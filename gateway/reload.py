@@ -197,6 +197,7 @@ class ReloadResult:
     problems: list[str] = field(default_factory=list)
     failed_callbacks: list[str] = field(default_factory=list)
     shadowed: list[str] = field(default_factory=list)  # edited, but an env variable wins
+    unused: list[str] = field(default_factory=list)  # changed, but this process never reads them
 
 
 class ConfigReloader:
@@ -207,9 +208,13 @@ class ConfigReloader:
         path: str | Path | None,
         current: Config | ConfigHolder,
         env: Mapping[str, str] | None = None,
+        uses: Callable[[str], bool] | None = None,
     ) -> None:
-        """``path`` None resolves the file as at start-up ($GATEWAY_CONFIG, ./config.toml)."""
+        """``path`` None resolves the file as at start-up ($GATEWAY_CONFIG, ./config.toml).
+        ``uses("section.key")``: whether this process reads that key at all (default: every
+        key); a changed key it does not read is reported as such, never as needing a restart."""
         self.path = path
+        self._uses = uses
         self.holder = current if isinstance(current, ConfigHolder) else ConfigHolder(current)
         self.on_reload = self.holder.on_reload
         self._env = env
@@ -217,10 +222,12 @@ class ConfigReloader:
         self._key_file = key_file_digest(self.holder.current)
 
     @classmethod
-    def for_config(cls, config: Config) -> ConfigReloader:
+    def for_config(
+        cls, config: Config, uses: Callable[[str], bool] | None = None
+    ) -> ConfigReloader:
         """A reloader of the file ``config`` was read from (if it existed at start-up)."""
         path = config.source if config.source and Path(config.source).is_file() else None
-        return cls(path, config)
+        return cls(path, config, uses=uses)
 
     @property
     def current(self) -> Config:
@@ -266,6 +273,8 @@ class ConfigReloader:
         key_file = key_file_digest(new)
         if key_file != self._key_file and "security.key_file" not in changed:
             changed.append("security.key_file")  # the same path, another content
+        unused = [k for k in changed if self._uses is not None and not self._uses(k)]
+        changed = [k for k in changed if k not in unused]
         live = [k for k in changed if k in LIVE_KEYS]
         restart = [k for k in changed if k not in LIVE_KEYS]
         failed: list[str] = []
@@ -279,7 +288,13 @@ class ConfigReloader:
             effective = old
         self._key_file = key_file
         return ReloadResult(
-            live, restart, None, effective, failed_callbacks=failed, shadowed=shadowed
+            live,
+            restart,
+            None,
+            effective,
+            failed_callbacks=failed,
+            shadowed=shadowed,
+            unused=unused,
         )
 
     def reload_and_log(self) -> ReloadResult:
@@ -306,7 +321,15 @@ class ConfigReloader:
                 variables=[env_name(*k.split(".", 1)) for k in result.shadowed],
                 hint="these keys changed in the file, but a GATEWAY_* variable sets them",
             )
-        if not result.applied and not result.needs_restart and not result.shadowed:
+        if result.unused:
+            log.info(
+                "config_reload_not_used",
+                path=source,
+                keys=result.unused,
+                hint="changed in the file, but this process does not read them: no restart of "
+                "it applies them",
+            )
+        if not (result.applied or result.needs_restart or result.shadowed or result.unused):
             log.info("config_reload_unchanged", path=source)
         return result
 

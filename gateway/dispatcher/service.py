@@ -18,6 +18,7 @@ from gateway.reload import (
     ConfigReloader,
     install_sighup,
     logging_callback,
+    touches,
 )
 from gateway.shutdown import KILL_GRACE, SHUTDOWN, Shutdown
 from gateway.storage.database import Database
@@ -111,6 +112,23 @@ async def probe_listener(config: Config, db: Database) -> AsyncIterator[None]:
         await runner.cleanup()
 
 
+# What `gateway dispatch` reads of the configuration (sections, and single keys): the rest
+# (listeners, ingest, the API, logins) is serve's, and an edit of it needs no restart of this.
+DISPATCH_KEYS = (
+    "outgoing",
+    "security",
+    "log",
+    "database",
+    "hooks.store_bodies",
+    "server.shutdown_timeout",
+)
+
+
+def dispatch_reads(key: str) -> bool:
+    """Whether ``gateway dispatch`` reads ``key`` (``"section.key"``)."""
+    return touches(frozenset({key}), *DISPATCH_KEYS)
+
+
 async def dispatch(config: Config) -> int:
     """``gateway dispatch``: database, schema, then deliver until SIGTERM/SIGINT; SIGHUP
     reloads the config file like ``gateway serve`` (``[outgoing]``, ``[security]``, ``[log]``).
@@ -120,7 +138,7 @@ async def dispatch(config: Config) -> int:
 
     stop = asyncio.Event()
     signals = stop_on_signals(stop, overdue_after=config.server.shutdown_timeout + KILL_GRACE)
-    reloader = ConfigReloader.for_config(config)
+    reloader = ConfigReloader.for_config(config, uses=dispatch_reads)
     reloader.on_reload(logging_callback)
     try:
         async with database_for(config, signals=signals) as db:

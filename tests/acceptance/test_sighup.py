@@ -275,6 +275,38 @@ async def test_the_standalone_dispatcher_reloads_too(database_dsn: str, tmp_path
         gateway.kill()
 
 
+async def test_the_standalone_dispatcher_does_not_ask_a_restart_for_keys_it_never_reads(
+    database_dsn: str, tmp_path: Path
+) -> None:
+    """One config.toml for serve and dispatch, both reloaded (systemctl reload): an edit of
+    serve's listeners made the dispatcher warn config_reload_needs_restart at every reload,
+    although restarting it changes nothing. Its own restart-only keys still warn."""
+    sections = {"server": {"port": 8080}, "outgoing": {"concurrency": 64}}
+    path = write_config(tmp_path / "config.toml", sections)
+    gateway = GatewayProcess(path, ("dispatch",), env={"GATEWAY_DATABASE_DSN": database_dsn})
+    try:
+        await event(gateway, "dispatcher_started")
+        write_config(
+            path,
+            {
+                "server": {"port": 9090, "workers": 4, "shutdown_timeout": 20.0},
+                "hooks": {"cache_ttl": 5.0},
+                "outgoing": {"concurrency": 8, "poll_interval": 2.0},
+            },
+        )
+        os.kill(gateway.process.pid, signal.SIGHUP)
+        reloaded = await event(gateway, "config_reloaded")
+        assert reloaded["applied"] == ["outgoing.poll_interval"]
+        restart = await event(gateway, "config_reload_needs_restart")
+        assert restart["keys"] == ["server.shutdown_timeout", "outgoing.concurrency"]
+        not_used = await event(gateway, "config_reload_not_used")
+        assert not_used["keys"] == ["server.port", "server.workers", "hooks.cache_ttl"]
+        gateway.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(gateway.finish) == 0
+    finally:
+        gateway.kill()
+
+
 @pytest.mark.parametrize(
     ("workers", "first"),
     [

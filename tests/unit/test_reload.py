@@ -88,6 +88,21 @@ def test_restart_only_edit_is_reported_and_not_applied(config_file: Path) -> Non
     assert r.reload().needs_restart == ["server.port", "server.workers"]
 
 
+def test_a_key_the_process_does_not_read_is_reported_as_such(config_file: Path) -> None:
+    """A process that reads only some keys (gateway dispatch) is not told to restart for the
+    others, nor said to have applied them."""
+    uses = lambda k: k != "server.port" and not k.startswith("hooks.")  # noqa: E731
+    r = ConfigReloader(config_file, load_config(config_file, env={}), env={}, uses=uses)
+    edited = "[server]\nport = 9090\nworkers = 4\n[hooks]\ncache_ttl = 5.0\n[limits]\n"
+    write(config_file, edited + "default_rate_per_second = 20\n")
+    result = r.reload()
+    assert result.error is None
+    assert result.applied == ["limits.default_rate_per_second"]
+    assert result.needs_restart == ["server.workers"]
+    assert result.unused == ["server.port", "hooks.cache_ttl"]
+    assert r.current.server.port == 8080 and r.current.hooks.cache_ttl == 60.0
+
+
 def test_an_edit_that_an_environment_variable_overrides_is_reported(
     config_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
