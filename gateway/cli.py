@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gateway import sighup
 from gateway.config import (
+    ENV_CONFIG_PATH,
     MAX_STATEMENT_SECONDS,
     Config,
     ConfigError,
@@ -45,10 +46,18 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _path(text: str) -> str:
+    # --config "$CONFIG" with CONFIG unset must not fall back to ./config.toml unnoticed.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: name the config file")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="hookgate webhook gateway")
     parser.add_argument(
         "--config",
+        type=_path,
         metavar="PATH",
         help="config file (default: $GATEWAY_CONFIG or ./config.toml)",
     )
@@ -67,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("dispatch", help="deliver outgoing hooks (without the HTTP listeners)")
     check = commands.add_parser("check-config", help="validate a config file and exit")
-    check.add_argument("path", nargs="?", help="file to check (default: --config)")
+    check.add_argument("path", nargs="?", type=_path, help="file to check (default: --config)")
     user = commands.add_parser("user", help="manage users")
     user_commands = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
     create = user_commands.add_parser("create", help="create a user")
@@ -104,7 +113,9 @@ def _load(path: str | None) -> Config:
 
 def _print_problems(source: str, problems: list[str]) -> None:
     where = f"in {source}"
-    if not Path(source).exists() and problems != [f"file not found: {source}"]:
+    if not source:  # about where the file is named, not about a file
+        where = f"({ENV_CONFIG_PATH})"
+    elif not Path(source).exists() and problems != [f"file not found: {source}"]:
         # The default path, absent: the problems are the GATEWAY_* overrides', not a file's.
         where = f"(no config file found at {source}; checked the GATEWAY_* overrides)"
     print(f"gateway: invalid configuration {where}:", file=sys.stderr)

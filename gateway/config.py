@@ -278,6 +278,10 @@ def resolve_path(path: str | None, env: Mapping[str, str] | None = None) -> Path
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Read, merge and validate the configuration; raise ConfigError listing every problem."""
     env = os.environ if env is None else env
+    if not path and ENV_CONFIG_PATH in env and not env[ENV_CONFIG_PATH].strip():
+        # A variable meant to name the file, left empty: not ./config.toml by surprise.
+        empty = "is set but empty: name the file, or unset it to use ./config.toml"
+        raise ConfigError([f"{ENV_CONFIG_PATH} {empty}"], "")
     file_path = resolve_path(str(path) if path else None, env)
     raw: dict[str, Any] = {}
     if file_path.exists():

@@ -125,6 +125,34 @@ def test_bad_overrides_without_a_file_do_not_name_one(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "problem"),
+    [
+        (["--config", "", "serve"], {}, "argument --config: an empty path: name the config file"),
+        (["check-config", " "], {}, "argument path: an empty path: name the config file"),
+        (
+            ["serve"],
+            {"GATEWAY_CONFIG": ""},
+            "  - GATEWAY_CONFIG is set but empty: name the file, or unset it to use ./config.toml",
+        ),
+    ],
+)
+def test_an_empty_config_path_is_not_the_default_file(
+    tmp_path: Path, args: list[str], env: dict[str, str], problem: str
+) -> None:
+    """`gateway --config "$CONFIG" serve` with CONFIG unset (or GATEWAY_CONFIG left empty) read
+    ./config.toml when there was one, silently: another file than the one meant."""
+    # The file a regression would read instead: it could not start a server either.
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    sections = {"server": {"port": free_port()}, "database": {"data_dir": str(blocker / "pg")}}
+    write_config(tmp_path / "config.toml", sections)
+    result = run_gateway(*args, cwd=tmp_path, env={"PYTHONPATH": str(ROOT), **env}, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(problem)
+    assert '"config_loaded"' not in result.stderr
+
+
 def test_a_missing_config_file_is_an_error(tmp_path: Path) -> None:
     result = run_gateway("--config", str(tmp_path / "absent.toml"), "check-config")
     assert result.returncode == 2
