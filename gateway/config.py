@@ -286,7 +286,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     raw: dict[str, Any] = {}
     if file_path.exists():
         try:
-            raw = tomllib.loads(file_path.read_text(encoding="utf-8"))
+            raw = read_toml(file_path)
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError([f"not valid TOML: {exc}"], str(file_path)) from exc
         except OSError as exc:
@@ -294,6 +294,12 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     elif path is not None or ENV_CONFIG_PATH in env:
         raise ConfigError([f"file not found: {file_path}"], str(file_path))
     return build_config(raw, env, source=str(file_path))
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The TOML file at ``path``, parsed; a UTF-8 byte order mark first (Windows Notepad writes
+    one) is skipped, not a syntax error at line 1, column 1."""
+    return tomllib.loads(path.read_text(encoding="utf-8-sig"))
 
 
 def build_config(raw: Mapping[str, Any], env: Mapping[str, str], source: str = "config") -> Config:

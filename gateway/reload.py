@@ -31,7 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import appkeys, sighup
-from gateway.config import Config, ConfigError, env_name, load_config, resolve_path
+from gateway.config import Config, ConfigError, env_name, load_config, read_toml, resolve_path
 from gateway.logs import get_logger
 
 log = get_logger(__name__)
@@ -240,7 +240,7 @@ class ConfigReloader:
         GATEWAY_DATABASE_DSN) need not be valid alone."""
         path = resolve_path(str(self.path) if self.path else None, self._env)
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            raw = read_toml(path)
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
             return None
         return {

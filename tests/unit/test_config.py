@@ -549,6 +549,14 @@ def test_bad_toml_is_a_config_error_with_its_location(tmp_path: Path) -> None:
     assert "line 2" in caught.value.problems[0]
 
 
+def test_a_byte_order_mark_is_not_a_syntax_error(tmp_path: Path) -> None:
+    """A file saved by Windows Notepad starts with a UTF-8 BOM: it was refused as "not valid
+    TOML: Invalid statement (at line 1, column 1)", which the operator cannot see."""
+    path = tmp_path / "config.toml"
+    path.write_bytes("\ufeff[server]\nport = 9300\n".encode())
+    assert load_config(path, env={}).server.port == 9300
+
+
 def test_an_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "nope.toml", env={})

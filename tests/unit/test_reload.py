@@ -103,6 +103,16 @@ def test_a_key_the_process_does_not_read_is_reported_as_such(config_file: Path) 
     assert r.current.server.port == 8080 and r.current.hooks.cache_ttl == 60.0
 
 
+def test_a_file_saved_with_a_byte_order_mark_reloads(config_file: Path) -> None:
+    """An edit made with an editor that writes a UTF-8 BOM (Windows Notepad)."""
+    r = reloader(config_file)
+    config_file.write_bytes(
+        ("\ufeff" + BASE.replace("cache_ttl = 60.0", "cache_ttl = 5.0")).encode()
+    )
+    result = r.reload()
+    assert result.error is None and result.applied == ["hooks.cache_ttl"]
+
+
 def test_an_edit_that_an_environment_variable_overrides_is_reported(
     config_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
