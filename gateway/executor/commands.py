@@ -39,7 +39,7 @@ def parse_age(text: str, option: str = "--older-than") -> timedelta:
     return timedelta(**{unit: number})
 
 
-def _positive(kind: type, maximum: float | None = None, *, zero: bool = False) -> Any:
+def positive(kind: type, maximum: float | None = None, *, zero: bool = False) -> Any:
     """An argparse type: a finite number > 0 (>= 0 with ``zero``), at most ``maximum``."""
 
     def parse(text: str) -> Any:
@@ -68,31 +68,31 @@ def add_commands(commands: Any) -> None:
         "HOOK_ATTEMPT). CMD is executed directly, never through a shell.",
         usage="gateway executor --pipeline ID [options] -- CMD [ARGS...]",
     )
-    executor.add_argument("--pipeline", type=_positive(int), required=True, metavar="ID")
+    executor.add_argument("--pipeline", type=positive(int), required=True, metavar="ID")
     executor.add_argument(
         "--concurrency",
-        type=_positive(int),
+        type=positive(int),
         default=1,
         metavar="N",
         help="runs at once (default 1)",
     )
     executor.add_argument(
         "--lease-seconds",
-        type=_positive(float, maximum=3600),  # as POST /runs/claim allows
+        type=positive(float, maximum=3600),  # as POST /runs/claim allows
         default=60.0,
         metavar="S",
         help="lease per run, renewed every S/3 (default 60)",
     )
     executor.add_argument(
         "--poll-interval",
-        type=_positive(float, maximum=3600),
+        type=positive(float, maximum=3600),
         default=5.0,
         metavar="S",
         help="claim at least this often without notifications (default 5)",
     )
     executor.add_argument(
         "--grace-seconds",
-        type=_positive(float, zero=True),
+        type=positive(float, zero=True),
         default=30.0,
         metavar="S",
         help="on SIGTERM, how long running commands may finish (default 30)",

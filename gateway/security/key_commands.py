@@ -16,8 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.config import Config
+from gateway.executor.commands import positive
 
 COMMAND = "keys"
+MAX_BATCH_SIZE = 10_000
 # Storage seals secrets on write and every reader opens them (issue 8), so rotation is safe.
 ROTATE_AVAILABLE = True
 
@@ -35,7 +37,15 @@ def add_commands(commands: Any, *, rotate: bool | None = None) -> None:
         rotation = actions.add_parser(
             "rotate", help="re-encrypt every stored secret with the primary (first) key"
         )
-        rotation.add_argument("--batch-size", type=int, default=200, metavar="N")
+        rotation.add_argument(
+            "--batch-size",
+            # A batch is one transaction, and its size a query argument: bounded (a huge one
+            # was a driver traceback, "value out of int64 range").
+            type=positive(int, maximum=MAX_BATCH_SIZE),
+            default=200,
+            metavar="N",
+            help=f"rows re-encrypted per transaction (default 200, at most {MAX_BATCH_SIZE})",
+        )
 
 
 def main(args: argparse.Namespace, load: Callable[[str | None], Config]) -> int:
@@ -109,8 +119,6 @@ async def _rotate(config: Config, batch_size: int) -> int:
     from gateway.security.secret_keys import load_keys
     from gateway.storage.secret_rotation import rotate_secrets
 
-    if batch_size < 1:
-        raise ValueError("--batch-size must be at least 1")
     # Never a generated key: the servers would not have it, and the rows sealed with it would
     # be unreadable to them.
     security = config.security

@@ -52,6 +52,26 @@ def test_rotate_is_offered(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--batch-size" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("size", "problem"),
+    [
+        ("0", "must be a number greater than 0, got 0"),
+        ("many", "'many' is not a number"),
+        # Past int64 it was a driver traceback (exit 1), after connecting.
+        ("100000000000000000000", "must be at most 10000, got 100000000000000000000"),
+    ],
+)
+def test_rotate_refuses_a_batch_size_out_of_range_before_anything(
+    capsys: pytest.CaptureFixture[str], size: str, problem: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["keys", "rotate", "--batch-size", size])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"gateway keys rotate: error: argument --batch-size: {problem}"
+    )
+
+
 async def seeded(db: Database, stored: list[str]) -> list[uuid.UUID]:
     env = await environments.insert_environment(db, f"env-{uuid.uuid4().hex[:8]}", "")
     pipeline = await pipelines.insert_pipeline(db, env["id"], "p", "application", 1, "deploy")
