@@ -21,6 +21,8 @@ _AGE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
+MAX_ID = 2**63 - 1  # the largest bigint (pipeline ids)
+
 # The oldest age prune takes: beyond it "now - age" leaves the calendar (an OverflowError).
 MAX_AGE = timedelta(days=36_500)
 
@@ -52,7 +54,8 @@ def positive(kind: type, maximum: float | None = None, *, zero: bool = False) ->
             bound = "at least 0" if zero else "greater than 0"
             raise argparse.ArgumentTypeError(f"must be a number {bound}, got {text}")
         if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"must be at most {maximum:g}, got {text}")
+            bound = f"{maximum:g}" if isinstance(maximum, float) else str(maximum)
+            raise argparse.ArgumentTypeError(f"must be at most {bound}, got {text}")
         return value
 
     return parse
@@ -68,7 +71,10 @@ def add_commands(commands: Any) -> None:
         "HOOK_ATTEMPT). CMD is executed directly, never through a shell.",
         usage="gateway executor --pipeline ID [options] -- CMD [ARGS...]",
     )
-    executor.add_argument("--pipeline", type=positive(int), required=True, metavar="ID")
+    # A pipeline id is a bigint: past it the claim failed with a driver traceback.
+    executor.add_argument(
+        "--pipeline", type=positive(int, maximum=MAX_ID), required=True, metavar="ID"
+    )
     executor.add_argument(
         "--concurrency",
         type=positive(int),

@@ -105,6 +105,11 @@ def test_prune_ages_past_the_calendar_are_refused(text: str) -> None:
         (["--poll-interval", "0"], "must be a number greater than 0, got 0"),
         (["--grace-seconds", "nan"], "must be a number at least 0, got nan"),
         (["--grace-seconds", "-1"], "must be a number at least 0, got -1"),
+        # Past a bigint the first claim failed with a driver traceback (out of int64 range).
+        (
+            ["--pipeline", "99999999999999999999"],
+            "must be at most 9223372036854775807, got 99999999999999999999",
+        ),
     ],
 )
 def test_executor_options_refuse_what_would_fail_mid_run(
