@@ -198,8 +198,16 @@ def load_keys(
         keys = parse_key_lines(secret_keys, "security.secret_keys")
         if path is None or not path.exists():
             return KeySet(keys, "config")
-        known = {key.key_id for key in keys}
-        keys += tuple(k for k in read_key_file(path) if k.key_id not in known)
+        known = {key.key_id: key for key in keys}
+        in_file = read_key_file(path)
+        for key in in_file:
+            if key.key_id in known and known[key.key_id].key != key.key:
+                raise ValueError(
+                    f"security.secret_keys and the key file {str(path)!r} both have a key "
+                    f"{key.key_id!r}, with different material: secrets sealed with the file's "
+                    "could no longer be opened (give the configured key another id)"
+                )
+        keys += tuple(k for k in in_file if k.key_id not in known)
         return KeySet(keys, "config", str(path))  # the path: the file's keys are in force too
     if path is not None and missing_file_error is not None and not path.exists():
         raise ValueError(missing_file_error)

@@ -330,3 +330,16 @@ def test_config_limits_validation(raw: dict[str, object], problem: str) -> None:
     with pytest.raises(ConfigError) as info:
         build_config({"limits": raw}, {})
     assert any(problem in p for p in info.value.problems), info.value.problems
+
+
+def test_a_key_id_in_both_the_config_and_the_key_file_with_other_material_is_an_error(
+    tmp_path: Path,
+) -> None:
+    """The file's key was dropped without a word: what it had sealed no longer opened (and
+    check-config said OK). The same key in both places is fine."""
+    path = tmp_path / "keys"
+    path.write_text(LINE_A + "\n")
+    other_a = "a:" + base64.b64encode(KEY_B).decode()
+    with pytest.raises(ValueError, match="both have a key 'a', with different material"):
+        load_keys((other_a,), str(path))
+    assert [k.key_id for k in load_keys((LINE_A, LINE_B), str(path)).keys] == ["a", "b"]
