@@ -13,6 +13,7 @@ from typing import Any
 from gateway.config import Config
 from gateway.executor.command import hide_environment
 from gateway.logs import get_logger
+from gateway.storage.retention import PRUNE_BATCH
 
 log = get_logger(__name__)
 
@@ -39,6 +40,9 @@ def parse_age(text: str, option: str = "--older-than") -> timedelta:
     if number > MAX_AGE / timedelta(**{unit: 1}):
         raise ValueError(f"{option}: {text!r} is too large; at most {MAX_AGE.days}d")
     return timedelta(**{unit: number})
+
+
+MAX_PRUNE_BATCH = 100_000  # rows per prune statement at most (the default is PRUNE_BATCH)
 
 
 def positive(kind: type, maximum: float | None = None, *, zero: bool = False) -> Any:
@@ -113,6 +117,14 @@ def add_commands(commands: Any) -> None:
         metavar="AGE",
         help="also clear the stored bodies of requests older than AGE (the rows stay)",
     )
+    prune.add_argument(
+        "--batch-size",
+        type=positive(int, maximum=MAX_PRUNE_BATCH),
+        default=PRUNE_BATCH,
+        metavar="N",
+        help=f"rows deleted per statement, each committed on its own (default {PRUNE_BATCH}, "
+        f"at most {MAX_PRUNE_BATCH}); smaller when a batch outlasts database.command_timeout",
+    )
 
 
 def main(config: Config, args: argparse.Namespace) -> int:
@@ -123,7 +135,7 @@ def main(config: Config, args: argparse.Namespace) -> int:
         bodies = None
         if args.bodies_older_than is not None:
             bodies = now - parse_age(args.bodies_older_than, "--bodies-older-than")
-        asyncio.run(_prune(config, cutoff, bodies))
+        asyncio.run(_prune(config, cutoff, bodies, args.batch_size))
         return 0
     command = list(args.cmd)
     if command[:1] == ["--"]:
@@ -139,23 +151,38 @@ def main(config: Config, args: argparse.Namespace) -> int:
     return asyncio.run(_execute(config, args, command))
 
 
-async def _prune(config: Config, cutoff: datetime, bodies: datetime | None) -> None:
+async def _prune(
+    config: Config, cutoff: datetime, bodies: datetime | None, batch: int = PRUNE_BATCH
+) -> None:
+    from gateway.exceptions import GatewayError
     from gateway.executor.database import existing_database
     from gateway.progress import ProgressLog
     from gateway.storage import history, outgoing, runs, users
+    from gateway.storage.database import statement_timed_out
 
     progress = ProgressLog("prune_progress")
     async with existing_database(config, start_embedded=True) as db:
         orphaned = await runs.cancel_orphaned(db)
-        removed = await runs.prune(db, cutoff, progress=progress)
-        # Outgoing hooks (issue 6): finished deliveries of the outbox.
-        removed["outgoing_deliveries"] = await outgoing.prune_deliveries(
-            db, cutoff, progress=progress
-        )
-        removed["auth_tokens"] = await users.prune_tokens(db, cutoff, progress=progress)
-        cleared = (
-            None if bodies is None else await history.drop_bodies(db, bodies, progress=progress)
-        )
+        try:
+            removed = await runs.prune(db, cutoff, batch, progress)
+            # Outgoing hooks (issue 6): finished deliveries of the outbox.
+            removed["outgoing_deliveries"] = await outgoing.prune_deliveries(
+                db, cutoff, batch, progress
+            )
+            removed["auth_tokens"] = await users.prune_tokens(db, cutoff, batch, progress)
+            cleared = (
+                None if bodies is None else await history.drop_bodies(db, bodies, batch, progress)
+            )
+        except GatewayError as exc:
+            if not statement_timed_out(exc):
+                raise
+            seconds = config.database.command_timeout
+            raise GatewayError(
+                f"prune: a batch of up to {batch} rows took longer than "
+                f"database.command_timeout ({seconds:g} s) and was rolled back; the batches "
+                "before it are committed. Run it again with a smaller --batch-size, or a longer "
+                "command_timeout (GATEWAY_DATABASE_COMMAND_TIMEOUT for this command)"
+            ) from exc
     if orphaned:
         log.warning("orphaned_runs_cancelled", runs=orphaned, reason="their pipeline was deleted")
         print(f"pipeline_runs: cancelled {orphaned} unfinished runs whose pipeline was deleted")

@@ -4,10 +4,13 @@ serving meanwhile."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from typing import TYPE_CHECKING
 
-from gateway.progress import Progress
-from gateway.storage.database import Database
+if TYPE_CHECKING:  # the command line reads PRUNE_BATCH without loading the driver
+    from datetime import datetime
+
+    from gateway.progress import Progress
+    from gateway.storage.database import Database
 
 PRUNE_BATCH = 5000  # rows per prune statement: short transactions, no long locks
 

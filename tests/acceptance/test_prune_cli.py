@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -13,9 +14,10 @@ from tests.integration.runs_helpers import enqueue, make_pipeline
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _prune(dsn: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _prune(dsn: str, cwd: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update(GATEWAY_DATABASE_DSN=dsn, GATEWAY_LOG_LEVEL="warning", PYTHONPATH=str(ROOT))
+    env.update(settings)
     return subprocess.run(
         [sys.executable, "-m", "gateway", "prune", *args],
         cwd=cwd,
@@ -74,3 +76,32 @@ async def test_prune_clears_old_bodies_when_asked(
     bad = _prune(database_dsn, tmp_path, "--older-than", "30d", "--bodies-older-than", "soon")
     assert bad.returncode == 2
     assert "--bodies-older-than: 'soon' is not an age" in bad.stderr
+
+
+async def test_a_batch_past_the_command_timeout_says_what_to_change(
+    db: Database, database_dsn: str, tmp_path: Path
+) -> None:
+    """A batch the server cancels at database.command_timeout: the driver's error alone (exit 1)
+    said nothing of --batch-size or the timeout. The table is locked here so that the batch
+    waits, whatever the machine's speed."""
+    async with db.pool.acquire() as holder, holder.transaction():
+        await holder.execute("LOCK TABLE outgoing_deliveries IN ACCESS EXCLUSIVE MODE")
+        done = await asyncio.to_thread(
+            _prune,
+            database_dsn,
+            tmp_path,
+            "--older-than",
+            "30d",
+            "--batch-size",
+            "500",
+            GATEWAY_DATABASE_COMMAND_TIMEOUT="1",
+        )
+    assert done.returncode == 1, done.stderr
+    assert (
+        "prune: a batch of up to 500 rows took longer than database.command_timeout (1 s) and "
+        "was rolled back; the batches before it are committed. Run it again with a smaller "
+        "--batch-size" in done.stderr
+    ), done.stderr
+    for bad in ("0", "100001", "x"):
+        refused = _prune(database_dsn, tmp_path, "--older-than", "30d", "--batch-size", bad)
+        assert refused.returncode == 2 and "--batch-size" in refused.stderr, refused.stderr
