@@ -103,6 +103,14 @@ def body_deadline(seconds_per_mib: float, length: int | None, limit: int) -> flo
     return seconds_per_mib * max(1, math.ceil(size / 1_048_576))
 
 
+def short_body_message(length: int | None) -> str:
+    """The 400 message for a body whose connection closed before it was complete (a body ends
+    early only with its connection): ``length`` is its Content-Length, None when chunked."""
+    if length is None:
+        return "request body ended before its last chunk"
+    return "request body ended before Content-Length bytes"
+
+
 def media_type(content_type: str) -> str:
     """The type/subtype of a Content-Type value, lower-cased, without its parameters."""
     return content_type.partition(";")[0].strip().lower()

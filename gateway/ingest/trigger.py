@@ -26,7 +26,13 @@ from aiohttp import HttpVersion11, web
 from gateway import appkeys, metrics
 from gateway.config import Config
 from gateway.exceptions import DatabaseUnavailable, Overloaded, TransientConflict
-from gateway.http import REQUEST_ID_OK, body_deadline, compressed_body_problem, request_id_for
+from gateway.http import (
+    REQUEST_ID_OK,
+    body_deadline,
+    compressed_body_problem,
+    request_id_for,
+    short_body_message,
+)
 from gateway.ingest.batcher import (
     DUPLICATE,
     RUN_BATCHER,
@@ -206,7 +212,7 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
             # A body that ends early ends with its connection: aiohttp then raises the
             # ConnectionResetError the connection was lost with. Nobody reads this answer, but
             # the history records it, and it is the sender's doing, not the gateway's error.
-            evaluation = Evaluation(400, REJECTED, _short_body_message(length), reason="short_body")
+            evaluation = Evaluation(400, REJECTED, short_body_message(length), reason="short_body")
         except TimeoutError:  # answered with Connection: close (see _rejected)
             deadline = body_deadline(ingest.body_timeout, length, ingest.max_body)
             evaluation = Evaluation(
@@ -330,12 +336,6 @@ async def _read_body_now(request: web.Request, length: int | None, limit: int) -
             return None
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _short_body_message(length: int | None) -> str:
-    if length is None:
-        return "request body ended before its last chunk"
-    return "request body ended before Content-Length bytes"
 
 
 def _too_large(limit: int) -> Evaluation:

@@ -22,6 +22,7 @@ from gateway.http import (
     compressed_body_problem,
     is_json_media_type,
     media_type,
+    short_body_message,
 )
 from gateway.ingest.client_ip import ClientAddressResolver
 from gateway.json_numbers import json_integer
@@ -63,8 +64,7 @@ async def read_body(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> by
     except (asyncio.IncompleteReadError, ConnectionError):
         # A body ends early only with its connection (aiohttp raises the ConnectionResetError it
         # was lost with): the client's doing, not the gateway's error. Nobody reads this answer.
-        ended = "its last chunk" if length is None else "Content-Length bytes"
-        raise ApiError(400, f"request body ended before {ended}") from None
+        raise ApiError(400, short_body_message(length)) from None
     declared = request.headers.get("Content-Type")
     if body.strip() and declared is not None and not _may_hold_json(declared):
         # A form or multipart body is a client mistake worth naming (it was read as JSON). An
