@@ -23,6 +23,7 @@ from gateway.management.bodies import (
 from gateway.management.framework import endpoint, require_admin
 from gateway.models import User
 from gateway.storage import access, users
+from gateway.storage.database import Database
 
 log = get_logger(__name__)
 routes = web.RouteTableDef()
@@ -184,12 +185,16 @@ async def list_teams(request: web.Request) -> web.Response:
     )
 
 
-async def _existing_team(request: web.Request) -> dict[str, Any]:
-    team_id = path_id(request, "team_id", "team")
-    team = await access.team_by_id(request.app[appkeys.DATABASE], team_id)
+async def existing_team(db: Database, team_id: int) -> dict[str, Any]:
+    """The team, or 404 ``team N not found``."""
+    team = await access.team_by_id(db, team_id)
     if team is None:
         raise ApiError(404, f"team {team_id} not found")
     return team
+
+
+async def _existing_team(request: web.Request) -> dict[str, Any]:
+    return await existing_team(request.app[appkeys.DATABASE], path_id(request, "team_id", "team"))
 
 
 @routes.get("/teams/{team_id}")
@@ -260,8 +265,7 @@ async def remove_member(request: web.Request) -> web.Response:
     user_id = path_id(request, "user_id", "member")
     db = request.app[appkeys.DATABASE]
     if not await access.remove_member(db, team_id, user_id):
-        if await access.team_by_id(db, team_id) is None:
-            raise ApiError(404, f"team {team_id} not found")
+        await existing_team(db, team_id)  # a missing team is named as such
         raise ApiError(404, f"user {user_id} is not a member of team {team_id}")
     log.info("team_member_removed", team_id=team_id, member_id=user_id)
     return web.Response(status=204)

@@ -14,7 +14,7 @@ from aiohttp import web
 from gateway import appkeys, permissions_catalog
 from gateway.http import ApiError, ValidationFailed, json_response
 from gateway.logs import get_logger
-from gateway.management.access import path_id
+from gateway.management.access import existing_team, path_id
 from gateway.management.bodies import Fields, page_headers, pagination, read_json_object
 from gateway.management.framework import endpoint, require_admin
 from gateway.storage import access
@@ -51,8 +51,7 @@ async def link_team(request: web.Request) -> web.Response:
     db = request.app[appkeys.DATABASE]
     environment_id = await _existing_environment(request, db)
     team_id = path_id(request, "team_id", "team")
-    if await access.team_by_id(db, team_id) is None:
-        raise ApiError(404, f"team {team_id} not found")
+    await existing_team(db, team_id)
     body = await read_json_object(request)
     fields = Fields(body, ("role_id",))
     role_id = fields.integer("role_id", minimum=1, maximum=2**63 - 1)
@@ -82,8 +81,7 @@ async def unlink_team(request: web.Request) -> web.Response:
     environment_id = await _existing_environment(request, db)
     team_id = path_id(request, "team_id", "team")
     if not await access.unlink_team(db, environment_id, team_id):
-        if await access.team_by_id(db, team_id) is None:
-            raise ApiError(404, f"team {team_id} not found")
+        await existing_team(db, team_id)  # a missing team is named as such
         raise ApiError(404, f"team {team_id} is not linked to environment {environment_id}")
     log.info("team_unlinked", environment_id=environment_id, team_id=team_id)
     return web.Response(status=204)
