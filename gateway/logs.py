@@ -26,8 +26,9 @@ FORMATS = ("json", "console")
 # Keys whose values must never reach a log line, whatever a caller passes by mistake: a key
 # (lower-cased, '-' read as '_', so header names count too) with one of these words in it,
 # unless it ends with a suffix naming something about the secret rather than the secret itself
-# (signature_header, key_id, previous_secret_expires_in, token_count). Dicts are looked into
-# the same way.
+# (signature_header, key_id, previous_secret_expires_in, token_count, tokens_ended). Dicts are
+# looked into the same way. tests/unit/test_log_fields.py checks that no log call passes a
+# field that this rule would hide (a count or a flag logged as "[redacted]" says nothing).
 # Header names are judged by the gateway's header rule as well (the history and outgoing hooks
 # redact the same ones): the keys of a mapping logged as ``headers`` or ``*_headers``, and any
 # key with a '-' in it (no Python keyword argument has one). Not every key: ``key`` as a word
@@ -55,6 +56,7 @@ _METADATA_SUFFIXES = (
     "_id",
     "_ids",
     "_count",
+    "_ended",  # tokens_ended, refresh_token_ended: how many or whether, never which
     "_expires_at",
     "_expires_in",
 )

@@ -186,7 +186,10 @@ async def _prune(
     if orphaned:
         log.warning("orphaned_runs_cancelled", runs=orphaned, reason="their pipeline was deleted")
         print(f"pipeline_runs: cancelled {orphaned} unfinished runs whose pipeline was deleted")
-    log.info("pruned", older_than=cutoff.isoformat(), bodies_cleared=cleared, **removed)
+    # Each count as <table>_count: the log redacts a field named like a credential, and a
+    # bare ``auth_tokens`` is one by its name (it was logged as "[redacted]").
+    counts = {f"{table}_count": count for table, count in removed.items()}
+    log.info("pruned", older_than=cutoff.isoformat(), bodies_cleared=cleared, **counts)
     for table, count in removed.items():
         print(f"{table}: removed {count} rows older than {cutoff.isoformat(timespec='seconds')}")
     if bodies is not None:

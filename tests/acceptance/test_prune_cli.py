@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -105,3 +106,28 @@ async def test_a_batch_past_the_command_timeout_says_what_to_change(
     for bad in ("0", "100001", "x"):
         refused = _prune(database_dsn, tmp_path, "--older-than", "30d", "--batch-size", bad)
         assert refused.returncode == 2 and "--batch-size" in refused.stderr, refused.stderr
+
+
+async def test_the_pruned_log_line_shows_every_count(
+    db: Database, database_dsn: str, tmp_path: Path
+) -> None:
+    # auth_tokens was a field named like a credential: the log wrote "[redacted]" for its count.
+    await db.pool.execute(
+        "INSERT INTO users (email, name, password_hash, is_admin) VALUES ('p@example.org', '',"
+        " 'x', false)"
+    )
+    await db.pool.execute(
+        "INSERT INTO auth_tokens (user_id, kind, token_hash, name, expires_at) SELECT id,"
+        " 'access', '\\x01', '', now() - interval '40 days' FROM users"
+    )
+
+    done = _prune(database_dsn, tmp_path, "--older-than", "30d", GATEWAY_LOG_LEVEL="info")
+
+    assert done.returncode == 0, done.stderr
+    assert "auth_tokens: removed 1 rows older than " in done.stdout
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    (pruned,) = [line for line in lines if line["event"] == "pruned"]
+    assert pruned["auth_tokens_count"] == 1
+    assert pruned["pipeline_runs_count"] == 0
+    assert pruned["hook_requests_count"] == 0
+    assert pruned["outgoing_deliveries_count"] == 0
