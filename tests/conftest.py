@@ -13,10 +13,11 @@ import logging
 import os
 import queue
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from yarl import URL
 import gateway.logs
 from gateway.app import HANDLER_OPTIONS, create_app
 from gateway.config import Config, DatabaseConfig, build_config
+from gateway.models import TokenPair
 from gateway.storage.database import SCHEMA_PATH, Database
 from tests.connection_origins import record_connection_origins
 
@@ -176,21 +178,40 @@ ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "correct horse battery staple"
 
 
+@dataclass(frozen=True)
+class AdminTemplate:
+    """The schema template plus the administrator and one login of theirs."""
+
+    name: str
+    access_token: str
+    good_until: float  # time.monotonic() until which the access token is sure to be valid
+
+
 @pytest.fixture(scope="session")
-def admin_template_database(server_dsn: str, template_database: str) -> Iterator[str]:
-    """The template plus the administrator of ``admin_token``, made by ``accounts.create_user``
-    once per session: the Argon2 hash it computes costs a tenth of a second of CPU, which every
-    test logging in as the administrator would otherwise spend again."""
+def admin_template_database(server_dsn: str, template_database: str) -> Iterator[AdminTemplate]:
+    """The template plus the administrator of ``admin_token``, made by ``accounts.create_user``,
+    and logged in by ``accounts.login``, once per session: the Argon2 hash and check these
+    compute cost a tenth of a second of CPU each, which every test logging in as the
+    administrator would otherwise spend again."""
     from gateway import accounts
 
     auth = build_config({}, {}).auth
+    pairs: list[TokenPair] = []
 
-    def admin(db: Database) -> Awaitable[object]:
-        return accounts.create_user(db, auth, ADMIN_EMAIL, ADMIN_PASSWORD, is_admin=True)
+    async def admin(db: Database) -> None:
+        await accounts.create_user(db, auth, ADMIN_EMAIL, ADMIN_PASSWORD, is_admin=True)
+        pairs.append(await accounts.login(db, auth, ADMIN_EMAIL, ADMIN_PASSWORD))
 
     name = f"{template_database}_admin"
+    logged_in = time.monotonic()
     with _session_template(server_dsn, name, template_database, admin):
-        yield name
+        [pair] = pairs
+        good_until = logged_in + pair.expires_in - TOKEN_MARGIN
+        yield AdminTemplate(name, pair.access_token, good_until)
+
+
+# A test starting later than this before the template's access token expires logs in itself.
+TOKEN_MARGIN = 600.0
 
 
 @pytest.fixture
@@ -198,8 +219,8 @@ def test_template(request: pytest.FixtureRequest, template_database: str) -> str
     """The template this test's database is copied from: the one with the administrator in it
     when the test logs in as them (``admin_token``, ``admin_headers``), else the bare schema."""
     if "admin_token" in request.fixturenames:
-        name: str = request.getfixturevalue("admin_template_database")
-        return name
+        admin: AdminTemplate = request.getfixturevalue("admin_template_database")
+        return admin.name
     return template_database
 
 
@@ -251,9 +272,13 @@ async def client_for(app: web.Application, aiohttp_client: Any) -> Any:
 
 
 @pytest.fixture
-async def admin_token(client: Any) -> str:
-    """A bearer token of the administrator (ADMIN_EMAIL), logged in now: their user row comes
-    with the test's database (``test_template``), so it is there before any other."""
+async def admin_token(client: Any, admin_template_database: AdminTemplate) -> str:
+    """A bearer token of the administrator (ADMIN_EMAIL): their user row, and the access and
+    refresh tokens of a login, come with the test's database (``test_template``), so they are
+    there before any other. Should the session outlast that token, a login through ``client``
+    gives a new one."""
+    if time.monotonic() < admin_template_database.good_until:
+        return admin_template_database.access_token
     response = await client.post(
         "/users/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
     )
