@@ -36,6 +36,11 @@ _ALLOWED: dict[str, frozenset[str]] = {
 }
 
 OUTPUT_LIMIT_BYTES = 64 * 1024
+# A run's lease in seconds, as a claim or heartbeat may ask for it (the API and `gateway
+# executor --lease-seconds`): renewed every third of it, a shorter one would have runs change
+# executors at any pause of a second or two.
+MIN_LEASE_SECONDS = 5
+MAX_LEASE_SECONDS = 3600
 MESSAGE_LIMIT_CHARS = 2000
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from gateway.config import Config
 from gateway.executor.command import hide_environment
 from gateway.logs import get_logger
+from gateway.run_states import MAX_LEASE_SECONDS, MIN_LEASE_SECONDS
 from gateway.storage.retention import PRUNE_BATCH
 
 log = get_logger(__name__)
@@ -45,14 +46,27 @@ def parse_age(text: str, option: str = "--older-than") -> timedelta:
 MAX_PRUNE_BATCH = 100_000  # rows per prune statement at most (the default is PRUNE_BATCH)
 
 
-def positive(kind: type, maximum: float | None = None, *, zero: bool = False) -> Any:
-    """An argparse type: a finite number > 0 (>= 0 with ``zero``), at most ``maximum``."""
+def positive(
+    kind: type,
+    maximum: float | None = None,
+    *,
+    zero: bool = False,
+    minimum: float | None = None,
+) -> Any:
+    """An argparse type: a finite number > 0 (>= 0 with ``zero``), at most ``maximum``; with
+    ``minimum`` (and ``maximum``), one in that range, which the refusal names."""
 
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        top = math.inf if maximum is None else maximum
+        if minimum is not None and not minimum <= value <= top:  # nan fails it too
+            upper = " or more" if maximum is None else f" to {maximum:g}"
+            raise argparse.ArgumentTypeError(
+                f"must be a number from {minimum:g}{upper}, got {text}"
+            )
         # nan passes any comparison, inf any minimum: both would fail later, mid-run.
         if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
             bound = "at least 0" if zero else "greater than 0"
@@ -88,10 +102,12 @@ def add_commands(commands: Any) -> None:
     )
     executor.add_argument(
         "--lease-seconds",
-        type=positive(float, maximum=3600),  # as POST /runs/claim allows
+        # As POST /runs/claim allows: a shorter lease has runs change executors at any pause.
+        type=positive(float, minimum=MIN_LEASE_SECONDS, maximum=MAX_LEASE_SECONDS),
         default=60.0,
         metavar="S",
-        help="lease per run, renewed every S/3 (default 60)",
+        help=f"lease per run, renewed every S/3 (default 60; {MIN_LEASE_SECONDS} to "
+        f"{MAX_LEASE_SECONDS})",
     )
     executor.add_argument(
         "--poll-interval",

@@ -104,6 +104,17 @@ async def _refusal_logged(
         raise
 
 
+def _lease_seconds(fields: Fields) -> Any:
+    """The optional ``lease_seconds`` of a claim or heartbeat (60 by default)."""
+    return fields.integer(
+        "lease_seconds",
+        required=False,
+        default=60,
+        minimum=run_states.MIN_LEASE_SECONDS,
+        maximum=run_states.MAX_LEASE_SECONDS,
+    )
+
+
 @routes.post("/runs/claim")
 @endpoint()
 async def claim_runs(request: web.Request) -> web.Response:
@@ -112,7 +123,7 @@ async def claim_runs(request: web.Request) -> web.Response:
     fields = Fields(body, ("pipeline_id", "limit", "lease_seconds"))
     pipeline_id = fields.integer("pipeline_id", required=False, minimum=1, maximum=2**63 - 1)
     limit = fields.integer("limit", required=False, default=1, minimum=1, maximum=100)
-    lease = fields.integer("lease_seconds", required=False, default=60, minimum=5, maximum=3600)
+    lease = _lease_seconds(fields)
     fields.check()
     db = request.app[appkeys.DATABASE]
     user = current_user(request)
@@ -197,7 +208,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     fields = Fields(body, ("lease_token", "lease_seconds"))
     token = _lease_token(fields)
-    lease = fields.integer("lease_seconds", required=False, default=60, minimum=5, maximum=3600)
+    lease = _lease_seconds(fields)
     fields.check()
     assert token is not None
     async with _refusal_logged("run_heartbeat_refused", request, row):

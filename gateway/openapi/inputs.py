@@ -214,12 +214,13 @@ LEASE_TOKEN: Schema = {
     "description": "The lease_token returned by POST /runs/claim.",
 }
 INT32 = 2**31 - 1
+LEASE_SECONDS = optional_int(run_states.MIN_LEASE_SECONDS, run_states.MAX_LEASE_SECONDS)
 CLAIM: Schema = obj(
     {},
     {
         "pipeline_id": nullable(ID),
         "limit": optional_int(1, 100),
-        "lease_seconds": optional_int(5, 3600),
+        "lease_seconds": LEASE_SECONDS,
     },
 )
 RUN_STATUS: Schema = {
@@ -236,7 +237,7 @@ RUN_STATUS: Schema = {
     "if": {"properties": {"status": {"not": {"const": run_states.CANCELLED}}}},
     "then": {"required": ["lease_token"]},
 }
-HEARTBEAT: Schema = obj({"lease_token": LEASE_TOKEN}, {"lease_seconds": optional_int(5, 3600)})
+HEARTBEAT: Schema = obj({"lease_token": LEASE_TOKEN}, {"lease_seconds": LEASE_SECONDS})
 CONCURRENCY: Schema = obj(
     {"policy": {"enum": list(run_states.POLICIES)}},
     {

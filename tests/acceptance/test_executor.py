@@ -205,7 +205,7 @@ async def test_killed_executor_run_is_taken_over_after_its_lease_expires(
         'echo "done on attempt $HOOK_ATTEMPT" > out'
     )
     first = ExecutorProcess(
-        database_dsn, tmp_path, pipeline["id"], "sh", "-c", script, args=("--lease-seconds", "2")
+        database_dsn, tmp_path, pipeline["id"], "sh", "-c", script, args=("--lease-seconds", "5")
     )
     executors.append(first)
     await wait_for_file(tmp_path / "first.pid")
@@ -364,7 +364,7 @@ async def test_cancel_in_progress_terminates_the_superseded_command(
         'echo ok > "done-$HOOK_VAR_N"'
     )
     executor = ExecutorProcess(
-        database_dsn, tmp_path, pipeline["id"], "sh", "-c", script, args=("--lease-seconds", "1.5")
+        database_dsn, tmp_path, pipeline["id"], "sh", "-c", script, args=("--lease-seconds", "5")
     )
     executors.append(executor)
     await wait_for_file(tmp_path / "started-1")
@@ -399,8 +399,9 @@ async def test_heartbeats_keep_a_run_longer_than_its_lease_from_a_second_executo
     db: Database, database_dsn: str, tmp_path: Path, executors: list[ExecutorProcess]
 ) -> None:
     pipeline = await make_runs_pipeline(db)
-    # Each start of the command appends a line; the command outlives the 1 s lease 4 times over.
-    script = 'echo "$HOOK_RUN_ID $HOOK_ATTEMPT" >> ran.txt; sleep 4; echo done'
+    # Each start of the command appends a line; the command outlives the 5 s lease (the
+    # shortest allowed) by more than half again.
+    script = 'echo "$HOOK_RUN_ID $HOOK_ATTEMPT" >> ran.txt; sleep 8; echo done'
     pair = [
         ExecutorProcess(
             database_dsn,
@@ -409,7 +410,7 @@ async def test_heartbeats_keep_a_run_longer_than_its_lease_from_a_second_executo
             "sh",
             "-c",
             script,
-            args=("--lease-seconds", "1"),
+            args=("--lease-seconds", "5"),
         )
         for _ in range(2)
     ]
@@ -420,7 +421,7 @@ async def test_heartbeats_keep_a_run_longer_than_its_lease_from_a_second_executo
 
     claimed = await wait_for_run(db, run["id"], "in-progress")
     first_expiry = claimed["lease_expires_at"]
-    assert first_expiry - claimed["started_at"] <= timedelta(seconds=1.5)
+    assert first_expiry - claimed["started_at"] <= timedelta(seconds=5.5)
     latest, deadline = first_expiry, time.monotonic() + WAIT
     while (row := await run_row(db, run["id"]))["status"] == "in-progress":
         assert row["attempt"] == 1 and row["lease_token"] == claimed["lease_token"]

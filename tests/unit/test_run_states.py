@@ -99,9 +99,14 @@ def test_prune_ages_past_the_calendar_are_refused(text: str) -> None:
 @pytest.mark.parametrize(
     ("args", "problem"),
     [
-        (["--lease-seconds", "nan"], "must be a number greater than 0, got nan"),
-        (["--lease-seconds", "inf"], "must be a number greater than 0, got inf"),
-        (["--lease-seconds", "1e300"], "must be at most 3600, got 1e300"),
+        (["--lease-seconds", "nan"], "must be a number from 5 to 3600, got nan"),
+        (["--lease-seconds", "inf"], "must be a number from 5 to 3600, got inf"),
+        (["--lease-seconds", "1e300"], "must be a number from 5 to 3600, got 1e300"),
+        # Below POST /runs/claim's minimum: heartbeats every S/3 and runs flapping between
+        # executors on any hiccup.
+        (["--lease-seconds", "1"], "argument --lease-seconds: must be a number from 5 to 3600"),
+        (["--lease-seconds", "4.99"], "must be a number from 5 to 3600, got 4.99"),
+        (["--lease-seconds", "0"], "must be a number from 5 to 3600, got 0"),
         (["--poll-interval", "0"], "must be a number greater than 0, got 0"),
         (["--grace-seconds", "nan"], "must be a number at least 0, got nan"),
         (["--grace-seconds", "-1"], "must be a number at least 0, got -1"),
@@ -124,3 +129,6 @@ def test_executor_options_refuse_what_would_fail_mid_run(
     assert problem in capsys.readouterr().err
     parsed = parser.parse_args(["executor", "--pipeline", "1", "--grace-seconds", "0", "--", "x"])
     assert parsed.grace_seconds == 0.0
+    for lease in ("5", "3600", "7.5"):  # the range's ends are in it; fractions too
+        parsed = parser.parse_args(["executor", "--pipeline", "1", "--lease-seconds", lease, "x"])
+        assert parsed.lease_seconds == float(lease)
