@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway import sighup
+from gateway import launch, sighup
 from gateway.config import (
     ENV_CONFIG_PATH,
     MAX_STATEMENT_SECONDS,
@@ -235,7 +235,7 @@ async def _set_password(config: Config, email: str, password: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``gateway`` command line (started through :mod:`gateway.launch`)."""
     args = _parser().parse_args(argv)
-    if args.command in ("serve", "dispatch"):  # long-running: SIGHUP reloads, never kills
+    if args.command in launch.RELOADABLE:  # long-running: SIGHUP reloads, never kills
         sighup.remember()
     if args.command == "check-config":
         return _check_config(args.path or args.config)
@@ -287,7 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             password = _read_password(args.password_env)
             asyncio.run(_create_user(config, args.email, args.name, args.admin, password))
         elif args.command in run_commands.COMMANDS:
-            return run_commands.main(config, args)
+            code = run_commands.main(config, args)
+            if args.command in launch.RELOADABLE:
+                sighup.remember()
+            return code
     except KeyboardInterrupt:
         return 130
     except (ValueError, GatewayError) as exc:

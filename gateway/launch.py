@@ -1,9 +1,9 @@
 """Entry point of the ``gateway`` console script and of ``python -m gateway``.
 
-``serve`` and ``dispatch`` (a supervisor's workers too: ``serve --worker``) make SIGHUP harmless
-(:func:`gateway.sighup.remember`) before anything else is imported: importing the CLI and its
-libraries takes a few hundred milliseconds, and a ``systemctl reload`` in that time would
-otherwise end the process. Other commands keep SIGHUP's default action.
+``serve``, ``dispatch`` and ``executor`` (a supervisor's workers too: ``serve --worker``) make
+SIGHUP harmless (:func:`gateway.sighup.remember`) before anything else is imported: importing the
+CLI and its libraries takes a few hundred milliseconds, and a ``systemctl reload`` in that time
+would otherwise end the process. Other commands keep SIGHUP's default action.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from gateway import sighup
 
-RELOADABLE = frozenset({"serve", "dispatch"})
+RELOADABLE = frozenset({"serve", "dispatch", "executor"})
 
 
 def command_of(argv: Sequence[str]) -> str | None:

@@ -215,10 +215,23 @@ async def _prune(
         )
 
 
+# What `gateway executor` reads of the configuration: the rest is serve's and dispatch's, and
+# an edit of it needs no restart of an executor.
+EXECUTOR_KEYS = ("log", "database")
+
+
+def executor_reads(key: str) -> bool:
+    """Whether ``gateway executor`` reads ``key`` (``"section.key"``)."""
+    from gateway.reload import touches
+
+    return touches(frozenset({key}), *EXECUTOR_KEYS)
+
+
 async def _execute(config: Config, args: argparse.Namespace, command: list[str]) -> int:
     from gateway.exceptions import NotFound
     from gateway.executor.database import existing_database
     from gateway.executor.worker import Executor, ExecutorSettings
+    from gateway.reload import ConfigReloader, install_sighup, logging_callback
     from gateway.storage import runs
 
     settings = ExecutorSettings(
@@ -237,10 +250,17 @@ async def _execute(config: Config, args: argparse.Namespace, command: list[str])
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, executor.stop)
+        # SIGHUP (a closed terminal, `systemctl reload`) re-reads the config file as for serve:
+        # [log] applies at once, [database] at the next start; until here it was remembered
+        # (gateway.sighup), never the default action that ended the executor and left its runs
+        # to their leases.
+        reloader = ConfigReloader.for_config(config, uses=executor_reads)
+        reloader.on_reload(logging_callback)
+        install_sighup(reloader)
         try:
             await executor.run()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT):  # SIGHUP still reloads meanwhile
                 loop.remove_signal_handler(sig)
     if executor.pipeline_deleted:  # exit 1, as for a pipeline missing at the start
         raise NotFound(f"pipeline {args.pipeline} was deleted")

@@ -9,6 +9,8 @@
 - SIGSTOP of an executor mid-run: the command's guard stops the command before the lease the
   executor last renewed can expire.
 - SIGTERM: a stopping executor releases a run it could not finish in its grace period.
+- SIGHUP: the executor re-reads its config file (as serve and dispatch do) instead of dying
+  with its runs' leases.
 - Its pipeline deleted: the executor says so and exits 1.
 """
 
@@ -45,9 +47,19 @@ WAIT = 60.0
 class ExecutorProcess:
     """A `gateway executor` subprocess; its stderr (JSON log lines) goes to a file."""
 
-    def __init__(self, dsn: str, cwd: Path, pipeline_id: int, *command: str, args: Any = ()):
+    def __init__(
+        self,
+        dsn: str,
+        cwd: Path,
+        pipeline_id: int,
+        *command: str,
+        args: Any = (),
+        log_level: str | None = "info",  # None: as the config file in ``cwd`` says
+    ):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "HOOK_"))}
-        env.update(GATEWAY_DATABASE_DSN=dsn, GATEWAY_LOG_FORMAT="json", GATEWAY_LOG_LEVEL="info")
+        env.update(GATEWAY_DATABASE_DSN=dsn, GATEWAY_LOG_FORMAT="json")
+        if log_level is not None:
+            env["GATEWAY_LOG_LEVEL"] = log_level
         self.log_path = cwd / f"executor-{uuid.uuid4().hex[:6]}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
@@ -468,6 +480,42 @@ async def test_sigterm_lets_a_short_run_finish_within_the_grace_period(
     assert (draining["running"], draining["grace_seconds"]) == (1, 30.0)
     [finished] = [e for e in events if e["event"] == "run_finished"]
     assert (finished["status"], finished["exit_code"]) == ("completed", 0)
+
+
+async def test_sighup_reloads_the_config_and_the_executor_goes_on_running(
+    db: Database, database_dsn: str, tmp_path: Path, executors: list[ExecutorProcess]
+) -> None:
+    """SIGHUP (a closed terminal, the `systemctl reload` that serve takes) had its default
+    action: the executor died mid-run, its command with it, and the run waited for its lease.
+    It now re-reads the config file: [log] applies at once, [database] at the next start, and
+    the running command and later runs go on."""
+    config = tmp_path / "config.toml"
+    config.write_text('[log]\nlevel = "info"\n')
+    pipeline = await make_runs_pipeline(db)
+    first = await enqueue(db, pipeline["id"], n=1)
+    script = 'echo "$HOOK_VAR_N" > "started-$HOOK_VAR_N"; while [ ! -e go ]; do sleep 0.05; done'
+    executor = ExecutorProcess(
+        database_dsn, tmp_path, pipeline["id"], "sh", "-c", script, log_level=None
+    )
+    executors.append(executor)
+    await wait_for_file(tmp_path / "started-1")
+
+    config.write_text(
+        '[log]\nlevel = "debug"\n[database]\ncommand_timeout = 20.0\n[server]\nport = 9\n'
+    )
+    executor.process.send_signal(signal.SIGHUP)
+    reloaded = await wait_for_event(executor, "config_reloaded")
+    assert reloaded["applied"] == ["log.level"]
+    restart = await wait_for_event(executor, "config_reload_needs_restart")
+    assert restart["keys"] == ["database.command_timeout"]
+    unused = await wait_for_event(executor, "config_reload_not_used")
+    assert unused["keys"] == ["server.port"]
+
+    (tmp_path / "go").write_text("")
+    assert (await wait_for_run(db, first["id"], "completed"))["attempt"] == 1
+    second = await enqueue(db, pipeline["id"], n=2)
+    assert (await wait_for_run(db, second["id"], "completed"))["attempt"] == 1
+    assert executor.stop() == 0
 
 
 async def test_an_executor_whose_pipeline_is_deleted_exits_1_saying_so(
