@@ -111,6 +111,13 @@ def short_body_message(length: int | None) -> str:
     return "request body ended before Content-Length bytes"
 
 
+# The 400 message for a chunked body that does not parse (a chunk-size line that is not
+# hexadecimal, a chunk longer than its size). aiohttp's Python parser raises TransferEncodingError
+# from the body read; its C parser never tells the handler, whose read then waits for the body
+# deadline (README, Operations: "A malformed chunked body").
+MALFORMED_CHUNKS_MESSAGE = "request body is not valid chunked transfer encoding"
+
+
 def media_type(content_type: str) -> str:
     """The type/subtype of a Content-Type value, lower-cased, without its parameters."""
     return content_type.partition(";")[0].strip().lower()

@@ -22,11 +22,13 @@ from typing import Any
 
 import orjson
 from aiohttp import HttpVersion11, web
+from aiohttp.http_exceptions import TransferEncodingError
 
 from gateway import appkeys, metrics
 from gateway.config import Config
 from gateway.exceptions import DatabaseUnavailable, Overloaded, TransientConflict
 from gateway.http import (
+    MALFORMED_CHUNKS_MESSAGE,
     REQUEST_ID_OK,
     body_deadline,
     compressed_body_problem,
@@ -213,6 +215,10 @@ async def _trigger(request: web.Request, started: float) -> tuple[web.Response, 
             # ConnectionResetError the connection was lost with. Nobody reads this answer, but
             # the history records it, and it is the sender's doing, not the gateway's error.
             evaluation = Evaluation(400, REJECTED, short_body_message(length), reason="short_body")
+        except TransferEncodingError:  # the sender's bad framing, not the gateway's error
+            evaluation = Evaluation(
+                400, REJECTED, MALFORMED_CHUNKS_MESSAGE, reason="bad_chunked_body"
+            )
         except TimeoutError:  # answered with Connection: close (see _rejected)
             deadline = body_deadline(ingest.body_timeout, length, ingest.max_body)
             evaluation = Evaluation(

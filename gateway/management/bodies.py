@@ -12,9 +12,11 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import TransferEncodingError
 from yarl import URL
 
 from gateway.http import (
+    MALFORMED_CHUNKS_MESSAGE,
     MAX_LISTED_FIELDS,
     ApiError,
     ValidationFailed,
@@ -65,6 +67,8 @@ async def read_body(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> by
         # A body ends early only with its connection (aiohttp raises the ConnectionResetError it
         # was lost with): the client's doing, not the gateway's error. Nobody reads this answer.
         raise ApiError(400, short_body_message(length)) from None
+    except TransferEncodingError:  # the client's bad framing, not the gateway's error
+        raise ApiError(400, MALFORMED_CHUNKS_MESSAGE) from None
     declared = request.headers.get("Content-Type")
     if body.strip() and declared is not None and not _may_hold_json(declared):
         # A form or multipart body is a client mistake worth naming (it was read as JSON). An
