@@ -13,6 +13,7 @@ import logging
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
+from contextlib import suppress
 from typing import Any, TextIO
 
 import structlog
@@ -104,6 +105,11 @@ class _NamedPrintLogger(structlog.PrintLogger):
 
     Each line is written with its newline in one ``write`` (``print`` makes two): worker
     processes share one stderr pipe, and two lines must never be interleaved on one.
+
+    A line that cannot be written is lost, never an error of the code that logs it (as with
+    the stdlib's handlers): stderr can go away under a running process (the terminal an
+    executor was started from closed: EIO; a reader of its pipe gone: EPIPE), and each log call
+    raising then stopped whatever it was logging, a run's command and heartbeats included.
     """
 
     def __init__(self, name: str | None, file: TextIO | Any) -> None:
@@ -112,8 +118,9 @@ class _NamedPrintLogger(structlog.PrintLogger):
 
     def msg(self, message: str) -> None:
         with self._lock:
-            self._file.write(message + "\n")
-            self._file.flush()
+            with suppress(OSError):
+                self._file.write(message + "\n")
+                self._file.flush()
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg

@@ -55,6 +55,7 @@ class ExecutorProcess:
         *command: str,
         args: Any = (),
         log_level: str | None = "info",  # None: as the config file in ``cwd`` says
+        output: int | None = None,  # stdout and stderr (a file descriptor) instead of a file
     ):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "HOOK_"))}
         env.update(GATEWAY_DATABASE_DSN=dsn, GATEWAY_LOG_FORMAT="json")
@@ -79,7 +80,7 @@ class ExecutorProcess:
             cwd=cwd,
             env={**env, "PYTHONPATH": str(ROOT)},
             stdin=subprocess.DEVNULL,
-            stdout=self._log,
+            stdout=self._log if output is None else output,
             stderr=subprocess.STDOUT,
         )
 
@@ -515,6 +516,35 @@ async def test_sighup_reloads_the_config_and_the_executor_goes_on_running(
     assert (await wait_for_run(db, first["id"], "completed"))["attempt"] == 1
     second = await enqueue(db, pipeline["id"], n=2)
     assert (await wait_for_run(db, second["id"], "completed"))["attempt"] == 1
+    assert executor.stop() == 0
+
+
+async def test_an_executor_whose_terminal_closed_goes_on_running(
+    db: Database, database_dsn: str, tmp_path: Path, executors: list[ExecutorProcess]
+) -> None:
+    """Started from a terminal that then closes: SIGHUP, and every write to its stderr fails
+    (EIO). Surviving the SIGHUP is not enough: each log call raised, so the executor claimed a
+    run, died in its task at `run_started` and left the run in progress, and claimed the next
+    one the same way. Its log lines are lost; its runs are done."""
+    pipeline = await make_runs_pipeline(db)
+    terminal, its_end = os.openpty()
+    executor = ExecutorProcess(
+        database_dsn, tmp_path, pipeline["id"], "sh", "-c", "echo done", output=its_end
+    )
+    executors.append(executor)
+    os.close(its_end)
+    seen = b""
+    deadline = time.monotonic() + WAIT
+    while b"executor_started" not in seen:
+        assert time.monotonic() < deadline, seen
+        seen += await asyncio.to_thread(os.read, terminal, 65536)
+    os.close(terminal)  # the terminal goes away: its side of the pty reads EIO from now on
+    executor.process.send_signal(signal.SIGHUP)
+
+    for n in (1, 2):
+        run = await enqueue(db, pipeline["id"], n=n)
+        row = await wait_for_run(db, run["id"], "completed")
+        assert (row["attempt"], row["output"]) == (1, "done\n")
     assert executor.stop() == 0
 
 
