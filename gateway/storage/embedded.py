@@ -266,12 +266,30 @@ def unusable_data_dir(data_dir: str | Path) -> str | None:
     path = Path(data_dir).expanduser().absolute()
     if path.exists() and not path.is_dir():
         return f"database.data_dir {str(data_dir)!r} is not a directory"
+    if path.is_dir() and not (path / "PG_VERSION").exists() and _has_entries(path):
+        # initdb refuses such a directory too, but run as root the wheel first makes its server
+        # user the directory's owner: a data_dir naming /etc or a home by mistake would hand it
+        # over. Refused here, before anything is changed.
+        return (
+            f"database.data_dir {str(data_dir)!r} holds other files and no PostgreSQL data "
+            "(no PG_VERSION): name an empty or new directory (a mount point's lost+found "
+            "counts: use a directory under it); nothing in it was changed"
+        )
     for parent in path.parents:
         if parent.exists():  # the nearest that exists: the directories below it get created
             if parent.is_dir():
                 return None
             return f"database.data_dir {str(data_dir)!r} cannot be created: {parent} is a file"
     return None
+
+
+def _has_entries(directory: Path) -> bool:
+    """Whether ``directory`` holds anything (False when it cannot be listed: initdb says why)."""
+    try:
+        with os.scandir(directory) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return False
 
 
 # How often a long-running process checks that its embedded server still runs.

@@ -681,22 +681,32 @@ def test_a_data_dir_that_cannot_be_a_directory_is_a_configuration_error(
     assert not (tmp_path / "var").exists()  # no key file was made for a start that fails
 
 
-@pytest.mark.parametrize("command", [["serve"], ["migrate"]])
-def test_a_data_dir_initdb_refuses_names_the_directory_and_initdbs_reason(
+@pytest.mark.parametrize("command", [["serve"], ["migrate"], ["check-config"]])
+def test_a_data_dir_holding_other_files_is_refused_before_anything_in_it_changes(
     tmp_path: Path, command: list[str]
 ) -> None:
-    """A non-empty directory that is no PostgreSQL data directory (so initdb refuses it, as
-    root too): the operator got `did not start (CalledProcessError: Command '[...initdb...]'
-    returned non-zero exit status 1.); see <data_dir>/log`, a log initdb never writes, with
-    initdb's reason only inside a many-line log record, and the status of an outage."""
+    """A non-empty directory that is no PostgreSQL data directory (a data_dir naming the wrong
+    directory): initdb refuses it, but run as root the wheel had first made its server user the
+    directory's owner; the operator got `did not start (CalledProcessError: ...initdb...)`, a
+    log initdb never writes and the status of an outage. Now it is refused first, by
+    check-config too, with the directory, its files and its owner as they were."""
     data_dir = tmp_path / "not-postgres"
-    data_dir.mkdir()
+    data_dir.mkdir(mode=0o755)
     (data_dir / "notes.txt").write_text("someone else's file\n")
+    before = data_dir.stat()
     assert _refused_data_dir(tmp_path, data_dir, command) == (
-        f"gateway: the embedded PostgreSQL cannot initialise database.data_dir '{data_dir}': "
-        f'initdb: error: directory "{data_dir}" exists but is not empty'
+        f"gateway: database.data_dir '{data_dir}' holds other files and no PostgreSQL data "
+        "(no PG_VERSION): name an empty or new directory (a mount point's lost+found counts: "
+        "use a directory under it); nothing in it was changed"
     )
-    assert (data_dir / "notes.txt").read_text() == "someone else's file\n"  # left as it was
+    after = data_dir.stat()
+    assert (after.st_uid, after.st_gid, after.st_mode) == (
+        before.st_uid,
+        before.st_gid,
+        before.st_mode,
+    )
+    assert [entry.name for entry in data_dir.iterdir()] == ["notes.txt"]
+    assert (data_dir / "notes.txt").read_text() == "someone else's file\n"
 
 
 # --- the load-balancer instance configuration fails closed ----------------------------------
