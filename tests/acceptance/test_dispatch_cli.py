@@ -194,7 +194,16 @@ async def test_dispatch_serves_probes_and_its_own_metrics_on_the_configured_port
 
             await eventually(lambda: _status_is(answers("/healthz"), 200), limit=60)
             assert (await answers("/readyz"))[0] == 200
-            _, before = await answers("/metrics")  # nothing delivered yet
+            # The probes answer from before the dispatcher starts (dispatch() opens them first):
+            # its gauges show once it runs, before anything is delivered.
+            before = ""
+
+            async def gauges_shown() -> bool:
+                nonlocal before
+                before = (await answers("/metrics"))[1]
+                return "hookgate_outgoing_at_limit" in before
+
+            await eventually(gauges_shown, limit=60)
             await complete_run(db, pipeline_id)
             await eventually(lambda: _is_done(db, hook_id), limit=60)
             status, text = await answers("/metrics")
