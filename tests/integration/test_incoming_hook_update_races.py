@@ -9,8 +9,6 @@ request waits for it.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable
 from typing import Any
 
 import asyncpg
@@ -20,6 +18,7 @@ from gateway.security.secret_box import SecretBox
 from gateway.security.secret_keys import load_keys
 from tests.conftest import TEST_SECRET_KEY
 from tests.integration.management_helpers import make_environment, make_pipeline, make_seed_hook
+from tests.integration.race_helpers import behind_a_concurrent_change
 
 
 @pytest.fixture
@@ -30,28 +29,6 @@ async def hook(client: Any, admin_headers: dict[str, str]) -> dict[str, Any]:
     return await make_seed_hook(client, admin_headers, pipeline["id"])
 
 
-async def _behind_a_concurrent_change(
-    database_dsn: str, change: str, args: tuple[Any, ...], request: Awaitable[Any]
-) -> Any:
-    """Run ``request`` while another transaction holds the hook's row with ``change`` made;
-    commit that change once the request waits for the row, then return the request's answer."""
-    other = await asyncpg.connect(database_dsn)
-    try:
-        async with other.transaction():
-            await other.execute(change, *args)
-            task = asyncio.ensure_future(request)
-            waiting = (
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-            )
-            while not await other.fetchval(waiting):
-                assert not task.done(), await task  # answered without waiting for the row
-                await asyncio.sleep(0.01)
-        return await task
-    finally:
-        await other.close()
-
-
 async def test_the_delivery_id_header_is_checked_against_the_committed_secret_header(
     client: Any, admin_headers: dict[str, str], database_dsn: str, hook: dict[str, Any]
 ) -> None:
@@ -60,7 +37,7 @@ async def test_the_delivery_id_header_is_checked_against_the_committed_secret_he
     path = f"/hooks/incoming/{hook['id']}"
     change = "UPDATE incoming_hooks SET secret_header_name = 'x-custom-sig' WHERE id = $1"
     body = {"settings": {"delivery_id_header": "x-custom-sig"}}
-    response = await _behind_a_concurrent_change(
+    response = await behind_a_concurrent_change(
         database_dsn,
         change,
         (hook["id"],),
@@ -87,7 +64,7 @@ async def test_a_switch_to_standard_webhooks_after_another_one_issues_no_second_
         "UPDATE incoming_hooks SET secret_header_name = 'webhook-signature', secret = $2 "
         "WHERE id = $1"
     )
-    response = await _behind_a_concurrent_change(
+    response = await behind_a_concurrent_change(
         database_dsn,
         change,
         (hook["id"], sealed),
@@ -114,7 +91,7 @@ async def test_a_rotation_issues_the_kind_of_secret_of_the_committed_scheme(
     """A rotation that waited for a switch to Standard Webhooks issues a whsec_ secret, the
     only kind such senders can use; not the plain one of the scheme it read before waiting."""
     change = "UPDATE incoming_hooks SET secret_header_name = 'webhook-signature' WHERE id = $1"
-    response = await _behind_a_concurrent_change(
+    response = await behind_a_concurrent_change(
         database_dsn,
         change,
         (hook["id"],),
