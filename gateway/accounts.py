@@ -8,6 +8,7 @@ import unicodedata
 from gateway.config import MAX_PASSWORD_LENGTH, AuthConfig
 from gateway.exceptions import (
     Conflict,
+    Forbidden,
     InvalidCredentials,
     InvalidToken,
     NotFound,
@@ -224,7 +225,10 @@ async def update_user(
     a new password ends their sessions (access and refresh tokens). Administrators cannot
     disable or demote themselves (Conflict), so an installation keeps at least the one doing it,
     nor set their own password here (that needs the current one: change_own_password).
-    ValueError names a bad field; NotFound when there is no such user.
+    A demotion or a disable is decided on the acting administrator as they are when it is
+    written: one demoted or disabled meanwhile (by the user they demote, say) is refused
+    (Forbidden; InvalidToken when disabled), so that two administrators demoting each other at
+    once cannot leave none. ValueError names a bad field; NotFound when there is no such user.
     """
     if user_id == acting.id and (is_admin is False or is_active is False):
         raise Conflict(
@@ -237,6 +241,8 @@ async def update_user(
         check_password_length(auth, password)
     password_hash = None if password is None else await passwords.hash_password_in_thread(password)
     async with db.transaction() as session:
+        if is_admin is False or is_active is False:
+            await _still_admin(session, acting, user_id)
         user = await users.update_user(
             session,
             user_id,
@@ -266,6 +272,17 @@ async def update_user(
         "user_updated", user_id=user_id, by_user_id=acting.id, fields=changed, tokens_ended=ended
     )
     return user
+
+
+async def _still_admin(session: Session, acting: User, user_id: int) -> None:
+    """Lock the acting administrator's row and the changed user's (users.lock_for_admin_change);
+    InvalidToken when the acting one was disabled since their request was authenticated,
+    Forbidden when they were demoted."""
+    current = await users.lock_for_admin_change(session, acting.id, user_id)
+    if current is None or not current.is_active:
+        raise InvalidToken("the bearer token is invalid, expired or revoked")
+    if not current.is_admin:
+        raise Forbidden("this action requires an administrator")
 
 
 async def _password_checked(

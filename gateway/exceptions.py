@@ -28,6 +28,10 @@ class Conflict(GatewayError):
     """The request conflicts with the current state of the resource."""
 
 
+class Forbidden(GatewayError):
+    """The caller may not do this."""
+
+
 class DatabaseUnavailable(GatewayError):
     """The database is unavailable; retry later."""
 

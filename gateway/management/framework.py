@@ -18,6 +18,7 @@ from gateway.exceptions import (
     AlreadyExists,
     Conflict,
     DatabaseUnavailable,
+    Forbidden,
     InvalidCredentials,
     InvalidToken,
     NotFound,
@@ -60,6 +61,8 @@ def _translate(exc: Exception) -> web.Response:
         return error_response(401, str(exc), headers={"WWW-Authenticate": "Bearer"})
     if isinstance(exc, InvalidCredentials):
         return error_response(401, str(exc))
+    if isinstance(exc, Forbidden):
+        return error_response(403, str(exc))
     if isinstance(exc, NotFound):
         return error_response(404, str(exc))
     if isinstance(exc, AlreadyExists | Conflict):

@@ -93,6 +93,14 @@ async def lock_for_login(db: Session, user_id: int) -> str | None:
     return password_hash
 
 
+async def lock_for_admin_change(db: Session, acting_id: int, user_id: int) -> User | None:
+    """Lock the rows of the acting administrator and of the user they change, in id order (see
+    the query); the acting user as they are now, or None when they are gone."""
+    rows = await db.fetch("user_lock_for_admin_change", [acting_id, user_id])
+    acting = [row for row in rows if row["id"] == acting_id]
+    return User.from_row(acting[0]) if acting else None
+
+
 async def update_user(
     db: Session,
     user_id: int,

@@ -1,0 +1,74 @@
+"""Two administrators demoting (or disabling) each other at once.
+
+Each request is authorised by its caller's row as read when it started, and refuses only a
+change of the caller themselves; without more, both changes commit and the installation is left
+without an administrator, a state neither order of the two requests allows. Another connection
+makes one change and holds it uncommitted while the other request runs, then commits once that
+request waits: the request must decide on its caller as they are then.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import pytest
+
+from gateway.storage.database import Database
+from tests.integration.access_helpers import call, make_user
+from tests.integration.race_helpers import behind_a_concurrent_change
+
+
+async def _active_admins(database_dsn: str) -> list[int]:
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT id FROM users WHERE is_admin AND disabled_at IS NULL ORDER BY id"
+        )
+    finally:
+        await conn.close()
+    return [r["id"] for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("change", "body", "refused"),
+    [
+        # The second demotes the first, who demotes the second.
+        ("UPDATE users SET is_admin = false WHERE id = $1", {"is_admin": False}, 403),
+        # The second disables the first, who disables the second.
+        ("UPDATE users SET disabled_at = now() WHERE id = $1", {"is_active": False}, 401),
+    ],
+    ids=["demote", "disable"],
+)
+async def test_an_admin_changed_meanwhile_cannot_change_the_one_who_changed_them(
+    client: Any,
+    db: Database,
+    database_dsn: str,
+    change: str,
+    body: dict[str, bool],
+    refused: int,
+) -> None:
+    first, first_headers = await make_user(db, "first@example.com", is_admin=True)
+    second, _ = await make_user(db, "second@example.com", is_admin=True)
+    status, answer = await behind_a_concurrent_change(
+        database_dsn, change, (first,), call(client, "PUT", f"/users/{second}", first_headers, body)
+    )
+    assert status == refused, answer
+    assert await _active_admins(database_dsn) == [second]
+
+
+async def test_the_lower_id_demoting_waits_for_the_higher_one_as_well(
+    client: Any, db: Database, database_dsn: str
+) -> None:
+    """The other way round (the caller's id is the higher one): the rows are locked in id
+    order, so the request waits on the changed user's row first, then finds itself demoted."""
+    first, _ = await make_user(db, "first@example.com", is_admin=True)
+    second, second_headers = await make_user(db, "second@example.com", is_admin=True)
+    status, answer = await behind_a_concurrent_change(
+        database_dsn,
+        "UPDATE users SET is_admin = false WHERE id = $1",
+        (second,),
+        call(client, "PUT", f"/users/{first}", second_headers, {"is_admin": False}),
+    )
+    assert (status, answer["message"]) == (403, "this action requires an administrator")
+    assert await _active_admins(database_dsn) == [first]
