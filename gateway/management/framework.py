@@ -123,6 +123,11 @@ def endpoint(*, auth: bool = True) -> Callable[[View], View]:
     return wrap
 
 
+def bearer_token(request: web.Request) -> str:
+    """The bearer token that authenticated the request (of a view that requires it)."""
+    return request.headers["Authorization"].partition(" ")[2].strip()
+
+
 def require_admin(request: web.Request) -> User:
     """The current user when they are an administrator; 403 otherwise."""
     user = current_user(request)

@@ -17,7 +17,7 @@ from gateway.http import ApiError, json_response
 from gateway.logs import get_logger
 from gateway.management.access import path_id
 from gateway.management.bodies import Fields, page_headers, pagination, read_json_object
-from gateway.management.framework import current_user, endpoint
+from gateway.management.framework import bearer_token, current_user, endpoint
 from gateway.reload import live_config
 from gateway.security import tokens
 from gateway.storage import users
@@ -62,7 +62,10 @@ async def create_token(request: web.Request) -> web.Response:
     token = tokens.new_token("personal")
     limit = live_config(request.app).auth.max_personal_tokens  # follows SIGHUP reloads
     ttl = None if days is None else days * 86400
-    row = await users.insert_personal_token(db, user.id, tokens.token_hash(token), name, ttl, limit)
+    bearer = tokens.token_hash(bearer_token(request))
+    row = await users.insert_personal_token(
+        db, user.id, bearer, tokens.token_hash(token), name, ttl, limit
+    )
     if row is None:
         log.info("personal_token_limit_reached", limit=limit)
         raise ApiError(
@@ -83,7 +86,7 @@ async def _check_outlives_no_creator(
     """A personal token may create tokens that expire no later than itself: one that leaked
     with a week to live must not become one that never expires. (A login session, or a
     personal token without an expiry, creates any.)"""
-    bearer = request.headers["Authorization"].partition(" ")[2].strip()
+    bearer = bearer_token(request)
     personal, ends = await users.personal_token_expiry(db, tokens.token_hash(bearer))
     if not personal or ends is None:
         return

@@ -17,7 +17,7 @@ from gateway.management.bodies import (
     read_json_object,
     read_optional_json_object,
 )
-from gateway.management.framework import current_user, endpoint, require_admin
+from gateway.management.framework import bearer_token, current_user, endpoint, require_admin
 from gateway.reload import live_config
 from gateway.security.login_throttle import LOGIN_THROTTLE
 from gateway.storage import users
@@ -114,7 +114,7 @@ async def logout(request: web.Request) -> web.Response:
     fields = Fields(body, ("refresh_token",))
     refresh = fields.string("refresh_token", required=False, max_length=256)
     fields.check()
-    bearer = request.headers["Authorization"].partition(" ")[2].strip()
+    bearer = bearer_token(request)
     try:
         await accounts.logout(request.app[appkeys.DATABASE], user, bearer, refresh)
     except ValueError as exc:

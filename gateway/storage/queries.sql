@@ -228,6 +228,18 @@ SELECT expires_at FROM auth_tokens WHERE token_hash = $1 AND kind = 'personal';
 -- creation it waited for had just added.)
 SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE;
 
+-- name: token_lock_live_bearer
+-- Share-lock the bearer token (access or personal, by hash) that is creating a personal token,
+-- if it is still live; no row once it was revoked or expired. Taken after the user's row (the
+-- order of a disable or a password change: the user row, then the tokens), right before the
+-- insert: a revocation that committed since the token authenticated the request refuses the
+-- creation, and one still to come waits for it. Without it, a stolen token revoked while its
+-- request was on its way would mint a live personal token after its revocation was answered.
+SELECT id FROM auth_tokens
+WHERE token_hash = $1 AND kind IN ('access', 'personal') AND revoked_at IS NULL
+  AND (expires_at IS NULL OR expires_at > now())
+FOR SHARE;
+
 -- name: token_count_live_personal
 -- How many personal tokens of a user are live (neither revoked nor expired).
 SELECT count(*) FROM auth_tokens

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gateway.exceptions import AlreadyExists
+from gateway.exceptions import AlreadyExists, InvalidToken
 from gateway.models import User
 from gateway.progress import Progress
 from gateway.storage.database import Database, Record, Session
@@ -132,16 +132,26 @@ async def insert_token(
 
 
 async def insert_personal_token(
-    db: Database, user_id: int, digest: bytes, name: str, ttl_seconds: int | None, limit: int
+    db: Database,
+    user_id: int,
+    bearer: bytes,
+    digest: bytes,
+    name: str,
+    ttl_seconds: int | None,
+    limit: int,
 ) -> Record | None:
     """Store a personal token hash unless the user already holds ``limit`` live personal
     tokens (None then; 0: no limit). Creations for one user take turns on their row, so two at
-    ``limit - 1`` cannot both succeed."""
+    ``limit - 1`` cannot both succeed. InvalidToken when the bearer token making the request
+    (hash ``bearer``) was revoked, or expired, since it authenticated it (see the query
+    token_lock_live_bearer)."""
     async with db.transaction() as session:
         if limit:
             await session.fetchval("user_lock_for_personal_token", user_id)
-            if await session.fetchval("token_count_live_personal", user_id) >= limit:
-                return None
+        if await session.fetchval("token_lock_live_bearer", bearer) is None:
+            raise InvalidToken("the bearer token is invalid, expired or revoked")
+        if limit and await session.fetchval("token_count_live_personal", user_id) >= limit:
+            return None
         return await insert_token(session, user_id, "personal", digest, name, ttl_seconds)
 
 

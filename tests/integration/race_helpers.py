@@ -5,7 +5,7 @@ once the request waits for that row's lock, whatever the machine's speed."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -17,12 +17,16 @@ _WAITING = (
 
 
 async def behind_a_concurrent_change(
-    database_dsn: str, change: str, args: tuple[Any, ...], request: Awaitable[Any]
+    database_dsn: str,
+    change: str,
+    args: tuple[Any, ...],
+    request: Awaitable[Any],
+    once_waiting: Callable[[asyncpg.Connection], Awaitable[Any]] | None = None,
 ) -> Any:
     """Run ``request`` while another transaction holds the rows ``change`` (SQL with ``args``)
-    writes; commit that change once the request waits for a lock, then return the request's
-    answer. A request that answers without waiting fails the test (it decided on the rows as
-    they were before the change)."""
+    writes; once the request waits for a lock, run ``once_waiting`` (if given) in that
+    transaction, commit it, then return the request's answer. A request that answers without
+    waiting fails the test (it decided on the rows as they were before the change)."""
     other = await asyncpg.connect(database_dsn)
     try:
         async with other.transaction():
@@ -31,6 +35,8 @@ async def behind_a_concurrent_change(
             while not await other.fetchval(_WAITING):
                 assert not task.done(), await task  # answered without waiting for the row
                 await asyncio.sleep(0.01)
+            if once_waiting is not None:
+                await once_waiting(other)
         return await task
     finally:
         await other.close()
