@@ -225,10 +225,11 @@ async def update_user(
     a new password ends their sessions (access and refresh tokens). Administrators cannot
     disable or demote themselves (Conflict), so an installation keeps at least the one doing it,
     nor set their own password here (that needs the current one: change_own_password).
-    A demotion or a disable is decided on the acting administrator as they are when it is
-    written: one demoted or disabled meanwhile (by the user they demote, say) is refused
-    (Forbidden; InvalidToken when disabled), so that two administrators demoting each other at
-    once cannot leave none. ValueError names a bad field; NotFound when there is no such user.
+    The change is decided on the acting administrator as they are when it is written: one
+    demoted or disabled meanwhile is refused (Forbidden; InvalidToken when disabled), so that
+    two administrators demoting each other at once cannot leave none, and one being demoted
+    cannot promote themselves back. ValueError names a bad field; NotFound when there is no
+    such user.
     """
     if user_id == acting.id and (is_admin is False or is_active is False):
         raise Conflict(
@@ -241,8 +242,7 @@ async def update_user(
         check_password_length(auth, password)
     password_hash = None if password is None else await passwords.hash_password_in_thread(password)
     async with db.transaction() as session:
-        if is_admin is False or is_active is False:
-            await _still_admin(session, acting, user_id)
+        await _still_admin(session, acting, user_id)
         user = await users.update_user(
             session,
             user_id,

@@ -70,5 +70,24 @@ async def test_the_lower_id_demoting_waits_for_the_higher_one_as_well(
         (second,),
         call(client, "PUT", f"/users/{first}", second_headers, {"is_admin": False}),
     )
-    assert (status, answer["message"]) == (403, "this action requires an administrator")
+    assert status == 403, answer
+    assert answer["message"] == "this action requires an administrator"
+    assert await _active_admins(database_dsn) == [first]
+
+
+async def test_an_admin_demoted_meanwhile_cannot_promote_themselves_back(
+    client: Any, db: Database, database_dsn: str
+) -> None:
+    """Their request waits for the demotion (it writes the same row) and then finds them no
+    longer an administrator, instead of undoing it."""
+    first, _ = await make_user(db, "first@example.com", is_admin=True)
+    second, second_headers = await make_user(db, "second@example.com", is_admin=True)
+    status, answer = await behind_a_concurrent_change(
+        database_dsn,
+        "UPDATE users SET is_admin = false WHERE id = $1",  # the first demotes the second
+        (second,),
+        call(client, "PUT", f"/users/{second}", second_headers, {"is_admin": True}),
+    )
+    assert status == 403, answer
+    assert answer["message"] == "this action requires an administrator"
     assert await _active_admins(database_dsn) == [first]
