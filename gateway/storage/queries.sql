@@ -226,7 +226,9 @@ SELECT expires_at FROM auth_tokens WHERE token_hash = $1 AND kind = 'personal';
 -- the same user then take turns, so two cannot both take the last place under
 -- [auth] max_personal_tokens. (The count is a statement of its own, run once this lock is held:
 -- a count in this statement would be read from before the lock wait, missing the token a
--- creation it waited for had just added.)
+-- creation it waited for had just added.) Taken without a limit too, before the bearer token
+-- is locked (token_lock_live_bearer): the user row, then the tokens, as a password change or a
+-- disable locks them.
 SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE;
 
 -- name: token_lock_live_bearer

@@ -146,8 +146,9 @@ async def insert_personal_token(
     (hash ``bearer``) was revoked, or expired, since it authenticated it (see the query
     token_lock_live_bearer)."""
     async with db.transaction() as session:
-        if limit:
-            await session.fetchval("user_lock_for_personal_token", user_id)
+        # The user row first, with or without a limit: a password change or a disable locks
+        # it, then the tokens; the token insert's trigger share-locks it after the bearer.
+        await session.fetchval("user_lock_for_personal_token", user_id)
         if await session.fetchval("token_lock_live_bearer", bearer) is None:
             raise InvalidToken("the bearer token is invalid, expired or revoked")
         if limit and await session.fetchval("token_count_live_personal", user_id) >= limit:

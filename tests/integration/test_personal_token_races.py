@@ -13,11 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import pytest
 
+from gateway.config import Config
 from gateway.security import tokens
 from gateway.storage import users
 from gateway.storage.database import Database
 from tests.integration.access_helpers import Headers, call, make_user
+from tests.integration.ops_helpers import reload_to, with_section
 from tests.integration.race_helpers import behind_a_concurrent_change
 
 HOLD_USER = "SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE"
@@ -36,9 +39,15 @@ async def _owner(db: Database) -> tuple[int, Headers, Headers]:
     return user_id, personal, {"Authorization": f"Bearer {access}"}
 
 
+@pytest.mark.parametrize("limit", [50, 0], ids=["limit", "no-limit"])
 async def test_a_session_ended_by_a_password_change_meanwhile_creates_no_personal_token(
-    client: Any, db: Database, database_dsn: str
+    client: Any, db: Database, config: Config, database_dsn: str, limit: int
 ) -> None:
+    """Without a limit too ([auth] max_personal_tokens = 0): the creation then takes the user's
+    row all the same, before its bearer token, as the password change does (the other order
+    deadlocks with it)."""
+    if limit != config.auth.max_personal_tokens:
+        reload_to(client, with_section(config, "auth", max_personal_tokens=limit))
     user_id, _, session = await _owner(db)
 
     async def end_sessions(other: asyncpg.Connection) -> None:  # as the password change does
