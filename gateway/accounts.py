@@ -37,11 +37,20 @@ async def create_user(
     *,
     name: str = "",
     is_admin: bool = False,
+    acting: User | None = None,
 ) -> User:
-    """Validate and create a user (raises ValueError naming the bad field, or EmailTaken)."""
+    """Validate and create a user (raises ValueError naming the bad field, or EmailTaken).
+
+    With ``acting`` (the administrator asking, through the API), the user is created only if
+    they still are an active administrator when it is written (Forbidden; InvalidToken when
+    disabled): the password's hash takes a good part of a second, and one demoted meanwhile
+    must not create an account, an administrator's say, once their demotion was answered."""
     email = check_new_user(auth, email, password)
     password_hash = await passwords.hash_password_in_thread(password)
-    user = await users.insert_user(db, email, name, password_hash, is_admin)
+    async with db.transaction() as session:
+        if acting is not None:
+            await _still_admin(session, acting, acting.id)
+        user = await users.insert_user(session, email, name, password_hash, is_admin)
     log.info("user_created", user_id=user.id, is_admin=is_admin)
     return user
 
@@ -275,9 +284,10 @@ async def update_user(
 
 
 async def _still_admin(session: Session, acting: User, user_id: int) -> None:
-    """Lock the acting administrator's row and the changed user's (users.lock_for_admin_change);
-    InvalidToken when the acting one was disabled since their request was authenticated,
-    Forbidden when they were demoted."""
+    """Lock the acting administrator's row and the changed user's (users.lock_for_admin_change;
+    ``user_id`` the acting one's own when no other user's row is written); InvalidToken when
+    the acting one was disabled since their request was authenticated, Forbidden when they
+    were demoted."""
     current = await users.lock_for_admin_change(session, acting.id, user_id)
     if current is None or not current.is_active:
         raise InvalidToken("the bearer token is invalid, expired or revoked")

@@ -82,7 +82,7 @@ async def me(request: web.Request) -> web.Response:
 @endpoint()
 async def create_user(request: web.Request) -> web.Response:
     """Create a user (administrators only)."""
-    require_admin(request)
+    acting = require_admin(request)
     body = await read_json_object(request)
     fields = Fields(body, ("email", "password", "name", "is_admin"))
     email = fields.string("email", max_length=254)
@@ -99,6 +99,7 @@ async def create_user(request: web.Request) -> web.Response:
             password,
             name=name,
             is_admin=is_admin,
+            acting=acting,
         )
     except ValueError as exc:
         raise _field_error(exc) from exc

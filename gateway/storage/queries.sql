@@ -144,7 +144,7 @@ SELECT password_hash FROM users WHERE id = $1 AND disabled_at IS NULL FOR SHARE;
 -- an administrator changes a user: two administrators demoting (or disabling) each other at once
 -- then take turns, and the second finds that it no longer is one, instead of both changes
 -- committing and leaving no administrator; one being demoted cannot promote themselves back.
--- Id order: two such changes lock the same two rows alike.
+-- Id order: two such changes lock the same two rows alike. A creation locks the acting row only.
 SELECT id, email, name, is_admin, created_at, disabled_at FROM users WHERE id = ANY($1::bigint[])
 ORDER BY id
 FOR NO KEY UPDATE;

@@ -91,3 +91,21 @@ async def test_an_admin_demoted_meanwhile_cannot_promote_themselves_back(
     assert status == 403, answer
     assert answer["message"] == "this action requires an administrator"
     assert await _active_admins(database_dsn) == [first]
+
+
+async def test_an_admin_demoted_meanwhile_creates_no_user(
+    client: Any, db: Database, database_dsn: str
+) -> None:
+    """Their request (hashing the new user's password takes a good part of a second) waits
+    for the demotion, and then creates no account, an administrator's least of all."""
+    first, first_headers = await make_user(db, "first@example.com", is_admin=True)
+    second, _ = await make_user(db, "second@example.com", is_admin=True)
+    body = {"email": "spare@example.com", "password": "a long enough password", "is_admin": True}
+    status, answer = await behind_a_concurrent_change(
+        database_dsn,
+        "UPDATE users SET is_admin = false WHERE id = $1",  # the second demotes the first
+        (first,),
+        call(client, "POST", "/users", first_headers, body),
+    )
+    assert status == 403, answer
+    assert await _active_admins(database_dsn) == [second]
