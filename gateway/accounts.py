@@ -49,7 +49,7 @@ async def create_user(
     password_hash = await passwords.hash_password_in_thread(password)
     async with db.transaction() as session:
         if acting is not None:
-            await _still_admin(session, acting, acting.id)
+            await still_admin(session, acting)
         user = await users.insert_user(session, email, name, password_hash, is_admin)
     log.info("user_created", user_id=user.id, is_admin=is_admin)
     return user
@@ -251,7 +251,7 @@ async def update_user(
         check_password_length(auth, password)
     password_hash = None if password is None else await passwords.hash_password_in_thread(password)
     async with db.transaction() as session:
-        await _still_admin(session, acting, user_id)
+        await still_admin(session, acting, user_id)
         user = await users.update_user(
             session,
             user_id,
@@ -283,12 +283,14 @@ async def update_user(
     return user
 
 
-async def _still_admin(session: Session, acting: User, user_id: int) -> None:
-    """Lock the acting administrator's row and the changed user's (users.lock_for_admin_change;
-    ``user_id`` the acting one's own when no other user's row is written); InvalidToken when
-    the acting one was disabled since their request was authenticated, Forbidden when they
-    were demoted."""
-    current = await users.lock_for_admin_change(session, acting.id, user_id)
+async def still_admin(session: Session, acting: User, user_id: int | None = None) -> None:
+    """In the transaction of an administrator's change, before it writes: lock the acting
+    administrator's row, and the changed user's (``user_id``) when the change writes one
+    (users.lock_for_admin_change); InvalidToken when the acting one was disabled since their
+    request was authenticated, Forbidden when they were demoted."""
+    current = await users.lock_for_admin_change(
+        session, acting.id, acting.id if user_id is None else user_id
+    )
     if current is None or not current.is_active:
         raise InvalidToken("the bearer token is invalid, expired or revoked")
     if not current.is_admin:

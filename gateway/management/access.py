@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import appkeys, permissions_catalog
+from gateway import accounts, appkeys, permissions_catalog
 from gateway.http import ApiError, ValidationFailed, json_response
 from gateway.logs import get_logger
 from gateway.management.bodies import (
@@ -133,10 +133,12 @@ async def get_role(request: web.Request) -> web.Response:
 @endpoint()
 async def update_role(request: web.Request) -> web.Response:
     """Replace a role's name and permissions; takes effect on the next request of its users."""
-    require_admin(request)
+    acting = require_admin(request)
     role_id = path_id(request, "role_id", "role")
     name, permissions = await _role_fields(request)
-    role = await access.update_role(request.app[appkeys.DATABASE], role_id, name, permissions)
+    async with request.app[appkeys.DATABASE].transaction() as session:
+        await accounts.still_admin(session, acting)  # demoted meanwhile: grants nothing
+        role = await access.update_role(session, role_id, name, permissions)
     if role is None:
         raise ApiError(404, f"role {role_id} not found")
     log.info("role_updated", role_id=role_id, permissions=permissions)
@@ -224,7 +226,7 @@ async def delete_team(request: web.Request) -> web.Response:
 @endpoint()
 async def add_member(request: web.Request) -> web.Response:
     """Add a user ``{user_id}`` to a team; 409 when they already are a member."""
-    require_admin(request)
+    acting = require_admin(request)
     db = request.app[appkeys.DATABASE]
     team = await _existing_team(request)
     body = await read_json_object(request)
@@ -234,7 +236,10 @@ async def add_member(request: web.Request) -> web.Response:
     user: User | None = await users.user_by_id(db, user_id)
     if user is None:
         raise ValidationFailed({"user_id": [f"no user with id {user_id}"]})
-    if not await access.add_member(db, team["id"], user_id):
+    async with db.transaction() as session:
+        await accounts.still_admin(session, acting)  # demoted meanwhile: grants nothing
+        added = await access.add_member(session, team["id"], user_id)
+    if not added:
         raise ApiError(409, f"user {user_id} already is a member of team {team['id']}")
     log.info("team_member_added", team_id=team["id"], member_id=user_id)
     return json_response(user.to_json(), status=201)

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import appkeys, permissions_catalog
+from gateway import accounts, appkeys, permissions_catalog
 from gateway.http import ApiError, ValidationFailed, json_response
 from gateway.logs import get_logger
 from gateway.management.access import existing_team, path_id
@@ -47,7 +47,7 @@ async def _existing_environment(request: web.Request, db: Database) -> int:
 @endpoint()
 async def link_team(request: web.Request) -> web.Response:
     """Link a team ``{role_id}``: 201 when new, 200 when an existing link changes its role."""
-    require_admin(request)
+    acting = require_admin(request)
     db = request.app[appkeys.DATABASE]
     environment_id = await _existing_environment(request, db)
     team_id = path_id(request, "team_id", "team")
@@ -58,7 +58,9 @@ async def link_team(request: web.Request) -> web.Response:
     fields.check()
     if await access.role_by_id(db, role_id) is None:
         raise ValidationFailed({"role_id": [f"no role with id {role_id}"]})
-    created = await access.link_team(db, environment_id, team_id, role_id)
+    async with db.transaction() as session:
+        await accounts.still_admin(session, acting)  # demoted meanwhile: grants nothing
+        created = await access.link_team(session, environment_id, team_id, role_id)
     log.info(
         "team_linked",
         environment_id=environment_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.exceptions import AlreadyExists, Conflict, NotFound
-from gateway.storage.database import Database, Record
+from gateway.storage.database import Database, Record, Session
 from gateway.storage.paging import split_page
 
 
@@ -43,7 +43,7 @@ async def role_by_id(db: Database, role_id: int) -> dict[str, Any] | None:
 
 
 async def update_role(
-    db: Database, role_id: int, name: str, permissions: list[str]
+    db: Session, role_id: int, name: str, permissions: list[str]
 ) -> dict[str, Any] | None:
     """Replace a role's name and permissions; None when it does not exist."""
     try:
@@ -100,7 +100,7 @@ async def delete_team(db: Database, team_id: int) -> bool:
     return await db.fetchval("team_delete", team_id) is not None
 
 
-async def add_member(db: Database, team_id: int, user_id: int) -> bool:
+async def add_member(db: Session, team_id: int, user_id: int) -> bool:
     """Add a user to a team; False when they already were a member.
 
     NotFound (from the foreign keys) when the team or the user does not exist.
@@ -128,7 +128,7 @@ async def environment_exists(db: Database, environment_id: int) -> bool:
     return bool(await db.fetchval("env_team_environment_exists", environment_id))
 
 
-async def link_team(db: Database, environment_id: int, team_id: int, role_id: int) -> bool:
+async def link_team(db: Session, environment_id: int, team_id: int, role_id: int) -> bool:
     """Link a team to an environment with a role (re-linking changes the role).
 
     True when the link is new. NotFound when the environment, team or role is gone.

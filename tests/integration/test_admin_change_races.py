@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from gateway.storage.database import Database
-from tests.integration.access_helpers import call, make_user
+from tests.integration.access_helpers import call, make_user, ok
 from tests.integration.race_helpers import behind_a_concurrent_change
 
 
@@ -109,3 +109,53 @@ async def test_an_admin_demoted_meanwhile_creates_no_user(
     )
     assert status == 403, answer
     assert await _active_admins(database_dsn) == [second]
+
+
+READ = ["environment:read"]
+
+
+async def _grants(database_dsn: str) -> tuple[int, int, list[str]]:
+    """(team members, environment links, the role's permissions) as committed."""
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        members = await conn.fetchval("SELECT count(*) FROM team_members")
+        links = await conn.fetchval("SELECT count(*) FROM environment_teams")
+        permissions = await conn.fetchval("SELECT permissions FROM roles")
+    finally:
+        await conn.close()
+    return members, links, sorted(permissions)
+
+
+@pytest.mark.parametrize("grant", ["member", "link", "role"])
+async def test_an_admin_demoted_meanwhile_grants_nothing(
+    client: Any, db: Database, database_dsn: str, grant: str
+) -> None:
+    """Adding a member to a team, linking a team to an environment or widening a role, by an
+    administrator demoted while the request ran (so that they would keep, through a team, the
+    rights being taken away): refused, nothing granted."""
+    first, first_headers = await make_user(db, "first@example.com", is_admin=True)
+    member, _ = await make_user(db, "member@example.com")
+    role = await ok(client, "POST", "/roles", first_headers, {"name": "r", "permissions": READ})
+    team = await ok(client, "POST", "/teams", first_headers, {"name": "t"})
+    environment = await ok(client, "POST", "/environments", first_headers, {"name": "e"})
+    method, path, body = {
+        "member": ("POST", f"/teams/{team['id']}/members", {"user_id": member}),
+        "link": (
+            "POST",
+            f"/environments/{environment['id']}/teams/{team['id']}/link",
+            {"role_id": role["id"]},
+        ),
+        "role": (
+            "PUT",
+            f"/roles/{role['id']}",
+            {"name": "r", "permissions": [*READ, "pipeline:read"]},
+        ),
+    }[grant]
+    status, answer = await behind_a_concurrent_change(
+        database_dsn,
+        "UPDATE users SET is_admin = false WHERE id = $1",
+        (first,),
+        call(client, method, path, first_headers, body),
+    )
+    assert status == 403, answer
+    assert await _grants(database_dsn) == (0, 0, READ)
