@@ -405,13 +405,15 @@ FROM incoming_hooks h JOIN pipelines p ON p.id = h.pipeline_id
 WHERE h.id = $1;
 
 -- name: incoming_hook_lock
--- One incoming hook without its secrets, locked for a read-modify-write update or a rotation.
+-- One incoming hook without its secrets, locked for a read-modify-write update or a rotation:
+-- FOR NO KEY UPDATE, the lock the UPDATE itself takes (FOR UPDATE, a delete's, would also stop
+-- the foreign key checks of rows that refer to the hook).
 SELECT h.id, h.pipeline_id, p.environment_id, h.name, h.active, h.action_type,
        h.requires_secret, h.secret_algorithm, h.secret_header_name, h.trigger_when, h.settings,
        h.previous_secret_expires_at, h.created_at, h.updated_at
 FROM incoming_hooks h JOIN pipelines p ON p.id = h.pipeline_id
 WHERE h.id = $1
-FOR UPDATE OF h;
+FOR NO KEY UPDATE OF h;
 
 -- name: incoming_hook_full_by_id
 -- One incoming hook including its secrets (replay re-evaluates requests against it).
@@ -1140,11 +1142,14 @@ FROM outgoing_hooks h JOIN pipelines p ON p.id = h.pipeline_id
 WHERE h.id = $1;
 
 -- name: outgoing_hook_lock
--- One outgoing hook locked for a read-modify-write update.
+-- One outgoing hook locked for a read-modify-write update: FOR NO KEY UPDATE, the lock the
+-- UPDATE itself takes. FOR UPDATE (a delete's) also stopped every delivery written for the
+-- hook meanwhile (its foreign key check): the run state changes and ingest batches of the
+-- pipeline waited for the update to commit.
 SELECT h.*, p.environment_id
 FROM outgoing_hooks h JOIN pipelines p ON p.id = h.pipeline_id
 WHERE h.id = $1
-FOR UPDATE OF h;
+FOR NO KEY UPDATE OF h;
 
 -- name: outgoing_hook_list_for_pipeline
 -- Every outgoing hook of a pipeline, oldest first.
