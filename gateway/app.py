@@ -32,6 +32,7 @@ from gateway.management import runs as runs_api
 from gateway.management import tokens as tokens_api
 from gateway.management import users as users_api
 from gateway.management.bodies import MAX_BODY_BYTES
+from gateway.management.framework import with_expect_handler
 from gateway.openapi import routes as openapi_routes
 from gateway.reload import CONFIG_HOLDER, ConfigHolder
 from gateway.security.login_throttle import LOGIN_THROTTLE, LoginThrottle
@@ -120,10 +121,10 @@ def create_apps(
         # Views read their bodies with gateway.management.bodies.read_body and its limits.
         management = _base_app(config, db, services, MAX_BODY_BYTES)
         for table in MANAGEMENT_ROUTES:
-            management.add_routes(table)
+            management.add_routes(with_expect_handler(table))
         return ingest, management
     for table in MANAGEMENT_ROUTES:
-        ingest.add_routes(table)
+        ingest.add_routes(with_expect_handler(table))
     return ingest, None
 
 

@@ -116,6 +116,24 @@ def short_body_message(length: int | None) -> str:
 # from the body read; its C parser never tells the handler, whose read then waits for the body
 # deadline (README, Operations: "A malformed chunked body").
 MALFORMED_CHUNKS_MESSAGE = "request body is not valid chunked transfer encoding"
+# The interim answer to ``Expect: 100-continue`` (HTTP/1.1 only), sent before a body is read.
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def unsupported_expectation(headers: Mapping[str, str]) -> str | None:
+    """The 417 message for an ``Expect`` header other than 100-continue (the only expectation
+    HTTP defines), or None: both route tables answer it in the JSON error shape, where
+    aiohttp's own answer is plain text."""
+    expect = headers.get("Expect", "")
+    if expect.strip().lower() == "100-continue":
+        return None
+    return f"Expect {expect[:40]!r} is not supported: only 100-continue is"
+
+
+async def send_continue(request: web.Request) -> None:
+    """Tell a client that holds its body back (``Expect: 100-continue``) to send it."""
+    await request.writer.write(CONTINUE)
+    request.writer.output_size = 0  # as aiohttp's own: the response has not begun
 
 
 def media_type(content_type: str) -> str:

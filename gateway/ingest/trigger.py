@@ -33,7 +33,9 @@ from gateway.http import (
     body_deadline,
     compressed_body_problem,
     request_id_for,
+    send_continue,
     short_body_message,
+    unsupported_expectation,
 )
 from gateway.ingest.batcher import (
     DUPLICATE,
@@ -118,7 +120,6 @@ class _Ingest:
 # Set on a request whose client holds its body back until a "100 Continue" (Expect): the 100
 # is sent by _read_body, once the body is to be read, never for a request refused unread.
 _CONTINUE_PENDING: web.RequestKey[bool] = web.RequestKey("continue_pending", bool)
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 async def _expect(request: web.Request) -> web.StreamResponse | None:
@@ -129,9 +130,8 @@ async def _expect(request: web.Request) -> web.StreamResponse | None:
     started = time.perf_counter()
     if request.version != HttpVersion11:
         return None  # HTTP/1.0 has no 100 (aiohttp's rule too): handled as usual
-    expect = request.headers.get("Expect", "")
-    if expect.strip().lower() != "100-continue":
-        message = f"Expect {expect[:40]!r} is not supported: only 100-continue is"
+    message = unsupported_expectation(request.headers)
+    if message is not None:
         response: web.StreamResponse = _json(
             417, {"message": message, "errors": None}, request_id_for(request)
         )
@@ -324,8 +324,7 @@ async def _read_body(
     if not request.content.is_eof():  # not all here yet (the common case skips the timer)
         if request.get(_CONTINUE_PENDING):  # the client waits for this before it sends it
             request[_CONTINUE_PENDING] = False
-            await request.writer.write(_CONTINUE)
-            request.writer.output_size = 0  # as aiohttp's own: the response has not begun
+            await send_continue(request)
         async with asyncio.timeout(body_deadline(per_mib, length, limit)):
             return await _read_body_now(request, length, limit)
     return await _read_body_now(request, length, limit)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from gateway import accounts, appkeys, metrics
 from gateway.exceptions import (
@@ -27,7 +27,13 @@ from gateway.exceptions import (
     TooManyAttempts,
     TransientConflict,
 )
-from gateway.http import ApiError, error_response, request_id_for
+from gateway.http import (
+    ApiError,
+    error_response,
+    request_id_for,
+    send_continue,
+    unsupported_expectation,
+)
 from gateway.logs import get_logger
 from gateway.models import User
 
@@ -107,16 +113,7 @@ def endpoint(*, auth: bool = True) -> Callable[[View], View]:
                 response = _translate(exc)
             if response.status == 408:  # the body may still be arriving: end the connection
                 response.force_close()
-            response.headers["X-Request-Id"] = request_id
-            # Tokens, secrets shown once, user data: no cache on the way may keep any of it
-            # (RFC 6749 §5.1 asks it of token responses).
-            response.headers.setdefault("Cache-Control", "no-store")
-            resource = request.match_info.route.resource
-            route = resource.canonical if resource is not None else "unmatched"
-            metrics.record_management(
-                request.method, route, response.status, time.perf_counter() - started
-            )
-            return response
+            return _finished(request, response, request_id, started)
 
         return handler
 
@@ -126,6 +123,50 @@ def endpoint(*, auth: bool = True) -> Callable[[View], View]:
 def bearer_token(request: web.Request) -> str:
     """The bearer token that authenticated the request (of a view that requires it)."""
     return request.headers["Authorization"].partition(" ")[2].strip()
+
+
+def _finished(
+    request: web.Request, response: web.StreamResponse, request_id: str, started: float
+) -> web.StreamResponse:
+    """``response`` with the headers every management answer carries, counted."""
+    response.headers["X-Request-Id"] = request_id
+    # Tokens, secrets shown once, user data: no cache on the way may keep any of it
+    # (RFC 6749 §5.1 asks it of token responses).
+    response.headers.setdefault("Cache-Control", "no-store")
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    metrics.record_management(request.method, route, response.status, time.perf_counter() - started)
+    return response
+
+
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    """The ``Expect`` handler of management routes (aiohttp runs it before the view): a 100
+    Continue for 100-continue, as aiohttp's default does, and for any other expectation a 417
+    in the JSON error shape, where aiohttp's default answers plain text."""
+    started = time.perf_counter()
+    if request.version != HttpVersion11:
+        return None  # HTTP/1.0 has no 100 (aiohttp's rule too): handled as usual
+    message = unsupported_expectation(request.headers)
+    if message is None:
+        await send_continue(request)
+        return None
+    response = _finished(request, error_response(417, message), request_id_for(request), started)
+    if not request.content.is_eof():  # the body the client holds back will not come
+        response.force_close()
+    return response
+
+
+def with_expect_handler(table: web.RouteTableDef) -> list[web.AbstractRouteDef]:
+    """The routes of ``table``, each with the management ``Expect`` handler (:func:`_expect`)
+    unless it names its own."""
+    return [
+        web.RouteDef(
+            route.method, route.path, route.handler, {"expect_handler": _expect, **route.kwargs}
+        )
+        if isinstance(route, web.RouteDef)
+        else route
+        for route in table
+    ]
 
 
 def require_admin(request: web.Request) -> User:

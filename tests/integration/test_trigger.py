@@ -41,6 +41,7 @@ from tests.integration.ingest_helpers import (
     new_pipeline,
     seed_hook,
 )
+from tests.integration.management_helpers import expect_continue
 
 
 async def requests_of(dsn: str, hook_id: str) -> list[dict[str, Any]]:
@@ -333,39 +334,6 @@ async def test_a_content_length_past_the_column_is_recorded_capped(
         [row] = await requests_of(database_dsn, target["id"])
         assert (row["status_code"], row["body_size"]) == (expected, 2**31 - 1)
         assert row["delivery_id"] == headers["X-GitHub-Delivery"]
-
-
-async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    """One response off the wire: status, headers (lower-case names) and body."""
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
-    status_line, *lines = head.decode().split("\r\n")[:-2]
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-    length = int(headers.get("content-length", 0))
-    body = await asyncio.wait_for(reader.readexactly(length), timeout=10) if length else b""
-    return int(status_line.split()[1]), headers, body
-
-
-async def expect_continue(
-    client: Any, path: str, headers: dict[str, str], body: bytes, expect: str = "100-continue"
-) -> tuple[list[int], dict[str, str], bytes]:
-    """POST as curl does a large body: ``Expect: 100-continue``, the body sent only once a 100
-    came. The statuses received (a 100 first, or none), the final answer's headers and body."""
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    try:
-        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        writer.write(
-            f"POST {path} HTTP/1.1\r\nHost: test\r\nExpect: {expect}\r\n{head}\r\n".encode()
-        )
-        statuses: list[int] = []
-        status, answer_headers, answer = await _read_answer(reader)
-        statuses.append(status)
-        if status == 100:
-            writer.write(body)
-            status, answer_headers, answer = await _read_answer(reader)
-            statuses.append(status)
-        return statuses, answer_headers, answer
-    finally:
-        writer.close()
 
 
 @pytest.mark.parametrize(
