@@ -20,6 +20,14 @@ class NotFound(GatewayError):
     """The requested resource does not exist."""
 
 
+class MissingReference(NotFound):
+    """A referenced resource does not exist."""
+
+    def __init__(self, referenced: str | None) -> None:
+        super().__init__(f"{referenced} not found" if referenced else None)
+        self.referenced = referenced  # "pipeline", "team" ...; None when not known
+
+
 class AlreadyExists(GatewayError):
     """A resource with the same unique key already exists."""
 

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import accounts, appkeys, permissions_catalog
+from gateway.exceptions import MissingReference
 from gateway.http import ApiError, ValidationFailed, json_response
 from gateway.logs import get_logger
 from gateway.management.bodies import (
@@ -233,16 +234,28 @@ async def add_member(request: web.Request) -> web.Response:
     fields = Fields(body, ("user_id",))
     user_id = fields.integer("user_id", minimum=1, maximum=_MAX_ID)
     fields.check()
-    user: User | None = await users.user_by_id(db, user_id)
-    if user is None:
-        raise ValidationFailed({"user_id": [f"no user with id {user_id}"]})
-    async with db.transaction() as session:
-        await accounts.still_admin(session, acting)  # demoted meanwhile: grants nothing
-        added = await access.add_member(session, team["id"], user_id)
+    user = await _user_to_add(db, user_id)
+    try:
+        async with db.transaction() as session:
+            await accounts.still_admin(session, acting)  # demoted meanwhile: grants nothing
+            added = await access.add_member(session, team["id"], user_id)
+    except MissingReference:
+        # Deleted since it was looked up above: answered as a request after the delete is.
+        await existing_team(db, team["id"])
+        await _user_to_add(db, user_id)
+        raise
     if not added:
         raise ApiError(409, f"user {user_id} already is a member of team {team['id']}")
     log.info("team_member_added", team_id=team["id"], member_id=user_id)
     return json_response(user.to_json(), status=201)
+
+
+async def _user_to_add(db: Database, user_id: int) -> User:
+    """The user a body names, or 422 ``no user with id N``."""
+    user = await users.user_by_id(db, user_id)
+    if user is None:
+        raise ValidationFailed({"user_id": [f"no user with id {user_id}"]})
+    return user
 
 
 @routes.get("/teams/{team_id}/members")

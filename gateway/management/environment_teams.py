@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import accounts, appkeys, permissions_catalog
+from gateway.exceptions import MissingReference
 from gateway.http import ApiError, ValidationFailed, json_response
 from gateway.logs import get_logger
 from gateway.management.access import existing_team, path_id
@@ -43,6 +44,12 @@ async def _existing_environment(request: web.Request, db: Database) -> int:
     return environment_id
 
 
+async def _role_to_link(db: Database, role_id: int) -> None:
+    """422 ``no role with id N`` unless the role a body names exists."""
+    if await access.role_by_id(db, role_id) is None:
+        raise ValidationFailed({"role_id": [f"no role with id {role_id}"]})
+
+
 @routes.post("/environments/{environment_id}/teams/{team_id}/link")
 @endpoint()
 async def link_team(request: web.Request) -> web.Response:
@@ -56,11 +63,17 @@ async def link_team(request: web.Request) -> web.Response:
     fields = Fields(body, ("role_id",))
     role_id = fields.integer("role_id", minimum=1, maximum=2**63 - 1)
     fields.check()
-    if await access.role_by_id(db, role_id) is None:
-        raise ValidationFailed({"role_id": [f"no role with id {role_id}"]})
-    async with db.transaction() as session:
-        await accounts.still_admin(session, acting)  # demoted meanwhile: grants nothing
-        created = await access.link_team(session, environment_id, team_id, role_id)
+    await _role_to_link(db, role_id)
+    try:
+        async with db.transaction() as session:
+            await accounts.still_admin(session, acting)  # demoted meanwhile: grants nothing
+            created = await access.link_team(session, environment_id, team_id, role_id)
+    except MissingReference:
+        # Deleted since it was looked up above: answered as a request after the delete is.
+        await _existing_environment(request, db)
+        await existing_team(db, team_id)
+        await _role_to_link(db, role_id)
+        raise
     log.info(
         "team_linked",
         environment_id=environment_id,

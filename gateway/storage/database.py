@@ -26,7 +26,6 @@ from gateway.exceptions import (
     DatabaseRefused,
     DatabaseUnavailable,
     NeedsTransaction,
-    NotFound,
     PoolExhausted,
     TransientConflict,
     UserDisabled,
@@ -35,6 +34,7 @@ from gateway.logs import get_logger
 from gateway.security.secret_box import PLAINTEXT_BOX, SecretBox
 from gateway.storage.error_details import withhold_row_values
 from gateway.storage.queries import QUERIES
+from gateway.storage.references import broken_reference
 
 if TYPE_CHECKING:
     from gateway.storage.schema import SchemaOutcome
@@ -105,7 +105,7 @@ def translate_error(exc: BaseException) -> BaseException:
     if isinstance(exc, asyncpg.UniqueViolationError):
         return AlreadyExists(f"already exists ({exc.constraint_name})")
     if isinstance(exc, asyncpg.ForeignKeyViolationError):
-        return NotFound(f"a referenced resource does not exist ({exc.constraint_name})")
+        return broken_reference(exc)
     if isinstance(exc, asyncpg.CheckViolationError | asyncpg.RestrictViolationError):
         return Conflict(f"the change violates a rule ({exc.constraint_name})")
     state = getattr(exc, "sqlstate", None)

@@ -1,0 +1,130 @@
+"""A create that refers to a row another request deletes meanwhile (after the view found it,
+before its insert commits) is answered as if the row had been gone from the start: the 404 or
+422 the view's own check gives, in plain words, never the foreign key's constraint name."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from gateway.storage.database import Database
+from gateway.storage.references import FOREIGN_KEYS
+from tests.integration.ingest_helpers import wait_until_blocked
+from tests.integration.management_helpers import make_environment, make_pipeline
+
+
+async def _while_deleted(
+    database_dsn: str, db: Database, delete: str, row_id: int, request: Awaitable[Any]
+) -> tuple[int, dict[str, Any]]:
+    """Run ``request`` while another transaction has deleted the row ``row_id`` with
+    ``delete`` without committing; commit once the request's insert waits for that row (its
+    foreign key check), and return the request's status and body."""
+    other = await asyncpg.connect(database_dsn)
+    try:
+        async with other.transaction():
+            assert await other.execute(delete, row_id) == "DELETE 1"
+            task = asyncio.ensure_future(request)
+            await wait_until_blocked(db, task=task)
+        response = await task
+        return response.status, await response.json()
+    finally:
+        await other.close()
+
+
+async def test_a_hook_created_on_a_pipeline_deleted_meanwhile_is_a_404_naming_the_pipeline(
+    client: Any, admin_headers: dict[str, str], database_dsn: str, db: Database
+) -> None:
+    environment = await make_environment(client, admin_headers)
+    pipeline = await make_pipeline(client, admin_headers, environment["id"])
+    bodies = {
+        "incoming": {"name": "h", "action_type": "deploy"},
+        "outgoing": {
+            "name": "o",
+            "target_url": "https://example.com/hook",
+            "trigger_when": {"events": ["run.completed"]},
+        },
+    }
+    for kind, body in bodies.items():
+        pipeline = await make_pipeline(client, admin_headers, environment["id"])
+        status, answer = await _while_deleted(
+            database_dsn,
+            db,
+            "DELETE FROM pipelines WHERE id = $1",
+            pipeline["id"],
+            client.post(
+                f"/pipelines/{pipeline['id']}/hooks/{kind}", json=body, headers=admin_headers
+            ),
+        )
+        # As a create on a pipeline deleted before it began (gateway.management.resources).
+        assert (status, answer) == (404, {"message": "pipeline not found", "errors": None}), kind
+
+
+async def _team(client: Any, admin_headers: dict[str, str], name: str) -> int:
+    response = await client.post("/teams", json={"name": name}, headers=admin_headers)
+    assert response.status == 201
+    return int((await response.json())["id"])
+
+
+async def _role(client: Any, admin_headers: dict[str, str], name: str) -> int:
+    body = {"name": name, "permissions": ["environment:read"]}
+    response = await client.post("/roles", json=body, headers=admin_headers)
+    assert response.status == 201
+    return int((await response.json())["id"])
+
+
+async def test_a_member_added_to_a_team_deleted_meanwhile_is_a_404_naming_the_team(
+    client: Any, admin_headers: dict[str, str], database_dsn: str, db: Database
+) -> None:
+    team_id = await _team(client, admin_headers, "ops")
+    status, answer = await _while_deleted(
+        database_dsn,
+        db,
+        "DELETE FROM teams WHERE id = $1",
+        team_id,
+        client.post(f"/teams/{team_id}/members", json={"user_id": 1}, headers=admin_headers),
+    )
+    assert (status, answer) == (404, {"message": f"team {team_id} not found", "errors": None})
+
+
+@pytest.mark.parametrize("deleted", ["teams", "roles"])
+async def test_a_link_to_a_team_or_role_deleted_meanwhile_is_answered_as_after_the_delete(
+    client: Any, admin_headers: dict[str, str], database_dsn: str, db: Database, deleted: str
+) -> None:
+    environment = await make_environment(client, admin_headers)
+    team_id = await _team(client, admin_headers, "ops")
+    role_id = await _role(client, admin_headers, "reader")
+    status, answer = await _while_deleted(
+        database_dsn,
+        db,
+        f"DELETE FROM {deleted} WHERE id = $1",
+        team_id if deleted == "teams" else role_id,
+        client.post(
+            f"/environments/{environment['id']}/teams/{team_id}/link",
+            json={"role_id": role_id},
+            headers=admin_headers,
+        ),
+    )
+    if deleted == "teams":  # in the path: 404
+        assert (status, answer) == (404, {"message": f"team {team_id} not found", "errors": None})
+    else:  # in the body: the 422 of an unknown role
+        assert (status, answer) == (
+            422,
+            {
+                "message": "The given data was invalid: role_id",
+                "errors": {"role_id": [f"no role with id {role_id}"]},
+            },
+        )
+
+
+async def test_every_foreign_key_of_the_schema_is_named_in_words(db: Database) -> None:
+    rows = await db.pool.fetch(
+        "SELECT conname, conrelid::regclass::text AS referring FROM pg_constraint "
+        "WHERE contype = 'f' AND connamespace = 'public'::regnamespace"
+    )
+    assert {r["conname"]: r["referring"] for r in rows} == {
+        name: referring for name, (referring, _) in FOREIGN_KEYS.items()
+    }
