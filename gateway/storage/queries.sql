@@ -1198,8 +1198,8 @@ DELETE FROM outgoing_hooks WHERE id = $1 RETURNING id;
 -- name: outgoing_enqueue_run_events
 -- The outbox write, in the transaction of the state change: one pending delivery per active
 -- hook of the run's pipeline subscribed to the event (or to run.status_changed), carrying the
--- event context as it is now. $1 run ids, $2 previous statuses, $3 new statuses (NULL: the
--- run's current status). Each change takes one number of outgoing_event_sequence (the same for
+-- event context as it is now (a hook deleted meanwhile gets none). $1 run ids, $2 previous
+-- statuses, $3 new statuses (NULL: the run's current status). Each change takes one number of outgoing_event_sequence (the same for
 -- every hook it is sent to; nextval in a subquery's target list: once per change), by which
 -- receivers order a run's events (schema.sql).
 INSERT INTO outgoing_deliveries (hook_id, run_id, event, payload)
@@ -1235,7 +1235,11 @@ CROSS JOIN LATERAL (
     FROM (SELECT coalesce(c.status, r.status) AS status) s
 ) e
 JOIN outgoing_hooks h ON h.pipeline_id = r.pipeline_id AND h.active
-    AND h.events && ARRAY[e.event, 'run.status_changed'];
+    AND h.events && ARRAY[e.event, 'run.status_changed']
+-- The lock the foreign key check takes anyway, taken here: a hook deleted (or changed) by a
+-- transaction that commits meanwhile is then skipped (or seen as changed), where the check
+-- would fail the whole state change.
+FOR KEY SHARE OF h;
 
 -- name: outgoing_claim
 -- Claim up to $1 due deliveries (pending and due, or delivering with an expired lease), oldest

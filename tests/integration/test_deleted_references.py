@@ -1,10 +1,13 @@
 """A create that refers to a row another request deletes meanwhile (after the view found it,
 before its insert commits) is answered as if the row had been gone from the start: the 404 or
-422 the view's own check gives, in plain words, never the foreign key's constraint name."""
+422 the view's own check gives, in plain words, never the foreign key's constraint name. A run's
+state change, which writes the deliveries of its pipeline's outgoing hooks, skips a hook deleted
+meanwhile rather than failing."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable
 from typing import Any
 
@@ -15,10 +18,12 @@ from gateway.storage.database import Database
 from gateway.storage.references import FOREIGN_KEYS
 from tests.integration.ingest_helpers import wait_until_blocked
 from tests.integration.management_helpers import make_environment, make_pipeline
+from tests.integration.outgoing_helpers import create_hook, deliveries, hook_body
+from tests.integration.runs_helpers import claim, enqueue
 
 
 async def _while_deleted(
-    database_dsn: str, db: Database, delete: str, row_id: int, request: Awaitable[Any]
+    database_dsn: str, db: Database, delete: str, row_id: Any, request: Awaitable[Any]
 ) -> tuple[int, dict[str, Any]]:
     """Run ``request`` while another transaction has deleted the row ``row_id`` with
     ``delete`` without committing; commit once the request's insert waits for that row (its
@@ -128,3 +133,27 @@ async def test_every_foreign_key_of_the_schema_is_named_in_words(db: Database) -
     assert {r["conname"]: r["referring"] for r in rows} == {
         name: referring for name, (referring, _) in FOREIGN_KEYS.items()
     }
+
+
+async def test_a_status_report_while_an_outgoing_hook_is_deleted_is_recorded_without_it(
+    client: Any, admin_headers: dict[str, str], database_dsn: str, db: Database
+) -> None:
+    """The report writes a delivery for each hook of the pipeline subscribed to the event, in
+    its transaction: a hook deleted meanwhile gets none, and the report is not refused."""
+    environment = await make_environment(client, admin_headers)
+    pipeline = await make_pipeline(client, admin_headers, environment["id"])
+    body = hook_body("https://example.com/notify", "run.completed")
+    hook = await create_hook(client, admin_headers, pipeline["id"], body)
+    run = await enqueue(db, pipeline["id"])
+    [claimed] = await claim(db, pipeline["id"])
+    report = {"status": "completed", "lease_token": str(claimed["lease_token"]), "exit_code": 0}
+    status, answer = await _while_deleted(
+        database_dsn,
+        db,
+        "DELETE FROM outgoing_hooks WHERE id = $1",
+        uuid.UUID(hook["id"]),
+        client.post(f"/runs/{run['id']}/status", json=report, headers=admin_headers),
+    )
+    assert status == 200, answer
+    assert answer["status"] == "completed"
+    assert await deliveries(db, hook["id"]) == []
