@@ -5,13 +5,18 @@ a row deleted between that check and the insert's commit makes the insert break 
 of schema.sql. That is the same "not found" the check would have answered a moment later, and
 is translated at the storage boundary to :class:`MissingReference` naming what is missing.
 Views that name ids in their 404s look again to answer exactly as after the delete.
+
+The other side of a key, deleting a row still referenced, fails only on the one key that
+restricts deletes (a role used by team links), and ``delete_role`` locks the role and checks
+its links first. The server reports both sides with the same fields (the referring table and
+the constraint), so they cannot be told apart here without reading its translated message.
 """
 
 from __future__ import annotations
 
 import asyncpg
 
-from gateway.exceptions import Conflict, GatewayError, MissingReference
+from gateway.exceptions import MissingReference
 
 # Every foreign key of schema.sql: (the table that refers, what it refers to). A test compares
 # this with the database's constraints, so a new one cannot be left out.
@@ -31,12 +36,6 @@ FOREIGN_KEYS: dict[str, tuple[str, str]] = {
 }
 
 
-def broken_reference(exc: asyncpg.ForeignKeyViolationError) -> GatewayError:
-    """MissingReference for a row written with a reference to one that does not exist; a
-    Conflict for a delete of a row still referenced (``ON DELETE RESTRICT``)."""
-    referring, referenced = FOREIGN_KEYS.get(exc.constraint_name or "", ("", ""))
-    if not referenced:
-        return MissingReference(None)
-    if exc.table_name and exc.table_name != referring:  # the server names the deleted row's table
-        return Conflict(f"the {referenced} is still in use")
-    return MissingReference(referenced)
+def broken_reference(exc: asyncpg.ForeignKeyViolationError) -> MissingReference:
+    """MissingReference naming what the broken foreign key refers to."""
+    return MissingReference(FOREIGN_KEYS.get(exc.constraint_name or "", ("", None))[1])
