@@ -6,38 +6,28 @@ meanwhile rather than failing."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Awaitable
 from typing import Any
 
-import asyncpg
 import pytest
 
 from gateway.storage.database import Database
 from gateway.storage.references import FOREIGN_KEYS
-from tests.integration.ingest_helpers import wait_until_blocked
 from tests.integration.management_helpers import make_environment, make_pipeline
 from tests.integration.outgoing_helpers import create_hook, deliveries, hook_body
+from tests.integration.race_helpers import behind_a_concurrent_change
 from tests.integration.runs_helpers import claim, enqueue
 
 
 async def _while_deleted(
-    database_dsn: str, db: Database, delete: str, row_id: Any, request: Awaitable[Any]
+    database_dsn: str, delete: str, row_id: Any, request: Awaitable[Any]
 ) -> tuple[int, dict[str, Any]]:
     """Run ``request`` while another transaction has deleted the row ``row_id`` with
     ``delete`` without committing; commit once the request's insert waits for that row (its
     foreign key check), and return the request's status and body."""
-    other = await asyncpg.connect(database_dsn)
-    try:
-        async with other.transaction():
-            assert await other.execute(delete, row_id) == "DELETE 1"
-            task = asyncio.ensure_future(request)
-            await wait_until_blocked(db, task=task)
-        response = await task
-        return response.status, await response.json()
-    finally:
-        await other.close()
+    response = await behind_a_concurrent_change(database_dsn, delete, (row_id,), request)
+    return response.status, await response.json()
 
 
 async def test_a_hook_created_on_a_pipeline_deleted_meanwhile_is_a_404_naming_the_pipeline(
@@ -57,7 +47,6 @@ async def test_a_hook_created_on_a_pipeline_deleted_meanwhile_is_a_404_naming_th
         pipeline = await make_pipeline(client, admin_headers, environment["id"])
         status, answer = await _while_deleted(
             database_dsn,
-            db,
             "DELETE FROM pipelines WHERE id = $1",
             pipeline["id"],
             client.post(
@@ -87,7 +76,6 @@ async def test_a_member_added_to_a_team_deleted_meanwhile_is_a_404_naming_the_te
     team_id = await _team(client, admin_headers, "ops")
     status, answer = await _while_deleted(
         database_dsn,
-        db,
         "DELETE FROM teams WHERE id = $1",
         team_id,
         client.post(f"/teams/{team_id}/members", json={"user_id": 1}, headers=admin_headers),
@@ -104,7 +92,6 @@ async def test_a_link_to_a_team_or_role_deleted_meanwhile_is_answered_as_after_t
     role_id = await _role(client, admin_headers, "reader")
     status, answer = await _while_deleted(
         database_dsn,
-        db,
         f"DELETE FROM {deleted} WHERE id = $1",
         team_id if deleted == "teams" else role_id,
         client.post(
@@ -149,7 +136,6 @@ async def test_a_status_report_while_an_outgoing_hook_is_deleted_is_recorded_wit
     report = {"status": "completed", "lease_token": str(claimed["lease_token"]), "exit_code": 0}
     status, answer = await _while_deleted(
         database_dsn,
-        db,
         "DELETE FROM outgoing_hooks WHERE id = $1",
         uuid.UUID(hook["id"]),
         client.post(f"/runs/{run['id']}/status", json=report, headers=admin_headers),
