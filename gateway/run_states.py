@@ -52,6 +52,11 @@ def check_transition(current: str, new: str) -> None:
         raise Conflict(
             "cannot move run from queued to in-progress: a run starts only by being claimed"
         )
+    if current == QUEUED and new == QUEUED:  # a release repeated (a retry after a lost answer)
+        raise Conflict(
+            "cannot move run from queued to queued: it is queued already, and its lease ended "
+            "with the release (a release cannot be repeated)"
+        )
     raise Conflict(f"cannot move run from {current} to {new}")
 
 

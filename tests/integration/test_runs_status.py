@@ -202,6 +202,16 @@ async def test_heartbeat_extends_and_release_requeues(
     )
     assert response.status == 409
     assert "queued" in (await response.json())["message"]
+    response = await client.post(  # the release repeated, as after a lost answer
+        f"/runs/{run['id']}/status",
+        json={"status": "queued", "lease_token": token, "message": "shutting down"},
+        headers=admin_headers,
+    )
+    assert response.status == 409
+    assert (await response.json())["message"] == (
+        "cannot move run from queued to queued: it is queued already, and its lease ended "
+        "with the release (a release cannot be repeated)"
+    )
 
 
 async def test_executor_endpoints_need_a_token_and_run_execute(
