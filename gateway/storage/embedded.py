@@ -266,7 +266,7 @@ def unusable_data_dir(data_dir: str | Path) -> str | None:
     path = Path(data_dir).expanduser().absolute()
     if path.exists() and not path.is_dir():
         return f"database.data_dir {str(data_dir)!r} is not a directory"
-    if path.is_dir() and not (path / "PG_VERSION").exists() and _has_entries(path):
+    if path.is_dir() and _holds_other_files(path):
         # initdb refuses such a directory too, but run as root the wheel first makes its server
         # user the directory's owner: a data_dir naming /etc or a home by mistake would hand it
         # over. Refused here, before anything is changed.
@@ -283,9 +283,13 @@ def unusable_data_dir(data_dir: str | Path) -> str | None:
     return None
 
 
-def _has_entries(directory: Path) -> bool:
-    """Whether ``directory`` holds anything (False when it cannot be listed: initdb says why)."""
+def _holds_other_files(directory: Path) -> bool:
+    """Whether ``directory`` holds anything and no ``PG_VERSION``. False when this user cannot
+    look into it (another user's data directory, mode 0700: ``check-config`` run by an
+    operator): the server's start says why, if anything is wrong."""
     try:
+        if (directory / "PG_VERSION").exists():
+            return False
         with os.scandir(directory) as entries:
             return next(entries, None) is not None
     except OSError:

@@ -9,6 +9,7 @@ import os
 import pwd
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,35 @@ def test_the_server_runs_in_its_users_groups_not_roots(tmp_path: Path, user: str
         assert {int(g) for g in status["Groups"].split()} == set(os.getgrouplist(user, gid))
     finally:
         server.cleanup()
+
+
+def test_another_users_data_dir_is_no_problem_the_check_can_see(tmp_path: Path, user: str) -> None:
+    """``check-config`` (or any command) run by a user who cannot look into the data directory
+    (the server's own, mode 0700): the check cannot tell what it holds and says nothing, as
+    before it looked for PG_VERSION; it raised PermissionError (a traceback, status 1)."""
+    tmp_path.chmod(0o755)  # the data directory's parent: open to the user, the directory not
+    data_dir = tmp_path / "pgdata"
+    data_dir.mkdir(mode=0o700)
+    (data_dir / "PG_VERSION").write_text("16\n")
+    (data_dir / "base").mkdir()
+    parents = [p for p in tmp_path.parents if not _mode(p) & stat.S_IXOTH]
+    for parent in parents:  # pytest's base directory is private
+        parent.chmod(_mode(parent) | stat.S_IXOTH)
+    try:
+        check = (
+            "from gateway.storage.embedded import unusable_data_dir; "
+            f"print(repr(unusable_data_dir({str(data_dir)!r})))"
+        )
+        # setpriv, not subprocess's user=: that exec is refused the interpreter under /root.
+        as_user = ("setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups")
+        done = subprocess.run(
+            [*as_user, sys.executable, "-c", check],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd="/",
+        )
+    finally:
+        for parent in parents:
+            parent.chmod(_mode(parent) & ~stat.S_IXOTH)
+    assert (done.returncode, done.stdout.strip()) == (0, "None"), done.stderr
