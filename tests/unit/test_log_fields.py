@@ -5,6 +5,9 @@ holds. A count or a flag so named was written as ``"[redacted]"``: ``user_update
 ``tokens_ended``, ``logged_out``'s ``refresh_token_ended`` and ``gateway prune``'s
 ``auth_tokens`` told an operator nothing. This test parses every module under gateway/ and
 lists ``file:line field`` for each keyword of a ``log.<level>(...)`` call that would be hidden.
+It sees keywords written out only: the keys of a ``**mapping`` (the prune line's counts, the
+executor's ``**context``) are known only when the code runs, and are checked where they are logged
+(tests/acceptance/test_prune_cli.py for ``pruned``).
 """
 
 from __future__ import annotations
