@@ -42,6 +42,8 @@ log = get_logger(__name__)
 View = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 USER_KEY: web.RequestKey[User] = web.RequestKey("user", User)
+# The bearer token that authenticated the request, as _authenticate read it.
+_BEARER_KEY: web.RequestKey[str] = web.RequestKey("bearer", str)
 
 
 def current_user(request: web.Request) -> User:
@@ -55,9 +57,11 @@ async def _authenticate(request: web.Request) -> User:
     scheme, _, token = header.partition(" ")
     if not header:
         raise InvalidToken("missing Authorization header: expected 'Bearer <token>'")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise InvalidToken("malformed Authorization header: expected 'Bearer <token>'")
-    return await accounts.authenticate_bearer(request.app[appkeys.DATABASE], token.strip())
+    request[_BEARER_KEY] = token
+    return await accounts.authenticate_bearer(request.app[appkeys.DATABASE], token)
 
 
 def _translate(exc: Exception) -> web.Response:
@@ -122,7 +126,7 @@ def endpoint(*, auth: bool = True) -> Callable[[View], View]:
 
 def bearer_token(request: web.Request) -> str:
     """The bearer token that authenticated the request (of a view that requires it)."""
-    return request.headers["Authorization"].partition(" ")[2].strip()
+    return request[_BEARER_KEY]
 
 
 def _finished(
