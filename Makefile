@@ -24,10 +24,12 @@ run: venv
 	$(BIN)/gateway --config $(CONFIG) serve
 
 ## test: the whole suite against a real PostgreSQL (embedded, or $$TEST_DATABASE_URL), on
-## TEST_WORKERS pytest-xdist processes (0: in pytest's own process, one test at a time)
+## TEST_WORKERS pytest-xdist processes (0: in pytest's own process, one test at a time); a
+## worker that runs out of tests takes some from another's queue (worksteal), so the slow ones
+## queued last do not run alone at the end
 TEST_WORKERS ?= 4
 test: venv
-	$(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 ## lint: ruff (checks and formatting), mypy and hadolint (the Dockerfile)
 lint: venv
